@@ -1,0 +1,1 @@
+//! Kura chunk store and catalog (being written).

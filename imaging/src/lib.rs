@@ -1,0 +1,31 @@
+//! Kura's imaging core: a pure library, no network.
+//!
+//! It turns a disk (anything `Read + Seek`) into a snapshot — a [`manifest::Manifest`] plus
+//! content-addressed chunks handed to a [`chunk::ChunkSink`] — and a snapshot back into a disk
+//! (anything `Write + Seek`).
+//!
+//! - [`layout`] reads and validates partition tables (GPT, protective MBR, legacy MBR).
+//! - [`fs`] reads each filesystem's allocation map (ext2/3/4, NTFS, FAT, swap; raw otherwise).
+//! - [`region`] cuts the disk into regions (partitions and the gaps between them).
+//! - [`chunk`] defines the chunk digest and the encoded chunk format.
+//! - [`manifest`] is the versioned snapshot manifest format.
+//! - [`capture`] and [`restore`] are the two pipelines.
+//!
+//! Error policy: every fallible function returns [`Error`], a `thiserror` enum whose variants
+//! carry the facts needed to name the problem (offsets, digests, sizes). `Error::is_retryable`
+//! tells a caller whether trying again may help (I/O on a remote store) or not (a corrupt
+//! partition table).
+
+pub mod bitmap;
+pub mod capture;
+pub mod chunk;
+pub mod error;
+pub mod fs;
+pub mod layout;
+pub mod manifest;
+pub mod progress;
+pub mod region;
+pub mod restore;
+pub mod window;
+
+pub use error::{Error, Result};
