@@ -75,7 +75,7 @@ impl Bitmap {
         let end = start.saturating_add(count).min(self.len);
         let mut i = start;
         while i < end {
-            if i % 8 == 0 && end - i >= 8 {
+            if i.is_multiple_of(8) && end - i >= 8 {
                 let full = ((end - i) / 8) as usize;
                 let b = (i / 8) as usize;
                 self.bits[b..b + full].fill(0xff);
@@ -104,7 +104,7 @@ impl Bitmap {
         let end = start.saturating_add(count).min(self.len);
         let mut i = start;
         while i < end {
-            if i % 8 == 0 && end - i >= 8 {
+            if i.is_multiple_of(8) && end - i >= 8 {
                 if self.bits[(i / 8) as usize] != 0 {
                     return true;
                 }
@@ -141,7 +141,7 @@ impl Runs<'_> {
     fn next_bit_eq(&self, mut pos: u64, want: bool) -> u64 {
         let skip = if want { 0x00 } else { 0xff };
         while pos < self.end {
-            if pos % 8 == 0 && self.end - pos >= 8 && self.bm.bits[(pos / 8) as usize] == skip {
+            if pos.is_multiple_of(8) && self.end - pos >= 8 && self.bm.bits[(pos / 8) as usize] == skip {
                 pos += 8;
                 continue;
             }

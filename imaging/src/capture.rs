@@ -1,1 +1,379 @@
-//! (being written)
+//! Capture: disk → manifest + chunks.
+//!
+//! One reader (the calling thread) walks the regions in disk order and reads only the bytes the
+//! allocation maps mark used, into chunk-sized buffers whose unused bytes are zero. Worker
+//! threads hash each buffer, ask the sink whether it already holds that digest, and only then
+//! compress and hand it over. Buffers come from a fixed pool, so memory stays bounded at
+//! roughly `(2·threads + 2) · chunk_size` whatever the disk size.
+//!
+//! The source is only ever read.
+
+use crate::chunk::{is_zero, ChunkSink, Digest, Encoder, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, MAX_CHUNK_SIZE};
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{self, AllocationMap};
+use crate::layout::{self, DiskLayout};
+use crate::manifest::{rfc3339_nanos, ChunkRef, Manifest, Region};
+use crate::progress::Progress;
+use crate::region;
+use crate::window::Window;
+use serde::Serialize;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub chunk_size: u32,
+    /// zstd level.
+    pub level: i32,
+    /// Worker threads for hashing and compression.
+    pub threads: usize,
+    pub name: Option<String>,
+    pub host: Option<String>,
+    /// Description of the source recorded in the manifest (a path).
+    pub source: String,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            level: DEFAULT_LEVEL,
+            threads: default_threads(),
+            name: None,
+            host: None,
+            source: String::new(),
+        }
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// What a capture did, for the operator and for tests.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CaptureStats {
+    pub disk_size: u64,
+    /// Bytes the allocation maps mark used (gaps and raw partitions count whole).
+    pub used_bytes: u64,
+    /// Bytes actually read from the source.
+    pub read_bytes: u64,
+    /// Data chunks referenced by the manifest.
+    pub chunks: u64,
+    /// Chunks that were allocated but all zero (not stored).
+    pub zero_chunks: u64,
+    /// Chunks the sink did not have before.
+    pub new_chunks: u64,
+    /// Encoded bytes newly handed to the sink.
+    pub new_stored_bytes: u64,
+    /// Chunks the sink already had.
+    pub reused_chunks: u64,
+    pub warnings: Vec<String>,
+}
+
+/// The plan of a capture: the layout and each region's allocation map, read before any chunk.
+pub struct Plan {
+    pub layout: DiskLayout,
+    pub regions: Vec<PlannedRegion>,
+}
+
+pub struct PlannedRegion {
+    pub start: u64,
+    pub size: u64,
+    pub partition: Option<u32>,
+    pub map: AllocationMap,
+}
+
+/// Reads the partition table and every filesystem's allocation map.
+pub fn plan<R: Read + Seek>(src: &mut R, disk_size: u64, progress: &dyn Progress) -> Result<Plan> {
+    let layout = layout::read_layout(src, disk_size)?;
+    for w in &layout.warnings {
+        progress.warn(w);
+    }
+    let mut regions = Vec::new();
+    for span in region::spans(&layout) {
+        let (partition, map) = match span.partition {
+            Some(i) => {
+                let p = &layout.partitions[i];
+                let mut win = Window::new(&mut *src, span.start, span.size);
+                let mut map = fs::probe(&mut win, span.size, Some(&p.entry));
+                for w in map.warnings.iter_mut() {
+                    *w = format!("partition {}: {w}", p.number);
+                    progress.warn(w);
+                }
+                (Some(p.number), map)
+            }
+            None => (None, AllocationMap::raw(span.size, vec![])),
+        };
+        regions.push(PlannedRegion { start: span.start, size: span.size, partition, map });
+    }
+    Ok(Plan { layout, regions })
+}
+
+struct Job {
+    region: usize,
+    index: usize,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Captures the disk in `src` into `sink`. Returns the manifest (not yet stored anywhere: the
+/// caller commits it) and the statistics.
+pub fn capture<R: Read + Seek>(
+    mut src: R,
+    opts: &CaptureOptions,
+    sink: &dyn ChunkSink,
+    progress: &dyn Progress,
+) -> Result<(Manifest, CaptureStats)> {
+    if opts.chunk_size == 0 || opts.chunk_size > MAX_CHUNK_SIZE || !opts.chunk_size.is_multiple_of(4096) {
+        return Err(Error::Manifest(format!("invalid chunk size {}", opts.chunk_size)));
+    }
+    let disk_size = src.seek(SeekFrom::End(0)).ctx(|| format!("finding the size of {}", opts.source))?;
+    let plan = plan(&mut src, disk_size, progress)?;
+    let cs = opts.chunk_size as u64;
+
+    let mut stats = CaptureStats { disk_size, ..Default::default() };
+    for r in &plan.regions {
+        stats.used_bytes += r.map.used_bytes(r.size);
+        stats.warnings.extend(r.map.warnings.iter().cloned());
+    }
+    stats.warnings.extend(plan.layout.warnings.iter().cloned());
+    progress.set_total(stats.used_bytes);
+
+    let results: Mutex<Vec<Vec<ChunkRef>>> =
+        Mutex::new(plan.regions.iter().map(|r| vec![ChunkRef::Unused; r.size.div_ceil(cs) as usize]).collect());
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        first_error.lock().expect("lock").get_or_insert(e);
+    };
+    let (zero, new, new_bytes, reused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+
+    let threads = opts.threads.max(1);
+    let pool = 2 * threads + 2;
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(pool);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(pool);
+    for _ in 0..pool {
+        free_tx.send(vec![0u8; cs as usize]).expect("pool");
+    }
+
+    let mut read_bytes = 0u64;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let free_tx = free_tx.clone();
+            let (results, failed, fail) = (&results, &failed, &fail);
+            let (zero, new, new_bytes, reused) = (&zero, &new, &new_bytes, &reused);
+            s.spawn(move || {
+                let mut enc = match Encoder::new(opts.level) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        fail(e);
+                        None
+                    }
+                };
+                let mut blob = Vec::new();
+                for job in job_rx {
+                    // After a failure, keep draining so the reader never blocks on the pool.
+                    if let (false, Some(enc)) = (failed.load(Ordering::Relaxed), enc.as_mut()) {
+                        let data = &job.buf[..job.len];
+                        let r = if is_zero(data) {
+                            zero.fetch_add(1, Ordering::Relaxed);
+                            Ok(ChunkRef::Zero)
+                        } else {
+                            store_chunk(data, enc, &mut blob, sink, new, new_bytes, reused)
+                        };
+                        match r {
+                            Ok(c) => results.lock().expect("lock")[job.region][job.index] = c,
+                            Err(e) => fail(e),
+                        }
+                    }
+                    let _ = free_tx.send(job.buf);
+                }
+            });
+        }
+        drop(job_rx);
+
+        let result = read_regions(&mut src, &plan, cs, opts, &failed, &free_rx, &job_tx, progress);
+        match result {
+            Ok(n) => read_bytes = n,
+            Err(e) => fail(e),
+        }
+        drop(job_tx);
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+
+    let results = results.into_inner().expect("lock");
+    let regions: Vec<Region> = plan
+        .regions
+        .into_iter()
+        .zip(results)
+        .map(|(r, chunks)| Region {
+            used_bytes: r.map.used_bytes(r.size),
+            start: r.start,
+            size: r.size,
+            partition: r.partition,
+            fs: r.map.kind,
+            label: r.map.label,
+            block_size: r.map.block_size,
+            warnings: r.map.warnings,
+            bitmap: r.map.bitmap,
+            chunks,
+        })
+        .collect();
+    stats.read_bytes = read_bytes;
+    stats.zero_chunks = zero.into_inner();
+    stats.new_chunks = new.into_inner();
+    stats.new_stored_bytes = new_bytes.into_inner();
+    stats.reused_chunks = reused.into_inner();
+    stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| matches!(c, ChunkRef::Data(_))).count() as u64;
+    let manifest = Manifest {
+        name: opts.name.clone(),
+        created: rfc3339_nanos(std::time::SystemTime::now()),
+        source: opts.source.clone(),
+        host: opts.host.clone(),
+        chunk_size: opts.chunk_size,
+        layout: plan.layout,
+        regions,
+    };
+    Ok((manifest, stats))
+}
+
+fn store_chunk(
+    data: &[u8],
+    enc: &mut Encoder,
+    blob: &mut Vec<u8>,
+    sink: &dyn ChunkSink,
+    new: &AtomicU64,
+    new_bytes: &AtomicU64,
+    reused: &AtomicU64,
+) -> Result<ChunkRef> {
+    let d = Digest::of(data);
+    if sink.has_chunk(&d)? {
+        reused.fetch_add(1, Ordering::Relaxed);
+        return Ok(ChunkRef::Data(d));
+    }
+    enc.encode_into(&d, data, blob)?;
+    if sink.put_chunk(&d, blob)? {
+        new.fetch_add(1, Ordering::Relaxed);
+        new_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
+    } else {
+        reused.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(ChunkRef::Data(d))
+}
+
+/// The used byte ranges of `[off, off + len)` of a region, relative to the region.
+fn used_ranges(map: &AllocationMap, off: u64, len: u64, out: &mut Vec<(u64, u64)>) {
+    out.clear();
+    let bs = map.block_size as u64;
+    let covered = map.bitmap.len() * bs;
+    let end = off + len;
+    if off < covered {
+        let (b0, b1) = (off / bs, end.min(covered).div_ceil(bs));
+        for (s, n) in map.bitmap.runs_in(b0, b1 - b0) {
+            let (rs, re) = ((s * bs).max(off), ((s + n) * bs).min(end));
+            if rs < re {
+                out.push((rs, re));
+            }
+        }
+    }
+    if end > covered {
+        let rs = off.max(covered);
+        match out.last_mut() {
+            Some(last) if last.1 == rs => last.1 = end,
+            _ => out.push((rs, end)),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_regions<R: Read + Seek>(
+    src: &mut R,
+    plan: &Plan,
+    cs: u64,
+    opts: &CaptureOptions,
+    failed: &AtomicBool,
+    free_rx: &crossbeam_channel::Receiver<Vec<u8>>,
+    job_tx: &crossbeam_channel::Sender<Job>,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let mut read_bytes = 0u64;
+    let mut ranges = Vec::new();
+    for (ri, r) in plan.regions.iter().enumerate() {
+        let chunks = r.size.div_ceil(cs);
+        for ci in 0..chunks {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(read_bytes);
+            }
+            let off = ci * cs;
+            let len = (r.size - off).min(cs);
+            used_ranges(&r.map, off, len, &mut ranges);
+            let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+                continue; // stays ChunkRef::Unused
+            };
+            let mut buf = free_rx.recv().map_err(|_| Error::Cancelled)?;
+            // One read from the first used byte to the last, then zero the holes: fewer
+            // syscalls and seeks than one read per run.
+            let (rs, re) = (first.0, last.1);
+            let dst = &mut buf[..len as usize];
+            src.seek(SeekFrom::Start(r.start + rs))
+                .and_then(|_| src.read_exact(&mut dst[(rs - off) as usize..(re - off) as usize]))
+                .map_err(|e| read_error(e, &opts.source, r.start + rs, r.start + re, plan.layout.disk_size))?;
+            dst[..(rs - off) as usize].fill(0);
+            dst[(re - off) as usize..].fill(0);
+            for w in ranges.windows(2) {
+                dst[(w[0].1 - off) as usize..(w[1].0 - off) as usize].fill(0);
+            }
+            let used: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+            read_bytes += re - rs;
+            progress.advance(used);
+            job_tx
+                .send(Job { region: ri, index: ci as usize, buf, len: len as usize })
+                .map_err(|_| Error::Cancelled)?;
+        }
+    }
+    Ok(read_bytes)
+}
+
+fn read_error(e: std::io::Error, source: &str, start: u64, end: u64, disk_size: u64) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Truncated { what: format!("reading bytes {start}..{end} of {source}"), needed: end, actual: disk_size }
+    } else {
+        Error::io(format!("reading bytes {start}..{end} of {source}"), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitmap::Bitmap;
+    use crate::fs::FsKind;
+
+    fn map(bits: &[u64], len: u64, bs: u32) -> AllocationMap {
+        let mut b = Bitmap::new(len);
+        for &i in bits {
+            b.set(i);
+        }
+        AllocationMap { kind: FsKind::Ext4, block_size: bs, bitmap: b, label: None, warnings: vec![] }
+    }
+
+    #[test]
+    fn used_ranges_clip_and_cover_the_tail() {
+        let m = map(&[0, 1, 5, 9], 10, 512);
+        let mut out = Vec::new();
+        used_ranges(&m, 0, 2048, &mut out);
+        assert_eq!(out, vec![(0, 1024)]);
+        used_ranges(&m, 2048, 2048, &mut out);
+        assert_eq!(out, vec![(2560, 3072)]);
+        // Bitmap covers 5120 bytes; the region goes on to 6000: the tail is used.
+        used_ranges(&m, 4096, 1904, &mut out);
+        assert_eq!(out, vec![(4608, 6000)]);
+        used_ranges(&m, 3072, 1024, &mut out);
+        assert!(out.is_empty());
+    }
+}

@@ -12,11 +12,13 @@ mod ext4;
 mod fat;
 mod ntfs;
 mod swap;
+#[cfg(test)]
+mod test_images;
 
 use crate::bitmap::Bitmap;
-use crate::layout::PartitionEntry;
+use crate::layout::{gpt_types, PartitionEntry};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek, SeekFrom};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,13 +52,7 @@ impl AllocationMap {
     pub fn raw(partition_size: u64, warnings: Vec<String>) -> Self {
         let block_size = 4096u32;
         let blocks = partition_size.div_ceil(block_size as u64);
-        AllocationMap {
-            kind: FsKind::Raw,
-            block_size,
-            bitmap: Bitmap::full(blocks),
-            label: None,
-            warnings,
-        }
+        AllocationMap { kind: FsKind::Raw, block_size, bitmap: Bitmap::full(blocks), label: None, warnings }
     }
 
     /// Bytes marked used (including any tail not covered by the bitmap).
@@ -72,10 +68,230 @@ impl AllocationMap {
     }
 }
 
+/// How many bytes at the start of a partition [`probe`] reads to look for signatures: enough for
+/// a swap signature with 64 KiB pages.
+const HEAD_LEN: u64 = 65536;
+
+/// What the partition table entry says the partition should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// A partition that has no filesystem by design (BIOS boot, Microsoft reserved).
+    NoFilesystem,
+    Swap,
+    Other,
+}
+
+impl Hint {
+    fn of(entry: Option<&PartitionEntry>) -> Hint {
+        match entry {
+            Some(PartitionEntry::Gpt { type_guid, .. }) => {
+                let t = type_guid.to_ascii_uppercase();
+                if t == gpt_types::BIOS_BOOT || t == gpt_types::MS_RESERVED {
+                    Hint::NoFilesystem
+                } else if t == gpt_types::LINUX_SWAP {
+                    Hint::Swap
+                } else {
+                    Hint::Other
+                }
+            }
+            Some(PartitionEntry::Mbr { type_byte: 0x82, .. }) => Hint::Swap,
+            _ => Hint::Other,
+        }
+    }
+}
+
 /// Detects the filesystem in `part` (a window over one partition of `part_size` bytes) and reads
 /// its allocation map. Never fails: anything it cannot understand becomes a raw map with a
 /// warning naming the reason.
+///
+/// The filesystem is chosen by its signature; the partition entry is only a hint. A partition
+/// carrying the signatures of two filesystems (a stale superblock under a newer filesystem) is
+/// captured raw, since trusting the wrong one would lose data.
 pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&PartitionEntry>) -> AllocationMap {
-    let _ = (part, entry, ext4::placeholder, fat::placeholder, ntfs::placeholder, swap::placeholder);
-    AllocationMap::raw(part_size, vec!["filesystem probing not implemented yet".into()])
+    let hint = Hint::of(entry);
+    if hint == Hint::NoFilesystem {
+        return AllocationMap::raw(part_size, Vec::new());
+    }
+    let mut head = vec![0u8; HEAD_LEN.min(part_size) as usize];
+    if let Err(e) = read_at(part, 0, &mut head) {
+        return AllocationMap::raw(
+            part_size,
+            vec![format!("could not read the start of the partition ({e}); captured raw")],
+        );
+    }
+    let mut found = Vec::new();
+    if ext4::detect(&head) {
+        found.push(FsKind::Ext4);
+    }
+    if ntfs::detect(&head) {
+        found.push(FsKind::Ntfs);
+    }
+    if fat::detect(&head) {
+        found.push(FsKind::Fat);
+    }
+    if swap::detect(&head) {
+        found.push(FsKind::Swap);
+    }
+    let kind = match found.as_slice() {
+        [] if hint == Hint::Swap => {
+            return AllocationMap::raw(
+                part_size,
+                vec!["partition type says swap but no swap signature; captured raw".into()],
+            )
+        }
+        [] => {
+            return AllocationMap::raw(part_size, vec!["partition holds no recognised filesystem; captured raw".into()])
+        }
+        [kind] => *kind,
+        many => {
+            let names: Vec<&str> = many.iter().map(|k| fs_name(*k)).collect();
+            return AllocationMap::raw(
+                part_size,
+                vec![format!(
+                    "partition carries signatures of several filesystems ({}); captured raw",
+                    names.join(", ")
+                )],
+            );
+        }
+    };
+    let read = match kind {
+        FsKind::Ext4 => ext4::read(part, part_size),
+        FsKind::Ntfs => ntfs::read(part, part_size),
+        FsKind::Fat => fat::read(part, part_size, &head),
+        FsKind::Swap => swap::read(part_size, &head),
+        FsKind::Raw => Err("no reader".into()),
+    };
+    let map = read.and_then(|map| check_shape(map, part_size));
+    match map {
+        Ok(map) => map,
+        Err(reason) => AllocationMap::raw(
+            part_size,
+            vec![format!("{} filesystem rejected: {reason}; captured raw", fs_name(kind))],
+        ),
+    }
+}
+
+/// The name used in warnings.
+fn fs_name(kind: FsKind) -> &'static str {
+    match kind {
+        FsKind::Ext4 => "ext2/3/4",
+        FsKind::Ntfs => "NTFS",
+        FsKind::Fat => "FAT",
+        FsKind::Swap => "swap",
+        FsKind::Raw => "raw",
+    }
+}
+
+/// Last line of defence: a reader's map must describe at most the partition, in power-of-two
+/// blocks of at least 512 bytes.
+fn check_shape(map: AllocationMap, part_size: u64) -> Result<AllocationMap, String> {
+    let bs = map.block_size as u64;
+    if bs < 512 || !bs.is_power_of_two() {
+        return Err(format!("block size {bs} is not a power of two >= 512"));
+    }
+    if map.bitmap.len() > part_size.div_ceil(bs) {
+        return Err(format!(
+            "map of {} blocks of {bs} bytes is larger than the partition ({part_size} bytes)",
+            map.bitmap.len()
+        ));
+    }
+    Ok(map)
+}
+
+/// Reads exactly `buf.len()` bytes at byte `offset` of `r`.
+fn read_at<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    r.seek(SeekFrom::Start(offset))?;
+    r.read_exact(buf)
+}
+
+/// `read_at` with the error turned into a reason for a raw fallback.
+fn read_at_or<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8], what: &str) -> Result<(), String> {
+    read_at(r, offset, buf).map_err(|e| format!("cannot read {what} ({} bytes at offset {offset}): {e}", buf.len()))
+}
+
+/// Little-endian field readers over a buffer already known to be long enough; out-of-range
+/// reads give 0 rather than panicking.
+fn le16(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+}
+
+fn le32(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn le64(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8).map_or(0, |s| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        u64::from_le_bytes(a)
+    })
+}
+
+/// A label stored as a fixed-size byte field: trailing NULs and spaces removed, `None` if empty.
+fn label_from_bytes(b: &[u8]) -> Option<String> {
+    let b = b.split(|&c| c == 0).next().unwrap_or(&[]);
+    let s = String::from_utf8_lossy(b);
+    let s = s.trim_end_matches(' ');
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_images::{have, run, Image};
+    use super::*;
+    use crate::window::Window;
+    use std::io::Cursor;
+
+    #[test]
+    fn probe_through_a_window_at_an_offset() {
+        if !have("mke2fs") {
+            return;
+        }
+        let img = Image::new(32);
+        run("mke2fs", &["-q", "-F", "-t", "ext4", img.path_str()]);
+        let fs = img.bytes();
+        let direct = probe(&mut Cursor::new(&fs), fs.len() as u64, None);
+        let offset = 1 << 20;
+        let mut disk = vec![0xA5u8; offset];
+        disk.extend_from_slice(&fs);
+        disk.extend_from_slice(&[0x5A; 4096]);
+        let mut window = Window::new(Cursor::new(disk), offset as u64, fs.len() as u64);
+        let through = probe(&mut window, fs.len() as u64, None);
+        assert_eq!(through.kind, FsKind::Ext4);
+        assert_eq!(through, direct);
+    }
+
+    #[test]
+    fn several_signatures_are_raw() {
+        if !have("mke2fs") {
+            return;
+        }
+        let img = Image::new(32);
+        run("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", img.path_str()]);
+        let mut bytes = img.bytes();
+        bytes[4086..4096].copy_from_slice(b"SWAPSPACE2");
+        let len = bytes.len() as u64;
+        let map = probe(&mut Cursor::new(bytes), len, None);
+        assert_eq!(map.kind, FsKind::Raw);
+        assert_eq!(
+            map.warnings,
+            vec!["partition carries signatures of several filesystems (ext2/3/4, swap); captured raw"]
+        );
+    }
+
+    #[test]
+    fn mbr_swap_type_without_signature_is_raw() {
+        let entry = PartitionEntry::Mbr { type_byte: 0x82, bootable: false, logical: false };
+        let map = probe(&mut Cursor::new(vec![0u8; 1 << 20]), 1 << 20, Some(&entry));
+        assert_eq!(map.kind, FsKind::Raw);
+        assert!(map.warnings[0].contains("swap"), "{:?}", map.warnings);
+    }
+
+    #[test]
+    fn labels_are_trimmed() {
+        assert_eq!(label_from_bytes(b"DATA       "), Some("DATA".into()));
+        assert_eq!(label_from_bytes(b"root\0\0\0garbage"), Some("root".into()));
+        assert_eq!(label_from_bytes(b"\0abc"), None);
+        assert_eq!(label_from_bytes(b"   "), None);
+    }
 }

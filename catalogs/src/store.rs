@@ -1,0 +1,411 @@
+//! The local content-addressed chunk store: chunks and snapshot manifests in a directory.
+//!
+//! ```text
+//! DIR/kura-store.json            format marker {"kind":"kura-store","format":1}
+//! DIR/chunks/<4 hex>/<64 hex>    encoded chunks (docs/chunk.md), named by content digest
+//! DIR/snapshots/<16 hex>.kmf     committed manifests (docs/manifest.md), named by their id
+//! DIR/tmp/                       files being written; anything here after a crash is garbage
+//! ```
+//!
+//! # Durability contract
+//!
+//! - **No overwrites.** A chunk file, once in place, is never rewritten: its name is its
+//!   content. Putting a chunk that exists is a no-op. A manifest's name is its own hash.
+//! - **Nothing half-written is ever visible.** Every file is written under `tmp/`, `fsync`ed,
+//!   then renamed into place, so a crash leaves either the whole file or none.
+//! - **A snapshot is committed by its manifest, and only after its chunks are durable.**
+//!   Directory entries of new chunks are `fsync`ed (their directories, once each) before the
+//!   manifest is written; the manifest's rename is followed by an `fsync` of `snapshots/`.
+//!   A capture interrupted before the commit leaves no snapshot, only unreferenced chunks.
+//! - **Every read is checked by the reader**: consumers decode chunks with
+//!   [`kura_imaging::chunk::Decoder`], which verifies the digest; [`LocalStore::verify`] re-reads
+//!   everything.
+
+use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Decoder, Digest};
+use kura_imaging::manifest::Manifest;
+use kura_imaging::Error;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+const MARKER: &str = "kura-store.json";
+const STORE_FORMAT: u32 = 1;
+
+pub struct LocalStore {
+    root: PathBuf,
+    /// Chunk shard directories that received new entries since the last commit.
+    dirty_dirs: Mutex<HashSet<PathBuf>>,
+    tmp_counter: AtomicU64,
+}
+
+/// A committed snapshot, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub created: String,
+    pub source: String,
+    pub host: Option<String>,
+    pub disk_size: u64,
+    pub used_bytes: u64,
+    pub scheme: kura_imaging::layout::Scheme,
+    pub partitions: usize,
+    pub chunks: usize,
+    pub unique_chunks: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedChunk {
+    pub digest: String,
+    pub reason: String,
+    /// Snapshots that need this chunk.
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedManifest {
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub snapshots_checked: usize,
+    pub chunks_checked: u64,
+    pub damaged: Vec<DamagedChunk>,
+    pub damaged_manifests: Vec<DamagedManifest>,
+}
+
+fn store_err(message: String, e: &io::Error) -> Error {
+    let full = e.raw_os_error() == Some(libc_enospc()) || e.kind() == io::ErrorKind::StorageFull;
+    let message = if full {
+        format!("the store is full (no space left on device) while {message}")
+    } else {
+        format!("{message}: {e}")
+    };
+    Error::Store { message, retryable: !full && e.kind() == io::ErrorKind::Interrupted }
+}
+
+const fn libc_enospc() -> i32 {
+    28
+}
+
+impl LocalStore {
+    /// Opens the store at `root`, creating it if the directory is missing or empty.
+    pub fn open_or_create(root: &Path) -> Result<LocalStore, Error> {
+        let empty = match fs::read_dir(root) {
+            Ok(mut d) => d.next().is_none(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => return Err(store_err(format!("reading {}", root.display()), &e)),
+        };
+        if empty {
+            for d in ["chunks", "snapshots", "tmp"] {
+                fs::create_dir_all(root.join(d)).map_err(|e| store_err(format!("creating {}", root.display()), &e))?;
+            }
+            let marker = serde_json::json!({"kind": "kura-store", "format": STORE_FORMAT});
+            fs::write(root.join(MARKER), marker.to_string() + "\n")
+                .map_err(|e| store_err(format!("creating {}", root.display()), &e))?;
+        }
+        Self::open(root)
+    }
+
+    /// Opens an existing store; refuses a directory that is not one.
+    pub fn open(root: &Path) -> Result<LocalStore, Error> {
+        let text = fs::read_to_string(root.join(MARKER)).map_err(|e| Error::Store {
+            message: format!("{} is not a Kura store ({MARKER}: {e})", root.display()),
+            retryable: false,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["kind"] != "kura-store" || v["format"] != STORE_FORMAT {
+            return Err(Error::Store {
+                message: format!("{} has an unsupported store format: {}", root.display(), text.trim()),
+                retryable: false,
+            });
+        }
+        for d in ["chunks", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).map_err(|e| store_err(format!("opening {}", root.display()), &e))?;
+        }
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            dirty_dirs: Mutex::new(HashSet::new()),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunk_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.root.join("chunks").join(&hex[..4]).join(hex)
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.root.join("snapshots").join(format!("{id}.kmf"))
+    }
+
+    /// Writes `data` to a new temp file, fsyncs it and renames it to `dest`.
+    fn write_atomic(&self, dest: &Path, data: &[u8], what: &str) -> Result<(), Error> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{n}",
+            std::process::id(),
+            dest.file_name().and_then(|s| s.to_str()).unwrap_or("f")
+        ));
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dest)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(store_err(format!("writing {what}"), &e));
+        }
+        Ok(())
+    }
+
+    /// Makes the directory entries of chunks written since the last call durable.
+    pub fn sync_chunk_dirs(&self) -> Result<(), Error> {
+        let dirs: Vec<PathBuf> = self.dirty_dirs.lock().expect("lock").drain().collect();
+        for d in dirs {
+            File::open(&d).and_then(|f| f.sync_all()).map_err(|e| store_err(format!("syncing {}", d.display()), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits a snapshot: makes its chunks durable, then writes its manifest. Returns the id.
+    pub fn commit_manifest(&self, manifest: &Manifest) -> Result<String, Error> {
+        // Every chunk must be present before the snapshot becomes visible.
+        for d in manifest.unique_digests() {
+            if !self.has(&d) {
+                return Err(Error::ChunkMissing { digest: d.to_hex() });
+            }
+        }
+        self.sync_chunk_dirs()?;
+        let bytes = manifest.encode()?;
+        let id = Manifest::id_of(&bytes);
+        self.write_atomic(&self.manifest_path(&id), &bytes, &format!("manifest {id}"))?;
+        let dir = self.root.join("snapshots");
+        File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| store_err("syncing snapshots/".into(), &e))?;
+        Ok(id)
+    }
+
+    pub fn has(&self, d: &Digest) -> bool {
+        fs::metadata(self.chunk_path(d)).map(|m| m.is_file()).unwrap_or(false)
+    }
+
+    /// Ids of all committed snapshots, sorted.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, Error> {
+        let dir = self.root.join("snapshots");
+        let mut ids = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| store_err(format!("listing {}", dir.display()), &e))? {
+            let e = e.map_err(|e| store_err(format!("listing {}", dir.display()), &e))?;
+            let name = e.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".kmf")) {
+                if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Resolves a full snapshot id or a unique prefix of one.
+    pub fn resolve(&self, id_or_prefix: &str) -> Result<String, Error> {
+        let ids = self.snapshot_ids()?;
+        let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(id_or_prefix)).collect();
+        match matches.as_slice() {
+            [one] if !id_or_prefix.is_empty() => Ok((*one).clone()),
+            [] | [_] => Err(Error::Store {
+                message: format!("no snapshot {id_or_prefix:?} in {}", self.root.display()),
+                retryable: false,
+            }),
+            _ => Err(Error::Store {
+                message: format!("snapshot id {id_or_prefix:?} is ambiguous ({} matches)", matches.len()),
+                retryable: false,
+            }),
+        }
+    }
+
+    /// Loads and validates a committed manifest (its hash must match its id).
+    pub fn load_manifest(&self, id: &str) -> Result<Manifest, Error> {
+        let path = self.manifest_path(id);
+        let bytes = fs::read(&path).map_err(|e| store_err(format!("reading {}", path.display()), &e))?;
+        if Manifest::id_of(&bytes) != id {
+            return Err(Error::Manifest(format!("snapshot {id}: manifest content does not match its id (damaged)")));
+        }
+        Manifest::decode(&bytes).map_err(|e| Error::Manifest(format!("snapshot {id}: {e}")))
+    }
+
+    pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo, Error> {
+        let m = self.load_manifest(id)?;
+        Ok(SnapshotInfo {
+            id: id.to_string(),
+            name: m.name.clone(),
+            created: m.created.clone(),
+            source: m.source.clone(),
+            host: m.host.clone(),
+            disk_size: m.disk_size(),
+            used_bytes: m.used_bytes(),
+            scheme: m.layout.scheme,
+            partitions: m.layout.partitions.len(),
+            chunks: m.data_digests().count(),
+            unique_chunks: m.unique_digests().len(),
+        })
+    }
+
+    /// Every committed snapshot, oldest first.
+    pub fn list(&self) -> Result<Vec<SnapshotInfo>, Error> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids()? {
+            out.push(self.snapshot_info(&id)?);
+        }
+        out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// Re-reads and fully re-checks (decompress + SHA-256) every chunk the selected snapshots
+    /// need (all snapshots if `only` is `None`), and reports each damaged or missing chunk with
+    /// the snapshots that need it. Reads only; repairs nothing.
+    pub fn verify(
+        &self,
+        only: Option<&str>,
+        threads: usize,
+        progress: &dyn kura_imaging::progress::Progress,
+    ) -> Result<VerifyReport, Error> {
+        let ids = match only {
+            Some(id) => vec![self.resolve(id)?],
+            None => self.snapshot_ids()?,
+        };
+        let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        let mut damaged_manifests = Vec::new();
+        for id in &ids {
+            match self.load_manifest(id) {
+                Ok(m) => {
+                    for d in m.unique_digests() {
+                        users.entry(d).or_default().push(id.clone());
+                    }
+                }
+                Err(e) => damaged_manifests.push(DamagedManifest { id: id.clone(), reason: e.to_string() }),
+            }
+        }
+        let digests: Vec<(&Digest, &Vec<String>)> = users.iter().collect();
+        progress.set_total(digests.len() as u64);
+        let next = AtomicUsize::new(0);
+        let damaged = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| {
+                    let Ok(mut dec) = Decoder::new() else { return };
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((d, snaps)) = digests.get(i) else { break };
+                        let r = self.get_chunk(d).and_then(|blob| dec.decode_into(&blob, d, &mut out));
+                        if let Err(e) = r {
+                            let reason = match e {
+                                Error::ChunkCorrupt { reason, .. } => reason,
+                                Error::ChunkMissing { .. } => "missing".to_string(),
+                                other => other.to_string(),
+                            };
+                            damaged.lock().expect("lock").push(DamagedChunk {
+                                digest: d.to_hex(),
+                                reason,
+                                snapshots: (*snaps).clone(),
+                            });
+                        }
+                        progress.advance(1);
+                    }
+                });
+            }
+        });
+        let mut damaged = damaged.into_inner().expect("lock");
+        damaged.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(VerifyReport {
+            ok: damaged.is_empty() && damaged_manifests.is_empty(),
+            snapshots_checked: ids.len(),
+            chunks_checked: digests.len() as u64,
+            damaged,
+            damaged_manifests,
+        })
+    }
+}
+
+impl ChunkSink for LocalStore {
+    fn has_chunk(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.has(digest))
+    }
+
+    fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, Error> {
+        check_quick(blob, digest)?;
+        let path = self.chunk_path(digest);
+        if path.exists() {
+            return Ok(false);
+        }
+        let dir = path.parent().expect("chunk path has a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| store_err(format!("creating {}", dir.display()), &e))?;
+            self.dirty_dirs.lock().expect("lock").insert(self.root.join("chunks"));
+        }
+        self.write_atomic(&path, blob, &format!("chunk {digest}"))?;
+        self.dirty_dirs.lock().expect("lock").insert(dir.to_path_buf());
+        Ok(true)
+    }
+}
+
+impl ChunkSource for LocalStore {
+    fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let path = self.chunk_path(digest);
+        match fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::ChunkMissing { digest: digest.to_hex() }),
+            Err(e) => Err(store_err(format!("reading chunk {digest}"), &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_imaging::chunk::Encoder;
+
+    fn blob(data: &[u8]) -> (Digest, Vec<u8>) {
+        let d = Digest::of(data);
+        let mut out = Vec::new();
+        Encoder::new(3).unwrap().encode_into(&d, data, &mut out).unwrap();
+        (d, out)
+    }
+
+    #[test]
+    fn put_get_is_idempotent_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(&dir.path().join("s")).unwrap();
+        let (d, b) = blob(&b"hello chunk".repeat(1000));
+        assert!(store.put_chunk(&d, &b).unwrap());
+        assert!(!store.put_chunk(&d, &b).unwrap());
+        assert_eq!(store.get_chunk(&d).unwrap(), b);
+        // A blob that does not match its digest is refused and not stored.
+        let (d2, _) = blob(b"other");
+        assert!(store.put_chunk(&d2, &b).is_err());
+        assert!(!store.has(&d2));
+        assert!(matches!(store.get_chunk(&d2), Err(Error::ChunkMissing { .. })));
+        // Nothing left in tmp/.
+        assert_eq!(fs::read_dir(dir.path().join("s/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_a_directory_that_is_not_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), b"x").unwrap();
+        let e = LocalStore::open_or_create(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("is not a Kura store"), "{e}");
+    }
+}

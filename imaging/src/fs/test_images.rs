@@ -1,0 +1,91 @@
+//! Test support for the filesystem readers: sparse image files in temporary directories, and
+//! running the real mkfs/inspection tools against them.
+
+use super::{probe, AllocationMap};
+use crate::layout::PartitionEntry;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A sparse image file inside its own temporary directory (removed on drop).
+pub(crate) struct Image {
+    pub dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Image {
+    /// A zero-filled (sparse) image of `mib` MiB.
+    pub fn new(mib: u64) -> Image {
+        Image::with_size(mib << 20)
+    }
+
+    pub fn with_size(bytes: u64) -> Image {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(bytes).unwrap();
+        Image { dir, path }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).unwrap().len()
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+
+    /// Probes the whole image as one partition.
+    pub fn probe(&self, entry: Option<&PartitionEntry>) -> AllocationMap {
+        let mut f = std::fs::File::open(&self.path).unwrap();
+        probe(&mut f, self.size(), entry)
+    }
+}
+
+/// Whether `tool` can be found on `PATH` (or in the sbin directories).
+pub(crate) fn have(tool: &str) -> bool {
+    which(tool).is_some()
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Runs `tool args...` and returns its stdout; panics with stderr if it fails.
+pub(crate) fn run_out(tool: &str, args: &[&str]) -> String {
+    let exe = which(tool).unwrap_or_else(|| panic!("{tool} is not installed"));
+    let out = Command::new(exe).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub(crate) fn run(tool: &str, args: &[&str]) {
+    run_out(tool, args);
+}
+
+/// `len` bytes of non-zero, non-repeating-looking content (so nothing is mistaken for a hole).
+pub(crate) fn file_of(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as u8) | 1
+        })
+        .collect()
+}

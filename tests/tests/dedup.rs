@@ -1,0 +1,79 @@
+//! Captures of the same disk share chunks: an unchanged disk stores nothing new, and a disk
+//! with a few files rewritten stores only the chunks around them.
+
+use kura_tests::content::{random_bytes, text_bytes};
+use kura_tests::disks::{ext4_replace_file, MIB};
+use kura_tests::fixtures;
+use kura_tests::kura_cli::Store;
+use kura_tests::store::{chunk_files, stored_bytes};
+use kura_tests::tables::assert_restored;
+
+#[test]
+fn unchanged_and_slightly_changed_disks_deduplicate() {
+    let work = tempfile::tempdir().unwrap();
+    let mut disk = fixtures::gpt_linux(work.path());
+    let original = disk.clone();
+    let store = Store::new(work.path().join("store"));
+
+    let first = store.capture(&disk.path, Some("first"));
+    let after_first = stored_bytes(&store.dir);
+    let files_after_first = chunk_files(&store.dir).len();
+
+    // The same disk again: nothing new at all.
+    let second = store.capture(&disk.path, Some("second"));
+    assert_ne!(second.snapshot, first.snapshot);
+    assert_eq!(second.chunks, first.chunks, "{second:?}");
+    assert_eq!(second.new_chunks, 0, "{second:?}");
+    assert_eq!(second.new_stored_bytes, 0, "{second:?}");
+    assert_eq!(second.reused_chunks, second.chunks, "{second:?}");
+    assert_eq!(stored_bytes(&store.dir), after_first);
+    assert_eq!(chunk_files(&store.dir).len(), files_after_first);
+
+    // Rewrite 3 of the 50 files, about 310 KB of the 30 MB of files (~1%), in place on the
+    // root filesystem, as a running system would.
+    let scratch = work.path();
+    let changed = [
+        ("usr/share/doc/kura/changelog", text_bytes(77_001, 305_000)),
+        ("etc/fstab", text_bytes(77_002, 950)),
+        ("usr/share/misc/deep/dir0/file0.dat", random_bytes(77_003, 3_100)),
+    ];
+    for (path, data) in &changed {
+        ext4_replace_file(&mut disk, 3, path, data, scratch);
+    }
+    let third = store.capture(&disk.path, Some("third"));
+    assert_eq!(third.chunks.abs_diff(first.chunks) <= 3, true, "{third:?} vs {first:?}");
+    // What may change, in 1 MiB chunks: each rewritten file's new blocks (up to 2 chunks each
+    // if they straddle a boundary: 6), plus the block and inode bitmaps, the inode table block,
+    // the directory blocks and the superblock/group descriptors (up to 6 chunks). Most of
+    // those compress well, but a chunk may also hold unchanged incompressible neighbours, so
+    // the bytes bound is 10% of what is used (~5 MiB), far below the ~25 MiB of the first
+    // capture.
+    assert!(third.new_chunks >= 1 && third.new_chunks <= 12, "{third:?}");
+    assert!(
+        third.new_stored_bytes <= third.used_bytes / 10,
+        "third capture stored {} of {} used",
+        third.new_stored_bytes,
+        third.used_bytes
+    );
+    assert!(third.new_stored_bytes <= 8 * MIB, "{third:?}");
+    assert!(third.new_stored_bytes * 4 <= first.new_stored_bytes, "{third:?} vs {first:?}");
+    assert_eq!(third.reused_chunks + third.new_chunks, third.chunks, "{third:?}");
+    let on_disk = stored_bytes(&store.dir);
+    assert!(on_disk - after_first <= third.new_stored_bytes + 64 * third.new_chunks, "store grew by {}", on_disk - after_first);
+
+    assert_eq!(store.list().len(), 3);
+
+    // Both the changed disk and the original come back from the shared chunks.
+    let restored = work.path().join("third.img");
+    store.restore(&third.snapshot, &restored);
+    assert_restored(&disk, &restored);
+    std::fs::remove_file(&restored).unwrap();
+
+    let restored = work.path().join("first.img");
+    store.restore(&first.snapshot, &restored);
+    // The source file now holds the changed disk; compare against the original's contents
+    // (the bytes outside filesystems did not change).
+    kura_tests::readback::assert_files_match(&original, &restored);
+    kura_tests::checkers::assert_fsck_clean(&original, &restored);
+    kura_tests::tables::assert_tables_equal(&original, &restored);
+}
