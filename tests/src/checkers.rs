@@ -60,10 +60,7 @@ pub fn check_partition(disk: &Path, part: &Partition, scratch: &Path) -> Result<
 /// Asserts that every filesystem of `image` (laid out as `layout`) checks clean.
 pub fn assert_fsck_clean(layout: &Disk, image: &Path) {
     let scratch = tempfile::tempdir().unwrap();
-    let problems: Vec<String> = layout
-        .partitions
-        .iter()
-        .filter_map(|p| check_partition(image, p, scratch.path()).err())
-        .collect();
+    let problems: Vec<String> =
+        layout.partitions.iter().filter_map(|p| check_partition(image, p, scratch.path()).err()).collect();
     assert!(problems.is_empty(), "fsck of {} failed:\n{}", image.display(), problems.join("\n"));
 }

@@ -41,11 +41,43 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 const WORDS: &[&str] = &[
-    "kernel", "initrd", "boot", "partition", "sector", "volume", "backup", "restore", "chunk",
-    "digest", "journal", "inode", "extent", "cluster", "bitmap", "superblock", "manifest",
-    "snapshot", "network", "service", "config", "timeout", "enabled", "disabled", "true",
-    "false", "=", "#", "[section]", "/usr/lib", "/etc/fstab", "UUID=", "0x1f", "error",
-    "warning", "info", "debug",
+    "kernel",
+    "initrd",
+    "boot",
+    "partition",
+    "sector",
+    "volume",
+    "backup",
+    "restore",
+    "chunk",
+    "digest",
+    "journal",
+    "inode",
+    "extent",
+    "cluster",
+    "bitmap",
+    "superblock",
+    "manifest",
+    "snapshot",
+    "network",
+    "service",
+    "config",
+    "timeout",
+    "enabled",
+    "disabled",
+    "true",
+    "false",
+    "=",
+    "#",
+    "[section]",
+    "/usr/lib",
+    "/etc/fstab",
+    "UUID=",
+    "0x1f",
+    "error",
+    "warning",
+    "info",
+    "debug",
 ];
 
 /// `len` bytes of text-like, compressible content (lines of words from a small vocabulary).
@@ -85,9 +117,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// sha256 of a whole file (streamed), e.g. to show that a failed restore left its target alone.
 pub fn sha256_file(path: &std::path::Path) -> String {
+    use std::io::Read;
     let mut f = std::fs::File::open(path).unwrap();
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
     hex::encode(h.finalize())
 }
 

@@ -136,29 +136,11 @@ pub struct PartSpec {
 
 impl PartSpec {
     pub fn gpt(size: u64, gpt_type: &'static str, name: &'static str, content: Content) -> Self {
-        PartSpec {
-            size,
-            gpt_type,
-            name,
-            attrs: &[],
-            mbr_type: 0,
-            bootable: false,
-            logical: false,
-            content,
-        }
+        PartSpec { size, gpt_type, name, attrs: &[], mbr_type: 0, bootable: false, logical: false, content }
     }
 
     pub fn mbr(size: u64, mbr_type: u8, content: Content) -> Self {
-        PartSpec {
-            size,
-            gpt_type: "",
-            name: "",
-            attrs: &[],
-            mbr_type,
-            bootable: false,
-            logical: false,
-            content,
-        }
+        PartSpec { size, gpt_type: "", name: "", attrs: &[], mbr_type, bootable: false, logical: false, content }
     }
 
     pub fn attrs(mut self, attrs: &'static [u8]) -> Self {
@@ -218,17 +200,10 @@ pub fn build_mbr(dir: &Path, name: &str, size: u64, parts: Vec<PartSpec>) -> Dis
             script.push_str("type=5\n");
             extended_written = true;
         }
-        assert!(
-            p.logical || !extended_written,
-            "primary partitions must come before logical ones"
-        );
+        assert!(p.logical || !extended_written, "primary partitions must come before logical ones");
         let start = if i == 0 { "start=2048, " } else { "" };
         let boot = if p.bootable { ", bootable" } else { "" };
-        script.push_str(&format!(
-            "{start}size={}, type={:x}{boot}\n",
-            p.size / SECTOR,
-            p.mbr_type
-        ));
+        script.push_str(&format!("{start}size={}, type={:x}{boot}\n", p.size / SECTOR, p.mbr_type));
     }
     let script_path = dir.join(format!("{name}.sfdisk"));
     fs::write(&script_path, &script).unwrap();
@@ -464,15 +439,9 @@ fn write_tree<'a>(root: &Path, files: impl Iterator<Item = &'a FileSpec>) {
 /// Runs one `debugfs -w` request on an ext4 image (or `disk?offset=N`); panics on any error
 /// message, since debugfs exits 0 even when a request fails.
 pub fn debugfs_w(img: &Path, request: &str) {
-    let out = crate::tools::run_unchecked(
-        "debugfs",
-        ["-w".as_ref(), "-R".as_ref(), request.as_ref(), img.as_os_str()],
-    );
+    let out = crate::tools::run_unchecked("debugfs", ["-w".as_ref(), "-R".as_ref(), request.as_ref(), img.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
-        .collect();
+    let problems: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()).collect();
     assert!(
         out.status.success() && problems.is_empty(),
         "debugfs -w -R {request:?} {} failed:\n{stderr}",

@@ -63,8 +63,11 @@ pub fn gpt_windows(dir: &Path) -> Disk {
             PartSpec::gpt(64 * MIB, "ef00", "EFI system partition", esp(9500)),
             PartSpec::gpt(16 * MIB, "0c01", "Microsoft reserved partition", Content::Empty),
             PartSpec::gpt(128 * MIB, "0700", "Basic data partition", ntfs("Windows", windows)),
-            PartSpec::gpt(64 * MIB, "2700", "Recovery", ntfs("Recovery", recovery))
-                .attrs(&[REQUIRED, HIDDEN, NO_AUTOMOUNT]),
+            PartSpec::gpt(64 * MIB, "2700", "Recovery", ntfs("Recovery", recovery)).attrs(&[
+                REQUIRED,
+                HIDDEN,
+                NO_AUTOMOUNT,
+            ]),
         ],
     )
 }
@@ -109,12 +112,7 @@ pub fn with_deleted_data(dir: &Path) -> (Disk, Vec<Vec<u8>>) {
                     deleted: vec![FileSpec::new("big.vhd", ntfs_big.clone())],
                 },
             ),
-            PartSpec::gpt(
-                32 * MIB,
-                "8200",
-                "swap",
-                Content::Swap { label: "swap", stale: Some(swap_old.clone()) },
-            ),
+            PartSpec::gpt(32 * MIB, "8200", "swap", Content::Swap { label: "swap", stale: Some(swap_old.clone()) }),
         ],
     );
     (disk, vec![ext4_big, ntfs_big, swap_old])

@@ -52,9 +52,8 @@ impl Run {
 
     /// Decodes stdout as JSON, panicking with the whole run if it is not.
     pub fn json<T: DeserializeOwned>(&self) -> T {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
-            panic!("kura output is not the expected JSON ({e}):\n{self}")
-        })
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("kura output is not the expected JSON ({e}):\n{self}"))
     }
 
     /// Panics with the whole run unless it exited 0.
@@ -217,9 +216,15 @@ impl Store {
     }
 
     pub fn list(&self) -> Vec<SnapshotEntry> {
-        run([OsStr::new("image"), OsStr::new("list"), OsStr::new("--store"), self.dir.as_os_str(), OsStr::new("--json")])
-            .expect_success()
-            .json()
+        run([
+            OsStr::new("image"),
+            OsStr::new("list"),
+            OsStr::new("--store"),
+            self.dir.as_os_str(),
+            OsStr::new("--json"),
+        ])
+        .expect_success()
+        .json()
     }
 
     pub fn verify_run(&self, snapshot: Option<&str>) -> Run {

@@ -196,9 +196,7 @@ pub fn assert_files_match(source: &Disk, restored: &Path) {
                 for (path, digest) in &expected {
                     match actual.get(path) {
                         None => problems.push(format!("partition {}: {path} is missing", part.number)),
-                        Some(d) if d != digest => {
-                            problems.push(format!("partition {}: {path} differs", part.number))
-                        }
+                        Some(d) if d != digest => problems.push(format!("partition {}: {path} differs", part.number)),
                         Some(_) => {}
                     }
                 }

@@ -81,16 +81,17 @@ pub fn raw_ranges(disk: &Disk) -> Vec<RawRange> {
 /// Named ranges the issue calls out, checked on their own for clearer failures: LBA 0 up to
 /// the first partition, every raw partition, and (GPT) the last 33 sectors.
 pub fn boot_ranges(disk: &Disk) -> Vec<RawRange> {
-    let mut out = vec![RawRange {
-        what: "LBA 0 up to the first partition".into(),
-        start: 0,
-        end: disk.first_partition_offset(),
-    }];
+    let mut out =
+        vec![RawRange { what: "LBA 0 up to the first partition".into(), start: 0, end: disk.first_partition_offset() }];
     for p in disk.partitions.iter().filter(|p| p.fs == Fs::Raw) {
         out.push(RawRange { what: format!("raw partition {}", p.number), start: p.offset, end: p.end() });
     }
     if disk.table == TableKind::Gpt {
-        out.push(RawRange { what: "backup GPT (last 33 sectors)".into(), start: disk.size - 33 * SECTOR, end: disk.size });
+        out.push(RawRange {
+            what: "backup GPT (last 33 sectors)".into(),
+            start: disk.size - 33 * SECTOR,
+            end: disk.size,
+        });
     }
     out
 }

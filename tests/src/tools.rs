@@ -36,9 +36,7 @@ where
         // No locale surprises in the output we compare.
         .env("LC_ALL", "C")
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `{program}` ({e}); install it: apt-get install -y {}", package(program))
-        })
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}); install it: apt-get install -y {}", package(program)))
 }
 
 fn package(program: &str) -> &'static str {

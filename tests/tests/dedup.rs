@@ -41,7 +41,7 @@ fn unchanged_and_slightly_changed_disks_deduplicate() {
         ext4_replace_file(&mut disk, 3, path, data, scratch);
     }
     let third = store.capture(&disk.path, Some("third"));
-    assert_eq!(third.chunks.abs_diff(first.chunks) <= 3, true, "{third:?} vs {first:?}");
+    assert!(third.chunks.abs_diff(first.chunks) <= 3, "{third:?} vs {first:?}");
     // What may change, in 1 MiB chunks: each rewritten file's new blocks (up to 2 chunks each
     // if they straddle a boundary: 6), plus the block and inode bitmaps, the inode table block,
     // the directory blocks and the superblock/group descriptors (up to 6 chunks). Most of
@@ -59,7 +59,11 @@ fn unchanged_and_slightly_changed_disks_deduplicate() {
     assert!(third.new_stored_bytes * 4 <= first.new_stored_bytes, "{third:?} vs {first:?}");
     assert_eq!(third.reused_chunks + third.new_chunks, third.chunks, "{third:?}");
     let on_disk = stored_bytes(&store.dir);
-    assert!(on_disk - after_first <= third.new_stored_bytes + 64 * third.new_chunks, "store grew by {}", on_disk - after_first);
+    assert!(
+        on_disk - after_first <= third.new_stored_bytes + 64 * third.new_chunks,
+        "store grew by {}",
+        on_disk - after_first
+    );
 
     assert_eq!(store.list().len(), 3);
 

@@ -36,10 +36,7 @@ fn mbr_legacy_fixture_reads_back() {
     let work = tempfile::tempdir().unwrap();
     let disk = fixtures::mbr_legacy(work.path());
     let numbers: Vec<(u32, Fs)> = disk.partitions.iter().map(|p| (p.number, p.fs)).collect();
-    assert_eq!(
-        numbers,
-        [(1, Fs::Ext4), (2, Fs::Fat), (3, Fs::Extended), (5, Fs::Ext4), (6, Fs::Ntfs)]
-    );
+    assert_eq!(numbers, [(1, Fs::Ext4), (2, Fs::Fat), (3, Fs::Extended), (5, Fs::Ext4), (6, Fs::Ntfs)]);
     check_fixture(&disk, work.path());
 }
 

@@ -5,6 +5,10 @@
 //! descriptor blocks, reserved GDT blocks, bitmaps and inode table are marked used whatever the
 //! bitmaps say: they are always allocated, and marking them unconditionally covers `flex_bg`
 //! layouts where one group's metadata lives inside another, uninitialised, group.
+//!
+//! A filesystem whose journal needs recovery, that was not cleanly unmounted or that has recorded
+//! errors is captured raw: its bitmaps may lag allocations that only the journal (or fsck) knows.
+//! So is one where a group's bitmap shows more free blocks than its descriptor counts.
 
 use super::{label_from_bytes, le16, le32, read_at_or, AllocationMap, FsKind};
 use crate::bitmap::Bitmap;
@@ -48,6 +52,8 @@ const STATE_VALID: u16 = 0x1;
 const STATE_ERROR: u16 = 0x2;
 
 const BG_BLOCK_UNINIT: u16 = 0x2;
+
+const MIN_BLOCKS_PER_GROUP: u64 = 256;
 
 /// Whether `head` (the start of a partition) carries the ext2/3/4 superblock magic.
 pub(super) fn detect(head: &[u8]) -> bool {
@@ -142,8 +148,14 @@ impl Geometry {
         }
         let blocks_per_group = le32(sb, 0x20) as u64;
         let clusters_per_group = if bigalloc { le32(sb, 0x24) as u64 } else { blocks_per_group };
-        if clusters_per_group == 0 || clusters_per_group > 8 * block_size {
-            return Err(format!("{clusters_per_group} blocks/clusters per group do not fit one bitmap block"));
+        if clusters_per_group & 7 != 0 || clusters_per_group > 8 * block_size {
+            return Err(format!(
+                "{clusters_per_group} blocks/clusters per group is not a multiple of 8 fitting one bitmap block"
+            ));
+        }
+        // mke2fs's lower bound; it also bounds the descriptor count (and memory) by the size.
+        if blocks_per_group < MIN_BLOCKS_PER_GROUP {
+            return Err(format!("{blocks_per_group} blocks per group is below {MIN_BLOCKS_PER_GROUP}"));
         }
         if blocks_per_group != clusters_per_group << cluster_bits {
             return Err(format!(

@@ -1,9 +1,10 @@
 //! FAT12/16/32 allocation maps, from the BIOS parameter block and the file allocation tables.
 //!
-//! The map is per sector: the reserved area, every FAT copy, the FAT12/16 root directory and
+//! The map is per block of whole sectors, as large as the data area's alignment and the cluster
+//! size allow (one sector at worst): the reserved area, every FAT copy, the FAT12/16 root directory and
 //! each data cluster with a non-zero entry in any FAT copy are used (bad-cluster markers count as
 //! used; the union of the copies only ever marks more). The few sectors past the last whole
-//! cluster are marked used too.
+//! cluster are used too (marked, or left past the map as the tail).
 
 use super::{label_from_bytes, le16, le32, read_at_or, AllocationMap, FsKind};
 use crate::bitmap::Bitmap;
@@ -14,6 +15,9 @@ const FAT12_MAX: u64 = 4085;
 const FAT16_MAX: u64 = 65525;
 /// Largest cluster count whose numbers stay below FAT32's reserved values.
 const FAT32_MAX: u64 = 0x0FFF_FFF5;
+
+/// Largest map block: coarser blocks keep the map of a big FAT32 volume small.
+const MAX_BLOCK: u64 = 64 * 1024;
 
 /// Bytes of FAT32 entries read at a time.
 const CHUNK: u64 = 1 << 20;
@@ -138,6 +142,16 @@ impl Layout {
         })
     }
 
+    /// Sectors per map bit: the largest power of two (up to a cluster, at most 64 KiB) that
+    /// divides both the data area's start and the cluster size, so every region is whole bits.
+    fn sectors_per_block(&self) -> u64 {
+        let max = (MAX_BLOCK / self.bytes_per_sector).min(self.sectors_per_cluster);
+        // Both are powers of two, so the answer is the smaller of them and the data start's
+        // largest power-of-two divisor.
+        let align = 1u64 << self.first_data_sector.trailing_zeros().min(16);
+        max.min(align)
+    }
+
     /// Byte length of the FAT entries for clusters 0..clusters+2.
     fn fat_bytes(&self) -> u64 {
         let entries = self.clusters + 2;
@@ -153,16 +167,21 @@ impl Layout {
 pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) -> Result<AllocationMap, String> {
     let l = Layout::parse(head, part_size)?;
     let used = used_clusters(part, &l)?;
-    let mut bitmap = Bitmap::new(l.total_sectors);
-    bitmap.set_range(0, l.first_data_sector);
+    let unit = l.sectors_per_block();
+    // Whole blocks only: the sectors past the last whole block (all past the last cluster) are
+    // the tail the map contract counts as used.
+    let mut bitmap = Bitmap::new(l.total_sectors / unit);
+    let first_data = l.first_data_sector / unit;
+    let per_cluster = l.sectors_per_cluster / unit;
+    bitmap.set_range(0, first_data);
     for (start, count) in used.runs() {
-        bitmap.set_range(l.first_data_sector + start * l.sectors_per_cluster, count * l.sectors_per_cluster);
+        bitmap.set_range(first_data + start * per_cluster, count * per_cluster);
     }
-    let data_end = l.first_data_sector + l.clusters * l.sectors_per_cluster;
-    bitmap.set_range(data_end, l.total_sectors - data_end);
+    let data_end = first_data + l.clusters * per_cluster;
+    bitmap.set_range(data_end, bitmap.len() - data_end);
     Ok(AllocationMap {
         kind: FsKind::Fat,
-        block_size: l.bytes_per_sector as u32,
+        block_size: (l.bytes_per_sector * unit) as u32,
         bitmap,
         label: l.label.clone(),
         warnings: Vec::new(),
@@ -216,9 +235,14 @@ mod tests {
     use std::io::Cursor;
 
     /// Builds a FAT image with `mkfs.vfat -F <bits>` and copies a few files onto it.
-    fn build(mib: u64, bits: &str, big: usize) -> Image {
+    fn build(mib: u64, bits: &str, sectors_per_cluster: Option<&str>, big: usize) -> Image {
         let img = Image::new(mib);
-        run("mkfs.vfat", &["-F", bits, "-n", "KURAFAT", img.path_str()]);
+        let mut args = vec!["-F", bits, "-n", "KURAFAT"];
+        if let Some(spc) = sectors_per_cluster {
+            args.extend(["-s", spc]);
+        }
+        args.push(img.path_str());
+        run("mkfs.vfat", &args);
         let dir = img.dir.path();
         std::fs::write(dir.join("small.txt"), b"hello kura\n").unwrap();
         std::fs::write(dir.join("big.bin"), file_of(big, 3)).unwrap();
@@ -250,49 +274,64 @@ mod tests {
         v
     }
 
-    fn check_variant(mib: u64, bits: &str, expect: FatType) {
-        if !have("mkfs.vfat") || !have("mcopy") || !have("fsck.fat") {
+    /// Builds a FAT image, checks its map against `fsck.fat` and `mshowfat`; returns the map's
+    /// block size (0 if the tools are missing).
+    fn check_variant(mib: u64, bits: &str, cluster: Option<&str>, expect: FatType) -> u32 {
+        if !have("mkfs.vfat") || !have("mcopy") || !have("fsck.fat") || !have("mshowfat") {
             eprintln!("dosfstools/mtools missing: skipped");
-            return;
+            return 0;
         }
-        let img = build(mib, bits, 1_500_000);
+        let img = build(mib, bits, cluster, 1_500_000);
         let map = img.probe(None);
         assert_eq!(map.kind, FsKind::Fat, "{:?}", map.warnings);
         assert_eq!(map.label.as_deref(), Some("KURAFAT"));
         let bytes = img.bytes();
         let l = Layout::parse(&bytes[..512], bytes.len() as u64).unwrap();
         assert_eq!(l.fat_type, expect);
-        assert_eq!(map.bitmap.len(), l.total_sectors);
+        let unit = l.sectors_per_block();
+        assert_eq!(map.block_size as u64, unit * l.bytes_per_sector);
+        assert_eq!(map.bitmap.len(), l.total_sectors / unit);
         let used = used_clusters(&mut Cursor::new(&bytes), &l).unwrap();
         let (fsck_used, fsck_total) = fsck_clusters(&img);
         assert_eq!(l.clusters, fsck_total);
         assert_eq!(used.count_ones(), fsck_used, "used clusters vs fsck.fat");
         let data_end = l.first_data_sector + l.clusters * l.sectors_per_cluster;
-        assert_eq!(
-            map.bitmap.count_ones(),
-            l.first_data_sector + fsck_used * l.sectors_per_cluster + (l.total_sectors - data_end)
-        );
+        let used_sectors = l.first_data_sector + fsck_used * l.sectors_per_cluster + (l.total_sectors - data_end);
+        let past_volume = img.size() - l.total_sectors * l.bytes_per_sector;
+        assert_eq!(map.used_bytes(img.size()), used_sectors * l.bytes_per_sector + past_volume);
         for c in file_clusters(&img, "big.bin") {
             let s = l.first_data_sector + (c - 2) * l.sectors_per_cluster;
             for i in 0..l.sectors_per_cluster {
-                assert!(map.bitmap.get(s + i), "cluster {c} of big.bin not used");
+                assert!(map.bitmap.get((s + i) / unit), "cluster {c} of big.bin not used");
             }
         }
+        map.block_size
     }
 
     #[test]
     fn fat32_counts_match_fsck() {
-        check_variant(64, "32", FatType::Fat32);
+        check_variant(64, "32", None, FatType::Fat32);
     }
 
     #[test]
     fn fat16_counts_match_fsck() {
-        check_variant(32, "16", FatType::Fat16);
+        check_variant(32, "16", None, FatType::Fat16);
     }
 
     #[test]
     fn fat12_counts_match_fsck() {
-        check_variant(4, "12", FatType::Fat12);
+        check_variant(4, "12", None, FatType::Fat12);
+    }
+
+    #[test]
+    fn fat32_big_clusters_use_big_blocks() {
+        let bs = check_variant(300, "32", Some("8"), FatType::Fat32);
+        assert!(bs == 0 || bs == 4096, "4 KiB clusters aligned by mkfs.fat give 4 KiB blocks, got {bs}");
+    }
+
+    #[test]
+    fn fat16_big_clusters() {
+        check_variant(200, "16", Some("64"), FatType::Fat16);
     }
 
     #[test]
@@ -300,12 +339,16 @@ mod tests {
         if !have("mkfs.vfat") || !have("mdel") {
             return;
         }
-        let img = build(64, "32", 3_000_000);
+        let img = build(64, "32", None, 3_000_000);
         let before = img.probe(None).bitmap.count_ones();
         run("mdel", &["-i", img.path_str(), "::big.bin"]);
         let after = img.probe(None);
         assert_eq!(after.kind, FsKind::Fat);
-        assert!(before - after.bitmap.count_ones() >= 3_000_000 / 512, "{before} -> {}", after.bitmap.count_ones());
+        assert!(
+            (before - after.bitmap.count_ones()) * after.block_size as u64 >= 3_000_000,
+            "{before} -> {}",
+            after.bitmap.count_ones()
+        );
     }
 
     #[test]
@@ -313,7 +356,7 @@ mod tests {
         if !have("mkfs.vfat") {
             return;
         }
-        let img = build(32, "16", 10_000);
+        let img = build(32, "16", None, 10_000);
         let mut bytes = img.bytes();
         // Keep the jump and a plausible sector size so detection still fires, then break the rest.
         for (i, b) in bytes[0x0D..0x40].iter_mut().enumerate() {

@@ -1,0 +1,148 @@
+//! Capture and restore through an in-memory chunk store: the pipelines' own contract, without
+//! filesystems (a disk with no partition table is one raw region).
+
+use kura_imaging::capture::{capture, CaptureOptions};
+use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use kura_imaging::manifest::{ChunkRef, Manifest};
+use kura_imaging::progress::NoProgress;
+use kura_imaging::restore::{restore, RestoreOptions};
+use kura_imaging::Error;
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct MemStore {
+    chunks: Mutex<HashMap<Digest, Vec<u8>>>,
+    /// Refuse puts once this many chunks are held (a full store).
+    capacity: Option<usize>,
+}
+
+impl ChunkSink for MemStore {
+    fn has_chunk(&self, d: &Digest) -> Result<bool, Error> {
+        Ok(self.chunks.lock().unwrap().contains_key(d))
+    }
+    fn put_chunk(&self, d: &Digest, blob: &[u8]) -> Result<bool, Error> {
+        let mut c = self.chunks.lock().unwrap();
+        if self.capacity.is_some_and(|cap| c.len() >= cap) {
+            return Err(Error::Store { message: "the store is full".into(), retryable: false });
+        }
+        Ok(c.insert(*d, blob.to_vec()).is_none())
+    }
+}
+
+impl ChunkSource for MemStore {
+    fn get_chunk(&self, d: &Digest) -> Result<Vec<u8>, Error> {
+        self.chunks.lock().unwrap().get(d).cloned().ok_or(Error::ChunkMissing { digest: d.to_hex() })
+    }
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 5 MiB + 3 KiB: random data, a zero MiB, repeated content, and an odd-sized tail.
+fn disk() -> Vec<u8> {
+    let mut d = noise(1 << 20, 1);
+    d.extend(vec![0u8; 1 << 20]);
+    d.extend(noise(1 << 20, 5));
+    d.extend(noise(1 << 20, 1)); // same as the first MiB: deduplicated
+    d.extend(noise((1 << 20) + 3072, 9));
+    d
+}
+
+fn opts() -> CaptureOptions {
+    CaptureOptions { threads: 3, source: "mem".into(), ..Default::default() }
+}
+
+#[test]
+fn raw_disk_roundtrip_onto_garbage_target() {
+    let src = disk();
+    let store = MemStore::default();
+    let (m, stats) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
+    assert_eq!(stats.disk_size, src.len() as u64);
+    assert_eq!(stats.zero_chunks, 1);
+    assert_eq!(stats.chunks, 5);
+    assert_eq!(stats.new_chunks, 4, "the repeated MiB is stored once");
+    let m = Manifest::decode(&m.encode().unwrap()).unwrap();
+
+    // The target holds garbage everywhere: zero chunks must be written as zeros.
+    let mut target = Cursor::new(vec![0xAAu8; src.len()]);
+    let rs = restore(&m, &store, &mut target, src.len() as u64, &RestoreOptions::default(), &NoProgress).unwrap();
+    assert_eq!(rs.written_bytes, src.len() as u64);
+    assert!(target.into_inner() == src);
+}
+
+#[test]
+fn second_capture_stores_nothing_new() {
+    let src = disk();
+    let store = MemStore::default();
+    capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
+    let (_, s2) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
+    assert_eq!((s2.new_chunks, s2.new_stored_bytes), (0, 0));
+    assert_eq!(s2.reused_chunks, 5);
+}
+
+#[test]
+fn tampered_chunk_stops_restore_before_any_write() {
+    let src = disk();
+    let store = MemStore::default();
+    let (m, _) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
+    let victim = match m.regions[0].chunks[2] {
+        ChunkRef::Data(d) => d,
+        other => panic!("expected data, got {other:?}"),
+    };
+    store.chunks.lock().unwrap().get_mut(&victim).unwrap()[100] ^= 1;
+    let mut target = Cursor::new(vec![0x55u8; src.len()]);
+    let err = restore(&m, &store, &mut target, src.len() as u64, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+    assert!(target.into_inner().iter().all(|&b| b == 0x55), "target was written");
+}
+
+#[test]
+fn missing_chunk_and_small_target_are_refused_before_any_write() {
+    let src = disk();
+    let store = MemStore::default();
+    let (m, _) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
+    let mut small = Cursor::new(vec![0x55u8; src.len() - 512]);
+    let err = restore(&m, &store, &mut small, src.len() as u64 - 512, &RestoreOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, Error::TargetTooSmall { .. }), "{err}");
+    assert!(small.into_inner().iter().all(|&b| b == 0x55));
+
+    let gone = *store.chunks.lock().unwrap().keys().next().unwrap();
+    store.chunks.lock().unwrap().remove(&gone);
+    let mut target = Cursor::new(vec![0x55u8; src.len()]);
+    let err = restore(&m, &store, &mut target, src.len() as u64, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, Error::ChunkMissing { .. }) && err.to_string().contains(&gone.to_hex()), "{err}");
+    assert!(target.into_inner().iter().all(|&b| b == 0x55));
+}
+
+#[test]
+fn full_store_fails_the_capture_with_a_clear_error() {
+    let src = disk();
+    let store = MemStore { capacity: Some(2), ..Default::default() };
+    let err = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+}
+
+#[test]
+fn chunk_sizes_other_than_default_roundtrip() {
+    let src = disk();
+    for cs in [256 << 10, 4 << 20] {
+        let store = MemStore::default();
+        let o = CaptureOptions { chunk_size: cs, ..opts() };
+        let (m, _) = capture(Cursor::new(&src), &o, &store, &NoProgress).unwrap();
+        let mut target = Cursor::new(Vec::new());
+        restore(&m, &store, &mut target, u64::MAX, &RestoreOptions::default(), &NoProgress).unwrap();
+        assert!(target.into_inner() == src, "chunk size {cs}");
+    }
+}

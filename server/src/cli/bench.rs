@@ -1,0 +1,1228 @@
+//! `kura bench`: Kura's imaging pipeline against the reference tools, on the same data, in one
+//! run.
+//!
+//! It builds a GPT test disk in a fresh work directory, without loop devices or mounts: an ext4
+//! partition (~75 %) made with `mkfs.ext4 -d` from real system files and generated data
+//! (incompressible pseudo-random and compressible text), and an NTFS partition (~25 %) made with
+//! `mkntfs` and filled with a few large files by `ntfscp`; about half the disk ends up used.
+//! Then, with a warm page cache (everything is read once before the first measurement, nothing
+//! is dropped), it measures:
+//!
+//! - **capture**: Kura (in-process, into a [`LocalStore`], committed) against
+//!   `partclone.<fs> -c | zstd -T0 -3` on each partition, with `cat` as the read limit;
+//! - **restore**: Kura onto a new sparse file against `zstd -d | partclone.<fs> -r`, each
+//!   checked against the source afterwards (used bytes compared, `e2fsck -fn` on ext4);
+//! - **single-stage limits** on the same used bytes, in the chunks Kura reads: read alone,
+//!   SHA-256 alone and zstd alone at Kura's level, on one thread and on all;
+//! - **chunk size**: Kura with 256 KiB, 1 MiB and 4 MiB chunks, and the bytes a second capture
+//!   stores after about 1 % of the ext4 files changed (`debugfs -w`: rm + write).
+//!
+//! Wall time comes from [`Instant`]; CPU time from `/proc/self/stat` (this process's threads plus
+//! waited-for children and their descendants), so no unsafe code is needed. Every writer is made
+//! durable inside its timing: Kura's store fsyncs each chunk, and the reference outputs and
+//! restore targets are fsynced before their clock stops.
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use kura_catalogs::LocalStore;
+use kura_imaging::capture::{self, CaptureOptions, CaptureStats, Plan};
+use kura_imaging::chunk::{ChunkSink, Digest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
+use kura_imaging::fs::AllocationMap;
+use kura_imaging::progress::NoProgress;
+use kura_imaging::restore::{self, RestoreOptions};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Chunk sizes compared by the chunk-size experiment.
+const CHUNK_SIZES: [u32; 3] = [256 << 10, 1 << 20, 4 << 20];
+/// The smallest disk the layout below makes sense for.
+const MIN_DISK: u64 = 256 * MIB;
+/// External tools the benchmark needs.
+const TOOLS: [&str; 12] = [
+    "bash", "cat", "sgdisk", "mkfs.ext4", "mkntfs", "ntfscp", "debugfs", "e2fsck", "partclone.extfs", "partclone.ntfs",
+    "zstd", "getconf",
+];
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Parent of the work directory (a fresh `kura-bench.*` directory is made inside it and
+    /// removed afterwards). Needs about three times the disk size free.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
+    dir: PathBuf,
+    /// Size of the test disk (K, M, G and T are binary units).
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    disk_size: u64,
+    /// Keep the work directory (disk images, stores) and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Print the figures as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], KIB),
+        Some('M' | 'm') => (&t[..t.len() - 1], MIB),
+        Some('G' | 'g') => (&t[..t.len() - 1], GIB),
+        Some('T' | 't') => (&t[..t.len() - 1], GIB << 10),
+        _ => (t, 1),
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * mult as f64) as u64),
+        _ => Err(format!("not a size: {s:?} (try 4G or 512M)")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+/// Wall and CPU time of one measured step.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Timing {
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// One measured line of the report.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    name: String,
+    seconds: f64,
+    cpu_seconds: f64,
+    /// Bytes the step is measured against (the used bytes it covers).
+    used_bytes: u64,
+    /// MiB/s of used bytes.
+    mib_s: f64,
+    /// MiB/s of the whole disk (or partitions) it covers, where that means something.
+    disk_mib_s: Option<f64>,
+    /// Bytes stored (or produced) by the step, where it stores anything.
+    stored_bytes: Option<u64>,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, t: Timing, used_bytes: u64) -> Row {
+        Row {
+            name: name.into(),
+            seconds: t.seconds,
+            cpu_seconds: t.cpu_seconds,
+            used_bytes,
+            mib_s: rate(used_bytes, t.seconds),
+            disk_mib_s: None,
+            stored_bytes: None,
+        }
+    }
+
+    fn disk(mut self, bytes: u64) -> Row {
+        self.disk_mib_s = Some(rate(bytes, self.seconds));
+        self
+    }
+
+    fn stored(mut self, bytes: u64) -> Row {
+        self.stored_bytes = Some(bytes);
+        self
+    }
+}
+
+fn rate(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / MIB as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    work_dir: String,
+    page_cache: &'static str,
+    cpus: usize,
+    kura_threads: usize,
+    disk: DiskInfo,
+    capture: CaptureSection,
+    restore: RestoreSection,
+    limits: Vec<Row>,
+    chunk_sizes: ChunkSection,
+    checks: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DiskInfo {
+    size: u64,
+    used_bytes: u64,
+    partitions: Vec<PartInfo>,
+}
+
+#[derive(Serialize)]
+struct PartInfo {
+    number: u32,
+    fs: &'static str,
+    start: u64,
+    size: u64,
+    used_bytes: u64,
+    files: usize,
+}
+
+#[derive(Serialize)]
+struct CaptureSection {
+    cat_partitions: Row,
+    cat_disk: Row,
+    partclone_zstd: Row,
+    kura: Row,
+    kura_null_sink: Row,
+    /// partclone+zstd seconds / Kura seconds: above 1 means Kura is faster.
+    speed_ratio: f64,
+    /// Kura stored bytes / partclone+zstd image bytes: at most 1 means Kura stores no more.
+    stored_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct RestoreSection {
+    partclone_zstd: Row,
+    kura: Row,
+    /// partclone restore seconds / Kura restore seconds: above 1 means Kura is faster.
+    speed_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct ChunkSection {
+    changed_files: usize,
+    changed_file_bytes: u64,
+    rows: Vec<ChunkRow>,
+}
+
+#[derive(Serialize)]
+struct ChunkRow {
+    chunk_size: u32,
+    capture: Row,
+    chunks: u64,
+    second_capture: Row,
+    /// Encoded bytes newly stored by the second capture (after the change).
+    second_new_bytes: u64,
+    second_new_chunks: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry point
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    ensure!(args.disk_size >= MIN_DISK, "the test disk must be at least {} MiB", MIN_DISK / MIB);
+    for tool in TOOLS {
+        ensure!(
+            find_tool(tool).is_some(),
+            "`{tool}` is not installed (the benchmark needs partclone, zstd, gdisk, e2fsprogs and ntfs-3g)"
+        );
+    }
+    fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("kura-bench.")
+        .tempdir_in(&args.dir)
+        .with_context(|| format!("creating a work directory in {}", args.dir.display()))?;
+    // With --keep the directory outlives the run even if it fails.
+    let (guard, work) = if args.keep {
+        let p = tmp.keep();
+        (None, p)
+    } else {
+        let p = tmp.path().to_path_buf();
+        (Some(tmp), p)
+    };
+    let disk_size = args.disk_size / MIB * MIB;
+    let report = bench(&work, disk_size)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if args.keep {
+        eprintln!("bench: work directory kept: {}", work.display());
+    }
+    drop(guard);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn say(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+fn bench(work: &Path, disk_size: u64) -> Result<Report> {
+    say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
+    let disk = build_disk(work, disk_size)?;
+    let cpus = capture::default_threads();
+
+    say("warming the page cache (every image read once)");
+    let mut images: Vec<&Path> = vec![&disk.path, &disk.mod_path];
+    images.extend(disk.parts.iter().map(|p| p.image.as_path()));
+    for img in &images {
+        run_quiet(Command::new("cat").arg(img))?;
+    }
+
+    // The same allocation maps Kura captures with, and the chunks it reads.
+    let plan = {
+        let mut f = File::open(&disk.path)?;
+        capture::plan(&mut f, disk_size, &NoProgress).context("planning the test disk")?
+    };
+    let jobs = chunk_jobs(&plan, DEFAULT_CHUNK_SIZE as u64);
+    let used: u64 = plan.regions.iter().map(|r| r.map.used_bytes(r.size)).sum();
+    let part_used = |n: u32| -> u64 {
+        plan.regions.iter().filter(|r| r.partition == Some(n)).map(|r| r.map.used_bytes(r.size)).sum()
+    };
+    let parts_used: u64 = disk.parts.iter().map(|p| part_used(p.number)).sum();
+    let parts_size: u64 = disk.parts.iter().map(|p| p.size).sum();
+    let info = DiskInfo {
+        size: disk_size,
+        used_bytes: used,
+        partitions: disk
+            .parts
+            .iter()
+            .map(|p| PartInfo {
+                number: p.number,
+                fs: p.fs,
+                start: p.start,
+                size: p.size,
+                used_bytes: part_used(p.number),
+                files: p.files,
+            })
+            .collect(),
+    };
+
+    // Single-stage limits.
+    say("single-stage limits (read, sha256, zstd)");
+    let mut limits = Vec::new();
+    let t = read_alone(&disk.path, &jobs)?;
+    limits.push(Row::new("read used chunks (1 thread)", t, used));
+    for threads in dedup_threads(cpus) {
+        let (t, _) = compute_alone(&disk.path, &jobs, threads, Stage::Sha256)?;
+        limits.push(Row::new(format!("sha256 ({threads} thread{})", plural(threads)), t, used));
+    }
+    for threads in dedup_threads(cpus) {
+        let (t, out) = compute_alone(&disk.path, &jobs, threads, Stage::Zstd(DEFAULT_LEVEL))?;
+        let name = format!("zstd -{DEFAULT_LEVEL} ({threads} thread{})", plural(threads));
+        limits.push(Row::new(name, t, used).stored(out));
+    }
+
+    // Capture.
+    say("capture: cat, partclone+zstd, Kura");
+    let mut cat_parts = Timing::default();
+    for p in &disk.parts {
+        let (_, t) = timed(|| run_quiet(Command::new("cat").arg(&p.image)))?;
+        add(&mut cat_parts, t);
+    }
+    let (_, t) = timed(|| run_quiet(Command::new("cat").arg(&disk.path)))?;
+    let cat_disk = Row::new("cat whole disk image", t, used).disk(disk_size);
+    let cat_parts = Row::new("cat partition images (read limit)", cat_parts, parts_used).disk(parts_size);
+
+    let mut pcl = Timing::default();
+    let mut pcl_bytes = 0;
+    for p in &disk.parts {
+        let out = work.join(format!("p{}.pcl.zst", p.number));
+        let (_, t) = timed(|| {
+            run_quiet(Command::new("bash").args([
+                "-c",
+                "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -3 -q -f -o \"$3\"",
+                "bash",
+            ]).arg(p.tool).arg(&p.image).arg(&out))?;
+            sync_file(&out)
+        })?;
+        add(&mut pcl, t);
+        pcl_bytes += fs::metadata(&out)?.len();
+    }
+    let pcl_capture = Row::new("partclone -c | zstd -T0 -3", pcl, parts_used).disk(parts_size).stored(pcl_bytes);
+
+    let store_dir = work.join("store");
+    let (stats, id, t) = kura_capture(&disk.path, &store_dir, DEFAULT_CHUNK_SIZE)?;
+    let kura_stored = dir_bytes(&store_dir.join("chunks"))?;
+    let kura_capture_row = Row::new("Kura capture (local store, 1 MiB chunks)", t, stats.used_bytes)
+        .disk(disk_size)
+        .stored(kura_stored);
+    let (_, t) = timed(|| {
+        let opts = CaptureOptions { source: disk.path.display().to_string(), ..Default::default() };
+        capture::capture(File::open(&disk.path)?, &opts, &NullSink, &NoProgress).map_err(anyhow::Error::from)
+    })?;
+    let kura_null = Row::new("Kura capture, no store (diagnostic)", t, stats.used_bytes).disk(disk_size);
+
+    // Restore.
+    say("restore: partclone+zstd, Kura");
+    let mut checks = Vec::new();
+    let mut pcl_restore = Timing::default();
+    for p in &disk.parts {
+        let src = work.join(format!("p{}.pcl.zst", p.number));
+        let out = work.join(format!("p{}.restored.img", p.number));
+        File::create(&out)?.set_len(p.size)?;
+        let (_, t) = timed(|| {
+            run_quiet(Command::new("bash").args([
+                "-c",
+                "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
+                "bash",
+            ]).arg(&src).arg(p.tool).arg(&out))?;
+            sync_file(&out)
+        })?;
+        add(&mut pcl_restore, t);
+        compare_used(&disk.path, &out, p.start, &jobs, p.start, p.start + p.size)
+            .with_context(|| format!("checking partclone's restore of partition {}", p.number))?;
+        if p.fs == "ext4" {
+            fsck_ext4(&out.display().to_string())?;
+        }
+        checks.push(format!("partclone restore of partition {} ({}): used bytes identical", p.number, p.fs));
+        fs::remove_file(&out)?;
+    }
+    let pcl_restore = Row::new("zstd -d | partclone -r", pcl_restore, parts_used).disk(parts_size);
+
+    let target = work.join("kura.restored.img");
+    let (_, t) = timed(|| {
+        let store = LocalStore::open(&store_dir)?;
+        let manifest = store.load_manifest(&id)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&target)?;
+        f.set_len(manifest.disk_size())?;
+        let opts = RestoreOptions { target_is_zeroed: true, ..Default::default() };
+        restore::restore(&manifest, &store, &mut f, disk_size, &opts, &NoProgress)?;
+        f.sync_all()?;
+        Ok(())
+    })?;
+    let kura_restore = Row::new("Kura restore (new sparse file)", t, stats.used_bytes).disk(disk_size);
+    compare_used(&disk.path, &target, 0, &jobs, 0, disk_size).context("checking Kura's restore")?;
+    for p in disk.parts.iter().filter(|p| p.fs == "ext4") {
+        fsck_ext4(&format!("{}?offset={}", target.display(), p.start))?;
+    }
+    checks.push("Kura restore: used bytes of the whole disk identical; e2fsck -fn clean".into());
+    fs::remove_file(&target)?;
+
+    // Chunk sizes.
+    say("chunk sizes: capture, then capture again after ~1% of the ext4 files changed");
+    let mut rows = Vec::new();
+    for cs in CHUNK_SIZES {
+        let dir = work.join(format!("store-{}k", cs / 1024));
+        let (first, _, t1) = kura_capture(&disk.path, &dir, cs)?;
+        let stored = dir_bytes(&dir.join("chunks"))?;
+        let (second, _, t2) = kura_capture(&disk.mod_path, &dir, cs)?;
+        rows.push(ChunkRow {
+            chunk_size: cs,
+            capture: Row::new(format!("{} KiB", cs / 1024), t1, first.used_bytes).disk(disk_size).stored(stored),
+            chunks: first.chunks,
+            second_capture: Row::new(format!("{} KiB, after the change", cs / 1024), t2, second.used_bytes)
+                .stored(second.new_stored_bytes),
+            second_new_bytes: second.new_stored_bytes,
+            second_new_chunks: second.new_chunks,
+        });
+        fs::remove_dir_all(&dir)?;
+    }
+
+    Ok(Report {
+        work_dir: work.display().to_string(),
+        page_cache: "warm (every image read once before measuring; nothing dropped)",
+        cpus,
+        kura_threads: CaptureOptions::default().threads,
+        disk: info,
+        capture: CaptureSection {
+            speed_ratio: pcl_capture.seconds / kura_capture_row.seconds,
+            stored_ratio: kura_stored as f64 / pcl_bytes.max(1) as f64,
+            cat_partitions: cat_parts,
+            cat_disk,
+            partclone_zstd: pcl_capture,
+            kura: kura_capture_row,
+            kura_null_sink: kura_null,
+        },
+        restore: RestoreSection {
+            speed_ratio: pcl_restore.seconds / kura_restore.seconds,
+            partclone_zstd: pcl_restore,
+            kura: kura_restore,
+        },
+        limits,
+        chunk_sizes: ChunkSection { changed_files: disk.changed_files, changed_file_bytes: disk.changed_bytes, rows },
+        checks,
+    })
+}
+
+/// Captures `disk` into the store at `store_dir` (created if needed) and commits the snapshot.
+fn kura_capture(disk: &Path, store_dir: &Path, chunk_size: u32) -> Result<(CaptureStats, String, Timing)> {
+    let ((stats, id), t) = timed(|| {
+        let store = LocalStore::open_or_create(store_dir)?;
+        let opts = CaptureOptions { chunk_size, source: disk.display().to_string(), ..Default::default() };
+        let (manifest, stats) = capture::capture(File::open(disk)?, &opts, &store, &NoProgress)?;
+        let id = store.commit_manifest(&manifest)?;
+        Ok((stats, id))
+    })
+    .with_context(|| format!("capturing {} with {} KiB chunks", disk.display(), chunk_size / 1024))?;
+    Ok((stats, id, t))
+}
+
+/// A sink that stores nothing: isolates the read, hash and compress stages from the store.
+struct NullSink;
+
+impl ChunkSink for NullSink {
+    fn has_chunk(&self, _: &Digest) -> kura_imaging::Result<bool> {
+        Ok(false)
+    }
+    fn put_chunk(&self, _: &Digest, _: &[u8]) -> kura_imaging::Result<bool> {
+        Ok(true)
+    }
+}
+
+fn dedup_threads(cpus: usize) -> Vec<usize> {
+    if cpus > 1 {
+        vec![1, cpus]
+    } else {
+        vec![1]
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn add(total: &mut Timing, t: Timing) {
+    total.seconds += t.seconds;
+    total.cpu_seconds += t.cpu_seconds;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing
+
+/// CPU seconds used so far by this process (all threads) and by its waited-for children.
+fn cpu_seconds() -> Result<f64> {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    });
+    let stat = fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14..=17.
+    let ticks: f64 = f.get(11..15).unwrap_or_default().iter().filter_map(|v| v.parse::<f64>().ok()).sum();
+    Ok(ticks / tick)
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Timing)> {
+    let c0 = cpu_seconds()?;
+    let t0 = Instant::now();
+    let v = f()?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds()? - c0;
+    Ok((v, Timing { seconds, cpu_seconds }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// External tools
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    // e2fsprogs, gdisk and partclone live in sbin, which a user's PATH may lack.
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Runs a command with its output discarded (stderr kept for the error message).
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    cmd.env("PATH", tool_path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+fn run_output(cmd: &mut Command) -> Result<String> {
+    cmd.env("PATH", tool_path()).stdin(Stdio::null());
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tool_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!("{path}:/usr/sbin:/sbin:/usr/bin:/bin")
+}
+
+fn fsck_ext4(spec: &str) -> Result<()> {
+    run_output(Command::new("e2fsck").args(["-fn", spec])).map(|_| ()).with_context(|| format!("e2fsck -fn {spec}"))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Sum of the sizes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() { dir_bytes(&e.path())? } else { m.len() };
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chunks Kura reads, and the single-stage limits over them
+
+/// One chunk-sized piece of a region with at least one used byte; `ranges` are the used byte
+/// ranges inside it (disk offsets), read from the first to the last and zeroed in between,
+/// exactly as the capture reader does.
+struct ChunkJob {
+    off: u64,
+    len: usize,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Used byte ranges of a region, relative to it (bytes past the bitmap count as used).
+fn used_spans(map: &AllocationMap, size: u64) -> Vec<(u64, u64)> {
+    let bs = map.block_size as u64;
+    let covered = (map.bitmap.len() * bs).min(size);
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for (s, n) in map.bitmap.runs() {
+        let (a, b) = (s * bs, ((s + n) * bs).min(covered));
+        if a < b {
+            v.push((a, b));
+        }
+    }
+    if covered < size {
+        match v.last_mut() {
+            Some(last) if last.1 == covered => last.1 = size,
+            _ => v.push((covered, size)),
+        }
+    }
+    v
+}
+
+fn chunk_jobs(plan: &Plan, cs: u64) -> Vec<ChunkJob> {
+    let mut jobs = Vec::new();
+    for r in &plan.regions {
+        let spans = used_spans(&r.map, r.size);
+        let mut k = 0;
+        for ci in 0..r.size.div_ceil(cs) {
+            let (off, end) = (ci * cs, ((ci + 1) * cs).min(r.size));
+            while k < spans.len() && spans[k].1 <= off {
+                k += 1;
+            }
+            let ranges: Vec<(u64, u64)> = spans[k..]
+                .iter()
+                .take_while(|s| s.0 < end)
+                .map(|s| (s.0.max(off) + r.start, s.1.min(end) + r.start))
+                .collect();
+            if !ranges.is_empty() {
+                jobs.push(ChunkJob { off: r.start + off, len: (end - off) as usize, ranges });
+            }
+        }
+    }
+    jobs
+}
+
+/// Reads a job's chunk into `buf` the way the capture reader does.
+fn fill(file: &File, job: &ChunkJob, buf: &mut Vec<u8>) -> Result<()> {
+    buf.resize(job.len, 0);
+    let (first, last) = (job.ranges[0].0, job.ranges[job.ranges.len() - 1].1);
+    let rel = |x: u64| (x - job.off) as usize;
+    file.read_exact_at(&mut buf[rel(first)..rel(last)], first)?;
+    buf[..rel(first)].fill(0);
+    buf[rel(last)..].fill(0);
+    for w in job.ranges.windows(2) {
+        buf[rel(w[0].1)..rel(w[1].0)].fill(0);
+    }
+    Ok(())
+}
+
+fn read_alone(disk: &Path, jobs: &[ChunkJob]) -> Result<Timing> {
+    let file = File::open(disk)?;
+    let mut buf = Vec::new();
+    let (_, t) = timed(|| {
+        for job in jobs {
+            fill(&file, job, &mut buf)?;
+        }
+        Ok(())
+    })?;
+    Ok(t)
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Sha256,
+    Zstd(i32),
+}
+
+/// Runs one stage over every job on `threads` threads. Each thread reads its chunk untimed, then
+/// times the stage alone; the result's seconds are the busiest thread's stage time (what the
+/// stage would take if it were all the threads did). Also returns the bytes the stage produced.
+fn compute_alone(disk: &Path, jobs: &[ChunkJob], threads: usize, stage: Stage) -> Result<(Timing, u64)> {
+    let file = File::open(disk)?;
+    let next = AtomicUsize::new(0);
+    let c0 = cpu_seconds()?;
+    let per_thread: Vec<Result<(Duration, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<(Duration, u64)> {
+                    let mut buf = Vec::new();
+                    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(MIB as usize * 4)];
+                    let mut comp = match stage {
+                        Stage::Zstd(level) => Some(zstd::bulk::Compressor::new(level)?),
+                        Stage::Sha256 => None,
+                    };
+                    let (mut busy, mut produced) = (Duration::ZERO, 0u64);
+                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        fill(&file, job, &mut buf)?;
+                        let t = Instant::now();
+                        match comp.as_mut() {
+                            Some(c) => produced += c.compress_to_buffer(&buf, &mut out[..])? as u64,
+                            None => {
+                                std::hint::black_box(Digest::of(&buf));
+                                produced += 32;
+                            }
+                        }
+                        busy += t.elapsed();
+                    }
+                    Ok((busy, produced))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("stage thread panicked")))).collect()
+    });
+    let cpu = cpu_seconds()? - c0;
+    let mut busiest = Duration::ZERO;
+    let mut produced = 0;
+    for r in per_thread {
+        let (busy, p) = r?;
+        busiest = busiest.max(busy);
+        produced += p;
+    }
+    Ok((Timing { seconds: busiest.as_secs_f64(), cpu_seconds: cpu }, produced))
+}
+
+/// Compares the used ranges of `jobs` within `[lo, hi)` of `a` with `b`, where `b` holds disk
+/// byte `x` at `x - shift`.
+fn compare_used(a: &Path, b: &Path, shift: u64, jobs: &[ChunkJob], lo: u64, hi: u64) -> Result<()> {
+    let (fa, fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    for job in jobs.iter().filter(|j| j.off >= lo && j.off < hi) {
+        for &(s, e) in &job.ranges {
+            let mut pos = s;
+            while pos < e {
+                let n = (e - pos).min(MIB) as usize;
+                fa.read_exact_at(&mut ba[..n], pos)?;
+                fb.read_exact_at(&mut bb[..n], pos - shift)?;
+                if ba[..n] != bb[..n] {
+                    bail!("{} differs from the source in bytes {pos}..{}", b.display(), pos + n as u64);
+                }
+                pos += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test disk
+
+struct Part {
+    number: u32,
+    fs: &'static str,
+    tool: &'static str,
+    start: u64,
+    size: u64,
+    /// The partition on its own (byte-identical to the disk's copy).
+    image: PathBuf,
+    files: usize,
+}
+
+struct TestDisk {
+    path: PathBuf,
+    /// The same disk after ~1 % of the ext4 files changed.
+    mod_path: PathBuf,
+    parts: Vec<Part>,
+    changed_files: usize,
+    changed_bytes: u64,
+}
+
+fn build_disk(work: &Path, size: u64) -> Result<TestDisk> {
+    let usable = size - 2 * MIB; // 1 MiB before the first partition, 1 MiB for the backup GPT
+    let p1 = (MIB, usable * 3 / 4 / MIB * MIB);
+    let p2 = (p1.0 + p1.1, usable - p1.1);
+    let mut rng = Rng(0x4b75_7261_6265_6e63);
+    let mut sys = SystemFiles::new();
+
+    // ext4: half of it filled, by file bytes: 50 % system files, 20 % random, 30 % text.
+    say("  ext4: collecting system files and generating data");
+    let src = work.join("ext4-src");
+    let budget = p1.1 * 46 / 100;
+    let sys_bytes = sys.copy_into(&src.join("sys"), budget / 2)?;
+    generate_files(&src.join("gen/random"), budget / 5, &[256 * KIB, 4 * MIB, 32 * MIB, 64 * MIB], &mut rng, true)?;
+    let text_budget = budget.saturating_sub(sys_bytes + budget / 5);
+    generate_files(&src.join("gen/text"), text_budget, &[16 * KIB, MIB, 8 * MIB, 24 * MIB], &mut rng, false)?;
+    let ext4_img = work.join("p1.img");
+    File::create(&ext4_img)?.set_len(p1.1)?;
+    say("  ext4: mkfs.ext4 -d");
+    run_output(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "kura-root", "-E", "nodiscard", "-d"])
+            .arg(&src)
+            .arg(&ext4_img),
+    )?;
+    let files = regular_files(&src)?;
+
+    // ~1 % of the ext4 files, changed: a few KiB overwritten in the middle and a line appended.
+    let changed: Vec<&PathBuf> = files.iter().enumerate().filter(|(i, _)| i % 100 == 50).map(|(_, f)| f).collect();
+    let mod_dir = work.join("changed");
+    fs::create_dir_all(&mod_dir)?;
+    let mut script = String::new();
+    let mut changed_bytes = 0;
+    for (i, rel) in changed.iter().enumerate() {
+        let (Some(parent), Some(name)) = (rel.parent().and_then(|p| p.to_str()), rel.file_name().and_then(|n| n.to_str()))
+        else {
+            continue;
+        };
+        if format!("{parent}{name}").contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+            continue;
+        }
+        let mut data = fs::read(src.join(rel))?;
+        let mid = data.len() / 2;
+        let n = (data.len() - mid).min(4096);
+        rng.fill(&mut data[mid..mid + n]);
+        data.extend_from_slice(b"\nchanged by kura bench\n");
+        changed_bytes += data.len() as u64;
+        let local = mod_dir.join(format!("{i}"));
+        fs::write(&local, &data)?;
+        script += &format!("cd /{parent}\nrm {name}\nwrite {} {name}\n", local.display());
+    }
+    script += "cd /\n";
+    let changed_files = script.matches("\nrm ").count() + usize::from(script.starts_with("rm "));
+    fs::remove_dir_all(&src)?;
+
+    // NTFS: a few large files, ~46 % of it: random, text, and a pack of further system files.
+    say("  ntfs: mkntfs, ntfscp");
+    let ntfs_img = work.join("p2.img");
+    File::create(&ntfs_img)?.set_len(p2.1)?;
+    run_output(
+        Command::new("mkntfs")
+            .args(["-F", "-Q", "-q", "-s", "512", "-H", "255", "-S", "63", "-L", "kura-data", "-p"])
+            .arg((p2.0 / 512).to_string())
+            .arg(&ntfs_img),
+    )?;
+    let nsrc = work.join("ntfs-src");
+    fs::create_dir_all(&nsrc)?;
+    let nbudget = p2.1 * 46 / 100;
+    write_random(&nsrc.join("random.bin"), nbudget * 3 / 10, &mut rng)?;
+    write_text(&nsrc.join("logs.txt"), nbudget * 3 / 10, &mut rng)?;
+    sys.pack_into(&nsrc.join("system.pack"), nbudget * 4 / 10)?;
+    for name in ["random.bin", "logs.txt", "system.pack"] {
+        run_output(Command::new("ntfscp").arg(&ntfs_img).arg(nsrc.join(name)).arg(name))?;
+    }
+    fs::remove_dir_all(&nsrc)?;
+
+    // The disk: GPT, then the partition images at their offsets.
+    say("  disk: sgdisk, partition images placed");
+    let disk = work.join("disk.img");
+    File::create(&disk)?.set_len(size)?;
+    let sec = |b: u64| b / 512;
+    run_output(
+        Command::new("sgdisk")
+            .arg("-o")
+            .arg(format!("-n1:{}:{}", sec(p1.0), sec(p1.0 + p1.1) - 1))
+            .args(["-t1:8300", "-c1:kura-root"])
+            .arg(format!("-n2:{}:{}", sec(p2.0), sec(p2.0 + p2.1) - 1))
+            .args(["-t2:0700", "-c2:kura-data"])
+            .arg(&disk),
+    )?;
+    {
+        let f = OpenOptions::new().write(true).open(&disk)?;
+        copy_sparse(&ext4_img, &f, p1.0)?;
+        copy_sparse(&ntfs_img, &f, p2.0)?;
+        f.sync_all()?;
+    }
+    sync_file(&ext4_img)?;
+    sync_file(&ntfs_img)?;
+
+    // The changed disk: the ext4 image changed by debugfs, patched into a copy of the disk.
+    say(&format!("  changed disk: {changed_files} ext4 files rewritten by debugfs"));
+    let ext4_mod = work.join("p1.changed.img");
+    {
+        let f = File::create(&ext4_mod)?;
+        f.set_len(p1.1)?;
+        copy_sparse(&ext4_img, &f, 0)?;
+    }
+    let cmds = work.join("debugfs.cmds");
+    fs::write(&cmds, &script)?;
+    let out = run_output(Command::new("debugfs").arg("-w").arg("-f").arg(&cmds).arg(&ext4_mod))?;
+    let written = out.matches("Allocated inode").count();
+    ensure!(written == changed_files, "debugfs rewrote {written} of {changed_files} files:\n{out}");
+    fsck_ext4(&ext4_mod.display().to_string())?;
+    let mod_disk = work.join("disk.changed.img");
+    {
+        let f = File::create(&mod_disk)?;
+        f.set_len(size)?;
+        copy_sparse(&disk, &f, 0)?;
+        patch_differences(&ext4_img, &ext4_mod, &f, p1.0)?;
+        f.sync_all()?;
+    }
+    fs::remove_file(&ext4_mod)?;
+    fs::remove_dir_all(&mod_dir)?;
+    fs::remove_file(&cmds)?;
+
+    Ok(TestDisk {
+        path: disk,
+        mod_path: mod_disk,
+        parts: vec![
+            Part {
+                number: 1,
+                fs: "ext4",
+                tool: "partclone.extfs",
+                start: p1.0,
+                size: p1.1,
+                image: ext4_img,
+                files: files.len(),
+            },
+            Part { number: 2, fs: "ntfs", tool: "partclone.ntfs", start: p2.0, size: p2.1, image: ntfs_img, files: 3 },
+        ],
+        changed_files,
+        changed_bytes,
+    })
+}
+
+/// Copies `src` into `dst` at `offset`, skipping all-zero MiBs (the target is sparse).
+fn copy_sparse(src: &Path, dst: &File, offset: u64) -> Result<()> {
+    let f = File::open(src)?;
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(MIB) as usize;
+        f.read_exact_at(&mut buf[..n], pos)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], offset + pos)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes into `dst` at `offset` every MiB where `new` differs from `old`.
+fn patch_differences(old: &Path, new: &Path, dst: &File, offset: u64) -> Result<()> {
+    let (fo, fnew) = (File::open(old)?, File::open(new)?);
+    let len = fnew.metadata()?.len();
+    let (mut a, mut b) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(MIB) as usize;
+        fo.read_exact_at(&mut a[..n], pos)?;
+        fnew.read_exact_at(&mut b[..n], pos)?;
+        if a[..n] != b[..n] {
+            dst.write_all_at(&b[..n], offset + pos)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Regular files under `root`, relative to it, sorted.
+fn regular_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path().strip_prefix(root)?.to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Real files of this system, each taken once (by inode), in a fixed order.
+struct SystemFiles {
+    stack: Vec<PathBuf>,
+    seen: HashSet<(u64, u64)>,
+}
+
+impl SystemFiles {
+    fn new() -> SystemFiles {
+        let roots = ["/usr/lib/x86_64-linux-gnu", "/usr/share", "/usr/bin", "/usr/lib", "/usr/libexec", "/usr/sbin"];
+        SystemFiles { stack: roots.iter().rev().map(PathBuf::from).collect(), seen: HashSet::new() }
+    }
+
+    /// The next readable regular file not yet taken, with its size.
+    fn next_file(&mut self) -> Option<(PathBuf, u64)> {
+        while let Some(p) = self.stack.pop() {
+            let Ok(m) = fs::symlink_metadata(&p) else { continue };
+            if !self.seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            if m.is_dir() {
+                let Ok(rd) = fs::read_dir(&p) else { continue };
+                let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                children.sort();
+                self.stack.extend(children.into_iter().rev());
+            } else if m.is_file() && m.len() > 0 {
+                return Some((p, m.len()));
+            }
+        }
+        None
+    }
+
+    /// Copies files into `dest` (keeping their paths) until `budget` bytes; returns the bytes.
+    fn copy_into(&mut self, dest: &Path, budget: u64) -> Result<u64> {
+        let mut copied = 0;
+        while copied < budget {
+            let Some((p, len)) = self.next_file() else { break };
+            if len > budget - copied {
+                continue;
+            }
+            let to = dest.join(p.strip_prefix("/").unwrap_or(&p));
+            fs::create_dir_all(to.parent().unwrap_or(dest))?;
+            if fs::copy(&p, &to).is_ok() {
+                copied += len;
+            } else {
+                let _ = fs::remove_file(&to);
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Concatenates files into one pack file of about `budget` bytes (topped up with text if
+    /// the system runs out).
+    fn pack_into(&mut self, dest: &Path, budget: u64) -> Result<()> {
+        let mut out = std::io::BufWriter::new(File::create(dest)?);
+        let mut written = 0;
+        while written < budget {
+            let Some((p, len)) = self.next_file() else { break };
+            if len > budget - written {
+                continue;
+            }
+            if let Ok(data) = fs::read(&p) {
+                out.write_all(&data)?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if written < budget {
+            let mut rng = Rng(written);
+            let mut f = OpenOptions::new().append(true).open(dest)?;
+            f.write_all(text_block(budget - written, &mut rng).as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Files of cycling sizes up to `budget` bytes: pseudo-random (incompressible) or text.
+fn generate_files(dir: &Path, budget: u64, sizes: &[u64], rng: &mut Rng, random: bool) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let mut done = 0;
+    let mut i = 0;
+    while done < budget {
+        let len = sizes[i % sizes.len()].min(budget - done);
+        let path = dir.join(format!("{i:05}.{}", if random { "bin" } else { "log" }));
+        if random {
+            write_random(&path, len, rng)?;
+        } else {
+            write_text(&path, len, rng)?;
+        }
+        done += len;
+        i += 1;
+    }
+    Ok(())
+}
+
+fn write_random(path: &Path, len: u64, rng: &mut Rng) -> Result<()> {
+    let mut f = File::create(path)?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        rng.fill(&mut buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+fn write_text(path: &Path, len: u64, rng: &mut Rng) -> Result<()> {
+    let mut f = File::create(path)?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(4 * MIB);
+        f.write_all(text_block(n, rng).as_bytes())?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Exactly `len` bytes of log-like text (compresses about 4× with zstd -3).
+fn text_block(len: u64, rng: &mut Rng) -> String {
+    const WORDS: [&str; 48] = [
+        "started", "stopped", "request", "response", "timeout", "connection", "accepted", "refused", "user", "session",
+        "opened", "closed", "for", "from", "port", "error", "warning", "info", "debug", "cache", "miss", "hit",
+        "upstream", "backend", "disk", "write", "read", "flush", "queue", "length", "retry", "scheduled", "job",
+        "finished", "in", "ms", "bytes", "sent", "received", "kernel", "eth0", "link", "up", "down", "mount", "device",
+        "ready", "configuration",
+    ];
+    const SERVICES: [&str; 8] = ["sshd", "nginx", "systemd", "cron", "kernel", "postgres", "dockerd", "NetworkManager"];
+    let mut s = String::with_capacity(len as usize + 200);
+    let mut t = 1_700_000_000u64 + rng.next() % 1_000_000;
+    while (s.len() as u64) < len {
+        t += rng.next() % 3;
+        let r = rng.next();
+        let svc = SERVICES[(r % 8) as usize];
+        s += &format!("{t} host{:02} {svc}[{}]:", (r >> 8) % 16, (r >> 16) % 30000 + 100);
+        for k in 0..(3 + (r >> 32) % 8) {
+            s.push(' ');
+            s += WORDS[((r >> (k * 5)) % 48) as usize];
+        }
+        s += &format!(" id={:08x} took={}ms\n", rng.next() as u32, (r >> 40) % 5000);
+    }
+    s.truncate(len as usize);
+    s
+}
+
+/// splitmix64: fast, deterministic, good enough to defeat compression.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "  {:<44} {:>8.2} {:>8.2} {:>10.1} {:>10} {:>13}",
+        r.name,
+        r.seconds,
+        r.cpu_seconds,
+        r.mib_s,
+        r.disk_mib_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+        r.stored_bytes.map(mib).unwrap_or_else(|| "-".into()),
+    );
+}
+
+fn header(title: &str, stored: &str) {
+    println!();
+    println!("{title}");
+    println!("  {:<44} {:>8} {:>8} {:>10} {:>10} {:>13}", "", "seconds", "CPU s", "MiB/s used", "MiB/s disk", stored);
+}
+
+fn faster(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("{ratio:.2}x (Kura faster)")
+    } else {
+        format!("{ratio:.2}x (Kura slower)")
+    }
+}
+
+fn print_report(r: &Report) {
+    let d = &r.disk;
+    println!("Kura bench: {} MiB GPT test disk, {} used; {} CPUs, Kura uses {} worker threads", d.size / MIB, mib(d.used_bytes), r.cpus, r.kura_threads);
+    for p in &d.partitions {
+        println!(
+            "  partition {}: {:4} {:>12} at {:>10}, {} used, {} files",
+            p.number,
+            p.fs,
+            mib(p.size),
+            p.start,
+            mib(p.used_bytes),
+            p.files
+        );
+    }
+    println!("Page cache: {}. MiB = 2^20 bytes; 'MiB/s used' counts the used bytes (Kura's allocation maps).", r.page_cache);
+    println!("Every writer is fsynced inside its timing. CPU s = user + system of all threads and child processes.");
+
+    let c = &r.capture;
+    header("CAPTURE", "stored");
+    for row in [&c.cat_partitions, &c.cat_disk, &c.partclone_zstd, &c.kura, &c.kura_null_sink] {
+        print_row(row);
+    }
+    println!("  Kura / partclone+zstd: speed {}, stored size {:.3}x", faster(c.speed_ratio), c.stored_ratio);
+
+    let s = &r.restore;
+    header("RESTORE", "");
+    print_row(&s.partclone_zstd);
+    print_row(&s.kura);
+    println!("  Kura / partclone+zstd: speed {}", faster(s.speed_ratio));
+
+    header("SINGLE-STAGE LIMITS (same used bytes, Kura's 1 MiB chunks; stage time only)", "output");
+    for row in &r.limits {
+        print_row(row);
+    }
+
+    let k = &r.chunk_sizes;
+    println!();
+    println!(
+        "CHUNK SIZE (second capture after {} ext4 files, {} in all, were rewritten)",
+        k.changed_files,
+        mib(k.changed_file_bytes)
+    );
+    println!(
+        "  {:>10} {:>8} {:>10} {:>13} {:>9} {:>10} {:>13} {:>10}",
+        "chunk", "seconds", "MiB/s used", "stored", "chunks", "2nd s", "2nd new", "2nd chunks"
+    );
+    for row in &k.rows {
+        println!(
+            "  {:>10} {:>8.2} {:>10.1} {:>13} {:>9} {:>10.2} {:>13} {:>10}",
+            row.capture.name,
+            row.capture.seconds,
+            row.capture.mib_s,
+            row.capture.stored_bytes.map(mib).unwrap_or_default(),
+            row.chunks,
+            row.second_capture.seconds,
+            mib(row.second_new_bytes),
+            row.second_new_chunks
+        );
+    }
+    println!();
+    println!("Checks:");
+    for c in &r.checks {
+        println!("  {c}");
+    }
+}
