@@ -340,8 +340,8 @@ impl LocalStore {
 }
 
 impl ChunkSink for LocalStore {
-    fn has_chunk(&self, digest: &Digest) -> Result<bool, Error> {
-        Ok(self.has(digest))
+    fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, Error> {
+        Ok(digests.iter().map(|d| !self.has(d)).collect())
     }
 
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, Error> {

@@ -111,12 +111,17 @@ pub fn plan<R: Read + Seek>(src: &mut R, disk_size: u64, progress: &dyn Progress
     Ok(Plan { layout, regions })
 }
 
-struct Job {
+/// One chunk-sized piece read from the source.
+struct Piece {
     region: usize,
     index: usize,
     buf: Vec<u8>,
     len: usize,
 }
+
+/// Pieces are handed to workers in batches, so that a remote sink answers "which of these do
+/// you lack?" once per batch rather than once per chunk.
+pub const BATCH: usize = 8;
 
 /// Captures the disk in `src` into `sink`. Returns the manifest (not yet stored anywhere: the
 /// caller commits it) and the statistics.
@@ -149,11 +154,12 @@ pub fn capture<R: Read + Seek>(
         failed.store(true, Ordering::SeqCst);
         first_error.lock().expect("lock").get_or_insert(e);
     };
-    let (zero, new, new_bytes, reused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let counters = Counters::default();
 
     let threads = opts.threads.max(1);
-    let pool = 2 * threads + 2;
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(pool);
+    // Each worker holds one batch, one more waits in the channel, one is being filled.
+    let pool = (threads + 2) * BATCH;
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Vec<Piece>>(1);
     let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(pool);
     for _ in 0..pool {
         free_tx.send(vec![0u8; cs as usize]).expect("pool");
@@ -164,8 +170,7 @@ pub fn capture<R: Read + Seek>(
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let free_tx = free_tx.clone();
-            let (results, failed, fail) = (&results, &failed, &fail);
-            let (zero, new, new_bytes, reused) = (&zero, &new, &new_bytes, &reused);
+            let (results, failed, fail, counters) = (&results, &failed, &fail, &counters);
             s.spawn(move || {
                 let mut enc = match Encoder::new(opts.level) {
                     Ok(e) => Some(e),
@@ -175,22 +180,22 @@ pub fn capture<R: Read + Seek>(
                     }
                 };
                 let mut blob = Vec::new();
-                for job in job_rx {
+                for batch in job_rx {
                     // After a failure, keep draining so the reader never blocks on the pool.
                     if let (false, Some(enc)) = (failed.load(Ordering::Relaxed), enc.as_mut()) {
-                        let data = &job.buf[..job.len];
-                        let r = if is_zero(data) {
-                            zero.fetch_add(1, Ordering::Relaxed);
-                            Ok(ChunkRef::Zero)
-                        } else {
-                            store_chunk(data, enc, &mut blob, sink, new, new_bytes, reused)
-                        };
-                        match r {
-                            Ok(c) => results.lock().expect("lock")[job.region][job.index] = c,
+                        match store_batch(&batch, enc, &mut blob, sink, counters) {
+                            Ok(refs) => {
+                                let mut res = results.lock().expect("lock");
+                                for (p, r) in batch.iter().zip(refs) {
+                                    res[p.region][p.index] = r;
+                                }
+                            }
                             Err(e) => fail(e),
                         }
                     }
-                    let _ = free_tx.send(job.buf);
+                    for p in batch {
+                        let _ = free_tx.send(p.buf);
+                    }
                 }
             });
         }
@@ -226,10 +231,10 @@ pub fn capture<R: Read + Seek>(
         })
         .collect();
     stats.read_bytes = read_bytes;
-    stats.zero_chunks = zero.into_inner();
-    stats.new_chunks = new.into_inner();
-    stats.new_stored_bytes = new_bytes.into_inner();
-    stats.reused_chunks = reused.into_inner();
+    stats.zero_chunks = counters.zero.into_inner();
+    stats.new_chunks = counters.new.into_inner();
+    stats.new_stored_bytes = counters.new_bytes.into_inner();
+    stats.reused_chunks = counters.reused.into_inner();
     stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| matches!(c, ChunkRef::Data(_))).count() as u64;
     let manifest = Manifest {
         name: opts.name.clone(),
@@ -243,28 +248,62 @@ pub fn capture<R: Read + Seek>(
     Ok((manifest, stats))
 }
 
-fn store_chunk(
-    data: &[u8],
+#[derive(Default)]
+struct Counters {
+    zero: AtomicU64,
+    new: AtomicU64,
+    new_bytes: AtomicU64,
+    reused: AtomicU64,
+}
+
+/// Hashes a batch, asks the sink once which digests it lacks, and encodes and hands over only
+/// those.
+fn store_batch(
+    batch: &[Piece],
     enc: &mut Encoder,
     blob: &mut Vec<u8>,
     sink: &dyn ChunkSink,
-    new: &AtomicU64,
-    new_bytes: &AtomicU64,
-    reused: &AtomicU64,
-) -> Result<ChunkRef> {
-    let d = Digest::of(data);
-    if sink.has_chunk(&d)? {
-        reused.fetch_add(1, Ordering::Relaxed);
-        return Ok(ChunkRef::Data(d));
+    counters: &Counters,
+) -> Result<Vec<ChunkRef>> {
+    let mut refs = Vec::with_capacity(batch.len());
+    let mut digests = Vec::with_capacity(batch.len());
+    for p in batch {
+        let data = &p.buf[..p.len];
+        if is_zero(data) {
+            counters.zero.fetch_add(1, Ordering::Relaxed);
+            refs.push(ChunkRef::Zero);
+        } else {
+            let d = Digest::of(data);
+            digests.push(d);
+            refs.push(ChunkRef::Data(d));
+        }
     }
-    enc.encode_into(&d, data, blob)?;
-    if sink.put_chunk(&d, blob)? {
-        new.fetch_add(1, Ordering::Relaxed);
-        new_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
-    } else {
-        reused.fetch_add(1, Ordering::Relaxed);
+    if digests.is_empty() {
+        return Ok(refs);
     }
-    Ok(ChunkRef::Data(d))
+    let missing = sink.missing(&digests)?;
+    if missing.len() != digests.len() {
+        return Err(Error::Store {
+            message: format!("asked about {} chunks, the store answered for {}", digests.len(), missing.len()),
+            retryable: true,
+        });
+    }
+    let mut m = missing.iter();
+    for (p, r) in batch.iter().zip(&refs) {
+        let ChunkRef::Data(d) = r else { continue };
+        if !*m.next().expect("one answer per digest") {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        enc.encode_into(d, &p.buf[..p.len], blob)?;
+        if sink.put_chunk(d, blob)? {
+            counters.new.fetch_add(1, Ordering::Relaxed);
+            counters.new_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
+        } else {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(refs)
 }
 
 /// The used byte ranges of `[off, off + len)` of a region, relative to the region.
@@ -299,11 +338,12 @@ fn read_regions<R: Read + Seek>(
     opts: &CaptureOptions,
     failed: &AtomicBool,
     free_rx: &crossbeam_channel::Receiver<Vec<u8>>,
-    job_tx: &crossbeam_channel::Sender<Job>,
+    job_tx: &crossbeam_channel::Sender<Vec<Piece>>,
     progress: &dyn Progress,
 ) -> Result<u64> {
     let mut read_bytes = 0u64;
     let mut ranges = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH);
     for (ri, r) in plan.regions.iter().enumerate() {
         let chunks = r.size.div_ceil(cs);
         for ci in 0..chunks {
@@ -332,10 +372,14 @@ fn read_regions<R: Read + Seek>(
             let used: u64 = ranges.iter().map(|(s, e)| e - s).sum();
             read_bytes += re - rs;
             progress.advance(used);
-            job_tx
-                .send(Job { region: ri, index: ci as usize, buf, len: len as usize })
-                .map_err(|_| Error::Cancelled)?;
+            batch.push(Piece { region: ri, index: ci as usize, buf, len: len as usize });
+            if batch.len() == BATCH {
+                job_tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).map_err(|_| Error::Cancelled)?;
+            }
         }
+    }
+    if !batch.is_empty() {
+        job_tx.send(batch).map_err(|_| Error::Cancelled)?;
     }
     Ok(read_bytes)
 }

@@ -250,8 +250,9 @@ pub fn is_zero(buf: &[u8]) -> bool {
 ///
 /// Implementations must be idempotent: putting a chunk that is already present is not an error.
 pub trait ChunkSink: Send + Sync {
-    /// Whether the sink already holds the chunk (so it need not be compressed or sent).
-    fn has_chunk(&self, digest: &Digest) -> Result<bool>;
+    /// For each digest, whether the sink lacks that chunk (so it must be compressed and sent).
+    /// Called once per batch of chunks; the answer has one entry per digest, in order.
+    fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>>;
     /// Stores an encoded chunk. Returns `true` if it was newly stored, `false` if it was already
     /// present. The sink may verify the blob against `digest` and must refuse a mismatch.
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool>;

@@ -19,8 +19,9 @@ struct MemStore {
 }
 
 impl ChunkSink for MemStore {
-    fn has_chunk(&self, d: &Digest) -> Result<bool, Error> {
-        Ok(self.chunks.lock().unwrap().contains_key(d))
+    fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, Error> {
+        let c = self.chunks.lock().unwrap();
+        Ok(digests.iter().map(|d| !c.contains_key(d)).collect())
     }
     fn put_chunk(&self, d: &Digest, blob: &[u8]) -> Result<bool, Error> {
         let mut c = self.chunks.lock().unwrap();

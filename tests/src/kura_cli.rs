@@ -65,6 +65,7 @@ impl Run {
     /// Panics unless the run failed, with a message on stderr containing every one of `words`
     /// (case-insensitive).
     pub fn expect_failure_mentioning(&self, words: &[&str]) -> &Self {
+        eprintln!("{self}");
         assert!(!self.success(), "kura should have failed:\n{self}");
         let stderr = self.stderr.to_lowercase();
         for w in words {

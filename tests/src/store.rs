@@ -1,10 +1,13 @@
 //! Looking inside a Kura chunk store from the outside, by its documented layout:
-//! chunks are files `DIR/chunks/<first 4 hex of digest>/<64-hex digest>`, each a 64-byte header
-//! followed by a zstd frame of the chunk's bytes.
+//! chunks are files `DIR/chunks/<first 4 hex of digest>/<64-hex digest>` (the digest being the
+//! sha256 of the chunk's plain bytes), each a 64-byte header followed by the payload, zstd
+//! compressed or stored as is.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 pub const CHUNK_HEADER_LEN: u64 = 64;
 
@@ -45,12 +48,30 @@ pub fn stored_bytes(store: &Path) -> u64 {
     chunk_files(store).iter().map(|c| c.len).sum()
 }
 
-/// The bytes a chunk file holds (its zstd payload, decompressed).
+/// The plain bytes a chunk file holds, checked against its header and its name.
+///
+/// Header (64 bytes, `docs/chunk.md`): magic = first 8 bytes of sha256("Kura chunk v1"),
+/// version u16 LE = 1, compression u8 (0 stored, 1 zstd), reserved u8, plain_len u32 LE,
+/// payload_len u32 LE, payload CRC-32 u32 LE, sha256 of the plain bytes (32), reserved (8).
 pub fn decode_chunk(chunk: &ChunkFile) -> Vec<u8> {
     let raw = fs::read(&chunk.path).unwrap();
-    assert!(raw.len() as u64 >= CHUNK_HEADER_LEN, "chunk {} is shorter than its header", chunk.digest);
-    zstd::decode_all(&raw[CHUNK_HEADER_LEN as usize..])
-        .unwrap_or_else(|e| panic!("chunk {} payload is not zstd: {e}", chunk.digest))
+    let name = &chunk.digest;
+    assert!(raw.len() as u64 >= CHUNK_HEADER_LEN, "chunk {name} is shorter than its header");
+    let (h, payload) = raw.split_at(CHUNK_HEADER_LEN as usize);
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+    assert_eq!(h[..8], Sha256::digest(b"Kura chunk v1")[..8], "chunk {name}: bad magic");
+    assert_eq!(u16::from_le_bytes([h[8], h[9]]), 1, "chunk {name}: version");
+    assert_eq!(u32_at(16) as usize, payload.len(), "chunk {name}: payload_len");
+    assert_eq!(u32_at(20), crc32fast::hash(payload), "chunk {name}: payload CRC");
+    assert_eq!(hex::encode(&h[24..56]), *name, "chunk {name}: header digest");
+    let plain = match h[10] {
+        0 => payload.to_vec(),
+        1 => zstd::decode_all(payload).unwrap_or_else(|e| panic!("chunk {name}: zstd payload: {e}")),
+        c => panic!("chunk {name}: unknown compression {c}"),
+    };
+    assert_eq!(plain.len(), u32_at(12) as usize, "chunk {name}: plain_len");
+    assert_eq!(hex::encode(Sha256::digest(&plain)), *name, "chunk {name}: content does not match its digest");
+    plain
 }
 
 /// Which 512-byte sectors of `needles` appear (sector-aligned) in any chunk of the store.

@@ -2,7 +2,7 @@
 //! with a few files rewritten stores only the chunks around them.
 
 use kura_tests::content::{random_bytes, text_bytes};
-use kura_tests::disks::{ext4_replace_file, MIB};
+use kura_tests::disks::ext4_replace_file;
 use kura_tests::fixtures;
 use kura_tests::kura_cli::Store;
 use kura_tests::store::{chunk_files, stored_bytes};
@@ -16,11 +16,13 @@ fn unchanged_and_slightly_changed_disks_deduplicate() {
     let store = Store::new(work.path().join("store"));
 
     let first = store.capture(&disk.path, Some("first"));
+    eprintln!("first: {first:?}");
     let after_first = stored_bytes(&store.dir);
     let files_after_first = chunk_files(&store.dir).len();
 
     // The same disk again: nothing new at all.
     let second = store.capture(&disk.path, Some("second"));
+    eprintln!("second: {second:?}");
     assert_ne!(second.snapshot, first.snapshot);
     assert_eq!(second.chunks, first.chunks, "{second:?}");
     assert_eq!(second.new_chunks, 0, "{second:?}");
@@ -41,21 +43,22 @@ fn unchanged_and_slightly_changed_disks_deduplicate() {
         ext4_replace_file(&mut disk, 3, path, data, scratch);
     }
     let third = store.capture(&disk.path, Some("third"));
+    eprintln!("third: {third:?}");
     assert!(third.chunks.abs_diff(first.chunks) <= 3, "{third:?} vs {first:?}");
-    // What may change, in 1 MiB chunks: each rewritten file's new blocks (up to 2 chunks each
-    // if they straddle a boundary: 6), plus the block and inode bitmaps, the inode table block,
-    // the directory blocks and the superblock/group descriptors (up to 6 chunks). Most of
-    // those compress well, but a chunk may also hold unchanged incompressible neighbours, so
-    // the bytes bound is 10% of what is used (~5 MiB), far below the ~25 MiB of the first
-    // capture.
-    assert!(third.new_chunks >= 1 && third.new_chunks <= 12, "{third:?}");
+    // What may change, in 1 MiB chunks: the rewritten files' new blocks (~310 KB, at most 3
+    // chunks even if they straddle boundaries) and the metadata blocks they touch: block and
+    // inode bitmaps, inode table, directory blocks, superblock and group descriptors (with
+    // flex_bg all near the start of the filesystem: at most 5 chunks). Metadata compresses
+    // well; a chunk of file data may also carry unchanged incompressible neighbours (1 MiB
+    // each). So at most 8 new chunks and 5% of the used bytes (~3 MiB of ~59 MiB); the first
+    // capture stored ~19 MiB. (Measured: 4 chunks, 1.5 MiB.)
+    assert!(third.new_chunks >= 1 && third.new_chunks <= 8, "{third:?}");
     assert!(
-        third.new_stored_bytes <= third.used_bytes / 10,
+        third.new_stored_bytes <= third.used_bytes / 20,
         "third capture stored {} of {} used",
         third.new_stored_bytes,
         third.used_bytes
     );
-    assert!(third.new_stored_bytes <= 8 * MIB, "{third:?}");
     assert!(third.new_stored_bytes * 4 <= first.new_stored_bytes, "{third:?} vs {first:?}");
     assert_eq!(third.reused_chunks + third.new_chunks, third.chunks, "{third:?}");
     let on_disk = stored_bytes(&store.dir);

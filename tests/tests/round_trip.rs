@@ -16,6 +16,7 @@ fn round_trip(build: fn(&Path) -> Disk) {
     let store = Store::new(work.path().join("store"));
 
     let cap = store.capture(&disk.path, Some("round-trip"));
+    eprintln!("{cap:?}");
     assert_eq!(cap.disk_size, disk.size, "{cap:?}");
     assert!(cap.warnings.is_empty(), "unexpected warnings: {:?}", cap.warnings);
     // What is used holds at least every file, and (the filesystems being mostly free) much
@@ -24,18 +25,6 @@ fn round_trip(build: fn(&Path) -> Disk) {
     assert!(cap.used_bytes >= file_bytes, "used {} < file bytes {file_bytes}", cap.used_bytes);
     assert!(cap.used_bytes < disk.size / 2, "used {} of a {} disk", cap.used_bytes, disk.size);
     assert!(cap.read_bytes >= cap.used_bytes && cap.read_bytes <= disk.size, "{cap:?}");
-    // A fresh store: every chunk stored is new, one file each, of the announced total size.
-    let chunks = chunk_files(&store.dir);
-    assert!(cap.new_chunks >= 1 && cap.new_chunks <= cap.chunks, "{cap:?}");
-    assert_eq!(chunks.len() as u64, cap.new_chunks, "chunk files in the store vs new_chunks");
-    let on_disk = stored_bytes(&store.dir);
-    let headers = CHUNK_HEADER_LEN * cap.new_chunks;
-    assert!(
-        on_disk.abs_diff(cap.new_stored_bytes) <= headers,
-        "store holds {on_disk} bytes, capture reported {} new",
-        cap.new_stored_bytes
-    );
-
     let list = store.list();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0].id, cap.snapshot);
@@ -60,7 +49,25 @@ fn round_trip(build: fn(&Path) -> Disk) {
     let verify = store.verify_run(None);
     let report: kura_tests::kura_cli::VerifyReport = verify.expect_success().json();
     assert!(report.ok && report.damaged.is_empty(), "{verify}");
+
+    // A fresh store: every chunk stored is new, one file each, of the announced total size.
+    // (Checked last so that a miscount does not hide how the restores went.)
+    let chunks = chunk_files(&store.dir);
     assert_eq!(report.chunks_checked, chunks.len() as u64, "{verify}");
+    assert!(cap.new_chunks >= 1 && cap.new_chunks <= cap.chunks, "{cap:?}");
+    let on_disk = stored_bytes(&store.dir);
+    let headers = CHUNK_HEADER_LEN * cap.new_chunks;
+    assert!(
+        on_disk.abs_diff(cap.new_stored_bytes) <= headers,
+        "store holds {on_disk} bytes, capture reported {} new",
+        cap.new_stored_bytes
+    );
+    assert_eq!(cap.new_chunks + cap.reused_chunks, cap.chunks, "{cap:?}");
+    assert_eq!(
+        chunks.len() as u64,
+        cap.new_chunks,
+        "new_chunks of a capture into an empty store must equal the chunk files it wrote: {cap:?}"
+    );
 }
 
 #[test]

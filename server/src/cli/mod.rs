@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch.
 
+mod bench;
 mod image;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +19,8 @@ enum Command {
     /// Disk images in a local store (offline mode, no server).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -95,5 +98,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 image::verify(snapshot.as_deref(), &store.store, store.json, threads)
             }
         },
+        Command::Bench(args) => bench::run(args),
     }
 }
