@@ -12,7 +12,9 @@
 //! - **No overwrites.** A chunk file, once in place, is never rewritten: its name is its
 //!   content. Putting a chunk that exists is a no-op. A manifest's name is its own hash.
 //! - **Nothing half-written is ever visible.** Every file is written under `tmp/`, `fsync`ed,
-//!   then renamed into place, so a crash leaves either the whole file or none.
+//!   then moved into place (chunks by a hard link that fails if the chunk exists, so of two
+//!   racing writers exactly one stores it; manifests by rename), so a crash leaves either the
+//!   whole file or none.
 //! - **A snapshot is committed by its manifest, and only after its chunks are durable.**
 //!   Directory entries of new chunks are `fsync`ed (their directories, once each) before the
 //!   manifest is written; the manifest's rename is followed by an `fsync` of `snapshots/`.
@@ -34,6 +36,11 @@ use std::sync::Mutex;
 
 const MARKER: &str = "kura-store.json";
 const STORE_FORMAT: u32 = 1;
+
+/// Holds the store's lock (see [`LocalStore::lock`]) until dropped.
+pub struct StoreLock {
+    _file: File,
+}
 
 pub struct LocalStore {
     root: PathBuf,
@@ -150,25 +157,44 @@ impl LocalStore {
         self.root.join("snapshots").join(format!("{id}.kmf"))
     }
 
-    /// Writes `data` to a new temp file, fsyncs it and renames it to `dest`.
-    fn write_atomic(&self, dest: &Path, data: &[u8], what: &str) -> Result<(), Error> {
+    /// Writes `data` to a new temp file and fsyncs it; returns its path.
+    fn write_temp(&self, dest: &Path, data: &[u8], what: &str) -> Result<PathBuf, Error> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!(
-            "{}.{}.{n}",
-            std::process::id(),
-            dest.file_name().and_then(|s| s.to_str()).unwrap_or("f")
-        ));
+        let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("f");
+        let tmp = self.root.join("tmp").join(format!("{}.{name}.{n}", std::process::id()));
         let result = (|| -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)
+            f.sync_all()
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(store_err(format!("writing {what}"), &e));
         }
-        Ok(())
+        Ok(tmp)
+    }
+
+    /// Writes `data` to a new temp file, fsyncs it and renames it to `dest` (replacing it).
+    fn write_atomic(&self, dest: &Path, data: &[u8], what: &str) -> Result<(), Error> {
+        let tmp = self.write_temp(dest, data, what)?;
+        fs::rename(&tmp, dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            store_err(format!("writing {what}"), &e)
+        })
+    }
+
+    /// Like [`write_atomic`](Self::write_atomic) but never replaces an existing `dest`: the
+    /// temp file is hard-linked into place, which fails if `dest` exists. Returns whether this
+    /// call created `dest` (exactly one of several racing writers gets `true`).
+    fn write_new(&self, dest: &Path, data: &[u8], what: &str) -> Result<bool, Error> {
+        let tmp = self.write_temp(dest, data, what)?;
+        let r = fs::hard_link(&tmp, dest);
+        let _ = fs::remove_file(&tmp);
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(store_err(format!("writing {what}"), &e)),
+        }
     }
 
     /// Makes the directory entries of chunks written since the last call durable.
@@ -195,6 +221,78 @@ impl LocalStore {
         let dir = self.root.join("snapshots");
         File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| store_err("syncing snapshots/".into(), &e))?;
         Ok(id)
+    }
+
+    /// Calls `f(digest, size, mtime)` for every chunk file; stops at the first error. Files
+    /// in `chunks/` that are not named like chunks are skipped.
+    pub fn for_each_chunk(
+        &self,
+        mut f: impl FnMut(Digest, u64, std::time::SystemTime) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let top = self.root.join("chunks");
+        let err = |p: &Path, e: io::Error| store_err(format!("listing {}", p.display()), &e);
+        let mut shards: Vec<PathBuf> = Vec::new();
+        for e in fs::read_dir(&top).map_err(|e| err(&top, e))? {
+            let e = e.map_err(|e| err(&top, e))?;
+            if e.file_type().map_err(|x| err(&e.path(), x))?.is_dir() {
+                shards.push(e.path());
+            }
+        }
+        shards.sort();
+        for shard in shards {
+            for e in fs::read_dir(&shard).map_err(|e| err(&shard, e))? {
+                let e = e.map_err(|e| err(&shard, e))?;
+                let Some(d) = e.file_name().to_str().and_then(|n| n.parse::<Digest>().ok()) else { continue };
+                let md = e.metadata().map_err(|x| err(&e.path(), x))?;
+                let mtime = md.modified().map_err(|x| err(&e.path(), x))?;
+                f(d, md.len(), mtime)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a chunk file (garbage collection only; see `gc`). Returns whether it existed.
+    pub fn remove_chunk(&self, d: &Digest) -> Result<bool, Error> {
+        match fs::remove_file(self.chunk_path(d)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(store_err(format!("removing chunk {d}"), &e)),
+        }
+    }
+
+    /// Moves a damaged chunk out of the way into `quarantine/` (never deleting it), so that the
+    /// next capture holding the same data stores it afresh. Returns the quarantine path.
+    pub fn quarantine_chunk(&self, d: &Digest) -> Result<PathBuf, Error> {
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir).map_err(|e| store_err("creating quarantine/".into(), &e))?;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let dest = dir.join(format!("{d}.{stamp}"));
+        fs::rename(self.chunk_path(d), &dest).map_err(|e| store_err(format!("quarantining chunk {d}"), &e))?;
+        Ok(dest)
+    }
+
+    /// Takes the store's lock: exclusive for writers (a capture, `kura serve`), shared for
+    /// readers. Held until the returned guard is dropped; fails at once if it is taken.
+    pub fn lock(&self, exclusive: bool) -> Result<StoreLock, Error> {
+        let path = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| store_err(format!("opening {}", path.display()), &e))?;
+        let r = if exclusive { f.try_lock() } else { f.try_lock_shared() };
+        match r {
+            Ok(()) => Ok(StoreLock { _file: f }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Store {
+                message: format!(
+                    "the store {} is in use by another Kura process (kura serve, or a capture)",
+                    self.root.display()
+                ),
+                retryable: true,
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(store_err(format!("locking {}", path.display()), &e)),
+        }
     }
 
     pub fn has(&self, d: &Digest) -> bool {
@@ -237,12 +335,35 @@ impl LocalStore {
 
     /// Loads and validates a committed manifest (its hash must match its id).
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, Error> {
+        let bytes = self.manifest_bytes(id)?;
+        Manifest::decode(&bytes).map_err(|e| Error::Manifest(format!("snapshot {id}: {e}")))
+    }
+
+    /// The encoded manifest of a committed snapshot, checked against its id.
+    pub fn manifest_bytes(&self, id: &str) -> Result<Vec<u8>, Error> {
         let path = self.manifest_path(id);
-        let bytes = fs::read(&path).map_err(|e| store_err(format!("reading {}", path.display()), &e))?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::Store { message: format!("no snapshot {id} in the store"), retryable: false })
+            }
+            Err(e) => return Err(store_err(format!("reading {}", path.display()), &e)),
+        };
         if Manifest::id_of(&bytes) != id {
             return Err(Error::Manifest(format!("snapshot {id}: manifest content does not match its id (damaged)")));
         }
-        Manifest::decode(&bytes).map_err(|e| Error::Manifest(format!("snapshot {id}: {e}")))
+        Ok(bytes)
+    }
+
+    /// Removes a snapshot's manifest (its chunks stay until garbage collection). Durable on return.
+    pub fn remove_manifest(&self, id: &str) -> Result<(), Error> {
+        match fs::remove_file(self.manifest_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(store_err(format!("removing snapshot {id}"), &e)),
+        }
+        let dir = self.root.join("snapshots");
+        File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| store_err("syncing snapshots/".into(), &e))
     }
 
     pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo, Error> {
@@ -355,9 +476,11 @@ impl ChunkSink for LocalStore {
             fs::create_dir_all(dir).map_err(|e| store_err(format!("creating {}", dir.display()), &e))?;
             self.dirty_dirs.lock().expect("lock").insert(self.root.join("chunks"));
         }
-        self.write_atomic(&path, blob, &format!("chunk {digest}"))?;
-        self.dirty_dirs.lock().expect("lock").insert(dir.to_path_buf());
-        Ok(true)
+        let created = self.write_new(&path, blob, &format!("chunk {digest}"))?;
+        if created {
+            self.dirty_dirs.lock().expect("lock").insert(dir.to_path_buf());
+        }
+        Ok(created)
     }
 }
 

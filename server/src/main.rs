@@ -4,8 +4,11 @@
 //! Error policy for the binary: library errors are wrapped with `anyhow` context naming what was
 //! being done; `main` prints the whole chain on one line as `error: ...` and exits with status 1.
 
+mod api;
 mod cli;
 mod progress_bar;
+mod remote;
+mod serve;
 mod target;
 
 use clap::Parser;
@@ -20,8 +23,24 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message already holds
+/// (library errors often include their source's text in their own).
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.contains(&s) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&s);
+        }
+    }
+    msg
 }

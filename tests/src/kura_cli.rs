@@ -185,7 +185,13 @@ impl Store {
     }
 
     pub fn capture_run(&self, source: &Path, name: Option<&str>) -> Run {
+        self.capture_run_with(source, name, &[])
+    }
+
+    /// `kura image capture` with `extra` arguments (e.g. `--threads 4`).
+    pub fn capture_run_with(&self, source: &Path, name: Option<&str>, extra: &[&str]) -> Run {
         let mut args: Vec<OsString> = vec!["image".into(), "capture".into(), source.into()];
+        args.extend(extra.iter().map(OsString::from));
         args.extend(["--store".into(), self.dir.clone().into_os_string()]);
         if let Some(name) = name {
             args.extend(["--name".into(), name.into()]);

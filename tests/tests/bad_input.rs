@@ -155,3 +155,38 @@ fn garbage_superblock_is_captured_raw_with_a_warning() {
     let fat_only = Disk { partitions: vec![disk.partition(2).clone()], ..damaged_layout };
     assert_files_match(&fat_only, &restored);
 }
+
+/// An error names its problem once: a message that repeats itself (say, an error and the same
+/// error again as its cause) reads as two problems.
+#[test]
+fn capture_errors_are_not_repeated() {
+    let work = tempfile::tempdir().unwrap();
+    let (disk, copy) = small_disk(work.path());
+    let store = Store::new(work.path().join("store"));
+    type Breaker<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: [(&str, Breaker); 3] = [
+        ("truncated", Box::new(|p: &Path| damage::truncate(p, disk.partition(2).offset + 4 * MIB))),
+        ("both GPT headers corrupted", Box::new(damage::corrupt_gpt_headers)),
+        (
+            "overlapping partitions",
+            Box::new(|p: &Path| {
+                let (_, last1) = damage::gpt_entry_lbas(p, 1);
+                damage::set_gpt_first_lba(p, 2, last1 - 2047);
+            }),
+        ),
+    ];
+    let mut repeated = Vec::new();
+    for (what, break_it) in &cases {
+        fs::copy(&disk.path, &copy).unwrap();
+        break_it(&copy);
+        let run = store.capture_run(&copy, None);
+        assert!(!run.success(), "{what}: capture succeeded:\n{run}");
+        let message = run.stderr.trim();
+        // Any clause of 20+ characters that appears twice.
+        let clauses: Vec<&str> = message.split(": ").filter(|c| c.len() >= 20).collect();
+        if let Some(c) = clauses.iter().find(|c| message.matches(**c).count() > 1) {
+            repeated.push(format!("{what}: {c:?} appears more than once in:\n{message}"));
+        }
+    }
+    assert!(repeated.is_empty(), "{}", repeated.join("\n\n"));
+}

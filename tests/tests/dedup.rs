@@ -84,3 +84,58 @@ fn unchanged_and_slightly_changed_disks_deduplicate() {
     kura_tests::checkers::assert_fsck_clean(&original, &restored);
     kura_tests::tables::assert_tables_equal(&original, &restored);
 }
+
+/// A disk that repeats itself (a 32 MiB raw partition holding 16 distinct 1 MiB blocks, each
+/// twice in a row) stores each distinct chunk once, and says so: the counts must match the
+/// store even when two workers meet the same chunk at the same time (4 workers here, so that
+/// they do).
+#[test]
+fn repeated_chunks_within_one_disk_are_stored_and_counted_once() {
+    use kura_tests::content::sha256_file;
+    use kura_tests::disks::{build_gpt, Content, PartSpec, MIB};
+
+    let work = tempfile::tempdir().unwrap();
+    let mut pairs = Vec::with_capacity(32 * MIB as usize);
+    for i in 0..16 {
+        let block = random_bytes(88_000 + i, MIB as usize);
+        pairs.extend_from_slice(&block);
+        pairs.extend_from_slice(&block);
+    }
+    let disk = build_gpt(
+        work.path(),
+        "repeated.img",
+        40 * MIB,
+        vec![PartSpec::gpt(32 * MIB, "ef02", "BIOS boot partition", Content::Raw(pairs))],
+    );
+    // A race shows only sometimes: capture into 8 fresh stores, and every count must be right.
+    let mut miscounts = Vec::new();
+    let mut last = None;
+    for round in 0..8 {
+        let store = Store::new(work.path().join(format!("store{round}")));
+        let run = store.capture_run_with(&disk.path, None, &["--threads", "4"]);
+        let cap: kura_tests::kura_cli::CaptureReport = run.expect_success().json();
+        eprintln!("{cap:?}");
+        let files = chunk_files(&store.dir);
+        // Distinct chunks: the 16 blocks, plus the boot area and the backup GPT (one or two
+        // chunks each, depending on where the tables fall).
+        assert!(files.len() <= 16 + 4, "{} chunk files for 18-20 distinct chunks", files.len());
+        assert!(cap.chunks >= 34, "{cap:?}");
+        assert_eq!(cap.reused_chunks, cap.chunks - cap.new_chunks, "{cap:?}");
+        let on_disk = stored_bytes(&store.dir);
+        if cap.new_chunks != files.len() as u64 || cap.new_stored_bytes != on_disk {
+            miscounts.push(format!(
+                "round {round}: new_chunks {} for {} chunk files, new_stored_bytes {} for {on_disk} bytes",
+                cap.new_chunks,
+                files.len(),
+                cap.new_stored_bytes
+            ));
+        }
+        last = Some((store, cap));
+    }
+    assert!(miscounts.is_empty(), "capture miscounts what it stored:\n{}", miscounts.join("\n"));
+
+    let (store, cap) = last.unwrap();
+    let restored = work.path().join("restored.img");
+    store.restore(&cap.snapshot, &restored);
+    assert_eq!(sha256_file(&restored), sha256_file(&disk.path), "restored disk differs");
+}

@@ -39,6 +39,7 @@ pub fn capture(
 ) -> Result<ExitCode> {
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let store = LocalStore::open_or_create(store_dir)?;
+    let _lock = store.lock(true)?;
     let mut opts = CaptureOptions { name, host, source: source.display().to_string(), ..Default::default() };
     if let Some(t) = threads {
         opts.threads = t;
@@ -70,6 +71,7 @@ pub fn capture(
 
 pub fn list(store_dir: &Path, json: bool) -> Result<ExitCode> {
     let store = LocalStore::open(store_dir)?;
+    let _lock = store.lock(false)?;
     let snaps = store.list()?;
     if json {
         println!("{}", serde_json::to_string(&snaps)?);
@@ -92,6 +94,7 @@ pub fn list(store_dir: &Path, json: bool) -> Result<ExitCode> {
 
 pub fn show(snapshot: &str, store_dir: &Path, json: bool) -> Result<ExitCode> {
     let store = LocalStore::open(store_dir)?;
+    let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let m = store.load_manifest(&id)?;
     let regions: Vec<serde_json::Value> = m
@@ -153,6 +156,7 @@ pub fn restore(
     threads: Option<usize>,
 ) -> Result<ExitCode> {
     let store = LocalStore::open(store_dir)?;
+    let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let manifest = store.load_manifest(&id)?;
     let mut opts = RestoreOptions::default();
@@ -206,6 +210,7 @@ pub fn restore(
 
 pub fn verify(snapshot: Option<&str>, store_dir: &Path, json: bool, threads: Option<usize>) -> Result<ExitCode> {
     let store = LocalStore::open(store_dir)?;
+    let _lock = store.lock(false)?;
     let bar = Bar::new("verify", Unit::Chunks, bars_visible(json));
     let report = store.verify(snapshot, threads.unwrap_or_else(capture::default_threads), &bar)?;
     bar.finish();

@@ -1,6 +1,10 @@
 //! Command-line arguments and dispatch.
+//!
+//! `kura image ...` works against a local store (`--store DIR`, offline) or an engine
+//! (`--server URL`); `kura serve` runs the engine; the other commands talk to an engine.
 
 mod bench;
+mod engine;
 mod image;
 
 use clap::{Args, Parser, Subcommand};
@@ -16,88 +20,220 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Disk images in a local store (offline mode, no server).
+    /// Disk images: capture, restore, list, verify (local store or engine).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run the engine: HTTP API, chunk store and catalog under one data directory.
+    Serve(ServeArgs),
+    /// List snapshots on the engine.
+    Snapshots {
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List hosts on the engine.
+    Hosts {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Re-read and re-hash every chunk on the engine; quarantine damaged ones.
+    Verify {
+        /// Only this snapshot.
+        snapshot: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Garbage-collect chunks no snapshot references.
+    Gc {
+        /// Keep chunks younger than this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Administration on the engine's data directory (run on the engine's machine).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
     Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
-struct StoreArgs {
-    /// The local store directory (created on first capture).
+pub struct ServeArgs {
+    /// Data directory (store, catalog, TLS certificate, first admin token).
     #[arg(long, value_name = "DIR")]
-    store: PathBuf,
+    pub data: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Serve plain HTTP instead of HTTPS (only on a trusted, isolated network).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// PEM certificate to use instead of the self-signed one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// How to reach an engine.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Engine URL, e.g. https://kura.backup.lan:8443.
+    #[arg(long, env = "KURA_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// API token.
+    #[arg(long, env = "KURA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// SHA-256 fingerprint of the engine's certificate (printed by `kura serve`).
+    #[arg(long, env = "KURA_FINGERPRINT")]
+    pub fingerprint: Option<String>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+/// Where images live: a local store directory, or an engine.
+#[derive(Args)]
+struct Location {
+    /// A local store directory (offline mode; created on first capture).
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    store: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Capture a disk (block device or image file) into the store; prints the snapshot id.
+    /// Capture a disk (block device or image file); prints the new snapshot's id.
     Capture {
         /// Block device or disk image file to read (only read, never written).
         source: PathBuf,
         #[command(flatten)]
-        store: StoreArgs,
+        at: Location,
         /// A name for the snapshot.
         #[arg(long)]
         name: Option<String>,
-        /// The host the disk belongs to.
+        /// The host the disk belongs to (required with --server).
         #[arg(long)]
         host: Option<String>,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// List the snapshots in the store.
+    /// List the snapshots in a local store.
     List {
         #[command(flatten)]
-        store: StoreArgs,
+        at: Location,
     },
-    /// Show one snapshot: partition table, filesystems, used bytes.
+    /// Show one snapshot of a local store: partition table, filesystems, used bytes.
     Show {
         snapshot: String,
         #[command(flatten)]
-        store: StoreArgs,
+        at: Location,
     },
     /// Restore a snapshot onto a block device or image file (a missing file is created).
     Restore {
-        /// Snapshot id (or a unique prefix).
+        /// Snapshot id (or, with --store, a unique prefix).
         snapshot: String,
         /// Block device or image file to write.
         target: PathBuf,
         #[command(flatten)]
-        store: StoreArgs,
+        at: Location,
+        /// Worker threads (default: all cores locally, 8 against an engine).
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Re-read and re-hash every chunk of one snapshot (or of all); report damage.
+    /// Re-read and re-hash every chunk of one snapshot (or of all) of a local store.
     Verify {
         snapshot: Option<String>,
         #[command(flatten)]
-        store: StoreArgs,
+        at: Location,
         #[arg(long)]
         threads: Option<usize>,
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token (admin only); it is printed once.
+    Create {
+        #[arg(long, value_parser = ["admin", "operator"])]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        label: String,
+        /// The user the token belongs to (default: named after the role).
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Rebuild the catalog's snapshot list from the store (the store is the source of truth).
+    RebuildCatalog {
+        /// The engine's data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
+    match &at.store {
+        Some(s) => Ok(s.clone()),
+        None => anyhow::bail!("{what} works on a local store: give --store DIR"),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, store, name, host, threads } => {
-                image::capture(&source, &store.store, store.json, name, host, threads)
+            ImageCommand::Capture { source, at, name, host, threads } => match at.store {
+                Some(store) => image::capture(&source, &store, at.server.json, name, host, threads),
+                None => engine::capture(&source, &at.server, name, host, threads),
+            },
+            ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
+            ImageCommand::Show { snapshot, at } => {
+                image::show(&snapshot, &local_only(&at, "kura image show")?, at.server.json)
             }
-            ImageCommand::List { store } => image::list(&store.store, store.json),
-            ImageCommand::Show { snapshot, store } => image::show(&snapshot, &store.store, store.json),
-            ImageCommand::Restore { snapshot, target, store, threads } => {
-                image::restore(&snapshot, &target, &store.store, store.json, threads)
-            }
-            ImageCommand::Verify { snapshot, store, threads } => {
-                image::verify(snapshot.as_deref(), &store.store, store.json, threads)
-            }
+            ImageCommand::Restore { snapshot, target, at, threads } => match at.store {
+                Some(store) => image::restore(&snapshot, &target, &store, at.server.json, threads),
+                None => engine::restore(&snapshot, &target, &at.server, threads),
+            },
+            ImageCommand::Verify { snapshot, at, threads } => match at.store {
+                Some(store) => image::verify(snapshot.as_deref(), &store, at.server.json, threads),
+                None => engine::verify(snapshot.as_deref(), &at.server),
+            },
         },
+        Command::Serve(args) => {
+            crate::serve::run(crate::serve::ServeOptions {
+                data: args.data,
+                listen: args.listen,
+                insecure_http: args.insecure_http,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
+        Command::Hosts { server } => engine::hosts(&server),
+        Command::Token(TokenCommand::Create { role, label, user, server }) => {
+            engine::create_token(&role, &label, user.as_deref(), &server)
+        }
+        Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
+        Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
+        Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,121 @@
+-- The full current schema of the Kura catalog (schema version 1), for reading and for the
+-- test that checks it equals all migrations applied. Update it with every new migration.
+--
+-- Conventions: every time is INTEGER unix seconds (UTC); every byte count is INTEGER >= 0;
+-- enumerations are lowercase TEXT with a CHECK; JSON is TEXT.
+
+CREATE TABLE hosts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE CHECK (name <> ''),
+    host_group TEXT,
+    notes TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL
+);
+
+-- A host has several MAC addresses; a MAC belongs to one host. Stored as aa:bb:cc:dd:ee:ff.
+CREATE TABLE host_macs (
+    mac TEXT PRIMARY KEY CHECK (length(mac) = 17 AND mac = lower(mac)),
+    host_id INTEGER NOT NULL REFERENCES hosts (id) ON DELETE CASCADE
+);
+CREATE INDEX host_macs_host ON host_macs (host_id);
+
+CREATE TABLE disks (
+    id INTEGER PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    name TEXT NOT NULL CHECK (name <> ''),
+    serial TEXT,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    UNIQUE (host_id, name)
+);
+
+-- A committed snapshot; its id is the 16-hex manifest id in the chunk store. A host with
+-- snapshots cannot be deleted (no ON DELETE action).
+CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY CHECK (length(id) = 16),
+    host_id INTEGER NOT NULL REFERENCES hosts (id),
+    disk_id INTEGER REFERENCES disks (id) ON DELETE SET NULL,
+    name TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('manual', 'scheduled')),
+    created INTEGER NOT NULL,
+    disk_size INTEGER NOT NULL CHECK (disk_size >= 0),
+    used_bytes INTEGER NOT NULL CHECK (used_bytes >= 0),
+    new_bytes INTEGER NOT NULL CHECK (new_bytes >= 0),
+    reused_bytes INTEGER NOT NULL CHECK (reused_bytes >= 0),
+    state TEXT NOT NULL CHECK (state IN ('committed', 'deleting'))
+);
+CREATE INDEX snapshots_host_created ON snapshots (host_id, created);
+
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('capture', 'restore')),
+    host_id INTEGER NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    disk_id INTEGER REFERENCES disks (id) ON DELETE SET NULL,
+    snapshot_id TEXT REFERENCES snapshots (id) ON DELETE SET NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    done_bytes INTEGER NOT NULL DEFAULT 0 CHECK (done_bytes >= 0),
+    total_bytes INTEGER CHECK (total_bytes >= 0),
+    created INTEGER NOT NULL,
+    started INTEGER,
+    finished INTEGER,
+    error TEXT
+);
+CREATE INDEX jobs_host ON jobs (host_id, id);
+-- A machine runs one thing at a time: at most one queued or running job per host.
+CREATE UNIQUE INDEX jobs_one_active_per_host ON jobs (host_id) WHERE state IN ('queued', 'running');
+
+CREATE TABLE job_log (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    time INTEGER NOT NULL,
+    level TEXT NOT NULL CHECK (level IN ('error', 'warn', 'info', 'debug')),
+    message TEXT NOT NULL
+);
+CREATE INDEX job_log_job ON job_log (job_id, id);
+
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE CHECK (name <> ''),
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator')),
+    created INTEGER NOT NULL
+);
+
+-- API tokens, stored only as the hex SHA-256 of the secret. Admin and operator tokens belong
+-- to a user; agent tokens are bound to one job and one MAC address instead.
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE CHECK (length(hash) = 64),
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'agent')),
+    label TEXT NOT NULL,
+    user_id INTEGER REFERENCES users (id) ON DELETE CASCADE,
+    job_id INTEGER REFERENCES jobs (id) ON DELETE CASCADE,
+    mac TEXT,
+    created INTEGER NOT NULL,
+    expires INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1)),
+    CHECK ((role = 'agent') = (job_id IS NOT NULL AND mac IS NOT NULL AND user_id IS NULL)),
+    CHECK (role = 'agent' OR user_id IS NOT NULL)
+);
+CREATE INDEX tokens_user ON tokens (user_id);
+CREATE INDEX tokens_job ON tokens (job_id);
+
+-- Retention rules, for one host or for a host group; a host's own rule wins over its group's.
+CREATE TABLE retention_rules (
+    id INTEGER PRIMARY KEY,
+    host_id INTEGER UNIQUE REFERENCES hosts (id) ON DELETE CASCADE,
+    host_group TEXT UNIQUE,
+    keep_last INTEGER NOT NULL CHECK (keep_last >= 0),
+    keep_monthly INTEGER NOT NULL CHECK (keep_monthly >= 0),
+    CHECK ((host_id IS NULL) <> (host_group IS NULL)),
+    CHECK (keep_last + keep_monthly > 0)
+);
+
+-- Append-only: one row per change, written in the same transaction as the change.
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+);
+CREATE INDEX audit_time ON audit (time);

@@ -1,0 +1,245 @@
+//! Garbage collection of the chunk store, and the registry of running writers that keeps it
+//! safe beside captures.
+//!
+//! # Design
+//!
+//! A chunk may be removed only if no committed snapshot references it **and** no running writer
+//! may still reference it. Writers (upload sessions) register in the [`WriterRegistry`]; every
+//! chunk a writer is told the store *has* (so it will not upload it) and every chunk it uploads
+//! is recorded in its *touched* set, under the registry's lock. The sweep removes a chunk only
+//! under that same lock, after checking no writer touched it. So a chunk reported present to a
+//! writer cannot disappear before that writer commits or goes away, and a chunk that a writer
+//! is about to be told about is either removed first (and then reported missing and uploaded
+//! again) or kept.
+//!
+//! 1. **Mark**: read every committed manifest and collect the digests they reference. Any error
+//!    (an unreadable or damaged manifest, an I/O error) aborts the whole run before anything is
+//!    deleted: a snapshot we cannot read may need any chunk.
+//! 2. **Sweep**: walk `chunks/`. Keep referenced chunks; keep chunks whose file is younger than
+//!    the grace period (this covers writers in other processes, e.g. an offline capture into
+//!    the same store, which the registry cannot see); remove the rest through
+//!    [`WriterRegistry::remove_if_untouched`].
+//!
+//! File access times are never consulted (they are unreliable under `noatime`/`relatime`);
+//! the modification time used for the grace period is set once when a chunk is written.
+//!
+//! Snapshots committed while a collection runs are safe although the mark may have missed
+//! them: their chunks were touched by their writer, which stays registered until its commit
+//! finished, and a writer that ends during a collection leaves its touched set *retained*
+//! until that collection is over.
+//!
+//! Other processes: `kura serve` holds the store's exclusive lock for its lifetime and offline
+//! captures take it for their duration, so no writer outside the registry runs beside a
+//! collection; the grace period is a second line of defence.
+
+use crate::store::LocalStore;
+use kura_imaging::chunk::Digest;
+use kura_imaging::Error;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Identifies one running writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriterId(u64);
+
+impl WriterId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+struct Writer {
+    touched: HashSet<Digest>,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    writers: HashMap<WriterId, Writer>,
+    /// Number of collections running.
+    collecting: u32,
+    /// Chunks touched by writers that ended while a collection ran: the collection's mark may
+    /// predate their commit, so they stay protected until it finishes.
+    retained: HashSet<Digest>,
+}
+
+/// Running writers and the chunks they rely on. See the module docs.
+#[derive(Default)]
+pub struct WriterRegistry {
+    inner: Mutex<Inner>,
+}
+
+impl WriterRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self) -> WriterId {
+        let mut g = self.inner.lock().expect("lock");
+        g.next += 1;
+        let id = WriterId(g.next);
+        g.writers.insert(id, Writer { touched: HashSet::new(), last_seen: Instant::now() });
+        id
+    }
+
+    /// Ends a writer (committed or aborted); its chunks lose their protection once no
+    /// collection that may have missed its commit is running.
+    pub fn unregister(&self, id: WriterId) {
+        let mut g = self.inner.lock().expect("lock");
+        if let Some(w) = g.writers.remove(&id) {
+            if g.collecting > 0 {
+                g.retained.extend(w.touched);
+            }
+        }
+    }
+
+    fn begin_collection(&self) {
+        self.inner.lock().expect("lock").collecting += 1;
+    }
+
+    fn end_collection(&self) {
+        let mut g = self.inner.lock().expect("lock");
+        g.collecting -= 1;
+        if g.collecting == 0 {
+            g.retained.clear();
+        }
+    }
+
+    pub fn is_registered(&self, id: WriterId) -> bool {
+        self.inner.lock().expect("lock").writers.contains_key(&id)
+    }
+
+    /// Removes writers not seen for `idle`; returns how many.
+    pub fn expire_idle(&self, idle: Duration) -> usize {
+        let mut g = self.inner.lock().expect("lock");
+        let before = g.writers.len();
+        g.writers.retain(|_, w| w.last_seen.elapsed() < idle);
+        before - g.writers.len()
+    }
+
+    /// Answers "which of these does the store lack?" for writer `id` and protects the chunks
+    /// it was told are present. `None` if the writer is not registered.
+    pub fn missing(&self, id: WriterId, store: &LocalStore, digests: &[Digest]) -> Option<Vec<bool>> {
+        let mut g = self.inner.lock().expect("lock");
+        let w = g.writers.get_mut(&id)?;
+        w.last_seen = Instant::now();
+        Some(
+            digests
+                .iter()
+                .map(|d| {
+                    let present = store.has(d);
+                    if present {
+                        w.touched.insert(*d);
+                    }
+                    !present
+                })
+                .collect(),
+        )
+    }
+
+    /// Records that writer `id` stored (or relies on) chunk `d`. Returns false if the writer is
+    /// not registered.
+    pub fn touch(&self, id: WriterId, d: &Digest) -> bool {
+        let mut g = self.inner.lock().expect("lock");
+        match g.writers.get_mut(&id) {
+            Some(w) => {
+                w.last_seen = Instant::now();
+                w.touched.insert(*d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `f` while no writer can be told about or touch any chunk.
+    pub fn exclusive<T>(&self, f: impl FnOnce(&dyn Fn(&Digest) -> bool) -> T) -> T {
+        let g = self.inner.lock().expect("lock");
+        let touched = |d: &Digest| g.retained.contains(d) || g.writers.values().any(|w| w.touched.contains(d));
+        f(&touched)
+    }
+
+    /// Removes chunk `d` from `store` unless a running writer touched it; atomic with respect
+    /// to [`missing`](Self::missing) and [`touch`](Self::touch). Returns whether it was removed.
+    pub fn remove_if_untouched(&self, store: &LocalStore, d: &Digest) -> Result<bool, Error> {
+        self.exclusive(|touched| if touched(d) { Ok(false) } else { store.remove_chunk(d) })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Chunks written more recently than this are kept even if unreferenced.
+    pub grace: Duration,
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { grace: Duration::from_secs(3600), dry_run: false }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct GcReport {
+    pub snapshots: usize,
+    pub chunks_seen: u64,
+    pub referenced: u64,
+    pub kept_recent: u64,
+    pub kept_touched: u64,
+    pub removed: u64,
+    pub removed_bytes: u64,
+}
+
+/// One mark-and-sweep pass. See the module docs for why it is safe beside running writers.
+pub fn collect(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
+    registry.begin_collection();
+    let r = collect_inner(store, registry, opts);
+    registry.end_collection();
+    r
+}
+
+fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
+    let started = SystemTime::now();
+    let mut report = GcReport::default();
+
+    // Mark. Any failure aborts before the sweep.
+    let mut referenced: HashSet<Digest> = HashSet::new();
+    for id in store.snapshot_ids()? {
+        let m = store.load_manifest(&id).map_err(|e| Error::Store {
+            message: format!("garbage collection aborted, nothing deleted: cannot read snapshot {id}: {e}"),
+            retryable: false,
+        })?;
+        referenced.extend(m.data_digests().copied());
+        report.snapshots += 1;
+    }
+    report.referenced = referenced.len() as u64;
+
+    // Sweep.
+    let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    store.for_each_chunk(|d, size, mtime| {
+        report.chunks_seen += 1;
+        if referenced.contains(&d) {
+            return Ok(());
+        }
+        if mtime > cutoff {
+            report.kept_recent += 1;
+            return Ok(());
+        }
+        let removed = if opts.dry_run {
+            !registry.exclusive(|touched| touched(&d))
+        } else {
+            registry.remove_if_untouched(store, &d)?
+        };
+        if removed {
+            report.removed += 1;
+            report.removed_bytes += size;
+        } else {
+            report.kept_touched += 1;
+        }
+        Ok(())
+    })?;
+    Ok(report)
+}

@@ -1,0 +1,205 @@
+//! Administration: tokens, retention, garbage collection, verification, the audit log.
+
+use super::{ApiError, ApiResult, AppState};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kura_catalogs::db::{Principal, RetentionScope, Role};
+use kura_catalogs::gc::{self, GcOptions};
+use kura_catalogs::retention::Rule;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "protocol": 1, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+#[derive(Deserialize)]
+pub struct CreateToken {
+    role: Role,
+    label: String,
+    /// The user the token belongs to (created with `role` if missing; default: named after
+    /// the role).
+    #[serde(default)]
+    user: Option<String>,
+    /// Lifetime in seconds (default: no expiry).
+    #[serde(default)]
+    expires_in: Option<i64>,
+}
+
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<CreateToken>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    if req.role == Role::Agent {
+        return Err(ApiError::BadRequest("agent tokens are issued with their job (POST /jobs)".into()));
+    }
+    let st = state.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        let expires = req.expires_in.map(|s| st.catalog.now() + s);
+        let user = req.user.unwrap_or_else(|| req.role.to_string());
+        match st.catalog.get_user(&user) {
+            Ok(u) if u.role != req.role => {
+                return Err(ApiError::Conflict(format!("user {user} has role {}, not {}", u.role, req.role)))
+            }
+            Ok(_) => {}
+            Err(kura_catalogs::db::CatalogError::NotFound { .. }) => {
+                st.catalog.create_user(&p.actor(), &user, req.role)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(st.catalog.create_token(&p.actor(), &user, &req.label, expires)?)
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": issued.secret, "id": issued.info.id }))))
+}
+
+#[derive(Deserialize)]
+pub struct ApplyRetention {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    /// Sets the rule for the host or group before applying it.
+    #[serde(default)]
+    rule: Option<Rule>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Sets (optionally) and applies retention: deletes the snapshots the rule does not keep. The
+/// chunks they alone used are reclaimed by the next garbage collection.
+pub async fn apply_retention(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<ApplyRetention>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let st = state.clone();
+    let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
+        let scope = match (&req.host, &req.group) {
+            (Some(h), None) => Some(RetentionScope::Host(h.clone())),
+            (None, Some(g)) => Some(RetentionScope::Group(g.clone())),
+            (None, None) => None,
+            _ => return Err(ApiError::BadRequest("give a host or a group, not both".into())),
+        };
+        if let Some(rule) = req.rule {
+            let scope = scope.clone().ok_or_else(|| ApiError::BadRequest("a rule needs a host or a group".into()))?;
+            rule.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            st.catalog.set_retention(&p.actor(), &scope, rule)?;
+        }
+        let hosts: Vec<String> = st
+            .catalog
+            .list_hosts()?
+            .into_iter()
+            .filter(|h| match &scope {
+                Some(RetentionScope::Host(n)) => &h.name == n,
+                Some(RetentionScope::Group(g)) => h.group.as_deref() == Some(g.as_str()),
+                None => true,
+            })
+            .map(|h| h.name)
+            .collect();
+        let mut deleted = Vec::new();
+        for host in hosts {
+            let Some(plan) = st.catalog.retention_plan(&host)? else { continue };
+            for id in plan.delete {
+                if !req.dry_run {
+                    st.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
+                    st.store.remove_manifest(&id)?;
+                    st.catalog.remove_snapshot(&p.actor(), &id)?;
+                }
+                deleted.push(serde_json::json!({ "host": host, "snapshot": id }));
+            }
+        }
+        Ok(serde_json::json!({ "deleted": deleted, "dry_run": req.dry_run }))
+    })
+    .await??;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+pub struct GcRequest {
+    /// Seconds; chunks younger than this are kept (default 3600).
+    #[serde(default)]
+    grace: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub async fn gc(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<GcRequest>,
+) -> ApiResult<Json<gc::GcReport>> {
+    let _running = state.gc_running.lock().await;
+    let st = state.clone();
+    let report = tokio::task::spawn_blocking(move || -> ApiResult<gc::GcReport> {
+        let opts = GcOptions { grace: Duration::from_secs(req.grace.unwrap_or(3600)), dry_run: req.dry_run };
+        let report = gc::collect(&st.store, &st.writers, &opts)?;
+        st.catalog.record_audit(&p.actor(), "gc", "store", serde_json::to_value(&report).unwrap_or_default())?;
+        Ok(report)
+    })
+    .await??;
+    Ok(Json(report))
+}
+
+#[derive(Deserialize)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    snapshot: Option<String>,
+    /// Move damaged chunks to quarantine (default true).
+    #[serde(default = "yes")]
+    quarantine: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<VerifyRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let st = state.clone();
+    let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
+        let threads = kura_imaging::capture::default_threads();
+        let report = st.store.verify(req.snapshot.as_deref(), threads, &kura_imaging::progress::NoProgress)?;
+        let mut quarantined = Vec::new();
+        if req.quarantine {
+            for d in &report.damaged {
+                if d.reason == "missing" {
+                    continue;
+                }
+                let digest = d.digest.parse().map_err(ApiError::Internal)?;
+                let path = st.store.quarantine_chunk(&digest)?;
+                quarantined.push(path.display().to_string());
+            }
+        }
+        st.catalog.record_audit(
+            &p.actor(),
+            "verify",
+            req.snapshot.as_deref().unwrap_or("store"),
+            serde_json::json!({ "ok": report.ok, "damaged": report.damaged.len(), "quarantined": quarantined.len() }),
+        )?;
+        let mut v = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+        v["quarantined"] = serde_json::json!(quarantined);
+        Ok(v)
+    })
+    .await??;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<kura_catalogs::db::AuditEntry>>> {
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_audit(q.limit.unwrap_or(100).min(10_000))).await??))
+}

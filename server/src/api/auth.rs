@@ -1,0 +1,73 @@
+//! Authentication and role checks, applied to every route from the route table.
+//!
+//! A request carries `Authorization: Bearer <token>`. The token is looked up (by hash) in the
+//! catalog; the resulting [`Principal`] is checked against the route's [`Access`] and handed to
+//! the handler as an extension. Agent tokens must also present the MAC address they are bound
+//! to (`X-Kura-Mac`); handlers then check the agent acts on its own job only.
+
+use super::{ApiError, AppState};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use kura_catalogs::db::{Principal, Role};
+use std::sync::Arc;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// Admin only.
+    Admin,
+    /// Operator or admin.
+    Operator,
+    /// Operator, admin, or an agent acting on its own job (checked by the handler).
+    OperatorOrAgent,
+}
+
+impl Access {
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Admin => role == Role::Admin,
+            Access::Operator => matches!(role, Role::Admin | Role::Operator),
+            Access::OperatorOrAgent => true,
+        }
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+pub async fn require(
+    State((state, access)): State<(Arc<AppState>, Access)>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if access == Access::Public {
+        return Ok(next.run(req).await);
+    }
+    let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?.to_string();
+    let catalog = state.catalog.clone();
+    let principal = tokio::task::spawn_blocking(move || catalog.authenticate(&token, catalog.now()))
+        .await??
+        .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked token".into()))?;
+    if !access.allows(principal.role) {
+        return Err(ApiError::Forbidden(format!("role {} may not use this route", principal.role)));
+    }
+    if principal.role == Role::Agent {
+        let mac = req.headers().get("x-kura-mac").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mac = kura_catalogs::db::normalize_mac(mac).unwrap_or_default();
+        if principal.mac.as_deref() != Some(mac.as_str()) {
+            return Err(ApiError::Forbidden("this agent token is bound to another machine".into()));
+        }
+    }
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+/// For handlers: an agent may only act on its own job.
+pub fn agent_job(p: &Principal) -> Option<i64> {
+    (p.role == Role::Agent).then_some(p.job_id).flatten()
+}

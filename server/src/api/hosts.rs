@@ -1,0 +1,44 @@
+//! Hosts: the machines Kura backs up.
+
+use super::{ApiResult, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kura_catalogs::db::{Host, NewHost, Principal};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<Host>>> {
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_hosts()).await??))
+}
+
+pub async fn show(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<Host>> {
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.get_host(&name)).await??))
+}
+
+#[derive(Deserialize)]
+pub struct CreateHost {
+    #[serde(flatten)]
+    host: NewHost,
+    #[serde(default)]
+    macs: Vec<String>,
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<CreateHost>,
+) -> ApiResult<(StatusCode, Json<Host>)> {
+    let st = state.clone();
+    let host = tokio::task::spawn_blocking(move || -> kura_catalogs::db::Result<Host> {
+        st.catalog.create_host(&p.actor(), &req.host)?;
+        for mac in &req.macs {
+            st.catalog.add_mac(&p.actor(), &req.host.name, mac)?;
+        }
+        st.catalog.get_host(&req.host.name)
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(host)))
+}

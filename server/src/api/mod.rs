@@ -1,0 +1,180 @@
+//! The engine's HTTP API (`docs/protocol.md`).
+//!
+//! Every route is declared once in [`routes`] with the access it requires; the router and the
+//! authentication layer are generated from that table, and the table-driven test walks the
+//! same table, so a new route cannot escape authentication.
+//!
+//! [`serve`] takes its listener and a shutdown future as arguments (tests bind port 0).
+
+mod admin;
+mod auth;
+mod error;
+mod hosts;
+mod jobs;
+mod snapshots;
+mod uploads;
+
+pub use auth::Access;
+pub use error::{ApiError, ApiResult};
+pub use uploads::parse_created;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::routing::MethodRouter;
+use axum::Router;
+use kura_catalogs::db::Catalog;
+use kura_catalogs::gc::WriterRegistry;
+use kura_catalogs::LocalStore;
+use kura_imaging::chunk::Digest;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Request body caps. Every route has one; the largest bodies are chunks and manifests.
+pub mod limits {
+    /// JSON requests.
+    pub const JSON: usize = 64 << 10;
+    /// One encoded chunk: header + zstd's worst case for the largest chunk.
+    pub const CHUNK: usize = 64 + (16 << 20) + (16 << 20) / 128 + 1024;
+    /// One `missing` request: 4096 digests.
+    pub const MISSING: usize = 4096 * 32;
+    /// One encoded manifest.
+    pub const MANIFEST: usize = 256 << 20;
+}
+
+/// Upload sessions idle longer than this are aborted.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+
+pub struct AppState {
+    pub store: Arc<LocalStore>,
+    pub catalog: Arc<Catalog>,
+    pub writers: Arc<WriterRegistry>,
+    pub uploads: Mutex<HashMap<String, uploads::Upload>>,
+    /// Serialises garbage collection runs.
+    pub gc_running: tokio::sync::Mutex<()>,
+    /// Digests of snapshots being restored by agents (to scope their chunk reads).
+    digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<LocalStore>, catalog: Arc<Catalog>) -> Arc<AppState> {
+        Arc::new(AppState {
+            store,
+            catalog,
+            writers: Arc::new(WriterRegistry::new()),
+            uploads: Mutex::new(HashMap::new()),
+            gc_running: tokio::sync::Mutex::new(()),
+            digest_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The set of chunk digests snapshot `id` references (cached; blocking).
+    pub fn snapshot_digests(&self, id: &str) -> ApiResult<Arc<HashSet<Digest>>> {
+        if let Some(s) = self.digest_cache.lock().expect("lock").get(id) {
+            return Ok(s.clone());
+        }
+        let m = self.store.load_manifest(id)?;
+        let set: Arc<HashSet<Digest>> = Arc::new(m.data_digests().copied().collect());
+        let mut cache = self.digest_cache.lock().expect("lock");
+        if cache.len() > 64 {
+            cache.clear();
+        }
+        cache.insert(id.to_string(), set.clone());
+        Ok(set)
+    }
+}
+
+/// One API route: method, path (axum syntax), who may call it, and its body cap.
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub body_limit: usize,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    body_limit: usize,
+    handler: MethodRouter<Arc<AppState>>,
+) -> RouteSpec {
+    RouteSpec { method, path, access, body_limit, handler }
+}
+
+/// The route table: the single place routes are declared.
+pub fn routes() -> Vec<RouteSpec> {
+    use axum::routing::{delete, get, post, put};
+    use limits::*;
+    use Access::*;
+    vec![
+        route(Method::GET, "/api/v1/health", Public, JSON, get(admin::health)),
+        route(Method::GET, "/api/v1/hosts", Operator, JSON, get(hosts::list)),
+        route(Method::POST, "/api/v1/hosts", Admin, JSON, post(hosts::create)),
+        route(Method::GET, "/api/v1/hosts/{name}", Operator, JSON, get(hosts::show)),
+        route(Method::GET, "/api/v1/snapshots", Operator, JSON, get(snapshots::list)),
+        route(Method::DELETE, "/api/v1/snapshots/{id}", Admin, JSON, delete(snapshots::remove)),
+        route(Method::GET, "/api/v1/snapshots/{id}/manifest", OperatorOrAgent, JSON, get(snapshots::manifest)),
+        route(Method::GET, "/api/v1/chunks/{digest}", OperatorOrAgent, JSON, get(snapshots::chunk)),
+        route(Method::POST, "/api/v1/uploads", OperatorOrAgent, JSON, post(uploads::begin)),
+        route(Method::POST, "/api/v1/uploads/{upload}/missing", OperatorOrAgent, MISSING, post(uploads::missing)),
+        route(Method::PUT, "/api/v1/uploads/{upload}/chunks/{digest}", OperatorOrAgent, CHUNK, put(uploads::put_chunk)),
+        route(Method::POST, "/api/v1/uploads/{upload}/commit", OperatorOrAgent, MANIFEST, post(uploads::commit)),
+        route(Method::DELETE, "/api/v1/uploads/{upload}", OperatorOrAgent, JSON, delete(uploads::abort)),
+        route(Method::GET, "/api/v1/jobs", Operator, JSON, get(jobs::list)),
+        route(Method::POST, "/api/v1/jobs", Operator, JSON, post(jobs::create)),
+        route(Method::GET, "/api/v1/jobs/{id}", OperatorOrAgent, JSON, get(jobs::show)),
+        route(Method::POST, "/api/v1/jobs/{id}/progress", OperatorOrAgent, JSON, post(jobs::progress)),
+        route(Method::POST, "/api/v1/jobs/{id}/finish", OperatorOrAgent, JSON, post(jobs::finish)),
+        route(Method::POST, "/api/v1/tokens", Admin, JSON, post(admin::create_token)),
+        route(Method::POST, "/api/v1/retention/apply", Admin, JSON, post(admin::apply_retention)),
+        route(Method::POST, "/api/v1/gc", Admin, JSON, post(admin::gc)),
+        route(Method::POST, "/api/v1/verify", Admin, JSON, post(admin::verify)),
+        route(Method::GET, "/api/v1/audit", Admin, JSON, get(admin::audit)),
+    ]
+}
+
+/// Builds the router from [`routes`], each route behind its access check and body cap.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r: Router<Arc<AppState>> = Router::new();
+    for spec in routes() {
+        let layered = spec
+            .handler
+            .layer(DefaultBodyLimit::max(spec.body_limit))
+            .route_layer(axum::middleware::from_fn_with_state((state.clone(), spec.access), auth::require));
+        r = r.route(spec.path, layered);
+    }
+    r.fallback(not_found).with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such API route".into())
+}
+
+/// Serves the API on `listener` until `shutdown` completes. With `tls`, speaks HTTPS only.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let app = router(state.clone());
+    let janitor = tokio::spawn(uploads::expire_idle_loop(state));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let r = match tls {
+        Some(config) => {
+            axum_server::from_tcp_rustls(listener, config).handle(handle).serve(app.into_make_service()).await
+        }
+        None => axum_server::from_tcp(listener).handle(handle).serve(app.into_make_service()).await,
+    };
+    janitor.abort();
+    r
+}

@@ -1,0 +1,97 @@
+//! Reading snapshots: listing, manifests and chunks for restores, and deletion.
+
+use super::auth::agent_job;
+use super::{ApiError, ApiResult, AppState};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kura_catalogs::db::{JobKind, Principal, Snapshot};
+use kura_imaging::chunk::Digest;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    host: Option<String>,
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Snapshot>>> {
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_snapshots(q.host.as_deref())).await??))
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("{id:?} is not a snapshot id")))
+    }
+}
+
+/// An agent may read only the snapshot its own restore job restores.
+fn agent_snapshot(state: &AppState, p: &Principal) -> ApiResult<Option<String>> {
+    let Some(job) = agent_job(p) else { return Ok(None) };
+    let job = state.catalog.get_job(job)?;
+    match (job.kind, job.snapshot) {
+        (JobKind::Restore, Some(s)) if job.state.is_active() => Ok(Some(s)),
+        _ => Err(ApiError::Forbidden("this agent token may only read the snapshot of its active restore job".into())),
+    }
+}
+
+pub async fn manifest(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Vec<u8>> {
+    check_id(&id)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(allowed) = agent_snapshot(&st, &p)? {
+            if allowed != id {
+                return Err(ApiError::Forbidden(format!("this agent token may not read snapshot {id}")));
+            }
+        }
+        let snap = st.catalog.get_snapshot(&id)?;
+        st.store.manifest_bytes(&snap.id).map_err(ApiError::from)
+    })
+    .await?
+}
+
+pub async fn chunk(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(digest): Path<String>,
+) -> ApiResult<Vec<u8>> {
+    let d: Digest = digest.parse().map_err(ApiError::BadRequest)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(snap) = agent_snapshot(&st, &p)? {
+            if !st.snapshot_digests(&snap)?.contains(&d) {
+                return Err(ApiError::Forbidden(format!("chunk {d} is not part of snapshot {snap}")));
+            }
+        }
+        match kura_imaging::chunk::ChunkSource::get_chunk(&*st.store, &d) {
+            Ok(b) => Ok(b),
+            Err(kura_imaging::Error::ChunkMissing { .. }) => Err(ApiError::NotFound(format!("no chunk {d}"))),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?
+}
+
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    check_id(&id)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        st.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
+        st.store.remove_manifest(&id)?;
+        st.catalog.remove_snapshot(&p.actor(), &id)?;
+        Ok(())
+    })
+    .await??;
+    Ok(StatusCode::NO_CONTENT)
+}

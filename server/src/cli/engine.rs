@@ -1,0 +1,248 @@
+//! CLI commands that talk to an engine (`--server URL`), and `kura admin` on its data directory.
+
+use super::ServerArgs;
+use crate::progress_bar::{Bar, Unit};
+use crate::remote::{Client, Endpoint, RemoteSink, RemoteSource};
+use crate::target;
+use anyhow::{bail, Context, Result};
+use kura_imaging::capture::{self, CaptureOptions};
+use kura_imaging::manifest::Manifest;
+use kura_imaging::restore::{self, RestoreOptions};
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+pub fn client(s: &ServerArgs) -> Result<Client> {
+    let Some(url) = &s.server else { bail!("no engine given: use --server URL (or KURA_SERVER), or --store DIR") };
+    let Some(token) = &s.token else { bail!("no API token: use --token (or KURA_TOKEN)") };
+    Ok(Client::new(&Endpoint {
+        url: url.clone(),
+        token: token.clone(),
+        fingerprint: s.fingerprint.clone(),
+        mac: None,
+    })?)
+}
+
+fn bars(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+pub fn capture(
+    source: &Path,
+    s: &ServerArgs,
+    name: Option<String>,
+    host: Option<String>,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
+    let Some(host) = host else { bail!("capturing to an engine needs --host NAME") };
+    let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let client = client(s)?;
+    let started = client.begin_upload(&host, name.as_deref(), "manual", None).context("starting the upload")?;
+    let mut opts = CaptureOptions {
+        name,
+        host: Some(host.clone()),
+        source: source.display().to_string(),
+        chunk_size: started.chunk_size,
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    let sink = RemoteSink { client: client.clone(), upload: started.upload.clone() };
+    let bar = Bar::new("capture", Unit::Bytes, bars(s.json));
+    let t0 = Instant::now();
+    let result = capture::capture(std::io::BufReader::with_capacity(0, file), &opts, &sink, &bar)
+        .map_err(anyhow::Error::from)
+        .and_then(|(m, stats)| Ok((m.encode()?, stats)))
+        .and_then(|(bytes, stats)| Ok((client.commit(&started.upload, &bytes)?, stats)));
+    bar.finish();
+    let (committed, stats) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = client.abort(&started.upload);
+            return Err(e).with_context(|| format!("capturing {} to the engine", source.display()));
+        }
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    if s.json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["snapshot"] = committed.snapshot.clone().into();
+        v["seconds"] = seconds.into();
+        v["host"] = host.into();
+        print_json(&v)?;
+    } else {
+        eprintln!(
+            "captured {} for host {host}: {} used, {} chunks sent ({} bytes), {:.1} s",
+            source.display(),
+            indicatif::BinaryBytes(stats.used_bytes),
+            stats.new_chunks,
+            stats.new_stored_bytes,
+            seconds
+        );
+        println!("{}", committed.snapshot);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Option<usize>) -> Result<ExitCode> {
+    let client = client(s)?;
+    let bytes = client.manifest(snapshot)?;
+    if Manifest::id_of(&bytes) != snapshot {
+        bail!("the engine sent a manifest that does not match snapshot id {snapshot}");
+    }
+    let manifest = Manifest::decode(&bytes)?;
+    let source = RemoteSource { client };
+    let opts = RestoreOptions { threads: threads.unwrap_or(8), target_is_zeroed: false };
+    let t0 = Instant::now();
+    let existing = target::existing_size(target_path)?;
+    restore::preflight(
+        &manifest,
+        &source,
+        existing.unwrap_or(manifest.disk_size()),
+        opts.threads,
+        &kura_imaging::progress::NoProgress,
+    )
+    .with_context(|| format!("snapshot {snapshot} cannot be restored onto {}", target_path.display()))?;
+    let mut t = match existing {
+        Some(size) => target::open_existing(target_path, size)?,
+        None => target::create(target_path, manifest.disk_size())?,
+    };
+    let opts = RestoreOptions { target_is_zeroed: t.created.is_some(), ..opts };
+    let bar = Bar::new("restore", Unit::Bytes, bars(s.json));
+    let result = restore::restore(&manifest, &source, &mut t.file, t.size, &opts, &bar)
+        .and_then(|st| t.file.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the target", e)));
+    bar.finish();
+    let stats = match result {
+        Ok(st) => st,
+        Err(e) => {
+            if let Some(p) = &t.created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e).with_context(|| format!("restoring snapshot {snapshot} onto {}", target_path.display()));
+        }
+    };
+    if s.json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["snapshot"] = snapshot.into();
+        v["seconds"] = t0.elapsed().as_secs_f64().into();
+        print_json(&v)?;
+    } else {
+        eprintln!(
+            "restored {snapshot} onto {}: {} written",
+            target_path.display(),
+            indicatif::BinaryBytes(stats.written_bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
+    let c = client(s)?;
+    let path = match host {
+        Some(h) => format!("/snapshots?host={h}"),
+        None => "/snapshots".to_string(),
+    };
+    let list: Vec<serde_json::Value> = c.get_json(&path)?;
+    if s.json {
+        print_json(&list)?;
+    } else {
+        println!("{:16}  {:16}  {:10}  {:>12}  {:>12}  NAME", "ID", "HOST", "KIND", "USED", "NEW");
+        for v in list {
+            println!(
+                "{:16}  {:16}  {:10}  {:>12}  {:>12}  {}",
+                v["id"].as_str().unwrap_or(""),
+                v["host"].as_str().unwrap_or(""),
+                v["kind"].as_str().unwrap_or(""),
+                indicatif::BinaryBytes(v["used_bytes"].as_u64().unwrap_or(0)).to_string(),
+                indicatif::BinaryBytes(v["new_bytes"].as_u64().unwrap_or(0)).to_string(),
+                v["name"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
+    let list: Vec<serde_json::Value> = client(s)?.get_json("/hosts")?;
+    if s.json {
+        print_json(&list)?;
+    } else {
+        println!("{:20}  {:12}  MACS", "HOST", "GROUP");
+        for v in list {
+            let macs: Vec<&str> =
+                v["macs"].as_array().map(|a| a.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+            println!(
+                "{:20}  {:12}  {}",
+                v["name"].as_str().unwrap_or(""),
+                v["group"].as_str().unwrap_or("-"),
+                macs.join(", ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn create_token(role: &str, label: &str, user: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
+    let v: serde_json::Value =
+        client(s)?.post_json("/tokens", &serde_json::json!({ "role": role, "label": label, "user": user }))?;
+    if s.json {
+        print_json(&v)?;
+    } else {
+        println!("{}", v["token"].as_str().unwrap_or(""));
+        eprintln!("this token is shown only once; the engine keeps only its hash");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(snapshot: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
+    let v: serde_json::Value = client(s)?.post_json("/verify", &serde_json::json!({ "snapshot": snapshot }))?;
+    let ok = v["ok"].as_bool().unwrap_or(false);
+    if s.json {
+        print_json(&v)?;
+    } else {
+        for d in v["damaged"].as_array().into_iter().flatten() {
+            println!(
+                "DAMAGED chunk {}: {} (needed by {})",
+                d["digest"].as_str().unwrap_or(""),
+                d["reason"].as_str().unwrap_or(""),
+                d["snapshots"]
+            );
+        }
+        println!("{}: {} chunks checked", if ok { "ok" } else { "FAILED" }, v["chunks_checked"]);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn gc(grace: u64, dry_run: bool, s: &ServerArgs) -> Result<ExitCode> {
+    let v: serde_json::Value =
+        client(s)?.post_json("/gc", &serde_json::json!({ "grace": grace, "dry_run": dry_run }))?;
+    if s.json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "removed {} chunks ({} bytes) of {} seen; {} referenced",
+            v["removed"], v["removed_bytes"], v["chunks_seen"], v["referenced"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rebuild_catalog(data: &Path, json: bool) -> Result<ExitCode> {
+    let (store, catalog) = crate::serve::open_state(data)?;
+    let _lock = store.lock(true).context("stop `kura serve` before rebuilding its catalog")?;
+    let (added, removed) = crate::serve::reconcile(&store, &catalog, "kura-admin")?;
+    let total = catalog.list_snapshots(None)?.len();
+    if json {
+        print_json(&serde_json::json!({ "added": added, "removed": removed, "snapshots": total }))?;
+    } else {
+        println!("catalog rebuilt from the store: {added} snapshots added, {removed} removed, {total} listed");
+    }
+    Ok(ExitCode::SUCCESS)
+}

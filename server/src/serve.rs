@@ -1,0 +1,204 @@
+//! `kura serve`: the engine on embedded defaults. Everything lives under one data directory:
+//!
+//! ```text
+//! DIR/store/         the chunk store (catalogs::store)
+//! DIR/catalog.db     the SQLite catalog (WAL)
+//! DIR/admin.token    the first admin token, mode 0600, written on first start
+//! DIR/tls/           cert.pem, key.pem (self-signed on first start), fingerprint
+//! DIR/serve.json     where the running server listens: {"url", "fingerprint"}
+//! ```
+//!
+//! On start the catalog is reconciled with the store: the store is the source of truth for
+//! which snapshots exist (a server killed between writing a manifest and recording it loses
+//! nothing).
+
+use crate::api::{self, AppState};
+use anyhow::{bail, Context, Result};
+use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
+use kura_catalogs::LocalStore;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct ServeOptions {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// Serve plain HTTP (only when explicitly asked).
+    pub insecure_http: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Opens (creating if needed) the store and the catalog under `data`.
+pub fn open_state(data: &Path) -> Result<(Arc<LocalStore>, Arc<Catalog>)> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let store = LocalStore::open_or_create(&data.join("store"))?;
+    let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
+    Ok((Arc::new(store), Arc::new(catalog)))
+}
+
+/// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
+/// and rows whose manifest is gone are removed. Returns (added, removed).
+pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(usize, usize)> {
+    let in_store = store.snapshot_ids()?;
+    let known: std::collections::HashSet<String> = catalog.list_snapshots(None)?.into_iter().map(|s| s.id).collect();
+    let mut added = 0;
+    for id in &in_store {
+        if known.contains(id) {
+            continue;
+        }
+        let m = match store.load_manifest(id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("snapshot {id} in the store is unreadable and is not listed: {e}");
+                continue;
+            }
+        };
+        let host = m.host.clone().unwrap_or_else(|| "unknown".to_string());
+        if catalog.get_host(&host).is_err() {
+            catalog.create_host(actor, &NewHost { name: host.clone(), ..Default::default() })?;
+        }
+        catalog.add_snapshot(
+            actor,
+            &NewSnapshot {
+                id: id.clone(),
+                host,
+                disk: None,
+                name: m.name.clone(),
+                kind: SnapshotKind::Manual,
+                created: api::parse_created(&m.created),
+                disk_size: m.disk_size(),
+                used_bytes: m.used_bytes(),
+                new_bytes: 0,
+                reused_bytes: 0,
+            },
+        )?;
+        added += 1;
+    }
+    let present: std::collections::HashSet<&String> = in_store.iter().collect();
+    let mut removed = 0;
+    for s in catalog.list_snapshots(None)? {
+        if !present.contains(&s.id) {
+            if s.state == kura_catalogs::db::SnapshotState::Committed {
+                catalog.mark_snapshot_deleting(actor, &s.id)?;
+            }
+            catalog.remove_snapshot(actor, &s.id)?;
+            removed += 1;
+        }
+    }
+    Ok((added, removed))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Loads the TLS certificate, making a self-signed one on first start. Returns the rustls
+/// config and the certificate's SHA-256 fingerprint.
+fn tls_config(opts: &ServeOptions) -> Result<(rustls::ServerConfig, String)> {
+    let (cert_path, key_path) = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            let dir = opts.data.join("tls");
+            std::fs::create_dir_all(&dir)?;
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !c.exists() || !k.exists() {
+                let mut names = vec!["kura".to_string(), "localhost".to_string()];
+                names.push(opts.listen.ip().to_string());
+                let cert = rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
+                write_private(&k, &cert.key_pair.serialize_pem())?;
+                std::fs::write(&c, cert.cert.pem())?;
+            }
+            (c, k)
+        }
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> = {
+        let pem = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+        rustls_pemfile_certs(&pem).with_context(|| format!("parsing {}", cert_path.display()))?
+    };
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path)
+            .with_context(|| format!("reading the private key {}", key_path.display()))?
+    };
+    let fp = crate::remote::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("loading the TLS certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((config, fp))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect();
+    let certs = certs.context("bad PEM")?;
+    if certs.is_empty() {
+        bail!("no certificate found");
+    }
+    Ok(certs)
+}
+
+pub fn run(opts: ServeOptions) -> Result<()> {
+    let (store, catalog) = open_state(&opts.data)?;
+    let _lock = store.lock(true)?;
+    let (added, removed) = reconcile(&store, &catalog, "kura-serve")?;
+    if added + removed > 0 {
+        eprintln!("catalog reconciled with the store: {added} snapshots added, {removed} removed");
+    }
+    if let Some(issued) = catalog.bootstrap_admin("admin")? {
+        let path = opts.data.join("admin.token");
+        write_private(&path, &format!("{}\n", issued.secret))?;
+        eprintln!("created the first admin token: {} (mode 0600; keep it safe)", path.display());
+    }
+    let (tls, fingerprint, scheme) = if opts.insecure_http {
+        eprintln!("WARNING: serving plain HTTP (--insecure-http): tokens and data cross the network unencrypted");
+        (None, None, "http")
+    } else {
+        let (config, fp) = tls_config(&opts)?;
+        std::fs::write(opts.data.join("tls").join("fingerprint"), format!("{fp}\n")).ok();
+        (Some(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config))), Some(fp), "https")
+    };
+    let listener = std::net::TcpListener::bind(opts.listen).with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("{scheme}://{addr}");
+    std::fs::write(
+        opts.data.join("serve.json"),
+        serde_json::json!({ "url": url, "fingerprint": fingerprint }).to_string(),
+    )?;
+    println!("kura serve: listening on {url}");
+    if let Some(fp) = &fingerprint {
+        println!("kura serve: certificate fingerprint (pin it with --fingerprint): {fp}");
+    }
+    std::io::stdout().flush().ok();
+
+    let state = AppState::new(store.clone(), catalog);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("kura serve: shutting down");
+        };
+        api::serve(listener, tls, state, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `kura bench` end to end on a small disk, so the benchmark cannot rot: it builds its test disk,
+//! runs every contender and prints JSON with positive figures.
+//!
+//! Needs the `kura` binary (`cargo build -p kura`, or `$KURA_BIN`) and the benchmark's tools
+//! (partclone, zstd, gdisk, e2fsprogs, ntfs-3g).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kura_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KURA_BIN") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("debug").join("kura")
+}
+
+fn positive(v: &serde_json::Value, path: &str) -> f64 {
+    let x = path.split('.').fold(v, |v, k| &v[k]);
+    let n = x.as_f64().unwrap_or_else(|| panic!("{path} is not a number: {x}"));
+    assert!(n > 0.0, "{path} should be positive, is {n}");
+    n
+}
+
+#[test]
+fn bench_runs_end_to_end_on_a_small_disk() {
+    let bin = kura_bin();
+    assert!(bin.is_file(), "the kura binary is not at {}: run `cargo build -p kura` first", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(&bin).args(["bench", "--disk-size", "512M", "--json", "--dir"]).arg(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kura bench failed ({}):\n{stderr}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+
+    let used = positive(&v, "disk.used_bytes");
+    let size = positive(&v, "disk.size");
+    assert!(used > size / 4.0 && used < size, "about half the disk should be used: {used} of {size}");
+    for row in [
+        "capture.cat_partitions",
+        "capture.cat_disk",
+        "capture.partclone_zstd",
+        "capture.kura",
+        "capture.kura_null_sink",
+        "restore.partclone_zstd",
+        "restore.kura",
+    ] {
+        positive(&v, &format!("{row}.mib_s"));
+        positive(&v, &format!("{row}.seconds"));
+    }
+    positive(&v, "capture.kura.stored_bytes");
+    positive(&v, "capture.partclone_zstd.stored_bytes");
+    positive(&v, "capture.speed_ratio");
+    positive(&v, "capture.stored_ratio");
+    positive(&v, "restore.speed_ratio");
+
+    let limits = v["limits"].as_array().expect("limits");
+    assert!(limits.len() >= 3, "{limits:?}");
+    for l in limits {
+        positive(l, "mib_s");
+    }
+
+    let rows = v["chunk_sizes"]["rows"].as_array().expect("chunk size rows");
+    let sizes: Vec<u64> = rows.iter().map(|r| r["chunk_size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [256 << 10, 1 << 20, 4 << 20]);
+    positive(&v, "chunk_sizes.changed_files");
+    for r in rows {
+        positive(r, "capture.mib_s");
+        positive(r, "capture.stored_bytes");
+        // The change is small: the second capture stores something, but far less than the first.
+        let new = positive(r, "second_new_bytes");
+        assert!(new < positive(r, "capture.stored_bytes") / 2.0, "{r}");
+    }
+    assert!(!v["checks"].as_array().expect("checks").is_empty());
+
+    // The work directory was removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
+}
