@@ -1,10 +1,11 @@
 //! Kura's engine state.
 //!
 //! - [`store`]: the local content-addressed chunk store holding chunks and committed snapshot
-//!   manifests, with its durability contract.
-//!
-//! The catalog database (hosts, disks, jobs, users), retention and garbage collection arrive
-//! with the engine (issue 3); today the store directory is the whole state.
+//!   manifests, with its durability contract. The store is the source of truth for which
+//!   snapshots exist.
+//! - [`db`]: the SQLite catalog: hosts, disks, snapshot rows, jobs, users and tokens, audit log.
+//! - [`retention`]: which snapshots a keep-last / keep-monthly rule keeps (pure).
+//! - [`gc`]: mark-and-sweep garbage collection, safe beside running captures.
 
 pub mod db;
 pub mod gc;
