@@ -271,6 +271,20 @@ impl LocalStore {
         Ok(dest)
     }
 
+    /// Removes leftovers of writes interrupted by a crash from `tmp/`. Call only while holding
+    /// the exclusive lock (nobody else is writing). Returns how many files were removed.
+    pub fn clean_tmp(&self) -> Result<usize, Error> {
+        let dir = self.root.join("tmp");
+        let mut n = 0;
+        for e in fs::read_dir(&dir).map_err(|e| store_err(format!("listing {}", dir.display()), &e))? {
+            let e = e.map_err(|e| store_err(format!("listing {}", dir.display()), &e))?;
+            if fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Takes the store's lock: exclusive for writers (a capture, `kura serve`), shared for
     /// readers. Held until the returned guard is dropped; fails at once if it is taken.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock, Error> {

@@ -7,7 +7,6 @@
 mod api;
 mod cli;
 mod progress_bar;
-mod remote;
 mod serve;
 mod target;
 

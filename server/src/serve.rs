@@ -133,7 +133,7 @@ fn tls_config(opts: &ServeOptions) -> Result<(rustls::ServerConfig, String)> {
         rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path)
             .with_context(|| format!("reading the private key {}", key_path.display()))?
     };
-    let fp = crate::remote::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
+    let fp = kura::remote::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -157,6 +157,10 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::Certificate
 pub fn run(opts: ServeOptions) -> Result<()> {
     let (store, catalog) = open_state(&opts.data)?;
     let _lock = store.lock(true)?;
+    let leftovers = store.clean_tmp()?;
+    if leftovers > 0 {
+        eprintln!("removed {leftovers} files of interrupted writes from the store's tmp/");
+    }
     let (added, removed) = reconcile(&store, &catalog, "kura-serve")?;
     if added + removed > 0 {
         eprintln!("catalog reconciled with the store: {added} snapshots added, {removed} removed");

@@ -161,10 +161,12 @@ pub async fn put_chunk(
     let len = body.len() as u64;
     let stored = tokio::task::spawn_blocking(move || -> ApiResult<bool> {
         check_chunk(&d, &body)?;
-        let new = st.store.put_chunk(&d, &body)?;
+        // Protect the chunk before it exists, so a collection cannot remove it between the
+        // write and the protection.
         if !st.writers.touch(writer, &d) {
             return Err(ApiError::NotFound(format!("upload session {upload} has ended")));
         }
+        let new = st.store.put_chunk(&d, &body)?;
         if let Some(u) = st.uploads.lock().expect("lock").get_mut(&upload) {
             u.uploaded.insert(d);
             if new {

@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// Print the figures as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Runs of each capture, restore and single-stage measurement (taking turns); the fastest
+    /// run of each counts. The chunk-size experiment runs once.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -158,6 +162,8 @@ fn rate(bytes: u64, seconds: f64) -> f64 {
 struct Report {
     work_dir: String,
     page_cache: &'static str,
+    /// Runs of each capture, restore and limit measurement; the fastest counts.
+    runs: usize,
     cpus: usize,
     kura_threads: usize,
     disk: DiskInfo,
@@ -249,7 +255,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    let report = bench(&work, disk_size)?;
+    let report = bench(&work, disk_size, args.runs as usize)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -266,7 +272,7 @@ fn say(msg: &str) {
     eprintln!("bench: {msg}");
 }
 
-fn bench(work: &Path, disk_size: u64) -> Result<Report> {
+fn bench(work: &Path, disk_size: u64, runs: usize) -> Result<Report> {
     say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
     let disk = build_disk(work, disk_size)?;
     let cpus = capture::default_threads();
@@ -310,127 +316,147 @@ fn bench(work: &Path, disk_size: u64) -> Result<Report> {
     // Single-stage limits.
     say("single-stage limits (read, sha256, zstd)");
     let mut limits = Vec::new();
-    let t = read_alone(&disk.path, &jobs)?;
+    let t = best(runs, || read_alone(&disk.path, &jobs).map(|t| ((), t)))?.1;
     limits.push(Row::new("read used chunks (1 thread)", t, used));
     for threads in dedup_threads(cpus) {
-        let (t, _) = compute_alone(&disk.path, &jobs, threads, Stage::Sha256)?;
+        let (_, t) = best(runs, || compute_alone(&disk.path, &jobs, threads, Stage::Sha256))?;
         limits.push(Row::new(format!("sha256 ({threads} thread{})", plural(threads)), t, used));
     }
     for threads in dedup_threads(cpus) {
-        let (t, out) = compute_alone(&disk.path, &jobs, threads, Stage::Zstd(DEFAULT_LEVEL))?;
+        let (out, t) = best(runs, || compute_alone(&disk.path, &jobs, threads, Stage::Zstd(DEFAULT_LEVEL)))?;
         let name = format!("zstd -{DEFAULT_LEVEL} ({threads} thread{})", plural(threads));
         limits.push(Row::new(name, t, used).stored(out));
     }
 
-    // Capture.
-    say("capture: cat, partclone+zstd, Kura");
-    let mut cat_parts = Timing::default();
-    for p in &disk.parts {
-        let (_, t) = timed(|| run_quiet(Command::new("cat").arg(&p.image)))?;
-        add(&mut cat_parts, t);
-    }
-    let (_, t) = timed(|| run_quiet(Command::new("cat").arg(&disk.path)))?;
-    let cat_disk = Row::new("cat whole disk image", t, used).disk(disk_size);
-    let cat_parts = Row::new("cat partition images (read limit)", cat_parts, parts_used).disk(parts_size);
-
-    let mut pcl = Timing::default();
-    let mut pcl_bytes = 0;
-    for p in &disk.parts {
-        let out = work.join(format!("p{}.pcl.zst", p.number));
-        let (_, t) = timed(|| {
-            run_quiet(
-                Command::new("bash")
-                    .args([
-                        "-c",
-                        "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -3 -q -f -o \"$3\"",
-                        "bash",
-                    ])
-                    .arg(p.tool)
-                    .arg(&p.image)
-                    .arg(&out),
-            )?;
-            sync_file(&out)
-        })?;
-        add(&mut pcl, t);
-        pcl_bytes += fs::metadata(&out)?.len();
-    }
-    let pcl_capture = Row::new("partclone -c | zstd -T0 -3", pcl, parts_used).disk(parts_size).stored(pcl_bytes);
-
+    // Capture: the contenders take turns, each run; the best run of each counts.
+    say(&format!("capture: cat, partclone+zstd, Kura ({runs} runs each, interleaved)"));
     let store_dir = work.join("store");
-    let (stats, id, t) = kura_capture(&disk.path, &store_dir, DEFAULT_CHUNK_SIZE)?;
-    let kura_stored = dir_bytes(&store_dir.join("chunks"))?;
-    let kura_capture_row =
-        Row::new("Kura capture (local store, 1 MiB chunks)", t, stats.used_bytes).disk(disk_size).stored(kura_stored);
-    let (_, t) = timed(|| {
-        let opts = CaptureOptions { source: disk.path.display().to_string(), ..Default::default() };
-        capture::capture(File::open(&disk.path)?, &opts, &NullSink, &NoProgress).map_err(anyhow::Error::from)
-    })?;
-    let kura_null = Row::new("Kura capture, no store (diagnostic)", t, stats.used_bytes).disk(disk_size);
+    let mut cat_parts = Vec::new();
+    let mut cat_disk = Vec::new();
+    let mut pcl = Vec::new();
+    let mut kura = Vec::new();
+    let mut kura_null = Vec::new();
+    let mut pcl_bytes = 0;
+    let mut kura_run = None;
+    for _ in 0..runs {
+        let mut t_parts = Timing::default();
+        for p in &disk.parts {
+            add(&mut t_parts, timed(|| run_quiet(Command::new("cat").arg(&p.image)))?.1);
+        }
+        cat_parts.push(t_parts);
+        cat_disk.push(timed(|| run_quiet(Command::new("cat").arg(&disk.path)))?.1);
 
-    // Restore.
-    say("restore: partclone+zstd, Kura");
-    let mut checks = Vec::new();
-    let mut pcl_restore = Timing::default();
-    for p in &disk.parts {
-        let src = work.join(format!("p{}.pcl.zst", p.number));
-        let out = work.join(format!("p{}.restored.img", p.number));
-        File::create(&out)?.set_len(p.size)?;
+        let mut t_pcl = Timing::default();
+        pcl_bytes = 0;
+        for p in &disk.parts {
+            let out = work.join(format!("p{}.pcl.zst", p.number));
+            let _ = fs::remove_file(&out);
+            let (_, t) = timed(|| {
+                run_quiet(
+                    Command::new("bash")
+                        .args([
+                            "-c",
+                            "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -3 -q -f -o \"$3\"",
+                            "bash",
+                        ])
+                        .arg(p.tool)
+                        .arg(&p.image)
+                        .arg(&out),
+                )?;
+                sync_file(&out)
+            })?;
+            add(&mut t_pcl, t);
+            pcl_bytes += fs::metadata(&out)?.len();
+        }
+        pcl.push(t_pcl);
+
+        // A fresh store each run, so every run stores everything.
+        if store_dir.exists() {
+            fs::remove_dir_all(&store_dir)?;
+        }
+        let (stats, id, t) = kura_capture(&disk.path, &store_dir, DEFAULT_CHUNK_SIZE)?;
+        kura.push(t);
+        kura_run = Some((stats, id));
+
         let (_, t) = timed(|| {
-            run_quiet(
-                Command::new("bash")
-                    .args([
-                        "-c",
-                        "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
-                        "bash",
-                    ])
-                    .arg(&src)
-                    .arg(p.tool)
-                    .arg(&out),
-            )?;
-            sync_file(&out)
+            let opts = CaptureOptions { source: disk.path.display().to_string(), ..Default::default() };
+            capture::capture(File::open(&disk.path)?, &opts, &NullSink, &NoProgress).map_err(anyhow::Error::from)
         })?;
-        add(&mut pcl_restore, t);
-        let diffs = compare_used(&disk.path, &out, p.start, &jobs, p.start, p.start + p.size)?;
-        let end = p.start + p.size;
-        if diffs.is_empty() {
-            checks.push(format!("partclone restore of partition {} ({}): used bytes identical", p.number, p.fs));
-        } else if p.fs == "ntfs" && diffs == [(end - 512, end)] {
-            // partclone.ntfs copies the volume's clusters only, not the backup boot sector in
-            // the partition's last sector.
-            checks.push(format!(
-                "partclone restore of partition {} (ntfs): used bytes identical except the last sector \
-                 (the NTFS backup boot sector, which partclone.ntfs does not restore)",
-                p.number
-            ));
-        } else {
-            bail!("partclone's restore of partition {} differs from the source in bytes {diffs:?}", p.number);
-        }
-        if p.fs == "ext4" {
-            fsck_ext4(&out.display().to_string())?;
-        }
-        fs::remove_file(&out)?;
+        kura_null.push(t);
     }
-    let pcl_restore = Row::new("zstd -d | partclone -r", pcl_restore, parts_used).disk(parts_size);
+    let (stats, id) = kura_run.context("no capture run")?;
+    let kura_stored = dir_bytes(&store_dir.join("chunks"))?;
+    let cat_parts = Row::new("cat partition images (read limit)", fastest(&cat_parts), parts_used).disk(parts_size);
+    let cat_disk = Row::new("cat whole disk image", fastest(&cat_disk), used).disk(disk_size);
+    let pcl_capture =
+        Row::new("partclone -c | zstd -T0 -3", fastest(&pcl), parts_used).disk(parts_size).stored(pcl_bytes);
+    let kura_capture_row = Row::new("Kura capture (local store, 1 MiB chunks)", fastest(&kura), stats.used_bytes)
+        .disk(disk_size)
+        .stored(kura_stored);
+    let kura_null =
+        Row::new("Kura capture, no store (diagnostic)", fastest(&kura_null), stats.used_bytes).disk(disk_size);
 
+    // Restore, likewise interleaved; the results of the last run are checked.
+    say(&format!("restore: partclone+zstd, Kura ({runs} runs each, interleaved)"));
+    let mut checks = Vec::new();
+    let mut pcl_restore = Vec::new();
+    let mut kura_restore = Vec::new();
     let target = work.join("kura.restored.img");
-    let (_, t) = timed(|| {
-        let store = LocalStore::open(&store_dir)?;
-        let manifest = store.load_manifest(&id)?;
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&target)?;
-        f.set_len(manifest.disk_size())?;
-        let opts = RestoreOptions { target_is_zeroed: true, ..Default::default() };
-        restore::restore(&manifest, &store, &mut f, disk_size, &opts, &NoProgress)?;
-        f.sync_all()?;
-        Ok(())
-    })?;
-    let kura_restore = Row::new("Kura restore (new sparse file)", t, stats.used_bytes).disk(disk_size);
-    let diffs = compare_used(&disk.path, &target, 0, &jobs, 0, disk_size)?;
-    ensure!(diffs.is_empty(), "Kura's restore differs from the source in bytes {diffs:?}");
-    for p in disk.parts.iter().filter(|p| p.fs == "ext4") {
-        fsck_ext4(&format!("{}?offset={}", target.display(), p.start))?;
+    for run in 0..runs {
+        let last = run + 1 == runs;
+        let mut t_pcl = Timing::default();
+        for p in &disk.parts {
+            let src = work.join(format!("p{}.pcl.zst", p.number));
+            let out = work.join(format!("p{}.restored.img", p.number));
+            let _ = fs::remove_file(&out);
+            File::create(&out)?.set_len(p.size)?;
+            let (_, t) = timed(|| {
+                run_quiet(
+                    Command::new("bash")
+                        .args([
+                            "-c",
+                            "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
+                            "bash",
+                        ])
+                        .arg(&src)
+                        .arg(p.tool)
+                        .arg(&out),
+                )?;
+                sync_file(&out)
+            })?;
+            add(&mut t_pcl, t);
+            if last {
+                checks.push(check_partclone_restore(&disk.path, &out, p, &jobs)?);
+            }
+            fs::remove_file(&out)?;
+        }
+        pcl_restore.push(t_pcl);
+
+        let _ = fs::remove_file(&target);
+        let (_, t) = timed(|| {
+            let store = LocalStore::open(&store_dir)?;
+            let manifest = store.load_manifest(&id)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&target)?;
+            f.set_len(manifest.disk_size())?;
+            let opts = RestoreOptions { target_is_zeroed: true, ..Default::default() };
+            restore::restore(&manifest, &store, &mut f, disk_size, &opts, &NoProgress)?;
+            f.sync_all()?;
+            Ok(())
+        })?;
+        kura_restore.push(t);
+        if last {
+            let diffs = compare_used(&disk.path, &target, 0, &jobs, 0, disk_size)?;
+            ensure!(diffs.is_empty(), "Kura's restore differs from the source in bytes {diffs:?}");
+            for p in disk.parts.iter().filter(|p| p.fs == "ext4") {
+                fsck_ext4(&format!("{}?offset={}", target.display(), p.start))?;
+            }
+            checks.push("Kura restore: used bytes of the whole disk identical; e2fsck -fn clean".into());
+        }
+        fs::remove_file(&target)?;
     }
-    checks.push("Kura restore: used bytes of the whole disk identical; e2fsck -fn clean".into());
-    fs::remove_file(&target)?;
+    let pcl_restore = Row::new("zstd -d | partclone -r", fastest(&pcl_restore), parts_used).disk(parts_size);
+    let kura_restore =
+        Row::new("Kura restore (new sparse file)", fastest(&kura_restore), stats.used_bytes).disk(disk_size);
 
     // Chunk sizes.
     say("chunk sizes: capture, then capture again after ~1% of the ext4 files changed");
@@ -455,6 +481,7 @@ fn bench(work: &Path, disk_size: u64) -> Result<Report> {
     Ok(Report {
         work_dir: work.display().to_string(),
         page_cache: "warm (every image read once before measuring; nothing dropped)",
+        runs,
         cpus,
         kura_threads: CaptureOptions::default().threads,
         disk: info,
@@ -476,6 +503,46 @@ fn bench(work: &Path, disk_size: u64) -> Result<Report> {
         chunk_sizes: ChunkSection { changed_files: disk.changed_files, changed_file_bytes: disk.changed_bytes, rows },
         checks,
     })
+}
+
+/// Checks partclone's restore of partition `p` (in `out`) against the source disk.
+fn check_partclone_restore(disk: &Path, out: &Path, p: &Part, jobs: &[ChunkJob]) -> Result<String> {
+    let diffs = compare_used(disk, out, p.start, jobs, p.start, p.start + p.size)?;
+    let end = p.start + p.size;
+    let msg = if diffs.is_empty() {
+        format!("partclone restore of partition {} ({}): used bytes identical", p.number, p.fs)
+    } else if p.fs == "ntfs" && diffs == [(end - 512, end)] {
+        // partclone.ntfs copies the volume's clusters only, not the backup boot sector in the
+        // partition's last sector.
+        format!(
+            "partclone restore of partition {} (ntfs): used bytes identical except the last sector \
+             (the NTFS backup boot sector, which partclone.ntfs does not restore)",
+            p.number
+        )
+    } else {
+        bail!("partclone's restore of partition {} differs from the source in bytes {diffs:?}", p.number);
+    };
+    if p.fs == "ext4" {
+        fsck_ext4(&out.display().to_string())?;
+    }
+    Ok(msg)
+}
+
+/// Runs `f` `runs` times and keeps the fastest run.
+fn best<T>(runs: usize, mut f: impl FnMut() -> Result<(T, Timing)>) -> Result<(T, Timing)> {
+    let mut best: Option<(T, Timing)> = None;
+    for _ in 0..runs.max(1) {
+        let (v, t) = f()?;
+        if best.as_ref().is_none_or(|(_, b)| t.seconds < b.seconds) {
+            best = Some((v, t));
+        }
+    }
+    best.context("no run")
+}
+
+/// The fastest of several timings.
+fn fastest(ts: &[Timing]) -> Timing {
+    ts.iter().copied().min_by(|a, b| a.seconds.total_cmp(&b.seconds)).unwrap_or_default()
 }
 
 /// Captures `disk` into the store at `store_dir` (created if needed) and commits the snapshot.
@@ -709,7 +776,7 @@ enum Stage {
 /// Runs one stage over every job on `threads` threads. Each thread reads its chunk untimed, then
 /// times the stage alone; the result's seconds are the busiest thread's stage time (what the
 /// stage would take if it were all the threads did). Also returns the bytes the stage produced.
-fn compute_alone(disk: &Path, jobs: &[ChunkJob], threads: usize, stage: Stage) -> Result<(Timing, u64)> {
+fn compute_alone(disk: &Path, jobs: &[ChunkJob], threads: usize, stage: Stage) -> Result<(u64, Timing)> {
     let file = File::open(disk)?;
     let next = AtomicUsize::new(0);
     let c0 = cpu_seconds()?;
@@ -753,7 +820,7 @@ fn compute_alone(disk: &Path, jobs: &[ChunkJob], threads: usize, stage: Stage) -
         busiest = busiest.max(busy);
         produced += p;
     }
-    Ok((Timing { seconds: busiest.as_secs_f64(), cpu_seconds: cpu }, produced))
+    Ok((produced, Timing { seconds: busiest.as_secs_f64(), cpu_seconds: cpu }))
 }
 
 /// Compares the used ranges of `jobs` within `[lo, hi)` of `a` with `b`, where `b` holds disk
@@ -1276,6 +1343,7 @@ fn print_report(r: &Report) {
         r.page_cache
     );
     println!("Every writer is fsynced inside its timing. CPU s = user + system of all threads and child processes.");
+    println!("Capture, restore and limits: fastest of {} runs (contenders take turns); chunk sizes: one run.", r.runs);
 
     let c = &r.capture;
     header("CAPTURE", "stored");

@@ -2,7 +2,7 @@
 
 use super::ServerArgs;
 use crate::progress_bar::{Bar, Unit};
-use crate::remote::{Client, Endpoint, RemoteSink, RemoteSource};
+use kura::remote::{Client, Endpoint, RemoteSink, RemoteSource};
 use crate::target;
 use anyhow::{bail, Context, Result};
 use kura_imaging::capture::{self, CaptureOptions};
@@ -230,6 +230,35 @@ pub fn gc(grace: u64, dry_run: bool, s: &ServerArgs) -> Result<ExitCode> {
             "removed {} chunks ({} bytes) of {} seen; {} referenced",
             v["removed"], v["removed_bytes"], v["chunks_seen"], v["referenced"]
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn retention(
+    host: Option<String>,
+    group: Option<String>,
+    keep_last: Option<u32>,
+    keep_monthly: Option<u32>,
+    dry_run: bool,
+    s: &ServerArgs,
+) -> Result<ExitCode> {
+    let rule = (keep_last.is_some() || keep_monthly.is_some())
+        .then(|| serde_json::json!({ "keep_last": keep_last.unwrap_or(0), "keep_monthly": keep_monthly.unwrap_or(0) }));
+    let body = serde_json::json!({ "host": host, "group": group, "rule": rule, "dry_run": dry_run });
+    let v: serde_json::Value = client(s)?.post_json("/retention/apply", &body)?;
+    if s.json {
+        print_json(&v)?;
+    } else {
+        let deleted = v["deleted"].as_array().cloned().unwrap_or_default();
+        for d in &deleted {
+            println!(
+                "{} {} (host {})",
+                if dry_run { "would delete" } else { "deleted" },
+                d["snapshot"].as_str().unwrap_or(""),
+                d["host"].as_str().unwrap_or("")
+            );
+        }
+        println!("{} snapshots {}", deleted.len(), if dry_run { "would be deleted" } else { "deleted" });
     }
     Ok(ExitCode::SUCCESS)
 }

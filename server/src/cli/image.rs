@@ -40,6 +40,7 @@ pub fn capture(
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let store = LocalStore::open_or_create(store_dir)?;
     let _lock = store.lock(true)?;
+    store.clean_tmp()?;
     let mut opts = CaptureOptions { name, host, source: source.display().to_string(), ..Default::default() };
     if let Some(t) = threads {
         opts.threads = t;

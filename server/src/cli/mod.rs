@@ -6,6 +6,7 @@
 mod bench;
 mod engine;
 mod image;
+mod routes;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -44,6 +45,22 @@ enum Command {
     Verify {
         /// Only this snapshot.
         snapshot: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Set and apply retention: delete the snapshots a keep-last / keep-monthly rule does not
+    /// keep (never a host's newest). Without --keep-*, applies the rules already set.
+    Retention {
+        #[arg(long, conflicts_with = "group")]
+        host: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        keep_last: Option<u32>,
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -187,6 +204,12 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the API route table (method, path, required access, body cap); for tests.
+    #[command(hide = true)]
+    Routes {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
@@ -233,7 +256,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
+        Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {
+            engine::retention(host, group, keep_last, keep_monthly, dry_run, &server)
+        }
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
+        Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
         Command::Bench(args) => bench::run(args),
     }
 }
