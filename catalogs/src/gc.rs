@@ -243,3 +243,119 @@ fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions
     })?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_imaging::chunk::{ChunkSink, Encoder};
+    use kura_imaging::layout::{DiskLayout, Scheme};
+    use kura_imaging::manifest::{ChunkRef, Manifest, Region};
+
+    fn put(store: &LocalStore, data: &[u8]) -> Digest {
+        let d = Digest::of(data);
+        let mut blob = Vec::new();
+        Encoder::new(1).unwrap().encode_into(&d, data, &mut blob).unwrap();
+        store.put_chunk(&d, &blob).unwrap();
+        d
+    }
+
+    fn manifest(digests: &[Digest]) -> Manifest {
+        let cs = 4096u32;
+        let size = cs as u64 * digests.len() as u64;
+        Manifest {
+            name: None,
+            created: "2026-11-25T00:00:00Z".into(),
+            source: "test".into(),
+            host: Some("h".into()),
+            chunk_size: cs,
+            layout: DiskLayout {
+                disk_size: size,
+                sector_size: 512,
+                scheme: Scheme::None,
+                gpt: None,
+                partitions: vec![],
+                warnings: vec![],
+            },
+            regions: vec![Region {
+                start: 0,
+                size,
+                partition: None,
+                fs: kura_imaging::fs::FsKind::Raw,
+                label: None,
+                block_size: 4096,
+                used_bytes: size,
+                warnings: vec![],
+                bitmap: kura_imaging::bitmap::Bitmap::full(digests.len() as u64),
+                chunks: digests.iter().map(|d| ChunkRef::Data(*d)).collect(),
+            }],
+        }
+    }
+
+    fn no_grace() -> GcOptions {
+        GcOptions { grace: Duration::ZERO, dry_run: false }
+    }
+
+    #[test]
+    fn removes_only_unreferenced_untouched_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path()).unwrap();
+        let reg = WriterRegistry::new();
+        let (a, b, c, w) = (put(&store, b"a"), put(&store, b"b"), put(&store, b"c"), put(&store, b"w"));
+        store.commit_manifest(&manifest(&[a, b])).unwrap();
+        // A running writer was told `w` is present: it must survive.
+        let writer = reg.register();
+        assert_eq!(reg.missing(writer, &store, &[w]).unwrap(), vec![false]);
+
+        let dry = collect(&store, &reg, &GcOptions { dry_run: true, ..no_grace() }).unwrap();
+        assert_eq!((dry.removed, store.has(&c)), (1, true), "a dry run removes nothing");
+
+        let r = collect(&store, &reg, &no_grace()).unwrap();
+        assert_eq!((r.snapshots, r.referenced, r.removed, r.kept_touched), (1, 2, 1, 1));
+        assert!(store.has(&a) && store.has(&b) && store.has(&w) && !store.has(&c));
+
+        // The writer ends: `w` is garbage now.
+        reg.unregister(writer);
+        assert_eq!(collect(&store, &reg, &no_grace()).unwrap().removed, 1);
+        assert!(!store.has(&w));
+    }
+
+    #[test]
+    fn grace_period_keeps_young_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path()).unwrap();
+        let young = put(&store, b"young");
+        let r = collect(&store, &WriterRegistry::new(), &GcOptions::default()).unwrap();
+        assert_eq!((r.removed, r.kept_recent), (0, 1));
+        assert!(store.has(&young));
+    }
+
+    #[test]
+    fn a_writer_ending_during_a_collection_stays_protected_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path()).unwrap();
+        let reg = WriterRegistry::new();
+        let d = put(&store, b"shared");
+        let writer = reg.register();
+        reg.touch(writer, &d);
+        reg.begin_collection();
+        reg.unregister(writer); // committed after the mark began
+        assert!(!reg.remove_if_untouched(&store, &d).unwrap());
+        reg.end_collection();
+        assert!(reg.remove_if_untouched(&store, &d).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_aborts_before_deleting_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path()).unwrap();
+        let orphan = put(&store, b"orphan");
+        let id = store.commit_manifest(&manifest(&[put(&store, b"x")])).unwrap();
+        let path = dir.path().join("snapshots").join(format!("{id}.kmf"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let e = collect(&store, &WriterRegistry::new(), &no_grace()).unwrap_err();
+        assert!(e.to_string().contains("nothing deleted"), "{e}");
+        assert!(store.has(&orphan));
+    }
+}

@@ -2,9 +2,9 @@
 
 use super::ServerArgs;
 use crate::progress_bar::{Bar, Unit};
-use kura::remote::{Client, Endpoint, RemoteSink, RemoteSource};
 use crate::target;
 use anyhow::{bail, Context, Result};
+use kura::remote::{Client, Endpoint, RemoteSink, RemoteSource};
 use kura_imaging::capture::{self, CaptureOptions};
 use kura_imaging::manifest::Manifest;
 use kura_imaging::restore::{self, RestoreOptions};
