@@ -77,10 +77,10 @@ pub fn list(store_dir: &Path, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&snaps)?);
     } else {
-        println!("{:16}  {:20}  {:>10}  {:>10}  {:4}  NAME", "ID", "CREATED", "DISK", "USED", "PART");
+        println!("{:16}  {:30}  {:>10}  {:>10}  {:4}  NAME", "ID", "CREATED", "DISK", "USED", "PART");
         for s in snaps {
             println!(
-                "{:16}  {:20}  {:>10}  {:>10}  {:4}  {}",
+                "{:16}  {:30}  {:>10}  {:>10}  {:4}  {}",
                 s.id,
                 s.created,
                 human(s.disk_size),
