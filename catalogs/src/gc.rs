@@ -256,6 +256,7 @@ mod tests {
         let mut blob = Vec::new();
         Encoder::new(1).unwrap().encode_into(&d, data, &mut blob).unwrap();
         store.put_chunk(&d, &blob).unwrap();
+        store.flush_staged().unwrap();
         d
     }
 

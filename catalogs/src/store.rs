@@ -11,10 +11,16 @@
 //!
 //! - **No overwrites.** A chunk file, once in place, is never rewritten: its name is its
 //!   content. Putting a chunk that exists is a no-op. A manifest's name is its own hash.
-//! - **Nothing half-written is ever visible.** Every file is written under `tmp/`, `fsync`ed,
-//!   then moved into place (chunks by a hard link that fails if the chunk exists, so of two
-//!   racing writers exactly one stores it; manifests by rename), so a crash leaves either the
-//!   whole file or none.
+//! - **Nothing half-written is ever visible.** Every file is written under `tmp/` and made
+//!   durable before it is moved into place, so a crash leaves either the whole file or none.
+//!   Manifests are `fsync`ed and renamed. Chunks are written to `tmp/` without a per-file
+//!   `fsync` and *staged*; a batch of staged chunks (at most [`STAGE_BYTES`], and always before
+//!   a commit) is made durable by one `syncfs(2)` and then hard-linked into place — a link that
+//!   fails if the chunk exists, so of two racing writers exactly one stores it. One filesystem
+//!   flush per batch instead of one per chunk is what lets a capture run at compression speed
+//!   (measured: per-chunk `fsync` halved capture throughput). Staged chunks count as present
+//!   for deduplication; they live only in this process, and a crash leaves them in `tmp/`,
+//!   which is emptied on the next exclusive open.
 //! - **A snapshot is committed by its manifest, and only after its chunks are durable.**
 //!   Directory entries of new chunks are `fsync`ed (their directories, once each) before the
 //!   manifest is written; the manifest's rename is followed by an `fsync` of `snapshots/`.
@@ -27,7 +33,7 @@ use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Decoder, Digest};
 use kura_imaging::manifest::Manifest;
 use kura_imaging::Error;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -42,8 +48,23 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// Staged chunk bytes after which a batch is made durable and linked into place.
+pub const STAGE_BYTES: u64 = 256 << 20;
+/// Staged chunk count after which a batch is made durable and linked into place.
+pub const STAGE_CHUNKS: usize = 1024;
+
+#[derive(Default)]
+struct Staged {
+    /// Chunk → its temp file, written but not yet durable nor in place.
+    files: HashMap<Digest, PathBuf>,
+    bytes: u64,
+}
+
 pub struct LocalStore {
     root: PathBuf,
+    staged: Mutex<Staged>,
+    /// Serialises batch flushes.
+    flushing: Mutex<()>,
     /// Chunk shard directories that received new entries since the last commit.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
     tmp_counter: AtomicU64,
@@ -139,6 +160,8 @@ impl LocalStore {
         }
         Ok(LocalStore {
             root: root.to_path_buf(),
+            staged: Mutex::new(Staged::default()),
+            flushing: Mutex::new(()),
             dirty_dirs: Mutex::new(HashSet::new()),
             tmp_counter: AtomicU64::new(0),
         })
@@ -183,18 +206,69 @@ impl LocalStore {
         })
     }
 
-    /// Like [`write_atomic`](Self::write_atomic) but never replaces an existing `dest`: the
-    /// temp file is hard-linked into place, which fails if `dest` exists. Returns whether this
-    /// call created `dest` (exactly one of several racing writers gets `true`).
-    fn write_new(&self, dest: &Path, data: &[u8], what: &str) -> Result<bool, Error> {
-        let tmp = self.write_temp(dest, data, what)?;
-        let r = fs::hard_link(&tmp, dest);
-        let _ = fs::remove_file(&tmp);
-        match r {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(store_err(format!("writing {what}"), &e)),
+    /// Writes `data` to a new temp file without syncing it; returns its path.
+    fn write_temp_unsynced(&self, dest: &Path, data: &[u8], what: &str) -> Result<PathBuf, Error> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("f");
+        let tmp = self.root.join("tmp").join(format!("{}.{name}.{n}", std::process::id()));
+        let r = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(data));
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(store_err(format!("writing {what}"), &e));
         }
+        Ok(tmp)
+    }
+
+    /// Makes every staged chunk durable (one `syncfs`) and links it into place. Returns how many
+    /// chunks this call placed (racing writers of the same chunk place it once).
+    pub fn flush_staged(&self) -> Result<usize, Error> {
+        let _one = self.flushing.lock().expect("lock");
+        let batch: Vec<(Digest, PathBuf)> =
+            self.staged.lock().expect("lock").files.iter().map(|(d, p)| (*d, p.clone())).collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let tmp_dir = File::open(self.root.join("tmp")).map_err(|e| store_err("opening tmp/".into(), &e))?;
+        rustix::fs::syncfs(&tmp_dir).map_err(|e| store_err("syncing staged chunks".into(), &e.into()))?;
+        let mut placed = 0;
+        let mut result = Ok(());
+        for (d, tmp) in &batch {
+            let dest = self.chunk_path(d);
+            let dir = dest.parent().expect("chunk path has a parent");
+            let r = (|| -> io::Result<bool> {
+                if !dir.exists() {
+                    fs::create_dir_all(dir)?;
+                    self.dirty_dirs.lock().expect("lock").insert(self.root.join("chunks"));
+                }
+                match fs::hard_link(tmp, &dest) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })();
+            let _ = fs::remove_file(tmp);
+            match r {
+                Ok(true) => {
+                    placed += 1;
+                    self.dirty_dirs.lock().expect("lock").insert(dir.to_path_buf());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(store_err(format!("placing chunk {d}"), &e));
+                    break;
+                }
+            }
+        }
+        let mut staged = self.staged.lock().expect("lock");
+        for (d, _) in &batch {
+            if staged.files.remove(d).is_some() {
+                staged.bytes = staged.bytes.saturating_sub(fs::metadata(self.chunk_path(d)).map(|m| m.len()).unwrap_or(0));
+            }
+        }
+        if staged.files.is_empty() {
+            staged.bytes = 0;
+        }
+        result.map(|_| placed)
     }
 
     /// Makes the directory entries of chunks written since the last call durable.
@@ -208,6 +282,7 @@ impl LocalStore {
 
     /// Commits a snapshot: makes its chunks durable, then writes its manifest. Returns the id.
     pub fn commit_manifest(&self, manifest: &Manifest) -> Result<String, Error> {
+        self.flush_staged()?;
         // Every chunk must be present before the snapshot becomes visible.
         for d in manifest.unique_digests() {
             if !self.has(&d) {
@@ -309,7 +384,13 @@ impl LocalStore {
         }
     }
 
+    /// Whether the chunk is in place or staged (it will be in place before any commit).
     pub fn has(&self, d: &Digest) -> bool {
+        self.staged.lock().expect("lock").files.contains_key(d) || self.has_in_place(d)
+    }
+
+    /// Whether the chunk's file is in place (durable).
+    pub fn has_in_place(&self, d: &Digest) -> bool {
         fs::metadata(self.chunk_path(d)).map(|m| m.is_file()).unwrap_or(false)
     }
 
@@ -481,25 +562,38 @@ impl ChunkSink for LocalStore {
 
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, Error> {
         check_quick(blob, digest)?;
-        let path = self.chunk_path(digest);
-        if path.exists() {
+        if self.has(digest) {
             return Ok(false);
         }
-        let dir = path.parent().expect("chunk path has a parent");
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| store_err(format!("creating {}", dir.display()), &e))?;
-            self.dirty_dirs.lock().expect("lock").insert(self.root.join("chunks"));
+        let path = self.chunk_path(digest);
+        let tmp = self.write_temp_unsynced(&path, blob, &format!("chunk {digest}"))?;
+        let full = {
+            let mut staged = self.staged.lock().expect("lock");
+            if staged.files.contains_key(digest) {
+                // Another writer staged it meanwhile.
+                drop(staged);
+                let _ = fs::remove_file(&tmp);
+                return Ok(false);
+            }
+            staged.files.insert(*digest, tmp);
+            staged.bytes += blob.len() as u64;
+            staged.bytes >= STAGE_BYTES || staged.files.len() >= STAGE_CHUNKS
+        };
+        if full {
+            self.flush_staged()?;
         }
-        let created = self.write_new(&path, blob, &format!("chunk {digest}"))?;
-        if created {
-            self.dirty_dirs.lock().expect("lock").insert(dir.to_path_buf());
-        }
-        Ok(created)
+        Ok(true)
     }
 }
 
 impl ChunkSource for LocalStore {
     fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let staged = self.staged.lock().expect("lock").files.get(digest).cloned();
+        if let Some(tmp) = staged {
+            if let Ok(b) = fs::read(&tmp) {
+                return Ok(b);
+            }
+        }
         let path = self.chunk_path(digest);
         match fs::read(&path) {
             Ok(b) => Ok(b),
@@ -534,6 +628,10 @@ mod tests {
         assert!(store.put_chunk(&d2, &b).is_err());
         assert!(!store.has(&d2));
         assert!(matches!(store.get_chunk(&d2), Err(Error::ChunkMissing { .. })));
+        // Staged chunks are readable and present before they are in place.
+        assert!(store.has(&d) && !store.has_in_place(&d));
+        assert_eq!(store.flush_staged().unwrap(), 1);
+        assert!(store.has_in_place(&d));
         // Nothing left in tmp/.
         assert_eq!(fs::read_dir(dir.path().join("s/tmp")).unwrap().count(), 0);
     }
