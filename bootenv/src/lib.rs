@@ -1,3 +1,21 @@
-//! The netbooted side of Kura: the agent that runs as PID 1 in the initramfs and the builder of
-//! that initramfs. Nothing is implemented here yet (issue 5); the crate exists so the workspace
-//! has its final shape.
+//! The netbooted side of Kura, build half: the initramfs builder and the kernel-module logic it
+//! shares with the agent.
+//!
+//! - [`modules`] reads a kernel's `modules.alias`, `modules.dep` and `modules.builtin`: glob
+//!   matching of device modaliases, dependency order, module names. The agent uses it to load
+//!   drivers at boot; the builder to pick what goes into the image.
+//! - [`cpio`] writes (and reads back) the `newc` cpio format the kernel unpacks as initramfs.
+//! - [`initramfs`] builds the image: the agent as `/init`, the network and storage drivers
+//!   with their dependencies and firmware, compressed with zstd.
+//!
+//! The agent itself (PID 1 of that image) is the `kura-agent` package in `bootenv/agent/`. It is
+//! a separate package because it links the protocol client of the `kura` package, while the
+//! `kura` binary links this crate for `kura bootenv build`: one package holding both would be a
+//! dependency cycle, which Cargo refuses.
+//!
+//! Error policy: library functions return `anyhow::Result` with context naming the file and the
+//! step; the builder's callers (the CLI, tests) print the chain.
+
+pub mod cpio;
+pub mod initramfs;
+pub mod modules;

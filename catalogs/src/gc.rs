@@ -12,9 +12,11 @@
 //! is about to be told about is either removed first (and then reported missing and uploaded
 //! again) or kept.
 //!
-//! 1. **Mark**: read every committed manifest and collect the digests they reference. Any error
-//!    (an unreadable or damaged manifest, an I/O error) aborts the whole run before anything is
-//!    deleted: a snapshot we cannot read may need any chunk.
+//! 1. **Mark**: make staged chunks files (see the store's durability contract), then read every
+//!    committed manifest and collect the digests they reference. Any error (an unreadable or
+//!    damaged manifest, an I/O error) aborts the whole run before anything is deleted: a
+//!    snapshot we cannot read may need any chunk. A manifest deleted since it was listed is
+//!    skipped.
 //! 2. **Sweep**: walk `chunks/`. Keep referenced chunks; keep chunks whose file is younger than
 //!    the grace period (this covers writers in other processes, e.g. an offline capture into
 //!    the same store, which the registry cannot see); remove the rest through
@@ -207,11 +209,20 @@ fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions
 
     // Mark. Any failure aborts before the sweep.
     let mut referenced: HashSet<Digest> = HashSet::new();
+    // Staged chunks become files first, so those of abandoned writers can be collected too.
+    store.flush_staged()?;
     for id in store.snapshot_ids()? {
-        let m = store.load_manifest(&id).map_err(|e| Error::Store {
-            message: format!("garbage collection aborted, nothing deleted: cannot read snapshot {id}: {e}"),
-            retryable: false,
-        })?;
+        let m = match store.load_manifest(&id) {
+            Ok(m) => m,
+            // Deleted since it was listed: it references nothing any more.
+            Err(_) if !store.manifest_exists(&id) => continue,
+            Err(e) => {
+                return Err(Error::Store {
+                    message: format!("garbage collection aborted, nothing deleted: cannot read snapshot {id}: {e}"),
+                    retryable: false,
+                })
+            }
+        };
         referenced.extend(m.data_digests().copied());
         report.snapshots += 1;
     }

@@ -450,6 +450,11 @@ impl LocalStore {
         Ok(bytes)
     }
 
+    /// Whether a committed manifest named `id` exists (damaged or not).
+    pub fn manifest_exists(&self, id: &str) -> bool {
+        self.manifest_path(id).exists()
+    }
+
     /// Removes a snapshot's manifest (its chunks stay until garbage collection). Durable on return.
     pub fn remove_manifest(&self, id: &str) -> Result<(), Error> {
         match fs::remove_file(self.manifest_path(id)) {

@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod netboot;
 mod progress_bar;
 mod serve;
 mod target;

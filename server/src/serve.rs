@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub insecure_http: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Netboot configuration (JSON, `crate::netboot::NetbootConfig`): run DHCP/TFTP/boot HTTP.
+    pub netboot: Option<PathBuf>,
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`.
@@ -191,9 +193,18 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     }
     std::io::stdout().flush().ok();
 
+    // Netboot (optional): DHCP/TFTP/boot HTTP beside the API; see src/netboot.
+    let netboot = match &opts.netboot {
+        Some(p) => Some(crate::netboot::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?),
+        None => None,
+    };
     let state = AppState::new(store.clone(), catalog);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let netboot = match netboot {
+            Some(nb) => Some(crate::netboot::start(nb).await?),
+            None => None,
+        };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
             tokio::select! {
@@ -202,7 +213,11 @@ pub fn run(opts: ServeOptions) -> Result<()> {
             }
             eprintln!("kura serve: shutting down");
         };
-        api::serve(listener, tls, state, shutdown).await
+        let served = api::serve(listener, tls, state, shutdown).await;
+        if let Some(nb) = netboot {
+            nb.stop().await;
+        }
+        served.map_err(anyhow::Error::from)
     })?;
     Ok(())
 }

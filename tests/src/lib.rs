@@ -13,16 +13,32 @@
 //! - [`damage`]: breaking disks on purpose (truncation, GPT headers, overlaps).
 //! - [`store`]: looking inside a chunk store by its documented layout.
 //! - [`kura_cli`]: running the `kura` binary and decoding its `--json` output.
+//! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls.
 //!
-//! Needs the packages gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux.
+//! Netbooting real machines (root only, run as root in CI):
+//! - [`netns`]: a private network namespace per test (bridge, taps), torn down on drop.
+//! - [`site_dhcp`]: the site's plain DHCP server (dnsmasq, DHCP only) inside it.
+//! - [`qemu`]: QEMU machines (SeaBIOS or OVMF, PXE or direct kernel boot) on its bridge.
+//! - [`bootimage`]: a tiny busybox initramfs and the distribution kernel for them.
+//! - [`netboot`]: `kura serve --netboot` inside the namespace, and the CLI and API from there.
+//!
+//! Needs the packages gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux; the
+//! netboot tests also need qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, busybox-static,
+//! linux-image-amd64 and iproute2.
 
+pub mod bootimage;
 pub mod checkers;
 pub mod content;
 pub mod damage;
 pub mod disks;
+pub mod engine;
 pub mod fixtures;
 pub mod kura_cli;
+pub mod netboot;
+pub mod netns;
+pub mod qemu;
 pub mod readback;
+pub mod site_dhcp;
 pub mod store;
 pub mod tables;
 pub mod tools;

@@ -31,8 +31,11 @@ fn bench_runs_end_to_end_on_a_small_disk() {
     let bin = kura_bin();
     assert!(bin.is_file(), "the kura binary is not at {}: run `cargo build -p kura` first", bin.display());
     let dir = tempfile::tempdir().unwrap();
-    let out =
-        Command::new(&bin).args(["bench", "--disk-size", "512M", "--json", "--dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(&bin)
+        .args(["bench", "--disk-size", "512M", "--runs", "1", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kura bench failed ({}):\n{stderr}", out.status);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)

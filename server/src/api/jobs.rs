@@ -124,6 +124,10 @@ pub async fn finish(
             st.catalog.succeed_job(&p.actor(), id)?
         } else {
             let msg = req.error.unwrap_or_else(|| "the agent reported a failure".into());
+            if job.state == kura_catalogs::db::JobState::Queued {
+                // An agent that fails before its first progress report still ends its job.
+                st.catalog.start_job(&p.actor(), id)?;
+            }
             st.catalog.append_job_log(id, LogLevel::Error, &msg)?;
             st.catalog.fail_job(&p.actor(), id, &msg)?
         })

@@ -133,6 +133,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/gc", Admin, JSON, post(admin::gc)),
         route(Method::POST, "/api/v1/verify", Admin, JSON, post(admin::verify)),
         route(Method::GET, "/api/v1/audit", Admin, JSON, get(admin::audit)),
+        route(Method::GET, "/api/v1/netboot/status", Operator, JSON, get(crate::netboot::http::status)),
     ]
 }
 

@@ -4,8 +4,10 @@
 //! (`--server URL`); `kura serve` runs the engine; the other commands talk to an engine.
 
 mod bench;
+mod bootenv;
 mod engine;
 mod image;
+mod netboot;
 mod routes;
 
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +79,12 @@ enum Command {
     /// Administration on the engine's data directory (run on the engine's machine).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Network boot (PXE/iPXE) services of the engine.
+    #[command(subcommand)]
+    Netboot(netboot::NetbootCommand),
+    /// The netboot image: `kura bootenv build` makes the kernel and initramfs served to machines.
+    #[command(subcommand)]
+    Bootenv(bootenv::BootenvCommand),
     /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
     Bench(bench::BenchArgs),
 }
@@ -98,6 +106,10 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Also run the netboot services (proxyDHCP or DHCP, TFTP, boot HTTP) with this JSON
+    /// configuration.
+    #[arg(long, value_name = "CONFIG.json")]
+    pub netboot: Option<PathBuf>,
 }
 
 /// How to reach an engine.
@@ -246,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 insecure_http: args.insecure_http,
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
+                netboot: args.netboot,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -261,6 +274,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
         Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
+        Command::Netboot(cmd) => netboot::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Bootenv(cmd) => bootenv::run(cmd),
     }
 }

@@ -51,6 +51,22 @@ pub struct Committed {
     pub reused_bytes: u64,
 }
 
+/// An error and its sources on one line (reqwest's own message hides the cause, e.g. a
+/// certificate fingerprint mismatch).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
 fn remote_err(message: String, retryable: bool) -> Error {
     Error::Store { message, retryable }
 }
@@ -118,10 +134,13 @@ impl Client {
                     format!("{status}: {msg}")
                 }
                 Err(e) => {
-                    if attempt >= 4 || e.is_builder() {
-                        return Err(remote_err(format!("{what}: {e} (server {})", self.base), true));
+                    let chain = error_chain(&e);
+                    // A refused certificate will be refused again: say why at once.
+                    let tls = chain.contains("certificate") || chain.contains("fingerprint");
+                    if attempt >= 4 || e.is_builder() || tls {
+                        return Err(remote_err(format!("{what}: {chain} (server {})", self.base), !tls));
                     }
-                    e.to_string()
+                    chain
                 }
             };
             tracing::warn!("{what} failed ({retry}); retrying in {delay:?}");

@@ -1,0 +1,240 @@
+//! A DHCPv4 client for one lease: DISCOVER → OFFER → REQUEST → ACK (RFC 2131), with the
+//! `dhcproto` crate for the packets and a UDP socket bound to `0.0.0.0:68` on the NIC
+//! (`SO_BINDTODEVICE`, `SO_BROADCAST`). The broadcast flag asks servers and relays to broadcast
+//! their answers: the NIC has no address yet, so the kernel would drop a unicast reply.
+//!
+//! The lease is not renewed: the address stays configured for the agent's whole run. A job
+//! longer than the lease risks the server handing the address to another machine; give the
+//! imaging network leases longer than the longest job (or reserve addresses by MAC).
+
+use anyhow::{bail, Context, Result};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub router: Option<Ipv4Addr>,
+    pub server: Ipv4Addr,
+    pub lease_secs: Option<u32>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+fn base(xid: u32, mac: &[u8; 6], kind: MessageType) -> Message {
+    let u = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(xid, u, u, u, u, mac);
+    m.set_flags(Flags::default().set_broadcast());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    o.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::AddressLeaseTime,
+    ]));
+    o.insert(DhcpOption::MaxMessageSize(1500));
+    let mut cid = vec![1u8];
+    cid.extend_from_slice(mac);
+    o.insert(DhcpOption::ClientIdentifier(cid));
+    m
+}
+
+pub fn discover(xid: u32, mac: &[u8; 6]) -> Message {
+    base(xid, mac, MessageType::Discover)
+}
+
+/// The REQUEST for `offer` (selecting state: requested address and server identifier).
+pub fn request(xid: u32, mac: &[u8; 6], offer: &Message) -> Result<Message> {
+    let server = server_id(offer).context("the OFFER has no server identifier")?;
+    let mut m = base(xid, mac, MessageType::Request);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    Ok(m)
+}
+
+fn server_id(m: &Message) -> Option<Ipv4Addr> {
+    match m.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+/// Decodes `bytes` as a reply to our transaction `xid` for `mac`; anything else is `None`.
+pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<(MessageType, Message)> {
+    let m = Message::decode(&mut Decoder::new(bytes)).ok()?;
+    if m.opcode() != Opcode::BootReply || m.xid() != xid || m.chaddr().get(..6) != Some(&mac[..]) {
+        return None;
+    }
+    Some((m.opts().msg_type()?, m))
+}
+
+/// The lease an ACK grants.
+pub fn lease(ack: &Message) -> Result<Lease> {
+    let addr = ack.yiaddr();
+    if addr.is_unspecified() {
+        bail!("the DHCP ACK assigns no address");
+    }
+    let prefix = match ack.opts().get(OptionCode::SubnetMask) {
+        Some(DhcpOption::SubnetMask(m)) => u32::from(*m).leading_ones() as u8,
+        _ => 24,
+    };
+    let router = match ack.opts().get(OptionCode::Router) {
+        Some(DhcpOption::Router(r)) => r.first().copied(),
+        _ => None,
+    };
+    let dns = match ack.opts().get(OptionCode::DomainNameServer) {
+        Some(DhcpOption::DomainNameServer(d)) => d.clone(),
+        _ => vec![],
+    };
+    let lease_secs = match ack.opts().get(OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(t)) => Some(*t),
+        _ => None,
+    };
+    Ok(Lease { addr, prefix, router, server: server_id(ack).unwrap_or(ack.siaddr()), lease_secs, dns })
+}
+
+/// The DHCP socket: set up with `socket2` (device binding must precede `bind`), then used as a
+/// plain `UdpSocket`.
+fn socket(ifname: &str) -> Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).context("creating the DHCP socket")?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true).context("SO_BROADCAST")?;
+    s.bind_device(Some(ifname.as_bytes())).with_context(|| format!("binding the DHCP socket to {ifname}"))?;
+    s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68))).context("binding 0.0.0.0:68")?;
+    Ok(s.into())
+}
+
+fn send(s: &UdpSocket, m: &Message) -> Result<()> {
+    let bytes = m.to_vec().context("encoding a DHCP message")?;
+    s.send_to(&bytes, SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)).context("sending a DHCP message")?;
+    Ok(())
+}
+
+/// Waits up to `wait` for a reply of kind `want` (a NAK is an error).
+fn receive(s: &UdpSocket, xid: u32, mac: &[u8; 6], want: MessageType, wait: Duration) -> Result<Option<Message>> {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match s.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("receiving a DHCP reply"),
+        };
+        eprintln!("kura-agent: DHCP: {n} bytes");
+        match parse_reply(&buf[..n], xid, mac) {
+            Some((MessageType::Nak, _)) => bail!("the DHCP server refused the address (NAK)"),
+            Some((t, m)) if t == want => return Ok(Some(m)),
+            _ => {}
+        }
+    }
+}
+
+/// Obtains a lease on `ifname`: up to `attempts` rounds of DISCOVER/REQUEST with growing waits.
+pub fn obtain(ifname: &str, mac: &[u8; 6], xid: u32, attempts: u32, log: &dyn Fn(String)) -> Result<Lease> {
+    let s = socket(ifname)?;
+    let mut wait = Duration::from_secs(2);
+    for attempt in 1..=attempts {
+        log(format!("DHCP: DISCOVER on {ifname} (attempt {attempt})"));
+        send(&s, &discover(xid, mac))?;
+        log(format!("DHCP: sent, waiting {wait:?}"));
+        if let Some(offer) = receive(&s, xid, mac, MessageType::Offer, wait)? {
+            log(format!("DHCP: OFFER of {} from {:?}", offer.yiaddr(), server_id(&offer)));
+            send(&s, &request(xid, mac, &offer)?)?;
+            match receive(&s, xid, mac, MessageType::Ack, wait) {
+                Ok(Some(ack)) => return lease(&ack),
+                Ok(None) => log("DHCP: no ACK".into()),
+                Err(e) => log(format!("DHCP: {e:#}")),
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(16));
+    }
+    bail!("no DHCP lease on {ifname} after {attempts} attempts (is a DHCP server on this network?)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::Encoder;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    /// A server's reply to `req`, as a DHCP server (or QEMU's) would build it.
+    fn reply(req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Vec<u8> {
+        let mut m = Message::new_with_id(
+            req.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            yiaddr,
+            Ipv4Addr::new(10, 0, 2, 2),
+            Ipv4Addr::UNSPECIFIED,
+            req.chaddr(),
+        );
+        m.set_opcode(Opcode::BootReply);
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(kind));
+        o.insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
+        o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
+        o.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 2, 2)]));
+        o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]));
+        o.insert(DhcpOption::AddressLeaseTime(86400));
+        let mut out = Vec::new();
+        m.encode(&mut Encoder::new(&mut out)).unwrap();
+        out
+    }
+
+    #[test]
+    fn discover_offer_request_ack() {
+        let d = discover(0x1234_5678, &MAC);
+        let bytes = d.to_vec().unwrap();
+        let back = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(back.opts().msg_type(), Some(MessageType::Discover));
+        assert!(back.flags().broadcast(), "replies must be broadcast: we have no address yet");
+        assert_eq!(&back.chaddr()[..6], &MAC);
+
+        let yi = Ipv4Addr::new(10, 0, 2, 15);
+        let offer_bytes = reply(&back, MessageType::Offer, yi);
+        assert!(parse_reply(&offer_bytes, 0x1234_5679, &MAC).is_none(), "another transaction");
+        assert!(parse_reply(&offer_bytes, 0x1234_5678, &[0; 6]).is_none(), "another machine");
+        assert!(parse_reply(&bytes, 0x1234_5678, &MAC).is_none(), "our own request is no reply");
+        let (t, offer) = parse_reply(&offer_bytes, 0x1234_5678, &MAC).unwrap();
+        assert_eq!(t, MessageType::Offer);
+
+        let r = request(0x1234_5678, &MAC, &offer).unwrap();
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Request));
+        assert_eq!(r.opts().get(OptionCode::RequestedIpAddress), Some(&DhcpOption::RequestedIpAddress(yi)));
+        assert_eq!(
+            r.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)))
+        );
+
+        let ack_bytes = reply(&r, MessageType::Ack, yi);
+        let (t, ack) = parse_reply(&ack_bytes, 0x1234_5678, &MAC).unwrap();
+        assert_eq!(t, MessageType::Ack);
+        assert_eq!(
+            lease(&ack).unwrap(),
+            Lease {
+                addr: yi,
+                prefix: 24,
+                router: Some(Ipv4Addr::new(10, 0, 2, 2)),
+                server: Ipv4Addr::new(10, 0, 2, 2),
+                lease_secs: Some(86400),
+                dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_no_reply() {
+        assert!(parse_reply(&[0u8; 10], 1, &MAC).is_none());
+        assert!(parse_reply(&[0xffu8; 600], 1, &MAC).is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! Running the job: fetch it, pick the disk, capture or restore through the engine's protocol
+//! (`kura::remote`, exactly what `kura image capture/restore --server` does), report, finish.
+//!
+//! A capture opens the disk read-only and ends by committing its snapshot (which completes the
+//! job on the engine). A restore checks first — the snapshot's manifest matches its id, the disk
+//! is large enough, every chunk is on the engine and intact ([`restore::preflight`]) — and only
+//! then opens the disk for writing; it ends with `POST /jobs/{id}/finish {"ok": true}`.
+
+use crate::cmdline::Finally;
+use crate::disks::{self, Disk};
+use crate::report::Reporter;
+use anyhow::{bail, Context, Result};
+use kura::remote::{Client, RemoteSink, RemoteSource};
+use kura_imaging::capture::{self, CaptureOptions};
+use kura_imaging::manifest::Manifest;
+use kura_imaging::restore::{self, RestoreOptions};
+use serde::Deserialize;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The fields of `GET /jobs/{id}` the agent uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobInfo {
+    pub id: i64,
+    pub kind: String,
+    pub host: String,
+    #[serde(default)]
+    pub disk: Option<String>,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    pub state: String,
+    /// What to do when done (`poweroff`, `reboot`, `wait`), if the engine says.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JobAnswer {
+    job: JobInfo,
+}
+
+pub fn fetch(client: &Client, id: i64) -> Result<JobInfo> {
+    let a: JobAnswer = client.get_json(&format!("/jobs/{id}")).with_context(|| format!("fetching job {id}"))?;
+    let j = a.job;
+    if j.state != "queued" && j.state != "running" {
+        bail!("job {id} is {}: nothing to do", j.state);
+    }
+    if j.kind != "capture" && j.kind != "restore" {
+        bail!("job {id} has unknown kind {:?}", j.kind);
+    }
+    Ok(j)
+}
+
+/// What to do after success: the kernel command line wins, then the job, then the default
+/// (power off after a capture, reboot into the restored system after a restore).
+pub fn after(job: &JobInfo, cmdline: Option<Finally>) -> Finally {
+    cmdline.or_else(|| job.after.as_deref().and_then(|a| Finally::parse(a).ok())).unwrap_or(if job.kind == "restore" {
+        Finally::Reboot
+    } else {
+        Finally::PowerOff
+    })
+}
+
+/// The disk the job works on: the one it names, else the only one; a capture with several
+/// takes the first by name, a restore refuses to guess.
+pub fn choose_disk<'a>(disks: &'a [Disk], job: &JobInfo) -> Result<&'a Disk> {
+    let names = || disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some(want) = &job.disk {
+        let want = want.trim_start_matches("/dev/");
+        return disks.iter().find(|d| d.name == want).with_context(|| format!("job names disk {want}, but this machine has: {}", names()));
+    }
+    match disks {
+        [] => bail!("no disk found on this machine (no storage driver for its controller?)"),
+        [only] => Ok(only),
+        [first, ..] if job.kind == "capture" => Ok(first),
+        _ => bail!("this machine has several disks ({}) and the job does not say which to restore onto", names()),
+    }
+}
+
+/// Waits until at least one disk is present and the list has not changed for two seconds (or
+/// `wait` passed), calling `settle` (another driver pass) in between.
+pub fn wait_for_disks(sys_block: &Path, wait: Duration, mut settle: impl FnMut()) -> Vec<Disk> {
+    let deadline = Instant::now() + wait;
+    let mut last = disks::list(sys_block);
+    let mut stable_since = Instant::now();
+    loop {
+        if !last.is_empty() && stable_since.elapsed() >= Duration::from_secs(2) || Instant::now() > deadline {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        settle();
+        let now = disks::list(sys_block);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+}
+
+fn device(d: &Disk) -> PathBuf {
+    PathBuf::from("/dev").join(&d.name)
+}
+
+pub fn capture(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
+    let dev = device(disk);
+    // Read-only: a capture never opens the disk for writing.
+    let file = File::open(&dev).with_context(|| format!("opening {} for reading", dev.display()))?;
+    let started =
+        client.begin_upload(&job.host, None, "manual", Some(job.id)).context("starting the upload on the engine")?;
+    rep.log(format!("capturing {} ({} bytes) as upload {}", dev.display(), disk.size, started.upload));
+    let opts = CaptureOptions {
+        host: Some(job.host.clone()),
+        source: dev.display().to_string(),
+        chunk_size: started.chunk_size,
+        ..Default::default()
+    };
+    let sink = RemoteSink { client: client.clone(), upload: started.upload.clone() };
+    let t0 = Instant::now();
+    let ticker = rep.ticker();
+    let result = capture::capture(std::io::BufReader::with_capacity(0, file), &opts, &sink, rep.as_ref())
+        .map_err(anyhow::Error::from)
+        .and_then(|(m, stats)| Ok((m.encode()?, stats)));
+    drop(ticker);
+    let (bytes, stats) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = client.abort(&started.upload);
+            return Err(e).with_context(|| format!("capturing {}", dev.display()));
+        }
+    };
+    rep.log(format!(
+        "read {} used bytes in {:.0} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
+        stats.used_bytes,
+        t0.elapsed().as_secs_f64(),
+        stats.chunks,
+        stats.new_chunks,
+        stats.new_stored_bytes,
+        stats.reused_chunks
+    ));
+    // The commit ends the job; the engine takes no progress after it.
+    rep.flush().context("sending the last progress")?;
+    let committed = client.commit(&started.upload, &bytes).context("committing the snapshot")?;
+    println!("kura-agent: snapshot {} committed; job {} done", committed.snapshot, job.id);
+    Ok(())
+}
+
+pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
+    let Some(snapshot) = job.snapshot.as_deref() else { bail!("restore job {} names no snapshot", job.id) };
+    let dev = device(disk);
+    let bytes = client.manifest(snapshot).with_context(|| format!("fetching the manifest of {snapshot}"))?;
+    if Manifest::id_of(&bytes) != snapshot {
+        bail!("the engine sent a manifest that does not match snapshot id {snapshot}");
+    }
+    let manifest = Manifest::decode(&bytes).context("decoding the manifest")?;
+    let size = File::open(&dev)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .with_context(|| format!("sizing {}", dev.display()))?;
+    let source = RemoteSource { client: client.clone() };
+    let opts = RestoreOptions { threads: 8, target_is_zeroed: false };
+    let ticker = rep.ticker();
+    rep.log(format!(
+        "preflight: snapshot {snapshot} ({} bytes) onto {} ({size} bytes): checking every chunk",
+        manifest.disk_size(),
+        dev.display()
+    ));
+    restore::preflight(&manifest, &source, size, opts.threads, rep.as_ref())
+        .with_context(|| format!("snapshot {snapshot} cannot be restored onto {}; nothing was written", dev.display()))?;
+    rep.log(format!("preflight passed; writing {}", dev.display()));
+    let mut target =
+        OpenOptions::new().write(true).open(&dev).with_context(|| format!("opening {} for writing", dev.display()))?;
+    let t0 = Instant::now();
+    let stats = restore::restore(&manifest, &source, &mut target, size, &opts, rep.as_ref())
+        .and_then(|st| target.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the disk", e)))
+        .with_context(|| format!("restoring {snapshot} onto {}", dev.display()))?;
+    drop(ticker);
+    rep.log(format!("restored {snapshot}: {} bytes written in {:.0} s", stats.written_bytes, t0.elapsed().as_secs_f64()));
+    rep.flush().context("sending the last progress")?;
+    let _: serde_json::Value = client
+        .post_json(&format!("/jobs/{}/finish", job.id), &serde_json::json!({"ok": true}))
+        .context("reporting success to the engine")?;
+    println!("kura-agent: job {} done", job.id);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(kind: &str, disk: Option<&str>) -> JobInfo {
+        JobInfo {
+            id: 1,
+            kind: kind.into(),
+            host: "web01".into(),
+            disk: disk.map(String::from),
+            snapshot: None,
+            state: "queued".into(),
+            after: None,
+        }
+    }
+
+    fn disk(name: &str) -> Disk {
+        Disk { name: name.into(), size: 1 << 30, model: None }
+    }
+
+    #[test]
+    fn disk_choice() {
+        let two = [disk("nvme0n1"), disk("sda")];
+        assert_eq!(choose_disk(&two, &job("capture", None)).unwrap().name, "nvme0n1");
+        assert!(choose_disk(&two, &job("restore", None)).unwrap_err().to_string().contains("several disks"));
+        assert_eq!(choose_disk(&two, &job("restore", Some("/dev/sda"))).unwrap().name, "sda");
+        assert!(choose_disk(&two, &job("restore", Some("sdb"))).is_err());
+        assert_eq!(choose_disk(&two[..1], &job("restore", None)).unwrap().name, "nvme0n1");
+        assert!(choose_disk(&[], &job("capture", None)).is_err());
+    }
+
+    #[test]
+    fn after_defaults() {
+        assert_eq!(after(&job("capture", None), None), Finally::PowerOff);
+        assert_eq!(after(&job("restore", None), None), Finally::Reboot);
+        let mut j = job("restore", None);
+        j.after = Some("wait".into());
+        assert_eq!(after(&j, None), Finally::Wait);
+        assert_eq!(after(&j, Some(Finally::PowerOff)), Finally::PowerOff);
+    }
+
+    #[test]
+    fn job_answer_parses() {
+        let v = serde_json::json!({"job": {"id": 3, "kind": "restore", "host": "h", "disk": null, "snapshot": "abc",
+            "state": "queued", "done_bytes": 0, "total_bytes": null, "created": 1, "started": null, "finished": null,
+            "error": null}, "log": []});
+        let a: JobAnswer = serde_json::from_value(v).unwrap();
+        assert_eq!(a.job.snapshot.as_deref(), Some("abc"));
+    }
+}

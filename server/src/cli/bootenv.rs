@@ -1,0 +1,104 @@
+//! `kura bootenv build`: the kernel and initramfs netbooted machines run
+//! (`kura_bootenv::initramfs`). By default they go to `DATA/boot/` (`vmlinuz`, `initrd.img`),
+//! where `kura serve --data DATA` serves them to netbooting machines.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kura_bootenv::initramfs::{self, BuildOptions};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum BootenvCommand {
+    /// Build vmlinuz and initrd.img: the distribution's kernel, the kura-agent as /init, network
+    /// and storage drivers with their dependencies and firmware.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The engine's data directory: the image goes to DATA/boot/ (unless --out).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Output directory (default: DATA/boot).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Kernel image (default: the newest /boot/vmlinuz-* with modules).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Its modules directory (default: /lib/modules/RELEASE).
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Firmware directory.
+    #[arg(long, value_name = "DIR", default_value = "/lib/firmware")]
+    firmware: PathBuf,
+    /// The static kura-agent binary (default: beside this kura binary, or its static build).
+    #[arg(long, value_name = "PATH", env = "KURA_AGENT")]
+    agent: Option<PathBuf>,
+    /// Extra modules to include (by name), on top of the built-in list.
+    #[arg(long = "module", value_name = "NAME")]
+    extra_modules: Vec<String>,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Keep the agent's debug info.
+    #[arg(long)]
+    no_strip: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `kura-agent` beside this binary, or the static build in the same cargo target directory.
+fn default_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let profile = dir.file_name()?.to_os_string();
+    let cross = dir.join("..").join("x86_64-unknown-linux-gnu");
+    [dir.join("kura-agent"), cross.join(profile).join("kura-agent"), cross.join("release").join("kura-agent")]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .find(|p| initramfs::is_static_elf(p).unwrap_or(false))
+}
+
+pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
+    let BootenvCommand::Build(a) = cmd;
+    let out = match (a.out, a.data) {
+        (Some(o), _) => o,
+        (None, Some(d)) => d.join("boot"),
+        (None, None) => bail!("say where the image goes: --data DIR (writes DIR/boot/) or --out DIR"),
+    };
+    let Some(agent) = a.agent.or_else(default_agent) else {
+        bail!("no static kura-agent found beside this binary: build it with {} and pass --agent", initramfs::AGENT_BUILD);
+    };
+    let mut opts = BuildOptions::new(agent, out.clone());
+    opts.kernel = a.kernel;
+    opts.modules = a.modules;
+    opts.firmware = a.firmware;
+    opts.level = a.level;
+    opts.strip = !a.no_strip;
+    opts.drivers.extend(a.extra_modules);
+    let r = initramfs::build(&opts).with_context(|| format!("building the netboot image in {}", out.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let show = |p: &Path| p.display().to_string();
+        println!("kernel   {} ({}, {})", show(&r.kernel), r.release, indicatif::BinaryBytes(r.kernel_bytes));
+        println!(
+            "initrd   {} ({}; {} uncompressed)",
+            show(&r.initrd),
+            indicatif::BinaryBytes(r.initrd_bytes),
+            indicatif::BinaryBytes(r.cpio_bytes)
+        );
+        println!(
+            "modules  {} ({} requested drivers built in{})",
+            r.modules.len(),
+            r.builtin.len(),
+            if r.missing.is_empty() { String::new() } else { format!("; not in this kernel: {}", r.missing.join(", ")) }
+        );
+        println!("firmware {} files ({} named by modules but not installed)", r.firmware.len(), r.firmware_missing.len());
+        if !r.agent_stripped {
+            println!("note: the agent was not stripped (no `strip`, or --no-strip)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

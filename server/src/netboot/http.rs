@@ -1,0 +1,230 @@
+//! The boot-time HTTP routes, served in plain HTTP on their own listener (iPXE cannot check
+//! the engine's self-signed certificate):
+//!
+//! - `GET /boot/script?mac=MAC`: the machine's iPXE script ([`BootPolicy::script`]);
+//! - `GET /boot/vmlinuz`, `GET /boot/initrd.img`: the boot environment's kernel and initramfs,
+//!   with HTTP Range support (tower-http's `ServeFile`). A `mac=` query only labels the boot
+//!   log.
+//!
+//! # Trust model
+//!
+//! These routes need no token: a machine booting from the network has none. They expose the
+//! boot files (not secret) and the script. A script carries an agent token only for a MAC whose
+//! host has a queued or running job; for any other MAC it says "boot locally" (and an unknown
+//! MAC is registered as a new host). The backup LAN is trusted: anyone on it who knows the MAC
+//! of a machine with a pending job can fetch that job's token by asking for the script. The
+//! damage is bounded by the token: it is an agent token, accepted only with that MAC's
+//! `X-Kura-Mac`, only for that one job (its capture upload or its restore's chunks), only while
+//! the job is queued or running, and each fetch revokes the previous one. Keep the boot
+//! network isolated, or the API reachable from it only.
+//!
+//! `GET /api/v1/netboot/status` ([`status`]) is an API route (Operator), mounted in the API's
+//! route table.
+
+use super::bootlog::{self, BootLog, Stage};
+use super::policy::{BootPolicy, MacAddr};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct BootHttp {
+    pub policy: Arc<dyn BootPolicy>,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub log: Arc<BootLog>,
+}
+
+#[derive(Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+}
+
+pub fn router(state: Arc<BootHttp>) -> Router {
+    Router::new()
+        .route("/boot/script", get(script))
+        .route("/boot/vmlinuz", get(kernel))
+        .route("/boot/initrd.img", get(initrd))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(state)
+}
+
+/// Serves the boot routes on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<BootHttp>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn script(
+    State(st): State<Arc<BootHttp>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<MacQuery>,
+) -> Response {
+    let Some(mac) = q.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "#!ipxe\necho Kura: the script URL needs ?mac=aa:bb:cc:dd:ee:ff\nexit\n".into(),
+        );
+    };
+    let policy = st.policy.clone();
+    match tokio::task::spawn_blocking(move || policy.script(mac)).await {
+        Ok(Ok(s)) => {
+            let what = if s.contains("\nkernel ") { "job script" } else { "local-boot script" };
+            st.log.record_mac(mac, Some(peer.ip()), Stage::Script, what);
+            text(StatusCode::OK, s)
+        }
+        Ok(Err(e)) => {
+            tracing::error!("netboot: the script for {mac} failed: {e}");
+            st.log.record_mac(mac, Some(peer.ip()), Stage::Script, "script failed (see the server log)");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\necho Kura: server error\nexit\n".into())
+        }
+        Err(e) => {
+            tracing::error!("netboot: the script task failed: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\nexit\n".into())
+        }
+    }
+}
+
+async fn kernel(State(st): State<Arc<BootHttp>>, ci: ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let path = st.kernel.clone();
+    file(st, ci, req, path, Stage::Kernel).await
+}
+
+async fn initrd(State(st): State<Arc<BootHttp>>, ci: ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let path = st.initrd.clone();
+    file(st, ci, req, path, Stage::Initrd).await
+}
+
+async fn file(
+    st: Arc<BootHttp>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    path: PathBuf,
+    stage: Stage,
+) -> Response {
+    let mac = req.uri().query().and_then(serde_urlencoded_mac).and_then(|m| m.parse::<MacAddr>().ok());
+    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let resp = tower_http::services::ServeFile::new(&path).try_call(req).await;
+    let resp = match resp {
+        Ok(r) => r.map(Body::new),
+        Err(e) => {
+            tracing::error!("netboot: serving {}: {e}", path.display());
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n".into());
+        }
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let detail = match range {
+        Some(r) => format!("{name} {r}: {}", resp.status()),
+        None => format!("{name}: {}", resp.status()),
+    };
+    match mac {
+        Some(m) => st.log.record_mac(m, Some(peer.ip()), stage, detail),
+        None => st.log.record_ip(peer.ip(), stage, detail),
+    }
+    resp
+}
+
+/// The `mac` parameter of a query string (no percent-decoding needed for a MAC).
+fn serde_urlencoded_mac(q: &str) -> Option<String> {
+    q.split('&').find_map(|kv| kv.strip_prefix("mac=")).map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+}
+
+/// `GET /api/v1/netboot/status`: the boot log of the netboot services in this process.
+pub async fn status() -> Json<serde_json::Value> {
+    match bootlog::current() {
+        Some(log) => Json(serde_json::json!({ "enabled": true, "machines": log.machines() })),
+        None => Json(serde_json::json!({ "enabled": false, "machines": [] })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netboot::policy::StaticPolicy;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get_raw(addr: SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (String::from_utf8_lossy(&buf[..split]).into_owned(), buf[split + 4..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn netboot_http_serves_script_and_files_with_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        std::fs::write(&kernel, &data).unwrap();
+        std::fs::write(dir.path().join("initrd.img"), b"INITRD").unwrap();
+        let log = BootLog::new();
+        let st = Arc::new(BootHttp {
+            policy: Arc::new(StaticPolicy {
+                bios_firmware: None,
+                efi_firmware: None,
+                script_url: String::new(),
+                script: "#!ipxe\nexit\n".into(),
+            }),
+            kernel,
+            initrd: dir.path().join("initrd.img"),
+            log: log.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = rx.await;
+        }));
+
+        let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:01", "").await;
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, b"#!ipxe\nexit\n");
+        let (h, _) = get_raw(addr, "/boot/script?mac=nonsense", "").await;
+        assert!(h.starts_with("HTTP/1.1 400"), "{h}");
+        let (h, _) = get_raw(addr, "/boot/script", "").await;
+        assert!(h.starts_with("HTTP/1.1 400"), "{h}");
+        let (h, b) = get_raw(addr, "/boot/vmlinuz?mac=52:54:00:00:00:01", "").await;
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, data);
+        let (h, b) = get_raw(addr, "/boot/vmlinuz", "Range: bytes=1000-1999\r\n").await;
+        assert!(h.starts_with("HTTP/1.1 206"), "{h}");
+        assert!(h.to_ascii_lowercase().contains("content-range: bytes 1000-1999/100000"), "{h}");
+        assert_eq!(b, &data[1000..2000]);
+        let (h, _) = get_raw(addr, "/boot/vmlinuz", "Range: bytes=200000-\r\n").await;
+        assert!(h.starts_with("HTTP/1.1 416"), "{h}");
+        let (h, b) = get_raw(addr, "/boot/initrd.img", "").await;
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, b"INITRD");
+        let (h, _) = get_raw(addr, "/boot/../../etc/passwd", "").await;
+        assert!(h.starts_with("HTTP/1.1 404"), "{h}");
+        let m = log.machines();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let me = m.iter().find(|m| m.mac == Some(mac)).unwrap();
+        assert!(me.events.iter().any(|e| e.stage == Stage::Script));
+        assert!(me.events.iter().any(|e| e.stage == Stage::Kernel));
+        // Later fetches from the same IP without ?mac are filed under the MAC too.
+        assert!(me.events.iter().any(|e| e.stage == Stage::Initrd));
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

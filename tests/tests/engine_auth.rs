@@ -1,0 +1,275 @@
+//! Authentication and roles on every API route, driven by the engine's own route table
+//! (`kura admin routes --json`), agent tokens bound to their job and machine, and malformed or
+//! oversized requests, which must get a 4xx and leave the engine serving.
+
+use kura_tests::engine::{chunk_count, encode_stored_chunk, files_named, Api, Server};
+use kura_tests::kura_cli;
+use serde_json::{json, Value};
+
+struct Tokens {
+    admin: String,
+    operator: String,
+    agent: String,
+    agent_mac: String,
+    job: i64,
+}
+
+fn setup(server: &Server, api: &Api) -> Tokens {
+    let admin = server.admin.clone();
+    let r = api.req("POST", "/tokens").token(&admin).json(&json!({"role": "operator", "label": "test"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let operator = r.json()["token"].as_str().unwrap().to_string();
+    for (name, mac) in [("h1", "aa:bb:cc:dd:ee:01"), ("h2", "aa:bb:cc:dd:ee:02")] {
+        let r = api.req("POST", "/hosts").token(&admin).json(&json!({"name": name, "macs": [mac]})).send();
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = api.req("POST", "/jobs").token(&operator).json(&json!({"kind": "capture", "host": "h1"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    Tokens {
+        admin,
+        operator,
+        agent: v["agent_token"].as_str().unwrap().to_string(),
+        agent_mac: "aa:bb:cc:dd:ee:01".into(),
+        job: v["job"]["id"].as_i64().unwrap(),
+    }
+}
+
+/// The route table, from the binary itself.
+fn routes() -> Vec<Value> {
+    let run = kura_cli::run(["admin", "routes", "--json"]);
+    run.expect_success();
+    let routes: Vec<Value> = run.json();
+    assert!(routes.len() >= 20, "{routes:?}");
+    routes
+}
+
+fn fill(path: &str, job: i64) -> String {
+    let mut p = path.replace("{name}", "h1");
+    p = p.replace("{digest}", &"ab".repeat(32)).replace("{upload}", &"00".repeat(16));
+    if p.starts_with("/api/v1/jobs/") {
+        p = p.replace("{id}", &job.to_string());
+    } else {
+        p = p.replace("{id}", "0123456789abcdef");
+    }
+    assert!(!p.contains('{'), "no value for a parameter of {path}");
+    p
+}
+
+#[test]
+fn every_route_checks_token_and_role() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let api = server.api();
+    let t = setup(&server, &api);
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for route in routes() {
+        let (method, path, access) =
+            (route["method"].as_str().unwrap(), route["path"].as_str().unwrap(), route["access"].as_str().unwrap());
+        let url = fill(path, t.job);
+        let call = |token: Option<&str>, mac: Option<&str>| {
+            let mut r = api.req(method, &url);
+            if let Some(t) = token {
+                r = r.token(t);
+            }
+            if let Some(m) = mac {
+                r = r.mac(m);
+            }
+            if method != "GET" && method != "DELETE" {
+                // An empty object: never a valid request for a changing route, so a call that
+                // gets past the checks changes nothing.
+                r = r.json(&json!({}));
+            }
+            r.send().status
+        };
+        let mut expect = |who: &str, got: u16, want: &[u16]| {
+            checked += 1;
+            if !want.contains(&got) {
+                problems.push(format!("{method} {path} ({access}) as {who}: {got}, want one of {want:?}"));
+            }
+        };
+        let not_auth: Vec<u16> = (100..600).filter(|s| *s != 401 && *s != 403).collect();
+        if access == "Public" {
+            expect("nobody", call(None, None), &[200]);
+            continue;
+        }
+        expect("nobody", call(None, None), &[401]);
+        expect("a garbage token", call(Some("garbage"), None), &[401]);
+        expect("an unknown well-formed token", call(Some(&format!("kura_{}", "0".repeat(64))), None), &[401]);
+        expect("admin", call(Some(&t.admin), None), &not_auth);
+        let operator = call(Some(&t.operator), None);
+        let agent = call(Some(&t.agent), Some(&t.agent_mac));
+        match access {
+            "Admin" => {
+                expect("operator", operator, &[403]);
+                expect("agent", agent, &[403]);
+            }
+            "Operator" => {
+                expect("operator", operator, &not_auth);
+                expect("agent", agent, &[403]);
+            }
+            "OperatorOrAgent" => {
+                expect("operator", operator, &not_auth);
+                // The agent's token is valid here; the wrong machine is not.
+                expect("agent from another MAC", call(Some(&t.agent), Some("aa:bb:cc:dd:ee:99")), &[403]);
+                expect("agent without a MAC", call(Some(&t.agent), None), &[403]);
+            }
+            other => problems.push(format!("{method} {path}: unknown access {other}")),
+        }
+    }
+    eprintln!("{checked} checks");
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert_eq!(api.req("GET", "/health").send().status, 200);
+}
+
+#[test]
+fn agent_tokens_are_bound_to_their_job_machine_and_lifetime() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let api = server.api();
+    let t = setup(&server, &api);
+    let r = api.req("POST", "/jobs").token(&t.operator).json(&json!({"kind": "capture", "host": "h2"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let other = r.json();
+    let (agent2, job2, mac2) =
+        (other["agent_token"].as_str().unwrap(), other["job"]["id"].as_i64().unwrap(), "aa:bb:cc:dd:ee:02");
+
+    let own = format!("/jobs/{}", t.job);
+    assert_eq!(api.req("GET", &own).token(&t.agent).mac(&t.agent_mac).send().status, 200);
+    // The same MAC spelled another way is the same machine.
+    assert_eq!(api.req("GET", &own).token(&t.agent).mac("AA-BB-CC-DD-EE-01").send().status, 200);
+    assert_eq!(api.req("GET", &own).token(&t.agent).mac(mac2).send().status, 403, "another MAC");
+    let progress = json!({"done": 1, "total": 10});
+    let r = api.req("POST", &format!("/jobs/{job2}/progress")).token(&t.agent).mac(&t.agent_mac).json(&progress).send();
+    assert_eq!(r.status, 403, "another job's progress: {}", r.text());
+    let r = api.req("GET", &format!("/jobs/{job2}")).token(&t.agent).mac(&t.agent_mac).send();
+    assert_eq!(r.status, 403, "another job: {}", r.text());
+    // An agent may not upload for another host's job, nor without its job.
+    let r =
+        api.req("POST", "/uploads").token(&t.agent).mac(&t.agent_mac).json(&json!({"host": "h2", "job": job2})).send();
+    assert_eq!(r.status, 403, "upload for another job: {}", r.text());
+
+    // The job starts (first progress report), then ends: its token is dead.
+    let r = api.req("POST", &format!("/jobs/{job2}/progress")).token(agent2).mac(mac2).json(&progress).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = api
+        .req("POST", &format!("/jobs/{job2}/finish"))
+        .token(agent2)
+        .mac(mac2)
+        .json(&json!({"ok": false, "error": "test: disk not found"}))
+        .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "failed", "{}", r.text());
+    let r = api.req("GET", &format!("/jobs/{job2}")).token(agent2).mac(mac2).send();
+    assert_eq!(r.status, 401, "a token of an ended job: {}", r.text());
+    let r = api.req("POST", &format!("/jobs/{job2}/progress")).token(agent2).mac(mac2).json(&progress).send();
+    assert_eq!(r.status, 401, "a token of an ended job: {}", r.text());
+    // The job's record is there for the operator.
+    let r = api.req("GET", &format!("/jobs/{job2}")).token(&t.operator).send();
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("disk not found"), "{}", r.text());
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_a_4xx() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let api = server.api();
+    let admin = server.admin.clone();
+    let mut problems = Vec::new();
+    let mut check = |what: &str, want: &[u16], r: Result<kura_tests::engine::Resp, String>| match r {
+        Ok(r) if want.contains(&r.status) => eprintln!("{what}: {} {}", r.status, r.text()),
+        Ok(r) => problems.push(format!("{what}: {} {}, want {want:?}", r.status, r.text())),
+        Err(e) => problems.push(format!("{what}: no answer: {e}")),
+    };
+
+    let hosts = || api.req("POST", "/hosts").token(&admin);
+    check(
+        "bad JSON",
+        &[400],
+        hosts().header("Content-Type", "application/json").bytes(b"{\"name\": ".to_vec()).try_send(),
+    );
+    check("no content type", &[415], hosts().bytes(br#"{"name": "x"}"#.to_vec()).try_send());
+    check(
+        "wrong content type",
+        &[415],
+        hosts().header("Content-Type", "text/plain").bytes(br#"{"name":"x"}"#.to_vec()).try_send(),
+    );
+    check("wrong JSON shape", &[422], hosts().json(&json!({"name": 5})).try_send());
+    check("JSON over 64 KiB", &[413], hosts().json(&json!({"name": "x", "notes": "n".repeat(70_000)})).try_send());
+    check("a bad MAC", &[400, 422], hosts().json(&json!({"name": "m", "macs": ["not-a-mac"]})).try_send());
+    let tok = json!({"role": "agent", "label": "x"});
+    check("agent token without a job", &[400], api.req("POST", "/tokens").token(&admin).json(&tok).try_send());
+    check("job id not a number", &[400], api.req("GET", "/jobs/abc").token(&admin).try_send());
+    check("unknown job", &[404], api.req("GET", "/jobs/999999").token(&admin).try_send());
+    check("bad snapshot id", &[400], api.req("GET", "/snapshots/zzz/manifest").token(&admin).try_send());
+    check("unknown snapshot", &[404], api.req("GET", "/snapshots/0123456789abcdef/manifest").token(&admin).try_send());
+    check("bad digest", &[400], api.req("GET", "/chunks/xyz").token(&admin).try_send());
+    check("short digest", &[400], api.req("GET", &format!("/chunks/{}", "a".repeat(63))).token(&admin).try_send());
+    check("unknown chunk", &[404], api.req("GET", &format!("/chunks/{}", "a".repeat(64))).token(&admin).try_send());
+    check("unknown route", &[404], api.req("GET", "/nothing/here").token(&admin).try_send());
+
+    let r = api.req("POST", "/uploads").token(&admin).json(&json!({"host": "web"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let up = r.json()["upload"].as_str().unwrap().to_string();
+    let missing =
+        |body: Vec<u8>| api.req("POST", &format!("/uploads/{up}/missing")).token(&admin).bytes(body).try_send();
+    check("missing: 33 bytes", &[400], missing(vec![1; 33]));
+    check("missing: empty", &[400], missing(Vec::new()));
+    check("missing: 4097 digests", &[400, 413], missing(vec![1; 4097 * 32]));
+    check(
+        "missing: unknown session",
+        &[404],
+        api.req("POST", &format!("/uploads/{}/missing", "00".repeat(16))).token(&admin).bytes(vec![0; 32]).try_send(),
+    );
+    let put = |digest: &str, body: Vec<u8>| {
+        api.req("PUT", &format!("/uploads/{up}/chunks/{digest}")).token(&admin).bytes(body).try_send()
+    };
+    // Over the cap (header + 16 MiB + zstd's bound + slack): cut off, not read into memory.
+    check("chunk over the cap", &[413], put(&"ab".repeat(32), vec![7; 64 + (16 << 20) + (16 << 20) / 128 + 1024 + 1]));
+    check("chunk: bad digest in path", &[400], put("nothex", vec![0; 100]));
+    check("chunk: garbage body", &[422, 400], put(&"ab".repeat(32), vec![0; 100]));
+    check(
+        "commit: garbage manifest",
+        &[400],
+        api.req("POST", &format!("/uploads/{up}/commit")).token(&admin).bytes(b"not a manifest".to_vec()).try_send(),
+    );
+
+    // A chunk whose body does not match its digest is refused and nothing is stored.
+    let store = server.store();
+    let plain = kura_tests::content::random_bytes(5, 100_000);
+    let (digest, blob) = encode_stored_chunk(&plain);
+    let (other, _) = encode_stored_chunk(b"some other content");
+    check("chunk under another digest", &[422], put(&other, blob.clone()));
+    let mut flipped = blob.clone();
+    flipped[64 + 500] ^= 0x20;
+    check("chunk with a flipped payload bit", &[422], put(&digest, flipped));
+    let mut lying = blob.clone();
+    // Header and payload agree (CRC recomputed) but the content is not what the digest says.
+    lying[64 + 500] ^= 0x20;
+    let crc = crc32fast::hash(&lying[64..]);
+    lying[20..24].copy_from_slice(&crc.to_le_bytes());
+    check("chunk with a recomputed CRC but wrong content", &[422], put(&digest, lying));
+    for d in [&digest, &other] {
+        let files = files_named(&store, d);
+        assert!(files.is_empty(), "a refused chunk left files in the store: {files:?}");
+    }
+    assert_eq!(chunk_count(&store), 0, "a refused chunk was stored");
+    // The same chunk, intact, is accepted (the checks above are not refusing everything).
+    check("an intact chunk", &[201], put(&digest, blob.clone()));
+    check("the same chunk again", &[200], put(&digest, blob.clone()));
+    assert!(!files_named(&store, &digest).is_empty(), "an accepted chunk is nowhere in the store");
+    let got = api.req("GET", &format!("/chunks/{digest}")).token(&admin).send();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, blob, "the chunk read back differs from the one stored");
+
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}\nserver log:\n{}",
+        problems.len(),
+        problems.join("\n"),
+        server.log()
+    );
+    assert_eq!(api.req("GET", "/health").send().status, 200, "the engine stopped answering");
+}
