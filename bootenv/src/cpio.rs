@@ -142,7 +142,8 @@ impl<R: Read> Reader<R> {
             let s = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).context("cpio: non-ASCII header")?;
             u32::from_str_radix(s, 16).with_context(|| format!("cpio: bad header field {s:?}"))
         };
-        let (mode, mtime, size, rmaj, rmin, namesize) = (field(1)?, field(5)?, field(6)?, field(9)?, field(10)?, field(11)?);
+        let (mode, mtime, size, rmaj, rmin, namesize) =
+            (field(1)?, field(5)?, field(6)?, field(9)?, field(10)?, field(11)?);
         let namesize = namesize as usize;
         if namesize == 0 || namesize > MAX_NAME {
             bail!("cpio: name length {namesize} out of range");

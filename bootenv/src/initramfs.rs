@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 /// Drivers the image always carries (when the kernel has them as modules): common server and
 /// virtual NICs, and disk controllers. `sd_mod` gives SATA/SAS/SCSI disks their block devices.
+/// `virtio_rng` feeds the kernel's random number generator in VMs (`-device virtio-rng-pci`).
 pub const DRIVERS: &[&str] = &[
     "virtio_net",
     "virtio_pci",
@@ -53,6 +54,8 @@ pub const DRIVERS: &[&str] = &[
     "hpsa",
     "smartpqi",
     "sd_mod",
+    // The hypervisor's entropy source: TLS and the kernel's RNG need entropy early.
+    "virtio_rng",
 ];
 
 /// Module directories (relative to the modules directory) carried whole, for the hardware the
@@ -272,11 +275,19 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
             decompress_to(&src, &p)?;
             p
         };
-        firmware_names.extend(modinfo_firmware(&plain).with_context(|| format!("reading the modinfo of {}", src.display()))?);
-        add_with_parents(&mut entries, &format!("{mod_root}/{}", modules::plain_path(&e.path)), Source::File(plain, 0o644));
+        firmware_names
+            .extend(modinfo_firmware(&plain).with_context(|| format!("reading the modinfo of {}", src.display()))?);
+        add_with_parents(
+            &mut entries,
+            &format!("{mod_root}/{}", modules::plain_path(&e.path)),
+            Source::File(plain, 0o644),
+        );
     }
     let keep = |n: &str| included.contains(n);
-    entries.insert(format!("{mod_root}/modules.dep"), Source::Bytes(dep.to_text(keep, modules::plain_path).into_bytes(), 0o644));
+    entries.insert(
+        format!("{mod_root}/modules.dep"),
+        Source::Bytes(dep.to_text(keep, modules::plain_path).into_bytes(), 0o644),
+    );
     entries.insert(format!("{mod_root}/modules.alias"), Source::Bytes(alias.to_text(keep).into_bytes(), 0o644));
     entries.insert(format!("{mod_root}/modules.builtin"), Source::Bytes(builtin_text.into_bytes(), 0o644));
     entries.insert(mod_root.clone(), Source::Dir);
@@ -331,7 +342,12 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
         }
     }
     let (enc, cpio_bytes) = w.finish()?;
-    let file = enc.finish().context("finishing zstd")?.into_inner().map_err(|e| e.into_error()).context("flushing the initramfs")?;
+    let file = enc
+        .finish()
+        .context("finishing zstd")?
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing the initramfs")?;
     file.sync_all().context("syncing the initramfs")?;
     drop(file);
     std::fs::rename(&tmp, &initrd).with_context(|| format!("renaming {} to {}", tmp.display(), initrd.display()))?;
@@ -392,7 +408,8 @@ pub fn decompress_to(src: &Path, dst: &Path) -> Result<()> {
         zstd::stream::copy_decode(inp, &mut out).with_context(|| format!("decompressing {}", src.display()))?;
     } else if name.ends_with(".xz") {
         let mut inp = inp;
-        lzma_rs::xz_decompress(&mut inp, &mut out).map_err(|e| anyhow::anyhow!("decompressing {}: {e:?}", src.display()))?;
+        lzma_rs::xz_decompress(&mut inp, &mut out)
+            .map_err(|e| anyhow::anyhow!("decompressing {}: {e:?}", src.display()))?;
     } else if name.ends_with(".gz") {
         std::io::copy(&mut flate2::read::GzDecoder::new(inp), &mut out)
             .with_context(|| format!("decompressing {}", src.display()))?;
@@ -410,10 +427,7 @@ const MAX_MODINFO: u64 = 1 << 20;
 /// prints). Reads only the ELF section headers and that section.
 pub fn modinfo_firmware(path: &Path) -> Result<Vec<String>> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(modinfo(&mut f)?
-        .into_iter()
-        .filter_map(|kv| kv.strip_prefix("firmware=").map(str::to_string))
-        .collect())
+    Ok(modinfo(&mut f)?.into_iter().filter_map(|kv| kv.strip_prefix("firmware=").map(str::to_string)).collect())
 }
 
 /// The `key=value` strings of an ELF64 little-endian object's `.modinfo` section.

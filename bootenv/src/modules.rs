@@ -20,11 +20,7 @@ pub const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
 /// `nvme_core`).
 pub fn module_name(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);
-    let stem = MODULE_SUFFIXES
-        .iter()
-        .rev()
-        .find_map(|s| base.strip_suffix(s))
-        .unwrap_or(base);
+    let stem = MODULE_SUFFIXES.iter().rev().find_map(|s| base.strip_suffix(s)).unwrap_or(base);
     normalize(stem)
 }
 

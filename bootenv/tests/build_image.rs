@@ -72,10 +72,25 @@ fn image_from_the_installed_kernel() {
     }
     let has_module = |name: &str| {
         entries.keys().any(|k| {
-            k.starts_with(&format!("lib/modules/{release}/")) && kura_bootenv::modules::module_name(k) == name && k.ends_with(".ko")
+            k.starts_with(&format!("lib/modules/{release}/"))
+                && kura_bootenv::modules::module_name(k) == name
+                && k.ends_with(".ko")
         })
     };
-    for m in ["virtio_net", "virtio_pci", "e1000e", "nvme", "ahci", "virtio_blk", "virtio_scsi", "igb", "ixgbe", "mlx5_core", "megaraid_sas", "sd_mod"] {
+    for m in [
+        "virtio_net",
+        "virtio_pci",
+        "e1000e",
+        "nvme",
+        "ahci",
+        "virtio_blk",
+        "virtio_scsi",
+        "igb",
+        "ixgbe",
+        "mlx5_core",
+        "megaraid_sas",
+        "sd_mod",
+    ] {
         assert!(has_module(m) || r.builtin.contains(&m.to_string()), "{m} neither shipped nor built in");
     }
     // Dependencies come along: nvme needs nvme_core (unless built in).
@@ -103,7 +118,9 @@ fn image_from_the_installed_kernel() {
     // The system's cpio lists the decompressed archive too.
     let raw = out.path().join("initrd.cpio");
     zstd::stream::copy_decode(std::fs::File::open(&r.initrd).unwrap(), std::fs::File::create(&raw).unwrap()).unwrap();
-    if let Ok(o) = std::process::Command::new("cpio").args(["-it", "--quiet"]).stdin(std::fs::File::open(&raw).unwrap()).output() {
+    if let Ok(o) =
+        std::process::Command::new("cpio").args(["-it", "--quiet"]).stdin(std::fs::File::open(&raw).unwrap()).output()
+    {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let listed: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
         assert_eq!(listed, names);

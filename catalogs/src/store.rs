@@ -262,7 +262,8 @@ impl LocalStore {
         let mut staged = self.staged.lock().expect("lock");
         for (d, _) in &batch {
             if staged.files.remove(d).is_some() {
-                staged.bytes = staged.bytes.saturating_sub(fs::metadata(self.chunk_path(d)).map(|m| m.len()).unwrap_or(0));
+                staged.bytes =
+                    staged.bytes.saturating_sub(fs::metadata(self.chunk_path(d)).map(|m| m.len()).unwrap_or(0));
             }
         }
         if staged.files.is_empty() {

@@ -262,6 +262,22 @@ pub trait ChunkSink: Send + Sync {
 pub trait ChunkSource: Send + Sync {
     /// Returns the encoded chunk as stored, unverified ([`Error::ChunkMissing`] if absent).
     fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>>;
+
+    /// Checks that chunks are present and intact (header, length, payload checksum: see
+    /// [`check_quick`]) without handing them over. One answer per digest, in order: `None` if
+    /// the chunk is fine, `Some(reason)` if it is missing or damaged. The default reads each
+    /// chunk; a remote source asks its server instead of downloading everything twice.
+    fn check_chunks(&self, digests: &[Digest]) -> Result<Vec<Option<String>>> {
+        digests
+            .iter()
+            .map(|d| match self.get_chunk(d).and_then(|blob| check_quick(&blob, d)) {
+                Ok(_) => Ok(None),
+                Err(Error::ChunkMissing { .. }) => Ok(Some("missing".to_string())),
+                Err(Error::ChunkCorrupt { reason, .. }) => Ok(Some(reason)),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! Two passes. The *preflight* checks everything that can be checked without writing: the
 //! target is large enough, and every chunk the snapshot needs is present and intact (header,
-//! length, payload checksum). Only then does the *write pass* start: a producer hands chunks in
+//! length, payload checksum; asked of the source in batches, so a remote engine checks its own
+//! store instead of sending every chunk twice). It returns a [`Checked`] token, the only way to
+//! the write pass. Only then does the *write pass* start: a producer hands chunks in
 //! disk order to worker threads that fetch, decompress and re-verify each one (SHA-256 of the
 //! content), and the calling thread writes them in order. Buffers come from a fixed pool taken
 //! in disk order, so memory stays bounded and the writer never waits on a chunk that cannot get
@@ -12,7 +14,7 @@
 //! possible if the store changed in between, or was forged with a matching checksum) stops the
 //! restore with an error naming it; the target is then partially written, and the error says so.
 
-use crate::chunk::{check_quick, ChunkSource, Decoder, Digest};
+use crate::chunk::{ChunkSource, Decoder, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{ChunkRef, Manifest};
 use crate::progress::Progress;
@@ -46,44 +48,65 @@ pub struct RestoreStats {
     pub unused_chunks: u64,
 }
 
+/// Proof that [`preflight`] passed for a manifest: the only way to reach [`write`].
+pub struct Checked<'m> {
+    manifest: &'m Manifest,
+}
+
+/// Digests asked about in one [`ChunkSource::check_chunks`] call.
+const CHECK_BATCH: usize = 1024;
+
 /// Checks, without writing anything, that the snapshot can be restored onto a target of
 /// `target_size` bytes: size, and every needed chunk present with an intact header and payload.
-pub fn preflight(
-    manifest: &Manifest,
+pub fn preflight<'m>(
+    manifest: &'m Manifest,
     source: &dyn ChunkSource,
     target_size: u64,
     threads: usize,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Checked<'m>> {
     if target_size < manifest.disk_size() {
         return Err(Error::TargetTooSmall { needed: manifest.disk_size(), actual: target_size });
     }
     let digests = manifest.unique_digests();
+    let batches: Vec<&[Digest]> = digests.chunks(CHECK_BATCH).collect();
     progress.set_total(digests.len() as u64);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
+        for _ in 0..threads.max(1).min(batches.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= digests.len() || failed.load(Ordering::Relaxed) {
+                if i >= batches.len() || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let d = &digests[i];
-                let r = source.get_chunk(d).and_then(|blob| check_quick(&blob, d).map(|_| ()));
+                let batch = batches[i];
+                let r = source.check_chunks(batch).and_then(|answers| {
+                    if answers.len() != batch.len() {
+                        return Err(Error::Store {
+                            message: format!("asked about {} chunks, got {} answers", batch.len(), answers.len()),
+                            retryable: true,
+                        });
+                    }
+                    match batch.iter().zip(answers).find_map(|(d, a)| a.map(|reason| (d, reason))) {
+                        None => Ok(()),
+                        Some((d, reason)) if reason == "missing" => Err(Error::ChunkMissing { digest: d.to_hex() }),
+                        Some((d, reason)) => Err(Error::ChunkCorrupt { digest: d.to_hex(), reason }),
+                    }
+                });
                 if let Err(e) = r {
                     failed.store(true, Ordering::Relaxed);
                     first.lock().expect("lock").get_or_insert(e);
                     break;
                 }
-                progress.advance(1);
+                progress.advance(batch.len() as u64);
             });
         }
     });
     match first.into_inner().expect("lock") {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(Checked { manifest }),
     }
 }
 
@@ -95,8 +118,8 @@ struct Job {
     buf: Vec<u8>,
 }
 
-/// Restores `manifest` onto `target` (of `target_size` bytes). Runs [`preflight`] first, so
-/// nothing is written unless every check passes. The caller flushes/syncs the target.
+/// Restores `manifest` onto `target` (of `target_size` bytes): [`preflight`], then [`write`],
+/// so nothing is written unless every check passes. The caller flushes/syncs the target.
 pub fn restore<W: Write + Seek>(
     manifest: &Manifest,
     source: &dyn ChunkSource,
@@ -105,7 +128,24 @@ pub fn restore<W: Write + Seek>(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
-    preflight(manifest, source, target_size, opts.threads, &crate::progress::NoProgress)?;
+    let checked = preflight(manifest, source, target_size, opts.threads, &crate::progress::NoProgress)?;
+    write(checked, source, target, target_size, opts, progress)
+}
+
+/// The write pass of a restore whose [`preflight`] passed (for callers that check before they
+/// create or open the target).
+pub fn write<W: Write + Seek>(
+    checked: Checked<'_>,
+    source: &dyn ChunkSource,
+    target: &mut W,
+    target_size: u64,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreStats> {
+    let manifest = checked.manifest;
+    if target_size < manifest.disk_size() {
+        return Err(Error::TargetTooSmall { needed: manifest.disk_size(), actual: target_size });
+    }
     let threads = opts.threads.max(1);
     let cs = manifest.chunk_size as usize;
     let pool = 2 * threads + 2;

@@ -114,8 +114,8 @@ fn missing_chunk_and_small_target_are_refused_before_any_write() {
     let store = MemStore::default();
     let (m, _) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
     let mut small = Cursor::new(vec![0x55u8; src.len() - 512]);
-    let err = restore(&m, &store, &mut small, src.len() as u64 - 512, &RestoreOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        restore(&m, &store, &mut small, src.len() as u64 - 512, &RestoreOptions::default(), &NoProgress).unwrap_err();
     assert!(matches!(err, Error::TargetTooSmall { .. }), "{err}");
     assert!(small.into_inner().iter().all(|&b| b == 0x55));
 

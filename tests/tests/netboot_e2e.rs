@@ -115,7 +115,10 @@ fn check_agent_token(engine: &NetbootEngine, token: &str, mac: &str, job: i64) {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["job"]["id"], job, "{v}");
     assert_eq!(v["job"]["kind"], "capture", "{v}");
-    assert!(engine.try_get(&url, &[&auth, "X-Kura-Mac: 52:54:00:00:00:99"]).is_none(), "token accepted for another MAC");
+    assert!(
+        engine.try_get(&url, &[&auth, "X-Kura-Mac: 52:54:00:00:00:99"]).is_none(),
+        "token accepted for another MAC"
+    );
 }
 
 /// `kura netboot status --json` for `mac`: its events, after checking every stage in `stages`
@@ -135,11 +138,26 @@ fn boot_log(engine: &NetbootEngine, mac: &str, stages: &[&str]) -> Vec<(String, 
     ev
 }
 
+/// Waits for `marker` on the console; on failure panics with the console, the engine's output
+/// and its boot log.
+fn wait(m: &mut Machine, engine: &NetbootEngine, marker: &str, timeout: Duration) -> String {
+    m.poll_serial(marker, timeout).unwrap_or_else(|why| {
+        let status = engine.kura(&["netboot", "status", "--json"]);
+        panic!(
+            "machine {}: {why} before {marker:?} appeared on its console\n{}\n{}\n--- kura netboot status\n{}",
+            m.name(),
+            m.report(),
+            engine.log(),
+            status.stdout
+        )
+    })
+}
+
 /// Waits for the init's markers; returns the `cmdline` line and the times they appeared.
-fn wait_for_marker(m: &mut Machine) -> (String, Duration) {
-    m.wait_for_serial(&format!("{MARKER} booted"), STAGE_TIMEOUT);
+fn wait_for_marker(m: &mut Machine, engine: &NetbootEngine) -> (String, Duration) {
+    wait(m, engine, &format!("{MARKER} booted"), STAGE_TIMEOUT);
     let t = m.uptime();
-    let line = m.wait_for_serial(&format!("{MARKER} cmdline"), Duration::from_secs(30));
+    let line = wait(m, engine, &format!("{MARKER} cmdline"), Duration::from_secs(30));
     (line, t)
 }
 
@@ -162,9 +180,9 @@ fn bios_netboots_a_capture_job_through_proxy_dhcp_and_ipxe() {
         let mut m = Machine::builder(&ns, "bios").firmware(Firmware::Bios).mac(mac).network_boot().start();
         let footprint = Footprint::of(&ns);
         let script_url = format!("{}/boot/script?mac={mac}", engine.boot_url);
-        m.wait_for_serial(&script_url, STAGE_TIMEOUT);
+        wait(&mut m, &engine, &script_url, STAGE_TIMEOUT);
         let t_script = m.uptime();
-        let (cmdline, t_booted) = wait_for_marker(&mut m);
+        let (cmdline, t_booted) = wait_for_marker(&mut m, &engine);
         let status = m.wait_for_exit(Duration::from_secs(60));
         assert!(status.success(), "QEMU did not exit cleanly on power-off: {status}\n{}", m.report());
 
@@ -215,15 +233,15 @@ fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
             .network_boot()
             .start();
         let footprint = Footprint::of(&ns);
-        m.wait_for_serial("Start PXE over IPv4", STAGE_TIMEOUT);
+        wait(&mut m, &engine, "Start PXE over IPv4", STAGE_TIMEOUT);
         let t_pxe = m.uptime();
         // iPXE's banner: the firmware's PXE loaded ipxe.efi over TFTP.
-        m.wait_for_serial("iPXE initialising devices", STAGE_TIMEOUT);
+        wait(&mut m, &engine, "iPXE initialising devices", STAGE_TIMEOUT);
         let t_ipxe = m.uptime();
         let script_url = format!("{}/boot/script?mac={mac}", engine.boot_url);
-        m.wait_for_serial(&script_url, STAGE_TIMEOUT);
+        wait(&mut m, &engine, &script_url, STAGE_TIMEOUT);
         let t_script = m.uptime();
-        let (cmdline, t_booted) = wait_for_marker(&mut m);
+        let (cmdline, t_booted) = wait_for_marker(&mut m, &engine);
         let status = m.wait_for_exit(Duration::from_secs(60));
         assert!(status.success(), "QEMU did not exit cleanly on power-off: {status}\n{}", m.report());
 
@@ -231,7 +249,8 @@ fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
         check_agent_token(&engine, &token, mac, job);
         assert!(site.leases().iter().any(|l| l.mac == mac), "dnsmasq leased nothing to {mac}:\n{}", site.log());
         let ev = boot_log(&engine, mac, &["dhcp", "tftp", "dhcp", "script", "kernel", "initrd"]);
-        let has = |stage: &str, words: &[&str]| ev.iter().any(|(s, d)| s == stage && words.iter().all(|w| d.contains(w)));
+        let has =
+            |stage: &str, words: &[&str]| ev.iter().any(|(s, d)| s == stage && words.iter().all(|w| d.contains(w)));
         assert!(has("dhcp", &["proxy offer (efi-x64)", "ipxe.efi"]), "no proxy offer of ipxe.efi on 67: {ev:#?}");
         assert!(has("dhcp", &["PXE ack on 4011 (efi-x64)", "ipxe.efi"]), "no answer on 4011: {ev:#?}");
         assert!(has("tftp", &["ipxe.efi"]), "{ev:#?}");
@@ -269,12 +288,12 @@ fn bios_netboots_with_kura_as_the_only_dhcp_server() {
         let mut m = Machine::builder(&ns, "full").firmware(Firmware::Bios).mac(mac).network_boot().start();
         let footprint = Footprint::of(&ns);
         let script_url = format!("{}/boot/script?mac={mac}", engine.boot_url);
-        m.wait_for_serial(&script_url, STAGE_TIMEOUT);
+        wait(&mut m, &engine, &script_url, STAGE_TIMEOUT);
         let t_script = m.uptime();
-        m.wait_for_serial(&format!("{MARKER} booted"), STAGE_TIMEOUT);
+        wait(&mut m, &engine, &format!("{MARKER} booted"), STAGE_TIMEOUT);
         let t_booted = m.uptime();
-        let dhcp = m.wait_for_serial(&format!("{MARKER} dhcp"), Duration::from_secs(90));
-        let cmdline = m.wait_for_serial(&format!("{MARKER} cmdline"), Duration::from_secs(30));
+        let dhcp = wait(&mut m, &engine, &format!("{MARKER} dhcp"), Duration::from_secs(90));
+        let cmdline = wait(&mut m, &engine, &format!("{MARKER} cmdline"), Duration::from_secs(30));
         let status = m.wait_for_exit(Duration::from_secs(60));
         assert!(status.success(), "QEMU did not exit cleanly on power-off: {status}\n{}", m.report());
 
@@ -286,7 +305,8 @@ fn bios_netboots_with_kura_as_the_only_dhcp_server() {
         assert!(leases.contains(mac) && leases.contains(&ip.to_string()), "lease file: {leases}");
         let ev = boot_log(&engine, mac, &["dhcp", "script", "kernel", "initrd"]);
         assert!(
-            ev.iter().any(|(s, d)| s == "dhcp" && d.starts_with("offer ") && d.contains("iPXE") && d.contains(&script_url)),
+            ev.iter()
+                .any(|(s, d)| s == "dhcp" && d.starts_with("offer ") && d.contains("iPXE") && d.contains(&script_url)),
             "no full-mode offer with the script URL: {ev:#?}"
         );
         assert!(ev.iter().any(|(s, d)| s == "lease" && d.starts_with("ack ")), "no lease granted: {ev:#?}");
@@ -328,11 +348,12 @@ fn machines_without_a_job_boot_locally_and_unknown_macs_are_registered() {
         let mut m = Machine::builder(&ns, "stranger").firmware(Firmware::Bios).mac(stranger).network_boot().start();
         let footprint = Footprint::of(&ns);
         let name = format!("mac-{}", stranger.replace(':', ""));
-        let line = m.wait_for_serial(&format!("registered as host {name}"), STAGE_TIMEOUT);
-        assert!(line.contains("booting from the local disk"), "{line}");
+        // The script's `echo` (iPXE wraps it at 80 columns), then its `sanboot`, which finds no
+        // disk, and its `exit` back to SeaBIOS, which has nothing else to boot.
+        wait(&mut m, &engine, &format!("registered as host {name}"), STAGE_TIMEOUT);
         let t_script = m.uptime();
-        // The script's `sanboot` finds no disk and `exit` returns to SeaBIOS.
-        m.wait_for_serial("No bootable device", Duration::from_secs(60));
+        wait(&mut m, &engine, "Booting from SAN device 0x80", Duration::from_secs(30));
+        wait(&mut m, &engine, "No bootable device", Duration::from_secs(60));
         assert!(!m.serial().contains(MARKER), "a machine without a job booted the boot image:\n{}", m.report());
 
         let hosts: Value = engine.kura(&["hosts", "--json"]).expect_success().json();
@@ -356,10 +377,7 @@ fn machines_without_a_job_boot_locally_and_unknown_macs_are_registered() {
         footprint
     };
     footprint.assert_gone();
-    eprintln!(
-        "machines_without_a_job_boot_locally_and_unknown_macs_are_registered: {:.1?}",
-        started.elapsed()
-    );
+    eprintln!("machines_without_a_job_boot_locally_and_unknown_macs_are_registered: {:.1?}", started.elapsed());
 }
 
 /// An iPXE script that boots the local disk: `sanboot` (BIOS), `exit` (UEFI, or after sanboot

@@ -24,10 +24,28 @@ pub struct Lease {
     pub dns: Vec<Ipv4Addr>,
 }
 
-fn base(xid: u32, mac: &[u8; 6], kind: MessageType) -> Message {
-    let u = Ipv4Addr::UNSPECIFIED;
-    let mut m = Message::new_with_id(xid, u, u, u, u, mac);
+/// An empty BOOTREQUEST from `mac` with transaction `xid` and the broadcast flag.
+///
+/// Built by decoding a hand-made header rather than with `Message::new_with_id`: that one
+/// starts from `Message::default()`, which draws a random xid from `rand`, and at early boot
+/// (no entropy source yet, e.g. a VM without RDRAND) that blocks until the kernel's random
+/// number generator is ready, possibly for minutes.
+fn blank(xid: u32, mac: &[u8; 6]) -> Message {
+    let mut b = vec![0u8; 240];
+    b[0] = 1; // BOOTREQUEST
+    b[1] = 1; // Ethernet
+    b[2] = 6; // hardware address length
+    b[4..8].copy_from_slice(&xid.to_be_bytes());
+    b[28..34].copy_from_slice(mac);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]); // magic cookie
+    b.push(255); // end of options
+    let mut m = Message::decode(&mut Decoder::new(&b)).expect("a well-formed BOOTP header");
     m.set_flags(Flags::default().set_broadcast());
+    m
+}
+
+fn base(xid: u32, mac: &[u8; 6], kind: MessageType) -> Message {
+    let mut m = blank(xid, mac);
     let o = m.opts_mut();
     o.insert(DhcpOption::MessageType(kind));
     o.insert(DhcpOption::ParameterRequestList(vec![
@@ -126,11 +144,12 @@ fn receive(s: &UdpSocket, xid: u32, mac: &[u8; 6], want: MessageType, wait: Dura
         s.set_read_timeout(Some(left))?;
         let n = match s.recv(&mut buf) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(None),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(None)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("receiving a DHCP reply"),
         };
-        eprintln!("kura-agent: DHCP: {n} bytes");
         match parse_reply(&buf[..n], xid, mac) {
             Some((MessageType::Nak, _)) => bail!("the DHCP server refused the address (NAK)"),
             Some((t, m)) if t == want => return Ok(Some(m)),
@@ -146,7 +165,6 @@ pub fn obtain(ifname: &str, mac: &[u8; 6], xid: u32, attempts: u32, log: &dyn Fn
     for attempt in 1..=attempts {
         log(format!("DHCP: DISCOVER on {ifname} (attempt {attempt})"));
         send(&s, &discover(xid, mac))?;
-        log(format!("DHCP: sent, waiting {wait:?}"));
         if let Some(offer) = receive(&s, xid, mac, MessageType::Offer, wait)? {
             log(format!("DHCP: OFFER of {} from {:?}", offer.yiaddr(), server_id(&offer)));
             send(&s, &request(xid, mac, &offer)?)?;
@@ -196,6 +214,8 @@ mod tests {
         let d = discover(0x1234_5678, &MAC);
         let bytes = d.to_vec().unwrap();
         let back = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(back.xid(), 0x1234_5678);
+        assert_eq!(back.opcode(), Opcode::BootRequest);
         assert_eq!(back.opts().msg_type(), Some(MessageType::Discover));
         assert!(back.flags().broadcast(), "replies must be broadcast: we have no address yet");
         assert_eq!(&back.chaddr()[..6], &MAC);

@@ -48,9 +48,15 @@ mod tests {
     #[test]
     fn skips_virtual_devices() {
         let d = tempfile::tempdir().unwrap();
-        for (name, size) in
-            [("sda", "2048"), ("nvme0n1", "4096"), ("vda", "100"), ("loop0", "10"), ("ram0", "10"), ("sr0", "10"), ("sdb", "0")]
-        {
+        for (name, size) in [
+            ("sda", "2048"),
+            ("nvme0n1", "4096"),
+            ("vda", "100"),
+            ("loop0", "10"),
+            ("ram0", "10"),
+            ("sr0", "10"),
+            ("sdb", "0"),
+        ] {
             std::fs::create_dir_all(d.path().join(name).join("device")).unwrap();
             std::fs::write(d.path().join(name).join("size"), format!("{size}\n")).unwrap();
         }

@@ -68,7 +68,8 @@ pub fn modules_dir(root: &Path, release: &str) -> Result<PathBuf> {
 
 impl Drivers {
     pub fn open(dir: &Path) -> Result<Drivers> {
-        let read = |n: &str| std::fs::read_to_string(dir.join(n)).with_context(|| format!("reading {}/{n}", dir.display()));
+        let read =
+            |n: &str| std::fs::read_to_string(dir.join(n)).with_context(|| format!("reading {}/{n}", dir.display()));
         Ok(Drivers {
             dir: dir.to_path_buf(),
             alias: AliasTable::parse(&read("modules.alias")?),
@@ -158,13 +159,10 @@ mod tests {
         assert_eq!(modules_dir(root.path(), "6.1.0-test").unwrap(), d);
         assert_eq!(modules_dir(root.path(), "6.2.0-other").unwrap(), d, "the only one");
         let drv = Drivers::open(&d).unwrap();
-        let aliases: BTreeSet<String> = [
-            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
-            "virtio:d00000001v00001AF4",
-            "usb:v1D6Bp0002",
-        ]
-        .map(String::from)
-        .into();
+        let aliases: BTreeSet<String> =
+            ["pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "virtio:d00000001v00001AF4", "usb:v1D6Bp0002"]
+                .map(String::from)
+                .into();
         assert_eq!(drv.wanted(&aliases), ["virtio_net"]);
     }
 }

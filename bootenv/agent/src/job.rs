@@ -70,7 +70,10 @@ pub fn choose_disk<'a>(disks: &'a [Disk], job: &JobInfo) -> Result<&'a Disk> {
     let names = || disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(want) = &job.disk {
         let want = want.trim_start_matches("/dev/");
-        return disks.iter().find(|d| d.name == want).with_context(|| format!("job names disk {want}, but this machine has: {}", names()));
+        return disks
+            .iter()
+            .find(|d| d.name == want)
+            .with_context(|| format!("job names disk {want}, but this machine has: {}", names()));
     }
     match disks {
         [] => bail!("no disk found on this machine (no storage driver for its controller?)"),
@@ -166,17 +169,22 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
         manifest.disk_size(),
         dev.display()
     ));
-    restore::preflight(&manifest, &source, size, opts.threads, rep.as_ref())
-        .with_context(|| format!("snapshot {snapshot} cannot be restored onto {}; nothing was written", dev.display()))?;
+    let checked = restore::preflight(&manifest, &source, size, opts.threads, rep.as_ref()).with_context(|| {
+        format!("snapshot {snapshot} cannot be restored onto {}; nothing was written", dev.display())
+    })?;
     rep.log(format!("preflight passed; writing {}", dev.display()));
     let mut target =
         OpenOptions::new().write(true).open(&dev).with_context(|| format!("opening {} for writing", dev.display()))?;
     let t0 = Instant::now();
-    let stats = restore::restore(&manifest, &source, &mut target, size, &opts, rep.as_ref())
+    let stats = restore::write(checked, &source, &mut target, size, &opts, rep.as_ref())
         .and_then(|st| target.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the disk", e)))
         .with_context(|| format!("restoring {snapshot} onto {}", dev.display()))?;
     drop(ticker);
-    rep.log(format!("restored {snapshot}: {} bytes written in {:.0} s", stats.written_bytes, t0.elapsed().as_secs_f64()));
+    rep.log(format!(
+        "restored {snapshot}: {} bytes written in {:.0} s",
+        stats.written_bytes,
+        t0.elapsed().as_secs_f64()
+    ));
     rep.flush().context("sending the last progress")?;
     let _: serde_json::Value = client
         .post_json(&format!("/jobs/{}/finish", job.id), &serde_json::json!({"ok": true}))

@@ -171,7 +171,12 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         drv.load_pass(sys_devices, sys_module, &log);
     });
     for d in &disks {
-        rep.log(format!("disk {}: {} bytes{}", d.name, d.size, d.model.as_ref().map(|m| format!(", {m}")).unwrap_or_default()));
+        rep.log(format!(
+            "disk {}: {} bytes{}",
+            d.name,
+            d.size,
+            d.model.as_ref().map(|m| format!(", {m}")).unwrap_or_default()
+        ));
     }
     let disk = job::choose_disk(&disks, &job)?;
     match job.kind.as_str() {

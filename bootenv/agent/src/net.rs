@@ -17,7 +17,9 @@ pub fn find_interface(class_net: &Path, mac: &str) -> Option<String> {
         .ok()?
         .flatten()
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("address")).map(|a| a.trim().eq_ignore_ascii_case(mac)).unwrap_or(false)
+            std::fs::read_to_string(e.path().join("address"))
+                .map(|a| a.trim().eq_ignore_ascii_case(mac))
+                .unwrap_or(false)
         })
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
@@ -27,7 +29,11 @@ pub fn find_interface(class_net: &Path, mac: &str) -> Option<String> {
 
 fn ifindex(name: &str) -> Result<u32> {
     let p = format!("/sys/class/net/{name}/ifindex");
-    std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().parse().with_context(|| format!("parsing {p}"))
+    std::fs::read_to_string(&p)
+        .with_context(|| format!("reading {p}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {p}"))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -87,7 +93,13 @@ pub fn configure(name: &str, lease: &Lease) -> Result<()> {
                 .output_interface(idx)
                 .scope(RouteScope::Universe)
                 .build();
-            handle.route().add(route).replace().execute().await.with_context(|| format!("adding the default route via {gw}"))?;
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("adding the default route via {gw}"))?;
         }
         Ok(())
     })

@@ -75,13 +75,7 @@ impl Reporter {
                 "total": (total != u64::MAX).then_some(total),
                 "log": log,
             });
-            let posted: Result<serde_json::Value, _> = client.post_json(&format!("/jobs/{job}/progress"), &body);
-            match posted {
-                Ok(_) => {}
-                // The engine answers 204 No Content: no JSON to read, which is success.
-                Err(kura_imaging::Error::Store { message, .. }) if message.contains("unreadable answer") => {}
-                Err(e) => return Err(e),
-            }
+            client.post_empty(&format!("/jobs/{job}/progress"), &body)?;
             let mut q = self.lines.lock().expect("lock");
             let sent = lines.len().min(q.0.len());
             q.0.drain(..sent);

@@ -118,6 +118,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::DELETE, "/api/v1/snapshots/{id}", Admin, JSON, delete(snapshots::remove)),
         route(Method::GET, "/api/v1/snapshots/{id}/manifest", OperatorOrAgent, JSON, get(snapshots::manifest)),
         route(Method::GET, "/api/v1/chunks/{digest}", OperatorOrAgent, JSON, get(snapshots::chunk)),
+        route(Method::POST, "/api/v1/chunks/check", OperatorOrAgent, MISSING, post(snapshots::check_chunks)),
         route(Method::POST, "/api/v1/uploads", OperatorOrAgent, JSON, post(uploads::begin)),
         route(Method::POST, "/api/v1/uploads/{upload}/missing", OperatorOrAgent, MISSING, post(uploads::missing)),
         route(Method::PUT, "/api/v1/uploads/{upload}/chunks/{digest}", OperatorOrAgent, CHUNK, put(uploads::put_chunk)),

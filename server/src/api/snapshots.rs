@@ -79,6 +79,40 @@ pub async fn chunk(
     .await?
 }
 
+/// Preflight of a restore: for each digest in the body (32 bytes each, at most 4096), one
+/// byte: 0 present and intact (header, length, checksum), 1 missing, 2 damaged.
+pub async fn check_chunks(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> ApiResult<Vec<u8>> {
+    if body.is_empty() || !body.len().is_multiple_of(32) || body.len() > 4096 * 32 {
+        return Err(ApiError::BadRequest("body must be 1 to 4096 digests of 32 bytes".into()));
+    }
+    let digests: Vec<Digest> = body.chunks_exact(32).map(|c| Digest(c.try_into().expect("32 bytes"))).collect();
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let allowed = match agent_snapshot(&st, &p)? {
+            Some(snap) => Some(st.snapshot_digests(&snap)?),
+            None => None,
+        };
+        digests
+            .iter()
+            .map(|d| {
+                if allowed.as_ref().is_some_and(|a| !a.contains(d)) {
+                    return Err(ApiError::Forbidden(format!("chunk {d} is not part of this agent's snapshot")));
+                }
+                Ok(match kura_imaging::chunk::ChunkSource::get_chunk(&*st.store, d) {
+                    Ok(blob) => u8::from(kura_imaging::chunk::check_quick(&blob, d).is_err()) * 2,
+                    Err(kura_imaging::Error::ChunkMissing { .. }) => 1,
+                    Err(e) => return Err(e.into()),
+                })
+            })
+            .collect()
+    })
+    .await?
+}
+
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,

@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// run of each counts. The chunk-size experiment's second capture runs once.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
     runs: u64,
+    /// zstd level for Kura's chunks (default: Kura's own).
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -255,7 +258,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    let report = bench(&work, disk_size, args.runs as usize)?;
+    let report = bench(&work, disk_size, args.runs as usize, args.level)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -272,7 +275,7 @@ fn say(msg: &str) {
     eprintln!("bench: {msg}");
 }
 
-fn bench(work: &Path, disk_size: u64, runs: usize) -> Result<Report> {
+fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report> {
     say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
     let disk = build_disk(work, disk_size)?;
     let cpus = capture::default_threads();
@@ -323,8 +326,8 @@ fn bench(work: &Path, disk_size: u64, runs: usize) -> Result<Report> {
         limits.push(Row::new(format!("sha256 ({threads} thread{})", plural(threads)), t, used));
     }
     for threads in dedup_threads(cpus) {
-        let (out, t) = best(runs, || compute_alone(&disk.path, &jobs, threads, Stage::Zstd(DEFAULT_LEVEL)))?;
-        let name = format!("zstd -{DEFAULT_LEVEL} ({threads} thread{})", plural(threads));
+        let (out, t) = best(runs, || compute_alone(&disk.path, &jobs, threads, Stage::Zstd(level)))?;
+        let name = format!("zstd -{level} ({threads} thread{})", plural(threads));
         limits.push(Row::new(name, t, used).stored(out));
     }
 
@@ -374,12 +377,12 @@ fn bench(work: &Path, disk_size: u64, runs: usize) -> Result<Report> {
         if store_dir.exists() {
             fs::remove_dir_all(&store_dir)?;
         }
-        let (stats, id, t) = kura_capture(&disk.path, &store_dir, DEFAULT_CHUNK_SIZE)?;
+        let (stats, id, t) = kura_capture(&disk.path, &store_dir, DEFAULT_CHUNK_SIZE, level)?;
         kura.push(t);
         kura_run = Some((stats, id));
 
         let (_, t) = timed(|| {
-            let opts = CaptureOptions { source: disk.path.display().to_string(), ..Default::default() };
+            let opts = CaptureOptions { source: disk.path.display().to_string(), level, ..Default::default() };
             capture::capture(File::open(&disk.path)?, &opts, &NullSink, &NoProgress).map_err(anyhow::Error::from)
         })?;
         kura_null.push(t);
@@ -468,10 +471,10 @@ fn bench(work: &Path, disk_size: u64, runs: usize) -> Result<Report> {
             if dir.exists() {
                 fs::remove_dir_all(&dir)?;
             }
-            kura_capture(&disk.path, &dir, cs).map(|(s, id, t)| ((s, id), t))
+            kura_capture(&disk.path, &dir, cs, level).map(|(s, id, t)| ((s, id), t))
         })?;
         let stored = dir_bytes(&dir.join("chunks"))?;
-        let (second, _, t2) = kura_capture(&disk.mod_path, &dir, cs)?;
+        let (second, _, t2) = kura_capture(&disk.mod_path, &dir, cs, level)?;
         rows.push(ChunkRow {
             chunk_size: cs,
             capture: Row::new(format!("{} KiB", cs / 1024), t1, first.used_bytes).disk(disk_size).stored(stored),
@@ -552,10 +555,10 @@ fn fastest(ts: &[Timing]) -> Timing {
 }
 
 /// Captures `disk` into the store at `store_dir` (created if needed) and commits the snapshot.
-fn kura_capture(disk: &Path, store_dir: &Path, chunk_size: u32) -> Result<(CaptureStats, String, Timing)> {
+fn kura_capture(disk: &Path, store_dir: &Path, chunk_size: u32, level: i32) -> Result<(CaptureStats, String, Timing)> {
     let ((stats, id), t) = timed(|| {
         let store = LocalStore::open_or_create(store_dir)?;
-        let opts = CaptureOptions { chunk_size, source: disk.display().to_string(), ..Default::default() };
+        let opts = CaptureOptions { chunk_size, level, source: disk.display().to_string(), ..Default::default() };
         let (manifest, stats) = capture::capture(File::open(disk)?, &opts, &store, &NoProgress)?;
         let id = store.commit_manifest(&manifest)?;
         Ok((stats, id))

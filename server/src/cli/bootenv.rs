@@ -68,7 +68,10 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
         (None, None) => bail!("say where the image goes: --data DIR (writes DIR/boot/) or --out DIR"),
     };
     let Some(agent) = a.agent.or_else(default_agent) else {
-        bail!("no static kura-agent found beside this binary: build it with {} and pass --agent", initramfs::AGENT_BUILD);
+        bail!(
+            "no static kura-agent found beside this binary: build it with {} and pass --agent",
+            initramfs::AGENT_BUILD
+        );
     };
     let mut opts = BuildOptions::new(agent, out.clone());
     opts.kernel = a.kernel;
@@ -93,9 +96,17 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
             "modules  {} ({} requested drivers built in{})",
             r.modules.len(),
             r.builtin.len(),
-            if r.missing.is_empty() { String::new() } else { format!("; not in this kernel: {}", r.missing.join(", ")) }
+            if r.missing.is_empty() {
+                String::new()
+            } else {
+                format!("; not in this kernel: {}", r.missing.join(", "))
+            }
         );
-        println!("firmware {} files ({} named by modules but not installed)", r.firmware.len(), r.firmware_missing.len());
+        println!(
+            "firmware {} files ({} named by modules but not installed)",
+            r.firmware.len(),
+            r.firmware_missing.len()
+        );
         if !r.agent_stripped {
             println!("note: the agent was not stripped (no `strip`, or --no-strip)");
         }

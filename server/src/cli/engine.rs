@@ -102,7 +102,7 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
     let opts = RestoreOptions { threads: threads.unwrap_or(8), target_is_zeroed: false };
     let t0 = Instant::now();
     let existing = target::existing_size(target_path)?;
-    restore::preflight(
+    let checked = restore::preflight(
         &manifest,
         &source,
         existing.unwrap_or(manifest.disk_size()),
@@ -116,7 +116,7 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
     };
     let opts = RestoreOptions { target_is_zeroed: t.created.is_some(), ..opts };
     let bar = Bar::new("restore", Unit::Bytes, bars(s.json));
-    let result = restore::restore(&manifest, &source, &mut t.file, t.size, &opts, &bar)
+    let result = restore::write(checked, &source, &mut t.file, t.size, &opts, &bar)
         .and_then(|st| t.file.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the target", e)));
     bar.finish();
     let stats = match result {

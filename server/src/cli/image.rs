@@ -168,15 +168,16 @@ pub fn restore(
     // Check everything before the first byte is written (or the target file is created).
     let existing = target::existing_size(target_path)?;
     let planned_size = existing.unwrap_or(manifest.disk_size());
-    restore::preflight(&manifest, &store, planned_size, opts.threads, &kura_imaging::progress::NoProgress)
-        .with_context(|| format!("snapshot {id} cannot be restored onto {}", target_path.display()))?;
+    let checked =
+        restore::preflight(&manifest, &store, planned_size, opts.threads, &kura_imaging::progress::NoProgress)
+            .with_context(|| format!("snapshot {id} cannot be restored onto {}", target_path.display()))?;
     let mut t = match existing {
         Some(size) => target::open_existing(target_path, size)?,
         None => target::create(target_path, manifest.disk_size())?,
     };
     opts.target_is_zeroed = t.created.is_some();
     let bar = Bar::new("restore", Unit::Bytes, bars_visible(json));
-    let result = restore::restore(&manifest, &store, &mut t.file, t.size, &opts, &bar)
+    let result = restore::write(checked, &store, &mut t.file, t.size, &opts, &bar)
         .and_then(|s| t.file.sync_all().map(|_| s).map_err(|e| kura_imaging::Error::io("syncing the target", e)));
     bar.finish();
     let stats = match result {

@@ -21,7 +21,8 @@
 //! ```json
 //! {
 //!   "address": "10.0.0.1",                       // required: our IPv4 on the boot network
-//!   "interface": "eth1",                         // optional: bind DHCP to it (SO_BINDTODEVICE)
+//!   "interface": "eth1",                         // optional: bind DHCP to it (SO_BINDTODEVICE);
+//!                                                //   default: the interface on address's subnet
 //!   "kernel": "/srv/kura/boot/vmlinuz",          // required
 //!   "initrd": "/srv/kura/boot/initrd.img",       // required
 //!   "kernel_args": "console=ttyS0",              // optional
@@ -238,22 +239,61 @@ fn udp(addr: SocketAddr, interface: Option<&str>, broadcast: bool) -> Result<Udp
 }
 
 /// Binds the sockets a configuration asks for: DHCP and PXE on `0.0.0.0` (broadcasts reach
-/// only a wildcard socket; `interface` narrows it), TFTP and HTTP on `address`.
+/// only a wildcard socket), TFTP and HTTP on `address`.
+///
+/// The DHCP and PXE sockets are bound to a device: `interface`, else the interface whose
+/// directly connected subnet holds `address` ([`interface_of`]). Without that, replies to
+/// 255.255.255.255 follow the default route: out of the wrong interface on an engine with a
+/// management and a backup network, and nowhere at all (`ENETUNREACH`) on an isolated backup
+/// LAN without a default route. If the derived interface cannot be bound (no `CAP_NET_RAW`),
+/// the sockets stay unbound, with a warning.
 pub async fn bind(c: &NetbootConfig) -> Result<Sockets> {
     let any = Ipv4Addr::UNSPECIFIED;
-    let iface = c.interface.as_deref();
-    let (dhcp, pxe) = if c.dhcp == DhcpMode::Off {
-        (None, None)
-    } else {
-        (
+    let pair = |iface: Option<&str>| -> Result<(Option<UdpSocket>, Option<UdpSocket>)> {
+        Ok((
             Some(udp(SocketAddr::from((any, c.dhcp_port)), iface, true)?),
             Some(udp(SocketAddr::from((any, c.pxe_port)), iface, true)?),
-        )
+        ))
+    };
+    let (dhcp, pxe) = match (c.dhcp, &c.interface) {
+        (DhcpMode::Off, _) => (None, None),
+        (_, Some(i)) => pair(Some(i))?,
+        (_, None) => match interface_of(c.address, &std::fs::read_to_string("/proc/net/route").unwrap_or_default()) {
+            None => pair(None)?,
+            Some(i) => pair(Some(&i)).or_else(|e| {
+                tracing::warn!(
+                    "netboot: DHCP not bound to {i}, the interface of {} ({e:#}); set \"interface\"",
+                    c.address
+                );
+                pair(None)
+            })?,
+        },
     };
     let tftp = udp(SocketAddr::from((c.address, c.tftp_port)), None, false)?;
     let http_addr = SocketAddr::from((c.address, c.http_port));
     let http = TcpListener::bind(http_addr).await.with_context(|| format!("binding TCP {http_addr}"))?;
     Ok(Sockets { dhcp, pxe, tftp, http })
+}
+
+/// The interface whose directly connected IPv4 route (no gateway) is the most specific one
+/// holding `addr`, from the text of `/proc/net/route` (addresses in native byte order).
+pub fn interface_of(addr: Ipv4Addr, proc_net_route: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+    let ip = |s: &str| hex(s).map(|v| u32::from_be_bytes(v.to_ne_bytes()));
+    let a = u32::from(addr);
+    proc_net_route
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (iface, dest, flags, mask) = (f.first()?, ip(f.get(1)?)?, hex(f.get(3)?)?, ip(f.get(7)?)?);
+            let connected = flags & RTF_UP != 0 && flags & RTF_GATEWAY == 0 && mask != 0;
+            (connected && a & mask == dest & mask).then(|| (mask.count_ones(), (*iface).to_string()))
+        })
+        .max_by_key(|(bits, _)| *bits)
+        .map(|(_, i)| i)
 }
 
 /// Everything [`run`] needs besides sockets.
@@ -444,6 +484,23 @@ mod tests {
             std::fs::write(&p, bad).unwrap();
             assert!(NetbootConfig::load(&p, dir.path()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn netboot_dhcp_interface_is_the_one_on_the_address_subnet() {
+        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     br0\t00004D0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                     br1\t00C84D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let of = |a: [u8; 4]| interface_of(Ipv4Addr::from(a), route);
+        if cfg!(target_endian = "little") {
+            assert_eq!(of([192, 0, 2, 5]).as_deref(), Some("eth0"));
+            assert_eq!(of([10, 77, 200, 1]).as_deref(), Some("br1"), "the most specific route");
+            assert_eq!(of([10, 77, 1, 1]).as_deref(), Some("br0"));
+        }
+        assert_eq!(of([198, 51, 100, 1]), None, "only the default route holds it");
+        assert_eq!(interface_of(Ipv4Addr::new(10, 0, 0, 1), ""), None);
     }
 
     #[test]

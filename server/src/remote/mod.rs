@@ -159,6 +159,11 @@ impl Client {
         self.json(&what, resp)
     }
 
+    /// POSTs JSON to a route that answers with no body (e.g. job progress).
+    pub fn post_empty(&self, path: &str, body: &serde_json::Value) -> Result<(), Error> {
+        self.send(&format!("POST {path}"), || self.http.post(self.url(path)).json(body)).map(|_| ())
+    }
+
     pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Error> {
         let what = format!("POST {path}");
         let resp = self.send(&what, || self.http.post(self.url(path)).json(body))?;
@@ -235,6 +240,26 @@ pub struct RemoteSource {
 }
 
 impl ChunkSource for RemoteSource {
+    fn check_chunks(&self, digests: &[Digest]) -> Result<Vec<Option<String>>, Error> {
+        let mut out = Vec::with_capacity(digests.len());
+        for part in digests.chunks(MISSING_BATCH) {
+            let body: Vec<u8> = part.iter().flat_map(|d| d.0).collect();
+            let resp = self.client.send("checking chunks on the server", || {
+                self.client.http.post(self.client.url("/chunks/check")).body(body.clone())
+            })?;
+            let bytes = resp.bytes().map_err(|e| remote_err(format!("reading the chunk check answer: {e}"), true))?;
+            if bytes.len() != part.len() {
+                return Err(remote_err(format!("checked {} chunks, got {} answers", part.len(), bytes.len()), true));
+            }
+            out.extend(bytes.iter().map(|b| match b {
+                0 => None,
+                1 => Some("missing".to_string()),
+                _ => Some("damaged on the server (header or checksum)".to_string()),
+            }));
+        }
+        Ok(out)
+    }
+
     fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         let path = format!("/chunks/{digest}");
         let what = format!("fetching chunk {digest}");
