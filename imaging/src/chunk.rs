@@ -33,8 +33,9 @@ use std::str::FromStr;
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Largest chunk size a snapshot may declare; anything larger is refused before allocating.
 pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
-/// zstd level used for new chunks.
-pub const DEFAULT_LEVEL: i32 = 3;
+/// zstd level used for new chunks: 5, the lowest level at which 1 MiB chunks compressed one by
+/// one store no more than partclone's stream at `zstd -3` (see `docs/chunk.md`).
+pub const DEFAULT_LEVEL: i32 = 5;
 
 pub const MAGIC: [u8; 8] = [30, 188, 117, 24, 209, 74, 165, 140];
 pub const VERSION: u16 = 1;

@@ -8,7 +8,7 @@
 //!
 //! Needs: root (the kernel image is mode 0600), qemu-system-x86, linux-image-amd64, sgdisk,
 //! mkfs.ext4, and the static agent (`RUSTFLAGS="-C target-feature=+crt-static" cargo build
-//! --release -p kura-agent --target x86_64-unknown-linux-gnu`). Skips with a message otherwise.
+//! --release -p kura-agent --target x86_64-unknown-linux-gnu`). Fails naming what is missing otherwise.
 
 use kura_tests::kura_cli::kura_bin;
 use serde_json::{json, Value};
@@ -98,8 +98,7 @@ fn boot(dir: &Path, boot: &Path, server: &str, job: i64, token: &str, disk: &Pat
 #[test]
 fn netbooted_agent_captures_and_restores() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
-        return;
+        panic!("prerequisite missing (scripts/test provides it): {why}");
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -149,8 +148,7 @@ fn netbooted_agent_captures_and_restores() {
     if !ok(Command::new("sgdisk").args(["-n1:2048:+40M", "-t1:8300"]).arg(&disk))
         || !ok(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "offset=1048576"]).arg(&disk).arg("40M"))
     {
-        eprintln!("skipped: sgdisk or mkfs.ext4 missing");
-        return;
+        panic!("sgdisk or mkfs.ext4 failed (apt-get install gdisk e2fsprogs)");
     }
 
     // Capture.
