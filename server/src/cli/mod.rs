@@ -7,6 +7,7 @@ mod bench;
 mod bootenv;
 mod engine;
 mod image;
+mod jobs;
 mod netboot;
 mod routes;
 
@@ -32,6 +33,33 @@ enum Command {
     Snapshots {
         #[arg(long)]
         host: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Queue a capture of HOST, run at the machine's next PXE boot.
+    Capture {
+        host: String,
+        /// Disk to capture (default: the machine's only disk).
+        #[arg(long)]
+        disk: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Queue a restore of HOST (its newest snapshot unless --snapshot), run at its next PXE boot.
+    Restore {
+        host: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Target disk (default: the machine's only disk).
+        #[arg(long)]
+        disk: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List jobs; --watch shows live progress bars until none is queued or running.
+    Jobs {
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -264,6 +292,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
         Command::Hosts { server } => engine::hosts(&server),
+        Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, &server),
+        Command::Restore { host, snapshot, disk, server } => jobs::queue("restore", &host, snapshot, disk, &server),
+        Command::Jobs { watch, server } => jobs::list(watch, &server),
         Command::Token(TokenCommand::Create { role, label, user, server }) => {
             engine::create_token(&role, &label, user.as_deref(), &server)
         }

@@ -1,0 +1,126 @@
+//! Jobs from the CLI: `kura capture HOST` and `kura restore HOST` queue a job that the
+//! machine's next PXE boot runs; `kura jobs [--watch]` shows them with live progress bars.
+
+use super::engine::client;
+use super::ServerArgs;
+use anyhow::{bail, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Queues a capture (no snapshot) or restore job for `host`.
+pub fn queue(
+    kind: &str,
+    host: &str,
+    snapshot: Option<String>,
+    disk: Option<String>,
+    s: &ServerArgs,
+) -> Result<ExitCode> {
+    let c = client(s)?;
+    let snapshot = match (kind, snapshot) {
+        ("restore", None) => {
+            // The newest committed snapshot of the host.
+            let list: Vec<serde_json::Value> = c.get_json(&format!("/snapshots?host={host}"))?;
+            match list.iter().rev().find(|v| v["state"] == "committed").and_then(|v| v["id"].as_str()) {
+                Some(id) => Some(id.to_string()),
+                None => bail!("host {host} has no snapshot to restore"),
+            }
+        }
+        (_, s) => s,
+    };
+    let v: serde_json::Value =
+        c.post_json("/jobs", &serde_json::json!({ "kind": kind, "host": host, "snapshot": snapshot, "disk": disk }))?;
+    if s.json {
+        println!("{}", serde_json::to_string(&v["job"])?);
+    } else {
+        let job = &v["job"];
+        println!("{}", job["id"]);
+        eprintln!(
+            "queued {kind} job {} for {host}{}: it runs at the machine's next PXE boot",
+            job["id"],
+            snapshot.map(|s| format!(" (snapshot {s})")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ")
+}
+
+/// Lists jobs; with `watch`, redraws progress bars for running jobs until none is active.
+pub fn list(watch: bool, s: &ServerArgs) -> Result<ExitCode> {
+    let c = client(s)?;
+    if !watch {
+        let jobs: Vec<serde_json::Value> = c.get_json("/jobs")?;
+        if s.json {
+            println!("{}", serde_json::to_string(&jobs)?);
+        } else {
+            println!(
+                "{:>5}  {:8}  {:16}  {:10}  {:>12}  {:16}  ERROR",
+                "JOB", "KIND", "HOST", "STATE", "DONE", "SNAPSHOT"
+            );
+            for j in jobs {
+                println!(
+                    "{:>5}  {:8}  {:16}  {:10}  {:>12}  {:16}  {}",
+                    j["id"],
+                    j["kind"].as_str().unwrap_or(""),
+                    j["host"].as_str().unwrap_or(""),
+                    j["state"].as_str().unwrap_or(""),
+                    indicatif::BinaryBytes(j["done_bytes"].as_u64().unwrap_or(0)).to_string(),
+                    j["snapshot"].as_str().unwrap_or("-"),
+                    j["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let multi = MultiProgress::new();
+    let mut bars: HashMap<i64, ProgressBar> = HashMap::new();
+    loop {
+        let jobs: Vec<serde_json::Value> = c.get_json("/jobs")?;
+        let mut active = 0;
+        for j in &jobs {
+            let Some(id) = j["id"].as_i64() else { continue };
+            let state = j["state"].as_str().unwrap_or("");
+            let running = matches!(state, "queued" | "running");
+            if running {
+                active += 1;
+            }
+            if !running && !bars.contains_key(&id) {
+                continue;
+            }
+            let bar = bars.entry(id).or_insert_with(|| {
+                let b = multi.add(ProgressBar::new(0));
+                b.set_style(bar_style());
+                b.set_prefix(format!(
+                    "{} {} {}",
+                    id,
+                    j["kind"].as_str().unwrap_or(""),
+                    j["host"].as_str().unwrap_or("")
+                ));
+                b
+            });
+            bar.set_length(j["total_bytes"].as_u64().unwrap_or(0));
+            bar.set_position(j["done_bytes"].as_u64().unwrap_or(0));
+            match state {
+                "queued" => bar.set_message("waiting for the machine's PXE boot"),
+                "running" => bar.set_message(""),
+                other => {
+                    let msg = format!("{other} {}", j["error"].as_str().unwrap_or(""));
+                    bar.finish_with_message(msg);
+                }
+            }
+        }
+        if active == 0 {
+            if bars.is_empty() {
+                eprintln!("no queued or running jobs");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
