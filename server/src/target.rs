@@ -31,16 +31,21 @@ pub fn existing_size(path: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// Opens an existing target for writing (never truncating it).
+/// Opens an existing target for writing (never truncating it); readable too, so the backup GPT
+/// can be moved to the end of a larger disk afterwards.
 pub fn open_existing(path: &Path, size: u64) -> Result<Target> {
-    let file =
-        OpenOptions::new().write(true).open(path).with_context(|| format!("opening {} for writing", path.display()))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
     Ok(Target { file, size, created: None })
 }
 
 /// Creates a new, sparse (all-zero) image file of `size` bytes.
 pub fn create(path: &Path, size: u64) -> Result<Target> {
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(path)
@@ -70,6 +75,20 @@ fn refuse_if_mounted(path: &Path) -> Result<()> {
         if source == dev || is_partition {
             bail!("{} is in use: {} is mounted; refusing to write to it", path.display(), source);
         }
+    }
+    Ok(())
+}
+
+/// After a restore onto a larger target, moves the backup GPT to the target's end (as
+/// `sgdisk -e` would); says so on stderr. Nothing to do for MBR disks or same-size targets.
+pub fn fit_partition_table(t: &mut Target, manifest: &kura_imaging::manifest::Manifest) -> Result<()> {
+    if t.size > manifest.disk_size()
+        && manifest.layout.scheme == kura_imaging::layout::Scheme::Gpt
+        && kura_imaging::layout::relocate_backup_gpt(&mut t.file, t.size)
+            .context("moving the backup GPT to the end of the larger target")?
+    {
+        t.file.sync_all().context("syncing the target")?;
+        eprintln!("the target is larger than the captured disk: moved the backup GPT to its end");
     }
     Ok(())
 }

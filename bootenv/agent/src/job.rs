@@ -173,12 +173,22 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
         format!("snapshot {snapshot} cannot be restored onto {}; nothing was written", dev.display())
     })?;
     rep.log(format!("preflight passed; writing {}", dev.display()));
-    let mut target =
-        OpenOptions::new().write(true).open(&dev).with_context(|| format!("opening {} for writing", dev.display()))?;
+    let mut target = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .with_context(|| format!("opening {} for writing", dev.display()))?;
     let t0 = Instant::now();
     let stats = restore::write(checked, &source, &mut target, size, &opts, rep.as_ref())
         .and_then(|st| target.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the disk", e)))
         .with_context(|| format!("restoring {snapshot} onto {}", dev.display()))?;
+    if size > manifest.disk_size()
+        && kura_imaging::layout::relocate_backup_gpt(&mut target, size)
+            .with_context(|| format!("moving the backup GPT to the end of {}", dev.display()))?
+    {
+        target.sync_all().with_context(|| format!("syncing {}", dev.display()))?;
+        rep.log(format!("{} is larger than the captured disk: moved the backup GPT to its end", dev.display()));
+    }
     drop(ticker);
     rep.log(format!(
         "restored {snapshot}: {} bytes written in {:.0} s",

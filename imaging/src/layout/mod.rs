@@ -8,6 +8,9 @@
 
 mod gpt;
 mod mbr;
+mod relocate;
+
+pub use relocate::relocate_backup_gpt;
 
 use std::io::{Read, Seek, SeekFrom};
 

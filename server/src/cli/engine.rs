@@ -117,7 +117,9 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
     let opts = RestoreOptions { target_is_zeroed: t.created.is_some(), ..opts };
     let bar = Bar::new("restore", Unit::Bytes, bars(s.json));
     let result = restore::write(checked, &source, &mut t.file, t.size, &opts, &bar)
-        .and_then(|st| t.file.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the target", e)));
+        .and_then(|st| t.file.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the target", e)))
+        .map_err(anyhow::Error::from)
+        .and_then(|st| target::fit_partition_table(&mut t, &manifest).map(|_| st));
     bar.finish();
     let stats = match result {
         Ok(st) => st,

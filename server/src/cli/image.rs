@@ -178,7 +178,9 @@ pub fn restore(
     opts.target_is_zeroed = t.created.is_some();
     let bar = Bar::new("restore", Unit::Bytes, bars_visible(json));
     let result = restore::write(checked, &store, &mut t.file, t.size, &opts, &bar)
-        .and_then(|s| t.file.sync_all().map(|_| s).map_err(|e| kura_imaging::Error::io("syncing the target", e)));
+        .and_then(|s| t.file.sync_all().map(|_| s).map_err(|e| kura_imaging::Error::io("syncing the target", e)))
+        .map_err(anyhow::Error::from)
+        .and_then(|s| target::fit_partition_table(&mut t, &manifest).map(|_| s));
     bar.finish();
     let stats = match result {
         Ok(s) => s,
@@ -189,12 +191,6 @@ pub fn restore(
             return Err(e).with_context(|| format!("restoring snapshot {id} onto {}", target_path.display()));
         }
     };
-    if t.size > manifest.disk_size() && manifest.layout.scheme == kura_imaging::layout::Scheme::Gpt {
-        eprintln!(
-            "note: the target is larger than the captured disk; the backup GPT stays at the captured disk's end (run `sgdisk -e {}` to move it)",
-            target_path.display()
-        );
-    }
     let seconds = started.elapsed().as_secs_f64();
     if json {
         let out = RestoreOutput { snapshot: &id, target: target_path.display().to_string(), seconds, stats: &stats };
