@@ -53,15 +53,22 @@ pub struct AppState {
     pub uploads: Mutex<HashMap<String, uploads::Upload>>,
     /// Serialises garbage collection runs.
     pub gc_running: tokio::sync::Mutex<()>,
+    /// The boot log of the netboot services, when `kura serve` runs them.
+    pub bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
     /// Digests of snapshots being restored by agents (to scope their chunk reads).
     digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<LocalStore>, catalog: Arc<Catalog>) -> Arc<AppState> {
+    pub fn new(
+        store: Arc<LocalStore>,
+        catalog: Arc<Catalog>,
+        bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             store,
             catalog,
+            bootlog,
             writers: Arc::new(WriterRegistry::new()),
             uploads: Mutex::new(HashMap::new()),
             gc_running: tokio::sync::Mutex::new(()),

@@ -11,7 +11,7 @@ use super::policy::MacAddr;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex};
 
 pub const MAX_MACHINES: usize = 256;
 pub const MAX_EVENTS: usize = 32;
@@ -157,18 +157,6 @@ fn push(m: &mut Machine, e: Event) {
         m.events.pop_front();
     }
     m.events.push_back(e);
-}
-
-/// The boot log of the netboot services running in this process, for the API's status route
-/// (the API state does not carry it: netboot is optional and started beside the API).
-static CURRENT: RwLock<Option<Weak<BootLog>>> = RwLock::new(None);
-
-pub fn set_current(log: &Arc<BootLog>) {
-    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(log));
-}
-
-pub fn current() -> Option<Arc<BootLog>> {
-    CURRENT.read().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(Weak::upgrade)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! `GET /api/v1/netboot/status` ([`status`]) is an API route (Operator), mounted in the API's
 //! route table.
 
-use super::bootlog::{self, BootLog, Stage};
+use super::bootlog::{BootLog, Stage};
 use super::policy::{BootPolicy, MacAddr};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -146,8 +146,10 @@ fn serde_urlencoded_mac(q: &str) -> Option<String> {
 }
 
 /// `GET /api/v1/netboot/status`: the boot log of the netboot services in this process.
-pub async fn status() -> Json<serde_json::Value> {
-    match bootlog::current() {
+pub async fn status(
+    axum::extract::State(state): axum::extract::State<Arc<crate::api::AppState>>,
+) -> Json<serde_json::Value> {
+    match &state.bootlog {
         Some(log) => Json(serde_json::json!({ "enabled": true, "machines": log.machines() })),
         None => Json(serde_json::json!({ "enabled": false, "machines": [] })),
     }

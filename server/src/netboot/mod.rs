@@ -391,7 +391,6 @@ impl Handle {
 /// Runs the DHCP, TFTP and HTTP boot services on `sockets` until `shutdown` completes.
 pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let Netboot { config, policy, log } = nb;
-    bootlog::set_current(&log);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -625,8 +624,12 @@ mod tests {
         for s in [bootlog::Stage::Dhcp, bootlog::Stage::Tftp, bootlog::Stage::Script, bootlog::Stage::Kernel] {
             assert!(stages.contains(&s), "{stages:?}");
         }
-        let status = http::status().await.0;
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(kura_catalogs::LocalStore::open_or_create(store_dir.path()).unwrap());
+        let state = crate::api::AppState::new(store, cat.clone(), Some(log.clone()));
+        let status = http::status(axum::extract::State(state)).await.0;
         assert_eq!(status["enabled"], true);
+        assert!(status["machines"].as_array().is_some_and(|m| !m.is_empty()), "{status}");
         tx.send(()).unwrap();
         task.await.unwrap().unwrap();
     }
