@@ -348,6 +348,27 @@ pub fn rfc3339_nanos(t: std::time::SystemTime) -> String {
     format!("{}.{nanos:09}Z", s.trim_end_matches('Z'))
 }
 
+/// Unix seconds of an RFC 3339 UTC time as [`rfc3339`] writes it (fractions ignored; 0 if it
+/// does not parse).
+pub fn unix_seconds(s: &str) -> i64 {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
+    if b.len() < 19 {
+        return 0;
+    }
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + hh * 3600 + mm * 60 + ss
+}
+
 fn rfc3339_parts(t: std::time::SystemTime) -> (String, u32) {
     let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
@@ -452,6 +473,9 @@ mod tests {
         assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = t + std::time::Duration::from_nanos(5);
         assert_eq!(rfc3339_nanos(t), "2026-11-25T17:14:41.000000005Z");
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(unix_seconds("2026-11-25T17:14:41.123Z"), 1_795_626_881);
+        assert_eq!(unix_seconds(&rfc3339_nanos(t)), 1_795_626_881);
     }
 
     proptest! {

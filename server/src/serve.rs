@@ -70,7 +70,7 @@ pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(
                 disk: None,
                 name: m.name.clone(),
                 kind: SnapshotKind::Manual,
-                created: api::parse_created(&m.created),
+                created: kura_imaging::manifest::unix_seconds(&m.created),
                 disk_size: m.disk_size(),
                 used_bytes: m.used_bytes(),
                 new_bytes: 0,

@@ -16,7 +16,6 @@ mod uploads;
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
-pub use uploads::parse_created;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;

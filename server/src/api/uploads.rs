@@ -214,7 +214,7 @@ pub async fn commit(
             )));
         }
         let id = st.store.commit_manifest(&manifest)?;
-        let created = parse_created(&manifest.created);
+        let created = kura_imaging::manifest::unix_seconds(&manifest.created);
         let record = NewSnapshot {
             id: id.clone(),
             host,
@@ -236,26 +236,6 @@ pub async fn commit(
     .await??;
     end_session(&state, &upload);
     Ok((StatusCode::CREATED, Json(out)))
-}
-
-/// Unix seconds of a manifest's RFC 3339 `created` (UTC, as Kura writes it).
-pub fn parse_created(s: &str) -> i64 {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
-    if b.len() < 19 {
-        return 0;
-    }
-    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
-    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
-    // Days from civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    days * 86400 + hh * 3600 + mm * 60 + ss
 }
 
 fn end_session(state: &AppState, upload: &str) {
@@ -290,14 +270,5 @@ pub async fn expire_idle_loop(state: Arc<AppState>) {
             tracing::warn!("upload session {id} idle for over {UPLOAD_IDLE:?}: aborted");
             end_session(&state, &id);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn created_times_parse() {
-        assert_eq!(super::parse_created("1970-01-01T00:00:00Z"), 0);
-        assert_eq!(super::parse_created("2026-11-25T17:14:41.123Z"), 1_795_626_881);
     }
 }
