@@ -56,6 +56,8 @@ pub const DRIVERS: &[&str] = &[
     "sd_mod",
     // The hypervisor's entropy source: TLS and the kernel's RNG need entropy early.
     "virtio_rng",
+    // UEFI variables: the agent writes the restored system's boot entry through efivarfs.
+    "efivarfs",
 ];
 
 /// Module directories (relative to the modules directory) carried whole, for the hardware the

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     /// Netboot configuration (JSON, `crate::netboot::NetbootConfig`): run DHCP/TFTP/boot HTTP.
     pub netboot: Option<PathBuf>,
+    /// Silence after which a running job's agent is given up (`api::watchdog`).
+    pub agent_timeout: std::time::Duration,
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`.
@@ -199,6 +201,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         None => None,
     };
     let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()));
+    state.watchdog.set_timeout(opts.agent_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let netboot = match netboot {

@@ -10,6 +10,8 @@
 //!                                      (default: power off after a capture, reboot after a restore)
 //! kura.on_error=poweroff|reboot|wait   what happens after a failure (default: poweroff)
 //! kura.error_delay=60                  seconds the error stays on the console before that
+//! kura.timeout=60                      seconds one request to the engine may take before it
+//!                                      is retried (a few times); then the job fails
 //! ```
 //!
 //! Values cannot contain spaces; quoting (`"a b"`) is accepted as the kernel does.
@@ -47,7 +49,13 @@ pub struct Params {
     pub after: Option<Finally>,
     pub on_error: Finally,
     pub error_delay: u64,
+    /// Per-request timeout towards the engine, seconds.
+    pub timeout: u64,
 }
+
+/// Default of `kura.timeout`: generous for one chunk on a busy LAN, short enough that a cut
+/// network fails the job within a few minutes.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 
 /// Splits a command line into words the way the kernel does (double quotes group).
 fn words(cmdline: &str) -> Vec<String> {
@@ -101,6 +109,7 @@ pub fn parse_mac(s: &str) -> Result<(String, [u8; 6])> {
 pub fn parse(cmdline: &str) -> Result<Params> {
     let (mut server, mut job, mut token, mut mac, mut fingerprint) = (None, None, None, None, None);
     let (mut after, mut on_error, mut error_delay) = (None, Finally::PowerOff, 60);
+    let mut timeout = DEFAULT_TIMEOUT_SECS;
     for w in words(cmdline) {
         let Some(rest) = w.strip_prefix("kura.") else { continue };
         let Some((k, v)) = rest.split_once('=') else { bail!("kernel parameter {w:?} has no value") };
@@ -114,6 +123,13 @@ pub fn parse(cmdline: &str) -> Result<Params> {
             "on_error" => on_error = Finally::parse(v).context("kura.on_error")?,
             "error_delay" => {
                 error_delay = v.parse().with_context(|| format!("kura.error_delay={v:?} is not a number of seconds"))?
+            }
+            "timeout" => {
+                timeout = v
+                    .parse()
+                    .ok()
+                    .filter(|t| *t > 0)
+                    .with_context(|| format!("kura.timeout={v:?} is not a positive number of seconds"))?
             }
             _ => bail!("unknown kernel parameter kura.{k}"),
         }
@@ -135,6 +151,7 @@ pub fn parse(cmdline: &str) -> Result<Params> {
         after,
         on_error,
         error_delay,
+        timeout,
     })
 }
 
@@ -174,6 +191,7 @@ mod tests {
                 after: None,
                 on_error: Finally::PowerOff,
                 error_delay: 60,
+                timeout: DEFAULT_TIMEOUT_SECS,
             }
         );
     }
@@ -182,13 +200,14 @@ mod tests {
     fn options_and_quotes() {
         let p = parse(
             "kura.server=http://10.0.2.2:8080 kura.job=7 kura.token=\"kura_x\" kura.mac=52:54:00:00:00:01 \
-             kura.after=wait kura.on_error=reboot kura.error_delay=0",
+             kura.after=wait kura.on_error=reboot kura.error_delay=0 kura.timeout=15",
         )
         .unwrap();
         assert_eq!(p.token, "kura_x");
         assert_eq!(p.after, Some(Finally::Wait));
         assert_eq!(p.on_error, Finally::Reboot);
         assert_eq!(p.error_delay, 0);
+        assert_eq!(p.timeout, 15);
         assert_eq!(words("a \"b c\" d"), ["a", "b c", "d"]);
     }
 
@@ -206,6 +225,7 @@ mod tests {
             (&format!("{base} kura.jobb=1"), "kura.jobb"),
             (&format!("{base} kura.job=x"), "not a job id"),
             (&format!("{base} kura.after=explode"), "kura.after"),
+            (&format!("{base} kura.timeout=0"), "kura.timeout"),
             ("kura.server=http://x kura.job=1 kura.token=t kura.mac=52:54:00:00:01", "MAC"),
         ] {
             let e = format!("{:#}", parse(line).unwrap_err());

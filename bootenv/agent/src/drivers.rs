@@ -92,10 +92,25 @@ impl Drivers {
         out
     }
 
+    /// Loads module `name` (with its dependencies) unless it is built in or loaded; for
+    /// what no device asks for (`efivarfs`). Failures are logged.
+    pub fn load_named(&mut self, name: &str, sys_module: &Path, log: &dyn Fn(String)) {
+        let name = modules::normalize(name);
+        if self.builtin.contains(&name) || sys_module.join(&name).exists() {
+            return;
+        }
+        self.tried.remove(&name);
+        self.load_modules(vec![name], sys_module, log);
+    }
+
     /// One pass: loads the drivers (with dependencies) for the devices under `sys_devices`
     /// that are not loaded yet. Returns how many modules it loaded; failures are logged.
     pub fn load_pass(&mut self, sys_devices: &Path, sys_module: &Path, log: &dyn Fn(String)) -> usize {
         let wanted = self.wanted(&modaliases(sys_devices));
+        self.load_modules(wanted, sys_module, log)
+    }
+
+    fn load_modules(&mut self, wanted: Vec<String>, sys_module: &Path, log: &dyn Fn(String)) -> usize {
         let mut loaded = 0;
         for m in wanted {
             let order = match self.dep.load_order(std::slice::from_ref(&m), |n| self.builtin.contains(n)) {

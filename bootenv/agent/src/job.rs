@@ -189,6 +189,17 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
         target.sync_all().with_context(|| format!("syncing {}", dev.display()))?;
         rep.log(format!("{} is larger than the captured disk: moved the backup GPT to its end", dev.display()));
     }
+    if crate::efi::booted_uefi() {
+        let sys_block = Path::new("/sys/block").join(&disk.name);
+        let made = crate::efi::recreate_boot_entry(&dev, &sys_block, &manifest.layout, Path::new(crate::efi::EFIVARS))
+            .with_context(|| {
+                format!("{snapshot} is restored onto {}, but its UEFI boot entry could not be made", dev.display())
+            })?;
+        match made {
+            Ok(entry) => rep.log(format!("UEFI boot entry: {entry}")),
+            Err(why) => rep.log(format!("UEFI boot entry: none made: {why}")),
+        }
+    }
     drop(ticker);
     rep.log(format!(
         "restored {snapshot}: {} bytes written in {:.0} s",

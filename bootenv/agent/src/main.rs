@@ -5,7 +5,8 @@
 //! 3. loads the drivers for the hardware it finds ([`drivers`]);
 //! 4. brings up the NIC with the job's MAC and gets an address by DHCP ([`net`], [`dhcp`]);
 //! 5. fetches its job from the engine and captures or restores the disk ([`job`]), sending
-//!    progress and log lines every few seconds ([`report`]);
+//!    progress and log lines every few seconds ([`report`]); after a restore on a UEFI machine
+//!    it makes the firmware boot entry of the restored system ([`efi`]);
 //! 6. powers off or reboots as the job says ([`sys`]).
 //!
 //! On any failure it reports `POST /jobs/{id}/finish {"ok": false, "error"}` when it can reach
@@ -20,6 +21,7 @@ mod cmdline;
 mod dhcp;
 mod disks;
 mod drivers;
+mod efi;
 mod job;
 mod net;
 mod report;
@@ -126,6 +128,14 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // UEFI variables, for the boot entry a restore makes.
+    if efi::booted_uefi() {
+        drv.load_named("efivarfs", sys_module, &log);
+        if let Err(e) = sys::mount_efivarfs() {
+            rep.log(format!("warning: {e:#}"));
+        }
+    }
+
     // The NIC with the job's MAC.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ifname = loop {
@@ -160,6 +170,7 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         token: p.token.clone(),
         fingerprint: p.fingerprint.clone(),
         mac: Some(p.mac.clone()),
+        timeout: Some(Duration::from_secs(p.timeout)),
     })?;
     let job = job::fetch(&client, p.job)?;
     rep.connect(client.clone(), p.job);

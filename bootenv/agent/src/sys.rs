@@ -30,6 +30,16 @@ pub fn mount_basics() -> Result<()> {
     Ok(())
 }
 
+/// Mounts efivarfs on [`crate::efi::EFIVARS`] (already mounted is fine).
+pub fn mount_efivarfs() -> Result<()> {
+    let target = crate::efi::EFIVARS;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(Some("efivarfs"), target, Some("efivarfs"), flags, None::<&str>) {
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("mounting efivarfs on {target}")),
+    }
+}
+
 /// Outcome of loading one module.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {

@@ -85,6 +85,7 @@ pub async fn progress(
     Json(req): Json<Progress>,
 ) -> ApiResult<StatusCode> {
     own_job(&p, id)?;
+    state.watchdog.touch(id);
     let st = state.clone();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         if st.catalog.get_job(id)?.state == kura_catalogs::db::JobState::Queued {

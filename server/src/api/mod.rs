@@ -13,6 +13,7 @@ mod hosts;
 mod jobs;
 mod snapshots;
 mod uploads;
+pub mod watchdog;
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub gc_running: tokio::sync::Mutex<()>,
     /// The boot log of the netboot services, when `kura serve` runs them.
     pub bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
+    /// Fails running jobs whose agent went silent.
+    pub watchdog: watchdog::Watchdog,
     /// Digests of snapshots being restored by agents (to scope their chunk reads).
     digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
 }
@@ -68,6 +71,7 @@ impl AppState {
             store,
             catalog,
             bootlog,
+            watchdog: watchdog::Watchdog::default(),
             writers: Arc::new(WriterRegistry::new()),
             uploads: Mutex::new(HashMap::new()),
             gc_running: tokio::sync::Mutex::new(()),
@@ -170,7 +174,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let app = router(state.clone());
-    let janitor = tokio::spawn(uploads::expire_idle_loop(state));
+    let janitor = tokio::spawn(uploads::expire_idle_loop(state.clone()));
+    let watchdog = tokio::spawn(watchdog::run(state));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -184,5 +189,6 @@ pub async fn serve(
         None => axum_server::from_tcp(listener).handle(handle).serve(app.into_make_service()).await,
     };
     janitor.abort();
+    watchdog.abort();
     r
 }

@@ -112,6 +112,9 @@ fn session(state: &AppState, upload: &str, p: &Principal) -> ApiResult<WriterId>
         return Err(ApiError::Forbidden(format!("upload session {upload} belongs to another token")));
     }
     u.last_seen = Instant::now();
+    if let Some(job) = u.job {
+        state.watchdog.touch(job);
+    }
     Ok(u.writer)
 }
 
@@ -213,6 +216,14 @@ pub async fn commit(
                 manifest.host
             )));
         }
+        if let Some(j) = job {
+            // A job that ended meanwhile (cancelled, or failed by the agent watchdog) takes no
+            // snapshot: refuse before the manifest reaches the store.
+            let state = st.catalog.get_job(j)?.state;
+            if state != JobState::Running {
+                return Err(ApiError::Conflict(format!("job {j} is {state}: its snapshot is not committed")));
+            }
+        }
         let id = st.store.commit_manifest(&manifest)?;
         let created = kura_imaging::manifest::unix_seconds(&manifest.created);
         let record = NewSnapshot {
@@ -227,9 +238,17 @@ pub async fn commit(
             new_bytes,
             reused_bytes,
         };
-        match job {
-            Some(j) => st.catalog.commit_capture(&actor, j, &record).map(|_| ())?,
-            None => st.catalog.add_snapshot(&actor, &record).map(|_| ())?,
+        let recorded = match job {
+            Some(j) => st.catalog.commit_capture(&actor, j, &record).map(|_| ()),
+            None => st.catalog.add_snapshot(&actor, &record).map(|_| ()),
+        };
+        if let Err(e) = recorded {
+            // The store is the source of truth at the next start: a manifest the catalog
+            // refused must not come back from it as a snapshot.
+            if let Err(rm) = st.store.remove_manifest(&id) {
+                tracing::error!("snapshot {id} was refused by the catalog ({e}) and could not be removed: {rm}");
+            }
+            return Err(e.into());
         }
         Ok(serde_json::json!({ "snapshot": id, "new_bytes": new_bytes, "reused_bytes": reused_bytes }))
     })
@@ -252,6 +271,22 @@ pub async fn abort(
     session(&state, &upload, &p)?;
     end_session(&state, &upload);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every upload session of job `job` (its agent went silent).
+pub fn abort_job_sessions(state: &AppState, job: i64) {
+    let ids: Vec<String> = state
+        .uploads
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, u)| u.job == Some(job))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for id in ids {
+        tracing::warn!("upload session {id} of job {job} aborted");
+        end_session(state, &id);
+    }
 }
 
 /// Aborts sessions idle for longer than [`UPLOAD_IDLE`].

@@ -22,6 +22,7 @@ pub fn client(s: &ServerArgs) -> Result<Client> {
         token: token.clone(),
         fingerprint: s.fingerprint.clone(),
         mac: None,
+        timeout: None,
     })?)
 }
 

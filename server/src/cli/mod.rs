@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// configuration.
     #[arg(long, value_name = "CONFIG.json")]
     pub netboot: Option<PathBuf>,
+    /// Fail a running job whose agent has sent nothing (progress, log, chunks) for this many
+    /// seconds: a network cut or a dead machine ends as a clear failure.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub agent_timeout: u64,
 }
 
 /// How to reach an engine.
@@ -287,6 +291,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
                 netboot: args.netboot,
+                agent_timeout: std::time::Duration::from_secs(args.agent_timeout.max(1)),
             })?;
             Ok(ExitCode::SUCCESS)
         }

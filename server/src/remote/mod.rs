@@ -28,7 +28,13 @@ pub struct Endpoint {
     pub fingerprint: Option<String>,
     /// The machine's MAC address, sent by agents (`X-Kura-Mac`).
     pub mac: Option<String>,
+    /// Longest one request may take before it counts as failed (and is retried); default
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
+
+/// Default per-request timeout: a 1 MiB chunk over a slow, busy link still fits.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct Client {
@@ -74,7 +80,8 @@ fn remote_err(message: String, retryable: bool) -> Error {
 impl Client {
     pub fn new(ep: &Endpoint) -> Result<Client, Error> {
         let base = ep.url.trim_end_matches('/').to_string();
-        let mut b = Http::builder().timeout(Duration::from_secs(300)).connect_timeout(Duration::from_secs(10));
+        let mut b =
+            Http::builder().timeout(ep.timeout.unwrap_or(DEFAULT_TIMEOUT)).connect_timeout(Duration::from_secs(10));
         if base.starts_with("https://") {
             let fp = ep.fingerprint.as_deref().ok_or_else(|| {
                 remote_err(
