@@ -36,6 +36,27 @@ pub fn kura_bin() -> PathBuf {
     bin
 }
 
+/// The static `kura-agent` for boot images (`$KURA_AGENT`, else the release build on the
+/// host's gnu target that `scripts/test` makes); panics with the build command if missing.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KURA_AGENT") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("x86_64-unknown-linux-gnu/release/kura-agent");
+    assert!(
+        bin.is_file(),
+        "the static agent is not at {}: RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release \
+         -p kura-agent --target x86_64-unknown-linux-gnu (or set KURA_AGENT)",
+        bin.display()
+    );
+    bin
+}
+
 /// What a kura run did.
 #[derive(Debug)]
 pub struct Run {

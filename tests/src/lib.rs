@@ -21,11 +21,13 @@
 //! - [`qemu`]: QEMU machines (SeaBIOS or OVMF, PXE or direct kernel boot) on its bridge.
 //! - [`bootimage`]: a tiny busybox initramfs and the distribution kernel for them.
 //! - [`netboot`]: `kura serve --netboot` inside the namespace, and the CLI and API from there.
+//! - [`bootdisk`]: a bootable GPT Linux system disk (GRUB for BIOS and UEFI, ext4 root, NTFS).
 //!
 //! Needs the packages gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux; the
 //! netboot tests also need qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, busybox-static,
 //! linux-image-amd64 and iproute2.
 
+pub mod bootdisk;
 pub mod bootimage;
 pub mod checkers;
 pub mod content;

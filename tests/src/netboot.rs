@@ -47,7 +47,12 @@ impl<'a> NetbootEngine<'a> {
     /// Starts the engine in `ns` with the netboot configuration `config` (a JSON object; its
     /// `address` is set to the bridge's address) and waits until both the API and netboot say
     /// they are up. Panics with the server's output if it does not start.
-    pub fn start(ns: &'a Netns, mut config: Value) -> NetbootEngine<'a> {
+    pub fn start(ns: &'a Netns, config: Value) -> NetbootEngine<'a> {
+        NetbootEngine::start_with(ns, config, &[])
+    }
+
+    /// Like [`NetbootEngine::start`], with more `kura serve` arguments.
+    pub fn start_with(ns: &'a Netns, mut config: Value, serve_args: &[&str]) -> NetbootEngine<'a> {
         assert!(std::path::Path::new(BUSYBOX).is_file(), "{BUSYBOX} is missing: apt-get install -y busybox-static");
         let addr = ns.bridge_addr();
         config["address"] = json!(addr.to_string());
@@ -64,6 +69,7 @@ impl<'a> NetbootEngine<'a> {
             .arg("--insecure-http")
             .arg("--netboot")
             .arg(&config_path)
+            .args(serve_args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info");
         let mut process = ns.spawn(cmd, "kura-serve");
@@ -145,6 +151,13 @@ impl<'a> NetbootEngine<'a> {
         let auth = format!("Authorization: Bearer {}", self.admin);
         let text = self.wget(&url, &[&auth, "Content-Type: application/json"], Some(&body.to_string()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {url}: not JSON ({e}): {text}"))
+    }
+
+    /// `GET /api/v1/<path>` with the admin token; the decoded answer.
+    pub fn api_get(&self, path: &str) -> Value {
+        let url = format!("{}/api/v1/{path}", self.api_url);
+        let text = self.wget(&url, &[&format!("Authorization: Bearer {}", self.admin)], None);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
     }
 
     /// `GET url` from inside the namespace with extra `Name: value` headers; the body.

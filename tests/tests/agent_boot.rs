@@ -28,13 +28,7 @@ impl Drop for Serve {
 }
 
 fn agent() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KURA_AGENT") {
-        return Some(PathBuf::from(p));
-    }
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| ws.join("target"));
-    let p = target.join("x86_64-unknown-linux-gnu/release/kura-agent");
-    p.is_file().then_some(p)
+    Some(kura_tests::kura_cli::agent_bin())
 }
 
 fn missing_prerequisite() -> Option<String> {

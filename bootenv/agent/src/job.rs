@@ -135,7 +135,7 @@ pub fn capture(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
         }
     };
     rep.log(format!(
-        "read {} used bytes in {:.0} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
+        "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
         stats.used_bytes,
         t0.elapsed().as_secs_f64(),
         stats.chunks,
@@ -202,7 +202,7 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
     }
     drop(ticker);
     rep.log(format!(
-        "restored {snapshot}: {} bytes written in {:.0} s",
+        "restored {snapshot}: {} bytes written in {:.1} s",
         stats.written_bytes,
         t0.elapsed().as_secs_f64()
     ));

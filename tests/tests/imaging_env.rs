@@ -1,0 +1,344 @@
+//! The imaging environment end to end: real machines (QEMU, SeaBIOS or OVMF) netboot from
+//! `kura serve --netboot` in a private network namespace into the initramfs `kura bootenv
+//! build` made from the distribution kernel, and the agent in it captures or restores their
+//! disks through the engine.
+//!
+//! ```text
+//!   netns: br0 10.77.n.1 ── tapN ── QEMU machines (-boot n: PXE first, then the disk)
+//!          kura serve --netboot (proxyDHCP, TFTP, boot HTTP, API), dnsmasq as the site DHCP
+//! ```
+//!
+//! The system disk ([`bootdisk`]) is a bootable GPT Linux system: GRUB for BIOS (boot sector +
+//! BIOS boot partition) and for UEFI (its own path on the ESP, no fallback loader), an ext4
+//! root with the distribution kernel whose `/sbin/init` prints a marker, and an NTFS data
+//! partition. Restored machines must boot it to that marker.
+//!
+//! Root only. Under TCG each boot takes a minute or more: the disks are small (176 MiB).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use kura_tests::bootdisk::{self, BootDisk};
+use kura_tests::checkers::assert_fsck_clean;
+use kura_tests::content::sha256_file;
+use kura_tests::disks::{ext4_replace_file, patterned_file, MIB};
+use kura_tests::kura_cli::{agent_bin, kura_bin, Store};
+use kura_tests::netboot::NetbootEngine;
+use kura_tests::netns::Netns;
+use kura_tests::qemu::{accel, DiskBus, Firmware, Machine, NicRom};
+use kura_tests::readback::assert_files_match;
+use kura_tests::site_dhcp::SiteDhcp;
+
+const IPXE_BIOS: &str = "/usr/lib/ipxe/undionly.kpxe";
+const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+
+/// Longest a netbooted job may take from power-on to power-off under TCG.
+const JOB_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The agent's kernel arguments: serial console, no console delay after an error, short
+/// request timeouts (the network-cut test waits for them).
+const AGENT_ARGS: &str = "console=ttyS0 panic=-1 loglevel=4 kura.error_delay=0 kura.timeout=10";
+
+/// Builds the boot image into the engine's data directory and starts the engine (proxyDHCP
+/// beside the site's dnsmasq). Returns the engine and the initrd's size.
+fn site<'a>(ns: &'a Netns, serve_args: &[&str]) -> (NetbootEngine<'a>, u64) {
+    for f in [IPXE_BIOS, IPXE_EFI] {
+        assert!(Path::new(f).is_file(), "{f} is missing: apt-get install -y ipxe");
+    }
+    let data = ns.dir().join("kura-data");
+    let out = Command::new(kura_bin())
+        .args(["bootenv", "build", "--json", "--data"])
+        .arg(&data)
+        .arg("--agent")
+        .arg(agent_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kura bootenv build: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = json!({
+        "kernel": data.join("boot/vmlinuz"),
+        "initrd": data.join("boot/initrd.img"),
+        "kernel_args": AGENT_ARGS,
+        "ipxe_bios": IPXE_BIOS,
+        "ipxe_efi": IPXE_EFI,
+    });
+    (NetbootEngine::start_with(ns, config, serve_args), report["initrd_bytes"].as_u64().unwrap())
+}
+
+/// `GET /jobs/{id}`: the job and its log lines.
+fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
+    let v = engine.api_get(&format!("jobs/{id}"));
+    let log =
+        v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
+    (v["job"].clone(), log)
+}
+
+/// Queues a job with the CLI (`kura capture HOST` / `kura restore HOST --snapshot ID`);
+/// returns its id.
+fn queue(engine: &NetbootEngine, args: &[&str]) -> i64 {
+    let run = engine.kura(args);
+    run.expect_success();
+    run.stdout.trim().parse().unwrap_or_else(|_| panic!("kura {args:?} printed no job id: {}", run.stdout))
+}
+
+/// Waits for QEMU to exit (the agent powered the machine off); panics with everything known.
+fn wait_power_off(m: &mut Machine, engine: &NetbootEngine, job_id: i64) {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    while m.exited().is_none() {
+        if Instant::now() > deadline {
+            let (j, log) = job(engine, job_id);
+            panic!(
+                "machine {} still runs after {JOB_TIMEOUT:?}; job {j:#}\nlog: {log:#?}\n{}\n{}",
+                m.name(),
+                m.report(),
+                engine.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn wait_serial(m: &mut Machine, engine: &NetbootEngine, marker: &str, timeout: Duration) -> String {
+    m.poll_serial(marker, timeout)
+        .unwrap_or_else(|why| panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), engine.log()))
+}
+
+/// Numbers after `word` in a log line: "read 123 used bytes in 4 s" → after("read") = 123.
+fn number_after(line: &str, word: &str) -> Option<f64> {
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == word {
+            return it.next()?.trim_end_matches([',', ':', ')']).parse().ok();
+        }
+    }
+    None
+}
+
+fn snapshots_of(engine: &NetbootEngine, host: &str) -> Vec<Value> {
+    engine.api_get(&format!("snapshots?host={host}")).as_array().cloned().unwrap_or_default()
+}
+
+/// A BIOS machine whose disk is the system: captured by netboot (it powers off), captured
+/// again after some files changed (only the changed chunks go over the wire), refused on a
+/// machine whose disk is too small (nothing written), and restored onto a blank, larger disk
+/// of a second machine, which reboots and boots the restored system to its marker.
+#[test]
+fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
+    let started = Instant::now();
+    let ns = Netns::new();
+    let _site_dhcp = SiteDhcp::start(&ns);
+    let (engine, initrd_bytes) = site(&ns, &[]);
+    let dir = ns.dir().to_path_buf();
+    let mut system: BootDisk = bootdisk::build(&dir, "srv01.img", "first-capture");
+
+    // The fixture itself boots from its disk (so a later failure is the restore's).
+    let mut m =
+        Machine::builder(&ns, "fixture").firmware(Firmware::Bios).disk(&system.disk.path, DiskBus::Virtio).start();
+    wait_serial(&mut m, &engine, &system.marker_line(), Duration::from_secs(240));
+    m.wait_for_exit(Duration::from_secs(60));
+    drop(m);
+
+    let mac = "52:54:00:4b:05:01";
+    engine.api_post("hosts", &json!({ "name": "srv01", "macs": [mac] }));
+    let before = sha256_file(&system.disk.path);
+
+    // Capture 1.
+    let id = queue(&engine, &["capture", "srv01"]);
+    let t0 = Instant::now();
+    let mut m = Machine::builder(&ns, "srv01-a")
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(mac)
+        .network_boot()
+        .disk(&system.disk.path, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start();
+    wait_power_off(&mut m, &engine, id);
+    let capture1_secs = t0.elapsed().as_secs_f64();
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
+    assert!(m.serial().contains("kura-agent: powering off"), "{}", m.report());
+    assert_eq!(sha256_file(&system.disk.path), before, "a capture changed the disk");
+    let first = j["snapshot"].as_str().unwrap().to_string();
+    let read_line = log.iter().find(|l| l.starts_with("read ")).cloned().unwrap_or_default();
+    drop(m);
+
+    // Some files change; the expected new chunks come from a scratch local store that holds
+    // the first state.
+    let scratch = Store::new(dir.join("scratch-store"));
+    scratch.capture(&system.disk.path, None);
+    let new_marker = "second-capture";
+    ext4_replace_file(&mut system.disk, bootdisk::ROOT, "etc/kura-marker", new_marker.as_bytes(), &dir);
+    ext4_replace_file(&mut system.disk, bootdisk::ROOT, "srv/app/data2.txt", b"rewritten by the test\n", &dir);
+    system.marker = new_marker.into();
+    let expected = scratch.capture(&system.disk.path, None);
+
+    // Capture 2: only the changed chunks are sent.
+    let id = queue(&engine, &["capture", "srv01"]);
+    let mut m = Machine::builder(&ns, "srv01-b")
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(mac)
+        .network_boot()
+        .disk(&system.disk.path, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start();
+    wait_power_off(&mut m, &engine, id);
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
+    let second = j["snapshot"].as_str().unwrap().to_string();
+    drop(m);
+    let line = log.iter().find(|l| l.starts_with("read ")).unwrap_or_else(|| panic!("no summary line: {log:#?}"));
+    let new_chunks = number_after(line, "chunks,").unwrap() as u64;
+    assert_eq!(
+        new_chunks, expected.new_chunks,
+        "the agent sent {new_chunks} chunks; a local store with the first state says {} are new: {line}",
+        expected.new_chunks
+    );
+    assert!(
+        new_chunks <= 6 && expected.new_stored_bytes < expected.used_bytes / 20,
+        "two small files changed, yet {new_chunks} chunks ({} bytes) are new: {line}",
+        expected.new_stored_bytes
+    );
+    let snap2 = snapshots_of(&engine, "srv01").into_iter().find(|s| s["id"] == second.as_str()).unwrap();
+    eprintln!(
+        "second capture: {new_chunks} new chunks of {} ({} bytes stored), engine says new_bytes={} reused_bytes={}",
+        expected.chunks, expected.new_stored_bytes, snap2["new_bytes"], snap2["reused_bytes"]
+    );
+
+    // A machine with a disk too small for the snapshot: refused before any write.
+    let small = dir.join("small.img");
+    patterned_file(&small, 128 * MIB);
+    let small_before = sha256_file(&small);
+    let small_mac = "52:54:00:4b:05:03";
+    engine.api_post("hosts", &json!({ "name": "tiny01", "macs": [small_mac] }));
+    let id = queue(&engine, &["restore", "tiny01", "--snapshot", &second]);
+    let mut m = Machine::builder(&ns, "tiny01")
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(small_mac)
+        .network_boot()
+        .disk(&small, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start();
+    wait_power_off(&mut m, &engine, id);
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "failed", "{j:#}\n{log:#?}");
+    let err = j["error"].as_str().unwrap_or_default();
+    assert!(err.contains("too small") && err.contains("nothing was written"), "unclear error: {err}");
+    assert!(m.serial().contains("KURA AGENT FAILED"), "{}", m.report());
+    assert_eq!(sha256_file(&small), small_before, "the too-small disk was written to");
+    drop(m);
+
+    // The replacement machine: a blank, larger disk.
+    let target = dir.join("new01.img");
+    kura_tests::disks::blank_file(&target, bootdisk::DISK_SIZE + 64 * MIB);
+    let new_mac = "52:54:00:4b:05:02";
+    engine.api_post("hosts", &json!({ "name": "new01", "macs": [new_mac] }));
+    let t_restore = Instant::now();
+    let id = queue(&engine, &["restore", "new01", "--snapshot", &second]);
+    let mut m = Machine::builder(&ns, "new01")
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(new_mac)
+        .network_boot()
+        .disk(&target, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start();
+    let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
+    let to_marker = t_restore.elapsed();
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
+    assert!(marker.contains("root=/dev/vda3"), "{marker}");
+    let serial = m.serial();
+    let agent_end = serial.find("kura-agent: rebooting").expect("the agent did not reboot");
+    assert!(serial[agent_end..].contains(bootdisk::GRUB_MARKER), "GRUB did not run after the restore:\n{serial}");
+    m.wait_for_exit(Duration::from_secs(60));
+    drop(m);
+    let restored_line = log.iter().find(|l| l.starts_with("restored ")).cloned().unwrap_or_default();
+
+    // The restored disk: every file, clean filesystems.
+    assert_files_match(&system.disk, &target);
+    assert_fsck_clean(&system.disk, &target);
+
+    let mbps = |line: &str, bytes_word: &str| -> String {
+        match (number_after(line, bytes_word), number_after(line, "in")) {
+            (Some(b), Some(s)) if s > 0.0 => format!("{:.1} MB/s ({b} bytes in {s} s)", b / s / 1e6),
+            _ => format!("? ({line})"),
+        }
+    };
+    eprintln!(
+        "[{:?}] initrd.img {initrd_bytes} bytes; capture 1 {capture1_secs:.0} s power-on to power-off, in the VM {}; \
+         restore in the VM {}; `kura restore` to the restored system's marker: {:.1?}; snapshots {first} → {second}; \
+         whole test {:.1?}",
+        accel(),
+        mbps(&read_line, "read"),
+        mbps(&restored_line, &format!("{second}:")),
+        to_marker,
+        started.elapsed()
+    );
+}
+
+/// UEFI with empty variables: the ESP holds GRUB only at `\EFI\kura\grubx64.efi`, so the
+/// firmware cannot find it by itself; after the restore the agent writes a boot entry (and
+/// BootNext) and the machine boots the restored system.
+#[test]
+fn uefi_restore_recreates_the_firmware_boot_entry() {
+    let started = Instant::now();
+    let ns = Netns::new();
+    let _site_dhcp = SiteDhcp::start(&ns);
+    let (engine, _) = site(&ns, &[]);
+    let dir: PathBuf = ns.dir().to_path_buf();
+    let system = bootdisk::build(&dir, "uefi-src.img", "uefi-system");
+    let esp = kura_tests::readback::fat_files(&system.disk.path, system.disk.partition(bootdisk::ESP).offset).unwrap();
+    assert_eq!(esp.keys().collect::<Vec<_>>(), [bootdisk::EFI_LOADER], "the ESP must hold only the own-path loader");
+
+    // The snapshot, captured with the CLI from inside the namespace.
+    engine.api_post("hosts", &json!({ "name": "efi01", "macs": ["52:54:00:4b:06:01"] }));
+    let path = system.disk.path.display().to_string();
+    let run = engine.kura(&["image", "capture", "--json", "--host", "efi01", &path]);
+    run.expect_success();
+    let snapshot = run.json::<Value>()["snapshot"].as_str().unwrap().to_string();
+
+    let mac = "52:54:00:4b:06:02";
+    engine.api_post("hosts", &json!({ "name": "efi02", "macs": [mac] }));
+    let target = dir.join("efi02.img");
+    kura_tests::disks::blank_file(&target, bootdisk::DISK_SIZE);
+    let t0 = Instant::now();
+    let id = queue(&engine, &["restore", "efi02", "--snapshot", &snapshot]);
+    let mut m = Machine::builder(&ns, "efi02")
+        .firmware(Firmware::Uefi)
+        .nic_rom(NicRom::Disabled)
+        .memory_mib(512)
+        .mac(mac)
+        .network_boot()
+        .disk(&target, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start();
+    let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
+    let to_marker = t0.elapsed();
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
+    let entry = log
+        .iter()
+        .find(|l| l.starts_with("UEFI boot entry: Boot"))
+        .unwrap_or_else(|| panic!("the agent made no boot entry: {log:#?}"));
+    assert!(entry.contains("\\EFI\\kura\\grubx64.efi") && entry.contains("partition 2"), "{entry}");
+    assert!(marker.contains("root=/dev/vda3"), "{marker}");
+    m.wait_for_exit(Duration::from_secs(60));
+    drop(m);
+    assert_files_match(&system.disk, &target);
+    eprintln!(
+        "[{:?}] UEFI: {entry}; `kura restore` to the marker {to_marker:.1?}; test {:.1?}",
+        accel(),
+        started.elapsed()
+    );
+}
