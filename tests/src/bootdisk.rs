@@ -50,6 +50,7 @@ pub const DATA: u32 = 4;
 
 /// Size of the disk [`build`] makes.
 pub const DISK_SIZE: u64 = 176 * MIB;
+const ROOT_SIZE: u64 = 96 * MIB;
 
 /// The system disk and what it should boot to.
 pub struct BootDisk {
@@ -69,6 +70,13 @@ impl BootDisk {
 
 /// Builds the disk as `dir/name` ([`DISK_SIZE`] bytes). Panics naming the missing package.
 pub fn build(dir: &Path, name: &str, marker: &str) -> BootDisk {
+    build_with(dir, name, marker, 0)
+}
+
+/// Like [`build`], with an incompressible `/srv/big.bin` of `big` bytes (whole MiB) on a root
+/// that much larger: a capture that takes a while.
+pub fn build_with(dir: &Path, name: &str, marker: &str, big: u64) -> BootDisk {
+    assert_eq!(big % MIB, 0, "whole MiB");
     for (path, package) in [(GRUB_PC, "grub-pc-bin"), (GRUB_EFI, "grub-efi-amd64-bin"), (BUSYBOX, "busybox-static")] {
         assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y {package}");
     }
@@ -171,7 +179,7 @@ poweroff -f"#,
                 files: vec![FileSpec::new(EFI_LOADER, std::fs::read(&efi).unwrap())],
             },
         ),
-        PartSpec::gpt(96 * MIB, "8300", "root", Content::Empty),
+        PartSpec::gpt(ROOT_SIZE + big, "8300", "root", Content::Empty),
         PartSpec::gpt(
             32 * MIB,
             "0700",
@@ -179,7 +187,7 @@ poweroff -f"#,
             Content::Ntfs { label: "DATA", files: ntfs_files(77), deleted: vec![] },
         ),
     ];
-    let mut disk = build_gpt(dir, name, DISK_SIZE, parts);
+    let mut disk = build_gpt(dir, name, DISK_SIZE + big, parts);
 
     // The root filesystem, made here for its UUID.
     let root = disk.partition(ROOT).clone();

@@ -238,7 +238,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
 
     // The replacement machine: a blank, larger disk.
     let target = dir.join("new01.img");
-    kura_tests::disks::blank_file(&target, bootdisk::DISK_SIZE + 64 * MIB);
+    kura_tests::disks::blank_file(&target, system.disk.size + 64 * MIB);
     let new_mac = "52:54:00:4b:05:02";
     engine.api_post("hosts", &json!({ "name": "new01", "macs": [new_mac] }));
     let t_restore = Instant::now();
@@ -298,7 +298,8 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build(&dir, "uefi-src.img", "uefi-system");
     let esp = kura_tests::readback::fat_files(&system.disk.path, system.disk.partition(bootdisk::ESP).offset).unwrap();
-    assert_eq!(esp.keys().collect::<Vec<_>>(), [bootdisk::EFI_LOADER], "the ESP must hold only the own-path loader");
+    let names: Vec<String> = esp.keys().map(|k| k.to_lowercase()).collect();
+    assert_eq!(names, [bootdisk::EFI_LOADER.to_lowercase()], "the ESP must hold only the own-path loader");
 
     // The snapshot, captured with the CLI from inside the namespace.
     engine.api_post("hosts", &json!({ "name": "efi01", "macs": ["52:54:00:4b:06:01"] }));
@@ -310,7 +311,7 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     let mac = "52:54:00:4b:06:02";
     engine.api_post("hosts", &json!({ "name": "efi02", "macs": [mac] }));
     let target = dir.join("efi02.img");
-    kura_tests::disks::blank_file(&target, bootdisk::DISK_SIZE);
+    kura_tests::disks::blank_file(&target, system.disk.size);
     let t0 = Instant::now();
     let id = queue(&engine, &["restore", "efi02", "--snapshot", &snapshot]);
     let mut m = Machine::builder(&ns, "efi02")
@@ -334,11 +335,98 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     assert!(entry.contains("\\EFI\\kura\\grubx64.efi") && entry.contains("partition 2"), "{entry}");
     assert!(marker.contains("root=/dev/vda3"), "{marker}");
     m.wait_for_exit(Duration::from_secs(60));
+    // The entry is in the machine's NVRAM (its variable store file), which started empty.
+    let vars = std::fs::read(m.dir().join("OVMF_VARS.fd")).unwrap();
+    let fresh = std::fs::read(kura_tests::qemu::OVMF_VARS).unwrap();
+    let loader: Vec<u8> = "\\EFI\\kura\\grubx64.efi".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let holds = |v: &[u8]| v.windows(loader.len()).any(|w| w == loader.as_slice());
+    assert!(holds(&vars) && !holds(&fresh), "the loader's path is not in the machine's UEFI variables");
     drop(m);
     assert_files_match(&system.disk, &target);
     eprintln!(
         "[{:?}] UEFI: {entry}; `kura restore` to the marker {to_marker:.1?}; test {:.1?}",
         accel(),
+        started.elapsed()
+    );
+}
+
+/// The network cut mid-capture (the machine's tap goes down): the engine fails the job once
+/// the agent has been silent for `--agent-timeout`, aborts its upload, commits nothing; the
+/// agent gives up too and powers off; a retry after the link is back succeeds.
+#[test]
+fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
+    let started = Instant::now();
+    let ns = Netns::new();
+    let _site_dhcp = SiteDhcp::start(&ns);
+    let (engine, _) = site(&ns, &["--agent-timeout", "15"]);
+    let dir: PathBuf = ns.dir().to_path_buf();
+    let system = bootdisk::build_with(&dir, "cut01.img", "cut", 160 * MIB);
+    let mac = "52:54:00:4b:07:01";
+    engine.api_post("hosts", &json!({ "name": "cut01", "macs": [mac] }));
+    let machine = |name: &str| {
+        Machine::builder(&ns, name)
+            .firmware(Firmware::Bios)
+            .memory_mib(512)
+            .mac(mac)
+            .network_boot()
+            .disk(&system.disk.path, DiskBus::Virtio)
+            .arg("-device")
+            .arg("virtio-rng-pci")
+            .start()
+    };
+
+    let id = queue(&engine, &["capture", "cut01"]);
+    let mut m = machine("cut01");
+    // Wait until chunks are flowing, then pull the cable.
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let (j, log) = job(&engine, id);
+        assert_ne!(j["state"], "succeeded", "the capture ended before the cut: {log:#?}");
+        assert!(Instant::now() < deadline, "the capture never started: {j:#}\n{log:#?}\n{}", m.report());
+        if j["state"] == "running" && j["done_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ns.set_link(ns.tap(), false);
+    let cut = Instant::now();
+    let failed = loop {
+        let (j, log) = job(&engine, id);
+        if j["state"] == "failed" {
+            break (j, log);
+        }
+        assert!(cut.elapsed() < Duration::from_secs(90), "the job did not fail after the cut: {j:#}\n{log:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let failed_after = cut.elapsed();
+    let err = failed.0["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("lost contact with the agent") && err.contains("nothing was committed"), "{err}");
+    assert!(
+        snapshots_of(&engine, "cut01").is_empty(),
+        "a snapshot was committed: {:#?}",
+        snapshots_of(&engine, "cut01")
+    );
+    ns.set_link(ns.tap(), true);
+    // The agent gives up on its own (its requests time out), says so, and powers off.
+    wait_power_off(&mut m, &engine, id);
+    let serial = m.serial();
+    assert!(serial.contains("KURA AGENT FAILED"), "{}", m.report());
+    assert!(snapshots_of(&engine, "cut01").is_empty(), "a snapshot appeared after the cut");
+    drop(m);
+
+    // The retry.
+    let id = queue(&engine, &["capture", "cut01"]);
+    let mut m = machine("cut01-retry");
+    wait_power_off(&mut m, &engine, id);
+    let (j, log) = job(&engine, id);
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
+    let snaps = snapshots_of(&engine, "cut01");
+    assert_eq!(snaps.len(), 1, "{snaps:#?}");
+    assert_eq!(snaps[0]["id"], j["snapshot"]);
+    eprintln!(
+        "[{:?}] network cut: job failed {failed_after:.1?} after the cut ({err}); retry captured {}; test {:.1?}",
+        accel(),
+        snaps[0]["id"],
         started.elapsed()
     );
 }
