@@ -44,7 +44,7 @@ const AGENT_ARGS: &str = "console=ttyS0 panic=-1 loglevel=4 kura.error_delay=0 k
 
 /// Builds the boot image into the engine's data directory and starts the engine (proxyDHCP
 /// beside the site's dnsmasq). Returns the engine and the initrd's size.
-fn site<'a>(ns: &'a Netns, serve_args: &[&str]) -> (NetbootEngine<'a>, u64) {
+fn site<'a>(ns: &'a Netns, serve_args: &[&str], extra: Value) -> (NetbootEngine<'a>, u64) {
     for f in [IPXE_BIOS, IPXE_EFI] {
         assert!(Path::new(f).is_file(), "{f} is missing: apt-get install -y ipxe");
     }
@@ -58,13 +58,16 @@ fn site<'a>(ns: &'a Netns, serve_args: &[&str]) -> (NetbootEngine<'a>, u64) {
         .unwrap();
     assert!(out.status.success(), "kura bootenv build: {}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let config = json!({
+    let mut config = json!({
         "kernel": data.join("boot/vmlinuz"),
         "initrd": data.join("boot/initrd.img"),
         "kernel_args": AGENT_ARGS,
         "ipxe_bios": IPXE_BIOS,
         "ipxe_efi": IPXE_EFI,
     });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        config[k] = v.clone();
+    }
     (NetbootEngine::start_with(ns, config, serve_args), report["initrd_bytes"].as_u64().unwrap())
 }
 
@@ -130,7 +133,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let started = Instant::now();
     let ns = Netns::new();
     let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, initrd_bytes) = site(&ns, &[]);
+    let (engine, initrd_bytes) = site(&ns, &[], json!({}));
     let dir = ns.dir().to_path_buf();
     let mut system: BootDisk = bootdisk::build(&dir, "srv01.img", "first-capture");
 
@@ -289,12 +292,16 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
 /// UEFI with empty variables: the ESP holds GRUB only at `\EFI\kura\grubx64.efi`, so the
 /// firmware cannot find it by itself; after the restore the agent writes a boot entry (and
 /// BootNext) and the machine boots the restored system.
+///
+/// Kura is the only DHCP server here (full mode) with 8-second leases: the agent renews its
+/// lease while it restores.
 #[test]
 fn uefi_restore_recreates_the_firmware_boot_entry() {
     let started = Instant::now();
     let ns = Netns::new();
-    let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, _) = site(&ns, &[]);
+    let pool =
+        json!({ "start": ns.host_addr(50), "end": ns.host_addr(59), "netmask": "255.255.255.0", "lease_secs": 8 });
+    let (engine, _) = site(&ns, &[], json!({ "dhcp": "full", "pool": pool }));
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build(&dir, "uefi-src.img", "uefi-system");
     let esp = kura_tests::readback::fat_files(&system.disk.path, system.disk.partition(bootdisk::ESP).offset).unwrap();
@@ -334,6 +341,8 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
         .unwrap_or_else(|| panic!("the agent made no boot entry: {log:#?}"));
     assert!(entry.contains("\\EFI\\kura\\grubx64.efi") && entry.contains("partition 2"), "{entry}");
     assert!(marker.contains("root=/dev/vda3"), "{marker}");
+    let renewed = log.iter().find(|l| l.starts_with("DHCP: ") && l.contains("renewed for 8 s"));
+    assert!(renewed.is_some(), "the agent did not renew its 8 s lease: {log:#?}");
     m.wait_for_exit(Duration::from_secs(60));
     // The entry is in the machine's NVRAM (its variable store file), which started empty.
     let vars = std::fs::read(m.dir().join("OVMF_VARS.fd")).unwrap();
@@ -358,7 +367,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     let started = Instant::now();
     let ns = Netns::new();
     let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, _) = site(&ns, &["--agent-timeout", "15"]);
+    let (engine, _) = site(&ns, &["--agent-timeout", "15"], json!({}));
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build_with(&dir, "cut01.img", "cut", 160 * MIB);
     let mac = "52:54:00:4b:07:01";

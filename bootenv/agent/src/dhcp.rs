@@ -3,9 +3,11 @@
 //! (`SO_BINDTODEVICE`, `SO_BROADCAST`). The broadcast flag asks servers and relays to broadcast
 //! their answers: the NIC has no address yet, so the kernel would drop a unicast reply.
 //!
-//! The lease is not renewed: the address stays configured for the agent's whole run. A job
-//! longer than the lease risks the server handing the address to another machine; give the
-//! imaging network leases longer than the longest job (or reserve addresses by MAC).
+//! The lease is kept for the agent's whole run ([`keep`]): at T1 (half the lease) a REQUEST
+//! with `ciaddr` goes unicast to the server that granted it (RENEWING), from T2 (7/8) broadcast
+//! to any server (REBINDING), as RFC 2131 §4.4.5 says; each ACK starts the timers again. A
+//! lease that runs out anyway is logged loudly; the address stays configured (the job is
+//! usually nearly done, and dropping it would certainly fail the job).
 
 use anyhow::{bail, Context, Result};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
@@ -72,6 +74,77 @@ pub fn request(xid: u32, mac: &[u8; 6], offer: &Message) -> Result<Message> {
     m.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
     m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
     Ok(m)
+}
+
+/// A REQUEST extending `lease` (RENEWING when `unicast`, else REBINDING): `ciaddr` set, no
+/// requested-address or server-identifier option, no broadcast flag (the client has its
+/// address, so the answer can come unicast).
+pub fn renew(xid: u32, mac: &[u8; 6], lease: &Lease) -> Message {
+    let mut m = base(xid, mac, MessageType::Request);
+    m.set_flags(Flags::default());
+    m.set_ciaddr(lease.addr);
+    m
+}
+
+/// When to renew (T1) and rebind (T2) a lease of `secs`, per RFC 2131's defaults; `None` for
+/// an infinite lease or none stated.
+pub fn timers(secs: Option<u32>) -> Option<(Duration, Duration, Duration)> {
+    let secs = secs.filter(|s| *s != u32::MAX)?;
+    let total = Duration::from_secs(u64::from(secs.max(8)));
+    Some((total / 2, total * 7 / 8, total))
+}
+
+/// Keeps `lease` on `ifname` alive in a background thread for as long as the agent runs.
+pub fn keep(ifname: String, mac: [u8; 6], lease: Lease, log: impl Fn(String) + Send + 'static) {
+    if timers(lease.lease_secs).is_none() {
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut lease = lease;
+        let mut xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]).rotate_left(7);
+        let s = match socket(&ifname) {
+            Ok(s) => s,
+            Err(e) => return log(format!("DHCP: cannot keep the lease on {ifname}: {e:#}")),
+        };
+        while let Some((t1, t2, end)) = timers(lease.lease_secs) {
+            let granted = Instant::now();
+            std::thread::sleep(t1);
+            let mut renewed = None;
+            while renewed.is_none() && granted.elapsed() < end {
+                xid = xid.wrapping_add(1);
+                let unicast = granted.elapsed() < t2;
+                let to = if unicast { lease.server } else { Ipv4Addr::BROADCAST };
+                let sent = renew(xid, &mac, &lease)
+                    .to_vec()
+                    .context("encoding a DHCP message")
+                    .and_then(|b| s.send_to(&b, SocketAddrV4::new(to, 67)).context("sending the renewal"));
+                match sent.and_then(|_| receive(&s, xid, &mac, MessageType::Ack, Duration::from_secs(4))) {
+                    Ok(Some(ack)) => renewed = Some(ack),
+                    Ok(None) => std::thread::sleep(Duration::from_secs(if unicast { 10 } else { 4 })),
+                    Err(e) => {
+                        log(format!("DHCP: renewing {}: {e:#}", lease.addr));
+                        std::thread::sleep(Duration::from_secs(10));
+                    }
+                }
+            }
+            match renewed.map(|ack| self::lease(&ack)) {
+                Some(Ok(l)) if l.addr == lease.addr => {
+                    log(format!("DHCP: {} renewed for {} s", l.addr, l.lease_secs.unwrap_or(0)));
+                    lease = l;
+                }
+                Some(Ok(l)) => {
+                    return log(format!("DHCP: the server answered the renewal with another address ({})", l.addr))
+                }
+                Some(Err(e)) => return log(format!("DHCP: unusable renewal answer: {e:#}")),
+                None => {
+                    return log(format!(
+                        "DHCP: the lease of {} ran out without renewal; keeping the address (no server answered)",
+                        lease.addr
+                    ))
+                }
+            }
+        }
+    });
 }
 
 fn server_id(m: &Message) -> Option<Ipv4Addr> {
@@ -250,6 +323,28 @@ mod tests {
                 dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
             }
         );
+    }
+
+    #[test]
+    fn renewal_requests_and_timers() {
+        let lease = Lease {
+            addr: Ipv4Addr::new(10, 0, 0, 9),
+            prefix: 24,
+            router: None,
+            server: Ipv4Addr::new(10, 0, 0, 1),
+            lease_secs: Some(3600),
+            dns: vec![],
+        };
+        let m = renew(7, &MAC, &lease);
+        assert_eq!(m.ciaddr(), lease.addr);
+        assert!(!m.flags().broadcast(), "a renewal needs no broadcast answer");
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Request));
+        assert!(m.opts().get(OptionCode::RequestedIpAddress).is_none());
+        assert!(m.opts().get(OptionCode::ServerIdentifier).is_none());
+        let (t1, t2, end) = timers(Some(3600)).unwrap();
+        assert_eq!((t1.as_secs(), t2.as_secs(), end.as_secs()), (1800, 3150, 3600));
+        assert!(timers(None).is_none());
+        assert!(timers(Some(u32::MAX)).is_none(), "infinite");
     }
 
     #[test]

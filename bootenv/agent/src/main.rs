@@ -156,6 +156,8 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         drv.load_pass(sys_devices, sys_module, &log);
     };
     let lease = net::bring_up(&ifname, &mac_bytes, &log).with_context(|| format!("bringing up {ifname}"))?;
+    let r = rep.clone();
+    net::keep_lease(&ifname, &mac_bytes, &lease, move |line| r.log(line));
     rep.log(format!(
         "{ifname}: {}/{} via {} (DHCP server {})",
         lease.addr,

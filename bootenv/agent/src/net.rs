@@ -118,6 +118,11 @@ pub fn bring_up(name: &str, mac: &[u8; 6], log: &dyn Fn(String)) -> Result<Lease
     Ok(lease)
 }
 
+/// Renews `lease` in the background for the rest of the run, logging through `log`.
+pub fn keep_lease(name: &str, mac: &[u8; 6], lease: &Lease, log: impl Fn(String) + Send + 'static) {
+    dhcp::keep(name.to_string(), *mac, lease.clone(), log);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
