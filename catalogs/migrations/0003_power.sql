@@ -20,5 +20,7 @@ CREATE TABLE host_power (
     -- Wake-on-LAN: the IPv4 broadcast address and the interface to send from.
     broadcast TEXT,
     interface TEXT,
+    -- IPMI: the RMCP+ cipher suite (ipmitool -C); absent: negotiated.
+    cipher_suite INTEGER CHECK (cipher_suite BETWEEN 0 AND 17),
     updated INTEGER NOT NULL
 );

@@ -69,9 +69,8 @@ pub fn free_tcp_port() -> u16 {
 }
 
 fn require_program(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
     assert!(found, "`{program}` is not installed: apt-get install -y {package}");
 }
 
@@ -299,7 +298,9 @@ impl IpmiSim {
             None => Command::new("ipmitool"),
         };
         cmd.args(["-I", "lanplus", "-H", &self.addr.to_string(), "-p", &self.port.to_string()])
-            .args(["-U", &self.user, "-E", "-N", "2", "-R", "2"])
+            // Cipher suite 3: ipmi_sim does not answer "Get Channel Cipher Suites", so
+            // negotiating would cost seconds per call.
+            .args(["-U", &self.user, "-E", "-N", "2", "-R", "2", "-C", "3"])
             .args(args)
             .env("IPMI_PASSWORD", &self.password)
             .env("LC_ALL", "C")
@@ -359,6 +360,19 @@ impl IpmiSim {
     /// Only the `set ...` calls: what the machine was told to do.
     pub fn chassis_sets(&self) -> Vec<String> {
         self.chassis_calls().into_iter().filter(|c| c.starts_with("set ")).collect()
+    }
+
+    /// Waits (up to 20 s) until at least `n` `set ...` calls were made, and returns them all:
+    /// ipmi_sim carries out a power cycle's "on" half a few seconds after its "off".
+    pub fn wait_chassis_sets(&self, n: usize) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let sets = self.chassis_sets();
+            if sets.len() >= n || t0.elapsed() > Duration::from_secs(20) {
+                return sets;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Configuration and logs, for failure messages.
@@ -473,14 +487,7 @@ impl SushyEmulator {
             .spawn()
             .expect("cannot start the Redfish emulator");
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let emu = SushyEmulator {
-            dir,
-            port,
-            user: user.into(),
-            password: password.into(),
-            child: Some(child),
-            http,
-        };
+        let emu = SushyEmulator { dir, port, user: user.into(), password: password.into(), child: Some(child), http };
         let t0 = Instant::now();
         while emu.http.get(format!("{}/redfish/v1/", emu.url())).send().is_err() {
             assert!(t0.elapsed() < Duration::from_secs(30), "the Redfish emulator did not start:\n{}", emu.report());

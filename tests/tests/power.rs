@@ -39,9 +39,9 @@ fn power_line(api: &Api, admin: &str, job: i64) -> (Value, Value) {
     let t0 = Instant::now();
     loop {
         let v = api.req("GET", &format!("/jobs/{job}")).token(admin).send().json();
-        let line = v["log"].as_array().and_then(|l| {
-            l.iter().find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("power:"))).cloned()
-        });
+        let line = v["log"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("power:"))).cloned());
         if let Some(line) = line {
             return (v["job"].clone(), line);
         }
@@ -66,8 +66,20 @@ fn ipmi_pxe_reset_by_hand_and_for_queued_jobs() {
         .expect_failure_mentioning(&["needs a username and a password"]);
     server
         .kura(&[
-            &"host", &"power", &"set", &"h1", &"--driver", &"ipmi", &"--address", &address, &"--user", &"kura",
-            &"--password-file", &pw,
+            &"host",
+            &"power",
+            &"set",
+            &"h1",
+            &"--driver",
+            &"ipmi",
+            &"--address",
+            &address,
+            &"--user",
+            &"kura",
+            &"--password-file",
+            &pw,
+            &"--cipher-suite",
+            &"3",
         ])
         .expect_success();
 
@@ -82,13 +94,13 @@ fn ipmi_pxe_reset_by_hand_and_for_queued_jobs() {
     // Machine on: boot device PXE, then a power cycle (off, on).
     let run = server.kura(&[&"host", &"power", &"h1", &"pxe-reset"]);
     assert!(run.expect_success().stdout.contains("restart requested"), "{run}");
-    assert_eq!(sim.chassis_sets()[2..], ["set boot pxe", "set power 0", "set power 1"], "{}", sim.report());
+    assert_eq!(sim.wait_chassis_sets(5)[2..], ["set boot pxe", "set power 0", "set power 1"], "{}", sim.report());
 
     // A queued job kicks the machine the same way, and stays queued for its netboot.
     let job = queue_job(&api, &admin, "h1");
     let (j, line) = power_line(&api, &admin, job);
     assert_eq!((j["state"].as_str(), line["level"].as_str()), (Some("queued"), Some("info")), "{line}");
-    assert_eq!(sim.chassis_sets()[5..], ["set boot pxe", "set power 0", "set power 1"], "{}", sim.report());
+    assert_eq!(sim.wait_chassis_sets(8)[5..], ["set boot pxe", "set power 0", "set power 1"], "{}", sim.report());
     assert_eq!(sim.boot_device(), "Force PXE");
 
     // Wrong password: a clear error naming the BMC and the step; the job stays queued, with a
@@ -97,15 +109,26 @@ fn ipmi_pxe_reset_by_hand_and_for_queued_jobs() {
     let wrong = password_file(work.path(), "wrong", "not-the-password");
     server
         .kura(&[
-            &"host", &"power", &"set", &"h2", &"--driver", &"ipmi", &"--address", &address, &"--user", &"kura",
-            &"--password-file", &wrong,
+            &"host",
+            &"power",
+            &"set",
+            &"h2",
+            &"--driver",
+            &"ipmi",
+            &"--address",
+            &address,
+            &"--user",
+            &"kura",
+            &"--password-file",
+            &wrong,
+            &"--cipher-suite",
+            &"3",
         ])
         .expect_success();
     let before = sim.chassis_sets().len();
-    server.kura(&[&"host", &"power", &"h2", &"pxe-reset"]).expect_failure_mentioning(&[
-        &format!("ipmi BMC {address}"),
-        "setting the boot device to PXE",
-    ]);
+    server
+        .kura(&[&"host", &"power", &"h2", &"pxe-reset"])
+        .expect_failure_mentioning(&[&format!("ipmi BMC {address}"), "setting the boot device to PXE"]);
     let job = queue_job(&api, &admin, "h2");
     let (j, line) = power_line(&api, &admin, job);
     assert_eq!((j["state"].as_str(), line["level"].as_str()), (Some("queued"), Some("warn")), "{line}");
@@ -133,8 +156,18 @@ fn redfish_pxe_reset_by_hand_and_for_queued_jobs() {
     let url = emu.url();
     server
         .kura(&[
-            &"host", &"power", &"set", &"r1", &"--driver", &"redfish", &"--address", &url, &"--user", &"kura",
-            &"--password-file", &pw,
+            &"host",
+            &"power",
+            &"set",
+            &"r1",
+            &"--driver",
+            &"redfish",
+            &"--address",
+            &url,
+            &"--user",
+            &"kura",
+            &"--password-file",
+            &pw,
         ])
         .expect_success();
     let system = emu.system();
@@ -146,7 +179,10 @@ fn redfish_pxe_reset_by_hand_and_for_queued_jobs() {
     let changes = emu.changes();
     let boot = json!({"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}});
     assert_eq!(changes.len(), 2, "{changes:#?}");
-    assert_eq!((changes[0]["method"].as_str(), changes[0]["path"].as_str()), (Some("PATCH"), Some(system_path.as_str())));
+    assert_eq!(
+        (changes[0]["method"].as_str(), changes[0]["path"].as_str()),
+        (Some("PATCH"), Some(system_path.as_str()))
+    );
     assert_eq!(changes[0]["body"], boot);
     assert_eq!(changes[1]["method"], "POST");
     assert_eq!(changes[1]["path"], format!("{system_path}/Actions/ComputerSystem.Reset"));
@@ -169,8 +205,18 @@ fn redfish_pxe_reset_by_hand_and_for_queued_jobs() {
     let wrong = password_file(work.path(), "wrong", "nope");
     server
         .kura(&[
-            &"host", &"power", &"set", &"r2", &"--driver", &"redfish", &"--address", &url, &"--user", &"kura",
-            &"--password-file", &wrong,
+            &"host",
+            &"power",
+            &"set",
+            &"r2",
+            &"--driver",
+            &"redfish",
+            &"--address",
+            &url,
+            &"--user",
+            &"kura",
+            &"--password-file",
+            &wrong,
         ])
         .expect_success();
     server.kura(&[&"host", &"power", &"r2", &"pxe-reset"]).expect_failure_mentioning(&[
@@ -195,8 +241,19 @@ fn credentials_are_sealed_and_never_shown() {
     let secret = "Unique-Pa55-Marker-93817";
     let pw = password_file(work.path(), "pw", secret);
     let run = server.kura(&[
-        &"host", &"power", &"set", &"c1", &"--driver", &"redfish", &"--address", &"https://bmc.invalid", &"--user",
-        &"root", &"--password-file", &pw, &"--insecure",
+        &"host",
+        &"power",
+        &"set",
+        &"c1",
+        &"--driver",
+        &"redfish",
+        &"--address",
+        &"https://bmc.invalid",
+        &"--user",
+        &"root",
+        &"--password-file",
+        &pw,
+        &"--insecure",
     ]);
     assert!(!run.expect_success().stdout.contains(secret), "{run}");
     let show = server.kura(&[&"host", &"power", &"show", &"c1"]);

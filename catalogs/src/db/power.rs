@@ -53,6 +53,9 @@ pub struct PowerSettings {
     /// Wake-on-LAN: interface to send from (SO_BINDTODEVICE).
     #[serde(default)]
     pub interface: Option<String>,
+    /// IPMI: the RMCP+ cipher suite (`ipmitool -C`); absent: negotiated with the BMC.
+    #[serde(default)]
+    pub cipher_suite: Option<u8>,
 }
 
 /// A host's stored power control.
@@ -136,6 +139,7 @@ pub fn validate(s: &PowerSettings, has_password: bool) -> Result<()> {
             refuse("a system id", s.system_id.is_some())?;
             refuse("insecure TLS", s.insecure)?;
             refuse("a TLS fingerprint", s.tls_fingerprint.is_some())?;
+            refuse("a cipher suite", s.cipher_suite.is_some())?;
             if d == PowerDriver::None {
                 refuse("a broadcast address", s.broadcast.is_some())?;
                 refuse("an interface", s.interface.is_some())?;
@@ -160,6 +164,7 @@ pub fn validate(s: &PowerSettings, has_password: bool) -> Result<()> {
                 return Err(invalid(format!("the {d} power driver needs a username and a password")));
             }
             if d == PowerDriver::Redfish {
+                refuse("a cipher suite", s.cipher_suite.is_some())?;
                 if !(addr.starts_with("https://") || addr.starts_with("http://")) {
                     return Err(invalid(format!("Redfish address {addr:?} must be an https:// (or http://) URL")));
                 }
@@ -170,6 +175,9 @@ pub fn validate(s: &PowerSettings, has_password: bool) -> Result<()> {
                 refuse("a system id", s.system_id.is_some())?;
                 refuse("insecure TLS", s.insecure)?;
                 refuse("a TLS fingerprint", s.tls_fingerprint.is_some())?;
+                if s.cipher_suite.is_some_and(|c| c > 17) {
+                    return Err(invalid("an IPMI cipher suite is 0 to 17"));
+                }
                 if addr.contains("://") || addr.contains(char::is_whitespace) || addr.starts_with('-') {
                     return Err(invalid(format!("IPMI address {addr:?} must be HOST or HOST:PORT")));
                 }
@@ -184,7 +192,7 @@ fn load(conn: &Connection, host: &str) -> Result<Option<PowerControl>> {
     Ok(conn
         .query_row(
             "SELECT driver, address, username, password_sealed, system_id, insecure, tls_fingerprint, \
-             broadcast, interface, updated FROM host_power WHERE host_id = ?1",
+             broadcast, interface, updated, cipher_suite FROM host_power WHERE host_id = ?1",
             [id],
             |r| {
                 Ok(PowerControl {
@@ -198,6 +206,7 @@ fn load(conn: &Connection, host: &str) -> Result<Option<PowerControl>> {
                         tls_fingerprint: r.get(6)?,
                         broadcast: r.get(7)?,
                         interface: r.get(8)?,
+                        cipher_suite: r.get(10)?,
                     },
                     password: r.get::<_, Option<Vec<u8>>>(3)?.map(Sealed::from_stored),
                     updated: r.get(9)?,
@@ -230,8 +239,8 @@ impl Catalog {
             let s = settings;
             tx.execute(
                 "INSERT OR REPLACE INTO host_power (host_id, driver, address, username, password_sealed, \
-                 system_id, insecure, tls_fingerprint, broadcast, interface, updated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 system_id, insecure, tls_fingerprint, broadcast, interface, updated, cipher_suite) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     id,
                     s.driver,
@@ -243,7 +252,8 @@ impl Catalog {
                     s.tls_fingerprint,
                     s.broadcast,
                     s.interface,
-                    now
+                    now,
+                    s.cipher_suite
                 ],
             )?;
             let mut detail = serde_json::to_value(s).map_err(|e| invalid(e.to_string()))?;
@@ -287,6 +297,7 @@ mod tests {
             tls_fingerprint: None,
             broadcast: None,
             interface: None,
+            cipher_suite: None,
         }
     }
 
@@ -300,6 +311,7 @@ mod tests {
             tls_fingerprint: None,
             broadcast: Some("10.0.0.255".into()),
             interface: Some("br0".into()),
+            cipher_suite: None,
         }
     }
 
@@ -351,8 +363,18 @@ mod tests {
         s = redfish();
         s.tls_fingerprint = Some("ab".into());
         assert!(ok(&s, true).unwrap_err().contains("not both"));
-        s = PowerSettings { driver: PowerDriver::Ipmi, insecure: false, address: Some("10.0.0.9:623".into()), ..redfish() };
+        s = PowerSettings {
+            driver: PowerDriver::Ipmi,
+            insecure: false,
+            address: Some("10.0.0.9:623".into()),
+            ..redfish()
+        };
         assert!(ok(&s, true).is_ok());
+        s.cipher_suite = Some(3);
+        assert!(ok(&s, true).is_ok());
+        s.cipher_suite = Some(18);
+        assert!(ok(&s, true).is_err());
+        s.cipher_suite = None;
         s.address = Some("-oProxyCommand".into());
         assert!(ok(&s, true).is_err());
         s = wol();

@@ -14,8 +14,10 @@ use std::sync::Arc;
 pub async fn show(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<PowerView>> {
     let st = state.clone();
     let p = tokio::task::spawn_blocking(move || -> ApiResult<PowerView> {
-        let control =
-            st.catalog.get_power(&name)?.ok_or_else(|| ApiError::NotFound(format!("host {name} has no power control")))?;
+        let control = st
+            .catalog
+            .get_power(&name)?
+            .ok_or_else(|| ApiError::NotFound(format!("host {name} has no power control")))?;
         Ok(control.view())
     })
     .await??;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kura host power set HOST --driver redfish --address https://bmc --user U --password-file F [--system ID] [--insecure | --tls-fingerprint FP]
-//! kura host power set HOST --driver ipmi --address HOST[:PORT] --user U --password-file F
+//! kura host power set HOST --driver ipmi --address HOST[:PORT] --user U --password-file F [--cipher-suite N]
 //! kura host power set HOST --driver wol [--broadcast 10.0.0.255] [--interface br0]
 //! kura host power show HOST          # the password shows as "set", never its value
 //! kura host power clear HOST
@@ -78,12 +78,16 @@ struct SetArgs {
     /// Wake-on-LAN: the interface to send from.
     #[arg(long)]
     interface: Option<String>,
+    /// IPMI: the RMCP+ cipher suite (ipmitool -C, e.g. 3 or 17; default: negotiated).
+    #[arg(long, value_name = "N")]
+    cipher_suite: Option<u8>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 fn read_password(path: &PathBuf) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?;
     let pw = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
     if pw.is_empty() {
         bail!("the password file {} is empty", path.display());
@@ -104,6 +108,12 @@ fn print_view(v: &serde_json::Value, json: bool) -> Result<()> {
             println!("address    {}", s("address"));
             println!("user       {}", s("username"));
             println!("password   {}", if v["password"] == "set" { "set" } else { "-" });
+            if v["driver"] == "ipmi" {
+                println!(
+                    "cipher     {}",
+                    v["cipher_suite"].as_u64().map(|c| c.to_string()).unwrap_or("negotiated".into())
+                );
+            }
             if v["driver"] == "redfish" {
                 println!("system     {}", v["system_id"].as_str().unwrap_or("(the BMC's only system)"));
                 let tls = if v["insecure"] == true {
@@ -139,6 +149,7 @@ pub fn run(args: PowerArgs) -> Result<ExitCode> {
                 "tls_fingerprint": a.tls_fingerprint,
                 "broadcast": a.broadcast,
                 "interface": a.interface,
+                "cipher_suite": a.cipher_suite,
             });
             let v: serde_json::Value = client(&a.server)?
                 .put_json(&format!("/hosts/{}/power", a.host), &body)

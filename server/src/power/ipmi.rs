@@ -1,7 +1,7 @@
 //! IPMI over LAN (IPMI 2.0 `lanplus`), through `ipmitool`. Protocol only: which commands to
 //! send when is decided by [`super::run_bmc`].
 //!
-//! Every call runs `ipmitool -I lanplus -H HOST [-p PORT] -U USER -E -N SECS -R RETRIES ...`:
+//! Every call runs `ipmitool -I lanplus -H HOST [-p PORT] -U USER -E -N SECS -R RETRIES [-C SUITE] ...`:
 //! the password goes through the `IPMI_PASSWORD` environment variable (`-E`), never on the
 //! command line (where `ps` would show it). Each run is killed after the timeout.
 //!
@@ -23,6 +23,7 @@ pub struct Ipmi {
     port: Option<u16>,
     user: String,
     password: String,
+    cipher_suite: Option<u8>,
     timeout: Duration,
 }
 
@@ -41,9 +42,11 @@ pub fn split_address(address: &str) -> (String, Option<u16>) {
 }
 
 impl Ipmi {
-    pub fn new(address: &str, user: &str, password: &str, timeout: Duration) -> Ipmi {
+    /// `cipher_suite`: the RMCP+ cipher suite (`-C`); `None` lets ipmitool negotiate (which
+    /// costs seconds with a BMC that does not answer "Get Channel Cipher Suites").
+    pub fn new(address: &str, user: &str, password: &str, cipher_suite: Option<u8>, timeout: Duration) -> Ipmi {
         let (host, port) = split_address(address);
-        Ipmi { host, port, user: user.to_string(), password: password.to_string(), timeout }
+        Ipmi { host, port, user: user.to_string(), password: password.to_string(), cipher_suite, timeout }
     }
 
     fn target(&self) -> String {
@@ -63,12 +66,16 @@ impl Ipmi {
         let per_try = (self.timeout.as_secs() / 3).max(1);
         a.extend(["-U".into(), self.user.clone(), "-E".into(), "-N".into(), per_try.to_string()]);
         a.extend(["-R".into(), "2".into()]);
+        if let Some(c) = self.cipher_suite {
+            a.extend(["-C".into(), c.to_string()]);
+        }
         a.extend(command.iter().map(|s| s.to_string()));
         a
     }
 
     fn run(&self, step: &'static str, command: &[&str]) -> Result<String, PowerError> {
-        let err = |message: String| PowerError::Device { driver: PowerDriver::Ipmi, target: self.target(), step, message };
+        let err =
+            |message: String| PowerError::Device { driver: PowerDriver::Ipmi, target: self.target(), step, message };
         let mut child = Command::new("ipmitool")
             .args(self.args(command))
             .env("IPMI_PASSWORD", &self.password)
@@ -161,13 +168,10 @@ mod tests {
 
     #[test]
     fn the_password_is_never_an_argument() {
-        let i = Ipmi::new("10.0.0.9:6230", "admin", "s3cret-pw", Duration::from_secs(9));
+        let i = Ipmi::new("10.0.0.9:6230", "admin", "s3cret-pw", Some(3), Duration::from_secs(9));
         let args = i.args(&["chassis", "power", "status"]);
         assert!(!args.iter().any(|a| a.contains("s3cret")), "{args:?}");
-        assert_eq!(
-            args.join(" "),
-            "-I lanplus -H 10.0.0.9 -p 6230 -U admin -E -N 3 -R 2 chassis power status"
-        );
+        assert_eq!(args.join(" "), "-I lanplus -H 10.0.0.9 -p 6230 -U admin -E -N 3 -R 2 -C 3 chassis power status");
     }
 
     #[test]

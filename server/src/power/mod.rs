@@ -31,7 +31,7 @@ pub mod redfish;
 pub mod wol;
 
 use kura_catalogs::db::{Catalog, CatalogError, LogLevel, PowerControl, PowerDriver};
-use kura_catalogs::secrets::{SecretError, SecretKey, Sealed};
+use kura_catalogs::secrets::{Sealed, SecretError, SecretKey};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +181,9 @@ impl Power {
         let driver = control.map(|c| c.settings.driver.as_str()).unwrap_or("none");
         let detail = match &result {
             Ok(done) => serde_json::json!({"action": action.as_str(), "driver": driver, "ok": true, "done": done}),
-            Err(e) => serde_json::json!({"action": action.as_str(), "driver": driver, "ok": false, "error": e.to_string()}),
+            Err(e) => {
+                serde_json::json!({"action": action.as_str(), "driver": driver, "ok": false, "error": e.to_string()})
+            }
         };
         self.catalog.record_audit(actor, "power.action", host, detail)?;
         result
@@ -197,7 +199,8 @@ impl Power {
             String::from_utf8(bytes).map_err(|_| PowerError::Unsupported("the stored password is not UTF-8".into()))
         };
         let need = |v: &Option<String>, what: &str| {
-            v.clone().ok_or_else(|| PowerError::Unsupported(format!("host {host}: no {what} for the {} driver", s.driver)))
+            v.clone()
+                .ok_or_else(|| PowerError::Unsupported(format!("host {host}: no {what} for the {} driver", s.driver)))
         };
         match s.driver {
             PowerDriver::None => Ok("no power control".into()),
@@ -240,8 +243,13 @@ impl Power {
                 run_bmc(&mut bmc, action)
             }
             PowerDriver::Ipmi => {
-                let mut bmc =
-                    ipmi::Ipmi::new(&need(&s.address, "address")?, &need(&s.username, "username")?, &password()?, self.timeout);
+                let mut bmc = ipmi::Ipmi::new(
+                    &need(&s.address, "address")?,
+                    &need(&s.username, "username")?,
+                    &password()?,
+                    s.cipher_suite,
+                    self.timeout,
+                );
                 run_bmc(&mut bmc, action)
             }
         }

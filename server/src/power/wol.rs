@@ -45,7 +45,8 @@ pub fn send(mac: &str, broadcast: Ipv4Addr, interface: Option<&str>) -> Result<(
         message: e.to_string(),
     };
     let bytes = parse_mac(mac).ok_or_else(|| PowerError::Unsupported(format!("{mac:?} is not a MAC address")))?;
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| err("opening a UDP socket", e))?;
+    let socket =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| err("opening a UDP socket", e))?;
     socket.set_broadcast(true).map_err(|e| err("enabling broadcast", e))?;
     if let Some(i) = interface {
         socket.bind_device(Some(i.as_bytes())).map_err(|e| err("binding to the interface", e))?;
