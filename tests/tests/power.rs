@@ -396,7 +396,8 @@ fn wake_on_lan_packet_reaches_the_machine_segment() {
     let packets = wait_packets(2);
     assert_eq!(packets[1].split_once(' ').unwrap().0, expected);
     let v: Value = kura(&["jobs", "--json"]).expect_success().json();
-    let j = v.as_array().unwrap().iter().find(|j| j["id"].to_string() == job).cloned().unwrap();
+    let job: i64 = job.parse().expect("kura capture prints the job id");
+    let j = v.as_array().unwrap().iter().find(|j| j["id"] == job).cloned().unwrap();
     assert_eq!(j["state"], "queued", "{j}");
     serve.kill();
 }

@@ -226,7 +226,7 @@ enum ImageCommand {
 enum HostCommand {
     /// Power control: how Kura gets the machine into netboot when a job is queued for it
     /// (Wake-on-LAN, Redfish, IPMI); `kura host power HOST pxe-reset|on|off` acts now.
-    Power(power::PowerArgs),
+    Power(Box<power::PowerArgs>),
 }
 
 #[derive(Subcommand)]
@@ -303,7 +303,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
         Command::Hosts { server } => engine::hosts(&server),
-        Command::Host(HostCommand::Power(args)) => power::run(args),
+        Command::Host(HostCommand::Power(args)) => power::run(*args),
         Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, &server),
         Command::Restore { host, snapshot, disk, server } => jobs::queue("restore", &host, snapshot, disk, &server),
         Command::Jobs { watch, server } => jobs::list(watch, &server),
