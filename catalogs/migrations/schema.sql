@@ -1,5 +1,6 @@
--- The full current schema of the Kura catalog (schema version 1), for reading and for the
--- test that checks it equals all migrations applied. Update it with every new migration.
+-- The full current schema of the Kura catalog (migrations 0001 and 0003; 0002_schedules is
+-- written on another branch and merged beside them), for reading and for the test that checks
+-- it equals all migrations applied. Update it with every new migration.
 --
 -- Conventions: every time is INTEGER unix seconds (UTC); every byte count is INTEGER >= 0;
 -- enumerations are lowercase TEXT with a CHECK; JSON is TEXT.
@@ -119,3 +120,25 @@ CREATE TABLE audit (
     detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
 );
 CREATE INDEX audit_time ON audit (time);
+
+-- Per-host power control (migration 0003). password_sealed is AEAD-sealed with the key in
+-- DATA/secrets.key, never the password.
+CREATE TABLE host_power (
+    host_id INTEGER PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+    driver TEXT NOT NULL CHECK (driver IN ('none', 'wol', 'redfish', 'ipmi')),
+    -- Redfish: the BMC's base URL; IPMI: HOST or HOST:PORT.
+    address TEXT,
+    username TEXT,
+    password_sealed BLOB,
+    -- Redfish: the ComputerSystem id (default: the BMC's only system).
+    system_id TEXT,
+    -- Redfish over HTTPS: accept any certificate (insecure) or exactly the pinned one.
+    insecure INTEGER NOT NULL DEFAULT 0 CHECK (insecure IN (0, 1)),
+    tls_fingerprint TEXT,
+    -- Wake-on-LAN: the IPv4 broadcast address and the interface to send from.
+    broadcast TEXT,
+    interface TEXT,
+    -- IPMI: the RMCP+ cipher suite (ipmitool -C); absent: negotiated.
+    cipher_suite INTEGER CHECK (cipher_suite BETWEEN 0 AND 17),
+    updated INTEGER NOT NULL
+);

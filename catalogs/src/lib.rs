@@ -6,10 +6,12 @@
 //! - [`db`]: the SQLite catalog: hosts, disks, snapshot rows, jobs, users and tokens, audit log.
 //! - [`retention`]: which snapshots a keep-last / keep-monthly rule keeps (pure).
 //! - [`gc`]: mark-and-sweep garbage collection, safe beside running captures.
+//! - [`secrets`]: secrets at rest (BMC passwords): the engine's key file and AEAD sealing.
 
 pub mod db;
 pub mod gc;
 pub mod retention;
+pub mod secrets;
 pub mod store;
 
 pub use store::{LocalStore, SnapshotInfo, VerifyReport};

@@ -4,6 +4,8 @@
 //! DIR/store/         the chunk store (catalogs::store)
 //! DIR/catalog.db     the SQLite catalog (WAL)
 //! DIR/admin.token    the first admin token, mode 0600, written on first start
+//! DIR/secrets.key    the key sealing BMC passwords in the catalog, mode 0600, made on first
+//!                    start (kura_catalogs::secrets); never inside the catalog
 //! DIR/tls/           cert.pem, key.pem (self-signed on first start), fingerprint
 //! DIR/serve.json     where the running server listens: {"url", "fingerprint"}
 //! ```
@@ -200,7 +202,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         Some(p) => Some(crate::netboot::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?),
         None => None,
     };
-    let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()));
+    let secrets = kura_catalogs::secrets::SecretKey::load_or_create(&opts.data.join("secrets.key"))?;
+    let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()), Arc::new(secrets));
     state.watchdog.set_timeout(opts.agent_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

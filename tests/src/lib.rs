@@ -14,6 +14,8 @@
 //! - [`store`]: looking inside a chunk store by its documented layout.
 //! - [`kura_cli`]: running the `kura` binary and decoding its `--json` output.
 //! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls.
+//! - [`bmc`]: real BMCs for power control: `ipmi_sim` (IPMI, optionally driving a QEMU
+//!   machine) and sushy-tools' Redfish emulator.
 //!
 //! Netbooting real machines (root only, run as root in CI):
 //! - [`netns`]: a private network namespace per test (bridge, taps), torn down on drop.
@@ -27,6 +29,7 @@
 //! netboot tests also need qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, busybox-static,
 //! linux-image-amd64 and iproute2.
 
+pub mod bmc;
 pub mod bootdisk;
 pub mod bootimage;
 pub mod checkers;

@@ -47,6 +47,8 @@ fn routes() -> Vec<Value> {
 fn fill(path: &str, job: i64) -> String {
     let mut p = path.replace("{name}", "h1");
     p = p.replace("{digest}", &"ab".repeat(32)).replace("{upload}", &"00".repeat(16));
+    // h1 has no power control: an admin's power action is refused (409) and touches nothing.
+    p = p.replace("{action}", "pxe-reset");
     if p.starts_with("/api/v1/jobs/") {
         p = p.replace("{id}", &job.to_string());
     } else {

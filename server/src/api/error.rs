@@ -16,6 +16,8 @@ pub enum ApiError {
     /// A chunk whose content does not match its digest.
     Unprocessable(String),
     StoreFull(String),
+    /// A device the engine talks to on the client's behalf (a BMC) failed: 502 with its message.
+    BadGateway(String),
     Internal(String),
 }
 
@@ -31,6 +33,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::StoreFull(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m),
             ApiError::Internal(m) => {
                 tracing::error!("internal error: {m}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal server error (see the server log)".to_string())
@@ -61,6 +64,18 @@ impl From<kura_imaging::Error> for ApiError {
             E::Manifest(_) => ApiError::BadRequest(e.to_string()),
             E::Store { ref message, .. } if message.contains("the store is full") => ApiError::StoreFull(e.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::power::PowerError> for ApiError {
+    fn from(e: crate::power::PowerError) -> Self {
+        use crate::power::PowerError as P;
+        match e {
+            P::Device { .. } => ApiError::BadGateway(e.to_string()),
+            P::Unsupported(m) => ApiError::Conflict(m),
+            P::Catalog(c) => c.into(),
+            P::Secret(s) => ApiError::Internal(s.to_string()),
         }
     }
 }

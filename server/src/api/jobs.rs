@@ -23,7 +23,9 @@ pub struct CreateJob {
     mac: Option<String>,
 }
 
-/// Queues a job and issues its one-time agent token (shown once, in this answer).
+/// Queues a job and issues its one-time agent token (shown once, in this answer). Once the job
+/// is committed, power control kicks the machine into netboot in the background
+/// (`crate::power`); its outcome goes into the job's log.
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -43,6 +45,9 @@ pub async fn create(
         Ok(serde_json::json!({ "job": job, "agent_token": token.secret }))
     })
     .await??;
+    if let Some(id) = out["job"]["id"].as_i64() {
+        state.power.spawn_kick_job(id);
+    }
     Ok((StatusCode::CREATED, Json(out)))
 }
 

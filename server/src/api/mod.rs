@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod hosts;
 mod jobs;
+mod power;
 mod snapshots;
 mod uploads;
 pub mod watchdog;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
     /// Fails running jobs whose agent went silent.
     pub watchdog: watchdog::Watchdog,
+    /// Power control (Wake-on-LAN, Redfish, IPMI): kicks machines into netboot for new jobs.
+    pub power: Arc<crate::power::Power>,
     /// Digests of snapshots being restored by agents (to scope their chunk reads).
     digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
 }
@@ -66,9 +69,11 @@ impl AppState {
         store: Arc<LocalStore>,
         catalog: Arc<Catalog>,
         bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
+        secrets: Arc<kura_catalogs::secrets::SecretKey>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             store,
+            power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
             catalog,
             bootlog,
             watchdog: watchdog::Watchdog::default(),
@@ -124,6 +129,10 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/hosts", Operator, JSON, get(hosts::list)),
         route(Method::POST, "/api/v1/hosts", Admin, JSON, post(hosts::create)),
         route(Method::GET, "/api/v1/hosts/{name}", Operator, JSON, get(hosts::show)),
+        route(Method::GET, "/api/v1/hosts/{name}/power", Admin, JSON, get(power::show)),
+        route(Method::PUT, "/api/v1/hosts/{name}/power", Admin, JSON, put(power::set)),
+        route(Method::DELETE, "/api/v1/hosts/{name}/power", Admin, JSON, delete(power::clear)),
+        route(Method::POST, "/api/v1/hosts/{name}/power/{action}", Admin, JSON, post(power::act)),
         route(Method::GET, "/api/v1/snapshots", Operator, JSON, get(snapshots::list)),
         route(Method::DELETE, "/api/v1/snapshots/{id}", Admin, JSON, delete(snapshots::remove)),
         route(Method::GET, "/api/v1/snapshots/{id}/manifest", OperatorOrAgent, JSON, get(snapshots::manifest)),

@@ -9,6 +9,7 @@ mod engine;
 mod image;
 mod jobs;
 mod netboot;
+mod power;
 mod routes;
 
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,9 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One host's settings on the engine.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -223,6 +227,13 @@ enum ImageCommand {
 }
 
 #[derive(Subcommand)]
+enum HostCommand {
+    /// Power control: how Kura gets the machine into netboot when a job is queued for it
+    /// (Wake-on-LAN, Redfish, IPMI); `kura host power HOST pxe-reset|on|off` acts now.
+    Power(Box<power::PowerArgs>),
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create an API token (admin only); it is printed once.
     Create {
@@ -297,6 +308,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
         Command::Hosts { server } => engine::hosts(&server),
+        Command::Host(HostCommand::Power(args)) => power::run(*args),
         Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, &server),
         Command::Restore { host, snapshot, disk, server } => jobs::queue("restore", &host, snapshot, disk, &server),
         Command::Jobs { watch, server } => jobs::list(watch, &server),

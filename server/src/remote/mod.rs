@@ -114,6 +114,12 @@ impl Client {
 
     /// Sends a request built by `make` (called again for each retry); maps failures.
     fn send(&self, what: &str, make: impl Fn() -> RequestBuilder) -> Result<Response, Error> {
+        self.send_tries(what, 4, make)
+    }
+
+    /// [`Client::send`] with at most `tries` attempts (1: never resent, for actions that must
+    /// not run twice, such as a power cycle).
+    fn send_tries(&self, what: &str, tries: u32, make: impl Fn() -> RequestBuilder) -> Result<Response, Error> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -129,7 +135,7 @@ impl Client {
                         .and_then(|v| v["error"].as_str().map(str::to_string))
                         .unwrap_or(body);
                     let transient = status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE;
-                    if !transient || attempt >= 4 {
+                    if !transient || attempt >= tries {
                         let e = remote_err(format!("{what}: server answered {status}: {msg}"), transient);
                         return Err(match status {
                             StatusCode::UNPROCESSABLE_ENTITY => {
@@ -144,7 +150,7 @@ impl Client {
                     let chain = error_chain(&e);
                     // A refused certificate will be refused again: say why at once.
                     let tls = chain.contains("certificate") || chain.contains("fingerprint");
-                    if attempt >= 4 || e.is_builder() || tls {
+                    if attempt >= tries || e.is_builder() || tls {
                         return Err(remote_err(format!("{what}: {chain} (server {})", self.base), !tls));
                     }
                     chain
@@ -175,6 +181,23 @@ impl Client {
         let what = format!("POST {path}");
         let resp = self.send(&what, || self.http.post(self.url(path)).json(body))?;
         self.json(&what, resp)
+    }
+
+    /// POSTs JSON once, never resending it (the action must not run twice).
+    pub fn post_json_once<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Error> {
+        let what = format!("POST {path}");
+        let resp = self.send_tries(&what, 1, || self.http.post(self.url(path)).json(body))?;
+        self.json(&what, resp)
+    }
+
+    pub fn put_json<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Error> {
+        let what = format!("PUT {path}");
+        let resp = self.send(&what, || self.http.put(self.url(path)).json(body))?;
+        self.json(&what, resp)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.send(&format!("DELETE {path}"), || self.http.delete(self.url(path))).map(|_| ())
     }
 
     pub fn begin_upload(
