@@ -1,5 +1,6 @@
--- The full current schema of the Kura catalog (schema version 1), for reading and for the
--- test that checks it equals all migrations applied. Update it with every new migration.
+-- The full current schema of the Kura catalog (migrations 0001 and 0004 applied), for reading
+-- and for the test that checks it equals all migrations applied. Update it with every new
+-- migration.
 --
 -- Conventions: every time is INTEGER unix seconds (UTC); every byte count is INTEGER >= 0;
 -- enumerations are lowercase TEXT with a CHECK; JSON is TEXT.
@@ -119,3 +120,12 @@ CREATE TABLE audit (
     detail TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
 );
 CREATE INDEX audit_time ON audit (time);
+
+-- Notification targets (server/src/notify.rs delivers to them): a webhook (config {"url"}) or
+-- an e-mail relay (config {"smtp", "from", "to", "starttls"}).
+CREATE TABLE notify_targets (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('webhook', 'email')),
+    config TEXT NOT NULL CHECK (json_valid(config)),
+    created INTEGER NOT NULL
+);

@@ -12,4 +12,4 @@ pub mod gc;
 pub mod retention;
 pub mod store;
 
-pub use store::{LocalStore, SnapshotInfo, VerifyReport};
+pub use store::{LocalStore, SnapshotInfo, StoreUsage, VerifyReport};

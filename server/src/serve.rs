@@ -198,7 +198,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         Some(p) => Some(crate::netboot::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?),
         None => None,
     };
-    let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()));
+    let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()), tls.is_some());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let netboot = match netboot {

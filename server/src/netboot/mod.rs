@@ -626,7 +626,7 @@ mod tests {
         }
         let store_dir = tempfile::tempdir().unwrap();
         let store = Arc::new(kura_catalogs::LocalStore::open_or_create(store_dir.path()).unwrap());
-        let state = crate::api::AppState::new(store, cat.clone(), Some(log.clone()));
+        let state = crate::api::AppState::new(store, cat.clone(), Some(log.clone()), false);
         let status = http::status(axum::extract::State(state)).await.0;
         assert_eq!(status["enabled"], true);
         assert!(status["machines"].as_array().is_some_and(|m| !m.is_empty()), "{status}");
