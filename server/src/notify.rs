@@ -43,6 +43,7 @@ impl Default for Delivery {
 
 /// The outcome of one schedule run, for [`Notifier::run_summary`]. The scheduler fills it in;
 /// nothing here depends on how schedules work.
+#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
     /// What ran, e.g. the schedule's name.
@@ -54,6 +55,7 @@ pub struct RunSummary {
 }
 
 /// One host's part of a schedule run.
+#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunJob {
     pub host: String,
@@ -64,6 +66,7 @@ pub struct RunJob {
     pub error: Option<String>,
 }
 
+#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
 impl RunSummary {
     fn count(&self, outcome: &str) -> usize {
         self.jobs.iter().filter(|j| j.outcome == outcome).count()
@@ -100,6 +103,7 @@ impl Event {
     }
 
     /// A schedule run ended.
+    #[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
     pub fn run_summary(summary: &RunSummary, time: UnixTime) -> Event {
         let text = format!(
             "Kura: run {} finished: {} jobs, {} succeeded, {} failed",
@@ -162,6 +166,7 @@ impl Notifier {
     }
 
     /// Tells every target how a schedule run went. Returns at once.
+    #[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
     pub fn run_summary(&self, summary: &RunSummary) {
         self.spawn(Event::run_summary(summary, self.inner.catalog.now()));
     }
@@ -556,12 +561,12 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_dot_stuffed_and_end_properly() {
+    fn messages_have_crlf_lines_and_the_details() {
         let event = Event::new("test", 0, "subject line".into(), json!({ "error": ".starts with a dot\nsecond" }));
         let m = mail_message("kura@example.test", &["ops@example.test".into()], &event);
         assert!(m.contains("Subject: subject line\r\n"), "{m}");
-        assert!(m.ends_with("\r\n") && !m.contains("\n\n"), "{m:?}");
-        let body = m.split("\r\n\r\n").nth(1).unwrap();
+        assert!(m.ends_with("\r\n") && !m.replace("\r\n", "").contains('\n'), "{m:?}");
+        let (_, body) = m.split_once("\r\n\r\n").unwrap();
         assert!(body.starts_with("subject line\r\n"), "{body}");
         assert!(body.contains("error: .starts with a dot\r\nsecond\r\n"), "{body}");
     }

@@ -53,7 +53,8 @@ pub async fn require(
         return Ok(next.run(req).await);
     }
     if access == Access::Page && bearer(&req).is_none() {
-        return Ok(match super::web::session_principal(&state, &req).await? {
+        let headers = req.headers().clone();
+        return Ok(match super::web::session_principal(&state, &headers).await? {
             Some(p) => {
                 req.extensions_mut().insert(p);
                 next.run(req).await

@@ -19,7 +19,7 @@
 
 use super::ops::{Overview, FAILURE_WINDOW, STALE_AFTER};
 use super::{ApiError, ApiResult, AppState};
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -93,8 +93,8 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 
 /// The principal of the request's session, if it has a live one whose token is still good
 /// (and is an operator's or admin's).
-pub async fn session_principal(state: &Arc<AppState>, req: &Request) -> ApiResult<Option<Principal>> {
-    let Some(id) = session_cookie(req.headers()) else { return Ok(None) };
+pub async fn session_principal(state: &Arc<AppState>, headers: &HeaderMap) -> ApiResult<Option<Principal>> {
+    let Some(id) = session_cookie(headers) else { return Ok(None) };
     let now = state.catalog.now();
     let Some(s) = state.sessions.get(&id, now) else { return Ok(None) };
     let catalog = state.catalog.clone();
