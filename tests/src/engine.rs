@@ -370,7 +370,11 @@ impl Api {
 
     /// A new operator token (created with `admin`).
     pub fn operator_token(&self, admin: &str) -> String {
-        let r = self.req("POST", "/tokens").token(admin).json(&serde_json::json!({"role": "operator", "label": "test"})).send();
+        let r = self
+            .req("POST", "/tokens")
+            .token(admin)
+            .json(&serde_json::json!({"role": "operator", "label": "test"}))
+            .send();
         assert_eq!(r.status, 201, "{}", r.text());
         r.json()["token"].as_str().unwrap().to_string()
     }
@@ -380,7 +384,8 @@ impl Api {
     pub fn failed_job(&self, admin: &str, name: &str, mac: &str, error: &str) -> i64 {
         let r = self.req("POST", "/hosts").token(admin).json(&serde_json::json!({"name": name, "macs": [mac]})).send();
         assert_eq!(r.status, 201, "{}", r.text());
-        let r = self.req("POST", "/jobs").token(admin).json(&serde_json::json!({"kind": "capture", "host": name})).send();
+        let r =
+            self.req("POST", "/jobs").token(admin).json(&serde_json::json!({"kind": "capture", "host": name})).send();
         assert_eq!(r.status, 201, "{}", r.text());
         let v = r.json();
         let (job, agent) = (v["job"]["id"].as_i64().unwrap(), v["agent_token"].as_str().unwrap().to_string());

@@ -93,7 +93,8 @@ fn every_route_checks_token_and_role() {
         if access == "Public" {
             // A public GET is a page or a health check; a public POST (login, logout) with an
             // empty JSON body is refused or redirected, but never for lack of a token.
-            let want: Vec<u16> = if method == "GET" { vec![200] } else { (300..500).filter(|s| *s != 401 && *s != 403).collect() };
+            let want: Vec<u16> =
+                if method == "GET" { vec![200] } else { (300..500).filter(|s| *s != 401 && *s != 403).collect() };
             expect("nobody", call(None, None), &want);
             continue;
         }

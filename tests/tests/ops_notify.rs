@@ -172,8 +172,18 @@ fn job_failures_reach_the_webhook_and_the_mailbox() {
     let hook = add(&[&"notify", &"add", &"webhook", &hook_url, &"--json"]);
     let never = add(&[&"notify", &"add", &"webhook", &never_url, &"--json"]);
     let email = add(&[
-        &"notify", &"add", &"email", &"--smtp", &relay, &"--from", &"kura@backup.test", &"--to", &"ops@example.test",
-        &"--to", &"oncall@example.test", &"--json",
+        &"notify",
+        &"add",
+        &"email",
+        &"--smtp",
+        &relay,
+        &"--from",
+        &"kura@backup.test",
+        &"--to",
+        &"ops@example.test",
+        &"--to",
+        &"oncall@example.test",
+        &"--json",
     ]);
     let run = server.kura(&[&"notify", &"list", &"--json"]);
     assert!(run.success(), "{run}");
@@ -203,7 +213,10 @@ fn job_failures_reach_the_webhook_and_the_mailbox() {
     let mail = next(&mails, "mail", &server);
     assert_eq!(mail.from, "kura@backup.test");
     assert_eq!(mail.to, ["ops@example.test", "oncall@example.test"]);
-    assert_eq!(mail.header("Subject"), Some(format!("Kura: capture job {job} of host db01 failed: test: disk on fire").as_str()));
+    assert_eq!(
+        mail.header("Subject"),
+        Some(format!("Kura: capture job {job} of host db01 failed: test: disk on fire").as_str())
+    );
     assert_eq!(mail.header("From"), Some("<kura@backup.test>"));
     assert!(mail.header("Date").is_some() && mail.header("Message-ID").is_some(), "{mail:?}");
     let body = mail.body();

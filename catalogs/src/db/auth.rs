@@ -343,7 +343,12 @@ impl Catalog {
 }
 
 /// The principal of the token matching `clause` (with `?1` = `key`), if it is usable at `now`.
-fn principal_where(conn: &Connection, clause: &str, key: &dyn rusqlite::ToSql, now: UnixTime) -> Result<Option<Principal>> {
+fn principal_where(
+    conn: &Connection,
+    clause: &str,
+    key: &dyn rusqlite::ToSql,
+    now: UnixTime,
+) -> Result<Option<Principal>> {
     let row = conn
         .query_row(
             &format!(

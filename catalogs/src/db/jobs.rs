@@ -95,7 +95,8 @@ pub struct LogLine {
     pub message: String,
 }
 
-pub(crate) const SELECT: &str = "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \
+pub(crate) const SELECT: &str =
+    "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \
      j.created, j.started, j.finished, j.error FROM jobs j JOIN hosts h ON h.id = j.host_id \
      LEFT JOIN disks d ON d.id = j.disk_id";
 

@@ -54,7 +54,11 @@ impl NotifyConfig {
                 if !clean(smtp) || port.and_then(|p| p.parse::<u16>().ok()).is_none() {
                     return bad(format!("{smtp:?} is not an SMTP relay HOST:PORT"));
                 }
-                let address = |a: &str| clean(a) && !a.contains(['<', '>']) && a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty());
+                let address = |a: &str| {
+                    clean(a)
+                        && !a.contains(['<', '>'])
+                        && a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+                };
                 if !address(from) {
                     return bad(format!("{from:?} is not an e-mail address"));
                 }
@@ -150,7 +154,10 @@ mod tests {
         assert_eq!((a.config.clone(), a.created), (hook, START));
         assert_eq!(cat.list_notify_targets().unwrap(), [a.clone(), b.clone()]);
         let v = serde_json::to_value(&b).unwrap();
-        assert_eq!((v["kind"].as_str(), v["smtp"].as_str(), v["id"].as_i64()), (Some("email"), Some("relay:25"), Some(b.id)));
+        assert_eq!(
+            (v["kind"].as_str(), v["smtp"].as_str(), v["id"].as_i64()),
+            (Some("email"), Some("relay:25"), Some(b.id))
+        );
         cat.remove_notify_target("t", a.id).unwrap();
         assert!(matches!(cat.remove_notify_target("t", a.id), Err(CatalogError::NotFound { .. })));
         assert_eq!(cat.list_notify_targets().unwrap(), [b]);

@@ -66,10 +66,8 @@ impl Catalog {
     /// Queued and running jobs, oldest first.
     pub fn active_jobs(&self) -> Result<Vec<Job>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "{} WHERE j.state IN ('queued', 'running') ORDER BY j.id",
-                jobs::SELECT
-            ))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("{} WHERE j.state IN ('queued', 'running') ORDER BY j.id", jobs::SELECT))?;
             let rows = stmt.query_map([], jobs::from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -111,7 +109,8 @@ impl Catalog {
                  WHERE state IN ('succeeded', 'failed') AND started IS NOT NULL AND finished IS NOT NULL \
                  ORDER BY id",
             )?;
-            let rows = stmt.query_map([], |r| Ok(JobDuration { kind: r.get(0)?, state: r.get(1)?, seconds: r.get(2)? }))?;
+            let rows =
+                stmt.query_map([], |r| Ok(JobDuration { kind: r.get(0)?, state: r.get(1)?, seconds: r.get(2)? }))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }

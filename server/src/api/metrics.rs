@@ -81,7 +81,12 @@ pub fn render(o: &Overview, ingested: &Ingested, started: i64) -> String {
         "Bytes (encoded) of chunks new to the store that uploads stored since this server started.",
     );
     let _ = writeln!(m, "kura_ingested_bytes_total {}", ingested.bytes.load(Ordering::Relaxed));
-    family(&mut m, "kura_ingested_chunks_total", "counter", "Chunks new to the store that uploads stored since this server started.");
+    family(
+        &mut m,
+        "kura_ingested_chunks_total",
+        "counter",
+        "Chunks new to the store that uploads stored since this server started.",
+    );
     let _ = writeln!(m, "kura_ingested_chunks_total {}", ingested.chunks.load(Ordering::Relaxed));
 
     family(&mut m, "kura_store_bytes", "gauge", "Bytes of the chunk files in the store (encoded, compressed).");
@@ -112,7 +117,8 @@ pub fn render(o: &Overview, ingested: &Ingested, started: i64) -> String {
     );
     for h in &o.hosts {
         if let Some(s) = &h.last_snapshot {
-            let _ = writeln!(m, "kura_host_last_snapshot_timestamp_seconds{{host=\"{}\"}} {}", label(&h.name), s.created);
+            let _ =
+                writeln!(m, "kura_host_last_snapshot_timestamp_seconds{{host=\"{}\"}} {}", label(&h.name), s.created);
         }
     }
     m

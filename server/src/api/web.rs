@@ -226,7 +226,8 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
     let now = state.catalog.now();
     state.sessions.insert(id.clone(), Session { token_id: p.token_id, expires: now + SESSION_LIFETIME }, now);
     let secure = if state.tls { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_LIFETIME}{secure}");
+    let cookie =
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_LIFETIME}{secure}");
     let mut r = (StatusCode::SEE_OTHER, "logged in").into_response();
     r.headers_mut().insert(LOCATION, HeaderValue::from_static("/status"));
     r.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.to_string()))?);
