@@ -1,6 +1,5 @@
--- The full current schema of the Kura catalog (migrations 0001 and 0003; 0002_schedules is
--- written on another branch and merged beside them), for reading and for the test that checks
--- it equals all migrations applied. Update it with every new migration.
+-- The full current schema of the Kura catalog (all migrations applied), for reading and for
+-- the test that checks it equals all migrations applied. Update it with every new migration.
 --
 -- Conventions: every time is INTEGER unix seconds (UTC); every byte count is INTEGER >= 0;
 -- enumerations are lowercase TEXT with a CHECK; JSON is TEXT.
@@ -141,4 +140,13 @@ CREATE TABLE host_power (
     -- IPMI: the RMCP+ cipher suite (ipmitool -C); absent: negotiated.
     cipher_suite INTEGER CHECK (cipher_suite BETWEEN 0 AND 17),
     updated INTEGER NOT NULL
+);
+
+-- Notification targets (server/src/notify.rs delivers to them): a webhook (config {"url"}) or
+-- an e-mail relay (config {"smtp", "from", "to", "starttls"}).
+CREATE TABLE notify_targets (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('webhook', 'email')),
+    config TEXT NOT NULL CHECK (json_valid(config)),
+    created INTEGER NOT NULL
 );

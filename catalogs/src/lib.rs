@@ -14,4 +14,4 @@ pub mod retention;
 pub mod secrets;
 pub mod store;
 
-pub use store::{LocalStore, SnapshotInfo, VerifyReport};
+pub use store::{LocalStore, SnapshotInfo, StoreUsage, VerifyReport};

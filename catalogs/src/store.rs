@@ -86,6 +86,14 @@ pub struct SnapshotInfo {
     pub unique_chunks: usize,
 }
 
+/// What the chunks in place take: their count and the sum of their file sizes (encoded:
+/// header plus compressed payload), as [`LocalStore::usage`] finds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreUsage {
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DamagedChunk {
     pub digest: String,
@@ -301,6 +309,18 @@ impl LocalStore {
 
     /// Calls `f(digest, size, mtime)` for every chunk file; stops at the first error. Files
     /// in `chunks/` that are not named like chunks are skipped.
+    /// Counts the chunks in place and adds up their file sizes (one walk of `chunks/`; staged
+    /// chunks are not counted until they are in place, which they are after every commit).
+    pub fn usage(&self) -> Result<StoreUsage, Error> {
+        let mut u = StoreUsage::default();
+        self.for_each_chunk(|_, len, _| {
+            u.chunks += 1;
+            u.bytes += len;
+            Ok(())
+        })?;
+        Ok(u)
+    }
+
     pub fn for_each_chunk(
         &self,
         mut f: impl FnMut(Digest, u64, std::time::SystemTime) -> Result<(), Error>,
@@ -636,8 +656,10 @@ mod tests {
         assert!(matches!(store.get_chunk(&d2), Err(Error::ChunkMissing { .. })));
         // Staged chunks are readable and present before they are in place.
         assert!(store.has(&d) && !store.has_in_place(&d));
+        assert_eq!(store.usage().unwrap(), StoreUsage::default());
         assert_eq!(store.flush_staged().unwrap(), 1);
         assert!(store.has_in_place(&d));
+        assert_eq!(store.usage().unwrap(), StoreUsage { chunks: 1, bytes: b.len() as u64 });
         // Nothing left in tmp/.
         assert_eq!(fs::read_dir(dir.path().join("s/tmp")).unwrap().count(), 0);
     }

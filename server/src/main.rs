@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod netboot;
+mod notify;
 mod power;
 mod progress_bar;
 mod serve;

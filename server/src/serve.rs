@@ -203,7 +203,13 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         None => None,
     };
     let secrets = kura_catalogs::secrets::SecretKey::load_or_create(&opts.data.join("secrets.key"))?;
-    let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()), Arc::new(secrets));
+    let state = AppState::new(
+        store.clone(),
+        catalog,
+        netboot.as_ref().map(|nb| nb.log.clone()),
+        Arc::new(secrets),
+        tls.is_some(),
+    );
     state.watchdog.set_timeout(opts.agent_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

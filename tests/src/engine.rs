@@ -311,6 +311,7 @@ pub struct Api {
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -322,6 +323,11 @@ impl Resp {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Values of a response header.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
     }
 }
 
@@ -336,9 +342,11 @@ pub struct Req<'a> {
 
 impl Api {
     pub fn new(base: &str) -> Api {
+        // Redirects are not followed: the status page's redirect to its login is what tests see.
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
         Api { http, base: base.trim_end_matches('/').to_string() }
@@ -348,6 +356,48 @@ impl Api {
     pub fn req(&self, method: &str, path: &str) -> Req<'_> {
         let path = if path.starts_with("/api/") { path.to_string() } else { format!("/api/v1{path}") };
         Req { api: self, method: method.parse().unwrap(), path, headers: Vec::new(), body: None }
+    }
+
+    /// A request to `path` exactly as given (the route table's paths, pages, `/metrics`).
+    pub fn raw(&self, method: &str, path: &str) -> Req<'_> {
+        Req { api: self, method: method.parse().unwrap(), path: path.to_string(), headers: Vec::new(), body: None }
+    }
+
+    /// The server's base URL (`http://127.0.0.1:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A new operator token (created with `admin`).
+    pub fn operator_token(&self, admin: &str) -> String {
+        let r = self
+            .req("POST", "/tokens")
+            .token(admin)
+            .json(&serde_json::json!({"role": "operator", "label": "test"}))
+            .send();
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+
+    /// Creates host `name` with one MAC, queues a capture job for it and fails the job as its
+    /// agent with `error`. Returns the job id.
+    pub fn failed_job(&self, admin: &str, name: &str, mac: &str, error: &str) -> i64 {
+        let r = self.req("POST", "/hosts").token(admin).json(&serde_json::json!({"name": name, "macs": [mac]})).send();
+        assert_eq!(r.status, 201, "{}", r.text());
+        let r =
+            self.req("POST", "/jobs").token(admin).json(&serde_json::json!({"kind": "capture", "host": name})).send();
+        assert_eq!(r.status, 201, "{}", r.text());
+        let v = r.json();
+        let (job, agent) = (v["job"]["id"].as_i64().unwrap(), v["agent_token"].as_str().unwrap().to_string());
+        let r = self
+            .req("POST", &format!("/jobs/{job}/finish"))
+            .token(&agent)
+            .mac(mac)
+            .json(&serde_json::json!({"ok": false, "error": error}))
+            .send();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["state"], "failed");
+        job
     }
 }
 
@@ -388,8 +438,13 @@ impl Req<'_> {
         }
         let resp = rb.send().map_err(|e| format!("{} {}: {e:?}", self.method, self.path))?;
         let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let body = resp.bytes().map_err(|e| format!("{} {}: reading the body: {e}", self.method, self.path))?;
-        Ok(Resp { status, body: body.to_vec() })
+        Ok(Resp { status, headers, body: body.to_vec() })
     }
 
     /// Sends it; panics on a transport failure.

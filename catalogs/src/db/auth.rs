@@ -332,35 +332,51 @@ impl Catalog {
             return Ok(None);
         }
         let hash = hash_secret(secret);
-        self.read(|conn| {
-            let row = conn
-                .query_row(
-                    "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.expires, t.revoked, j.state \
-                     FROM tokens t LEFT JOIN users u ON u.id = t.user_id LEFT JOIN jobs j ON j.id = t.job_id \
-                     WHERE t.hash = ?1",
-                    [hash],
-                    |r| {
-                        let principal = Principal {
-                            token_id: r.get(0)?,
-                            role: r.get(1)?,
-                            label: r.get(2)?,
-                            user: r.get(3)?,
-                            job_id: r.get(4)?,
-                            mac: r.get(5)?,
-                        };
-                        let expires: Option<UnixTime> = r.get(6)?;
-                        let revoked: bool = r.get(7)?;
-                        let job_state: Option<JobState> = r.get(8)?;
-                        Ok((principal, expires, revoked, job_state))
-                    },
-                )
-                .optional()?;
-            let Some((principal, expires, revoked, job_state)) = row else { return Ok(None) };
-            let expired = expires.is_some_and(|e| now >= e);
-            let job_ended = principal.role == Role::Agent && !job_state.is_some_and(JobState::is_active);
-            Ok((!revoked && !expired && !job_ended).then_some(principal))
-        })
+        self.read(|conn| principal_where(conn, "t.hash = ?1", &hash, now))
     }
+
+    /// The principal of token `id` at time `now`, with the same checks as
+    /// [`Catalog::authenticate`] (for sessions that remember a token, not its secret).
+    pub fn token_principal(&self, id: i64, now: UnixTime) -> Result<Option<Principal>> {
+        self.read(|conn| principal_where(conn, "t.id = ?1", &id, now))
+    }
+}
+
+/// The principal of the token matching `clause` (with `?1` = `key`), if it is usable at `now`.
+fn principal_where(
+    conn: &Connection,
+    clause: &str,
+    key: &dyn rusqlite::ToSql,
+    now: UnixTime,
+) -> Result<Option<Principal>> {
+    let row = conn
+        .query_row(
+            &format!(
+                "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.expires, t.revoked, j.state \
+                 FROM tokens t LEFT JOIN users u ON u.id = t.user_id LEFT JOIN jobs j ON j.id = t.job_id \
+                 WHERE {clause}"
+            ),
+            [key],
+            |r| {
+                let principal = Principal {
+                    token_id: r.get(0)?,
+                    role: r.get(1)?,
+                    label: r.get(2)?,
+                    user: r.get(3)?,
+                    job_id: r.get(4)?,
+                    mac: r.get(5)?,
+                };
+                let expires: Option<UnixTime> = r.get(6)?;
+                let revoked: bool = r.get(7)?;
+                let job_state: Option<JobState> = r.get(8)?;
+                Ok((principal, expires, revoked, job_state))
+            },
+        )
+        .optional()?;
+    let Some((principal, expires, revoked, job_state)) = row else { return Ok(None) };
+    let expired = expires.is_some_and(|e| now >= e);
+    let job_ended = principal.role == Role::Agent && !job_state.is_some_and(JobState::is_active);
+    Ok((!revoked && !expired && !job_ended).then_some(principal))
 }
 
 #[cfg(test)]
@@ -394,8 +410,11 @@ mod tests {
         assert_eq!(stored, hash_secret(&issued.secret));
         assert!(!stored.contains(&issued.secret[5..]));
 
+        assert_eq!(cat.token_principal(issued.info.id, START).unwrap().as_ref(), Some(&p));
         assert!(cat.revoke_token("t", issued.info.id).unwrap().revoked);
         assert!(cat.authenticate(&issued.secret, START).unwrap().is_none());
+        assert!(cat.token_principal(issued.info.id, START).unwrap().is_none());
+        assert!(cat.token_principal(999, START).unwrap().is_none());
         assert!(cat.revoke_token("t", issued.info.id).unwrap().revoked);
         assert!(matches!(cat.revoke_token("t", 999), Err(CatalogError::NotFound { .. })));
         let actions: Vec<String> = cat.list_audit(10).unwrap().into_iter().map(|a| a.action).collect();

@@ -95,11 +95,12 @@ pub struct LogLine {
     pub message: String,
 }
 
-const SELECT: &str = "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \
+pub(crate) const SELECT: &str =
+    "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \
      j.created, j.started, j.finished, j.error FROM jobs j JOIN hosts h ON h.id = j.host_id \
      LEFT JOIN disks d ON d.id = j.disk_id";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
         kind: r.get(1)?,

@@ -19,6 +19,7 @@ use rusqlite::Connection;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0003_power", include_str!("../../migrations/0003_power.sql")),
+    ("0004_notify", include_str!("../../migrations/0004_notify.sql")),
 ];
 
 /// The schema version this build reads and writes.

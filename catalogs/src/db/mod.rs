@@ -8,6 +8,8 @@
 //! - [`power`]: per-host power control (Wake-on-LAN, Redfish, IPMI), with sealed passwords.
 //! - [`auth`]: users, API tokens and authentication.
 //! - [`audit`]: the append-only audit log.
+//! - [`notify`]: notification targets (webhooks, e-mail relays).
+//! - [`stats`]: read-only summaries for the status page and the metrics.
 //!
 //! # Conventions
 //!
@@ -98,16 +100,20 @@ pub mod error;
 pub mod hosts;
 pub mod jobs;
 pub mod migrations;
+pub mod notify;
 pub mod power;
 pub mod snapshots;
+pub mod stats;
 
 pub use audit::AuditEntry;
 pub use auth::{authorize_agent, IssuedToken, Principal, Role, TokenInfo, User};
 pub use error::{CatalogError, Result};
 pub use hosts::{normalize_mac, Disk, Host, HostPatch, NewDisk, NewHost, RetentionScope};
 pub use jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob, JOB_LOG_CAP};
+pub use notify::{NotifyConfig, NotifyTarget};
 pub use power::{PasswordChange, PowerControl, PowerDriver, PowerSettings, PowerView};
 pub use snapshots::{NewSnapshot, Snapshot, SnapshotKind, SnapshotState};
+pub use stats::{HostStatus, JobCount, JobDuration, SnapshotTotals};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use std::path::Path;

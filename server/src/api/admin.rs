@@ -141,6 +141,7 @@ pub async fn gc(
         Ok(report)
     })
     .await??;
+    state.store_changed();
     Ok(Json(report))
 }
 
@@ -188,6 +189,7 @@ pub async fn verify(
         Ok(v)
     })
     .await??;
+    state.store_changed();
     Ok(Json(out))
 }
 

@@ -3,7 +3,8 @@
 //! A request carries `Authorization: Bearer <token>`. The token is looked up (by hash) in the
 //! catalog; the resulting [`Principal`] is checked against the route's [`Access`] and handed to
 //! the handler as an extension. Agent tokens must also present the MAC address they are bound
-//! to (`X-Kura-Mac`); handlers then check the agent acts on its own job only.
+//! to (`X-Kura-Mac`); handlers then check the agent acts on its own job only. Page routes
+//! ([`Access::Page`]) also accept the status page's session cookie (`super::web`).
 
 use super::{ApiError, AppState};
 use axum::extract::{Request, State};
@@ -23,6 +24,9 @@ pub enum Access {
     Operator,
     /// Operator, admin, or an agent acting on its own job (checked by the handler).
     OperatorOrAgent,
+    /// A browser page for operators and admins: a status-page session cookie (see `web`) or
+    /// an operator's bearer token; a request with neither is redirected to `/login`.
+    Page,
 }
 
 impl Access {
@@ -30,7 +34,7 @@ impl Access {
         match self {
             Access::Public => true,
             Access::Admin => role == Role::Admin,
-            Access::Operator => matches!(role, Role::Admin | Role::Operator),
+            Access::Operator | Access::Page => matches!(role, Role::Admin | Role::Operator),
             Access::OperatorOrAgent => true,
         }
     }
@@ -47,6 +51,16 @@ pub async fn require(
 ) -> Result<Response, ApiError> {
     if access == Access::Public {
         return Ok(next.run(req).await);
+    }
+    if access == Access::Page && bearer(&req).is_none() {
+        let headers = req.headers().clone();
+        return Ok(match super::web::session_principal(&state, &headers).await? {
+            Some(p) => {
+                req.extensions_mut().insert(p);
+                next.run(req).await
+            }
+            None => super::web::to_login(),
+        });
     }
     let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?.to_string();
     let catalog = state.catalog.clone();

@@ -5,7 +5,7 @@ use super::{ApiError, ApiResult, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kura_catalogs::db::{Job, JobKind, LogLevel, NewJob, Principal, Role};
+use kura_catalogs::db::{Job, JobKind, JobState, LogLevel, NewJob, Principal, Role};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -93,7 +93,7 @@ pub async fn progress(
     state.watchdog.touch(id);
     let st = state.clone();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
-        if st.catalog.get_job(id)?.state == kura_catalogs::db::JobState::Queued {
+        if st.catalog.get_job(id)?.state == JobState::Queued {
             st.catalog.start_job(&p.actor(), id)?;
         }
         st.catalog.set_job_progress(id, req.done, req.total)?;
@@ -130,7 +130,7 @@ pub async fn finish(
             st.catalog.succeed_job(&p.actor(), id)?
         } else {
             let msg = req.error.unwrap_or_else(|| "the agent reported a failure".into());
-            if job.state == kura_catalogs::db::JobState::Queued {
+            if job.state == JobState::Queued {
                 // An agent that fails before its first progress report still ends its job.
                 st.catalog.start_job(&p.actor(), id)?;
             }
@@ -139,5 +139,9 @@ pub async fn finish(
         })
     })
     .await??;
+    if job.state == JobState::Failed {
+        // In the background: a slow or broken target never holds up the agent.
+        state.notifier.job_failed(&job, job.error.as_deref().unwrap_or(""));
+    }
     Ok(Json(job))
 }

@@ -4,6 +4,9 @@
 //! authentication layer are generated from that table, and the table-driven test walks the
 //! same table, so a new route cannot escape authentication.
 //!
+//! Besides the JSON API under `/api/v1`, the table declares the operator's status page
+//! (`web`: `/`, `/status`, `/login`, `/logout`) and the Prometheus metrics (`/metrics`).
+//!
 //! [`serve`] takes its listener and a shutdown future as arguments (tests bind port 0).
 
 mod admin;
@@ -11,10 +14,14 @@ mod auth;
 mod error;
 mod hosts;
 mod jobs;
+mod metrics;
+mod notify;
+mod ops;
 mod power;
 mod snapshots;
 mod uploads;
 pub mod watchdog;
+mod web;
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
@@ -62,6 +69,18 @@ pub struct AppState {
     pub power: Arc<crate::power::Power>,
     /// Digests of snapshots being restored by agents (to scope their chunk reads).
     digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
+    /// Whether the server speaks TLS (session cookies are then `Secure`).
+    pub tls: bool,
+    /// Browser sessions of the status page.
+    pub sessions: web::Sessions,
+    /// Job failures and run summaries go out through it.
+    pub notifier: crate::notify::Notifier,
+    /// What uploads stored since start (for `/metrics`).
+    pub ingested: metrics::Ingested,
+    /// When this server started (unix seconds).
+    pub started: i64,
+    /// The last measured store usage (see `ops::store_usage`).
+    usage_cache: Mutex<Option<(std::time::Instant, kura_catalogs::StoreUsage)>>,
 }
 
 impl AppState {
@@ -70,18 +89,31 @@ impl AppState {
         catalog: Arc<Catalog>,
         bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
         secrets: Arc<kura_catalogs::secrets::SecretKey>,
+        tls: bool,
     ) -> Arc<AppState> {
+        let notifier = crate::notify::Notifier::new(catalog.clone(), crate::notify::Delivery::default());
         Arc::new(AppState {
+            started: catalog.now(),
             store,
             power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
             catalog,
             bootlog,
             watchdog: watchdog::Watchdog::default(),
+            tls,
+            notifier,
+            sessions: web::Sessions::default(),
+            ingested: metrics::Ingested::default(),
+            usage_cache: Mutex::new(None),
             writers: Arc::new(WriterRegistry::new()),
             uploads: Mutex::new(HashMap::new()),
             gc_running: tokio::sync::Mutex::new(()),
             digest_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Forgets the measured store usage (after a commit or a garbage collection).
+    pub fn store_changed(&self) {
+        *self.usage_cache.lock().expect("lock") = None;
     }
 
     /// The set of chunk digests snapshot `id` references (cached; blocking).
@@ -154,6 +186,16 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/api/v1/verify", Admin, JSON, post(admin::verify)),
         route(Method::GET, "/api/v1/audit", Admin, JSON, get(admin::audit)),
         route(Method::GET, "/api/v1/netboot/status", Operator, JSON, get(crate::netboot::http::status)),
+        route(Method::GET, "/api/v1/notify", Admin, JSON, get(notify::list)),
+        route(Method::POST, "/api/v1/notify", Admin, JSON, post(notify::add)),
+        route(Method::DELETE, "/api/v1/notify/{id}", Admin, JSON, delete(notify::remove)),
+        route(Method::POST, "/api/v1/notify/test", Admin, JSON, post(notify::test)),
+        route(Method::GET, "/metrics", Operator, JSON, get(metrics::metrics)),
+        route(Method::GET, "/", Page, JSON, get(web::status)),
+        route(Method::GET, "/status", Page, JSON, get(web::status)),
+        route(Method::GET, "/login", Public, JSON, get(web::login_form)),
+        route(Method::POST, "/login", Public, JSON, post(web::login)),
+        route(Method::POST, "/logout", Public, JSON, post(web::logout)),
     ]
 }
 

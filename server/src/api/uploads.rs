@@ -176,6 +176,9 @@ pub async fn put_chunk(
                 u.new_bytes += len;
             }
         }
+        if new {
+            st.ingested.add(len);
+        }
         Ok(new)
     })
     .await??;
@@ -254,6 +257,7 @@ pub async fn commit(
     })
     .await??;
     end_session(&state, &upload);
+    state.store_changed();
     Ok((StatusCode::CREATED, Json(out)))
 }
 

@@ -100,7 +100,8 @@ fn check(state: &AppState) -> Result<(), kura_catalogs::db::CatalogError> {
         }
         super::uploads::abort_job_sessions(state, id);
         state.catalog.append_job_log(id, LogLevel::Error, &msg)?;
-        state.catalog.fail_job(ACTOR, id, &msg)?;
+        let failed = state.catalog.fail_job(ACTOR, id, &msg)?;
+        state.notifier.job_failed(&failed, &msg);
         tracing::warn!("job {id} of host {}: {msg}", job.host);
     }
     Ok(())

@@ -9,6 +9,7 @@ mod engine;
 mod image;
 mod jobs;
 mod netboot;
+mod notify;
 mod power;
 mod routes;
 
@@ -111,6 +112,9 @@ enum Command {
     /// Administration on the engine's data directory (run on the engine's machine).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Notifications (webhooks, e-mail) on job failures and schedule runs (admin only).
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// Network boot (PXE/iPXE) services of the engine.
     #[command(subcommand)]
     Netboot(netboot::NetbootCommand),
@@ -323,6 +327,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
         Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
         Command::Netboot(cmd) => netboot::run(cmd),
+        Command::Notify(cmd) => notify::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Bootenv(cmd) => bootenv::run(cmd),
     }

@@ -631,6 +631,7 @@ mod tests {
             cat.clone(),
             Some(log.clone()),
             Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap()),
+            false,
         );
         let status = http::status(axum::extract::State(state)).await.0;
         assert_eq!(status["enabled"], true);

@@ -177,6 +177,11 @@ impl Client {
         self.send(&format!("POST {path}"), || self.http.post(self.url(path)).json(body)).map(|_| ())
     }
 
+    /// DELETEs a resource (routes that answer with no body).
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.send(&format!("DELETE {path}"), || self.http.delete(self.url(path))).map(|_| ())
+    }
+
     pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Error> {
         let what = format!("POST {path}");
         let resp = self.send(&what, || self.http.post(self.url(path)).json(body))?;
@@ -194,10 +199,6 @@ impl Client {
         let what = format!("PUT {path}");
         let resp = self.send(&what, || self.http.put(self.url(path)).json(body))?;
         self.json(&what, resp)
-    }
-
-    pub fn delete(&self, path: &str) -> Result<(), Error> {
-        self.send(&format!("DELETE {path}"), || self.http.delete(self.url(path))).map(|_| ())
     }
 
     pub fn begin_upload(
