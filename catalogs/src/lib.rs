@@ -5,8 +5,10 @@
 //!   snapshots exist.
 //! - [`db`]: the SQLite catalog: hosts, disks, snapshot rows, jobs, users and tokens, audit log.
 //! - [`retention`]: which snapshots a keep-last / keep-monthly rule keeps (pure).
+//! - [`cron`]: cron expressions (UTC) and their next due time (pure).
 //! - [`gc`]: mark-and-sweep garbage collection, safe beside running captures.
 
+pub mod cron;
 pub mod db;
 pub mod gc;
 pub mod retention;

@@ -16,7 +16,10 @@ use super::error::{CatalogError, Result};
 use rusqlite::Connection;
 
 /// The migrations, in order; migration `i` (0-based) produces schema version `i + 1`.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
+    ("0002_schedules", include_str!("../../migrations/0002_schedules.sql")),
+];
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -5,6 +5,7 @@
 //! - [`hosts`]: hosts, their MAC addresses and disks, and retention rules.
 //! - [`snapshots`]: the catalog rows of committed snapshots (the data lives in the chunk store).
 //! - [`jobs`]: capture and restore jobs, their state machine, progress and log lines.
+//! - [`schedules`]: scheduled captures: schedules, their runs and per-host entries.
 //! - [`auth`]: users, API tokens and authentication.
 //! - [`audit`]: the append-only audit log.
 //!
@@ -97,6 +98,7 @@ pub mod error;
 pub mod hosts;
 pub mod jobs;
 pub mod migrations;
+pub mod schedules;
 pub mod snapshots;
 
 pub use audit::AuditEntry;
@@ -104,6 +106,10 @@ pub use auth::{authorize_agent, IssuedToken, Principal, Role, TokenInfo, User};
 pub use error::{CatalogError, Result};
 pub use hosts::{normalize_mac, Disk, Host, HostPatch, NewDisk, NewHost, RetentionScope};
 pub use jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob, JOB_LOG_CAP};
+pub use schedules::{
+    HostFailure, HostRunState, NewSchedule, Recorded, Releasable, Release, RunHost, RunState, RunSummary, Schedule,
+    ScheduleRun, Settled, TargetKind,
+};
 pub use snapshots::{NewSnapshot, Snapshot, SnapshotKind, SnapshotState};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
