@@ -221,6 +221,9 @@ pub struct Recorded {
     pub missed: Vec<RunSummary>,
 }
 
+/// A released entry whose job ended: run, host, job, attempts, schedule, job state, job error.
+type EndedEntry = (i64, String, Option<i64>, u32, i64, Option<JobState>, Option<String>);
+
 const SELECT: &str = "SELECT id, name, target_kind, target, cron, keep_last, keep_monthly, max_concurrent, \
      retries, retry_delay, enabled, created, evaluated_until FROM schedules";
 
@@ -633,7 +636,7 @@ impl Catalog {
     /// the schedule's retries, else `failed`. One transaction.
     pub fn settle_released_hosts(&self, actor: &str, now: UnixTime) -> Result<Vec<Settled>> {
         self.write(|tx, _| {
-            let ended: Vec<(i64, String, Option<i64>, u32, i64, Option<JobState>, Option<String>)> = {
+            let ended: Vec<EndedEntry> = {
                 let mut stmt = tx.prepare_cached(
                     "SELECT e.run_id, e.host, e.job_id, e.attempts, r.schedule_id, j.state, j.error \
                      FROM schedule_run_hosts e JOIN schedule_runs r ON r.id = e.run_id \
