@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod netboot;
 mod progress_bar;
+mod scheduler;
 mod serve;
 mod target;
 

@@ -8,11 +8,15 @@
 //! DIR/serve.json     where the running server listens: {"url", "fingerprint"}
 //! ```
 //!
+//! Beside the API runs the scheduler (`crate::scheduler`), which turns schedules into capture
+//! jobs; it and the API stop on the same SIGTERM / Ctrl-C.
+//!
 //! On start the catalog is reconciled with the store: the store is the source of truth for
 //! which snapshots exist (a server killed between writing a manifest and recording it loses
 //! nothing).
 
 use crate::api::{self, AppState};
+use crate::scheduler::{Clock, FileClock, Hooks, Scheduler, SystemClock};
 use anyhow::{bail, Context, Result};
 use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
 use kura_catalogs::LocalStore;
@@ -31,6 +35,10 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     /// Netboot configuration (JSON, `crate::netboot::NetbootConfig`): run DHCP/TFTP/boot HTTP.
     pub netboot: Option<PathBuf>,
+    /// The scheduler's settings (tick, catch-up window, overall job cap).
+    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// Take the time from this file (RFC 3339) instead of the system clock: tests only.
+    pub test_clock: Option<PathBuf>,
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`.
@@ -158,6 +166,22 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::Certificate
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     let (store, catalog) = open_state(&opts.data)?;
+    let clock: Arc<dyn Clock> = match &opts.test_clock {
+        Some(path) => {
+            eprintln!("WARNING: the engine's clock is the test clock {}", path.display());
+            Arc::new(FileClock::open(path.clone())?)
+        }
+        None => Arc::new(SystemClock),
+    };
+    // With a test clock the catalog stamps rows with it too, so the engine has one time.
+    let catalog = match &opts.test_clock {
+        Some(_) => {
+            let c = clock.clone();
+            let owned = Arc::try_unwrap(catalog).map_err(|_| anyhow::anyhow!("the catalog is already shared"))?;
+            Arc::new(owned.with_clock(move || c.now()))
+        }
+        None => catalog,
+    };
     let _lock = store.lock(true)?;
     let leftovers = store.clean_tmp()?;
     if leftovers > 0 {
@@ -198,6 +222,9 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         Some(p) => Some(crate::netboot::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?),
         None => None,
     };
+    // Notifications (RunObserver) and power control (ReleaseHook) register their hooks here.
+    let hooks = Hooks::default();
+    let scheduler = Arc::new(Scheduler::new(catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));
     let state = AppState::new(store.clone(), catalog, netboot.as_ref().map(|nb| nb.log.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -205,15 +232,21 @@ pub fn run(opts: ServeOptions) -> Result<()> {
             Some(nb) => Some(crate::netboot::start(nb).await?),
             None => None,
         };
-        let shutdown = async {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let scheduler_task = tokio::spawn(crate::scheduler::run(scheduler, clock, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             eprintln!("kura serve: shutting down");
+            let _ = stop_tx.send(true);
         };
         let served = api::serve(listener, tls, state, shutdown).await;
+        let _ = scheduler_task.await;
         if let Some(nb) = netboot {
             nb.stop().await;
         }

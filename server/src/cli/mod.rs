@@ -138,6 +138,24 @@ pub struct ServeArgs {
     /// configuration.
     #[arg(long, value_name = "CONFIG.json")]
     pub netboot: Option<PathBuf>,
+    /// At most this many capture jobs released by schedules queued or running at once, all
+    /// schedules together (each schedule also has its own cap).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_concurrent_jobs: u32,
+    /// After downtime, the newest missed due time of a schedule is still run if it is younger
+    /// than this (e.g. 90m, 6h, 1d); older ones are recorded as missed.
+    #[arg(long, default_value = "6h", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub schedule_catch_up: i64,
+    /// Tests: read the current time (RFC 3339 UTC) from FILE at every use.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub test_clock: Option<PathBuf>,
+    /// Tests: time between scheduler ticks, in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub scheduler_tick_ms: u64,
+}
+
+fn parse_duration_arg(s: &str) -> Result<i64, String> {
+    crate::scheduler::parse_duration(s)
 }
 
 /// How to reach an engine.
@@ -287,6 +305,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
                 netboot: args.netboot,
+                scheduler: crate::scheduler::SchedulerConfig {
+                    tick: std::time::Duration::from_millis(args.scheduler_tick_ms.max(10)),
+                    catch_up: args.schedule_catch_up,
+                    max_concurrent_jobs: args.max_concurrent_jobs,
+                },
+                test_clock: args.test_clock,
             })?;
             Ok(ExitCode::SUCCESS)
         }
