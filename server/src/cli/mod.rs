@@ -10,6 +10,7 @@ mod image;
 mod jobs;
 mod netboot;
 mod routes;
+mod schedule;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -71,6 +72,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Scheduled captures of a host or a group (cron, UTC).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Re-read and re-hash every chunk on the engine; quarantine damaged ones.
     Verify {
         /// Only this snapshot.
@@ -322,6 +326,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(TokenCommand::Create { role, label, user, server }) => {
             engine::create_token(&role, &label, user.as_deref(), &server)
         }
+        Command::Schedule(cmd) => schedule::run(cmd),
         Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
         Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {
