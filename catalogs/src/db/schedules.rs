@@ -546,6 +546,20 @@ impl Catalog {
         })
     }
 
+    /// The schedule that released job `job`, if a schedule did.
+    pub fn schedule_of_job(&self, job: i64) -> Result<Option<i64>> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT r.schedule_id FROM schedule_run_hosts e JOIN schedule_runs r ON r.id = e.run_id \
+                     WHERE e.job_id = ?1",
+                    [job],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
     /// Jobs released by schedules that are queued or running: `(schedule id, count)` for each
     /// schedule that has any.
     pub fn scheduled_active_jobs(&self) -> Result<Vec<(i64, u32)>> {
@@ -816,6 +830,7 @@ mod tests {
         );
         assert!(cat.release_run_host("s", run, "a").is_err(), "already released");
         assert_eq!(cat.scheduled_active_jobs().unwrap(), [(s.id, 2)]);
+        assert_eq!(cat.schedule_of_job(ja.id).unwrap(), Some(s.id));
         assert!(cat.settle_released_hosts("s", due).unwrap().is_empty());
 
         // a succeeds; b fails once (retry), then again (failed).
