@@ -253,7 +253,12 @@ impl Scheduler {
             if due.is_empty() {
                 continue;
             }
-            let recorded = self.catalog.record_due_times(ACTOR, s.id, &due, now)?;
+            let recorded = match self.catalog.record_due_times(ACTOR, s.id, &due, now) {
+                Ok(r) => r,
+                // Removed since it was listed: nothing to record.
+                Err(kura_catalogs::db::CatalogError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
             report.started += recorded.started.len();
             report.missed += recorded.missed.len();
             for m in &recorded.missed {
