@@ -5,9 +5,11 @@
 //!   snapshots exist.
 //! - [`db`]: the SQLite catalog: hosts, disks, snapshot rows, jobs, users and tokens, audit log.
 //! - [`retention`]: which snapshots a keep-last / keep-monthly rule keeps (pure).
+//! - [`cron`]: cron expressions (UTC) and their next due time (pure).
 //! - [`gc`]: mark-and-sweep garbage collection, safe beside running captures.
 //! - [`secrets`]: secrets at rest (BMC passwords): the engine's key file and AEAD sealing.
 
+pub mod cron;
 pub mod db;
 pub mod gc;
 pub mod retention;

@@ -10,6 +10,7 @@ mod netboot;
 mod notify;
 mod power;
 mod progress_bar;
+mod scheduler;
 mod serve;
 mod target;
 

@@ -16,7 +16,7 @@
 //! details (`job` and `error`, or `summary`). The e-mail carries `text` as its subject and the
 //! details as its body.
 
-use kura_catalogs::db::{Catalog, Job, NotifyConfig, NotifyTarget, UnixTime};
+use kura_catalogs::db::{Catalog, Job, NotifyConfig, NotifyTarget, RunSummary, UnixTime};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -41,35 +41,10 @@ impl Default for Delivery {
     }
 }
 
-/// The outcome of one schedule run, for [`Notifier::run_summary`]. The scheduler fills it in;
-/// nothing here depends on how schedules work.
-#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RunSummary {
-    /// What ran, e.g. the schedule's name.
-    pub name: String,
-    pub started: UnixTime,
-    pub finished: UnixTime,
-    /// One entry per host the run handled.
-    pub jobs: Vec<RunJob>,
-}
-
-/// One host's part of a schedule run.
-#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RunJob {
-    pub host: String,
-    /// The job queued for it, if one was.
-    pub job: Option<i64>,
-    /// `succeeded`, `failed`, `skipped`, ... (free text for the reader).
-    pub outcome: String,
-    pub error: Option<String>,
-}
-
-#[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
-impl RunSummary {
-    fn count(&self, outcome: &str) -> usize {
-        self.jobs.iter().filter(|j| j.outcome == outcome).count()
+/// The scheduler's finished runs go to every target (job failures are sent where jobs fail).
+impl crate::scheduler::RunObserver for Notifier {
+    fn run_finished(&self, summary: &RunSummary) {
+        self.run_summary(summary);
     }
 }
 
@@ -102,15 +77,17 @@ impl Event {
         Event::new("job_failed", time, text, json!({ "job": job, "error": error }))
     }
 
-    /// A schedule run ended.
-    #[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
+    /// A schedule run ended (or its due time was missed).
     pub fn run_summary(summary: &RunSummary, time: UnixTime) -> Event {
         let text = format!(
-            "Kura: run {} finished: {} jobs, {} succeeded, {} failed",
-            one_line(&summary.name, 100),
-            summary.jobs.len(),
-            summary.count("succeeded"),
-            summary.count("failed")
+            "Kura: schedule {} run due {}: {}, {} of {} hosts captured, {} failed, {} skipped",
+            one_line(&summary.schedule, 100),
+            rfc3339(summary.due),
+            summary.state,
+            summary.succeeded,
+            summary.hosts,
+            summary.failed,
+            summary.skipped
         );
         Event::new("run_summary", time, text, json!({ "summary": summary }))
     }
@@ -166,7 +143,6 @@ impl Notifier {
     }
 
     /// Tells every target how a schedule run went. Returns at once.
-    #[allow(dead_code, reason = "the entry point of the scheduler (being written on another branch)")]
     pub fn run_summary(&self, summary: &RunSummary) {
         self.spawn(Event::run_summary(summary, self.inner.catalog.now()));
     }
@@ -580,16 +556,28 @@ mod tests {
         assert_eq!(e.payload["time_rfc3339"], "2026-01-01T00:00:00Z");
         assert_eq!(e.payload["text"], "Kura: test notification");
         let s = RunSummary {
-            name: "nightly".into(),
-            started: 1,
-            finished: 2,
-            jobs: vec![
-                RunJob { host: "a".into(), job: Some(1), outcome: "succeeded".into(), error: None },
-                RunJob { host: "b".into(), job: Some(2), outcome: "failed".into(), error: Some("x".into()) },
-            ],
+            run: 3,
+            schedule_id: 1,
+            schedule: "nightly".into(),
+            due: 1_767_225_600,
+            state: kura_catalogs::db::RunState::Done,
+            hosts: 2,
+            succeeded: 1,
+            failed: 1,
+            skipped: 0,
+            failures: vec![kura_catalogs::db::HostFailure {
+                host: "b".into(),
+                state: kura_catalogs::db::HostRunState::Failed,
+                attempts: 3,
+                error: Some("x".into()),
+                job: Some(2),
+            }],
         };
         let e = Event::run_summary(&s, 5);
-        assert_eq!(e.text, "Kura: run nightly finished: 2 jobs, 1 succeeded, 1 failed");
-        assert_eq!(e.payload["summary"]["jobs"][1]["error"], "x");
+        assert_eq!(
+            e.text,
+            "Kura: schedule nightly run due 2026-01-01T00:00:00Z: done, 1 of 2 hosts captured, 1 failed, 0 skipped"
+        );
+        assert_eq!(e.payload["summary"]["failures"][0]["error"], "x");
     }
 }

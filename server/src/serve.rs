@@ -10,11 +10,15 @@
 //! DIR/serve.json     where the running server listens: {"url", "fingerprint"}
 //! ```
 //!
+//! Beside the API runs the scheduler (`crate::scheduler`), which turns schedules into capture
+//! jobs; it and the API stop on the same SIGTERM / Ctrl-C.
+//!
 //! On start the catalog is reconciled with the store: the store is the source of truth for
 //! which snapshots exist (a server killed between writing a manifest and recording it loses
 //! nothing).
 
 use crate::api::{self, AppState};
+use crate::scheduler::{Clock, FileClock, Hooks, Scheduler, SystemClock};
 use anyhow::{bail, Context, Result};
 use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
 use kura_catalogs::LocalStore;
@@ -35,6 +39,10 @@ pub struct ServeOptions {
     pub netboot: Option<PathBuf>,
     /// Silence after which a running job's agent is given up (`api::watchdog`).
     pub agent_timeout: std::time::Duration,
+    /// The scheduler's settings (tick, catch-up window, overall job cap).
+    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// Take the time from this file (RFC 3339) instead of the system clock: tests only.
+    pub test_clock: Option<PathBuf>,
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`.
@@ -162,6 +170,22 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::Certificate
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     let (store, catalog) = open_state(&opts.data)?;
+    let clock: Arc<dyn Clock> = match &opts.test_clock {
+        Some(path) => {
+            eprintln!("WARNING: the engine's clock is the test clock {}", path.display());
+            Arc::new(FileClock::open(path.clone())?)
+        }
+        None => Arc::new(SystemClock),
+    };
+    // With a test clock the catalog stamps rows with it too, so the engine has one time.
+    let catalog = match &opts.test_clock {
+        Some(_) => {
+            let c = clock.clone();
+            let owned = Arc::try_unwrap(catalog).map_err(|_| anyhow::anyhow!("the catalog is already shared"))?;
+            Arc::new(owned.with_clock(move || c.now()))
+        }
+        None => catalog,
+    };
     let _lock = store.lock(true)?;
     let leftovers = store.clean_tmp()?;
     if leftovers > 0 {
@@ -211,21 +235,35 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         tls.is_some(),
     );
     state.watchdog.set_timeout(opts.agent_timeout);
+    // The scheduler reports finished runs to the notifier and released jobs to power control.
+    let hooks = Hooks {
+        observers: vec![Arc::new(state.notifier.clone()) as Arc<dyn crate::scheduler::RunObserver>],
+        release: vec![
+            Arc::new(crate::power::KickReleased(state.power.clone())) as Arc<dyn crate::scheduler::ReleaseHook>
+        ],
+    };
+    let scheduler = Arc::new(Scheduler::new(state.catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let netboot = match netboot {
             Some(nb) => Some(crate::netboot::start(nb).await?),
             None => None,
         };
-        let shutdown = async {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let scheduler_task = tokio::spawn(crate::scheduler::run(scheduler, clock, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             eprintln!("kura serve: shutting down");
+            let _ = stop_tx.send(true);
         };
         let served = api::serve(listener, tls, state, shutdown).await;
+        let _ = scheduler_task.await;
         if let Some(nb) = netboot {
             nb.stop().await;
         }

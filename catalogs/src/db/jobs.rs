@@ -155,44 +155,47 @@ fn transition(
     load(conn, id)
 }
 
+/// Queues a job (inside the caller's transaction); see [`Catalog::create_job`].
+pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) -> Result<Job> {
+    let hid = host_id(tx, &new.host)?;
+    let did = new.disk.as_deref().map(|d| disk_id(tx, hid, d)).transpose()?;
+    match (new.kind, &new.snapshot) {
+        (JobKind::Capture, Some(_)) => {
+            return Err(CatalogError::Invalid("a capture job does not take a snapshot".into()));
+        }
+        (JobKind::Restore, None) => {
+            return Err(CatalogError::Invalid("a restore job needs a snapshot".into()));
+        }
+        (JobKind::Restore, Some(s)) => {
+            if snapshots::load(tx, s)?.state != SnapshotState::Committed {
+                return Err(CatalogError::conflict("snapshot", s, "it is being deleted"));
+            }
+        }
+        (JobKind::Capture, None) => {}
+    }
+    tx.execute(
+        "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created) \
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+        params![new.kind, hid, did, new.snapshot, now],
+    )
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            CatalogError::conflict("host", &new.host, "it already has a queued or running job")
+        } else {
+            e.into()
+        }
+    })?;
+    let id = tx.last_insert_rowid();
+    let detail = json!({"kind": new.kind, "host": new.host, "disk": new.disk, "snapshot": new.snapshot});
+    audit::append(tx, now, actor, "job.create", &format!("job {id}"), detail)?;
+    load(tx, id)
+}
+
 impl Catalog {
     /// Queues a job. A restore needs a committed snapshot; a capture must not name one. A
     /// disk, if given, must belong to the host. Refused while the host has an active job.
     pub fn create_job(&self, actor: &str, new: &NewJob) -> Result<Job> {
-        self.write(|tx, now| {
-            let hid = host_id(tx, &new.host)?;
-            let did = new.disk.as_deref().map(|d| disk_id(tx, hid, d)).transpose()?;
-            match (new.kind, &new.snapshot) {
-                (JobKind::Capture, Some(_)) => {
-                    return Err(CatalogError::Invalid("a capture job does not take a snapshot".into()));
-                }
-                (JobKind::Restore, None) => {
-                    return Err(CatalogError::Invalid("a restore job needs a snapshot".into()));
-                }
-                (JobKind::Restore, Some(s)) => {
-                    if snapshots::load(tx, s)?.state != SnapshotState::Committed {
-                        return Err(CatalogError::conflict("snapshot", s, "it is being deleted"));
-                    }
-                }
-                (JobKind::Capture, None) => {}
-            }
-            tx.execute(
-                "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created) \
-                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-                params![new.kind, hid, did, new.snapshot, now],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    CatalogError::conflict("host", &new.host, "it already has a queued or running job")
-                } else {
-                    e.into()
-                }
-            })?;
-            let id = tx.last_insert_rowid();
-            let detail = json!({"kind": new.kind, "host": new.host, "disk": new.disk, "snapshot": new.snapshot});
-            audit::append(tx, now, actor, "job.create", &format!("job {id}"), detail)?;
-            load(tx, id)
-        })
+        self.write(|tx, now| insert(tx, now, actor, new))
     }
 
     pub fn get_job(&self, id: i64) -> Result<Job> {

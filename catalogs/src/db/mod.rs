@@ -6,6 +6,7 @@
 //! - [`snapshots`]: the catalog rows of committed snapshots (the data lives in the chunk store).
 //! - [`jobs`]: capture and restore jobs, their state machine, progress and log lines.
 //! - [`power`]: per-host power control (Wake-on-LAN, Redfish, IPMI), with sealed passwords.
+//! - [`schedules`]: scheduled captures: schedules, their runs and per-host entries.
 //! - [`auth`]: users, API tokens and authentication.
 //! - [`audit`]: the append-only audit log.
 //! - [`notify`]: notification targets (webhooks, e-mail relays).
@@ -102,6 +103,7 @@ pub mod jobs;
 pub mod migrations;
 pub mod notify;
 pub mod power;
+pub mod schedules;
 pub mod snapshots;
 pub mod stats;
 
@@ -112,6 +114,10 @@ pub use hosts::{normalize_mac, Disk, Host, HostPatch, NewDisk, NewHost, Retentio
 pub use jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob, JOB_LOG_CAP};
 pub use notify::{NotifyConfig, NotifyTarget};
 pub use power::{PasswordChange, PowerControl, PowerDriver, PowerSettings, PowerView};
+pub use schedules::{
+    HostFailure, HostRunState, NewSchedule, Recorded, Releasable, Release, RunHost, RunState, RunSummary, Schedule,
+    ScheduleRun, Settled, TargetKind,
+};
 pub use snapshots::{NewSnapshot, Snapshot, SnapshotKind, SnapshotState};
 pub use stats::{HostStatus, JobCount, JobDuration, SnapshotTotals};
 

@@ -18,6 +18,7 @@ mod metrics;
 mod notify;
 mod ops;
 mod power;
+mod schedules;
 mod snapshots;
 mod uploads;
 pub mod watchdog;
@@ -180,6 +181,10 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/jobs/{id}", OperatorOrAgent, JSON, get(jobs::show)),
         route(Method::POST, "/api/v1/jobs/{id}/progress", OperatorOrAgent, JSON, post(jobs::progress)),
         route(Method::POST, "/api/v1/jobs/{id}/finish", OperatorOrAgent, JSON, post(jobs::finish)),
+        route(Method::GET, "/api/v1/schedules", Operator, JSON, get(schedules::list)),
+        route(Method::POST, "/api/v1/schedules", Admin, JSON, post(schedules::create)),
+        route(Method::DELETE, "/api/v1/schedules/{name}", Admin, JSON, delete(schedules::remove)),
+        route(Method::GET, "/api/v1/schedules/{name}/runs", Operator, JSON, get(schedules::runs)),
         route(Method::POST, "/api/v1/tokens", Admin, JSON, post(admin::create_token)),
         route(Method::POST, "/api/v1/retention/apply", Admin, JSON, post(admin::apply_retention)),
         route(Method::POST, "/api/v1/gc", Admin, JSON, post(admin::gc)),

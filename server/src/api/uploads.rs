@@ -56,10 +56,18 @@ pub async fn begin(
     Extension(p): Extension<Principal>,
     Json(req): Json<BeginRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let (name, kind) = (req.name.clone(), req.kind.unwrap_or(SnapshotKind::Manual));
+    let (name, asked_kind) = (req.name.clone(), req.kind);
     let st = state.clone();
     let p2 = p.clone();
-    let (host, job) = tokio::task::spawn_blocking(move || -> ApiResult<(String, Option<i64>)> {
+    let (host, job, kind) = tokio::task::spawn_blocking(move || -> ApiResult<(String, Option<i64>, SnapshotKind)> {
+        // The snapshot of a job a schedule released is a scheduled one, whatever the client says.
+        let kind = |job: Option<i64>| -> ApiResult<SnapshotKind> {
+            let scheduled = match job {
+                Some(j) => st.catalog.schedule_of_job(j)?.is_some(),
+                None => false,
+            };
+            Ok(if scheduled { SnapshotKind::Scheduled } else { asked_kind.unwrap_or(SnapshotKind::Manual) })
+        };
         if let Some(own) = agent_job(&p2) {
             // An agent uploads only the snapshot of its own, running capture job.
             let job = st.catalog.get_job(own)?;
@@ -68,7 +76,7 @@ pub async fn begin(
                     "this agent token may only upload for its running capture job {own}"
                 )));
             }
-            return Ok((job.host, Some(own)));
+            return Ok((job.host, Some(own), kind(Some(own))?));
         }
         if p2.role == Role::Agent {
             return Err(ApiError::Forbidden("agent token without a job".into()));
@@ -82,7 +90,8 @@ pub async fn begin(
         if let Err(kura_catalogs::db::CatalogError::NotFound { .. }) = st.catalog.get_host(&req.host) {
             st.catalog.create_host(&p2.actor(), &NewHost { name: req.host.clone(), ..Default::default() })?;
         }
-        Ok((req.host, req.job))
+        let k = kind(req.job)?;
+        Ok((req.host, req.job, k))
     })
     .await??;
     let id = random_id()?;

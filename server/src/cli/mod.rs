@@ -12,6 +12,7 @@ mod netboot;
 mod notify;
 mod power;
 mod routes;
+mod schedule;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Scheduled captures of a host or a group (cron, UTC).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Re-read and re-hash every chunk on the engine; quarantine damaged ones.
     Verify {
         /// Only this snapshot.
@@ -150,6 +154,24 @@ pub struct ServeArgs {
     /// seconds: a network cut or a dead machine ends as a clear failure.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub agent_timeout: u64,
+    /// At most this many capture jobs released by schedules queued or running at once, all
+    /// schedules together (each schedule also has its own cap).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_concurrent_jobs: u32,
+    /// After downtime, the newest missed due time of a schedule is still run if it is younger
+    /// than this (e.g. 90m, 6h, 1d); older ones are recorded as missed.
+    #[arg(long, default_value = "6h", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub schedule_catch_up: i64,
+    /// Tests: read the current time (RFC 3339 UTC) from FILE at every use.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub test_clock: Option<PathBuf>,
+    /// Tests: time between scheduler ticks, in milliseconds.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub scheduler_tick_ms: u64,
+}
+
+fn parse_duration_arg(s: &str) -> Result<i64, String> {
+    crate::scheduler::parse_duration(s)
 }
 
 /// How to reach an engine.
@@ -307,6 +329,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls_key: args.tls_key,
                 netboot: args.netboot,
                 agent_timeout: std::time::Duration::from_secs(args.agent_timeout.max(1)),
+                scheduler: crate::scheduler::SchedulerConfig {
+                    tick: std::time::Duration::from_millis(args.scheduler_tick_ms.max(10)),
+                    catch_up: args.schedule_catch_up,
+                    max_concurrent_jobs: args.max_concurrent_jobs,
+                },
+                test_clock: args.test_clock,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -319,6 +347,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(TokenCommand::Create { role, label, user, server }) => {
             engine::create_token(&role, &label, user.as_deref(), &server)
         }
+        Command::Schedule(cmd) => schedule::run(cmd),
         Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
         Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {

@@ -294,6 +294,17 @@ impl Power {
     }
 }
 
+/// Capture jobs the scheduler releases are kicked like those queued through the API, each on
+/// its own thread (a BMC can take its whole timeout; the scheduler's tick must not wait).
+pub struct KickReleased(pub Arc<Power>);
+
+impl crate::scheduler::ReleaseHook for KickReleased {
+    fn job_released(&self, released: &crate::scheduler::JobReleased) {
+        let (power, job) = (self.0.clone(), released.job);
+        std::thread::spawn(move || power.kick_job(job));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,6 +201,13 @@ impl Client {
         self.json(&what, resp)
     }
 
+    /// DELETEs `path` and decodes the JSON answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let what = format!("DELETE {path}");
+        let resp = self.send(&what, || self.http.delete(self.url(path)))?;
+        self.json(&what, resp)
+    }
+
     pub fn begin_upload(
         &self,
         host: &str,
