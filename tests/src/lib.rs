@@ -32,6 +32,7 @@
 pub mod bmc;
 pub mod bootdisk;
 pub mod bootimage;
+pub mod browser;
 pub mod checkers;
 pub mod content;
 pub mod damage;

@@ -213,6 +213,44 @@ impl<'a> NetbootEngine<'a> {
     }
 }
 
+/// iPXE builds from the ipxe package, as the netboot configuration names them.
+pub const IPXE_BIOS: &str = "/usr/lib/ipxe/undionly.kpxe";
+pub const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+
+/// The agent's kernel arguments in tests: serial console, no console delay after an error,
+/// 10-second request timeouts.
+pub const AGENT_ARGS: &str = "console=ttyS0 panic=-1 loglevel=4 kura.error_delay=0 kura.timeout=10";
+
+/// The product's own boot image: `kura bootenv build` into the engine's data directory, then
+/// the engine serving it ([`NetbootEngine::start_with`] with `serve_args`; `extra` is merged
+/// into the netboot configuration). Returns the engine and the initrd's size in bytes.
+pub fn with_agent_image<'a>(ns: &'a Netns, serve_args: &[&str], extra: Value) -> (NetbootEngine<'a>, u64) {
+    for f in [IPXE_BIOS, IPXE_EFI] {
+        assert!(std::path::Path::new(f).is_file(), "{f} is missing: apt-get install -y ipxe");
+    }
+    let data = ns.dir().join("kura-data");
+    let out = std::process::Command::new(kura_bin())
+        .args(["bootenv", "build", "--json", "--data"])
+        .arg(&data)
+        .arg("--agent")
+        .arg(crate::kura_cli::agent_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kura bootenv build: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut config = json!({
+        "kernel": data.join("boot/vmlinuz"),
+        "initrd": data.join("boot/initrd.img"),
+        "kernel_args": AGENT_ARGS,
+        "ipxe_bios": IPXE_BIOS,
+        "ipxe_efi": IPXE_EFI,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        config[k] = v.clone();
+    }
+    (NetbootEngine::start_with(ns, config, serve_args), report["initrd_bytes"].as_u64().unwrap())
+}
+
 /// The stages (`dhcp`, `tftp`, `script`, `kernel`, `initrd`, `lease`) of a boot-log entry, in
 /// order, with their details.
 pub fn events(machine: &Value) -> Vec<(String, String)> {

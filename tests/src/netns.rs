@@ -108,6 +108,24 @@ impl Netns {
         tap
     }
 
+    /// A veth from the test's own network namespace to the bridge, with the address `.254` on
+    /// the test's side: programs that cannot run inside the namespace (a browser driven over
+    /// WebDriver) reach the namespace's services through it. Removed on drop (and with the
+    /// namespace). Subnets repeat only across test processes, which cargo runs one at a time.
+    pub fn host_link(&self) -> HostLink {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let host = format!("kv{}h{n}", std::process::id() % 100_000);
+        let inside = format!("kv{}n{n}", std::process::id() % 100_000);
+        ip(["link", "add", &host, "type", "veth", "peer", "name", &inside]);
+        ip(["link", "set", &inside, "netns", &self.name]);
+        self.ip(["link", "set", &inside, "master", "br0"]);
+        self.ip(["link", "set", &inside, "up"]);
+        let addr = self.host_addr(254);
+        ip(["addr", "add", &format!("{addr}/24"), "dev", &host]);
+        ip(["link", "set", &host, "up"]);
+        HostLink { name: host, addr }
+    }
+
     /// Takes a tap down (`up == false`: the machine's cable is pulled, nothing reaches the bridge)
     /// or back up.
     pub fn set_link(&self, dev: &str, up: bool) {
@@ -175,6 +193,19 @@ impl Drop for Netns {
 }
 
 /// A process running inside a [`Netns`]; killed (SIGKILL) and reaped on drop.
+/// The test's end of [`Netns::host_link`].
+pub struct HostLink {
+    pub name: String,
+    /// Its address on the namespace's subnet (`.254`).
+    pub addr: Ipv4Addr,
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
 pub struct NsProcess {
     label: String,
     child: Child,

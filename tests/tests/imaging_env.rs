@@ -15,8 +15,7 @@
 //!
 //! Root only. Under TCG each boot takes a minute or more: the disks are small (176 MiB).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -25,51 +24,15 @@ use kura_tests::bootdisk::{self, BootDisk};
 use kura_tests::checkers::assert_fsck_clean;
 use kura_tests::content::sha256_file;
 use kura_tests::disks::{ext4_replace_file, patterned_file, MIB};
-use kura_tests::kura_cli::{agent_bin, kura_bin, Store};
-use kura_tests::netboot::NetbootEngine;
+use kura_tests::kura_cli::Store;
+use kura_tests::netboot::{with_agent_image, NetbootEngine};
 use kura_tests::netns::Netns;
 use kura_tests::qemu::{accel, DiskBus, Firmware, Machine, NicRom};
 use kura_tests::readback::assert_files_match;
 use kura_tests::site_dhcp::SiteDhcp;
 
-const IPXE_BIOS: &str = "/usr/lib/ipxe/undionly.kpxe";
-const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-
 /// Longest a netbooted job may take from power-on to power-off under TCG.
 const JOB_TIMEOUT: Duration = Duration::from_secs(420);
-
-/// The agent's kernel arguments: serial console, no console delay after an error, short
-/// request timeouts (the network-cut test waits for them).
-const AGENT_ARGS: &str = "console=ttyS0 panic=-1 loglevel=4 kura.error_delay=0 kura.timeout=10";
-
-/// Builds the boot image into the engine's data directory and starts the engine (proxyDHCP
-/// beside the site's dnsmasq). Returns the engine and the initrd's size.
-fn site<'a>(ns: &'a Netns, serve_args: &[&str], extra: Value) -> (NetbootEngine<'a>, u64) {
-    for f in [IPXE_BIOS, IPXE_EFI] {
-        assert!(Path::new(f).is_file(), "{f} is missing: apt-get install -y ipxe");
-    }
-    let data = ns.dir().join("kura-data");
-    let out = Command::new(kura_bin())
-        .args(["bootenv", "build", "--json", "--data"])
-        .arg(&data)
-        .arg("--agent")
-        .arg(agent_bin())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kura bootenv build: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut config = json!({
-        "kernel": data.join("boot/vmlinuz"),
-        "initrd": data.join("boot/initrd.img"),
-        "kernel_args": AGENT_ARGS,
-        "ipxe_bios": IPXE_BIOS,
-        "ipxe_efi": IPXE_EFI,
-    });
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        config[k] = v.clone();
-    }
-    (NetbootEngine::start_with(ns, config, serve_args), report["initrd_bytes"].as_u64().unwrap())
-}
 
 /// `GET /jobs/{id}`: the job and its log lines.
 fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
@@ -133,7 +96,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let started = Instant::now();
     let ns = Netns::new();
     let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, initrd_bytes) = site(&ns, &[], json!({}));
+    let (engine, initrd_bytes) = with_agent_image(&ns, &[], json!({}));
     let dir = ns.dir().to_path_buf();
     let mut system: BootDisk = bootdisk::build(&dir, "srv01.img", "first-capture");
 
@@ -301,7 +264,7 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     let ns = Netns::new();
     let pool =
         json!({ "start": ns.host_addr(50), "end": ns.host_addr(59), "netmask": "255.255.255.0", "lease_secs": 8 });
-    let (engine, _) = site(&ns, &[], json!({ "dhcp": "full", "pool": pool }));
+    let (engine, _) = with_agent_image(&ns, &[], json!({ "dhcp": "full", "pool": pool }));
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build(&dir, "uefi-src.img", "uefi-system");
     let esp = kura_tests::readback::fat_files(&system.disk.path, system.disk.partition(bootdisk::ESP).offset).unwrap();
@@ -367,7 +330,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     let started = Instant::now();
     let ns = Netns::new();
     let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, _) = site(&ns, &["--agent-timeout", "15"], json!({}));
+    let (engine, _) = with_agent_image(&ns, &["--agent-timeout", "15"], json!({}));
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build_with(&dir, "cut01.img", "cut", 160 * MIB);
     let mac = "52:54:00:4b:07:01";

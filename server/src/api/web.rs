@@ -316,11 +316,12 @@ pub fn render(o: &Overview, p: &Principal) -> String {
     let stale = o.hosts.iter().filter(|h| o.is_stale(h)).count();
     let _ = write!(
         b,
-        "<h2>Hosts <span class=\"muted\">({} hosts, <span id=\"stale-count\" data-count=\"{stale}\">{stale}</span> \
+        "<h2>Hosts <span class=\"muted\">({} host{}, <span id=\"stale-count\" data-count=\"{stale}\">{stale}</span> \
          without a good snapshot in {} days)</span></h2>\
          <table id=\"hosts\"><thead><tr><th>Host</th><th>Group</th><th>Last good snapshot</th><th>Taken</th>\
          <th>Age</th><th>Used bytes</th></tr></thead><tbody>",
         o.hosts.len(),
+        if o.hosts.len() == 1 { "" } else { "s" },
         STALE_AFTER / 86_400
     );
     for h in &o.hosts {
