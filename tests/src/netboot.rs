@@ -117,21 +117,7 @@ impl<'a> NetbootEngine<'a> {
     /// Runs `kura args…` inside the namespace against this engine (`KURA_SERVER`, `KURA_TOKEN`
     /// set to the admin token).
     pub fn kura(&self, args: &[&str]) -> Run {
-        let out = self
-            .ns
-            .command(kura_bin())
-            .args(args)
-            .env("KURA_SERVER", &self.api_url)
-            .env("KURA_TOKEN", &self.admin)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("cannot run kura in the namespace");
-        Run {
-            args: args.iter().map(Into::into).collect(),
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        kura_in(self.ns, &self.api_url, &self.admin, args)
     }
 
     /// `kura netboot status --json`.
@@ -210,6 +196,25 @@ impl<'a> NetbootEngine<'a> {
         }
         cmd.arg(url);
         cmd.output().expect("cannot run busybox wget in the namespace")
+    }
+}
+
+/// Runs `kura ARGS` inside `ns` against the engine at `url` as `token` (`KURA_SERVER`,
+/// `KURA_TOKEN` in its environment).
+pub fn kura_in(ns: &Netns, url: &str, token: &str, args: &[&str]) -> Run {
+    let out = ns
+        .command(kura_bin())
+        .args(args)
+        .env("KURA_SERVER", url)
+        .env("KURA_TOKEN", token)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cannot run kura in the namespace");
+    Run {
+        args: args.iter().map(Into::into).collect(),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -34,6 +34,19 @@ use kura_tests::site_dhcp::SiteDhcp;
 /// Longest a netbooted job may take from power-on to power-off under TCG.
 const JOB_TIMEOUT: Duration = Duration::from_secs(420);
 
+/// A BIOS machine that netboots first, with `disk` and an entropy source for the agent.
+fn bios_machine(ns: &Netns, name: &str, mac: &str, disk: &std::path::Path) -> Machine {
+    Machine::builder(ns, name)
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(mac)
+        .network_boot()
+        .disk(disk, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start()
+}
+
 /// `GET /jobs/{id}`: the job and its log lines.
 fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
     let v = engine.api_get(&format!("jobs/{id}"));
@@ -114,15 +127,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     // Capture 1.
     let id = queue(&engine, &["capture", "srv01"]);
     let t0 = Instant::now();
-    let mut m = Machine::builder(&ns, "srv01-a")
-        .firmware(Firmware::Bios)
-        .memory_mib(512)
-        .mac(mac)
-        .network_boot()
-        .disk(&system.disk.path, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start();
+    let mut m = bios_machine(&ns, "srv01-a", mac, &system.disk.path);
     wait_power_off(&mut m, &engine, id);
     let capture1_secs = t0.elapsed().as_secs_f64();
     let (j, log) = job(&engine, id);
@@ -145,15 +150,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
 
     // Capture 2: only the changed chunks are sent.
     let id = queue(&engine, &["capture", "srv01"]);
-    let mut m = Machine::builder(&ns, "srv01-b")
-        .firmware(Firmware::Bios)
-        .memory_mib(512)
-        .mac(mac)
-        .network_boot()
-        .disk(&system.disk.path, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start();
+    let mut m = bios_machine(&ns, "srv01-b", mac, &system.disk.path);
     wait_power_off(&mut m, &engine, id);
     let (j, log) = job(&engine, id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
@@ -184,15 +181,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let small_mac = "52:54:00:4b:05:03";
     engine.api_post("hosts", &json!({ "name": "tiny01", "macs": [small_mac] }));
     let id = queue(&engine, &["restore", "tiny01", "--snapshot", &second]);
-    let mut m = Machine::builder(&ns, "tiny01")
-        .firmware(Firmware::Bios)
-        .memory_mib(512)
-        .mac(small_mac)
-        .network_boot()
-        .disk(&small, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start();
+    let mut m = bios_machine(&ns, "tiny01", small_mac, &small);
     wait_power_off(&mut m, &engine, id);
     let (j, log) = job(&engine, id);
     assert_eq!(j["state"], "failed", "{j:#}\n{log:#?}");
@@ -209,15 +198,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     engine.api_post("hosts", &json!({ "name": "new01", "macs": [new_mac] }));
     let t_restore = Instant::now();
     let id = queue(&engine, &["restore", "new01", "--snapshot", &second]);
-    let mut m = Machine::builder(&ns, "new01")
-        .firmware(Firmware::Bios)
-        .memory_mib(512)
-        .mac(new_mac)
-        .network_boot()
-        .disk(&target, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start();
+    let mut m = bios_machine(&ns, "new01", new_mac, &target);
     let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t_restore.elapsed();
     let (j, log) = job(&engine, id);
@@ -335,17 +316,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     let system = bootdisk::build_with(&dir, "cut01.img", "cut", 160 * MIB);
     let mac = "52:54:00:4b:07:01";
     engine.api_post("hosts", &json!({ "name": "cut01", "macs": [mac] }));
-    let machine = |name: &str| {
-        Machine::builder(&ns, name)
-            .firmware(Firmware::Bios)
-            .memory_mib(512)
-            .mac(mac)
-            .network_boot()
-            .disk(&system.disk.path, DiskBus::Virtio)
-            .arg("-device")
-            .arg("virtio-rng-pci")
-            .start()
-    };
+    let machine = |name: &str| bios_machine(&ns, name, mac, &system.disk.path);
 
     let id = queue(&engine, &["capture", "cut01"]);
     let mut m = machine("cut01");

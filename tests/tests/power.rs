@@ -7,12 +7,12 @@
 //! iproute2 for the Wake-on-LAN test.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kura_tests::bmc::{python, IpmiSim, SushyEmulator};
 use kura_tests::engine::{Api, Server};
-use kura_tests::kura_cli::{kura_bin, Run};
+use kura_tests::kura_cli::kura_bin;
+use kura_tests::netboot::kura_in;
 use kura_tests::netns::Netns;
 use serde_json::{json, Value};
 
@@ -285,24 +285,6 @@ fn credentials_are_sealed_and_never_shown() {
     run.expect_failure_mentioning(&["redfish BMC https://bmc.invalid", "finding the system"]);
     server.kura(&[&"host", &"power", &"clear", &"c1"]).expect_success();
     server.kura(&[&"host", &"power", &"show", &"c1"]).expect_failure_mentioning(&["no power control"]);
-}
-
-/// Runs `kura ARGS` inside `ns` against `url` as `token`.
-fn kura_in(ns: &Netns, url: &str, token: &str, args: &[&str]) -> Run {
-    let out: Output = ns
-        .command(kura_bin())
-        .args(args)
-        .env("KURA_SERVER", url)
-        .env("KURA_TOKEN", token)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("cannot run kura in the namespace");
-    Run {
-        args: args.iter().map(Into::into).collect(),
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// Receives every UDP datagram on port 9 and appends `hex-payload source-address` lines.
