@@ -48,3 +48,4 @@ pub mod site_dhcp;
 pub mod store;
 pub mod tables;
 pub mod tools;
+pub mod webhook;

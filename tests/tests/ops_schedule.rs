@@ -221,6 +221,10 @@ fn a_failing_host_is_retried_after_the_delay_then_reported_failed() {
     let server = start(work.path(), &clock, &[]);
     let (api, admin) = (server.api(), server.admin.clone());
     add_host(&api, &admin, "flaky", "x", 7);
+    // The run's summary (and each failure) also goes to a webhook.
+    let (hook, events) = kura_tests::webhook::webhook_receiver();
+    let run = server.kura(&[&"notify", &"add", &"webhook", &hook]);
+    assert!(run.success(), "{run}");
     let run = server.kura(&[
         &"schedule",
         &"add",
@@ -278,6 +282,21 @@ fn a_failing_host_is_retried_after_the_delay_then_reported_failed() {
     let f = &s["failures"][0];
     assert_eq!((f["host"].as_str(), f["attempts"].as_i64()), (Some("flaky"), Some(3)));
     assert_eq!(f["error"].as_str(), Some("disk not found (attempt 3)"));
+    // The webhook got the three failures and the run's summary.
+    let mut got = Vec::new();
+    while let Ok((_, e)) = events.recv_timeout(std::time::Duration::from_secs(20)) {
+        let done = e["event"] == "run_summary";
+        got.push(e);
+        if done {
+            break;
+        }
+    }
+    let kinds: Vec<&str> = got.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "job_failed").count(), 3, "{got:#?}");
+    let summary = got.iter().find(|e| e["event"] == "run_summary").unwrap_or_else(|| panic!("{got:#?}"));
+    assert_eq!(summary["summary"]["schedule"], "nightly", "{summary:#}");
+    assert_eq!(summary["summary"]["failures"][0]["host"], "flaky", "{summary:#}");
+    assert!(summary["text"].as_str().unwrap().contains("0 of 1 hosts captured, 1 failed"), "{summary:#}");
     // The audit log tells the same story.
     let audit = ok(api.req("GET", "/audit").token(&admin).send(), 200);
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|a| a["action"].as_str()).collect();
