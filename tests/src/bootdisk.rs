@@ -162,6 +162,9 @@ poweroff -f"#,
         FileSpec::new("etc/kura-marker", marker.as_bytes().to_vec()),
         FileSpec::new("etc/hostname", b"kura-e2e\n".to_vec()),
     ];
+    if big > 0 {
+        root_files.push(FileSpec::new("srv/big.bin", crate::content::random_bytes(4242, big as usize)));
+    }
     for i in 0..6 {
         root_files
             .push(FileSpec::new(format!("srv/app/data{i}.txt"), text_bytes(300 + i, 200_000 + 50_000 * i as usize)));

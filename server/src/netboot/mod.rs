@@ -324,7 +324,10 @@ impl Netboot {
         let (_, [bios, efi, arm]) = config.firmware()?;
         for f in [&config.kernel, &config.initrd] {
             if !f.is_file() {
-                bail!("netboot: {} is not a file (build the boot environment first: kura bootenv build --data DATA)", f.display());
+                bail!(
+                    "netboot: {} is not a file (build the boot environment first: kura bootenv build --data DATA)",
+                    f.display()
+                );
             }
         }
         let settings = script::ScriptSettings {
