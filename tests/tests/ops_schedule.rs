@@ -316,3 +316,45 @@ fn a_failing_host_is_retried_after_the_delay_then_reported_failed() {
     assert_eq!(api.req("GET", "/schedules/nightly/runs").token(&admin).send().status, 404);
     assert_eq!(jobs(&api, &admin).len(), 3);
 }
+
+#[test]
+fn a_paused_schedule_records_no_runs_and_resumes_without_catching_up() {
+    let work = tempfile::tempdir().unwrap();
+    let clock = Clock::new(work.path(), "2026-01-15T12:00:00Z");
+    let server = start(work.path(), &clock, &[]);
+    let (api, admin) = (server.api(), server.admin.clone());
+    add_host(&api, &admin, "db01", "db", 9);
+    let run = server.kura(&[&"schedule", &"add", &"--hosts", &"db01", &"--cron", &"0 2 * * *", &"--name", &"daily"]);
+    assert!(run.success(), "{run}");
+
+    // Paused over a maintenance window: the due time passes without a run.
+    let run = server.kura(&[&"schedule", &"disable", &"daily", &"--json"]);
+    assert!(run.success(), "{run}");
+    assert_eq!(run.json::<Value>()["enabled"], false);
+    clock.set("2026-01-16T02:00:30Z");
+    settle();
+    assert!(runs(&api, &admin, "daily").is_empty(), "a paused schedule ran");
+
+    // Resumed after the due time: the paused one is not caught up, the next one runs.
+    clock.set("2026-01-16T03:00:00Z");
+    let run = server.kura(&[&"schedule", &"enable", &"daily"]);
+    assert!(run.success(), "{run}");
+    settle();
+    assert!(runs(&api, &admin, "daily").is_empty(), "resuming ran the due time of the pause");
+    clock.set("2026-01-17T02:00:30Z");
+    let r = wait_for("the next day's run", &server, || {
+        let r = runs(&api, &admin, "daily");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["due"].as_i64(), Some(unix("2026-01-17T02:00:00Z")));
+    let audit = ok(api.req("GET", "/audit").token(&admin).send(), 200);
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|a| a["action"].as_str()).collect();
+    assert!(actions.contains(&"schedule.disable") && actions.contains(&"schedule.enable"), "{actions:?}");
+    // Only admins pause schedules.
+    let operator =
+        ok(api.req("POST", "/tokens").token(&admin).json(&json!({"role": "operator", "label": "t"})).send(), 201);
+    let op = operator["token"].as_str().unwrap();
+    let r = api.req("PUT", "/schedules/daily/enabled").token(op).json(&json!({"enabled": false})).send();
+    assert_eq!(r.status, 403, "{}", r.text());
+}

@@ -453,6 +453,25 @@ impl Catalog {
         })
     }
 
+    /// Pauses (`enabled == false`) or resumes a schedule. A paused schedule records no runs;
+    /// resuming does not catch up the due times that passed while it was paused (a pause is
+    /// on purpose, e.g. a maintenance window): only due times from now on run. Runs already
+    /// recorded go on either way.
+    pub fn set_schedule_enabled(&self, actor: &str, key: &str, enabled: bool) -> Result<Schedule> {
+        self.write(|tx, now| {
+            let s = load(tx, key)?;
+            if s.enabled != enabled {
+                tx.execute(
+                    "UPDATE schedules SET enabled = ?1,                      evaluated_until = CASE WHEN ?1 THEN max(evaluated_until, ?2) ELSE evaluated_until END                      WHERE id = ?3",
+                    params![enabled, now, s.id],
+                )?;
+                let action = if enabled { "schedule.enable" } else { "schedule.disable" };
+                audit::append(tx, now, actor, action, &audit_target(&s.name), json!({"id": s.id}))?;
+            }
+            load_id(tx, s.id)
+        })
+    }
+
     /// Records due times of a schedule: each `(due, Running)` becomes a running run with one
     /// pending entry per host the schedule targets now, each `(due, Missed)` a missed run; a due
     /// time already recorded is left as it is. Then moves the schedule's `evaluated_until` up to

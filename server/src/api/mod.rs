@@ -184,6 +184,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/api/v1/schedules", Operator, JSON, get(schedules::list)),
         route(Method::POST, "/api/v1/schedules", Admin, JSON, post(schedules::create)),
         route(Method::DELETE, "/api/v1/schedules/{name}", Admin, JSON, delete(schedules::remove)),
+        route(Method::PUT, "/api/v1/schedules/{name}/enabled", Admin, JSON, put(schedules::set_enabled)),
         route(Method::GET, "/api/v1/schedules/{name}/runs", Operator, JSON, get(schedules::runs)),
         route(Method::POST, "/api/v1/tokens", Admin, JSON, post(admin::create_token)),
         route(Method::POST, "/api/v1/retention/apply", Admin, JSON, post(admin::apply_retention)),

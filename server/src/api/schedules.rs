@@ -35,6 +35,24 @@ pub async fn remove(
 }
 
 #[derive(Deserialize)]
+pub struct Enabled {
+    enabled: bool,
+}
+
+/// Pauses or resumes a schedule (`{"enabled": false|true}`); see
+/// `Catalog::set_schedule_enabled` for what resuming does with the paused due times.
+pub async fn set_enabled(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    Json(req): Json<Enabled>,
+) -> ApiResult<Json<Schedule>> {
+    let st = state.clone();
+    let s = tokio::task::spawn_blocking(move || st.catalog.set_schedule_enabled(&p.actor(), &name, req.enabled));
+    Ok(Json(s.await??))
+}
+
+#[derive(Deserialize)]
 pub struct RunsQuery {
     #[serde(default)]
     limit: Option<usize>,

@@ -49,6 +49,18 @@ pub enum ScheduleCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Pause a schedule (by id or name): no runs until it is enabled again.
+    Disable {
+        schedule: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume a paused schedule; the due times that passed while it was paused are not run.
+    Enable {
+        schedule: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Remove a schedule (by id or name) with its run history; jobs it queued stay.
     Remove {
         schedule: String,
@@ -79,6 +91,22 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+fn set_enabled(schedule: &str, server: &ServerArgs, enabled: bool) -> Result<()> {
+    let s: Value = client(server)?
+        .put_json(&format!("/schedules/{}/enabled", path_segment(schedule)), &json!({ "enabled": enabled }))?;
+    if server.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        eprintln!(
+            "schedule {} ({}) is {}",
+            s["name"].as_str().unwrap_or(""),
+            s["id"],
+            if enabled { "enabled" } else { "paused" }
+        );
+    }
+    Ok(())
 }
 
 pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
@@ -145,6 +173,8 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
                 }
             }
         }
+        ScheduleCommand::Enable { schedule, server } => set_enabled(&schedule, &server, true)?,
+        ScheduleCommand::Disable { schedule, server } => set_enabled(&schedule, &server, false)?,
         ScheduleCommand::Remove { schedule, server } => {
             let s: Value = client(&server)?.delete_json(&format!("/schedules/{}", path_segment(&schedule)))?;
             if server.json {
