@@ -28,6 +28,27 @@ fn password_file(dir: &Path, name: &str, password: &str) -> std::path::PathBuf {
 }
 
 /// Queues a capture job for `host` through the API; returns its id.
+/// `kura host power set HOST --driver ipmi` against the simulator (cipher suite 3: ipmi_sim
+/// does not answer the negotiation).
+fn set_ipmi(server: &Server, host: &str, address: &str, password_file: &Path) -> kura_tests::kura_cli::Run {
+    server.kura(&[
+        &"host",
+        &"power",
+        &"set",
+        &host,
+        &"--driver",
+        &"ipmi",
+        &"--address",
+        &address,
+        &"--user",
+        &"kura",
+        &"--password-file",
+        &password_file,
+        &"--cipher-suite",
+        &"3",
+    ])
+}
+
 fn queue_job(api: &Api, admin: &str, host: &str) -> i64 {
     let r = api.req("POST", "/jobs").token(admin).json(&json!({"kind": "capture", "host": host})).send();
     assert_eq!(r.status, 201, "{}", r.text());
@@ -64,24 +85,7 @@ fn ipmi_pxe_reset_by_hand_and_for_queued_jobs() {
     server
         .kura(&[&"host", &"power", &"set", &"h1", &"--driver", &"ipmi", &"--address", &address, &"--user", &"kura"])
         .expect_failure_mentioning(&["needs a username and a password"]);
-    server
-        .kura(&[
-            &"host",
-            &"power",
-            &"set",
-            &"h1",
-            &"--driver",
-            &"ipmi",
-            &"--address",
-            &address,
-            &"--user",
-            &"kura",
-            &"--password-file",
-            &pw,
-            &"--cipher-suite",
-            &"3",
-        ])
-        .expect_success();
+    set_ipmi(&server, "h1", &address, &pw).expect_success();
 
     // By hand, machine off: boot device PXE, then power on.
     let run = server.kura(&[&"host", &"power", &"h1", &"pxe-reset"]);
@@ -107,24 +111,7 @@ fn ipmi_pxe_reset_by_hand_and_for_queued_jobs() {
     // warn line.
     add_host(&api, &admin, "h2", "52:54:00:00:01:02");
     let wrong = password_file(work.path(), "wrong", "not-the-password");
-    server
-        .kura(&[
-            &"host",
-            &"power",
-            &"set",
-            &"h2",
-            &"--driver",
-            &"ipmi",
-            &"--address",
-            &address,
-            &"--user",
-            &"kura",
-            &"--password-file",
-            &wrong,
-            &"--cipher-suite",
-            &"3",
-        ])
-        .expect_success();
+    set_ipmi(&server, "h2", &address, &wrong).expect_success();
     let before = sim.chassis_sets().len();
     server
         .kura(&[&"host", &"power", &"h2", &"pxe-reset"])

@@ -81,13 +81,8 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 fn check(state: &AppState) -> Result<(), kura_catalogs::db::CatalogError> {
-    let running: Vec<i64> = state
-        .catalog
-        .list_jobs(None, 10_000)?
-        .into_iter()
-        .filter(|j| j.state == JobState::Running)
-        .map(|j| j.id)
-        .collect();
+    let running: Vec<i64> =
+        state.catalog.active_jobs()?.into_iter().filter(|j| j.state == JobState::Running).map(|j| j.id).collect();
     for (id, quiet) in state.watchdog.silent(&running) {
         let msg = format!(
             "lost contact with the agent: no report for {} s (network cut, or the machine stopped?); \
