@@ -119,12 +119,10 @@ pub struct VerifyReport {
 
 fn store_err(message: String, e: &io::Error) -> Error {
     let full = e.raw_os_error() == Some(libc_enospc()) || e.kind() == io::ErrorKind::StorageFull;
-    let message = if full {
-        format!("the store is full (no space left on device) while {message}")
-    } else {
-        format!("{message}: {e}")
-    };
-    Error::Store { message, retryable: !full && e.kind() == io::ErrorKind::Interrupted }
+    if full {
+        return Error::StoreFull { message: format!("the store is full (no space left on device) while {message}") };
+    }
+    Error::Store { message: format!("{message}: {e}"), retryable: e.kind() == io::ErrorKind::Interrupted }
 }
 
 const fn libc_enospc() -> i32 {

@@ -26,6 +26,10 @@ pub enum Error {
     Manifest(String),
     #[error("chunk store: {message}")]
     Store { message: String, retryable: bool },
+    /// The store has no room left (`ENOSPC` locally, `507` from an engine): not retryable, and
+    /// reported to clients as its own kind.
+    #[error("chunk store: {message}")]
+    StoreFull { message: String },
     #[error("cancelled")]
     Cancelled,
 }

@@ -26,7 +26,7 @@ impl ChunkSink for MemStore {
     fn put_chunk(&self, d: &Digest, blob: &[u8]) -> Result<bool, Error> {
         let mut c = self.chunks.lock().unwrap();
         if self.capacity.is_some_and(|cap| c.len() >= cap) {
-            return Err(Error::Store { message: "the store is full".into(), retryable: false });
+            return Err(Error::StoreFull { message: "the store is full".into() });
         }
         Ok(c.insert(*d, blob.to_vec()).is_none())
     }

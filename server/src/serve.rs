@@ -147,7 +147,7 @@ fn tls_config(opts: &ServeOptions) -> Result<(rustls::ServerConfig, String)> {
         rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path)
             .with_context(|| format!("reading the private key {}", key_path.display()))?
     };
-    let fp = kura::remote::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
+    let fp = kura_protocol::client::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

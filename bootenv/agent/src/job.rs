@@ -10,63 +10,39 @@ use crate::cmdline::Finally;
 use crate::disks::{self, Disk};
 use crate::report::Reporter;
 use anyhow::{bail, Context, Result};
-use kura::remote::{Client, RemoteSink, RemoteSource};
 use kura_imaging::capture::{self, CaptureOptions};
 use kura_imaging::manifest::Manifest;
 use kura_imaging::restore::{self, RestoreOptions};
-use serde::Deserialize;
+use kura_protocol::client::{Client, RemoteSink, RemoteSource};
+use kura_protocol::jobs::{Finish, Job, JobKind};
+use kura_protocol::uploads::BeginUpload;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The fields of `GET /jobs/{id}` the agent uses.
-#[derive(Debug, Clone, Deserialize)]
-pub struct JobInfo {
-    pub id: i64,
-    pub kind: String,
-    pub host: String,
-    #[serde(default)]
-    pub disk: Option<String>,
-    #[serde(default)]
-    pub snapshot: Option<String>,
-    pub state: String,
-    /// What to do when done (`poweroff`, `reboot`, `wait`), if the engine says.
-    #[serde(default)]
-    pub after: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct JobAnswer {
-    job: JobInfo,
-}
-
-pub fn fetch(client: &Client, id: i64) -> Result<JobInfo> {
-    let a: JobAnswer = client.get_json(&format!("/jobs/{id}")).with_context(|| format!("fetching job {id}"))?;
-    let j = a.job;
-    if j.state != "queued" && j.state != "running" {
+/// Fetches the job and checks it is one the agent can run.
+pub fn fetch(client: &Client, id: i64) -> Result<Job> {
+    let j = client.job(id).with_context(|| format!("fetching job {id}"))?.job;
+    if !j.state.is_active() {
         bail!("job {id} is {}: nothing to do", j.state);
-    }
-    if j.kind != "capture" && j.kind != "restore" {
-        bail!("job {id} has unknown kind {:?}", j.kind);
     }
     Ok(j)
 }
 
-/// What to do after success: the kernel command line wins, then the job, then the default
-/// (power off after a capture, reboot into the restored system after a restore).
-pub fn after(job: &JobInfo, cmdline: Option<Finally>) -> Finally {
-    cmdline.or_else(|| job.after.as_deref().and_then(|a| Finally::parse(a).ok())).unwrap_or(if job.kind == "restore" {
-        Finally::Reboot
-    } else {
-        Finally::PowerOff
+/// What to do after success: the kernel command line wins, then the default (power off after
+/// a capture, reboot into the restored system after a restore).
+pub fn after(job: &Job, cmdline: Option<Finally>) -> Finally {
+    cmdline.unwrap_or(match job.kind {
+        JobKind::Restore => Finally::Reboot,
+        JobKind::Capture => Finally::PowerOff,
     })
 }
 
 /// The disk the job works on: the one it names, else the only one; a capture with several
 /// takes the first by name, a restore refuses to guess.
-pub fn choose_disk<'a>(disks: &'a [Disk], job: &JobInfo) -> Result<&'a Disk> {
+pub fn choose_disk<'a>(disks: &'a [Disk], job: &Job) -> Result<&'a Disk> {
     let names = || disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(want) = &job.disk {
         let want = want.trim_start_matches("/dev/");
@@ -78,7 +54,7 @@ pub fn choose_disk<'a>(disks: &'a [Disk], job: &JobInfo) -> Result<&'a Disk> {
     match disks {
         [] => bail!("no disk found on this machine (no storage driver for its controller?)"),
         [only] => Ok(only),
-        [first, ..] if job.kind == "capture" => Ok(first),
+        [first, ..] if job.kind == JobKind::Capture => Ok(first),
         _ => bail!("this machine has several disks ({}) and the job does not say which to restore onto", names()),
     }
 }
@@ -107,12 +83,13 @@ fn device(d: &Disk) -> PathBuf {
     PathBuf::from("/dev").join(&d.name)
 }
 
-pub fn capture(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
+pub fn capture(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
     let dev = device(disk);
     // Read-only: a capture never opens the disk for writing.
     let file = File::open(&dev).with_context(|| format!("opening {} for reading", dev.display()))?;
-    let started =
-        client.begin_upload(&job.host, None, "manual", Some(job.id)).context("starting the upload on the engine")?;
+    let started = client
+        .begin_upload(&BeginUpload { host: job.host.clone(), job: Some(job.id), ..Default::default() })
+        .context("starting the upload on the engine")?;
     rep.log(format!("capturing {} ({} bytes) as upload {}", dev.display(), disk.size, started.upload));
     let opts = CaptureOptions {
         host: Some(job.host.clone()),
@@ -150,7 +127,7 @@ pub fn capture(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
     Ok(())
 }
 
-pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
+pub fn restore(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
     let Some(snapshot) = job.snapshot.as_deref() else { bail!("restore job {} names no snapshot", job.id) };
     let dev = device(disk);
     let bytes = client.manifest(snapshot).with_context(|| format!("fetching the manifest of {snapshot}"))?;
@@ -207,9 +184,7 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
         t0.elapsed().as_secs_f64()
     ));
     rep.flush().context("sending the last progress")?;
-    let _: serde_json::Value = client
-        .post_json(&format!("/jobs/{}/finish", job.id), &serde_json::json!({"ok": true}))
-        .context("reporting success to the engine")?;
+    client.finish(job.id, &Finish { ok: true, error: None }).context("reporting success to the engine")?;
     println!("kura-agent: job {} done", job.id);
     Ok(())
 }
@@ -218,15 +193,20 @@ pub fn restore(client: &Client, job: &JobInfo, disk: &Disk, rep: &Arc<Reporter>)
 mod tests {
     use super::*;
 
-    fn job(kind: &str, disk: Option<&str>) -> JobInfo {
-        JobInfo {
+    fn job(kind: &str, disk: Option<&str>) -> Job {
+        Job {
             id: 1,
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             host: "web01".into(),
             disk: disk.map(String::from),
             snapshot: None,
-            state: "queued".into(),
-            after: None,
+            state: kura_protocol::jobs::JobState::Queued,
+            done_bytes: 0,
+            total_bytes: None,
+            created: 0,
+            started: None,
+            finished: None,
+            error: None,
         }
     }
 
@@ -249,18 +229,7 @@ mod tests {
     fn after_defaults() {
         assert_eq!(after(&job("capture", None), None), Finally::PowerOff);
         assert_eq!(after(&job("restore", None), None), Finally::Reboot);
-        let mut j = job("restore", None);
-        j.after = Some("wait".into());
-        assert_eq!(after(&j, None), Finally::Wait);
-        assert_eq!(after(&j, Some(Finally::PowerOff)), Finally::PowerOff);
-    }
-
-    #[test]
-    fn job_answer_parses() {
-        let v = serde_json::json!({"job": {"id": 3, "kind": "restore", "host": "h", "disk": null, "snapshot": "abc",
-            "state": "queued", "done_bytes": 0, "total_bytes": null, "created": 1, "started": null, "finished": null,
-            "error": null}, "log": []});
-        let a: JobAnswer = serde_json::from_value(v).unwrap();
-        assert_eq!(a.job.snapshot.as_deref(), Some("abc"));
+        assert_eq!(after(&job("restore", None), Some(Finally::Wait)), Finally::Wait);
+        assert_eq!(after(&job("restore", None), Some(Finally::PowerOff)), Finally::PowerOff);
     }
 }

@@ -28,8 +28,9 @@ mod report;
 mod sys;
 
 use anyhow::{Context, Result};
-use cmdline::{Finally, Params};
-use kura::remote::{Client, Endpoint};
+use cmdline::{AgentArgs, Finally};
+use kura_protocol::client::{Client, Endpoint};
+use kura_protocol::jobs::{Finish, JobKind};
 use report::Reporter;
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
     let mut on_error = (Finally::PowerOff, 60);
     let result = sys::mount_basics()
         .and_then(|()| std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline"))
-        .and_then(|line| cmdline::parse(&line))
+        .and_then(|line| AgentArgs::parse(&line).context("the kernel command line"))
         .and_then(|params| {
             on_error = (params.on_error, params.error_delay);
             run(&params, &rep)
@@ -95,9 +96,7 @@ fn fail(rep: &Reporter, e: &anyhow::Error) {
     if let Some(client) = rep.client() {
         let _ = rep.flush();
         if let Some(job) = JOB.get() {
-            let r: Result<serde_json::Value, _> =
-                client.post_json(&format!("/jobs/{job}/finish"), &serde_json::json!({"ok": false, "error": msg}));
-            told = r.is_ok();
+            told = client.finish(*job, &Finish { ok: false, error: Some(msg.clone()) }).is_ok();
         }
     }
     let bar = "=".repeat(72);
@@ -108,9 +107,9 @@ fn fail(rep: &Reporter, e: &anyhow::Error) {
 
 static JOB: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
 
-fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
+fn run(p: &AgentArgs, rep: &Arc<Reporter>) -> Result<Finally> {
     let _ = JOB.set(p.job);
-    let (_, mac_bytes) = cmdline::parse_mac(&p.mac)?;
+    let mac_bytes = p.mac.0;
     if let Some(host) = cmdline::hostname_needing_dns(&p.server) {
         rep.log(format!("warning: kura.server names {host}: the agent has no DNS resolver; use an IP address"));
     }
@@ -139,7 +138,7 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
     // The NIC with the job's MAC.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ifname = loop {
-        if let Some(n) = net::find_interface(Path::new("/sys/class/net"), &p.mac) {
+        if let Some(n) = net::find_interface(Path::new("/sys/class/net"), &p.mac.to_string()) {
             break n;
         }
         if Instant::now() > deadline {
@@ -171,7 +170,7 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         url: p.server.clone(),
         token: p.token.clone(),
         fingerprint: p.fingerprint.clone(),
-        mac: Some(p.mac.clone()),
+        mac: Some(p.mac),
         timeout: Some(Duration::from_secs(p.timeout)),
     })?;
     let job = job::fetch(&client, p.job)?;
@@ -192,9 +191,9 @@ fn run(p: &Params, rep: &Arc<Reporter>) -> Result<Finally> {
         ));
     }
     let disk = job::choose_disk(&disks, &job)?;
-    match job.kind.as_str() {
-        "capture" => job::capture(&client, &job, disk, rep)?,
-        _ => job::restore(&client, &job, disk, rep)?,
+    match job.kind {
+        JobKind::Capture => job::capture(&client, &job, disk, rep)?,
+        JobKind::Restore => job::restore(&client, &job, disk, rep)?,
     }
     Ok(job::after(&job, p.after))
 }

@@ -3,8 +3,9 @@
 //! seconds (a background thread) and at each step. Lines logged before the network is up are
 //! kept (bounded) and sent once it is.
 
-use kura::remote::Client;
 use kura_imaging::progress::Progress;
+use kura_protocol::client::Client;
+use kura_protocol::jobs::{Progress as Report, PROGRESS_LOG_LINES};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 /// Most lines queued for the engine; older ones are dropped (and counted) beyond it.
 pub const QUEUE_CAP: usize = 2000;
-/// The engine keeps at most 100 lines of one progress request.
-pub const LINES_PER_POST: usize = 100;
+/// The engine keeps at most this many lines of one progress request.
+pub const LINES_PER_POST: usize = PROGRESS_LOG_LINES;
 pub const INTERVAL: Duration = Duration::from_secs(3);
 
 pub struct Reporter {
@@ -58,7 +59,7 @@ impl Reporter {
 
     /// Sends the counters and the queued lines (in requests of at most [`LINES_PER_POST`]).
     /// Lines are dropped from the queue only once the engine took them.
-    pub fn flush(&self) -> Result<(), kura_imaging::Error> {
+    pub fn flush(&self) -> Result<(), kura_protocol::ProtocolError> {
         let Some((client, job)) = self.engine.get() else { return Ok(()) };
         loop {
             let (note, lines) = {
@@ -68,14 +69,13 @@ impl Reporter {
                 let lines: Vec<String> = q.0.iter().take(LINES_PER_POST - 1).cloned().collect();
                 (note, lines)
             };
-            let log: Vec<&String> = note.iter().chain(&lines).collect();
             let total = self.total.load(Ordering::Relaxed);
-            let body = serde_json::json!({
-                "done": self.done.load(Ordering::Relaxed),
-                "total": (total != u64::MAX).then_some(total),
-                "log": log,
-            });
-            client.post_empty(&format!("/jobs/{job}/progress"), &body)?;
+            let report = Report {
+                done: self.done.load(Ordering::Relaxed),
+                total: (total != u64::MAX).then_some(total),
+                log: note.iter().chain(&lines).cloned().collect(),
+            };
+            client.progress(*job, &report)?;
             let mut q = self.lines.lock().expect("lock");
             let sent = lines.len().min(q.0.len());
             q.0.drain(..sent);

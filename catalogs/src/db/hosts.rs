@@ -71,28 +71,7 @@ pub enum RetentionScope {
 /// Normalises a MAC address to lowercase `aa:bb:cc:dd:ee:ff`. Accepts `:` or `-` separated
 /// pairs, Cisco-style `aabb.ccdd.eeff` and 12 bare hex digits; refuses anything else.
 pub fn normalize_mac(mac: &str) -> Result<String> {
-    let s = mac.trim();
-    let groups: Vec<&str> = if s.len() == 12 {
-        vec![s]
-    } else if s.contains(':') {
-        s.split(':').collect()
-    } else if s.contains('-') {
-        s.split('-').collect()
-    } else {
-        s.split('.').collect()
-    };
-    let well_formed = match groups.len() {
-        1 => groups[0].len() == 12,
-        3 => groups.iter().all(|g| g.len() == 4),
-        6 => groups.iter().all(|g| g.len() == 2),
-        _ => false,
-    };
-    let hex: String = groups.concat();
-    if !well_formed || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CatalogError::Invalid(format!("{mac:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")));
-    }
-    let hex = hex.to_ascii_lowercase();
-    Ok(hex.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap_or_default()).collect::<Vec<_>>().join(":"))
+    mac.parse::<kura_protocol::MacAddr>().map(|m| m.to_string()).map_err(|e| CatalogError::Invalid(e.to_string()))
 }
 
 /// Checks a name (host, disk, group, user): 1 to 255 characters, no control characters, no

@@ -19,81 +19,12 @@ use super::hosts::{disk_id, host_id, normalize_mac};
 use super::snapshots::{self, NewSnapshot, SnapshotState};
 use super::{audit, Catalog, UnixTime};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// Log lines kept per job (the newest).
 pub const JOB_LOG_CAP: usize = 10_000;
 
-text_enum! {
-    pub enum JobKind { Capture => "capture", Restore => "restore" }
-}
-
-text_enum! {
-    pub enum JobState {
-        Queued => "queued",
-        Running => "running",
-        Succeeded => "succeeded",
-        Failed => "failed",
-        Cancelled => "cancelled",
-    }
-}
-
-text_enum! {
-    pub enum LogLevel { Error => "error", Warn => "warn", Info => "info", Debug => "debug" }
-}
-
-impl JobState {
-    /// Whether the state machine allows `self → to`.
-    pub fn can_go_to(self, to: JobState) -> bool {
-        use JobState::*;
-        matches!(
-            (self, to),
-            (Queued, Running) | (Running, Succeeded) | (Running, Failed) | (Queued | Running, Cancelled)
-        )
-    }
-
-    /// Queued or running.
-    pub fn is_active(self) -> bool {
-        matches!(self, JobState::Queued | JobState::Running)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Job {
-    pub id: i64,
-    pub kind: JobKind,
-    pub host: String,
-    pub disk: Option<String>,
-    /// For a restore, the snapshot to restore; for a capture, the snapshot it committed.
-    pub snapshot: Option<String>,
-    pub state: JobState,
-    pub done_bytes: u64,
-    pub total_bytes: Option<u64>,
-    pub created: UnixTime,
-    pub started: Option<UnixTime>,
-    pub finished: Option<UnixTime>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NewJob {
-    pub kind: JobKind,
-    pub host: String,
-    #[serde(default)]
-    pub disk: Option<String>,
-    /// Required for a restore, refused for a capture.
-    #[serde(default)]
-    pub snapshot: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogLine {
-    pub id: i64,
-    pub time: UnixTime,
-    pub level: LogLevel,
-    pub message: String,
-}
+pub use kura_protocol::jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob};
 
 pub(crate) const SELECT: &str =
     "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \

@@ -13,10 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-text_enum! {
-    /// Why a snapshot was taken.
-    pub enum SnapshotKind { Manual => "manual", Scheduled => "scheduled" }
-}
+pub use kura_protocol::jobs::SnapshotKind;
 
 text_enum! {
     pub enum SnapshotState { Committed => "committed", Deleting => "deleting" }

@@ -71,7 +71,7 @@ pub async fn require(
         return Err(ApiError::Forbidden(format!("role {} may not use this route", principal.role)));
     }
     if principal.role == Role::Agent {
-        let mac = req.headers().get("x-kura-mac").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mac = req.headers().get(kura_protocol::client::MAC_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
         let mac = kura_catalogs::db::normalize_mac(mac).unwrap_or_default();
         if principal.mac.as_deref() != Some(mac.as_str()) {
             return Err(ApiError::Forbidden("this agent token is bound to another machine".into()));

@@ -1,10 +1,13 @@
 //! The API's one error type. Client mistakes become 4xx with a message naming the problem;
-//! server faults become 500 with a generic message, the details going to the log only.
+//! server faults become 500 with a generic message, the details going to the log only. Every
+//! answer carries its [`ErrorKind`] (the protocol's), so clients decide on the kind, never on
+//! the text.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kura_catalogs::db::CatalogError;
+use kura_protocol::error::{ErrorBody, ErrorKind};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -23,23 +26,42 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+impl ApiError {
+    /// The protocol's kind of this error (and so its status code).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::Unauthorized(_) => ErrorKind::Unauthorized,
+            ApiError::Forbidden(_) => ErrorKind::Forbidden,
+            ApiError::NotFound(_) => ErrorKind::NotFound,
+            ApiError::BadRequest(_) => ErrorKind::BadRequest,
+            ApiError::Conflict(_) => ErrorKind::Conflict,
+            ApiError::Unprocessable(_) => ErrorKind::Corrupt,
+            ApiError::StoreFull(_) => ErrorKind::StoreFull,
+            ApiError::BadGateway(_) => ErrorKind::BadGateway,
+            ApiError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, msg) = match self {
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
-            ApiError::StoreFull(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
-            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m),
+        let kind = self.kind();
+        let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let msg = match self {
             ApiError::Internal(m) => {
                 tracing::error!("internal error: {m}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal server error (see the server log)".to_string())
+                "internal server error (see the server log)".to_string()
             }
+            ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::Conflict(m)
+            | ApiError::Unprocessable(m)
+            | ApiError::StoreFull(m)
+            | ApiError::BadGateway(m) => m,
         };
-        (status, Json(serde_json::json!({ "error": msg }))).into_response()
+        (status, Json(ErrorBody { error: msg, kind: Some(kind) })).into_response()
     }
 }
 
@@ -62,7 +84,7 @@ impl From<kura_imaging::Error> for ApiError {
             E::ChunkCorrupt { .. } => ApiError::Unprocessable(e.to_string()),
             E::ChunkMissing { .. } => ApiError::Conflict(e.to_string()),
             E::Manifest(_) => ApiError::BadRequest(e.to_string()),
-            E::Store { ref message, .. } if message.contains("the store is full") => ApiError::StoreFull(e.to_string()),
+            E::StoreFull { .. } => ApiError::StoreFull(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

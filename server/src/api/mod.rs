@@ -35,22 +35,11 @@ use kura_catalogs::db::Catalog;
 use kura_catalogs::gc::WriterRegistry;
 use kura_catalogs::LocalStore;
 use kura_imaging::chunk::Digest;
+use kura_protocol::routes::{self, Route};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Request body caps. Every route has one; the largest bodies are chunks and manifests.
-pub mod limits {
-    /// JSON requests.
-    pub const JSON: usize = 64 << 10;
-    /// One encoded chunk: header + zstd's worst case for the largest chunk.
-    pub const CHUNK: usize = 64 + (16 << 20) + (16 << 20) / 128 + 1024;
-    /// One `missing` request: 4096 digests.
-    pub const MISSING: usize = 4096 * 32;
-    /// One encoded manifest.
-    pub const MANIFEST: usize = 256 << 20;
-}
 
 /// Upload sessions idle longer than this are aborted.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
@@ -142,66 +131,66 @@ pub struct RouteSpec {
     handler: MethodRouter<Arc<AppState>>,
 }
 
-fn route(
-    method: Method,
-    path: &'static str,
-    access: Access,
-    body_limit: usize,
-    handler: MethodRouter<Arc<AppState>>,
-) -> RouteSpec {
-    RouteSpec { method, path, access, body_limit, handler }
+/// The route `r` of the protocol, answered by `handler` for its declared method only (any other
+/// method on the path gets 405).
+fn route<H, T>(r: Route, access: Access, handler: H) -> RouteSpec
+where
+    H: axum::handler::Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let method = Method::from_bytes(r.method.as_bytes()).expect("a valid method in the protocol's route table");
+    let filter = axum::routing::MethodFilter::try_from(method.clone()).expect("a routable method");
+    RouteSpec { method, path: r.path, access, body_limit: r.body_limit, handler: axum::routing::on(filter, handler) }
 }
 
 /// The route table: the single place routes are declared.
 pub fn routes() -> Vec<RouteSpec> {
-    use axum::routing::{delete, get, post, put};
-    use limits::*;
     use Access::*;
     vec![
-        route(Method::GET, "/api/v1/health", Public, JSON, get(admin::health)),
-        route(Method::GET, "/api/v1/hosts", Operator, JSON, get(hosts::list)),
-        route(Method::POST, "/api/v1/hosts", Admin, JSON, post(hosts::create)),
-        route(Method::GET, "/api/v1/hosts/{name}", Operator, JSON, get(hosts::show)),
-        route(Method::GET, "/api/v1/hosts/{name}/power", Admin, JSON, get(power::show)),
-        route(Method::PUT, "/api/v1/hosts/{name}/power", Admin, JSON, put(power::set)),
-        route(Method::DELETE, "/api/v1/hosts/{name}/power", Admin, JSON, delete(power::clear)),
-        route(Method::POST, "/api/v1/hosts/{name}/power/{action}", Admin, JSON, post(power::act)),
-        route(Method::GET, "/api/v1/snapshots", Operator, JSON, get(snapshots::list)),
-        route(Method::DELETE, "/api/v1/snapshots/{id}", Admin, JSON, delete(snapshots::remove)),
-        route(Method::GET, "/api/v1/snapshots/{id}/manifest", OperatorOrAgent, JSON, get(snapshots::manifest)),
-        route(Method::GET, "/api/v1/chunks/{digest}", OperatorOrAgent, JSON, get(snapshots::chunk)),
-        route(Method::POST, "/api/v1/chunks/check", OperatorOrAgent, MISSING, post(snapshots::check_chunks)),
-        route(Method::POST, "/api/v1/uploads", OperatorOrAgent, JSON, post(uploads::begin)),
-        route(Method::POST, "/api/v1/uploads/{upload}/missing", OperatorOrAgent, MISSING, post(uploads::missing)),
-        route(Method::PUT, "/api/v1/uploads/{upload}/chunks/{digest}", OperatorOrAgent, CHUNK, put(uploads::put_chunk)),
-        route(Method::POST, "/api/v1/uploads/{upload}/commit", OperatorOrAgent, MANIFEST, post(uploads::commit)),
-        route(Method::DELETE, "/api/v1/uploads/{upload}", OperatorOrAgent, JSON, delete(uploads::abort)),
-        route(Method::GET, "/api/v1/jobs", Operator, JSON, get(jobs::list)),
-        route(Method::POST, "/api/v1/jobs", Operator, JSON, post(jobs::create)),
-        route(Method::GET, "/api/v1/jobs/{id}", OperatorOrAgent, JSON, get(jobs::show)),
-        route(Method::POST, "/api/v1/jobs/{id}/progress", OperatorOrAgent, JSON, post(jobs::progress)),
-        route(Method::POST, "/api/v1/jobs/{id}/finish", OperatorOrAgent, JSON, post(jobs::finish)),
-        route(Method::GET, "/api/v1/schedules", Operator, JSON, get(schedules::list)),
-        route(Method::POST, "/api/v1/schedules", Admin, JSON, post(schedules::create)),
-        route(Method::DELETE, "/api/v1/schedules/{name}", Admin, JSON, delete(schedules::remove)),
-        route(Method::PUT, "/api/v1/schedules/{name}/enabled", Admin, JSON, put(schedules::set_enabled)),
-        route(Method::GET, "/api/v1/schedules/{name}/runs", Operator, JSON, get(schedules::runs)),
-        route(Method::POST, "/api/v1/tokens", Admin, JSON, post(admin::create_token)),
-        route(Method::POST, "/api/v1/retention/apply", Admin, JSON, post(admin::apply_retention)),
-        route(Method::POST, "/api/v1/gc", Admin, JSON, post(admin::gc)),
-        route(Method::POST, "/api/v1/verify", Admin, JSON, post(admin::verify)),
-        route(Method::GET, "/api/v1/audit", Admin, JSON, get(admin::audit)),
-        route(Method::GET, "/api/v1/netboot/status", Operator, JSON, get(crate::netboot::http::status)),
-        route(Method::GET, "/api/v1/notify", Admin, JSON, get(notify::list)),
-        route(Method::POST, "/api/v1/notify", Admin, JSON, post(notify::add)),
-        route(Method::DELETE, "/api/v1/notify/{id}", Admin, JSON, delete(notify::remove)),
-        route(Method::POST, "/api/v1/notify/test", Admin, JSON, post(notify::test)),
-        route(Method::GET, "/metrics", Operator, JSON, get(metrics::metrics)),
-        route(Method::GET, "/", Page, JSON, get(web::status)),
-        route(Method::GET, "/status", Page, JSON, get(web::status)),
-        route(Method::GET, "/login", Public, JSON, get(web::login_form)),
-        route(Method::POST, "/login", Public, JSON, post(web::login)),
-        route(Method::POST, "/logout", Public, JSON, post(web::logout)),
+        route(routes::HEALTH, Public, admin::health),
+        route(routes::HOSTS, Operator, hosts::list),
+        route(routes::HOST_CREATE, Admin, hosts::create),
+        route(routes::HOST, Operator, hosts::show),
+        route(routes::HOST_POWER, Admin, power::show),
+        route(routes::HOST_POWER_SET, Admin, power::set),
+        route(routes::HOST_POWER_CLEAR, Admin, power::clear),
+        route(routes::HOST_POWER_ACT, Admin, power::act),
+        route(routes::SNAPSHOTS, Operator, snapshots::list),
+        route(routes::SNAPSHOT_DELETE, Admin, snapshots::remove),
+        route(routes::SNAPSHOT_MANIFEST, OperatorOrAgent, snapshots::manifest),
+        route(routes::CHUNK, OperatorOrAgent, snapshots::chunk),
+        route(routes::CHUNKS_CHECK, OperatorOrAgent, snapshots::check_chunks),
+        route(routes::UPLOAD_BEGIN, OperatorOrAgent, uploads::begin),
+        route(routes::UPLOAD_MISSING, OperatorOrAgent, uploads::missing),
+        route(routes::UPLOAD_CHUNK, OperatorOrAgent, uploads::put_chunk),
+        route(routes::UPLOAD_COMMIT, OperatorOrAgent, uploads::commit),
+        route(routes::UPLOAD_ABORT, OperatorOrAgent, uploads::abort),
+        route(routes::JOBS, Operator, jobs::list),
+        route(routes::JOB_CREATE, Operator, jobs::create),
+        route(routes::JOB, OperatorOrAgent, jobs::show),
+        route(routes::JOB_PROGRESS, OperatorOrAgent, jobs::progress),
+        route(routes::JOB_FINISH, OperatorOrAgent, jobs::finish),
+        route(routes::SCHEDULES, Operator, schedules::list),
+        route(routes::SCHEDULE_CREATE, Admin, schedules::create),
+        route(routes::SCHEDULE_DELETE, Admin, schedules::remove),
+        route(routes::SCHEDULE_ENABLED, Admin, schedules::set_enabled),
+        route(routes::SCHEDULE_RUNS, Operator, schedules::runs),
+        route(routes::TOKEN_CREATE, Admin, admin::create_token),
+        route(routes::RETENTION_APPLY, Admin, admin::apply_retention),
+        route(routes::GC, Admin, admin::gc),
+        route(routes::VERIFY, Admin, admin::verify),
+        route(routes::AUDIT, Admin, admin::audit),
+        route(routes::NETBOOT_STATUS, Operator, crate::netboot::http::status),
+        route(routes::NOTIFY, Admin, notify::list),
+        route(routes::NOTIFY_ADD, Admin, notify::add),
+        route(routes::NOTIFY_REMOVE, Admin, notify::remove),
+        route(routes::NOTIFY_TEST, Admin, notify::test),
+        route(routes::METRICS, Operator, metrics::metrics),
+        route(routes::PAGE_ROOT, Page, web::status),
+        route(routes::PAGE_STATUS, Page, web::status),
+        route(routes::PAGE_LOGIN_FORM, Public, web::login_form),
+        route(routes::PAGE_LOGIN, Public, web::login),
+        route(routes::PAGE_LOGOUT, Public, web::logout),
     ]
 }
 

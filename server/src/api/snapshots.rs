@@ -86,10 +86,7 @@ pub async fn check_chunks(
     Extension(p): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> ApiResult<Vec<u8>> {
-    if body.is_empty() || !body.len().is_multiple_of(32) || body.len() > 4096 * 32 {
-        return Err(ApiError::BadRequest("body must be 1 to 4096 digests of 32 bytes".into()));
-    }
-    let digests: Vec<Digest> = body.chunks_exact(32).map(|c| Digest(c.try_into().expect("32 bytes"))).collect();
+    let digests: Vec<Digest> = kura_protocol::uploads::decode_digests(&body).map_err(ApiError::BadRequest)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let allowed = match agent_snapshot(&st, &p)? {
@@ -102,9 +99,11 @@ pub async fn check_chunks(
                 if allowed.as_ref().is_some_and(|a| !a.contains(d)) {
                     return Err(ApiError::Forbidden(format!("chunk {d} is not part of this agent's snapshot")));
                 }
+                use kura_protocol::uploads::check;
                 Ok(match kura_imaging::chunk::ChunkSource::get_chunk(&*st.store, d) {
-                    Ok(blob) => u8::from(kura_imaging::chunk::check_quick(&blob, d).is_err()) * 2,
-                    Err(kura_imaging::Error::ChunkMissing { .. }) => 1,
+                    Ok(blob) if kura_imaging::chunk::check_quick(&blob, d).is_ok() => check::OK,
+                    Ok(_) => check::DAMAGED,
+                    Err(kura_imaging::Error::ChunkMissing { .. }) => check::MISSING,
                     Err(e) => return Err(e.into()),
                 })
             })

@@ -134,15 +134,13 @@ pub async fn missing(
     body: Bytes,
 ) -> ApiResult<Vec<u8>> {
     let writer = session(&state, &upload, &p)?;
-    if body.is_empty() || !body.len().is_multiple_of(32) || body.len() > 4096 * 32 {
-        return Err(ApiError::BadRequest("body must be 1 to 4096 digests of 32 bytes".into()));
-    }
-    let digests: Vec<Digest> = body.chunks_exact(32).map(|c| Digest(c.try_into().expect("32 bytes"))).collect();
+    let digests: Vec<Digest> = kura_protocol::uploads::decode_digests(&body).map_err(ApiError::BadRequest)?;
     let st = state.clone();
     let answer = tokio::task::spawn_blocking(move || st.writers.missing(writer, &st.store, &digests))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("upload session {upload} has ended")))?;
-    Ok(answer.into_iter().map(u8::from).collect())
+    use kura_protocol::uploads::missing::{MISSING, PRESENT};
+    Ok(answer.into_iter().map(|m| if m { MISSING } else { PRESENT }).collect())
 }
 
 thread_local! {

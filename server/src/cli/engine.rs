@@ -4,10 +4,12 @@ use super::ServerArgs;
 use crate::progress_bar::{Bar, Unit};
 use crate::target;
 use anyhow::{bail, Context, Result};
-use kura::remote::{Client, Endpoint, RemoteSink, RemoteSource};
 use kura_imaging::capture::{self, CaptureOptions};
 use kura_imaging::manifest::Manifest;
 use kura_imaging::restore::{self, RestoreOptions};
+use kura_protocol::client::{Client, Endpoint, RemoteSink, RemoteSource};
+use kura_protocol::routes;
+use kura_protocol::uploads::BeginUpload;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -45,7 +47,9 @@ pub fn capture(
     let Some(host) = host else { bail!("capturing to an engine needs --host NAME") };
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
-    let started = client.begin_upload(&host, name.as_deref(), "manual", None).context("starting the upload")?;
+    let started = client
+        .begin_upload(&BeginUpload { host: host.clone(), name: name.clone(), ..Default::default() })
+        .context("starting the upload")?;
     let mut opts = CaptureOptions {
         name,
         host: Some(host.clone()),
@@ -148,10 +152,7 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
 
 pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
     let c = client(s)?;
-    let path = match host {
-        Some(h) => format!("/snapshots?host={h}"),
-        None => "/snapshots".to_string(),
-    };
+    let path = routes::snapshots(host);
     let list: Vec<serde_json::Value> = c.get_json(&path)?;
     if s.json {
         print_json(&list)?;
@@ -173,7 +174,7 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
 }
 
 pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
-    let list: Vec<serde_json::Value> = client(s)?.get_json("/hosts")?;
+    let list: Vec<serde_json::Value> = client(s)?.get_json(routes::HOSTS.path)?;
     if s.json {
         print_json(&list)?;
     } else {
@@ -193,8 +194,8 @@ pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
 }
 
 pub fn create_token(role: &str, label: &str, user: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
-    let v: serde_json::Value =
-        client(s)?.post_json("/tokens", &serde_json::json!({ "role": role, "label": label, "user": user }))?;
+    let v: serde_json::Value = client(s)?
+        .post_json(routes::TOKEN_CREATE.path, &serde_json::json!({ "role": role, "label": label, "user": user }))?;
     if s.json {
         print_json(&v)?;
     } else {
@@ -205,7 +206,8 @@ pub fn create_token(role: &str, label: &str, user: Option<&str>, s: &ServerArgs)
 }
 
 pub fn verify(snapshot: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
-    let v: serde_json::Value = client(s)?.post_json("/verify", &serde_json::json!({ "snapshot": snapshot }))?;
+    let v: serde_json::Value =
+        client(s)?.post_json(routes::VERIFY.path, &serde_json::json!({ "snapshot": snapshot }))?;
     let ok = v["ok"].as_bool().unwrap_or(false);
     if s.json {
         print_json(&v)?;
@@ -225,7 +227,7 @@ pub fn verify(snapshot: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
 
 pub fn gc(grace: u64, dry_run: bool, s: &ServerArgs) -> Result<ExitCode> {
     let v: serde_json::Value =
-        client(s)?.post_json("/gc", &serde_json::json!({ "grace": grace, "dry_run": dry_run }))?;
+        client(s)?.post_json(routes::GC.path, &serde_json::json!({ "grace": grace, "dry_run": dry_run }))?;
     if s.json {
         print_json(&v)?;
     } else {
@@ -248,7 +250,7 @@ pub fn retention(
     let rule = (keep_last.is_some() || keep_monthly.is_some())
         .then(|| serde_json::json!({ "keep_last": keep_last.unwrap_or(0), "keep_monthly": keep_monthly.unwrap_or(0) }));
     let body = serde_json::json!({ "host": host, "group": group, "rule": rule, "dry_run": dry_run });
-    let v: serde_json::Value = client(s)?.post_json("/retention/apply", &body)?;
+    let v: serde_json::Value = client(s)?.post_json(routes::RETENTION_APPLY.path, &body)?;
     if s.json {
         print_json(&v)?;
     } else {

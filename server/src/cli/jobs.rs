@@ -5,6 +5,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kura_protocol::routes;
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub fn queue(
     let snapshot = match (kind, snapshot) {
         ("restore", None) => {
             // The newest committed snapshot of the host.
-            let list: Vec<serde_json::Value> = c.get_json(&format!("/snapshots?host={host}"))?;
+            let list: Vec<serde_json::Value> = c.get_json(&routes::snapshots(Some(host)))?;
             match list.iter().rev().find(|v| v["state"] == "committed").and_then(|v| v["id"].as_str()) {
                 Some(id) => Some(id.to_string()),
                 None => bail!("host {host} has no snapshot to restore"),
@@ -29,8 +30,10 @@ pub fn queue(
         }
         (_, s) => s,
     };
-    let v: serde_json::Value =
-        c.post_json("/jobs", &serde_json::json!({ "kind": kind, "host": host, "snapshot": snapshot, "disk": disk }))?;
+    let v: serde_json::Value = c.post_json(
+        routes::JOB_CREATE.path,
+        &serde_json::json!({ "kind": kind, "host": host, "snapshot": snapshot, "disk": disk }),
+    )?;
     if s.json {
         println!("{}", serde_json::to_string(&v["job"])?);
     } else {
@@ -55,7 +58,7 @@ fn bar_style() -> ProgressStyle {
 pub fn list(watch: bool, s: &ServerArgs) -> Result<ExitCode> {
     let c = client(s)?;
     if !watch {
-        let jobs: Vec<serde_json::Value> = c.get_json("/jobs")?;
+        let jobs: Vec<serde_json::Value> = c.get_json(routes::JOBS.path)?;
         if s.json {
             println!("{}", serde_json::to_string(&jobs)?);
         } else {
@@ -81,7 +84,7 @@ pub fn list(watch: bool, s: &ServerArgs) -> Result<ExitCode> {
     let multi = MultiProgress::new();
     let mut bars: HashMap<i64, ProgressBar> = HashMap::new();
     loop {
-        let jobs: Vec<serde_json::Value> = c.get_json("/jobs")?;
+        let jobs: Vec<serde_json::Value> = c.get_json(routes::JOBS.path)?;
         let mut active = 0;
         for j in &jobs {
             let Some(id) = j["id"].as_i64() else { continue };

@@ -22,7 +22,7 @@ pub fn run(cmd: NetbootCommand) -> Result<ExitCode> {
 }
 
 fn status(s: &ServerArgs) -> Result<ExitCode> {
-    let v: serde_json::Value = super::engine::client(s)?.get_json("/netboot/status")?;
+    let v: serde_json::Value = super::engine::client(s)?.get_json(kura_protocol::routes::NETBOOT_STATUS.path)?;
     if s.json {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(ExitCode::SUCCESS);

@@ -4,6 +4,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use kura_protocol::routes;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -82,7 +83,7 @@ pub fn run(cmd: NotifyCommand) -> Result<ExitCode> {
                     server,
                 ),
             };
-            let t: serde_json::Value = client(&server)?.post_json("/notify", &body)?;
+            let t: serde_json::Value = client(&server)?.post_json(routes::NOTIFY_ADD.path, &body)?;
             if server.json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {
@@ -91,7 +92,7 @@ pub fn run(cmd: NotifyCommand) -> Result<ExitCode> {
             }
         }
         NotifyCommand::List { server } => {
-            let list: Vec<serde_json::Value> = client(&server)?.get_json("/notify")?;
+            let list: Vec<serde_json::Value> = client(&server)?.get_json(routes::NOTIFY.path)?;
             if server.json {
                 println!("{}", serde_json::to_string(&list)?);
             } else if list.is_empty() {
@@ -103,13 +104,13 @@ pub fn run(cmd: NotifyCommand) -> Result<ExitCode> {
             }
         }
         NotifyCommand::Remove { id, server } => {
-            client(&server)?.delete(&format!("/notify/{id}"))?;
+            client(&server)?.delete(&routes::NOTIFY_REMOVE.url(&[&id.to_string()]))?;
             if !server.json {
                 eprintln!("removed notification target {id}");
             }
         }
         NotifyCommand::Test { server } => {
-            let v: serde_json::Value = client(&server)?.post_json("/notify/test", &serde_json::json!({}))?;
+            let v: serde_json::Value = client(&server)?.post_json(routes::NOTIFY_TEST.path, &serde_json::json!({}))?;
             if server.json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {

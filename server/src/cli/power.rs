@@ -14,6 +14,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use kura_protocol::routes;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -152,23 +153,23 @@ pub fn run(args: PowerArgs) -> Result<ExitCode> {
                 "cipher_suite": a.cipher_suite,
             });
             let v: serde_json::Value = client(&a.server)?
-                .put_json(&format!("/hosts/{}/power", a.host), &body)
+                .put_json(&routes::HOST_POWER_SET.url(&[&a.host]), &body)
                 .with_context(|| format!("setting the power control of {}", a.host))?;
             print_view(&v, a.server.json)?;
         }
         (Some(PowerCommand::Show { host, server }), _, _) => {
-            let v: serde_json::Value = client(&server)?.get_json(&format!("/hosts/{host}/power"))?;
+            let v: serde_json::Value = client(&server)?.get_json(&routes::HOST_POWER.url(&[&host]))?;
             print_view(&v, server.json)?;
         }
         (Some(PowerCommand::Clear { host, server }), _, _) => {
-            client(&server)?.delete(&format!("/hosts/{host}/power"))?;
+            client(&server)?.delete(&routes::HOST_POWER_CLEAR.url(&[&host]))?;
             if !server.json {
                 eprintln!("power control of {host} removed: its jobs wait for its next PXE boot");
             }
         }
         (None, Some(host), Some(action)) => {
             let v: serde_json::Value = client(&args.server)?
-                .post_json_once(&format!("/hosts/{host}/power/{action}"), &serde_json::json!({}))
+                .post_json_once(&routes::HOST_POWER_ACT.url(&[&host, &action]), &serde_json::json!({}))
                 .with_context(|| format!("power {action} of {host}"))?;
             if args.server.json {
                 println!("{}", serde_json::to_string(&v)?);

@@ -5,6 +5,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::Result;
 use clap::Subcommand;
+use kura_protocol::routes;
 use serde_json::{json, Value};
 use std::process::ExitCode;
 
@@ -84,18 +85,9 @@ fn time(v: &Value) -> String {
     }
 }
 
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn set_enabled(schedule: &str, server: &ServerArgs, enabled: bool) -> Result<()> {
-    let s: Value = client(server)?
-        .put_json(&format!("/schedules/{}/enabled", path_segment(schedule)), &json!({ "enabled": enabled }))?;
+    let s: Value =
+        client(server)?.put_json(&routes::SCHEDULE_ENABLED.url(&[schedule]), &json!({ "enabled": enabled }))?;
     if server.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
@@ -131,7 +123,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
                 "max_concurrent": max_concurrent, "retries": retries, "retry_delay": retry_delay,
                 "enabled": !disabled,
             });
-            let s: Value = client(&server)?.post_json("/schedules", &body)?;
+            let s: Value = client(&server)?.post_json(routes::SCHEDULE_CREATE.path, &body)?;
             if server.json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
@@ -146,7 +138,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
             }
         }
         ScheduleCommand::List { server } => {
-            let list: Vec<Value> = client(&server)?.get_json("/schedules")?;
+            let list: Vec<Value> = client(&server)?.get_json(routes::SCHEDULES.path)?;
             if server.json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
@@ -176,7 +168,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
         ScheduleCommand::Enable { schedule, server } => set_enabled(&schedule, &server, true)?,
         ScheduleCommand::Disable { schedule, server } => set_enabled(&schedule, &server, false)?,
         ScheduleCommand::Remove { schedule, server } => {
-            let s: Value = client(&server)?.delete_json(&format!("/schedules/{}", path_segment(&schedule)))?;
+            let s: Value = client(&server)?.delete_json(&routes::SCHEDULE_DELETE.url(&[&schedule]))?;
             if server.json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
@@ -185,7 +177,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
         }
         ScheduleCommand::Runs { schedule, limit, server } => {
             let runs: Vec<Value> =
-                client(&server)?.get_json(&format!("/schedules/{}/runs?limit={limit}", path_segment(&schedule)))?;
+                client(&server)?.get_json(&format!("{}?limit={limit}", routes::SCHEDULE_RUNS.url(&[&schedule])))?;
             if server.json {
                 println!("{}", serde_json::to_string(&runs)?);
             } else {

@@ -7,50 +7,8 @@
 
 use serde::Serialize;
 use std::fmt;
-use std::str::FromStr;
 
-/// An Ethernet MAC address, shown as the catalog stores it: `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// `aabbccddeeff`: for names and file names.
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-    /// Accepts what [`kura_catalogs::db::normalize_mac`] accepts (`:` or `-` pairs, Cisco
-    /// dotted, 12 bare hex digits).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm = kura_catalogs::db::normalize_mac(s).map_err(|e| e.to_string())?;
-        let bytes = hex::decode(norm.replace(':', "")).map_err(|e| e.to_string())?;
-        let arr: [u8; 6] = bytes.try_into().map_err(|_| format!("{s:?} is not a MAC address"))?;
-        Ok(MacAddr(arr))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use kura_protocol::MacAddr;
 
 /// The client's firmware, from DHCP option 93 (RFC 4578, IANA "Processor Architecture Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -80,7 +80,9 @@ impl Redfish {
         let mut b = Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10)));
         b = match &tls {
             Tls::Insecure => b.use_rustls_tls().danger_accept_invalid_certs(true),
-            Tls::Pinned(fp) => b.use_preconfigured_tls(kura::remote::tls::pinned_client_config(fp).map_err(err)?),
+            Tls::Pinned(fp) => {
+                b.use_preconfigured_tls(kura_protocol::client::tls::pinned_client_config(fp).map_err(err)?)
+            }
             Tls::SystemRoots => {
                 let mut b = b.use_rustls_tls().tls_built_in_root_certs(false);
                 if let Ok(pem) = std::fs::read(CA_BUNDLE) {

@@ -1,0 +1,324 @@
+//! The client side of the protocol: a blocking HTTP client used by the `kura` CLI and the
+//! netbooted agent, and the [`RemoteSink`] / [`RemoteSource`] that let the imaging pipelines
+//! capture to and restore from an engine exactly as they do with a local store.
+//!
+//! Retries: a request whose failure [`ErrorKind::is_retryable`] (no answer, 500/502/503/429)
+//! is sent again a few times with backoff; every other failure is returned at once as a
+//! [`ProtocolError`] of its kind. Every route the client retries is idempotent on the engine
+//! (a commit included: the same manifest committed twice to one session gets one snapshot).
+
+pub mod tls;
+
+use crate::error::{ErrorBody, ErrorKind, ProtocolError};
+use crate::jobs::{Finish, Job, JobDetail, Progress};
+use crate::routes;
+use crate::uploads::{self, BeginUpload, Committed, UploadStarted, MISSING_BATCH};
+use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use reqwest::blocking::{Client as Http, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Default per-request timeout: a 1 MiB chunk over a slow, busy link still fits.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Attempts per request when failures are retryable.
+pub const TRIES: u32 = 4;
+
+/// Where the engine is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `https://host:port` or `http://host:port`.
+    pub url: String,
+    pub token: String,
+    /// Pinned server certificate (SHA-256), required for https.
+    pub fingerprint: Option<String>,
+    /// The machine's MAC address, sent by agents (`X-Kura-Mac`).
+    pub mac: Option<crate::MacAddr>,
+    /// Longest one request may take before it counts as failed (and is retried); default
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
+}
+
+/// The header an agent names its machine's MAC address in.
+pub const MAC_HEADER: &str = "X-Kura-Mac";
+
+#[derive(Clone)]
+pub struct Client {
+    http: Http,
+    base: String,
+    token: String,
+    mac: Option<crate::MacAddr>,
+}
+
+/// An error and its sources on one line (reqwest's own message hides the cause, e.g. a
+/// certificate fingerprint mismatch).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg
+}
+
+impl Client {
+    pub fn new(ep: &Endpoint) -> Result<Client, ProtocolError> {
+        let base = ep.url.trim_end_matches('/').to_string();
+        let mut b =
+            Http::builder().timeout(ep.timeout.unwrap_or(DEFAULT_TIMEOUT)).connect_timeout(Duration::from_secs(10));
+        if base.starts_with("https://") {
+            let fp = ep.fingerprint.as_deref().ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorKind::BadRequest,
+                    "an https server needs its certificate fingerprint: pass --fingerprint (or KURA_FINGERPRINT) \
+                     with the value `kura serve` printed",
+                )
+            })?;
+            let config = tls::pinned_client_config(fp).map_err(|e| ProtocolError::new(ErrorKind::BadRequest, e))?;
+            b = b.use_preconfigured_tls(config);
+        } else if !base.starts_with("http://") {
+            return Err(ProtocolError::new(
+                ErrorKind::BadRequest,
+                format!("server URL {base:?} must start with https:// or http://"),
+            ));
+        }
+        let http =
+            b.build().map_err(|e| ProtocolError::new(ErrorKind::Internal, format!("building the HTTP client: {e}")))?;
+        Ok(Client { http, base, token: ep.token.clone(), mac: ep.mac })
+    }
+
+    /// The engine's base URL (`https://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
+        let rb = rb.bearer_auth(&self.token);
+        match &self.mac {
+            Some(m) => rb.header(MAC_HEADER, m.to_string()),
+            None => rb,
+        }
+    }
+
+    /// Sends a request built by `make` (called again for each retry); maps failures.
+    fn send(&self, what: &str, make: impl Fn() -> RequestBuilder) -> Result<Response, ProtocolError> {
+        self.send_tries(what, TRIES, make)
+    }
+
+    /// [`Client::send`] with at most `tries` attempts (1: never resent, for actions that must
+    /// not run twice, such as a power cycle).
+    fn send_tries(&self, what: &str, tries: u32, make: impl Fn() -> RequestBuilder) -> Result<Response, ProtocolError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = match self.auth(make()).send() {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().unwrap_or_default();
+                    let (msg, kind) = match serde_json::from_str::<ErrorBody>(&body) {
+                        Ok(b) => (b.error, b.kind.unwrap_or_else(|| ErrorKind::from_status(status.as_u16()))),
+                        Err(_) => (body, ErrorKind::from_status(status.as_u16())),
+                    };
+                    ProtocolError::new(kind, format!("{what}: server answered {status}: {msg}"))
+                }
+                Err(e) => {
+                    let chain = error_chain(&e);
+                    // A refused certificate will be refused again.
+                    let kind = if chain.contains("certificate") || chain.contains("fingerprint") {
+                        ErrorKind::Tls
+                    } else if e.is_builder() {
+                        ErrorKind::BadRequest
+                    } else {
+                        ErrorKind::Transport
+                    };
+                    ProtocolError::new(kind, format!("{what}: {chain} (server {})", self.base))
+                }
+            };
+            if !err.is_retryable() || attempt >= tries {
+                return Err(err);
+            }
+            tracing::warn!("{} ({}); retrying in {delay:?}", err.message, attempt);
+            std::thread::sleep(delay);
+            delay *= 3;
+        }
+    }
+
+    fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T, ProtocolError> {
+        resp.json().map_err(|e| ProtocolError::new(ErrorKind::BadReply, format!("{what}: unreadable answer: {e}")))
+    }
+
+    fn bytes(&self, what: &str, resp: Response) -> Result<Vec<u8>, ProtocolError> {
+        resp.bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| ProtocolError::new(ErrorKind::Transport, format!("{what}: reading the answer: {e}")))
+    }
+
+    /// `GET path` (a path from [`routes`]), decoding the JSON answer.
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ProtocolError> {
+        let what = format!("GET {path}");
+        let resp = self.send(&what, || self.http.get(self.url(path)))?;
+        self.json(&what, resp)
+    }
+
+    /// POSTs JSON to a route that answers with no body (e.g. job progress).
+    pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<(), ProtocolError> {
+        self.send(&format!("POST {path}"), || self.http.post(self.url(path)).json(body)).map(|_| ())
+    }
+
+    /// DELETEs a resource (routes that answer with no body).
+    pub fn delete(&self, path: &str) -> Result<(), ProtocolError> {
+        self.send(&format!("DELETE {path}"), || self.http.delete(self.url(path))).map(|_| ())
+    }
+
+    pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ProtocolError> {
+        let what = format!("POST {path}");
+        let resp = self.send(&what, || self.http.post(self.url(path)).json(body))?;
+        self.json(&what, resp)
+    }
+
+    /// POSTs JSON once, never resending it (the action must not run twice).
+    pub fn post_json_once<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ProtocolError> {
+        let what = format!("POST {path}");
+        let resp = self.send_tries(&what, 1, || self.http.post(self.url(path)).json(body))?;
+        self.json(&what, resp)
+    }
+
+    pub fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ProtocolError> {
+        let what = format!("PUT {path}");
+        let resp = self.send(&what, || self.http.put(self.url(path)).json(body))?;
+        self.json(&what, resp)
+    }
+
+    /// DELETEs `path` and decodes the JSON answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ProtocolError> {
+        let what = format!("DELETE {path}");
+        let resp = self.send(&what, || self.http.delete(self.url(path)))?;
+        self.json(&what, resp)
+    }
+
+    pub fn begin_upload(&self, req: &BeginUpload) -> Result<UploadStarted, ProtocolError> {
+        self.post_json(routes::UPLOAD_BEGIN.path, req)
+    }
+
+    /// Commits the session's snapshot. Safe to retry: the engine answers a repeated commit of
+    /// the same manifest with the same snapshot.
+    pub fn commit(&self, upload: &str, manifest: &[u8]) -> Result<Committed, ProtocolError> {
+        let what = "committing the snapshot";
+        let path = routes::upload_commit(upload);
+        let resp = self.send(what, || self.http.post(self.url(&path)).body(manifest.to_vec()))?;
+        self.json(what, resp)
+    }
+
+    pub fn abort(&self, upload: &str) -> Result<(), ProtocolError> {
+        let path = routes::upload_abort(upload);
+        self.send("aborting the upload", || self.http.delete(self.url(&path))).map(|_| ())
+    }
+
+    /// The encoded manifest of `snapshot`, as stored (check it with `Manifest::id_of`).
+    pub fn manifest(&self, snapshot: &str) -> Result<Vec<u8>, ProtocolError> {
+        let path = routes::snapshot_manifest(snapshot);
+        let what = format!("fetching snapshot {snapshot}");
+        let resp = self.send(&what, || self.http.get(self.url(&path)))?;
+        self.bytes(&what, resp)
+    }
+
+    pub fn job(&self, id: i64) -> Result<JobDetail, ProtocolError> {
+        self.get_json(&routes::job(id))
+    }
+
+    pub fn progress(&self, id: i64, p: &Progress) -> Result<(), ProtocolError> {
+        self.post_empty(&routes::job_progress(id), p)
+    }
+
+    pub fn finish(&self, id: i64, f: &Finish) -> Result<Job, ProtocolError> {
+        self.post_json(&routes::job_finish(id), f)
+    }
+
+    fn digest_query(&self, what: &str, path: &str, part: &[Digest]) -> Result<Vec<u8>, ProtocolError> {
+        let body = uploads::encode_digests(part);
+        let resp = self.send(what, || self.http.post(self.url(path)).body(body.clone()))?;
+        let bytes = self.bytes(what, resp)?;
+        if bytes.len() != part.len() {
+            return Err(ProtocolError::new(
+                ErrorKind::BadReply,
+                format!("{what}: asked about {} chunks, got {} answers", part.len(), bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Captures into an upload session on the engine.
+pub struct RemoteSink {
+    pub client: Client,
+    pub upload: String,
+}
+
+impl ChunkSink for RemoteSink {
+    fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, kura_imaging::Error> {
+        let path = routes::upload_missing(&self.upload);
+        let mut out = Vec::with_capacity(digests.len());
+        for part in digests.chunks(MISSING_BATCH) {
+            let answer = self
+                .client
+                .digest_query("asking which chunks the server lacks", &path, part)
+                .map_err(|e| e.into_imaging(None))?;
+            out.extend(answer.iter().map(|&b| b == uploads::missing::MISSING));
+        }
+        Ok(out)
+    }
+
+    fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, kura_imaging::Error> {
+        let path = routes::upload_chunk(&self.upload, digest);
+        let what = format!("uploading chunk {digest}");
+        let resp = self
+            .client
+            .send(&what, || self.client.http.put(self.client.url(&path)).body(blob.to_vec()))
+            .map_err(|e| e.into_imaging(Some(digest)))?;
+        Ok(resp.status() == reqwest::StatusCode::CREATED)
+    }
+}
+
+/// Restores from the engine; each chunk is one GET (run in parallel by the restore workers).
+pub struct RemoteSource {
+    pub client: Client,
+}
+
+impl ChunkSource for RemoteSource {
+    fn check_chunks(&self, digests: &[Digest]) -> Result<Vec<Option<String>>, kura_imaging::Error> {
+        let mut out = Vec::with_capacity(digests.len());
+        for part in digests.chunks(MISSING_BATCH) {
+            let answer = self
+                .client
+                .digest_query("checking chunks on the server", routes::CHUNKS_CHECK.path, part)
+                .map_err(|e| e.into_imaging(None))?;
+            out.extend(answer.iter().map(|&b| match b {
+                uploads::check::OK => None,
+                uploads::check::MISSING => Some("missing".to_string()),
+                _ => Some("damaged on the server (header or checksum)".to_string()),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, kura_imaging::Error> {
+        let path = routes::chunk(digest);
+        let what = format!("fetching chunk {digest}");
+        let resp = self
+            .client
+            .send(&what, || self.client.http.get(self.client.url(&path)))
+            .map_err(|e| e.into_imaging(Some(digest)))?;
+        self.client.bytes(&what, resp).map_err(|e| e.into_imaging(Some(digest)))
+    }
+}
