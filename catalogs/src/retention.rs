@@ -53,16 +53,8 @@ pub struct Plan {
 
 /// The (year, month) of a unix time, UTC.
 pub fn year_month(unix: i64) -> (i64, u32) {
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = unix.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m as u32)
+    let (y, m, _) = kura_imaging::time::civil_from_days(kura_imaging::time::split_day(unix).0);
+    (y, m)
 }
 
 /// Applies `rule` to one host's snapshots (in any order).

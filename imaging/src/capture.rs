@@ -12,9 +12,10 @@ use crate::chunk::{is_zero, ChunkSink, Digest, Encoder, DEFAULT_CHUNK_SIZE, DEFA
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{self, AllocationMap};
 use crate::layout::{self, DiskLayout};
-use crate::manifest::{rfc3339_nanos, ChunkRef, Manifest, Region};
+use crate::manifest::{ChunkRef, Manifest, Region};
 use crate::progress::Progress;
 use crate::region;
+use crate::time::format_rfc3339_nanos;
 use crate::window::Window;
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom};
@@ -238,7 +239,7 @@ pub fn capture<R: Read + Seek>(
     stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| matches!(c, ChunkRef::Data(_))).count() as u64;
     let manifest = Manifest {
         name: opts.name.clone(),
-        created: rfc3339_nanos(std::time::SystemTime::now()),
+        created: format_rfc3339_nanos(std::time::SystemTime::now()),
         source: opts.source.clone(),
         host: opts.host.clone(),
         chunk_size: opts.chunk_size,

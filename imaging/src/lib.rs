@@ -10,6 +10,7 @@
 //! - [`chunk`] defines the chunk digest and the encoded chunk format.
 //! - [`manifest`] is the versioned snapshot manifest format.
 //! - [`capture`] and [`restore`] are the two pipelines.
+//! - [`time`] owns UTC timestamps: RFC 3339 parsing and formatting, calendar arithmetic.
 //!
 //! Error policy: every fallible function returns [`Error`], a `thiserror` enum whose variants
 //! carry the facts needed to name the problem (offsets, digests, sizes). `Error::is_retryable`
@@ -26,6 +27,7 @@ pub mod manifest;
 pub mod progress;
 pub mod region;
 pub mod restore;
+pub mod time;
 pub mod window;
 
 pub use error::{Error, Result};

@@ -65,7 +65,8 @@ pub struct Region {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub name: Option<String>,
-    /// Creation time, RFC 3339 UTC.
+    /// Creation time, RFC 3339 UTC as [`crate::time::format_rfc3339_nanos`] writes it; see
+    /// [`Manifest::created_unix`].
     pub created: String,
     /// What was captured (a device or file path, as given).
     pub source: String,
@@ -106,6 +107,12 @@ struct RegionMeta {
 impl Manifest {
     pub fn disk_size(&self) -> u64 {
         self.layout.disk_size
+    }
+
+    /// The creation time in unix seconds. A manifest whose `created` is not an RFC 3339 time is
+    /// a bad manifest: [`Error::Manifest`] says so.
+    pub fn created_unix(&self) -> Result<i64> {
+        crate::time::parse_rfc3339(&self.created).map_err(|e| Error::Manifest(format!("created: {e}")))
     }
 
     pub fn used_bytes(&self) -> u64 {
@@ -336,56 +343,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Formats a time as RFC 3339 UTC with second precision (`2026-11-25T17:14:41Z`).
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    rfc3339_parts(t).0
-}
-
-/// Formats a time as RFC 3339 UTC with nanoseconds (`2026-11-25T17:14:41.123456789Z`), so two
-/// captures of the same disk in the same second still get distinct manifests.
-pub fn rfc3339_nanos(t: std::time::SystemTime) -> String {
-    let (s, nanos) = rfc3339_parts(t);
-    format!("{}.{nanos:09}Z", s.trim_end_matches('Z'))
-}
-
-/// Unix seconds of an RFC 3339 UTC time as [`rfc3339`] writes it (fractions ignored; 0 if it
-/// does not parse).
-pub fn unix_seconds(s: &str) -> i64 {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
-    if b.len() < 19 {
-        return 0;
-    }
-    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
-    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
-    // Days from civil (Howard Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    days * 86400 + hh * 3600 + mm * 60 + ss
-}
-
-fn rfc3339_parts(t: std::time::SystemTime) -> (String, u32) {
-    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60), since.subsec_nanos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,15 +424,18 @@ mod tests {
     }
 
     #[test]
-    fn time_format() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_626_881);
-        assert_eq!(rfc3339(t), "2026-11-25T17:14:41Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = t + std::time::Duration::from_nanos(5);
-        assert_eq!(rfc3339_nanos(t), "2026-11-25T17:14:41.000000005Z");
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), 0);
-        assert_eq!(unix_seconds("2026-11-25T17:14:41.123Z"), 1_795_626_881);
-        assert_eq!(unix_seconds(&rfc3339_nanos(t)), 1_795_626_881);
+    fn created_must_be_rfc3339() {
+        let mut m = sample();
+        assert_eq!(m.created_unix().unwrap(), 1_795_626_881);
+        m.created = "2026-11-25T17:14:41.000000005Z".into();
+        assert_eq!(m.created_unix().unwrap(), 1_795_626_881);
+        for bad in ["", "yesterday", "2026-11-25", "2026-13-01T00:00:00Z"] {
+            m.created = bad.into();
+            let e = m.created_unix().unwrap_err();
+            assert!(matches!(e, Error::Manifest(_)), "{bad:?}: {e}");
+            let text = e.to_string();
+            assert!(text.contains("manifest is invalid: created:") && text.contains("not an RFC 3339 time"), "{text}");
+        }
     }
 
     proptest! {

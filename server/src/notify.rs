@@ -17,6 +17,7 @@
 //! details as its body.
 
 use kura_catalogs::db::{Catalog, Job, NotifyConfig, NotifyTarget, RunSummary, UnixTime};
+use kura_imaging::time;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ impl Event {
         let mut payload = json!({
             "event": event,
             "time": time,
-            "time_rfc3339": rfc3339(time),
+            "time_rfc3339": time::format_rfc3339(time),
             "text": text,
         });
         if let (Some(p), Value::Object(d)) = (payload.as_object_mut(), details) {
@@ -82,7 +83,7 @@ impl Event {
         let text = format!(
             "Kura: schedule {} run due {}: {}, {} of {} hosts captured, {} failed, {} skipped",
             one_line(&summary.schedule, 100),
-            rfc3339(summary.due),
+            time::format_rfc3339(summary.due),
             summary.state,
             summary.succeeded,
             summary.hosts,
@@ -295,24 +296,19 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-fn rfc3339(t: UnixTime) -> String {
-    kura_imaging::manifest::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
-}
-
 /// RFC 5322 date (`Thu, 01 Jan 2026 00:00:00 +0000`).
 fn mail_date(t: UnixTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let t = t.max(0);
-    let s = rfc3339(t); // YYYY-MM-DDTHH:MM:SSZ
-    let month: usize = s.get(5..7).and_then(|m| m.parse().ok()).unwrap_or(1);
+    let (days, secs) = time::split_day(t.max(0));
+    let (y, m, d) = time::civil_from_days(days);
     format!(
-        "{}, {} {} {} {} +0000",
-        DAYS[((t / 86_400) % 7) as usize],
-        s.get(8..10).unwrap_or("01"),
-        MONTHS[month.clamp(1, 12) - 1],
-        s.get(0..4).unwrap_or("1970"),
-        s.get(11..19).unwrap_or("00:00:00")
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} +0000",
+        DAYS[time::weekday(days) as usize],
+        MONTHS[m as usize - 1],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
     )
 }
 

@@ -70,6 +70,13 @@ pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(
                 continue;
             }
         };
+        let created = match m.created_unix() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("snapshot {id} in the store has a bad manifest and is not listed: {e}");
+                continue;
+            }
+        };
         let host = m.host.clone().unwrap_or_else(|| "unknown".to_string());
         if catalog.get_host(&host).is_err() {
             catalog.create_host(actor, &NewHost { name: host.clone(), ..Default::default() })?;
@@ -82,7 +89,7 @@ pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(
                 disk: None,
                 name: m.name.clone(),
                 kind: SnapshotKind::Manual,
-                created: kura_imaging::manifest::unix_seconds(&m.created),
+                created,
                 disk_size: m.disk_size(),
                 used_bytes: m.used_bytes(),
                 new_bytes: 0,
@@ -270,4 +277,55 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         served.map_err(anyhow::Error::from)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_imaging::layout::{DiskLayout, Scheme};
+    use kura_imaging::manifest::{ChunkRef, Manifest, Region};
+
+    /// A one-chunk manifest (all zeros, so no chunk needs to be stored).
+    fn manifest(name: &str, created: &str) -> Manifest {
+        Manifest {
+            name: Some(name.into()),
+            created: created.into(),
+            source: "test".into(),
+            host: Some("h".into()),
+            chunk_size: 4096,
+            layout: DiskLayout {
+                disk_size: 4096,
+                sector_size: 512,
+                scheme: Scheme::None,
+                gpt: None,
+                partitions: vec![],
+                warnings: vec![],
+            },
+            regions: vec![Region {
+                start: 0,
+                size: 4096,
+                partition: None,
+                fs: kura_imaging::fs::FsKind::Raw,
+                label: None,
+                block_size: 4096,
+                used_bytes: 4096,
+                warnings: vec![],
+                bitmap: kura_imaging::bitmap::Bitmap::full(1),
+                chunks: vec![ChunkRef::Zero],
+            }],
+        }
+    }
+
+    #[test]
+    fn reconcile_lists_manifests_by_their_creation_time_and_refuses_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(&dir.path().join("store")).unwrap();
+        let catalog = Catalog::open_in_memory().unwrap();
+        let good = store.commit_manifest(&manifest("good", "2026-11-25T17:14:41.000000005Z")).unwrap();
+        store.commit_manifest(&manifest("bad", "25 Nov 2026")).unwrap();
+        assert_eq!(reconcile(&store, &catalog, "test").unwrap(), (1, 0));
+        let listed = catalog.list_snapshots(None).unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!((listed[0].id.as_str(), listed[0].created), (good.as_str(), 1_795_626_881));
+    }
 }

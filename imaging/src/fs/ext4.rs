@@ -400,7 +400,7 @@ fn read_descriptors<R: Read + Seek>(part: &mut R, g: &Geometry) -> Result<Vec<De
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::test_images::{file_of, have, run, run_out, Image};
+    use crate::fs::test_images::{file_of, require, run, run_out, Image};
     use crate::fs::{probe, FsKind};
     use proptest::prelude::*;
     use std::io::Cursor;
@@ -441,10 +441,9 @@ mod tests {
     /// Builds an image of `mib` MiB with `mkfs_args` and checks its map against `dumpe2fs` and
     /// `debugfs`.
     fn check_variant(mib: u64, mkfs_args: &[&str]) {
-        assert!(
-            !(!have("mke2fs") || !have("dumpe2fs") || !have("debugfs")),
-            "e2fsprogs not installed (scripts/test installs it)"
-        );
+        require("mke2fs");
+        require("dumpe2fs");
+        require("debugfs");
         let img = build(mib, mkfs_args);
         let map = img.probe(None);
         assert_eq!(map.kind, FsKind::Ext4, "{mkfs_args:?}: {:?}", map.warnings);
@@ -540,9 +539,9 @@ mod tests {
 
     #[test]
     fn ext4_deleted_file_frees_blocks() {
-        if !have("debugfs") {
-            return;
-        }
+        require("mke2fs");
+        require("debugfs");
+        require("dumpe2fs");
         let img = build(64, &["-t", "ext4"]);
         let before = img.probe(None).bitmap.count_ones();
         let big = file_blocks(&img, "/sub/big.bin");
@@ -558,9 +557,7 @@ mod tests {
 
     #[test]
     fn garbage_superblock_is_raw() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = build(32, &["-t", "ext4"]);
         let mut bytes = img.bytes();
         let mut x = 0x1234_5678u32;
@@ -581,9 +578,7 @@ mod tests {
 
     #[test]
     fn needs_recovery_is_raw() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = build(32, &["-t", "ext4"]);
         let mut bytes = img.bytes();
         bytes[1024 + 0x60] |= INCOMPAT_RECOVER as u8;
@@ -595,9 +590,7 @@ mod tests {
 
     #[test]
     fn filesystem_larger_than_partition_is_raw() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = build(32, &["-t", "ext4"]);
         let bytes = img.bytes();
         let len = bytes.len() as u64 - 4096;
@@ -651,9 +644,7 @@ mod tests {
 
     #[test]
     fn mutated_real_superblock_never_panics() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = build(16, &["-t", "ext4", "-b", "1024"]);
         let pristine = img.bytes();
         let len = pristine.len() as u64;

@@ -230,7 +230,7 @@ fn used_clusters<R: Read + Seek>(part: &mut R, l: &Layout) -> Result<Bitmap, Str
 mod tests {
     use super::*;
     use crate::fs::probe;
-    use crate::fs::test_images::{file_of, have, run, run_out, Image};
+    use crate::fs::test_images::{file_of, require, run, run_out, Image};
     use proptest::prelude::*;
     use std::io::Cursor;
 
@@ -275,12 +275,12 @@ mod tests {
     }
 
     /// Builds a FAT image, checks its map against `fsck.fat` and `mshowfat`; returns the map's
-    /// block size (0 if the tools are missing).
+    /// block size.
     fn check_variant(mib: u64, bits: &str, cluster: Option<&str>, expect: FatType) -> u32 {
-        assert!(
-            !(!have("mkfs.vfat") || !have("mcopy") || !have("fsck.fat") || !have("mshowfat")),
-            "dosfstools/mtools not installed (scripts/test installs it)"
-        );
+        require("mkfs.vfat");
+        require("mcopy");
+        require("fsck.fat");
+        require("mshowfat");
         let img = build(mib, bits, cluster, 1_500_000);
         let map = img.probe(None);
         assert_eq!(map.kind, FsKind::Fat, "{:?}", map.warnings);
@@ -336,9 +336,8 @@ mod tests {
 
     #[test]
     fn fat_deleted_file_frees_clusters() {
-        if !have("mkfs.vfat") || !have("mdel") {
-            return;
-        }
+        require("mkfs.vfat");
+        require("mdel");
         let img = build(64, "32", None, 3_000_000);
         let before = img.probe(None).bitmap.count_ones();
         run("mdel", &["-i", img.path_str(), "::big.bin"]);
@@ -353,9 +352,7 @@ mod tests {
 
     #[test]
     fn garbage_bpb_is_raw() {
-        if !have("mkfs.vfat") {
-            return;
-        }
+        require("mkfs.vfat");
         let img = build(32, "16", None, 10_000);
         let mut bytes = img.bytes();
         // Keep the jump and a plausible sector size so detection still fires, then break the rest.

@@ -237,16 +237,14 @@ fn label_from_bytes(b: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_images::{have, run, Image};
+    use super::test_images::{require, run, Image};
     use super::*;
     use crate::window::Window;
     use std::io::Cursor;
 
     #[test]
     fn probe_through_a_window_at_an_offset() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = Image::new(32);
         run("mke2fs", &["-q", "-F", "-t", "ext4", img.path_str()]);
         let fs = img.bytes();
@@ -263,9 +261,7 @@ mod tests {
 
     #[test]
     fn several_signatures_are_raw() {
-        if !have("mke2fs") {
-            return;
-        }
+        require("mke2fs");
         let img = Image::new(32);
         run("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", img.path_str()]);
         let mut bytes = img.bytes();

@@ -218,7 +218,7 @@ fn restart_page_state(page: &[u8]) -> Option<(u64, bool)> {
 mod tests {
     use super::*;
     use crate::fs::probe;
-    use crate::fs::test_images::{file_of, have, run, run_out, Image};
+    use crate::fs::test_images::{file_of, require, run, run_out, Image};
     use proptest::prelude::*;
     use std::io::Cursor;
 
@@ -272,10 +272,9 @@ mod tests {
     }
 
     fn check_variant(cluster: u32) {
-        assert!(
-            !(!have("mkntfs") || !have("ntfscp") || !have("ntfsinfo")),
-            "ntfs-3g tools not installed (scripts/test installs it)"
-        );
+        require("mkntfs");
+        require("ntfscp");
+        require("ntfsinfo");
         let img = build(64, cluster);
         let map = img.probe(None);
         assert_eq!(map.kind, FsKind::Ntfs, "{:?}", map.warnings);
@@ -310,9 +309,7 @@ mod tests {
 
     #[test]
     fn garbage_boot_sector_is_raw() {
-        if !have("mkntfs") {
-            return;
-        }
+        require("mkntfs");
         let img = build(16, 4096);
         let mut bytes = img.bytes();
         for (i, b) in bytes[11..510].iter_mut().enumerate() {
@@ -326,9 +323,7 @@ mod tests {
 
     #[test]
     fn garbage_mft_is_raw() {
-        if !have("mkntfs") {
-            return;
-        }
+        require("mkntfs");
         let img = build(16, 4096);
         let mut bytes = img.bytes();
         let boot = Boot::parse(&bytes, bytes.len() as u64).unwrap();
@@ -392,9 +387,7 @@ mod tests {
 
     #[test]
     fn mutated_real_volume_never_panics() {
-        if !have("mkntfs") {
-            return;
-        }
+        require("mkntfs");
         let img = build(16, 4096);
         let pristine = img.bytes();
         let boot = Boot::parse(&pristine, pristine.len() as u64).unwrap();

@@ -53,7 +53,7 @@ pub(super) fn read(part_size: u64, head: &[u8]) -> Result<AllocationMap, String>
 
 #[cfg(test)]
 mod tests {
-    use crate::fs::test_images::{have, run, Image};
+    use crate::fs::test_images::{require, run, Image};
     use crate::fs::{probe, FsKind};
     use crate::layout::{gpt_types, PartitionEntry};
     use proptest::prelude::*;
@@ -70,9 +70,7 @@ mod tests {
 
     #[test]
     fn swap_header_page_only() {
-        if !have("mkswap") {
-            return;
-        }
+        require("mkswap");
         let img = Image::new(32);
         run("mkswap", &["-L", "kuraswap", img.path_str()]);
         let map = img.probe(Some(&gpt(gpt_types::LINUX_SWAP)));

@@ -45,15 +45,37 @@ impl Image {
     }
 }
 
-/// Whether `tool` can be found on `PATH` (or in the sbin directories).
-pub(crate) fn have(tool: &str) -> bool {
-    which(tool).is_some()
+/// The Debian package that provides `tool`, for every tool these tests run.
+fn debian_package(tool: &str) -> Option<&'static str> {
+    Some(match tool {
+        "mke2fs" | "mkfs.ext4" | "dumpe2fs" | "debugfs" | "e2fsck" | "tune2fs" => "e2fsprogs",
+        "mkntfs" | "mkfs.ntfs" | "ntfscp" | "ntfsinfo" | "ntfsfix" | "ntfsclone" => "ntfs-3g",
+        "mkfs.vfat" | "mkfs.fat" | "fsck.fat" | "fsck.vfat" | "fatlabel" => "dosfstools",
+        "mcopy" | "mdel" | "mdir" | "mmd" | "mshowfat" => "mtools",
+        "mkswap" | "blkid" | "losetup" => "util-linux",
+        "sfdisk" | "fdisk" => "fdisk",
+        "sgdisk" | "gdisk" => "gdisk",
+        _ => return None,
+    })
+}
+
+/// The path of `tool` (searched on `PATH` and in the sbin directories). A test that needs a
+/// tool calls this first: a missing tool fails the test, naming the Debian package to install,
+/// instead of letting it pass without checking anything.
+pub(crate) fn require(tool: &str) -> PathBuf {
+    let Some(package) = debian_package(tool) else {
+        panic!("test tool {tool} has no Debian package listed in fs::test_images::debian_package: add it")
+    };
+    which(tool).unwrap_or_else(|| {
+        panic!("{tool} is not installed: this test needs it (apt-get install {package}; scripts/test installs it)")
+    })
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
+        .filter(|d| !d.is_empty())
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.is_file());
@@ -62,7 +84,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 /// Runs `tool args...` and returns its stdout; panics with stderr if it fails.
 pub(crate) fn run_out(tool: &str, args: &[&str]) -> String {
-    let exe = which(tool).unwrap_or_else(|| panic!("{tool} is not installed"));
+    let exe = require(tool);
     let out = Command::new(exe).args(args).output().unwrap();
     assert!(
         out.status.success(),

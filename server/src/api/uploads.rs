@@ -204,6 +204,9 @@ pub async fn commit(
     let up = upload.clone();
     let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
         let manifest = Manifest::decode(&body)?;
+        // A manifest whose creation time does not parse is a bad manifest (400), refused
+        // before anything reaches the store.
+        let created = manifest.created_unix()?;
         let (host, job, new_bytes, reused_bytes, name, kind) = {
             let uploads = st.uploads.lock().expect("lock");
             let u = uploads.get(&up).ok_or_else(|| ApiError::NotFound(format!("no upload session {up}")))?;
@@ -235,7 +238,6 @@ pub async fn commit(
             }
         }
         let id = st.store.commit_manifest(&manifest)?;
-        let created = kura_imaging::manifest::unix_seconds(&manifest.created);
         let record = NewSnapshot {
             id: id.clone(),
             host,

@@ -288,7 +288,7 @@ pub fn human_age(secs: i64) -> String {
 }
 
 fn time(t: UnixTime) -> String {
-    kura_imaging::manifest::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
+    kura_imaging::time::format_rfc3339(t)
 }
 
 fn opt(v: &Option<String>) -> String {

@@ -53,6 +53,5 @@ fn status(s: &ServerArgs) -> Result<ExitCode> {
 
 /// `HH:MM:SS` UTC of a unix time.
 fn time_of_day(t: i64) -> String {
-    let s = t.rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+    kura_imaging::time::format_rfc3339(t)[11..].to_string()
 }

@@ -79,8 +79,8 @@ pub enum ScheduleCommand {
 }
 
 fn time(v: &Value) -> String {
-    match v.as_i64().and_then(|t| u64::try_from(t).ok()) {
-        Some(t) => kura_imaging::manifest::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
+    match v.as_i64() {
+        Some(t) => kura_imaging::time::format_rfc3339(t),
         None => "-".into(),
     }
 }
