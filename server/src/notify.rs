@@ -1,8 +1,11 @@
 //! Notifications: telling people when something needs them. This module owns the events
 //! (a job failed, a schedule run ended, a test), their payloads, and their delivery to the
-//! targets configured in the catalog (`kura_catalogs::db::notify`): webhooks (JSON POST) and
-//! e-mail through an SMTP relay (a small client here: EHLO, optional STARTTLS, MAIL, RCPT,
-//! DATA, QUIT).
+//! targets configured in the catalog (`kura_catalogs::db::notify`): webhooks (JSON POST,
+//! `reqwest`) and e-mail through an SMTP relay (`lettre`: plain SMTP, or STARTTLS required).
+//!
+//! TLS (https webhooks, STARTTLS) trusts the system's roots, plus the PEM certificates in the
+//! file named by `KURA_NOTIFY_CA` when the server starts with it set ([`NOTIFY_CA_ENV`]), for
+//! a site whose relay or webhook has a private CA.
 //!
 //! Delivery never blocks nor fails the caller: [`Notifier::job_failed`] and
 //! [`Notifier::run_summary`] return at once; the sending runs in a spawned task, each target
@@ -22,8 +25,17 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, SinglePart};
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// Names a PEM file of extra root certificates that notifications trust, besides the
+/// system's (read once, when the notifier is set up).
+pub const NOTIFY_CA_ENV: &str = "KURA_NOTIFY_CA";
 
 /// How hard delivery tries.
 #[derive(Debug, Clone, Copy)]
@@ -117,15 +129,15 @@ pub struct Notifier {
 struct Inner {
     catalog: Arc<Catalog>,
     http: reqwest::Client,
-    tls: Arc<rustls::ClientConfig>,
+    trust: Trust,
     delivery: Delivery,
 }
 
 impl Notifier {
     pub fn new(catalog: Arc<Catalog>, delivery: Delivery) -> Notifier {
-        let tls = Arc::new(client_tls());
+        let trust = Trust::load(std::env::var_os(NOTIFY_CA_ENV).as_deref().map(std::path::Path::new));
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
+            .use_preconfigured_tls(trust.client_config())
             .timeout(delivery.timeout)
             .connect_timeout(delivery.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -135,7 +147,7 @@ impl Notifier {
                 tracing::error!("building the webhook HTTP client: {e}; using defaults");
                 reqwest::Client::new()
             });
-        Notifier { inner: Arc::new(Inner { catalog, http, tls, delivery }) }
+        Notifier { inner: Arc::new(Inner { catalog, http, trust, delivery }) }
     }
 
     /// Tells every target that `job` failed with `error`. Returns at once.
@@ -224,6 +236,13 @@ impl Notifier {
     }
 
     async fn attempt(&self, config: &NotifyConfig, event: &Event) -> Result<(), Failure> {
+        let tls = match config {
+            NotifyConfig::Webhook { url } => url.starts_with("https://"),
+            NotifyConfig::Email { starttls, .. } => *starttls,
+        };
+        if let (true, Some(e)) = (tls, &self.inner.trust.error) {
+            return Err(Failure::permanent(e.clone()));
+        }
         match config {
             NotifyConfig::Webhook { url } => {
                 let resp = self.inner.http.post(url).json(&event.payload).send().await.map_err(|e| {
@@ -244,8 +263,8 @@ impl Notifier {
                 }
             }
             NotifyConfig::Email { smtp, from, to, starttls } => {
-                let message = mail_message(from, to, event);
-                send_mail(smtp, from, to, *starttls, &self.inner.tls, &message).await
+                let message = mail_message(from, to, event)?;
+                send_mail(smtp, *starttls, &self.inner.trust, self.inner.delivery.timeout, &message).await
             }
         }
     }
@@ -268,23 +287,60 @@ impl Failure {
     }
 }
 
-/// TLS for webhooks and STARTTLS: the system's trusted roots (`/etc/ssl/certs`).
-fn client_tls() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!("loading the system's trusted certificates: {e}");
+/// The roots that TLS to notification targets (https webhooks, STARTTLS) trusts.
+struct Trust {
+    /// The system's (`/etc/ssl/certs`) and those of [`NOTIFY_CA_ENV`]'s file, each one that
+    /// rustls accepts as a trust anchor.
+    roots: Vec<CertificateDer<'static>>,
+    /// Why the [`NOTIFY_CA_ENV`] file could not be used: every TLS delivery fails with this
+    /// (rather than quietly trusting less than the operator asked for).
+    error: Option<String>,
+}
+
+impl Trust {
+    fn load(extra: Option<&std::path::Path>) -> Trust {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!("loading the system's trusted certificates: {e}");
+        }
+        let mut certs = found.certs;
+        let mut error = None;
+        if let Some(path) = extra {
+            let read: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(path) {
+                Ok(iter) => iter.collect(),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(c) if c.is_empty() => {
+                    error = Some(format!("{NOTIFY_CA_ENV}={}: no certificates in it", path.display()))
+                }
+                Ok(c) => certs.extend(c),
+                Err(e) => error = Some(format!("{NOTIFY_CA_ENV}={}: {e}", path.display())),
+            }
+            if let Some(e) = &error {
+                tracing::error!("notifications over TLS will fail: {e}");
+            }
+        }
+        // Keep only what rustls accepts, so one odd system certificate cannot break the rest.
+        let roots: Vec<_> =
+            certs.into_iter().filter(|c| rustls::RootCertStore::empty().add(c.clone()).is_ok()).collect();
+        if roots.is_empty() {
+            tracing::warn!("no trusted certificates found: https webhooks and STARTTLS will fail");
+        }
+        Trust { roots, error }
     }
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        tracing::warn!("no trusted certificates found: https webhooks and STARTTLS will fail");
+
+    /// TLS for webhooks.
+    fn client_config(&self) -> rustls::ClientConfig {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(self.roots.iter().cloned());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(store)
+            .with_no_client_auth()
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 /// `s` on one line, at most `max` characters.
@@ -296,50 +352,13 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-/// RFC 5322 date (`Thu, 01 Jan 2026 00:00:00 +0000`).
-fn mail_date(t: UnixTime) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let (days, secs) = time::split_day(t.max(0));
-    let (y, m, d) = time::civil_from_days(days);
-    format!(
-        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} +0000",
-        DAYS[time::weekday(days) as usize],
-        MONTHS[m as usize - 1],
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+fn rfc3339(t: UnixTime) -> String {
+    time::format_rfc3339(t.max(0))
 }
 
-/// A header value: one line; non-ASCII as an RFC 2047 encoded word.
-fn header_value(s: &str) -> String {
-    let flat = one_line(s, 400);
-    if flat.is_ascii() {
-        return flat;
-    }
-    format!("=?utf-8?b?{}?=", base64(flat.as_bytes()))
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The whole message (headers and body, CRLF line ends, not yet dot-stuffed).
-fn mail_message(from: &str, to: &[String], event: &Event) -> String {
+/// The mail for `event`: `text` is the subject; the body repeats it, then the details. lettre
+/// encodes it (RFC 2047 subjects, a transfer encoding that suits the body, CRLF lines).
+fn mail_message(from: &str, to: &[String], event: &Event) -> Result<Message, Failure> {
     let time = event.payload["time"].as_i64().unwrap_or(0);
     let mut id = [0u8; 12];
     let _ = getrandom::fill(&mut id);
@@ -357,191 +376,137 @@ fn mail_message(from: &str, to: &[String], event: &Event) -> String {
             body.push_str(&format!("{k}: {v}\n"));
         }
     }
-    let mut m = String::new();
-    m.push_str(&format!("Date: {}\r\n", mail_date(time)));
-    m.push_str(&format!("From: <{from}>\r\n"));
-    m.push_str(&format!("To: {}\r\n", to.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")));
-    m.push_str(&format!("Subject: {}\r\n", header_value(&event.text)));
-    m.push_str(&format!("Message-ID: <{}@{domain}>\r\n", hex::encode(id)));
-    m.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n");
-    m.push_str("Auto-Submitted: auto-generated\r\n\r\n");
-    for line in body.lines() {
-        m.push_str(line);
-        m.push_str("\r\n");
+    let mailbox =
+        |a: &str| a.parse::<Mailbox>().map_err(|e| Failure::permanent(format!("{a:?} is not an e-mail address: {e}")));
+    let mut m = Message::builder()
+        .date(std::time::UNIX_EPOCH + Duration::from_secs(time.max(0) as u64))
+        .from(mailbox(from)?)
+        .subject(one_line(&event.text, 400))
+        .message_id(Some(format!("<{}@{domain}>", hex::encode(id))))
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".into()));
+    for a in to {
+        m = m.to(mailbox(a)?);
     }
-    m
+    m.singlepart(SinglePart::plain(body)).map_err(|e| Failure::permanent(format!("building the mail: {e}")))
 }
 
-/// Longest reply line and most lines of one reply read from a relay.
-const SMTP_LINE_MAX: usize = 4096;
-const SMTP_LINES_MAX: usize = 100;
-
-struct Smtp<S> {
-    io: BufStream<S>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
-    /// Reads one (possibly multi-line) reply: its code and text lines.
-    async fn reply(&mut self) -> Result<(u16, Vec<String>), Failure> {
-        let mut lines = Vec::new();
-        loop {
-            let mut buf = Vec::new();
-            let n = (&mut self.io)
-                .take(SMTP_LINE_MAX as u64)
-                .read_until(b'\n', &mut buf)
-                .await
-                .map_err(|e| Failure::retry(format!("reading from the relay: {e}")))?;
-            if n == 0 {
-                return Err(Failure::retry("the relay closed the connection"));
-            }
-            if !buf.ends_with(b"\n") {
-                return Err(Failure::permanent("the relay sent an overlong line"));
-            }
-            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-            let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
-            let Some(code) = code else { return Err(Failure::permanent(format!("not an SMTP reply: {line:?}"))) };
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_string());
-            if !more {
-                return Ok((code, lines));
-            }
-            if lines.len() >= SMTP_LINES_MAX {
-                return Err(Failure::permanent("the relay sent an overlong reply"));
-            }
-        }
-    }
-
-    /// Expects a reply with code `want`.
-    async fn expect(&mut self, what: &str, want: u16) -> Result<Vec<String>, Failure> {
-        let (code, lines) = self.reply().await?;
-        if code != want {
-            // 4xx: try again later; 5xx: will not work.
-            let msg = format!("{what}: the relay answered {code} {}", lines.join(" "));
-            return Err(if code / 100 == 4 { Failure::retry(msg) } else { Failure::permanent(msg) });
-        }
-        Ok(lines)
-    }
-
-    async fn send(&mut self, line: &str) -> Result<(), Failure> {
-        let w = async {
-            self.io.write_all(line.as_bytes()).await?;
-            self.io.write_all(b"\r\n").await?;
-            self.io.flush().await
-        };
-        w.await.map_err(|e| Failure::retry(format!("writing to the relay: {e}")))
-    }
-
-    async fn command(&mut self, line: &str, want: u16) -> Result<Vec<String>, Failure> {
-        self.send(line).await?;
-        let verb = line.split([' ', ':']).next().unwrap_or(line);
-        self.expect(verb, want).await
-    }
-
-    /// EHLO, falling back to HELO; returns the extension keywords.
-    async fn hello(&mut self, name: &str) -> Result<Vec<String>, Failure> {
-        self.send(&format!("EHLO {name}")).await?;
-        match self.reply().await? {
-            (250, lines) => Ok(lines.iter().skip(1).map(|l| l.to_ascii_uppercase()).collect()),
-            _ => self.command(&format!("HELO {name}"), 250).await.map(|_| Vec::new()),
-        }
-    }
-
-    /// MAIL, RCPT, DATA, QUIT.
-    async fn transaction(&mut self, from: &str, to: &[String], message: &str) -> Result<(), Failure> {
-        self.command(&format!("MAIL FROM:<{from}>"), 250).await?;
-        for rcpt in to {
-            self.send(&format!("RCPT TO:<{rcpt}>")).await?;
-            let (code, lines) = self.reply().await?;
-            if code != 250 && code != 251 {
-                let msg = format!("RCPT {rcpt}: the relay answered {code} {}", lines.join(" "));
-                return Err(if code / 100 == 4 { Failure::retry(msg) } else { Failure::permanent(msg) });
-            }
-        }
-        self.command("DATA", 354).await?;
-        let mut data = String::with_capacity(message.len() + 64);
-        for line in message.split("\r\n") {
-            if line.starts_with('.') {
-                data.push('.');
-            }
-            data.push_str(line);
-            data.push_str("\r\n");
-        }
-        // `message` ends with CRLF, so the split's last piece is empty: data ends "\r\n\r\n".
-        data.truncate(data.len() - 2);
-        data.push('.');
-        self.send(&data).await?;
-        self.expect("the message", 250).await?;
-        // The mail is accepted; a failed QUIT does not matter.
-        let _ = self.command("QUIT", 221).await;
-        Ok(())
-    }
-}
-
+/// Hands `message` to the relay at `relay` (`HOST:PORT`): plain SMTP, or with `starttls` an
+/// encrypted session (the relay must offer STARTTLS; its certificate is checked against
+/// `trust`). lettre speaks the protocol (EHLO, STARTTLS, MAIL, RCPT, DATA, QUIT).
 async fn send_mail(
     relay: &str,
-    from: &str,
-    to: &[String],
     starttls: bool,
-    tls: &Arc<rustls::ClientConfig>,
-    message: &str,
+    trust: &Trust,
+    timeout: Duration,
+    message: &Message,
 ) -> Result<(), Failure> {
-    let stream = TcpStream::connect(relay).await.map_err(|e| Failure::retry(format!("connecting to {relay}: {e}")))?;
-    let me = match stream.local_addr() {
-        Ok(a) if a.is_ipv6() => format!("[IPv6:{}]", a.ip()),
-        Ok(a) => format!("[{}]", a.ip()),
-        Err(_) => "kura".to_string(),
+    let (host, port) = relay
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| Failure::permanent(format!("{relay:?} is not an SMTP relay HOST:PORT")))?;
+    let tls = if starttls {
+        let mut params = TlsParameters::builder(host.to_string()).certificate_store(CertificateStore::None);
+        for root in &trust.roots {
+            let cert = Certificate::from_der(root.to_vec())
+                .map_err(|e| Failure::permanent(format!("a trusted certificate: {e}")))?;
+            params = params.add_root_certificate(cert);
+        }
+        let params = params.build_rustls().map_err(|e| Failure::permanent(format!("TLS for {relay}: {e}")))?;
+        Tls::Required(params)
+    } else {
+        Tls::None
     };
-    let mut s = Smtp { io: BufStream::new(stream) };
-    s.expect("greeting", 220).await?;
-    let ext = s.hello(&me).await?;
-    if !starttls {
-        return s.transaction(from, to, message).await;
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .timeout(Some(timeout))
+        .build();
+    match transport.send(message.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // Display already shows the first source; add the deeper ones.
+            let mut msg = format!("{relay}: {e}");
+            let mut src = std::error::Error::source(&e).and_then(|s| s.source());
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            // 4xx replies and network trouble may pass; 5xx replies, TLS failures (a bad
+            // certificate), a relay without STARTTLS and garbled replies will not.
+            let retry = !(e.is_permanent() || e.is_tls() || e.is_client() || e.is_response());
+            Err(Failure { message: msg, retry })
+        }
     }
-    if !ext.iter().any(|e| e == "STARTTLS") {
-        return Err(Failure::permanent(format!("the relay {relay} does not offer STARTTLS")));
-    }
-    s.command("STARTTLS", 220).await?;
-    let host = relay.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(relay);
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| Failure::permanent(format!("{host:?} is not a TLS server name: {e}")))?;
-    let plain = s.io.into_inner();
-    let conn = tokio_rustls::TlsConnector::from(tls.clone())
-        .connect(name, plain)
-        .await
-        .map_err(|e| Failure::permanent(format!("STARTTLS with {relay}: {e}")))?;
-    let mut s = Smtp { io: BufStream::new(conn) };
-    s.hello(&me).await?;
-    s.transaction(from, to, message).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn formatted(m: &Message) -> String {
+        String::from_utf8(m.formatted()).unwrap()
+    }
+
     #[test]
-    fn dates_and_encodings() {
-        assert_eq!(mail_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(mail_date(1_767_225_600), "Thu, 01 Jan 2026 00:00:00 +0000");
-        assert_eq!(mail_date(1_767_225_600 + 86_400 * 45 + 3661), "Sun, 15 Feb 2026 01:01:01 +0000");
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foob"), "Zm9vYg==");
-        assert_eq!(header_value("a\r\nBcc: x"), "a  Bcc: x");
-        assert_eq!(header_value("蔵"), "=?utf-8?b?6JS1?=");
+    fn headers_dates_and_encodings() {
+        let event = Event::new("test", 1_767_225_600 + 86_400 * 45 + 3661, "a\r\nBcc: x".into(), json!({}));
+        let m = formatted(
+            &mail_message("kura@example.test", &["ops@example.test".into(), "b@c.test".into()], &event).unwrap(),
+        );
+        let (head, _) = m.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Date: Sun, 15 Feb 2026 01:01:01 +0000\r\n"), "{head}");
+        // One line: the text cannot add headers.
+        assert!(head.contains("Subject: a  Bcc: x\r\n") && !head.contains("\nBcc"), "{head}");
+        assert!(head.contains("From: kura@example.test\r\n"), "{head}");
+        assert!(head.contains("To: ops@example.test, b@c.test\r\n"), "{head}");
+        assert!(head.contains("Message-ID: <") && head.contains("@example.test>\r\n"), "{head}");
+        assert!(head.contains("Auto-Submitted: auto-generated\r\n"), "{head}");
+        assert!(head.contains("MIME-Version: 1.0\r\n"), "{head}");
+        assert!(head.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{head}");
+        let event = Event::new("test", 0, "蔵".into(), json!({}));
+        let m = formatted(&mail_message("kura@example.test", &["ops@example.test".into()], &event).unwrap());
+        assert!(m.contains("Subject: =?utf-8?b?6JS1?=\r\n"), "{m}");
+        assert!(m.contains("Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"), "{m}");
         assert_eq!(one_line("abcdef", 3), "abc…");
+        let event = Event::test(0);
+        let bad = mail_message("kura@example.test", &["not an address".into()], &event).unwrap_err();
+        assert!(!bad.retry && bad.message.contains("not an address"), "{bad:?}");
     }
 
     #[test]
     fn messages_have_crlf_lines_and_the_details() {
         let event = Event::new("test", 0, "subject line".into(), json!({ "error": ".starts with a dot\nsecond" }));
-        let m = mail_message("kura@example.test", &["ops@example.test".into()], &event);
+        let m = formatted(&mail_message("kura@example.test", &["ops@example.test".into()], &event).unwrap());
         assert!(m.contains("Subject: subject line\r\n"), "{m}");
-        assert!(m.ends_with("\r\n") && !m.replace("\r\n", "").contains('\n'), "{m:?}");
-        let (_, body) = m.split_once("\r\n\r\n").unwrap();
+        assert!(!m.replace("\r\n", "").contains('\n'), "{m:?}");
+        let (head, body) = m.split_once("\r\n\r\n").unwrap();
+        assert!(head.ends_with("\r\nContent-Transfer-Encoding: 7bit"), "{head}");
         assert!(body.starts_with("subject line\r\n"), "{body}");
         assert!(body.contains("error: .starts with a dot\r\nsecond\r\n"), "{body}");
+    }
+
+    /// Extra roots come from the `KURA_NOTIFY_CA` file; a missing or empty one is an error
+    /// that TLS deliveries report.
+    #[test]
+    fn extra_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.pem()).unwrap();
+        let system = Trust::load(None);
+        assert!(system.error.is_none());
+        let with = Trust::load(Some(&pem));
+        assert!(with.error.is_none(), "{:?}", with.error);
+        assert!(with.roots.iter().any(|c| c.as_ref() == ca.der().as_ref()));
+        assert_eq!(with.roots.len(), system.roots.len() + 1);
+        let missing = Trust::load(Some(&dir.path().join("nope.pem")));
+        assert!(missing.error.as_deref().is_some_and(|e| e.starts_with("KURA_NOTIFY_CA=")), "{:?}", missing.error);
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let empty = Trust::load(Some(&dir.path().join("empty.pem")));
+        assert!(empty.error.as_deref().is_some_and(|e| e.contains("no certificates")), "{:?}", empty.error);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Server {
     insecure_http: bool,
     /// Extra `kura serve` arguments, kept for restarts.
     extra: Vec<OsString>,
+    /// Extra environment of `kura serve`, kept for restarts.
+    serve_env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     /// Everything the server wrote on stderr, for failure messages.
     log: Arc<Mutex<String>>,
@@ -41,27 +43,34 @@ pub struct Server {
 impl Server {
     /// Starts an HTTPS engine on `data` (created if missing).
     pub fn start(data: &Path) -> Server {
-        Self::spawn(data, false, Vec::new())
+        Self::spawn(data, false, Vec::new(), Vec::new())
     }
 
     /// Starts a plain-HTTP engine (`--insecure-http`) for raw API calls.
     pub fn start_http(data: &Path) -> Server {
-        Self::spawn(data, true, Vec::new())
+        Self::spawn(data, true, Vec::new(), Vec::new())
     }
 
     /// Starts a plain-HTTP engine with extra `kura serve` arguments (kept across restarts),
     /// e.g. `--test-clock FILE --scheduler-tick-ms 50`.
     pub fn start_http_with(data: &Path, extra: &[&dyn AsRef<OsStr>]) -> Server {
-        Self::spawn(data, true, extra.iter().map(|a| a.as_ref().to_owned()).collect())
+        Self::spawn(data, true, extra.iter().map(|a| a.as_ref().to_owned()).collect(), Vec::new())
     }
 
-    fn spawn(data: &Path, insecure_http: bool, extra: Vec<OsString>) -> Server {
+    /// Starts a plain-HTTP engine with extra environment variables (kept across restarts),
+    /// e.g. `KURA_NOTIFY_CA`.
+    pub fn start_http_env(data: &Path, env: &[(&str, &dyn AsRef<OsStr>)]) -> Server {
+        let env = env.iter().map(|(k, v)| (OsString::from(k), v.as_ref().to_owned())).collect();
+        Self::spawn(data, true, Vec::new(), env)
+    }
+
+    fn spawn(data: &Path, insecure_http: bool, extra: Vec<OsString>, serve_env: Vec<(OsString, OsString)>) -> Server {
         let mut cmd = Command::new(kura_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data);
         if insecure_http {
             cmd.arg("--insecure-http");
         }
-        cmd.args(&extra);
+        cmd.args(&extra).envs(serve_env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -107,7 +116,17 @@ impl Server {
         let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
         let fingerprint = (!insecure_http)
             .then(|| std::fs::read_to_string(data.join("tls").join("fingerprint")).unwrap().trim().to_string());
-        Server { data: data.to_path_buf(), url, fingerprint, admin, insecure_http, extra, child: Some(child), log }
+        Server {
+            data: data.to_path_buf(),
+            url,
+            fingerprint,
+            admin,
+            insecure_http,
+            extra,
+            serve_env,
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -158,7 +177,7 @@ impl Server {
     /// port changes; the admin token is re-read (a rebuilt catalog issues a new one).
     pub fn restart(&mut self) {
         self.kill9();
-        let fresh = Self::spawn(&self.data, self.insecure_http, self.extra.clone());
+        let fresh = Self::spawn(&self.data, self.insecure_http, self.extra.clone(), self.serve_env.clone());
         let old_log = self.log();
         fresh.log.lock().unwrap().insert_str(0, &format!("{old_log}--- restarted ---\n"));
         *self = fresh;

@@ -16,6 +16,7 @@
 //! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls.
 //! - [`bmc`]: real BMCs for power control: `ipmi_sim` (IPMI, optionally driving a QEMU
 //!   machine) and sushy-tools' Redfish emulator.
+//! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
 //!
 //! Netbooting real machines (root only, run as root in CI):
 //! - [`netns`]: a private network namespace per test (bridge, taps), torn down on drop.
@@ -45,6 +46,7 @@ pub mod netns;
 pub mod qemu;
 pub mod readback;
 pub mod site_dhcp;
+pub mod smtp;
 pub mod store;
 pub mod tables;
 pub mod tools;
