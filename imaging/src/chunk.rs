@@ -357,7 +357,193 @@ mod tests {
         }
     }
 
+    /// One change to a valid encoded chunk, made before its checksums are fixed up. Positions
+    /// are indexes into the blob as it is when the change is made.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip {
+            at: prop::sample::Index,
+            mask: u8,
+        },
+        Insert {
+            at: prop::sample::Index,
+            bytes: Vec<u8>,
+        },
+        Remove {
+            at: prop::sample::Index,
+            len: usize,
+        },
+        Truncate {
+            keep: prop::sample::Index,
+        },
+        /// Overwrites a header field: the compression byte (10), plain_len (12) or
+        /// payload_len (16), with a value near the real one or anything.
+        Field {
+            offset: usize,
+            value: u32,
+            relative: Option<i32>,
+        },
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let index = any::<prop::sample::Index>;
+        prop_oneof![
+            (index(), 1u8..=255).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
+            (index(), proptest::collection::vec(any::<u8>(), 1..16))
+                .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+            (index(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
+            index().prop_map(|keep| Mutation::Truncate { keep }),
+            (
+                prop::sample::select(vec![10usize, 12, 16]),
+                any::<u32>(),
+                prop::option::of(prop_oneof![-64i32..64, Just(1 << 20), Just(-(1 << 20))])
+            )
+                .prop_map(|(offset, value, relative)| Mutation::Field { offset, value, relative }),
+        ]
+    }
+
+    fn apply(blob: &mut Vec<u8>, m: &Mutation) {
+        match m {
+            Mutation::Flip { at, mask } if !blob.is_empty() => {
+                let i = at.index(blob.len());
+                blob[i] ^= mask;
+            }
+            Mutation::Insert { at, bytes } => {
+                let i = at.index(blob.len() + 1);
+                blob.splice(i..i, bytes.iter().copied());
+            }
+            Mutation::Remove { at, len } if !blob.is_empty() => {
+                let i = at.index(blob.len());
+                blob.drain(i..(i + len).min(blob.len()));
+            }
+            Mutation::Truncate { keep } => blob.truncate(keep.index(blob.len() + 1)),
+            Mutation::Field { offset: 10, value, .. } if blob.len() > 10 => blob[10] = (*value % 4) as u8,
+            Mutation::Field { offset, value, relative } if blob.len() >= offset + 4 => {
+                let old = u32::from_le_bytes(blob[*offset..offset + 4].try_into().unwrap());
+                let new = match relative {
+                    Some(d) => old.wrapping_add_signed(*d),
+                    None => *value,
+                };
+                blob[*offset..offset + 4].copy_from_slice(&new.to_le_bytes());
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes a mutated blob pass the cheap checks it can pass: payload_len (unless the
+    /// mutation is meant to leave it wrong) and the payload CRC, so the change reaches the
+    /// decompressor and the digest check.
+    fn fix_up(blob: &mut [u8], fix_payload_len: bool) {
+        if blob.len() < HEADER_LEN {
+            return;
+        }
+        if fix_payload_len {
+            let n = (blob.len() - HEADER_LEN) as u32;
+            blob[16..20].copy_from_slice(&n.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&blob[HEADER_LEN..]);
+        blob[20..24].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// A valid encoding of `plain`, mutated by `muts`, with its checksums fixed up.
+    fn mutated(plain: &[u8], muts: &[Mutation], fix_payload_len: bool) -> Vec<u8> {
+        let mut blob = Vec::new();
+        Encoder::new(3).unwrap().encode_into(&Digest::of(plain), plain, &mut blob).unwrap();
+        for m in muts {
+            apply(&mut blob, m);
+        }
+        fix_up(&mut blob, fix_payload_len);
+        blob
+    }
+
+    /// Decodes a mutated chunk against the digest its header names, and checks what came out:
+    /// an error, or exactly the original content (the digest allows nothing else), which
+    /// re-encodes and decodes to itself. The output buffer never grows past the declared
+    /// `plain_len` (nor past [`MAX_CHUNK_SIZE`]). Returns the error's reason, if any.
+    fn decode_mutated(plain: &[u8], blob: &[u8]) -> std::result::Result<Option<String>, TestCaseError> {
+        let expected = Digest(blob.get(24..56).map(|d| d.try_into().unwrap()).unwrap_or([0; 32]));
+        let declared = blob.get(12..16).map(|b| u32::from_le_bytes(b.try_into().unwrap())).unwrap_or(0) as usize;
+        let mut out = Vec::new();
+        let r = Decoder::new().unwrap().decode_into(blob, &expected, &mut out);
+        prop_assert!(
+            out.capacity() <= declared.min(MAX_CHUNK_SIZE as usize).max(8),
+            "the decoder allocated {} bytes; the header declares {declared}",
+            out.capacity()
+        );
+        match r {
+            Ok(()) => {
+                prop_assert_eq!(out.len(), declared);
+                prop_assert_eq!(Digest::of(&out), expected);
+                prop_assert_eq!(&out[..], plain, "a mutated chunk decoded to other content");
+                let mut again = Vec::new();
+                Encoder::new(3).unwrap().encode_into(&expected, &out, &mut again).unwrap();
+                let mut back = Vec::new();
+                Decoder::new().unwrap().decode_into(&again, &expected, &mut back).unwrap();
+                prop_assert_eq!(back, out);
+                Ok(None)
+            }
+            Err(Error::ChunkCorrupt { reason, .. }) => Ok(Some(reason)),
+            Err(e) => Err(TestCaseError::fail(format!("not a ChunkCorrupt error: {e}"))),
+        }
+    }
+
+    fn mutated_case() -> impl Strategy<Value = (Vec<u8>, Vec<Mutation>, bool)> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            1usize..5,
+            proptest::collection::vec(mutation(), 1..4),
+            prop::bool::weighted(0.9),
+        )
+            .prop_map(|(plain, rep, muts, fix_len)| (plain.repeat(rep), muts, fix_len))
+    }
+
+    /// The mutations get past the header and checksum checks into the decompressor and the
+    /// digest check often enough for the property test below to mean something.
+    #[test]
+    fn mutations_reach_the_payload_decoder() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        let cases = 3000;
+        for _ in 0..cases {
+            let (plain, muts, fix_len) = mutated_case().new_tree(&mut runner).unwrap().current();
+            let blob = mutated(&plain, &muts, fix_len);
+            let reason = decode_mutated(&plain, &blob).unwrap_or_else(|e| panic!("{e}: {muts:?}"));
+            const KNOWN: &[&str] = &[
+                "zstd",
+                "decompressed to",
+                "content hashes to",
+                "stored chunk length mismatch",
+                "payload checksum mismatch",
+                "payload is",
+                "header names another chunk",
+                "unknown compression",
+                "plain length",
+                "bad magic",
+                "unsupported chunk format version",
+            ];
+            let class = match &reason {
+                None => "decoded",
+                Some(r) if r.ends_with("-byte header") => "shorter than the header",
+                Some(r) => KNOWN.iter().find(|k| r.starts_with(**k)).unwrap_or_else(|| panic!("unknown reason {r}")),
+            };
+            *reasons.entry(class.to_string()).or_default() += 1;
+        }
+        eprintln!("{reasons:#?}");
+        let count = |k: &str| reasons.get(k).copied().unwrap_or(0);
+        for deep in ["zstd", "decompressed to", "content hashes to", "stored chunk length mismatch"] {
+            assert!(count(deep) >= 10, "only {} of {cases} mutations reached {deep:?}: {reasons:#?}", count(deep));
+        }
+        assert!(count("payload checksum mismatch") == 0, "the CRC fix-up does not work: {reasons:#?}");
+    }
+
     proptest! {
+        #[test]
+        fn mutated_valid_chunks_decode_to_an_error_or_their_content((plain, muts, fix_len) in mutated_case()) {
+            let blob = mutated(&plain, &muts, fix_len);
+            decode_mutated(&plain, &blob)?;
+        }
+
         #[test]
         fn roundtrip(plain in proptest::collection::vec(any::<u8>(), 0..5000), rep in 1usize..4) {
             let plain = plain.repeat(rep);

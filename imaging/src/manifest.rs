@@ -438,7 +438,317 @@ mod tests {
         }
     }
 
+    /// A manifest with two regions (a gap and a partition), for the mutation tests.
+    fn two_regions() -> Manifest {
+        let mut m = sample();
+        let mut gap = m.regions[0].clone();
+        gap.size = 2 * 4096;
+        gap.bitmap = Bitmap::full(4);
+        gap.used_bytes = gap.size;
+        gap.chunks = vec![ChunkRef::Data(Digest([1; 32])), ChunkRef::Zero];
+        let part = &mut m.regions[0];
+        part.start = gap.size;
+        part.partition = Some(1);
+        part.label = Some("root".into());
+        m.layout.disk_size += gap.size;
+        m.regions.insert(0, gap);
+        assert_eq!(Manifest::decode(&m.encode().unwrap()).unwrap(), m);
+        m
+    }
+
+    /// One change to the decompressed body of a valid manifest, or to its header fields.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Byte changes anywhere in the plain body (meta_len, JSON, bitmaps, tags, digests).
+        Flip {
+            at: prop::sample::Index,
+            mask: u8,
+        },
+        Insert {
+            at: prop::sample::Index,
+            bytes: Vec<u8>,
+        },
+        Remove {
+            at: prop::sample::Index,
+            len: usize,
+        },
+        Truncate {
+            keep: prop::sample::Index,
+        },
+        /// A number in the JSON metadata (chunk size, disk size, a region's start, size, block
+        /// size, bitmap bits, chunk counts...) set to another value; meta_len follows.
+        MetaNumber {
+            field: prop::sample::Index,
+            value: NumberChange,
+        },
+        /// A tag byte (after the metadata) set to 0..=3.
+        Tag {
+            at: prop::sample::Index,
+            tag: u8,
+        },
+        /// meta_len, or the file header's plain_len, moved by a little or set outright.
+        MetaLen(NumberChange),
+        PlainLen(NumberChange),
+    }
+
+    #[derive(Debug, Clone)]
+    enum NumberChange {
+        Add(i64),
+        Set(u64),
+    }
+
+    impl NumberChange {
+        fn apply(&self, old: u64) -> u64 {
+            match self {
+                NumberChange::Add(d) => old.wrapping_add_signed(*d),
+                NumberChange::Set(v) => *v,
+            }
+        }
+    }
+
+    fn number_change() -> impl Strategy<Value = NumberChange> {
+        prop_oneof![
+            (-600i64..600).prop_map(NumberChange::Add),
+            prop::sample::select(vec![0u64, 1, 512, 4095, 4096, 1 << 20, u32::MAX as u64, 1 << 40, u64::MAX])
+                .prop_map(NumberChange::Set),
+            any::<u64>().prop_map(NumberChange::Set),
+        ]
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let index = any::<prop::sample::Index>;
+        prop_oneof![
+            1 => (index(), 1u8..=255).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
+            1 => (index(), proptest::collection::vec(any::<u8>(), 1..8))
+                .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+            1 => (index(), 1usize..40).prop_map(|(at, len)| Mutation::Remove { at, len }),
+            1 => index().prop_map(|keep| Mutation::Truncate { keep }),
+            3 => (index(), number_change()).prop_map(|(field, value)| Mutation::MetaNumber { field, value }),
+            1 => (index(), 0u8..4).prop_map(|(at, tag)| Mutation::Tag { at, tag }),
+            1 => number_change().prop_map(Mutation::MetaLen),
+            1 => number_change().prop_map(Mutation::PlainLen),
+        ]
+    }
+
+    /// Paths of every number in a JSON document.
+    fn number_paths(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Number(_) => out.push(path.clone()),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    path.push(k.clone());
+                    number_paths(v, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    path.push(i.to_string());
+                    number_paths(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn meta_len(plain: &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(plain.get(..4)?.try_into().unwrap()) as usize)
+    }
+
+    /// Sets the number chosen by `choose(count)` among the metadata's numbers; meta_len follows.
+    fn set_meta_number(plain: &mut Vec<u8>, choose: impl Fn(usize) -> usize, value: &NumberChange) {
+        let Some(n) = meta_len(plain).filter(|n| 4 + n <= plain.len()) else { return };
+        let Ok(mut meta) = serde_json::from_slice::<serde_json::Value>(&plain[4..4 + n]) else { return };
+        let mut paths = Vec::new();
+        number_paths(&meta, &mut Vec::new(), &mut paths);
+        if paths.is_empty() {
+            return;
+        }
+        let mut slot = &mut meta;
+        for k in &paths[choose(paths.len())] {
+            slot = match slot {
+                serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                other => &mut other[k.as_str()],
+            };
+        }
+        *slot = value.apply(slot.as_u64().unwrap_or(0)).into();
+        let json = serde_json::to_vec(&meta).unwrap();
+        plain.splice(0..4 + n, (json.len() as u32).to_le_bytes().into_iter().chain(json));
+    }
+
+    /// Applies `muts` to the plain body of `m`'s encoding, then writes a file around it that
+    /// passes the outer checks: recompressed body, body_len, plain_len (unless a mutation set
+    /// it) and the trailing SHA-256.
+    fn mutated(m: &Manifest, muts: &[Mutation]) -> Vec<u8> {
+        let enc = m.encode().unwrap();
+        let mut plain = zstd::decode_all(&enc[FIXED_HEADER..enc.len() - TRAILER]).unwrap();
+        let mut plain_len: Option<u64> = None;
+        for mu in muts {
+            match mu {
+                Mutation::Flip { at, mask } if !plain.is_empty() => {
+                    let i = at.index(plain.len());
+                    plain[i] ^= mask;
+                }
+                Mutation::Insert { at, bytes } => {
+                    let i = at.index(plain.len() + 1);
+                    plain.splice(i..i, bytes.iter().copied());
+                }
+                Mutation::Remove { at, len } if !plain.is_empty() => {
+                    let i = at.index(plain.len());
+                    plain.drain(i..(i + len).min(plain.len()));
+                }
+                Mutation::Truncate { keep } => plain.truncate(keep.index(plain.len() + 1)),
+                Mutation::MetaNumber { field, value } => set_meta_number(&mut plain, |n| field.index(n), value),
+                Mutation::Tag { at, tag } => {
+                    let start = meta_len(&plain).map_or(0, |n| 4 + n);
+                    if start < plain.len() {
+                        let i = start + at.index(plain.len() - start);
+                        plain[i] = *tag;
+                    }
+                }
+                Mutation::MetaLen(c) if plain.len() >= 4 => {
+                    let n = c.apply(meta_len(&plain).unwrap() as u64) as u32;
+                    plain[..4].copy_from_slice(&n.to_le_bytes());
+                }
+                // Bounded so that a case never asks for gigabytes; larger declarations are
+                // covered by `oversized_declarations_are_refused_before_allocating`.
+                Mutation::PlainLen(c) => plain_len = Some(c.apply(plain.len() as u64) % (64 << 20)),
+                _ => {}
+            }
+        }
+        wrap(&enc, &plain, plain_len.unwrap_or(plain.len() as u64))
+    }
+
+    /// A manifest file around `plain` that passes the outer checks: `enc`'s magic, version
+    /// and flags, the recompressed body and its length, `plain_len`, the trailing SHA-256.
+    fn wrap(enc: &[u8], plain: &[u8], plain_len: u64) -> Vec<u8> {
+        let body = zstd::bulk::compress(plain, 3).unwrap();
+        let mut out = enc[..FIXED_HEADER].to_vec();
+        out[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        out[24..32].copy_from_slice(&plain_len.to_le_bytes());
+        out.extend_from_slice(&body);
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Decodes a mutated manifest: an error, or a manifest that is internally consistent and
+    /// re-encodes to something that decodes to itself. Returns the error message, if any.
+    fn decode_mutated(bytes: &[u8]) -> std::result::Result<Option<String>, TestCaseError> {
+        match Manifest::decode(bytes) {
+            Ok(m) => {
+                prop_assert!(m.chunk_size > 0 && m.chunk_size <= MAX_CHUNK_SIZE && m.chunk_size % 512 == 0);
+                let mut pos = 0;
+                for r in &m.regions {
+                    prop_assert_eq!(r.start, pos);
+                    pos += r.size;
+                    prop_assert_eq!(r.chunks.len() as u64, r.size.div_ceil(m.chunk_size as u64));
+                    prop_assert!(r.bitmap.len() <= r.size.div_ceil(r.block_size as u64));
+                }
+                prop_assert_eq!(pos, m.disk_size());
+                let again = m.encode().unwrap();
+                prop_assert_eq!(Manifest::decode(&again).unwrap(), m);
+                Ok(None)
+            }
+            Err(Error::Manifest(msg)) => Ok(Some(msg)),
+            Err(e) => Err(TestCaseError::fail(format!("not a manifest error: {e}"))),
+        }
+    }
+
+    fn mutated_case() -> impl Strategy<Value = (bool, Vec<Mutation>)> {
+        (any::<bool>(), proptest::collection::vec(mutation(), 1..4))
+    }
+
+    fn base(two: bool) -> Manifest {
+        if two {
+            two_regions()
+        } else {
+            sample()
+        }
+    }
+
+    /// The mutations get past the checksum and decompression into the body's checks often
+    /// enough for the property test below to mean something.
+    #[test]
+    fn mutations_reach_the_body_checks() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        let cases = 3000;
+        for _ in 0..cases {
+            let (two, muts) = mutated_case().new_tree(&mut runner).unwrap().current();
+            let bytes = mutated(&base(two), &muts);
+            let msg = decode_mutated(&bytes).unwrap_or_else(|e| panic!("{e}: {muts:?}"));
+            // The message without its numbers: "region 1 has a wrong chunk count" → "region has...".
+            let class = msg.map_or("decoded".to_string(), |m| {
+                let m = if m.starts_with("metadata: ") { "metadata".to_string() } else { m };
+                m.split_whitespace()
+                    .map(|w| w.trim_end_matches(':'))
+                    .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            *reasons.entry(class).or_default() += 1;
+        }
+        eprintln!("{reasons:#?}");
+        let count = |k: &str| reasons.get(k).copied().unwrap_or(0);
+        assert_eq!(count("checksum mismatch (manifest damaged)") + count("body length mismatch"), 0, "{reasons:#?}");
+        for deep in [
+            "metadata",
+            "decompressed body length mismatch",
+            "body ends early",
+            "trailing bytes after the last region",
+            "region does not continue the previous one",
+            "region has a wrong chunk count",
+            "region has an invalid block size",
+            "region bitmap is longer than the region",
+            "region unknown chunk tag",
+            "region data chunk count mismatch",
+            "regions do not cover the disk",
+            "invalid chunk size",
+        ] {
+            assert!(count(deep) >= 5, "only {} of {cases} mutations reached {deep:?}: {reasons:#?}", count(deep));
+        }
+        assert!(count("decoded") >= 5, "no mutation decoded (harmless ones exist): {reasons:#?}");
+    }
+
+    /// Declared sizes far beyond the data are refused without allocating them (a decoder
+    /// that trusted them would abort the test on a failed multi-gigabyte allocation, or take
+    /// seconds to fill it).
+    #[test]
+    fn oversized_declarations_are_refused_before_allocating() {
+        let m = two_regions();
+        let t0 = std::time::Instant::now();
+        let huge = [NumberChange::Set(MAX_PLAIN_BODY + 1), NumberChange::Set(u64::MAX)];
+        let enc = m.encode().unwrap();
+        let plain = zstd::decode_all(&enc[FIXED_HEADER..enc.len() - TRAILER]).unwrap();
+        for c in &huge {
+            let bytes = wrap(&enc, &plain, c.apply(0));
+            assert!(Manifest::decode(&bytes).unwrap_err().to_string().contains("too large"));
+        }
+        let meta: serde_json::Value = serde_json::from_slice(&plain[4..4 + meta_len(&plain).unwrap()]).unwrap();
+        let mut paths = Vec::new();
+        number_paths(&meta, &mut Vec::new(), &mut paths);
+        assert!(paths.len() >= 15, "{paths:?}");
+        for field in 0..paths.len() {
+            for v in [1u64 << 40, u64::MAX / 2, u64::MAX] {
+                let mut p = plain.clone();
+                set_meta_number(&mut p, |_| field, &NumberChange::Set(v));
+                let _ = Manifest::decode(&wrap(&enc, &p, p.len() as u64));
+            }
+        }
+        let muts = [Mutation::MetaLen(NumberChange::Set(u32::MAX as u64))];
+        assert!(Manifest::decode(&mutated(&m, &muts)).is_err());
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
     proptest! {
+        #[test]
+        fn mutated_valid_manifests_decode_to_an_error_or_a_consistent_manifest((two, muts) in mutated_case()) {
+            decode_mutated(&mutated(&base(two), &muts))?;
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Manifest::decode(&bytes);

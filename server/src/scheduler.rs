@@ -34,6 +34,7 @@ use kura_catalogs::LocalStore;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,11 +191,19 @@ pub struct Scheduler {
     store: Option<Arc<LocalStore>>,
     config: SchedulerConfig,
     hooks: Hooks,
+    /// Ticks [`run`] completed (`kura_scheduler_ticks_total`: a test that moved the clock
+    /// waits for a tick instead of sleeping).
+    ticks: Arc<AtomicU64>,
 }
 
 impl Scheduler {
     pub fn new(catalog: Arc<Catalog>, store: Option<Arc<LocalStore>>, config: SchedulerConfig, hooks: Hooks) -> Self {
-        Scheduler { catalog, store, config, hooks }
+        Scheduler { catalog, store, config, hooks, ticks: Arc::default() }
+    }
+
+    /// The number of ticks [`run`] has completed, shared (for `/metrics`).
+    pub fn tick_counter(&self) -> Arc<AtomicU64> {
+        self.ticks.clone()
     }
 
     /// The due times of `s` to record at `now`: the newest runs if within the catch-up
@@ -372,6 +381,7 @@ pub async fn run(scheduler: Arc<Scheduler>, clock: Arc<dyn Clock>, shutdown: imp
             Ok(Err(e)) => tracing::error!("scheduler tick failed: {e:#}"),
             Err(e) => tracing::error!("scheduler tick panicked: {e}"),
         }
+        scheduler.ticks.fetch_add(1, Ordering::SeqCst);
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(tick) => {}

@@ -250,6 +250,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         ],
     };
     let scheduler = Arc::new(Scheduler::new(state.catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));
+    let _ = state.scheduler_ticks.set(scheduler.tick_counter());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let netboot = match netboot {

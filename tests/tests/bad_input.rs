@@ -26,6 +26,29 @@ fn assert_capture_refused(store: &Store, source: &Path, words: &[&str]) {
     store.capture_run(source, None).expect_failure_mentioning(words);
     let list = store.list();
     assert!(list.is_empty(), "a failed capture left snapshots: {list:?}");
+    assert_nothing_left(store);
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A refused capture wrote nothing into the store: no chunk, nothing staged in `tmp/`.
+fn assert_nothing_left(store: &Store) {
+    for sub in ["chunks", "tmp"] {
+        let left = files_under(&store.dir.join(sub));
+        assert!(left.is_empty(), "a refused capture left files in the store's {sub}/: {left:?}");
+    }
 }
 
 #[test]
@@ -36,6 +59,9 @@ fn truncated_image_is_refused() {
     damage::truncate(&copy, disk.partition(2).offset + 4 * MIB);
     let store = Store::new(work.path().join("store"));
     assert_capture_refused(&store, &copy, &["truncated"]);
+    // The check looks where chunks go: the intact disk's capture puts them there.
+    store.capture(&disk.path, None);
+    assert!(!files_under(&store.dir.join("chunks")).is_empty(), "no chunk files under {}", store.dir.display());
 }
 
 #[test]
@@ -181,6 +207,7 @@ fn capture_errors_are_not_repeated() {
         break_it(&copy);
         let run = store.capture_run(&copy, None);
         assert!(!run.success(), "{what}: capture succeeded:\n{run}");
+        assert_nothing_left(&store);
         let message = run.stderr.trim();
         // Any clause of 20+ characters that appears twice.
         let clauses: Vec<&str> = message.split(": ").filter(|c| c.len() >= 20).collect();

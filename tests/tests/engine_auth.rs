@@ -118,16 +118,111 @@ fn every_route_checks_token_and_role() {
             }
             "OperatorOrAgent" => {
                 expect("operator", operator, &not_auth);
-                // The agent's token is valid here; the wrong machine is not.
+                // The agent's token from its own machine gets the route's answer for an agent
+                // of a capture job (not a blanket 403); the wrong machine, or none, is refused.
+                // A route missing from agent_answer() expects 0: it fails, naming the route.
+                expect("agent from its MAC (see agent_answer)", agent, &[agent_answer(method, path).unwrap_or(0)]);
                 expect("agent from another MAC", call(Some(&t.agent), Some("aa:bb:cc:dd:ee:99")), &[403]);
                 expect("agent without a MAC", call(Some(&t.agent), None), &[403]);
             }
             other => problems.push(format!("{method} {path}: unknown access {other}")),
         }
     }
+    // The calls above left the agent's job as it was: still queued, its token still valid.
+    let r = api.req("GET", &format!("/jobs/{}", t.job)).token(&t.agent).mac(&t.agent_mac).send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["job"]["state"], "queued", "{}", r.text());
     eprintln!("{checked} checks");
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
     assert_eq!(api.req("GET", "/health").send().status, 200);
+}
+
+/// What an agent of a queued capture job gets, from its own machine, on each route open to
+/// agents, called as `every_route_checks_token_and_role` calls it (parameters from `fill`, an
+/// empty JSON object as the body of a POST or PUT).
+fn agent_answer(method: &str, path: &str) -> Option<u16> {
+    Some(match (method, path) {
+        // Reading snapshots is for restore jobs: refused by the handler.
+        ("GET", "/api/v1/snapshots/{id}/manifest") | ("GET", "/api/v1/chunks/{digest}") => 403,
+        // `{}` is not a list of digests: refused before the role matters.
+        ("POST", "/api/v1/chunks/check") => 400,
+        // `{}` names no host: the JSON is refused.
+        ("POST", "/api/v1/uploads") => 422,
+        // No such upload session.
+        ("POST", "/api/v1/uploads/{upload}/missing")
+        | ("PUT", "/api/v1/uploads/{upload}/chunks/{digest}")
+        | ("POST", "/api/v1/uploads/{upload}/commit")
+        | ("DELETE", "/api/v1/uploads/{upload}") => 404,
+        // Its own job.
+        ("GET", "/api/v1/jobs/{id}") => 200,
+        // Its own job, but `{}` is not a progress report nor a result.
+        ("POST", "/api/v1/jobs/{id}/progress") | ("POST", "/api/v1/jobs/{id}/finish") => 422,
+        _ => return None,
+    })
+}
+
+/// Each path answers only the methods the route table declares for it: any other method gets
+/// 405 (or 404) from the router, for every caller, and never reaches a handler.
+#[test]
+fn every_route_answers_only_its_declared_methods() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let api = server.api();
+    let t = setup(&server, &api);
+    let table = routes();
+    let mut declared: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for r in &table {
+        declared.entry(r["path"].as_str().unwrap()).or_default().push(r["method"].as_str().unwrap());
+    }
+    let audit_before = api.req("GET", "/audit").token(&t.admin).send().text();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (path, methods) in &declared {
+        let url = fill(path, t.job);
+        for other in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if methods.contains(&other) {
+                continue;
+            }
+            let callers: [(&str, Option<&str>, Option<&str>); 4] = [
+                ("admin", Some(&t.admin), None),
+                ("operator", Some(&t.operator), None),
+                ("agent", Some(&t.agent), Some(&t.agent_mac)),
+                ("nobody", None, None),
+            ];
+            for (who, token, mac) in callers {
+                let mut r = api.raw(other, &url);
+                if let Some(tok) = token {
+                    r = r.token(tok);
+                }
+                if let Some(m) = mac {
+                    r = r.mac(m);
+                }
+                if other != "GET" && other != "DELETE" {
+                    r = r.json(&json!({}));
+                }
+                let got = r.send();
+                checked += 1;
+                if got.status != 405 && got.status != 404 {
+                    problems.push(format!(
+                        "{other} {path} (declared: {methods:?}) as {who}: {} {}",
+                        got.status,
+                        got.text()
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("{checked} checks");
+    assert!(checked >= 100, "only {checked} undeclared method calls");
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    // No handler ran: nothing was recorded, the job is untouched.
+    assert_eq!(
+        api.req("GET", "/audit").token(&t.admin).send().text(),
+        audit_before,
+        "an undeclared method changed something"
+    );
+    let r = api.req("GET", &format!("/jobs/{}", t.job)).token(&t.agent).mac(&t.agent_mac).send();
+    assert_eq!((r.status, r.json()["job"]["state"].as_str()), (200, Some("queued")), "{}", r.text());
 }
 
 /// The status page's browser login: redirects without a session, sessions only for operator

@@ -1,14 +1,24 @@
 //! Crashes and a full disk: `kill -9` of a client in the middle of an upload, `kill -9` of the
-//! engine while captures are in flight (at many points, commit included), and a store that
-//! runs out of space. Afterwards no partial snapshot is visible, earlier snapshots restore, the
+//! engine and of the client at known points of a capture (before the first chunk, with chunks
+//! flowing, with the commit on its way, after the engine answered it), and a store that runs
+//! out of space. Afterwards no partial snapshot is visible, earlier snapshots restore, the
 //! store verifies, and a retry succeeds.
+//!
+//! Where a kill lands is not left to timing: a proxy between the client and the engine (plain
+//! HTTP) follows the requests and holds the chosen one until the test has killed its victim.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kura_tests::content::{random_bytes, sha256_file, XorShift};
 use kura_tests::disks::{write_at, MIB};
-use kura_tests::engine::{manifest_ids, raw_disk, received_count, Mount, Server};
+use kura_tests::engine::{manifest_ids, raw_disk, received_count, ChildGuard, Mount, Server};
+use kura_tests::kura_cli::kura_bin;
 
 /// What the engine lists is exactly what its store holds, and all of it verifies.
 fn assert_consistent(server: &Server) -> Vec<String> {
@@ -76,81 +86,389 @@ fn captured_id(log: &str) -> Option<String> {
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["snapshot"].as_str().map(str::to_string))
 }
 
-#[test]
-fn engine_killed_during_captures_never_shows_a_partial_snapshot() {
-    let work = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&work.path().join("engine"));
-    let early = raw_disk(work.path(), "early.img", random_bytes(10, 6 * MIB as usize));
-    let early_snap = server.capture(&early.path, "early").snapshot;
+/// Which request an HTTP/1.1 message belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Chunk,
+    Commit,
+    Other,
+}
 
-    // A disk that changes a little before every capture, so each one has new chunks to upload
-    // and a new manifest to commit.
+fn kind_of(start_line: &str) -> Kind {
+    let mut it = start_line.split_whitespace();
+    match (it.next(), it.next()) {
+        (Some("PUT"), Some(p)) if p.contains("/chunks/") => Kind::Chunk,
+        (Some("POST"), Some(p)) if p.ends_with("/commit") => Kind::Commit,
+        _ => Kind::Other,
+    }
+}
+
+/// Where the proxy stops a capture so that a kill lands there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Chunk uploads: the client sent one, the engine has not seen it.
+    FirstChunkRequest,
+    /// The answer to a chunk upload once `n` chunk answers reached the client: chunks are
+    /// flowing, the commit is not sent.
+    ChunkAnswer(usize),
+    /// The commit request: the client sent it, the engine has not seen it.
+    CommitRequest,
+    /// The commit's answer: the engine committed and answered, the client does not know.
+    CommitAnswer,
+    /// Nothing: the test watches the counters only.
+    Nothing,
+}
+
+/// What passed through the proxy, per kind of request.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    /// Requests read in full from the client.
+    arrived: BTreeMap<Kind, usize>,
+    /// Requests forwarded in full to the engine.
+    sent: BTreeMap<Kind, usize>,
+    /// Answers read in full from the engine.
+    answered: BTreeMap<Kind, usize>,
+    /// Answers forwarded in full to the client.
+    delivered: BTreeMap<Kind, usize>,
+    /// Messages the proxy holds now.
+    held: usize,
+    /// A message the proxy could not frame (no Content-Length); the test then knows nothing.
+    unframed: Option<String>,
+}
+
+impl Seen {
+    fn n(map: &BTreeMap<Kind, usize>, k: Kind) -> usize {
+        map.get(&k).copied().unwrap_or(0)
+    }
+}
+
+struct ProxyState {
+    seen: Seen,
+    hold: Hold,
+    /// Set by the test: what held messages do now (true: go on, false: the connection drops).
+    release: Option<bool>,
+}
+
+/// A TCP proxy between `kura image capture` and an engine serving plain HTTP, which follows
+/// the HTTP/1.1 messages (framed by Content-Length) of each connection, counts them, and can
+/// hold a request or an answer until the test has killed something.
+struct Proxy {
+    url: String,
+    state: Arc<(Mutex<ProxyState>, Condvar)>,
+}
+
+/// Reads one HTTP/1.1 message (head and Content-Length body) from `r`; `None` at a clean end.
+fn read_message(r: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, Vec<u8>, bool)>> {
+    let mut tmp = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = r.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let start = head.lines().next().unwrap_or("").to_string();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let framed = header("transfer-encoding").is_none();
+    while buf.len() < head_end + len {
+        let n = r.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let msg: Vec<u8> = buf.drain(..head_end + len).collect();
+    Ok(Some((start, msg, framed)))
+}
+
+impl Proxy {
+    fn start(upstream: &str, hold: Hold) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new((Mutex::new(ProxyState { seen: Seen::default(), hold, release: None }), Condvar::new()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(engine) = TcpStream::connect(&upstream) else { continue };
+                let queue = Arc::new(Mutex::new(VecDeque::new()));
+                let (c, e, q, s) =
+                    (client.try_clone().unwrap(), engine.try_clone().unwrap(), queue.clone(), st.clone());
+                std::thread::spawn(move || Self::pump(c, e, q, s, true));
+                let s2 = st.clone();
+                std::thread::spawn(move || Self::pump(engine, client, queue, s2, false));
+            }
+        });
+        Proxy { url, state }
+    }
+
+    /// Forwards messages from `from` to `to`: requests (client to engine) if `requests`, else
+    /// answers, which belong to the requests queued on the connection, in order.
+    fn pump(
+        mut from: TcpStream,
+        mut to: TcpStream,
+        queue: Arc<Mutex<VecDeque<Kind>>>,
+        state: Arc<(Mutex<ProxyState>, Condvar)>,
+        requests: bool,
+    ) {
+        let mut buf = Vec::new();
+        let (lock, cv) = &*state;
+        while let Ok(Some((start, msg, framed))) = read_message(&mut from, &mut buf) {
+            let kind =
+                if requests { kind_of(&start) } else { queue.lock().unwrap().pop_front().unwrap_or(Kind::Other) };
+            let mut s = lock.lock().unwrap();
+            if !framed {
+                s.seen.unframed = Some(start.clone());
+            }
+            let counts = if requests { &mut s.seen.arrived } else { &mut s.seen.answered };
+            *counts.entry(kind).or_default() += 1;
+            let hold = match (s.hold, requests, kind) {
+                (Hold::FirstChunkRequest, true, Kind::Chunk) | (Hold::CommitRequest, true, Kind::Commit) => true,
+                (Hold::CommitAnswer, false, Kind::Commit) => true,
+                (Hold::ChunkAnswer(n), false, Kind::Chunk) => Seen::n(&s.seen.delivered, Kind::Chunk) >= n,
+                _ => false,
+            };
+            if hold {
+                s.seen.held += 1;
+                cv.notify_all();
+                while s.release.is_none() {
+                    s = cv.wait(s).unwrap();
+                }
+                s.seen.held -= 1;
+                if s.release == Some(false) {
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            drop(s);
+            if requests {
+                queue.lock().unwrap().push_back(kind);
+            }
+            if to.write_all(&msg).is_err() {
+                break;
+            }
+            let mut s = lock.lock().unwrap();
+            let counts = if requests { &mut s.seen.sent } else { &mut s.seen.delivered };
+            *counts.entry(kind).or_default() += 1;
+            cv.notify_all();
+        }
+        // A client that went away leaves the engine's side open: the answer to what it sent
+        // last (a commit, say) is still read and counted by the other direction.
+        if !requests {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Waits (at most 60 s) until `f` holds for what the proxy saw; returns that.
+    fn wait(&self, what: &str, f: impl Fn(&Seen) -> bool) -> Seen {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let t0 = Instant::now();
+        while !f(&s.seen) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the proxy never saw {what}: {:?}", s.seen);
+            s = cv.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
+        }
+        s.seen.clone()
+    }
+
+    fn seen(&self) -> Seen {
+        self.state.0.lock().unwrap().seen.clone()
+    }
+
+    /// Lets held messages go on (`true`) or drops their connections (`false`).
+    fn release(&self, go_on: bool) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().release = Some(go_on);
+        cv.notify_all();
+    }
+}
+
+/// Who is killed, where, and how many new snapshots that may leave.
+struct KillPoint {
+    victim: &'static str,
+    hold: Hold,
+    /// After the kill, held messages go on (the engine still runs) or are dropped.
+    go_on: bool,
+    /// Snapshots the round's capture may leave: exactly this many, or either (`None`).
+    new_snapshots: Option<usize>,
+}
+
+/// `kura image capture DISK --host changing --json --server URL` as the admin, without waiting.
+fn spawn_capture(server: &Server, disk: &Path, url: &str, log: &Path) -> ChildGuard {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = Command::new(kura_bin())
+        .args(["image", "capture"])
+        .arg(disk)
+        .args(["--host", "changing", "--json", "--server", url])
+        .env("KURA_TOKEN", &server.admin)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("cannot start kura");
+    ChildGuard(Some(child))
+}
+
+#[test]
+fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    // Plain HTTP, so the proxy between the client and the engine can follow the requests.
+    let mut server = Server::start_http(&work.path().join("engine"));
+    // Snapshot id -> sha256 of the disk it must restore to.
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let early = raw_disk(work.path(), "early.img", random_bytes(10, 6 * MIB as usize));
+    expected.insert(server.capture(&early.path, "early").snapshot, sha256_file(&early.path));
+
+    // A disk that changes before every capture: 8 distinct MiB rewritten, so each capture
+    // uploads 8 new chunks and commits a new manifest.
     let disk = raw_disk(work.path(), "changing.img", random_bytes(11, 40 * MIB as usize));
     let part = disk.partitions[0].offset;
     let mut rng = XorShift::new(12);
-    // Rewrite 6 random MiB: a capture then uploads about 6 chunks and commits.
-    let mut change = |seed: u64| {
-        for i in 0..6 {
-            let at = part + rng.below(40) * MIB;
-            write_at(&disk.path, at, &random_bytes(1000 + seed * 10 + i, MIB as usize));
+    let mut change = |round: u64| {
+        let mut picked = Vec::new();
+        while picked.len() < 8 {
+            let i = rng.below(40);
+            if !picked.contains(&i) {
+                picked.push(i);
+            }
         }
-        rng.below(100)
+        for (n, i) in picked.into_iter().enumerate() {
+            write_at(&disk.path, part + i * MIB, &random_bytes(1000 + round * 10 + n as u64, MIB as usize));
+        }
     };
-    let first = server.capture(&disk.path, "changing");
-    change(100);
-    let t0 = Instant::now();
-    let second = server.capture(&disk.path, "changing");
-    let full = t0.elapsed();
-    let mut committed = vec![early_snap.clone(), first.snapshot.clone(), second.snapshot.clone()];
-    let rounds = 10;
+    expected.insert(server.capture(&disk.path, "changing").snapshot, sha256_file(&disk.path));
+
+    let points = [
+        KillPoint { victim: "engine", hold: Hold::ChunkAnswer(1), go_on: false, new_snapshots: Some(0) },
+        KillPoint { victim: "engine", hold: Hold::ChunkAnswer(4), go_on: false, new_snapshots: Some(0) },
+        KillPoint { victim: "engine", hold: Hold::CommitRequest, go_on: false, new_snapshots: Some(0) },
+        // The commit reached the engine; the kill follows at once (during or just after it).
+        KillPoint { victim: "engine", hold: Hold::Nothing, go_on: false, new_snapshots: None },
+        // The engine answered the commit: it must survive, though the client never heard.
+        KillPoint { victim: "engine", hold: Hold::CommitAnswer, go_on: false, new_snapshots: Some(1) },
+        KillPoint { victim: "client", hold: Hold::FirstChunkRequest, go_on: false, new_snapshots: Some(0) },
+        KillPoint { victim: "client", hold: Hold::ChunkAnswer(3), go_on: false, new_snapshots: Some(0) },
+        // The client dies with its commit on the way: the engine still commits it.
+        KillPoint { victim: "client", hold: Hold::CommitRequest, go_on: true, new_snapshots: Some(1) },
+        KillPoint { victim: "client", hold: Hold::CommitAnswer, go_on: true, new_snapshots: Some(1) },
+    ];
     let mut outcomes = Vec::new();
-    for round in 0..rounds {
-        let jitter = change(round);
-        // Kill points spread from "before anything" to "after the commit".
-        let delay = full.mul_f64(0.2 + 1.1 * (round as f64 + jitter as f64 / 100.0) / rounds as f64);
+    let (mut engine_mid_upload, mut engine_at_commit, mut client_kills) = (0, 0, BTreeSet::new());
+    for (round, point) in points.iter().enumerate() {
+        change(round as u64);
+        let disk_sha = sha256_file(&disk.path);
+        let before = server.snapshot_ids();
+        let proxy = Proxy::start(&server.url, point.hold);
         let log = work.path().join(format!("capture-{round}.log"));
-        let mut client =
-            server.spawn_kura(&[&"image", &"capture", &disk.path, &"--host", &"changing", &"--json"], &log);
-        std::thread::sleep(delay);
-        server.kill9();
-        // A client that got its commit answer prints it and exits at once; one still running
-        // half a second later is only retrying against a dead engine.
+        let mut client = spawn_capture(&server, &disk.path, &proxy.url, &log);
+        let at_kill = match point.hold {
+            Hold::Nothing => proxy.wait("the commit sent to the engine", |s| Seen::n(&s.sent, Kind::Commit) > 0),
+            _ => proxy.wait("the held message", |s| s.held > 0),
+        };
+        if point.victim == "engine" {
+            server.kill9();
+        } else {
+            client.kill9();
+        }
+        let after_kill = proxy.seen();
+        proxy.release(point.go_on);
+        let where_ = format!("round {round}: {} killed at {:?}: {at_kill:?}", point.victim, point.hold);
+        assert_eq!(at_kill.unframed, None, "{where_}");
+        // Where the kill landed, from what the proxy saw at that moment.
+        let n = Seen::n;
+        let chunks_flowing = n(&at_kill.delivered, Kind::Chunk) >= 1 && n(&at_kill.arrived, Kind::Commit) == 0;
+        let at_commit = n(&at_kill.arrived, Kind::Commit) >= 1 && n(&after_kill.delivered, Kind::Commit) == 0;
+        match point.hold {
+            Hold::ChunkAnswer(k) => {
+                assert!(chunks_flowing && n(&at_kill.delivered, Kind::Chunk) >= k, "{where_}: not mid-upload")
+            }
+            Hold::FirstChunkRequest => assert!(
+                n(&at_kill.sent, Kind::Chunk) == 0 && n(&at_kill.arrived, Kind::Commit) == 0,
+                "{where_}: not before the first chunk"
+            ),
+            Hold::CommitRequest => assert!(at_commit && n(&at_kill.sent, Kind::Commit) == 0, "{where_}"),
+            Hold::CommitAnswer => assert!(at_commit && n(&at_kill.answered, Kind::Commit) == 1, "{where_}"),
+            Hold::Nothing => assert!(at_commit && n(&at_kill.sent, Kind::Commit) >= 1, "{where_}"),
+        }
+        match point.victim {
+            "engine" if chunks_flowing => engine_mid_upload += 1,
+            "engine" if at_commit => engine_at_commit += 1,
+            "engine" => {}
+            _ => {
+                client_kills.insert(format!("{:?}", point.hold));
+            }
+        }
+        if point.go_on {
+            // The engine goes on with the dead client's request: wait until it answered.
+            proxy.wait("the engine's answer to the commit", |s| Seen::n(&s.answered, Kind::Commit) > 0);
+        }
+        // A client that got its commit answer prints it and exits; one still running is only
+        // retrying against a dead engine or a dropped connection.
         let t1 = Instant::now();
-        while client.try_wait().is_none() && t1.elapsed() < Duration::from_millis(500) {
+        while point.victim == "engine" && client.try_wait().is_none() && t1.elapsed() < Duration::from_millis(500) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let succeeded = client.try_wait().is_some_and(|s| s.success());
         client.kill9();
         let out = read(&log);
-        let id = captured_id(&out);
-        outcomes.push(format!("round {round}: engine killed after {delay:?}: committed {succeeded}, snapshot {id:?}"));
+        let printed = captured_id(&out);
+        if point.victim == "client" {
+            // Consistent on the live engine too, before any restart.
+            assert_consistent(&server);
+        }
         server.restart();
         let listed = assert_consistent(&server);
-        // A capture the client saw committed must survive the crash; nothing else may appear.
+        let tmp: Vec<_> =
+            std::fs::read_dir(server.store().join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(tmp.is_empty(), "{where_}: tmp/ after a restart: {tmp:?}");
+        let new: Vec<String> = listed.iter().filter(|s| !before.contains(s)).cloned().collect();
+        assert!(before.iter().all(|s| listed.contains(s)), "{where_}: a committed snapshot is gone: {listed:?}");
+        if let Some(want) = point.new_snapshots {
+            assert_eq!(new.len(), want, "{where_}: new snapshots {new:?}\n{out}\n{}", server.log());
+        }
+        assert!(new.len() <= 1, "{where_}: {new:?}");
         if succeeded {
-            let id = id.unwrap_or_else(|| panic!("a successful capture printed no id:\n{out}"));
-            committed.push(id);
+            let id = printed.clone().unwrap_or_else(|| panic!("{where_}: a successful capture printed no id:\n{out}"));
+            assert_eq!(new, vec![id], "{where_}: the client's committed snapshot is not the one listed");
         }
-        let mut want = committed.clone();
-        want.sort();
-        want.dedup();
-        // A commit may have completed on the engine after the client gave up (a kill between
-        // the manifest's rename and the answer): such a snapshot is complete and may be listed.
-        let extra: Vec<&String> = listed.iter().filter(|s| !want.contains(s)).collect();
-        assert!(extra.len() <= 1, "round {round}: unexpected snapshots {extra:?}\n{}", outcomes.join("\n"));
-        for s in extra {
-            committed.push(s.clone());
+        for s in &new {
+            expected.insert(s.clone(), disk_sha.clone());
         }
-        for s in &want {
-            assert!(listed.contains(s), "round {round}: committed snapshot {s} is gone\n{}", outcomes.join("\n"));
-        }
+        // A retry captures successfully.
+        let retry = server.capture(&disk.path, "changing");
+        expected.insert(retry.snapshot.clone(), disk_sha.clone());
+        assert_consistent(&server);
+        outcomes
+            .push(format!("{where_}\n  client succeeded {succeeded}, new snapshots {new:?}, retry {}", retry.snapshot));
     }
     eprintln!("{}", outcomes.join("\n"));
-    // Earlier snapshots are intact, and a retry succeeds.
-    restore_matches(&server, &early_snap, &early.path, work.path());
-    let retry = server.capture(&disk.path, "changing");
-    restore_matches(&server, &retry.snapshot, &disk.path, work.path());
-    assert_consistent(&server);
+    assert!(engine_mid_upload >= 1, "no engine kill landed mid-upload:\n{}", outcomes.join("\n"));
+    assert!(engine_at_commit >= 1, "no engine kill landed at the commit:\n{}", outcomes.join("\n"));
+    assert!(client_kills.len() >= 3, "client kills at too few moments: {client_kills:?}");
+    // Every committed snapshot restores to the disk it was taken of.
+    let listed = assert_consistent(&server);
+    assert_eq!(listed, expected.keys().cloned().collect::<Vec<_>>(), "listed snapshots differ from the committed ones");
+    for (id, sha) in &expected {
+        let target = work.path().join(format!("restored-{id}.img"));
+        server.restore(id, &target);
+        assert_eq!(&sha256_file(&target), sha, "snapshot {id} does not restore what it captured");
+        std::fs::remove_file(&target).unwrap();
+    }
 }
 
 #[test]

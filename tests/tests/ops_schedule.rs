@@ -1,7 +1,9 @@
 //! Scheduled captures against a real `kura serve` whose clock the test moves
 //! (`--test-clock FILE`, `--scheduler-tick-ms`): one run per due time across months and
 //! across restarts in the due minute, the per-schedule and overall concurrency caps, and
-//! retries of a failing host ending in a failed run summary.
+//! retries of a failing host ending in a failed run summary. "Nothing happened" is checked
+//! after a scheduler tick that began after the moment in question (`kura_scheduler_ticks_total`
+//! in `/metrics`), not after a sleep.
 //!
 //! No machine ever boots here: the test ends the released capture jobs through the API the
 //! agent uses (`POST /jobs/{id}/finish` with `ok: false`). A capture job can only succeed by
@@ -42,9 +44,22 @@ fn start(dir: &Path, clock: &Clock, extra: &[&str]) -> Server {
     Server::start_http_with(&dir.join("engine"), &args)
 }
 
-/// A few scheduler ticks.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(400));
+/// The scheduler's completed ticks, from the engine's `/metrics`.
+fn ticks(server: &Server) -> u64 {
+    let r = server.api().raw("GET", "/metrics").token(&server.admin).send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let line = text.lines().find_map(|l| l.strip_prefix("kura_scheduler_ticks_total "));
+    line.and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no kura_scheduler_ticks_total in:\n{text}"))
+}
+
+/// Waits until the scheduler has run a whole tick that began after this call, so whatever
+/// the test did before (moved the clock, ended a job) has been seen by the scheduler. The
+/// count read first may exclude a tick already under way, which may have read the old clock:
+/// two more ticks means one started after the read.
+fn settle(server: &Server) {
+    let start = ticks(server);
+    wait_for("a scheduler tick", server, || (ticks(server) >= start + 2).then_some(()));
 }
 
 fn wait_for<T>(what: &str, server: &Server, mut f: impl FnMut() -> Option<T>) -> T {
@@ -117,7 +132,7 @@ fn a_monthly_schedule_runs_once_per_month_and_once_across_restarts() {
     let mut expected: Vec<i64> = Vec::new();
     for month in ["02", "03", "04", "05"] {
         clock.set(&format!("2026-{month}-01T01:59:00Z"));
-        settle();
+        settle(&server);
         assert_eq!(runs(&api, &admin, "web01").len(), expected.len(), "a run before {month}'s due time");
         clock.set(&format!("2026-{month}-01T02:00:30Z"));
         expected.push(unix(&format!("2026-{month}-01T02:00:00Z")));
@@ -128,7 +143,7 @@ fn a_monthly_schedule_runs_once_per_month_and_once_across_restarts() {
         // Later in the month: nothing more. The machine never booted: its job fails.
         clock.set(&format!("2026-{month}-20T02:00:00Z"));
         fail_job(&api, &admin, job, "simulated: the machine did not boot");
-        settle();
+        settle(&server);
         let r = runs(&api, &admin, "web01");
         let dues: Vec<i64> = r.iter().rev().map(|r| r["due"].as_i64().unwrap()).collect();
         assert_eq!(dues, expected, "exactly one run per month");
@@ -143,13 +158,13 @@ fn a_monthly_schedule_runs_once_per_month_and_once_across_restarts() {
     let (api, admin) = (server.api(), server.admin.clone());
     expected.push(unix("2026-06-01T02:00:00Z"));
     wait_for("June's run", &server, || (runs(&api, &admin, "web01").len() == expected.len()).then_some(()));
-    settle();
+    settle(&server);
     // Killed and started again within the same minute: still one run, one job.
     server.kill9();
     clock.set("2026-06-01T02:00:40Z");
     server.restart();
     let (api, admin) = (server.api(), server.admin.clone());
-    settle();
+    settle(&server);
     let r = runs(&api, &admin, "web01");
     let dues: Vec<i64> = r.iter().rev().map(|r| r["due"].as_i64().unwrap()).collect();
     assert_eq!(dues, expected, "a restart in the due minute neither loses nor repeats the run");
@@ -184,7 +199,7 @@ fn twenty_hosts_due_at_once_respect_the_schedule_and_overall_caps() {
 
     let (mut max_lab, mut max_total, mut ended) = (0, 0, 0);
     loop {
-        settle();
+        settle(&server);
         let all = jobs(&api, &admin);
         let act = active(&all);
         let lab = act.iter().filter(|j| j["host"].as_str().unwrap().starts_with("lab")).count();
@@ -255,7 +270,7 @@ fn a_failing_host_is_retried_after_the_delay_then_reported_failed() {
         });
         job_ids.push(job);
         fail_job(&api, &admin, job, &format!("disk not found (attempt {attempt})"));
-        settle();
+        settle(&server);
         let r = &runs(&api, &admin, "nightly")[0];
         let h = &r["hosts"][0];
         assert_eq!(h["attempts"].as_i64(), Some(attempt), "{r}");
@@ -263,7 +278,7 @@ fn a_failing_host_is_retried_after_the_delay_then_reported_failed() {
             assert_eq!(h["state"], "retrying", "{r}");
             // Not before the delay is over.
             set(now + 599);
-            settle();
+            settle(&server);
             assert!(active(&jobs(&api, &admin)).is_empty(), "retried before the delay");
             now += 601;
             set(now);
@@ -332,14 +347,14 @@ fn a_paused_schedule_records_no_runs_and_resumes_without_catching_up() {
     assert!(run.success(), "{run}");
     assert_eq!(run.json::<Value>()["enabled"], false);
     clock.set("2026-01-16T02:00:30Z");
-    settle();
+    settle(&server);
     assert!(runs(&api, &admin, "daily").is_empty(), "a paused schedule ran");
 
     // Resumed after the due time: the paused one is not caught up, the next one runs.
     clock.set("2026-01-16T03:00:00Z");
     let run = server.kura(&[&"schedule", &"enable", &"daily"]);
     assert!(run.success(), "{run}");
-    settle();
+    settle(&server);
     assert!(runs(&api, &admin, "daily").is_empty(), "resuming ran the due time of the pause");
     clock.set("2026-01-17T02:00:30Z");
     let r = wait_for("the next day's run", &server, || {

@@ -36,7 +36,17 @@ impl Ingested {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
     let st = state.clone();
     let o = tokio::task::spawn_blocking(move || Overview::gather(&st)).await??;
-    let mut r = render(&o, &state.ingested, state.started).into_response();
+    let mut text = render(&o, &state.ingested, state.started);
+    if let Some(ticks) = state.scheduler_ticks.get() {
+        family(
+            &mut text,
+            "kura_scheduler_ticks_total",
+            "counter",
+            "Scheduler passes completed since this server started.",
+        );
+        let _ = writeln!(text, "kura_scheduler_ticks_total {}", ticks.load(Ordering::SeqCst));
+    }
+    let mut r = text.into_response();
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
 }

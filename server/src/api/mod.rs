@@ -69,6 +69,8 @@ pub struct AppState {
     pub ingested: metrics::Ingested,
     /// When this server started (unix seconds).
     pub started: i64,
+    /// Ticks the scheduler completed (set once it exists; for `/metrics`).
+    pub scheduler_ticks: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     /// The last measured store usage (see `ops::store_usage`).
     usage_cache: Mutex<Option<(std::time::Instant, kura_catalogs::StoreUsage)>>,
 }
@@ -84,6 +86,7 @@ impl AppState {
         let notifier = crate::notify::Notifier::new(catalog.clone(), crate::notify::Delivery::default());
         Arc::new(AppState {
             started: catalog.now(),
+            scheduler_ticks: std::sync::OnceLock::new(),
             store,
             power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
             catalog,
