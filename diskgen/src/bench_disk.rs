@@ -48,7 +48,10 @@ pub struct BenchDisk {
 /// `work` as `disk.img`, with `p1.img`, `p2.img` and `disk.changed.img` beside it, all synced.
 /// `say` hears what is being done.
 pub fn build(work: &Path, size: u64, say: &dyn Fn(&str)) -> Result<BenchDisk> {
-    ensure!(size >= MIN_SIZE && size % MIB == 0, "the benchmark disk must be whole MiB, at least {MIN_SIZE} bytes");
+    ensure!(
+        size >= MIN_SIZE && size.is_multiple_of(MIB),
+        "the benchmark disk must be whole MiB, at least {MIN_SIZE} bytes"
+    );
     let usable = size - 2 * MIB; // 1 MiB before the first partition, 1 MiB for the backup GPT
     let p1 = (MIB, usable * 3 / 4 / MIB * MIB);
     let p2 = (p1.0 + p1.1, usable - p1.1);
