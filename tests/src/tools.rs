@@ -1,7 +1,8 @@
-//! Running the system tools that build and check disks (sgdisk, mkfs.*, mtools, debugfs, fsck).
+//! Running the system tools that build and check disks (sgdisk, mkfs.*, mtools, debugfs, fsck):
+//! [`kura_diskgen::tools`], panicking on failure as a test should.
 
 use std::ffi::OsStr;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Runs `program args…`; panics with its stderr unless it exits 0. Returns its stdout.
 pub fn run<I, S>(program: &str, args: I) -> String
@@ -9,16 +10,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = run_unchecked(program, args);
-    if !out.status.success() {
-        panic!(
-            "`{program}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kura_diskgen::tools::run(program, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs `program args…` and returns whatever happened. Panics only if it cannot be started
@@ -28,26 +20,5 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    Command::new(program)
-        .args(&args)
-        // mtools refuses partition images whose geometry does not look like a floppy's.
-        .env("MTOOLS_SKIP_CHECK", "1")
-        // No locale surprises in the output we compare.
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}); install it: apt-get install -y {}", package(program)))
-}
-
-fn package(program: &str) -> &'static str {
-    match program {
-        "sgdisk" => "gdisk",
-        "sfdisk" => "fdisk",
-        "mkfs.ext4" | "debugfs" | "e2fsck" => "e2fsprogs",
-        "mkntfs" | "ntfscp" | "ntfsfix" | "ntfsls" | "ntfstruncate" => "ntfs-3g",
-        "mkfs.vfat" | "fsck.vfat" => "dosfstools",
-        "mcopy" | "mmd" | "mdir" | "mtype" => "mtools",
-        "mkswap" => "util-linux",
-        _ => "the package providing it",
-    }
+    kura_diskgen::tools::run_unchecked(program, args).unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -1,11 +1,11 @@
 //! `kura bench`: Kura's imaging pipeline against the reference tools, on the same data, in one
 //! run.
 //!
-//! It builds a GPT test disk in a fresh work directory, without loop devices or mounts: an ext4
-//! partition (~75 %) made with `mkfs.ext4 -d` from real system files and generated data
-//! (incompressible pseudo-random and compressible text), and an NTFS partition (~25 %) made with
-//! `mkntfs` and filled with a few large files by `ntfscp`; about half the disk ends up used.
-//! Then, with a warm page cache (everything is read once before the first measurement, nothing
+//! It builds a GPT test disk in a fresh work directory, without loop devices or mounts
+//! ([`kura_diskgen::bench_disk`]: an ext4 partition (~75 %) made with `mkfs.ext4 -d` from real
+//! system files and generated data (incompressible pseudo-random and compressible text), and an
+//! NTFS partition (~25 %) made with `mkntfs` and filled with a few large files by `ntfscp`; about
+//! half the disk ends up used). Then, with a warm page cache (everything is read once before the first measurement, nothing
 //! is dropped), it measures:
 //!
 //! - **capture**: Kura (in-process, into a [`LocalStore`], committed) against
@@ -17,6 +17,9 @@
 //! - **chunk size**: Kura with 256 KiB, 1 MiB and 4 MiB chunks, and the bytes a second capture
 //!   stores after about 1 % of the ext4 files changed (`debugfs -w`: rm + write).
 //!
+//! This module is the benchmark itself: measuring, running the reference tools, printing the
+//! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
+//!
 //! Wall time comes from [`Instant`]; CPU time from `/proc/self/stat` (this process's threads plus
 //! waited-for children and their descendants), so no unsafe code is needed. Every writer is made
 //! durable inside its timing: Kura's store fsyncs each chunk, and the reference outputs and
@@ -25,16 +28,18 @@
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use kura_catalogs::LocalStore;
+use kura_diskgen::bench_disk::{self, BenchPart};
+use kura_diskgen::disk::Fs;
+use kura_diskgen::image::{fsck_ext4, sync_file};
+use kura_diskgen::tools::{find_tool, search_path};
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats, Plan};
 use kura_imaging::chunk::{ChunkSink, Digest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
 use kura_imaging::fs::AllocationMap;
 use kura_imaging::progress::NoProgress;
 use kura_imaging::restore::{self, RestoreOptions};
 use serde::Serialize;
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,8 +50,8 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// Chunk sizes compared by the chunk-size experiment.
 const CHUNK_SIZES: [u32; 3] = [256 << 10, 1 << 20, 4 << 20];
-/// The smallest disk the layout below makes sense for.
-const MIN_DISK: u64 = 256 * MIB;
+/// The smallest disk the benchmark disk's layout makes sense for.
+const MIN_DISK: u64 = bench_disk::MIN_SIZE;
 /// External tools the benchmark needs.
 const TOOLS: [&str; 12] = [
     "bash",
@@ -277,11 +282,11 @@ fn say(msg: &str) {
 
 fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report> {
     say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
-    let disk = build_disk(work, disk_size)?;
+    let disk = bench_disk::build(work, disk_size, &say)?;
     let cpus = capture::default_threads();
 
     say("warming the page cache (every image read once)");
-    let mut images: Vec<&Path> = vec![&disk.path, &disk.mod_path];
+    let mut images: Vec<&Path> = vec![&disk.path, &disk.changed_path];
     images.extend(disk.parts.iter().map(|p| p.image.as_path()));
     for img in &images {
         run_quiet(Command::new("cat").arg(img))?;
@@ -307,7 +312,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
             .iter()
             .map(|p| PartInfo {
                 number: p.number,
-                fs: p.fs,
+                fs: p.fs.name(),
                 start: p.start,
                 size: p.size,
                 used_bytes: part_used(p.number),
@@ -362,7 +367,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
                             "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -3 -q -f -o \"$3\"",
                             "bash",
                         ])
-                        .arg(p.tool)
+                        .arg(partclone(p.fs))
                         .arg(&p.image)
                         .arg(&out),
                 )?;
@@ -422,7 +427,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
                             "bash",
                         ])
                         .arg(&src)
-                        .arg(p.tool)
+                        .arg(partclone(p.fs))
                         .arg(&out),
                 )?;
                 sync_file(&out)
@@ -450,7 +455,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
         if last {
             let diffs = compare_used(&disk.path, &target, 0, &jobs, 0, disk_size)?;
             ensure!(diffs.is_empty(), "Kura's restore differs from the source in bytes {diffs:?}");
-            for p in disk.parts.iter().filter(|p| p.fs == "ext4") {
+            for p in disk.parts.iter().filter(|p| p.fs == Fs::Ext4) {
                 fsck_ext4(&format!("{}?offset={}", target.display(), p.start))?;
             }
             checks.push("Kura restore: used bytes of the whole disk identical; e2fsck -fn clean".into());
@@ -474,7 +479,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
             kura_capture(&disk.path, &dir, cs, level).map(|(s, id, t)| ((s, id), t))
         })?;
         let stored = dir_bytes(&dir.join("chunks"))?;
-        let (second, _, t2) = kura_capture(&disk.mod_path, &dir, cs, level)?;
+        let (second, _, t2) = kura_capture(&disk.changed_path, &dir, cs, level)?;
         rows.push(ChunkRow {
             chunk_size: cs,
             capture: Row::new(format!("{} KiB", cs / 1024), t1, first.used_bytes).disk(disk_size).stored(stored),
@@ -515,12 +520,12 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
 }
 
 /// Checks partclone's restore of partition `p` (in `out`) against the source disk.
-fn check_partclone_restore(disk: &Path, out: &Path, p: &Part, jobs: &[ChunkJob]) -> Result<String> {
+fn check_partclone_restore(disk: &Path, out: &Path, p: &BenchPart, jobs: &[ChunkJob]) -> Result<String> {
     let diffs = compare_used(disk, out, p.start, jobs, p.start, p.start + p.size)?;
     let end = p.start + p.size;
     let msg = if diffs.is_empty() {
-        format!("partclone restore of partition {} ({}): used bytes identical", p.number, p.fs)
-    } else if p.fs == "ntfs" && diffs == [(end - 512, end)] {
+        format!("partclone restore of partition {} ({}): used bytes identical", p.number, p.fs.name())
+    } else if p.fs == Fs::Ntfs && diffs == [(end - 512, end)] {
         // partclone.ntfs copies the volume's clusters only, not the backup boot sector in the
         // partition's last sector.
         format!(
@@ -531,7 +536,7 @@ fn check_partclone_restore(disk: &Path, out: &Path, p: &Part, jobs: &[ChunkJob])
     } else {
         bail!("partclone's restore of partition {} differs from the source in bytes {diffs:?}", p.number);
     };
-    if p.fs == "ext4" {
+    if p.fs == Fs::Ext4 {
         fsck_ext4(&out.display().to_string())?;
     }
     Ok(msg)
@@ -636,52 +641,23 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Timing)> {
 // ---------------------------------------------------------------------------------------------
 // External tools
 
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    // e2fsprogs, gdisk and partclone live in sbin, which a user's PATH may lack.
-    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+/// The partclone tool for a filesystem of the benchmark disk.
+fn partclone(fs: Fs) -> &'static str {
+    match fs {
+        Fs::Ntfs => "partclone.ntfs",
+        _ => "partclone.extfs",
+    }
 }
 
 /// Runs a command with its output discarded (stderr kept for the error message).
 fn run_quiet(cmd: &mut Command) -> Result<()> {
-    cmd.env("PATH", tool_path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.env("PATH", search_path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let what = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
-}
-
-/// Runs a command and returns its stdout.
-fn run_output(cmd: &mut Command) -> Result<String> {
-    cmd.env("PATH", tool_path()).stdin(Stdio::null());
-    let what = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn tool_path() -> String {
-    let path = std::env::var("PATH").unwrap_or_default();
-    format!("{path}:/usr/sbin:/sbin:/usr/bin:/bin")
-}
-
-fn fsck_ext4(spec: &str) -> Result<()> {
-    run_output(Command::new("e2fsck").args(["-fn", spec])).map(|_| ()).with_context(|| format!("e2fsck -fn {spec}"))
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", path.display()))
 }
 
 /// Sum of the sizes of the files under `dir`.
@@ -861,437 +837,6 @@ fn compare_used(a: &Path, b: &Path, shift: u64, jobs: &[ChunkJob], lo: u64, hi: 
         }
     }
     Ok(diffs)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The test disk
-
-struct Part {
-    number: u32,
-    fs: &'static str,
-    tool: &'static str,
-    start: u64,
-    size: u64,
-    /// The partition on its own (byte-identical to the disk's copy).
-    image: PathBuf,
-    files: usize,
-}
-
-struct TestDisk {
-    path: PathBuf,
-    /// The same disk after ~1 % of the ext4 files changed.
-    mod_path: PathBuf,
-    parts: Vec<Part>,
-    changed_files: usize,
-    changed_bytes: u64,
-}
-
-fn build_disk(work: &Path, size: u64) -> Result<TestDisk> {
-    let usable = size - 2 * MIB; // 1 MiB before the first partition, 1 MiB for the backup GPT
-    let p1 = (MIB, usable * 3 / 4 / MIB * MIB);
-    let p2 = (p1.0 + p1.1, usable - p1.1);
-    let mut rng = Rng(0x4b75_7261_6265_6e63);
-    let mut sys = SystemFiles::new();
-
-    // ext4: half of it filled, by file bytes: 50 % system files, 20 % random, 30 % text.
-    say("  ext4: collecting system files and generating data");
-    let src = work.join("ext4-src");
-    let budget = p1.1 * 46 / 100;
-    let sys_bytes = sys.copy_into(&src.join("sys"), budget / 2)?;
-    generate_files(&src.join("gen/random"), budget / 5, &[256 * KIB, 4 * MIB, 32 * MIB, 64 * MIB], &mut rng, true)?;
-    let text_budget = budget.saturating_sub(sys_bytes + budget / 5);
-    generate_files(&src.join("gen/text"), text_budget, &[16 * KIB, MIB, 8 * MIB, 24 * MIB], &mut rng, false)?;
-    let ext4_img = work.join("p1.img");
-    File::create(&ext4_img)?.set_len(p1.1)?;
-    say("  ext4: mkfs.ext4 -d");
-    run_output(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "kura-root", "-E", "nodiscard", "-d"])
-            .arg(&src)
-            .arg(&ext4_img),
-    )?;
-    let files = regular_files(&src)?;
-
-    // ~1 % of the ext4 files, changed: a few KiB overwritten in the middle and a line appended.
-    let changed: Vec<&PathBuf> = files.iter().enumerate().filter(|(i, _)| i % 100 == 50).map(|(_, f)| f).collect();
-    let mod_dir = work.join("changed");
-    fs::create_dir_all(&mod_dir)?;
-    let mut script = String::new();
-    let (mut changed_files, mut changed_bytes) = (0, 0);
-    for (i, rel) in changed.iter().enumerate() {
-        let (Some(parent), Some(name)) =
-            (rel.parent().and_then(|p| p.to_str()), rel.file_name().and_then(|n| n.to_str()))
-        else {
-            continue;
-        };
-        if format!("{parent}{name}").contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
-            continue;
-        }
-        let mut data = fs::read(src.join(rel))?;
-        let mid = data.len() / 2;
-        let n = (data.len() - mid).min(4096);
-        rng.fill(&mut data[mid..mid + n]);
-        data.extend_from_slice(b"\nchanged by kura bench\n");
-        changed_bytes += data.len() as u64;
-        let local = mod_dir.join(format!("{i}"));
-        fs::write(&local, &data)?;
-        script += &format!("cd /{parent}\nrm {name}\nwrite {} {name}\n", local.display());
-        changed_files += 1;
-    }
-    script += "cd /\n";
-    fs::remove_dir_all(&src)?;
-
-    // NTFS: a few large files, ~46 % of it: random, text, and a pack of further system files.
-    say("  ntfs: mkntfs, ntfscp");
-    let ntfs_img = work.join("p2.img");
-    File::create(&ntfs_img)?.set_len(p2.1)?;
-    run_output(
-        Command::new("mkntfs")
-            .args(["-F", "-Q", "-q", "-s", "512", "-H", "255", "-S", "63", "-L", "kura-data", "-p"])
-            .arg((p2.0 / 512).to_string())
-            .arg(&ntfs_img),
-    )?;
-    let nsrc = work.join("ntfs-src");
-    fs::create_dir_all(&nsrc)?;
-    let nbudget = p2.1 * 46 / 100;
-    write_random(&nsrc.join("random.bin"), nbudget * 3 / 10, &mut rng)?;
-    write_text(&nsrc.join("logs.txt"), nbudget * 3 / 10, &mut rng)?;
-    sys.pack_into(&nsrc.join("system.pack"), nbudget * 4 / 10)?;
-    for name in ["random.bin", "logs.txt", "system.pack"] {
-        run_output(Command::new("ntfscp").arg(&ntfs_img).arg(nsrc.join(name)).arg(name))?;
-    }
-    fs::remove_dir_all(&nsrc)?;
-
-    // The disk: GPT, then the partition images at their offsets.
-    say("  disk: sgdisk, partition images placed");
-    let disk = work.join("disk.img");
-    File::create(&disk)?.set_len(size)?;
-    let sec = |b: u64| b / 512;
-    run_output(
-        Command::new("sgdisk")
-            .arg("-o")
-            .arg(format!("-n1:{}:{}", sec(p1.0), sec(p1.0 + p1.1) - 1))
-            .args(["-t1:8300", "-c1:kura-root"])
-            .arg(format!("-n2:{}:{}", sec(p2.0), sec(p2.0 + p2.1) - 1))
-            .args(["-t2:0700", "-c2:kura-data"])
-            .arg(&disk),
-    )?;
-    {
-        let f = OpenOptions::new().write(true).open(&disk)?;
-        copy_sparse(&ext4_img, &f, p1.0)?;
-        copy_sparse(&ntfs_img, &f, p2.0)?;
-        f.sync_all()?;
-    }
-    sync_file(&ext4_img)?;
-    sync_file(&ntfs_img)?;
-
-    // The changed disk: the ext4 image changed by debugfs, patched into a copy of the disk.
-    say(&format!("  changed disk: {changed_files} ext4 files rewritten by debugfs"));
-    let ext4_mod = work.join("p1.changed.img");
-    {
-        let f = File::create(&ext4_mod)?;
-        f.set_len(p1.1)?;
-        copy_sparse(&ext4_img, &f, 0)?;
-    }
-    let cmds = work.join("debugfs.cmds");
-    fs::write(&cmds, &script)?;
-    let out = run_output(Command::new("debugfs").arg("-w").arg("-f").arg(&cmds).arg(&ext4_mod))?;
-    let written = out.matches("Allocated inode").count();
-    ensure!(written == changed_files, "debugfs rewrote {written} of {changed_files} files:\n{out}");
-    fsck_ext4(&ext4_mod.display().to_string())?;
-    let mod_disk = work.join("disk.changed.img");
-    {
-        let f = File::create(&mod_disk)?;
-        f.set_len(size)?;
-        copy_sparse(&disk, &f, 0)?;
-        patch_differences(&ext4_img, &ext4_mod, &f, p1.0)?;
-        f.sync_all()?;
-    }
-    fs::remove_file(&ext4_mod)?;
-    fs::remove_dir_all(&mod_dir)?;
-    fs::remove_file(&cmds)?;
-
-    Ok(TestDisk {
-        path: disk,
-        mod_path: mod_disk,
-        parts: vec![
-            Part {
-                number: 1,
-                fs: "ext4",
-                tool: "partclone.extfs",
-                start: p1.0,
-                size: p1.1,
-                image: ext4_img,
-                files: files.len(),
-            },
-            Part { number: 2, fs: "ntfs", tool: "partclone.ntfs", start: p2.0, size: p2.1, image: ntfs_img, files: 3 },
-        ],
-        changed_files,
-        changed_bytes,
-    })
-}
-
-/// Copies `src` into `dst` at `offset`, skipping all-zero MiBs (the target is sparse).
-fn copy_sparse(src: &Path, dst: &File, offset: u64) -> Result<()> {
-    let f = File::open(src)?;
-    let len = f.metadata()?.len();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(MIB) as usize;
-        f.read_exact_at(&mut buf[..n], pos)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            dst.write_all_at(&buf[..n], offset + pos)?;
-        }
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes into `dst` at `offset` every MiB where `new` differs from `old`.
-fn patch_differences(old: &Path, new: &Path, dst: &File, offset: u64) -> Result<()> {
-    let (fo, fnew) = (File::open(old)?, File::open(new)?);
-    let len = fnew.metadata()?.len();
-    let (mut a, mut b) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(MIB) as usize;
-        fo.read_exact_at(&mut a[..n], pos)?;
-        fnew.read_exact_at(&mut b[..n], pos)?;
-        if a[..n] != b[..n] {
-            dst.write_all_at(&b[..n], offset + pos)?;
-        }
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-/// Regular files under `root`, relative to it, sorted.
-fn regular_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                out.push(e.path().strip_prefix(root)?.to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Real files of this system, each taken once (by inode), in a fixed order.
-struct SystemFiles {
-    stack: Vec<PathBuf>,
-    seen: HashSet<(u64, u64)>,
-}
-
-impl SystemFiles {
-    fn new() -> SystemFiles {
-        let roots = ["/usr/lib/x86_64-linux-gnu", "/usr/share", "/usr/bin", "/usr/lib", "/usr/libexec", "/usr/sbin"];
-        SystemFiles { stack: roots.iter().rev().map(PathBuf::from).collect(), seen: HashSet::new() }
-    }
-
-    /// The next readable regular file not yet taken, with its size.
-    fn next_file(&mut self) -> Option<(PathBuf, u64)> {
-        while let Some(p) = self.stack.pop() {
-            let Ok(m) = fs::symlink_metadata(&p) else { continue };
-            if !self.seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            if m.is_dir() {
-                let Ok(rd) = fs::read_dir(&p) else { continue };
-                let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                children.sort();
-                self.stack.extend(children.into_iter().rev());
-            } else if m.is_file() && m.len() > 0 {
-                return Some((p, m.len()));
-            }
-        }
-        None
-    }
-
-    /// Copies files into `dest` (keeping their paths) until `budget` bytes; returns the bytes.
-    fn copy_into(&mut self, dest: &Path, budget: u64) -> Result<u64> {
-        let mut copied = 0;
-        while copied < budget {
-            let Some((p, len)) = self.next_file() else { break };
-            if len > budget - copied {
-                continue;
-            }
-            let to = dest.join(p.strip_prefix("/").unwrap_or(&p));
-            fs::create_dir_all(to.parent().unwrap_or(dest))?;
-            if fs::copy(&p, &to).is_ok() {
-                copied += len;
-            } else {
-                let _ = fs::remove_file(&to);
-            }
-        }
-        Ok(copied)
-    }
-
-    /// Concatenates files into one pack file of about `budget` bytes (topped up with text if
-    /// the system runs out).
-    fn pack_into(&mut self, dest: &Path, budget: u64) -> Result<()> {
-        let mut out = std::io::BufWriter::new(File::create(dest)?);
-        let mut written = 0;
-        while written < budget {
-            let Some((p, len)) = self.next_file() else { break };
-            if len > budget - written {
-                continue;
-            }
-            if let Ok(data) = fs::read(&p) {
-                out.write_all(&data)?;
-                written += data.len() as u64;
-            }
-        }
-        out.flush()?;
-        drop(out);
-        if written < budget {
-            let mut rng = Rng(written);
-            let mut f = OpenOptions::new().append(true).open(dest)?;
-            f.write_all(text_block(budget - written, &mut rng).as_bytes())?;
-        }
-        Ok(())
-    }
-}
-
-/// Files of cycling sizes up to `budget` bytes: pseudo-random (incompressible) or text.
-fn generate_files(dir: &Path, budget: u64, sizes: &[u64], rng: &mut Rng, random: bool) -> Result<()> {
-    fs::create_dir_all(dir)?;
-    let mut done = 0;
-    let mut i = 0;
-    while done < budget {
-        let len = sizes[i % sizes.len()].min(budget - done);
-        let path = dir.join(format!("{i:05}.{}", if random { "bin" } else { "log" }));
-        if random {
-            write_random(&path, len, rng)?;
-        } else {
-            write_text(&path, len, rng)?;
-        }
-        done += len;
-        i += 1;
-    }
-    Ok(())
-}
-
-fn write_random(path: &Path, len: u64, rng: &mut Rng) -> Result<()> {
-    let mut f = File::create(path)?;
-    let mut buf = vec![0u8; MIB as usize];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        rng.fill(&mut buf[..n]);
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    Ok(())
-}
-
-fn write_text(path: &Path, len: u64, rng: &mut Rng) -> Result<()> {
-    let mut f = File::create(path)?;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(4 * MIB);
-        f.write_all(text_block(n, rng).as_bytes())?;
-        left -= n;
-    }
-    Ok(())
-}
-
-/// Exactly `len` bytes of log-like text (compresses about 4× with zstd -3).
-fn text_block(len: u64, rng: &mut Rng) -> String {
-    const WORDS: [&str; 48] = [
-        "started",
-        "stopped",
-        "request",
-        "response",
-        "timeout",
-        "connection",
-        "accepted",
-        "refused",
-        "user",
-        "session",
-        "opened",
-        "closed",
-        "for",
-        "from",
-        "port",
-        "error",
-        "warning",
-        "info",
-        "debug",
-        "cache",
-        "miss",
-        "hit",
-        "upstream",
-        "backend",
-        "disk",
-        "write",
-        "read",
-        "flush",
-        "queue",
-        "length",
-        "retry",
-        "scheduled",
-        "job",
-        "finished",
-        "in",
-        "ms",
-        "bytes",
-        "sent",
-        "received",
-        "kernel",
-        "eth0",
-        "link",
-        "up",
-        "down",
-        "mount",
-        "device",
-        "ready",
-        "configuration",
-    ];
-    const SERVICES: [&str; 8] = ["sshd", "nginx", "systemd", "cron", "kernel", "postgres", "dockerd", "NetworkManager"];
-    let mut s = String::with_capacity(len as usize + 200);
-    let mut t = 1_700_000_000u64 + rng.next() % 1_000_000;
-    while (s.len() as u64) < len {
-        t += rng.next() % 3;
-        let r = rng.next();
-        let svc = SERVICES[(r % 8) as usize];
-        s += &format!("{t} host{:02} {svc}[{}]:", (r >> 8) % 16, (r >> 16) % 30000 + 100);
-        for k in 0..(3 + (r >> 32) % 8) {
-            s.push(' ');
-            s += WORDS[((r >> (k * 5)) % 48) as usize];
-        }
-        s += &format!(" id={:08x} took={}ms\n", rng.next() as u32, (r >> 40) % 5000);
-    }
-    s.truncate(len as usize);
-    s
-}
-
-/// splitmix64: fast, deterministic, good enough to defeat compression.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
