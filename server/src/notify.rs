@@ -352,10 +352,6 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-fn rfc3339(t: UnixTime) -> String {
-    time::format_rfc3339(t.max(0))
-}
-
 /// The mail for `event`: `text` is the subject; the body repeats it, then the details. lettre
 /// encodes it (RFC 2047 subjects, a transfer encoding that suits the body, CRLF lines).
 fn mail_message(from: &str, to: &[String], event: &Event) -> Result<Message, Failure> {
