@@ -375,6 +375,13 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     let snaps = snapshots_of(&engine, "cut01");
     assert_eq!(snaps.len(), 1, "{snaps:#?}");
     assert_eq!(snaps[0]["id"], j["snapshot"]);
+    // The retry's snapshot is whole: restored from the engine into a new image file, every file
+    // on every filesystem matches the source disk, and the filesystems are clean.
+    let restored = dir.join("cut01-restored.img");
+    let snap = snaps[0]["id"].as_str().expect("a snapshot id").to_string();
+    engine.kura(&["image", "restore", &snap, restored.to_str().unwrap(), "--json"]).expect_success();
+    assert_files_match(&system.disk, &restored);
+    assert_fsck_clean(&system.disk, &restored);
     let read = log.iter().find(|l| l.starts_with("read ")).cloned().unwrap_or_default();
     eprintln!(
         "[{:?}] network cut: job failed {failed_after:.1?} after the cut ({err}); retry captured {}: {read}; test {:.1?}",
