@@ -243,4 +243,43 @@ mod tests {
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
     }
+
+    /// A decision that cannot be written safely is a server error, not a script.
+    #[tokio::test]
+    async fn netboot_http_refuses_a_decision_it_cannot_render() {
+        let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        let args = kura_protocol::cmdline::AgentArgs::new("http://10.0.0.1:8443", 3, "kura_t", mac, None);
+        let decision = BootDecision::Agent(crate::policy::AgentBoot {
+            args,
+            kernel_url: "http://10.0.0.1:8080/boot/vmlinuz\nshell".into(),
+            initrd_url: "http://10.0.0.1:8080/boot/initrd.img".into(),
+            banner: "capture job 3".into(),
+        });
+        let log = BootLog::new();
+        let st = Arc::new(BootHttp {
+            policy: Arc::new(StaticPolicy {
+                bios_firmware: None,
+                efi_firmware: None,
+                script_url: String::new(),
+                decision,
+            }),
+            kernel: PathBuf::from("/nonexistent"),
+            initrd: PathBuf::from("/nonexistent"),
+            kernel_args: String::new(),
+            log: log.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = rx.await;
+        }));
+        let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:02", "").await;
+        assert!(h.starts_with("HTTP/1.1 500"), "{h}");
+        assert_eq!(b, b"#!ipxe\necho Kura: server error\nexit\n");
+        let m = log.machines();
+        assert_eq!(m[0].events[0].detail, "script failed (see the server log)");
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }
