@@ -5,8 +5,8 @@
 //! being done; `main` prints the whole chain on one line as `error: ...` and exits with status 1.
 
 mod api;
+mod boot_policy;
 mod cli;
-mod netboot;
 mod notify;
 mod power;
 mod progress_bar;

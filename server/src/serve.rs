@@ -35,7 +35,7 @@ pub struct ServeOptions {
     pub insecure_http: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Netboot configuration (JSON, `crate::netboot::NetbootConfig`): run DHCP/TFTP/boot HTTP.
+    /// Netboot configuration (JSON, `kura_netboot::NetbootConfig`): run DHCP/TFTP/boot HTTP.
     pub netboot: Option<PathBuf>,
     /// Silence after which a running job's agent is given up (`api::watchdog`).
     pub agent_timeout: std::time::Duration,
@@ -228,9 +228,11 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     }
     std::io::stdout().flush().ok();
 
-    // Netboot (optional): DHCP/TFTP/boot HTTP beside the API; see src/netboot.
+    // Netboot (optional): DHCP/TFTP/boot HTTP beside the API; see the kura-netboot crate and src/boot_policy.rs.
     let netboot = match &opts.netboot {
-        Some(p) => Some(crate::netboot::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?),
+        Some(p) => {
+            Some(crate::boot_policy::prepare(p, &opts.data, catalog.clone(), scheme, addr, fingerprint.clone())?)
+        }
         None => None,
     };
     let secrets = kura_catalogs::secrets::SecretKey::load_or_create(&opts.data.join("secrets.key"))?;
@@ -254,7 +256,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let netboot = match netboot {
-            Some(nb) => Some(crate::netboot::start(nb).await?),
+            Some(nb) => Some(kura_netboot::start(nb).await?),
             None => None,
         };
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

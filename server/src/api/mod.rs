@@ -15,6 +15,7 @@ mod error;
 mod hosts;
 mod jobs;
 mod metrics;
+mod netboot;
 mod notify;
 mod ops;
 mod power;
@@ -52,7 +53,7 @@ pub struct AppState {
     /// Serialises garbage collection runs.
     pub gc_running: tokio::sync::Mutex<()>,
     /// The boot log of the netboot services, when `kura serve` runs them.
-    pub bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
+    pub bootlog: Option<Arc<kura_netboot::BootLog>>,
     /// Fails running jobs whose agent went silent.
     pub watchdog: watchdog::Watchdog,
     /// Power control (Wake-on-LAN, Redfish, IPMI): kicks machines into netboot for new jobs.
@@ -79,7 +80,7 @@ impl AppState {
     pub fn new(
         store: Arc<LocalStore>,
         catalog: Arc<Catalog>,
-        bootlog: Option<Arc<crate::netboot::bootlog::BootLog>>,
+        bootlog: Option<Arc<kura_netboot::BootLog>>,
         secrets: Arc<kura_catalogs::secrets::SecretKey>,
         tls: bool,
     ) -> Arc<AppState> {
@@ -183,7 +184,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::GC, Admin, admin::gc),
         route(routes::VERIFY, Admin, admin::verify),
         route(routes::AUDIT, Admin, admin::audit),
-        route(routes::NETBOOT_STATUS, Operator, crate::netboot::http::status),
+        route(routes::NETBOOT_STATUS, Operator, netboot::status),
         route(routes::NOTIFY, Admin, notify::list),
         route(routes::NOTIFY_ADD, Admin, notify::add),
         route(routes::NOTIFY_REMOVE, Admin, notify::remove),

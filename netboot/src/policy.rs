@@ -1,12 +1,15 @@
 //! What a machine should boot: the one question protocol code asks ([`BootPolicy`]).
 //!
-//! DHCP, TFTP and HTTP handlers never look at the catalog themselves. DHCP asks
+//! DHCP, TFTP and HTTP handlers decide nothing themselves. DHCP asks
 //! [`BootPolicy::boot_spec`] what to offer a PXE or iPXE client; the HTTP script route asks
-//! [`BootPolicy::script`] for the iPXE script of a MAC address. The engine's implementation is
-//! [`super::script::CatalogPolicy`]; tests use `StaticPolicy`. (pixiecore's `Booter`.)
+//! [`BootPolicy::decide`] what a MAC address boots, a typed [`BootDecision`] that
+//! [`crate::ipxe`] turns into script text. The engine implements the trait from its catalog
+//! (`server/src/boot_policy.rs`); tests use `StaticPolicy`. (pixiecore's `Booter`.)
 
+use kura_protocol::cmdline::AgentArgs;
 use serde::Serialize;
 use std::fmt;
+use std::net::IpAddr;
 
 pub use kura_protocol::MacAddr;
 
@@ -69,18 +72,60 @@ pub enum BootSpec {
     },
 }
 
-/// A failure to produce a script. The HTTP layer answers 500 and logs the message.
+/// What the HTTP layer knows about a script request besides the MAC address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootRequest {
+    /// The address the request came from.
+    pub client: Option<IpAddr>,
+}
+
+/// What one machine boots when its iPXE fetches its script: the policy's answer, rendered to
+/// script text by [`crate::ipxe`] (and later other boot loaders' renderers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootDecision {
+    /// The Kura agent: this kernel and initramfs, with these `kura.*` arguments.
+    Agent(AgentBoot),
+    /// The local disk. `note` says why (shown on the console).
+    LocalDisk { note: String },
+}
+
+/// The agent boot of a [`BootDecision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBoot {
+    /// The agent's `kura.*` kernel arguments (its job, token, MAC and the engine's address).
+    pub args: AgentArgs,
+    /// Where iPXE fetches the kernel and the initramfs ([`crate::http::kernel_url`],
+    /// [`crate::http::initrd_url`] for the ones this crate serves).
+    pub kernel_url: String,
+    pub initrd_url: String,
+    /// One line shown on the console before the kernel loads (say, the job and the host).
+    pub banner: String,
+}
+
+impl BootDecision {
+    /// A few words for the boot log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            BootDecision::Agent(_) => "job script",
+            BootDecision::LocalDisk { .. } => "local-boot script",
+        }
+    }
+}
+
+/// A failure to decide. The HTTP layer answers 500 and logs the message.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PolicyError(pub String);
 
-/// The decision protocol code asks. Implementations must be cheap in [`BootPolicy::boot_spec`]
-/// (it is called on the DHCP receive loop); [`BootPolicy::script`] may block (the HTTP layer
-/// calls it from `spawn_blocking`) and may change state (register a host, issue a token).
+/// The questions protocol code asks. Implementations must be cheap in
+/// [`BootPolicy::boot_spec`] (it is called on the DHCP receive loop); [`BootPolicy::decide`]
+/// may block (the HTTP layer calls it from `spawn_blocking`) and may change state (register a
+/// host, issue a token).
 pub trait BootPolicy: Send + Sync {
+    /// What DHCP offers `mac`: nothing, or the iPXE build to chain and the script URL.
     fn boot_spec(&self, mac: MacAddr, arch: ClientArch) -> BootSpec;
-    /// The iPXE script for `mac` (a text starting with `#!ipxe`).
-    fn script(&self, mac: MacAddr) -> Result<String, PolicyError>;
+    /// What `mac` boots, asked when its iPXE fetches its script.
+    fn decide(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, PolicyError>;
 }
 
 /// A fixed answer for every machine (tests).
@@ -91,7 +136,7 @@ pub struct StaticPolicy {
     pub efi_firmware: Option<String>,
     /// `{mac}` is replaced by the client's MAC address.
     pub script_url: String,
-    pub script: String,
+    pub decision: BootDecision,
 }
 
 #[cfg(test)]
@@ -105,8 +150,8 @@ impl BootPolicy for StaticPolicy {
         BootSpec::Boot { firmware, script_url: self.script_url.replace("{mac}", &mac.to_string()) }
     }
 
-    fn script(&self, _mac: MacAddr) -> Result<String, PolicyError> {
-        Ok(self.script.clone())
+    fn decide(&self, _mac: MacAddr, _req: &BootRequest) -> Result<BootDecision, PolicyError> {
+        Ok(self.decision.clone())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The boot-time HTTP routes, served in plain HTTP on their own listener (iPXE cannot check
 //! the engine's self-signed certificate):
 //!
-//! - `GET /boot/script?mac=MAC`: the machine's iPXE script ([`BootPolicy::script`]);
+//! - `GET /boot/script?mac=MAC`: the machine's iPXE script: [`BootPolicy::decide`], rendered by
+//!   [`crate::ipxe`];
 //! - `GET /boot/vmlinuz`, `GET /boot/initrd.img`: the boot environment's kernel and initramfs,
 //!   with HTTP Range support (tower-http's `ServeFile`). A `mac=` query only labels the boot
 //!   log.
@@ -18,17 +19,17 @@
 //! the job is queued or running, and each fetch revokes the previous one. Keep the boot
 //! network isolated, or the API reachable from it only.
 //!
-//! `GET /api/v1/netboot/status` ([`status`]) is an API route (Operator), mounted in the API's
-//! route table.
+//! The boot log ([`BootLog`]) is read by the engine's `GET /api/v1/netboot/status`.
 
-use super::bootlog::{BootLog, Stage};
-use super::policy::{BootPolicy, MacAddr};
+use crate::bootlog::{BootLog, Stage};
+use crate::ipxe;
+use crate::policy::{BootPolicy, BootRequest, MacAddr};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,7 +40,24 @@ pub struct BootHttp {
     pub policy: Arc<dyn BootPolicy>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The site's extra kernel arguments for agent boots (one line).
+    pub kernel_args: String,
     pub log: Arc<BootLog>,
+}
+
+/// The URL of `mac`'s boot script on the boot HTTP server at `http_base` (`http://ADDRESS:PORT`).
+pub fn script_url(http_base: &str, mac: MacAddr) -> String {
+    format!("{http_base}/boot/script?mac={mac}")
+}
+
+/// The URL of the boot environment's kernel, labelled with the MAC that boots it.
+pub fn kernel_url(http_base: &str, mac: MacAddr) -> String {
+    format!("{http_base}/boot/vmlinuz?mac={mac}")
+}
+
+/// The URL of the boot environment's initramfs, labelled with the MAC that boots it.
+pub fn initrd_url(http_base: &str, mac: MacAddr) -> String {
+    format!("{http_base}/boot/initrd.img?mac={mac}")
 }
 
 #[derive(Deserialize)]
@@ -83,21 +101,26 @@ async fn script(
         );
     };
     let policy = st.policy.clone();
-    match tokio::task::spawn_blocking(move || policy.script(mac)).await {
-        Ok(Ok(s)) => {
-            let what = if s.contains("\nkernel ") { "job script" } else { "local-boot script" };
-            st.log.record_mac(mac, Some(peer.ip()), Stage::Script, what);
-            text(StatusCode::OK, s)
-        }
-        Ok(Err(e)) => {
-            tracing::error!("netboot: the script for {mac} failed: {e}");
-            st.log.record_mac(mac, Some(peer.ip()), Stage::Script, "script failed (see the server log)");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\necho Kura: server error\nexit\n".into())
-        }
+    let req = BootRequest { client: Some(peer.ip()) };
+    let failed = |detail: &str| {
+        st.log.record_mac(mac, Some(peer.ip()), Stage::Script, "script failed (see the server log)");
+        tracing::error!("netboot: the script for {mac} failed: {detail}");
+        text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\necho Kura: server error\nexit\n".into())
+    };
+    let decision = match tokio::task::spawn_blocking(move || policy.decide(mac, &req)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return failed(&e.to_string()),
         Err(e) => {
             tracing::error!("netboot: the script task failed: {e}");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\nexit\n".into())
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "#!ipxe\nexit\n".into());
         }
+    };
+    match ipxe::render(mac, &decision, &st.kernel_args) {
+        Ok(s) => {
+            st.log.record_mac(mac, Some(peer.ip()), Stage::Script, decision.summary());
+            text(StatusCode::OK, s)
+        }
+        Err(e) => failed(&e.to_string()),
     }
 }
 
@@ -145,20 +168,10 @@ fn serde_urlencoded_mac(q: &str) -> Option<String> {
     q.split('&').find_map(|kv| kv.strip_prefix("mac=")).map(|v| v.replace("%3A", ":").replace("%3a", ":"))
 }
 
-/// `GET /api/v1/netboot/status`: the boot log of the netboot services in this process.
-pub async fn status(
-    axum::extract::State(state): axum::extract::State<Arc<crate::api::AppState>>,
-) -> Json<serde_json::Value> {
-    match &state.bootlog {
-        Some(log) => Json(serde_json::json!({ "enabled": true, "machines": log.machines() })),
-        None => Json(serde_json::json!({ "enabled": false, "machines": [] })),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netboot::policy::StaticPolicy;
+    use crate::policy::{BootDecision, StaticPolicy};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get_raw(addr: SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
@@ -185,10 +198,11 @@ mod tests {
                 bios_firmware: None,
                 efi_firmware: None,
                 script_url: String::new(),
-                script: "#!ipxe\nexit\n".into(),
+                decision: BootDecision::LocalDisk { note: "no job".into() },
             }),
             kernel,
             initrd: dir.path().join("initrd.img"),
+            kernel_args: String::new(),
             log: log.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,7 +214,7 @@ mod tests {
 
         let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:01", "").await;
         assert!(h.starts_with("HTTP/1.1 200"), "{h}");
-        assert_eq!(b, b"#!ipxe\nexit\n");
+        assert_eq!(String::from_utf8(b).unwrap(), ipxe::local_boot_script("52:54:00:00:00:01", "no job"));
         let (h, _) = get_raw(addr, "/boot/script?mac=nonsense", "").await;
         assert!(h.starts_with("HTTP/1.1 400"), "{h}");
         let (h, _) = get_raw(addr, "/boot/script", "").await;
@@ -226,6 +240,45 @@ mod tests {
         assert!(me.events.iter().any(|e| e.stage == Stage::Kernel));
         // Later fetches from the same IP without ?mac are filed under the MAC too.
         assert!(me.events.iter().any(|e| e.stage == Stage::Initrd));
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// A decision that cannot be written safely is a server error, not a script.
+    #[tokio::test]
+    async fn netboot_http_refuses_a_decision_it_cannot_render() {
+        let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        let args = kura_protocol::cmdline::AgentArgs::new("http://10.0.0.1:8443", 3, "kura_t", mac, None);
+        let decision = BootDecision::Agent(crate::policy::AgentBoot {
+            args,
+            kernel_url: "http://10.0.0.1:8080/boot/vmlinuz\nshell".into(),
+            initrd_url: "http://10.0.0.1:8080/boot/initrd.img".into(),
+            banner: "capture job 3".into(),
+        });
+        let log = BootLog::new();
+        let st = Arc::new(BootHttp {
+            policy: Arc::new(StaticPolicy {
+                bios_firmware: None,
+                efi_firmware: None,
+                script_url: String::new(),
+                decision,
+            }),
+            kernel: PathBuf::from("/nonexistent"),
+            initrd: PathBuf::from("/nonexistent"),
+            kernel_args: String::new(),
+            log: log.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = rx.await;
+        }));
+        let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:02", "").await;
+        assert!(h.starts_with("HTTP/1.1 500"), "{h}");
+        assert_eq!(b, b"#!ipxe\necho Kura: server error\nexit\n");
+        let m = log.machines();
+        assert_eq!(m[0].events[0].detail, "script failed (see the server log)");
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
     }

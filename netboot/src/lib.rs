@@ -4,12 +4,16 @@
 //! PXE ROM ──DHCP──► proxyDHCP (dhcp)      "boot undionly.kpxe / ipxe.efi from 10.0.0.1"
 //!         ──TFTP──► tftp                  the iPXE build (from the TFTP root)
 //! iPXE    ──DHCP──► proxyDHCP (dhcp)      "your script is http://10.0.0.1:8080/boot/script?mac=…"
-//!         ──HTTP──► http                  the script (script: from the catalog), kernel, initrd
-//! kernel+initramfs (bootenv) ──HTTPS──► the API, with the agent token from the script
+//!         ──HTTP──► http                  the script (BootPolicy::decide → ipxe), kernel, initrd
+//! kernel+initramfs (bootenv) ──HTTPS──► the engine's API, with the agent token from the script
 //! ```
 //!
-//! - [`policy`]: [`BootPolicy`], the one question protocol code asks; [`script`] implements it
-//!   from the catalog.
+//! This crate decides nothing: it depends on the wire protocol only and asks one trait what each
+//! machine boots (pixiecore's shape). The engine implements it from its catalog.
+//!
+//! - [`policy`]: [`BootPolicy`], the questions protocol code asks, and its typed answers
+//!   ([`BootSpec`] for DHCP, [`BootDecision`] for the script).
+//! - [`ipxe`]: a [`BootDecision`] rendered to an iPXE script.
 //! - [`dhcp`] (with [`leases`] for full-DHCP mode), [`tftp`], [`http`]: the protocols.
 //! - [`bootlog`]: what each machine was offered and fetched, for `kura netboot status`.
 //!
@@ -46,13 +50,13 @@
 pub mod bootlog;
 pub mod dhcp;
 pub mod http;
+pub mod ipxe;
 pub mod leases;
 pub mod policy;
-pub mod script;
 pub mod tftp;
 
 pub use bootlog::BootLog;
-pub use policy::BootPolicy;
+pub use policy::{AgentBoot, BootDecision, BootPolicy, BootRequest, BootSpec, ClientArch, PolicyError};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -305,64 +309,19 @@ pub fn interface_of(addr: Ipv4Addr, proc_net_route: &str) -> Option<String> {
         .map(|(_, i)| i)
 }
 
+/// Unix seconds now (boot log times, lease expiry).
+pub(crate) fn unix_now() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
 /// Everything [`run`] needs besides sockets.
 pub struct Netboot {
     pub config: NetbootConfig,
     pub policy: Arc<dyn BootPolicy>,
     pub log: Arc<BootLog>,
-}
-
-impl Netboot {
-    /// The engine's netboot: boot files from `config`, scripts from `catalog`. `api_url` and
-    /// `fingerprint` are where and how the booted agent reaches the API.
-    pub fn with_catalog(
-        config: NetbootConfig,
-        catalog: Arc<kura_catalogs::db::Catalog>,
-        api_url: &str,
-        fingerprint: Option<String>,
-    ) -> Result<Netboot> {
-        let (_, [bios, efi, arm]) = config.firmware()?;
-        for f in [&config.kernel, &config.initrd] {
-            if !f.is_file() {
-                bail!(
-                    "netboot: {} is not a file (build the boot environment first: kura bootenv build --data DATA)",
-                    f.display()
-                );
-            }
-        }
-        let settings = script::ScriptSettings {
-            http_base: config.http_base(),
-            api_url: config.api_url.clone().unwrap_or_else(|| api_url.to_string()),
-            fingerprint,
-            kernel_args: config.kernel_args.clone(),
-            bios_firmware: bios,
-            efi_x64_firmware: efi,
-            efi_arm64_firmware: arm,
-        };
-        Ok(Netboot {
-            config,
-            policy: Arc::new(script::CatalogPolicy { catalog, settings, issued: Default::default() }),
-            log: BootLog::new(),
-        })
-    }
-}
-
-/// Loads the configuration at `path` and builds the engine's netboot (for `kura serve`).
-/// `api_scheme` and `api_addr` are where the API listens; the agent is told to use
-/// `api_url` from the configuration, else that address (with the netboot address in place of
-/// a wildcard one).
-pub fn prepare(
-    path: &Path,
-    data: &Path,
-    catalog: Arc<kura_catalogs::db::Catalog>,
-    api_scheme: &str,
-    api_addr: SocketAddr,
-    fingerprint: Option<String>,
-) -> Result<Netboot> {
-    let config = NetbootConfig::load(path, data)?;
-    let host = if api_addr.ip().is_unspecified() { std::net::IpAddr::V4(config.address) } else { api_addr.ip() };
-    let api_url = format!("{api_scheme}://{}", SocketAddr::new(host, api_addr.port()));
-    Netboot::with_catalog(config, catalog, &api_url, fingerprint)
 }
 
 /// Netboot running in the background (see [`start`]).
@@ -413,7 +372,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
     let mut set = tokio::task::JoinSet::new();
 
     if let Some(sock) = sockets.dhcp {
-        let now = kura_catalogs::db::system_now();
+        let now = unix_now();
         let full = match (config.dhcp, &config.pool) {
             (DhcpMode::Full, Some(p)) => {
                 let table = leases::LeaseTable::new(p.start, p.end, vec![config.address], p.leases_file.clone())
@@ -441,6 +400,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
         policy,
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
+        kernel_args: config.kernel_args.clone(),
         log: log.clone(),
     });
     let stop = stopped();
@@ -552,7 +512,6 @@ mod tests {
         std::fs::write(root.join("undionly.kpxe"), vec![1u8; 70_000]).unwrap();
         std::fs::write(dir.path().join("vmlinuz"), b"KERNEL").unwrap();
         std::fs::write(dir.path().join("initrd.img"), b"INITRD").unwrap();
-        let cat = Arc::new(kura_catalogs::db::Catalog::open_in_memory().unwrap());
         let lo = Ipv4Addr::LOCALHOST;
         let sockets = Sockets {
             dhcp: Some(UdpSocket::bind((lo, 0)).await.unwrap()),
@@ -574,8 +533,14 @@ mod tests {
             "http_port": http_addr.port(),
         }))
         .unwrap();
-        let nb = Netboot::with_catalog(config, cat.clone(), "https://127.0.0.1:8443", None).unwrap();
-        let log = nb.log.clone();
+        let policy = policy::StaticPolicy {
+            bios_firmware: Some("undionly.kpxe".into()),
+            efi_firmware: None,
+            script_url: format!("{}/boot/script?mac={{mac}}", config.http_base()),
+            decision: BootDecision::LocalDisk { note: "no job".into() },
+        };
+        let log = BootLog::new();
+        let nb = Netboot { config, policy: Arc::new(policy), log: log.clone() };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(nb, sockets, async {
             let _ = rx.await;
@@ -628,10 +593,9 @@ mod tests {
         }
         assert_eq!(got, 70_000);
 
-        // The script: an unknown MAC is registered and boots locally.
+        // The script: what the policy decided, rendered.
         let body = http_get(http_addr, "/boot/script?mac=52:54:00:ab:cd:ef").await;
-        assert!(body.contains("sanboot"), "{body}");
-        assert!(cat.host_by_mac("52:54:00:ab:cd:ef").unwrap().is_some());
+        assert_eq!(body, ipxe::local_boot_script("52:54:00:ab:cd:ef", "no job"));
         assert_eq!(http_get(http_addr, "/boot/vmlinuz").await, "KERNEL");
 
         let machines = log.machines();
@@ -640,18 +604,6 @@ mod tests {
         for s in [bootlog::Stage::Dhcp, bootlog::Stage::Tftp, bootlog::Stage::Script, bootlog::Stage::Kernel] {
             assert!(stages.contains(&s), "{stages:?}");
         }
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(kura_catalogs::LocalStore::open_or_create(store_dir.path()).unwrap());
-        let state = crate::api::AppState::new(
-            store,
-            cat.clone(),
-            Some(log.clone()),
-            Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap()),
-            false,
-        );
-        let status = http::status(axum::extract::State(state)).await.0;
-        assert_eq!(status["enabled"], true);
-        assert!(status["machines"].as_array().is_some_and(|m| !m.is_empty()), "{status}");
         tx.send(()).unwrap();
         task.await.unwrap().unwrap();
     }

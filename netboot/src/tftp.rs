@@ -46,7 +46,7 @@
 //! (debug log) otherwise; requests longer than [`MAX_REQUEST`] bytes are refused before
 //! parsing.
 
-use super::bootlog::{BootLog, Stage};
+use crate::bootlog::{BootLog, Stage};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! under the bare IP. At most [`MAX_MACHINES`] machines are kept (the least recently seen is
 //! dropped) and [`MAX_EVENTS`] events per machine (the oldest are dropped).
 
-use super::policy::MacAddr;
+use crate::policy::MacAddr;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -69,7 +69,7 @@ pub struct BootLog {
 }
 
 fn now() -> i64 {
-    kura_catalogs::db::system_now()
+    crate::unix_now()
 }
 
 impl BootLog {

@@ -20,7 +20,7 @@
 //!
 //! **Full mode** (we are the only DHCP server): every client gets an address from the pool
 //! (DISCOVER → OFFER, REQUEST → ACK or NAK, RELEASE, DECLINE, INFORM → ACK; see
-//! [`super::leases`]), with subnet mask, router, DNS and lease times. PXE clients also get
+//! [`crate::leases`]), with subnet mask, router, DNS and lease times. PXE clients also get
 //! `siaddr` and the boot file in the same offer, without option 60/43 (a plain "DHCP with boot
 //! file" answer every ROM follows, and iPXE does not then look for a ProxyDHCP server). iPXE
 //! clients additionally get option 175.176 (`no-pxedhcp`) = 1 so they do not wait for
@@ -38,9 +38,9 @@
 //! [`Dhcp::handle`] is pure (bytes in, optional reply out, with the time as an argument); the
 //! socket loop [`serve`] only moves datagrams and saves the lease table.
 
-use super::bootlog::{BootLog, Stage};
-use super::leases::{self, LeaseTable};
-use super::policy::{BootPolicy, BootSpec, ClientArch, MacAddr};
+use crate::bootlog::{BootLog, Stage};
+use crate::leases::{self, LeaseTable};
+use crate::policy::{BootPolicy, BootSpec, ClientArch, MacAddr};
 use dhcproto::v4::{
     Decodable, DhcpOption, Encodable, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
 };
@@ -456,7 +456,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let now = kura_catalogs::db::system_now();
+        let now = crate::unix_now();
         // A datagram filling the buffer may have been truncated: too big to be ours.
         let reply = if n >= b.len() { None } else { dhcp.handle(port, src, &b[..n], now) };
         if let Some(r) = reply {
@@ -492,7 +492,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netboot::policy::StaticPolicy;
+    use crate::policy::{BootDecision, StaticPolicy};
     use dhcproto::v4::Architecture;
     use proptest::prelude::*;
 
@@ -504,7 +504,7 @@ mod tests {
             bios_firmware: Some("undionly.kpxe".into()),
             efi_firmware: Some("ipxe.efi".into()),
             script_url: "http://10.9.0.1:8080/boot/script?mac={mac}".into(),
-            script: "#!ipxe\nexit\n".into(),
+            decision: BootDecision::LocalDisk { note: String::new() },
         })
     }
 

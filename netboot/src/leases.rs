@@ -9,7 +9,7 @@
 //! the pool for one lease time. An expired lease's address goes back to the pool, but its last
 //! owner gets it again if it is still free.
 
-use super::policy::MacAddr;
+use crate::policy::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
