@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod datadir;
 mod netboot;
 mod notify;
 mod power;

@@ -171,7 +171,11 @@ pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Private (0600) like every file in the data directory.
+        let mut f = kura_catalogs::private::create_new(&tmp).or_else(|_| {
+            std::fs::remove_file(&tmp)?;
+            kura_catalogs::private::create_new(&tmp)
+        })?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
