@@ -7,11 +7,13 @@
 //! - [`retention`]: which snapshots a keep-last / keep-monthly rule keeps (pure).
 //! - [`cron`]: cron expressions (UTC) and their next due time (pure).
 //! - [`gc`]: mark-and-sweep garbage collection, safe beside running captures.
+//! - [`private`]: private files and directories: explicit modes, no symlink following, checks.
 //! - [`secrets`]: secrets at rest (BMC passwords): the engine's key file and AEAD sealing.
 
 pub mod cron;
 pub mod db;
 pub mod gc;
+pub mod private;
 pub mod retention;
 pub mod secrets;
 pub mod store;

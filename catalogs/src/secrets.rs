@@ -7,9 +7,9 @@
 //!
 //! # Key file
 //!
-//! `DATA/secrets.key`: 64 hex digits (a 256-bit key) and a newline, created with mode 0600 on
-//! the engine's first start ([`SecretKey::load_or_create`]) and refused if group or others can
-//! read it. It is deliberately not in the catalog: a copy of `catalog.db` alone (a backup, a
+//! `DATA/secrets.key`: 64 hex digits (a 256-bit key) and a newline, created with mode 0600 and
+//! `O_EXCL|O_NOFOLLOW` on the engine's first start ([`SecretKey::load_or_create`]) and refused
+//! if it is a symbolic link, owned by another user, or readable by group or others. It is deliberately not in the catalog: a copy of `catalog.db` alone (a backup, a
 //! support bundle) reveals no password. Losing the key loses the sealed values, nothing else:
 //! set the power credentials again.
 //!
@@ -24,8 +24,6 @@
 //! (e.g. `power.password`), so a sealed value cannot be replayed in another role.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The sealed format's version byte.
@@ -97,22 +95,14 @@ impl SecretKey {
         Ok(Self::from_bytes(&bytes))
     }
 
-    /// Loads the key at `path`, creating it (mode 0600, synced) if it does not exist. Refuses a
-    /// key file that group or others may read, or that is not 64 hex digits.
+    /// Loads the key at `path`, creating it (mode 0600, `O_EXCL|O_NOFOLLOW`, synced) if it does
+    /// not exist. Refuses a key file that is a symbolic link, that another user owns, that group
+    /// or others may read, or that is not 64 hex digits.
     pub fn load_or_create(path: &Path) -> Result<SecretKey, SecretError> {
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err(key_err(
-                        path,
-                        format!(
-                            "mode {:o} lets others read it; `chmod 600 {}`",
-                            meta.permissions().mode() & 0o777,
-                            path.display()
-                        ),
-                    ));
-                }
-                let text = std::fs::read_to_string(path).map_err(|e| key_err(path, e.to_string()))?;
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {
+                let text = crate::private::read_secret(path, 0o077).map_err(|e| key_err(path, e.message))?;
+                let text = String::from_utf8(text).map_err(|_| key_err(path, "not 64 hex digits"))?;
                 let bytes = hex::decode(text.trim()).map_err(|_| key_err(path, "not 64 hex digits"))?;
                 let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| key_err(path, "not 64 hex digits"))?;
                 Ok(Self::from_bytes(&bytes))
@@ -120,15 +110,8 @@ impl SecretKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; KEY_LEN];
                 getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
+                crate::private::write_new(path, format!("{}\n", hex::encode(bytes)).as_bytes())
                     .map_err(|e| key_err(path, format!("cannot create it: {e}")))?;
-                f.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| key_err(path, format!("cannot write it: {e}")))?;
                 if let Some(dir) = path.parent() {
                     // The new name is durable too (best effort: some filesystems refuse).
                     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
@@ -178,6 +161,7 @@ impl SecretKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn seal_open_round_trip_with_fresh_nonces() {
@@ -201,6 +185,23 @@ mod tests {
         bytes[last] ^= 1;
         assert!(key.open("power.password", &Sealed::from_stored(bytes)).is_err());
         assert!(key.open("power.password", &Sealed::from_stored(vec![1; 10])).is_err());
+    }
+
+    #[test]
+    fn a_planted_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("secrets.key");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = SecretKey::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // A dangling link is not created through either.
+        let dangling = dir.path().join("dangling.key");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(SecretKey::load_or_create(&dangling).is_err());
+        assert!(!dir.path().join("nowhere").exists());
     }
 
     #[test]

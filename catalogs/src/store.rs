@@ -25,6 +25,9 @@
 //!   Directory entries of new chunks are `fsync`ed (their directories, once each) before the
 //!   manifest is written; the manifest's rename is followed by an `fsync` of `snapshots/`.
 //!   A capture interrupted before the commit leaves no snapshot, only unreferenced chunks.
+//! - **Private.** Directories are created 0700 and files 0600 ([`crate::private`]), with
+//!   the mode given explicitly (a umask can only narrow it): chunks and manifests keep the
+//!   mode of their temp file, which is made with `O_EXCL|O_NOFOLLOW`.
 //! - **Every read is checked by the reader**: consumers decode chunks with
 //!   [`kura_imaging::chunk::Decoder`], which verifies the digest; [`LocalStore::verify`] re-reads
 //!   everything.
@@ -36,6 +39,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -138,12 +142,15 @@ impl LocalStore {
             Err(e) => return Err(store_err(format!("reading {}", root.display()), &e)),
         };
         if empty {
+            let err = |e: io::Error| store_err(format!("creating {}", root.display()), &e);
+            crate::private::create_dir_all(root).map_err(err)?;
+            // An empty directory someone made for the store becomes private too.
+            fs::set_permissions(root, fs::Permissions::from_mode(crate::private::DIR_MODE)).map_err(err)?;
             for d in ["chunks", "snapshots", "tmp"] {
-                fs::create_dir_all(root.join(d)).map_err(|e| store_err(format!("creating {}", root.display()), &e))?;
+                crate::private::create_dir_all(&root.join(d)).map_err(err)?;
             }
             let marker = serde_json::json!({"kind": "kura-store", "format": STORE_FORMAT});
-            fs::write(root.join(MARKER), marker.to_string() + "\n")
-                .map_err(|e| store_err(format!("creating {}", root.display()), &e))?;
+            crate::private::write_new(&root.join(MARKER), (marker.to_string() + "\n").as_bytes()).map_err(err)?;
         }
         Self::open(root)
     }
@@ -162,7 +169,8 @@ impl LocalStore {
             });
         }
         for d in ["chunks", "snapshots", "tmp"] {
-            fs::create_dir_all(root.join(d)).map_err(|e| store_err(format!("opening {}", root.display()), &e))?;
+            crate::private::create_dir_all(&root.join(d))
+                .map_err(|e| store_err(format!("opening {}", root.display()), &e))?;
         }
         Ok(LocalStore {
             root: root.to_path_buf(),
@@ -192,7 +200,7 @@ impl LocalStore {
         let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("f");
         let tmp = self.root.join("tmp").join(format!("{}.{name}.{n}", std::process::id()));
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = crate::private::create_new(&tmp)?;
             f.write_all(data)?;
             f.sync_all()
         })();
@@ -217,7 +225,7 @@ impl LocalStore {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let name = dest.file_name().and_then(|s| s.to_str()).unwrap_or("f");
         let tmp = self.root.join("tmp").join(format!("{}.{name}.{n}", std::process::id()));
-        let r = OpenOptions::new().write(true).create_new(true).open(&tmp).and_then(|mut f| f.write_all(data));
+        let r = crate::private::create_new(&tmp).and_then(|mut f| f.write_all(data));
         if let Err(e) = r {
             let _ = fs::remove_file(&tmp);
             return Err(store_err(format!("writing {what}"), &e));
@@ -243,7 +251,7 @@ impl LocalStore {
             let dir = dest.parent().expect("chunk path has a parent");
             let r = (|| -> io::Result<bool> {
                 if !dir.exists() {
-                    fs::create_dir_all(dir)?;
+                    crate::private::create_dir_all(dir)?;
                     self.dirty_dirs.lock().expect("lock").insert(self.root.join("chunks"));
                 }
                 match fs::hard_link(tmp, &dest) {
@@ -358,7 +366,7 @@ impl LocalStore {
     /// next capture holding the same data stores it afresh. Returns the quarantine path.
     pub fn quarantine_chunk(&self, d: &Digest) -> Result<PathBuf, Error> {
         let dir = self.root.join("quarantine");
-        fs::create_dir_all(&dir).map_err(|e| store_err("creating quarantine/".into(), &e))?;
+        crate::private::create_dir_all(&dir).map_err(|e| store_err("creating quarantine/".into(), &e))?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let dest = dir.join(format!("{d}.{stamp}"));
         fs::rename(self.chunk_path(d), &dest).map_err(|e| store_err(format!("quarantining chunk {d}"), &e))?;
@@ -387,6 +395,8 @@ impl LocalStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::private::FILE_MODE)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|e| store_err(format!("opening {}", path.display()), &e))?;
         let r = if exclusive { f.try_lock() } else { f.try_lock_shared() };
@@ -660,6 +670,37 @@ mod tests {
         assert_eq!(store.usage().unwrap(), StoreUsage { chunks: 1, bytes: b.len() as u64 });
         // Nothing left in tmp/.
         assert_eq!(fs::read_dir(dir.path().join("s/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn every_directory_and_file_of_the_store_is_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let store = LocalStore::open_or_create(&root).unwrap();
+        let _lock = store.lock(true).unwrap();
+        let (d, b) = blob(&b"private chunk".repeat(1000));
+        store.put_chunk(&d, &b).unwrap();
+        store.flush_staged().unwrap();
+        let (d2, b2) = blob(b"quarantined");
+        store.put_chunk(&d2, &b2).unwrap();
+        store.flush_staged().unwrap();
+        store.quarantine_chunk(&d2).unwrap();
+        let mut seen = 0;
+        let mut todo = vec![root.clone()];
+        while let Some(p) = todo.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(meta.mode() & 0o7777, want, "{}", p.display());
+            seen += 1;
+            if meta.is_dir() {
+                todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        // root, chunks, 1 or 2 shards, chunk, snapshots, tmp, quarantine, its chunk, marker, lock.
+        assert!(seen >= 10, "{seen}");
     }
 
     #[test]

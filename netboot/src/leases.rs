@@ -171,7 +171,16 @@ pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Private (0600) like every file in the data directory; O_EXCL never follows a
+        // planted symlink.
+        let create = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)
+        };
+        let mut f = create().or_else(|_| {
+            std::fs::remove_file(&tmp)?;
+            create()
+        })?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

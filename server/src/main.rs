@@ -7,6 +7,7 @@
 mod api;
 mod boot_policy;
 mod cli;
+mod datadir;
 mod notify;
 mod power;
 mod progress_bar;

@@ -10,6 +10,10 @@
 //! DIR/serve.json     where the running server listens: {"url", "fingerprint"}
 //! ```
 //!
+//! The directory is private (`crate::datadir`): created 0700, every file 0600, secrets created
+//! `O_EXCL|O_NOFOLLOW` or replaced by rename, never through a planted symbolic link; startup
+//! refuses a directory, parent, entry or secret that someone else could have planted or read.
+//!
 //! Beside the API runs the scheduler (`crate::scheduler`), which turns schedules into capture
 //! jobs; it and the API stop on the same SIGTERM / Ctrl-C.
 //!
@@ -21,10 +25,10 @@ use crate::api::{self, AppState};
 use crate::scheduler::{Clock, FileClock, Hooks, Scheduler, SystemClock};
 use anyhow::{bail, Context, Result};
 use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
+use kura_catalogs::private;
 use kura_catalogs::LocalStore;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,9 +49,12 @@ pub struct ServeOptions {
     pub test_clock: Option<PathBuf>,
 }
 
-/// Opens (creating if needed) the store and the catalog under `data`.
+/// Opens (creating if needed) the store and the catalog under `data`, after checking that
+/// the data directory is private (`crate::datadir`; warnings go to stderr).
 pub fn open_state(data: &Path) -> Result<(Arc<LocalStore>, Arc<Catalog>)> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    for warning in crate::datadir::prepare(data)? {
+        eprintln!("{warning}");
+    }
     let store = LocalStore::open_or_create(&data.join("store"))?;
     let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
     Ok((Arc::new(store), Arc::new(catalog)))
@@ -112,36 +119,31 @@ pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(
     Ok((added, removed))
 }
 
+/// Writes a private file (0600), replacing an older one by rename: a symbolic link planted in
+/// its place is replaced, its target never written (`kura_catalogs::private::replace`).
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    private::replace(path, contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Loads the TLS certificate, making a self-signed one on first start. Returns the rustls
 /// config and the certificate's SHA-256 fingerprint.
 fn tls_config(opts: &ServeOptions) -> Result<(rustls::ServerConfig, String)> {
-    let (cert_path, key_path) = match (&opts.tls_cert, &opts.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
+    let (cert_path, key_path, key_forbidden) = match (&opts.tls_cert, &opts.tls_key) {
+        // An operator's own key may be group-readable (the `ssl-cert` group), never by all.
+        (Some(c), Some(k)) => (c.clone(), k.clone(), 0o007),
         (None, None) => {
             let dir = opts.data.join("tls");
-            std::fs::create_dir_all(&dir)?;
+            private::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            private::check_dir(&dir).map_err(|e| anyhow::anyhow!("refusing the TLS directory: {e}"))?;
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-            if !c.exists() || !k.exists() {
+            if c.symlink_metadata().is_err() || k.symlink_metadata().is_err() {
                 let mut names = vec!["kura".to_string(), "localhost".to_string()];
                 names.push(opts.listen.ip().to_string());
                 let cert = rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
                 write_private(&k, &cert.key_pair.serialize_pem())?;
-                std::fs::write(&c, cert.cert.pem())?;
+                write_private(&c, &cert.cert.pem())?;
             }
-            (c, k)
+            (c, k, 0o077)
         }
         _ => bail!("--tls-cert and --tls-key go together"),
     };
@@ -151,7 +153,28 @@ fn tls_config(opts: &ServeOptions) -> Result<(rustls::ServerConfig, String)> {
     };
     let key = {
         use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path)
+        // The data directory's key must be the engine's own and private; an operator's key
+        // (--tls-key, often a symbolic link as certbot makes them) must not be world-readable.
+        let pem = if opts.tls_key.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_path)
+                .with_context(|| format!("reading the private key {}", key_path.display()))?
+                .permissions()
+                .mode();
+            if mode & key_forbidden != 0 {
+                bail!(
+                    "refusing the private key {}: mode {:o} lets every local user read it; `chmod o-rwx {}`",
+                    key_path.display(),
+                    mode & 0o777,
+                    key_path.display()
+                );
+            }
+            std::fs::read(&key_path).with_context(|| format!("reading the private key {}", key_path.display()))?
+        } else {
+            private::read_secret(&key_path, key_forbidden)
+                .map_err(|e| anyhow::anyhow!("refusing the TLS private key: {e}"))?
+        };
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
             .with_context(|| format!("reading the private key {}", key_path.display()))?
     };
     let fp = kura_protocol::client::tls::fingerprint(certs.first().context("no certificate in the PEM file")?);
@@ -212,15 +235,15 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         (None, None, "http")
     } else {
         let (config, fp) = tls_config(&opts)?;
-        std::fs::write(opts.data.join("tls").join("fingerprint"), format!("{fp}\n")).ok();
+        write_private(&opts.data.join("tls").join("fingerprint"), &format!("{fp}\n"))?;
         (Some(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config))), Some(fp), "https")
     };
     let listener = std::net::TcpListener::bind(opts.listen).with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("{scheme}://{addr}");
-    std::fs::write(
-        opts.data.join("serve.json"),
-        serde_json::json!({ "url": url, "fingerprint": fingerprint }).to_string(),
+    write_private(
+        &opts.data.join("serve.json"),
+        &serde_json::json!({ "url": url, "fingerprint": fingerprint }).to_string(),
     )?;
     println!("kura serve: listening on {url}");
     if let Some(fp) = &fingerprint {

@@ -33,6 +33,8 @@ pub enum CatalogError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot generate a random token: {0}")]
     Random(String),
+    #[error("catalog database file {path}: {message}")]
+    File { path: String, message: String },
 }
 
 impl CatalogError {

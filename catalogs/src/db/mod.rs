@@ -157,8 +157,23 @@ pub fn system_now() -> UnixTime {
 impl Catalog {
     /// Opens the catalog at `path`, creating it if missing, and migrates it to the current
     /// schema. Refuses a database written by a newer Kura.
+    ///
+    /// A new database file is created mode 0600 (`O_EXCL|O_NOFOLLOW`, [`crate::private`])
+    /// before SQLite opens it: SQLite gives its `-wal` and `-shm` files the database file's
+    /// mode. The path is opened with `SQLITE_OPEN_NOFOLLOW` (a symbolic link is refused).
     pub fn open(path: &Path) -> Result<Catalog> {
-        let conn = Connection::open(path)?;
+        match crate::private::create_new(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(CatalogError::File {
+                    path: path.display().to_string(),
+                    message: format!("cannot create it: {e}"),
+                })
+            }
+        }
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags)?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         Self::setup(conn)
@@ -259,6 +274,22 @@ mod tests {
         assert_eq!(fk, 1);
         drop(conn);
         assert_eq!(cat.schema_version().unwrap(), migrations::SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn database_wal_and_shm_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        cat.create_user("admin", "alice", Role::Operator).unwrap();
+        for name in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        // A symbolic link in its place is refused, not followed.
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(dir.path().join("catalog.db"), &link).unwrap();
+        assert!(Catalog::open(&link).is_err());
     }
 
     #[test]

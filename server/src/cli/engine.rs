@@ -268,6 +268,40 @@ pub fn retention(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kura admin fix-permissions`: makes the data directory private (with the store locked, so
+/// the engine is stopped), then runs the engine's startup check on it.
+pub fn fix_permissions(data: &Path, json: bool) -> Result<ExitCode> {
+    let store = kura_catalogs::LocalStore::open(&data.join("store"))?;
+    let _lock = store.lock(true).context("stop `kura serve` before fixing its data directory")?;
+    let report = crate::datadir::fix_permissions(data)?;
+    let check = crate::datadir::check(data);
+    if json {
+        print_json(&serde_json::json!({
+            "checked": report.checked,
+            "fixed": report.fixed,
+            "foreign": report.foreign,
+            "symlinks": report.symlinks,
+            "check": check.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| format!("{e:#}")),
+        }))?;
+    } else {
+        println!("{} of {} entries made private (directories 0700, files 0600)", report.fixed, report.checked);
+        for p in &report.symlinks {
+            println!("symbolic link left alone (not followed): {}", p.display());
+        }
+        for p in &report.foreign {
+            println!("owned by another user, left alone (remove it): {}", p.display());
+        }
+    }
+    match check {
+        Ok(_) if report.foreign.is_empty() => Ok(ExitCode::SUCCESS),
+        Ok(_) => {
+            eprintln!("error: {} entries are owned by another user; remove them", report.foreign.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.context("the data directory is still refused")),
+    }
+}
+
 pub fn rebuild_catalog(data: &Path, json: bool) -> Result<ExitCode> {
     let (store, catalog) = crate::serve::open_state(data)?;
     let _lock = store.lock(true).context("stop `kura serve` before rebuilding its catalog")?;

@@ -285,6 +285,16 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make an existing data directory private: directories 0700, files 0600 (symbolic links
+    /// are not followed; entries owned by another user are listed, not changed). Stop
+    /// `kura serve` first.
+    FixPermissions {
+        /// The engine's data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the API route table (method, path, required access, body cap); for tests.
     #[command(hide = true)]
     Routes {
@@ -354,6 +364,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             engine::retention(host, group, keep_last, keep_monthly, dry_run, &server)
         }
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
+        Command::Admin(AdminCommand::FixPermissions { data, json }) => engine::fix_permissions(&data, json),
         Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
