@@ -6,6 +6,7 @@
 
 mod api;
 mod cli;
+mod engine;
 mod netboot;
 mod notify;
 mod power;
