@@ -7,12 +7,9 @@
 //! Where a kill lands is not left to timing: a proxy between the client and the engine (plain
 //! HTTP) follows the requests and holds the chosen one until the test has killed its victim.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kura_tests::content::{random_bytes, sha256_file, XorShift};
@@ -195,6 +192,7 @@ fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapsh
             Hold::CommitRequest => assert!(at_commit && n(&at_kill.sent, Kind::Commit) == 0, "{where_}"),
             Hold::CommitAnswer => assert!(at_commit && n(&at_kill.answered, Kind::Commit) == 1, "{where_}"),
             Hold::Nothing => assert!(at_commit && n(&at_kill.sent, Kind::Commit) >= 1, "{where_}"),
+            Hold::DropFirstCommitAnswer => unreachable!("no kill point drops an answer"),
         }
         match point.victim {
             "engine" if chunks_flowing => engine_mid_upload += 1,
