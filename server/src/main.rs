@@ -8,6 +8,7 @@ mod api;
 mod boot_policy;
 mod cli;
 mod datadir;
+mod engine;
 mod notify;
 mod power;
 mod progress_bar;

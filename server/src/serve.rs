@@ -266,15 +266,16 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         Arc::new(secrets),
         tls.is_some(),
     );
-    state.watchdog.set_timeout(opts.agent_timeout);
+    state.engine.liveness.set_timeout(opts.agent_timeout);
     // The scheduler reports finished runs to the notifier and released jobs to power control.
     let hooks = Hooks {
-        observers: vec![Arc::new(state.notifier.clone()) as Arc<dyn crate::scheduler::RunObserver>],
+        observers: vec![Arc::new(state.engine.notifier.clone()) as Arc<dyn crate::scheduler::RunObserver>],
         release: vec![
-            Arc::new(crate::power::KickReleased(state.power.clone())) as Arc<dyn crate::scheduler::ReleaseHook>
+            Arc::new(crate::power::KickReleased(state.engine.power.clone())) as Arc<dyn crate::scheduler::ReleaseHook>
         ],
     };
-    let scheduler = Arc::new(Scheduler::new(state.catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));
+    let scheduler =
+        Arc::new(Scheduler::new(state.engine.catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));
     let _ = state.scheduler_ticks.set(scheduler.tick_counter());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

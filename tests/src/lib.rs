@@ -13,7 +13,8 @@
 //! - [`damage`]: breaking disks on purpose (truncation, GPT headers, overlaps).
 //! - [`store`]: looking inside a chunk store by its documented layout.
 //! - [`kura_cli`]: running the `kura` binary and decoding its `--json` output.
-//! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls.
+//! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls;
+//!   [`proxy`]: a loopback proxy that follows, holds or drops its HTTP messages.
 //! - [`bmc`]: real BMCs for power control: `ipmi_sim` (IPMI, optionally driving a QEMU
 //!   machine) and sushy-tools' Redfish emulator.
 //! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
@@ -43,6 +44,7 @@ pub mod fixtures;
 pub mod kura_cli;
 pub mod netboot;
 pub mod netns;
+pub mod proxy;
 pub mod qemu;
 pub mod readback;
 pub mod site_dhcp;

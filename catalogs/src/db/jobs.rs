@@ -122,6 +122,22 @@ pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) 
     load(tx, id)
 }
 
+/// Appends one log line to job `id` (inside the caller's transaction), dropping its oldest
+/// beyond [`JOB_LOG_CAP`]; returns the line's id.
+fn append_log(tx: &Connection, now: UnixTime, id: i64, level: LogLevel, message: &str) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO job_log (job_id, time, level, message) VALUES (?1, ?2, ?3, ?4)",
+        params![id, now, level, message],
+    )?;
+    let line = tx.last_insert_rowid();
+    tx.execute(
+        "DELETE FROM job_log WHERE job_id = ?1 AND id <= \
+         (SELECT id FROM job_log WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        params![id, JOB_LOG_CAP],
+    )?;
+    Ok(line)
+}
+
 impl Catalog {
     /// Queues a job. A restore needs a committed snapshot; a capture must not name one. A
     /// disk, if given, must belong to the host. Refused while the host has an active job.
@@ -245,17 +261,55 @@ impl Catalog {
     pub fn append_job_log(&self, id: i64, level: LogLevel, message: &str) -> Result<i64> {
         self.write(|tx, now| {
             load(tx, id)?;
+            append_log(tx, now, id, level, message)
+        })
+    }
+
+    /// An agent's progress report, in one transaction: a queued job starts (`queued →
+    /// running`), its progress is recorded, and `lines` are appended at level info. A job that
+    /// is neither queued nor running refuses the whole report (conflict), changing nothing.
+    pub fn report_progress(
+        &self,
+        actor: &str,
+        id: i64,
+        done_bytes: u64,
+        total_bytes: Option<u64>,
+        lines: &[String],
+    ) -> Result<Job> {
+        self.write(|tx, now| {
+            let job = load(tx, id)?;
+            match job.state {
+                JobState::Queued => {
+                    transition(tx, now, actor, id, JobState::Running, None)?;
+                }
+                JobState::Running => {}
+                other => return Err(CatalogError::conflict("job", id, format!("it is {other}, not running"))),
+            }
             tx.execute(
-                "INSERT INTO job_log (job_id, time, level, message) VALUES (?1, ?2, ?3, ?4)",
-                params![id, now, level, message],
+                "UPDATE jobs SET done_bytes = ?1, total_bytes = ?2 WHERE id = ?3",
+                params![done_bytes, total_bytes, id],
             )?;
-            let line = tx.last_insert_rowid();
-            tx.execute(
-                "DELETE FROM job_log WHERE job_id = ?1 AND id <= \
-                 (SELECT id FROM job_log WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                params![id, JOB_LOG_CAP],
-            )?;
-            Ok(line)
+            for line in lines {
+                append_log(tx, now, id, LogLevel::Info, line)?;
+            }
+            load(tx, id)
+        })
+    }
+
+    /// A job's failure, in one transaction: a queued job starts first (an agent that fails
+    /// before its first report still ends its job), `error` goes into its log at level error,
+    /// then `running → failed`. Any other state refuses it, changing nothing.
+    pub fn fail_job_logged(&self, actor: &str, id: i64, error: &str) -> Result<Job> {
+        self.write(|tx, now| {
+            if load(tx, id)?.state == JobState::Queued {
+                transition(tx, now, actor, id, JobState::Running, None)?;
+            }
+            let job = load(tx, id)?;
+            if !job.state.can_go_to(JobState::Failed) {
+                return Err(CatalogError::InvalidTransition { job: id, from: job.state, to: JobState::Failed });
+            }
+            append_log(tx, now, id, LogLevel::Error, error)?;
+            transition(tx, now, actor, id, JobState::Failed, Some(error))
         })
     }
 
@@ -462,5 +516,40 @@ mod tests {
         assert!(matches!(cat.append_job_log(999, LogLevel::Info, "x"), Err(CatalogError::NotFound { .. })));
         // Log lines are not audited.
         assert_eq!(cat.list_audit(100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_progress_report_starts_records_and_logs_in_one_transaction() {
+        let (cat, _) = catalog();
+        host(&cat, "h");
+        let id = cat.create_job("t", &capture("h")).unwrap().id;
+        let lines = vec!["reading".to_string(), "writing".to_string()];
+        let job = cat.report_progress("agent", id, 10, Some(100), &lines).unwrap();
+        assert_eq!((job.state, job.done_bytes, job.total_bytes), (JobState::Running, 10, Some(100)));
+        assert!(job.started.is_some());
+        let log: Vec<_> = cat.job_log(id, None, 10).unwrap().into_iter().map(|l| (l.level, l.message)).collect();
+        assert_eq!(log, [(LogLevel::Info, "reading".to_string()), (LogLevel::Info, "writing".to_string())]);
+        // A running job only records; an ended one refuses the whole report.
+        assert_eq!(cat.report_progress("agent", id, 20, None, &[]).unwrap().done_bytes, 20);
+        cat.cancel_job("t", id).unwrap();
+        let e = cat.report_progress("agent", id, 30, None, &["late".to_string()]).unwrap_err();
+        assert!(matches!(e, CatalogError::Conflict { .. }), "{e}");
+        assert_eq!(cat.get_job(id).unwrap().done_bytes, 20);
+        assert_eq!(cat.job_log(id, None, 10).unwrap().len(), 2, "nothing of a refused report is kept");
+    }
+
+    #[test]
+    fn a_logged_failure_starts_a_queued_job_and_changes_nothing_when_refused() {
+        let (cat, _) = catalog();
+        host(&cat, "h");
+        let id = cat.create_job("t", &capture("h")).unwrap().id;
+        let job = cat.fail_job_logged("agent", id, "no disk").unwrap();
+        assert_eq!((job.state, job.error.as_deref()), (JobState::Failed, Some("no disk")));
+        assert!(job.started.is_some());
+        let log = cat.job_log(id, None, 10).unwrap();
+        assert_eq!((log.len(), log[0].level, log[0].message.as_str()), (1, LogLevel::Error, "no disk"));
+        let e = cat.fail_job_logged("agent", id, "again").unwrap_err();
+        assert!(matches!(e, CatalogError::InvalidTransition { .. }), "{e}");
+        assert_eq!(cat.job_log(id, None, 10).unwrap().len(), 1);
     }
 }

@@ -38,19 +38,19 @@ pub async fn create_token(
     }
     let st = state.clone();
     let issued = tokio::task::spawn_blocking(move || {
-        let expires = req.expires_in.map(|s| st.catalog.now() + s);
+        let expires = req.expires_in.map(|s| st.engine.catalog.now() + s);
         let user = req.user.unwrap_or_else(|| req.role.to_string());
-        match st.catalog.get_user(&user) {
+        match st.engine.catalog.get_user(&user) {
             Ok(u) if u.role != req.role => {
                 return Err(ApiError::Conflict(format!("user {user} has role {}, not {}", u.role, req.role)))
             }
             Ok(_) => {}
             Err(kura_catalogs::db::CatalogError::NotFound { .. }) => {
-                st.catalog.create_user(&p.actor(), &user, req.role)?;
+                st.engine.catalog.create_user(&p.actor(), &user, req.role)?;
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(st.catalog.create_token(&p.actor(), &user, &req.label, expires)?)
+        Ok(st.engine.catalog.create_token(&p.actor(), &user, &req.label, expires)?)
     })
     .await??;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": issued.secret, "id": issued.info.id }))))
@@ -87,9 +87,10 @@ pub async fn apply_retention(
         if let Some(rule) = req.rule {
             let scope = scope.clone().ok_or_else(|| ApiError::BadRequest("a rule needs a host or a group".into()))?;
             rule.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            st.catalog.set_retention(&p.actor(), &scope, rule)?;
+            st.engine.catalog.set_retention(&p.actor(), &scope, rule)?;
         }
         let hosts: Vec<String> = st
+            .engine
             .catalog
             .list_hosts()?
             .into_iter()
@@ -102,12 +103,12 @@ pub async fn apply_retention(
             .collect();
         let mut deleted = Vec::new();
         for host in hosts {
-            let Some(plan) = st.catalog.retention_plan(&host)? else { continue };
+            let Some(plan) = st.engine.catalog.retention_plan(&host)? else { continue };
             for id in plan.delete {
                 if !req.dry_run {
-                    st.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
-                    st.store.remove_manifest(&id)?;
-                    st.catalog.remove_snapshot(&p.actor(), &id)?;
+                    st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
+                    st.engine.store.remove_manifest(&id)?;
+                    st.engine.catalog.remove_snapshot(&p.actor(), &id)?;
                 }
                 deleted.push(serde_json::json!({ "host": host, "snapshot": id }));
             }
@@ -136,12 +137,12 @@ pub async fn gc(
     let st = state.clone();
     let report = tokio::task::spawn_blocking(move || -> ApiResult<gc::GcReport> {
         let opts = GcOptions { grace: Duration::from_secs(req.grace.unwrap_or(3600)), dry_run: req.dry_run };
-        let report = gc::collect(&st.store, &st.writers, &opts)?;
-        st.catalog.record_audit(&p.actor(), "gc", "store", serde_json::to_value(&report).unwrap_or_default())?;
+        let report = gc::collect(&st.engine.store, &st.engine.writers, &opts)?;
+        st.engine.catalog.record_audit(&p.actor(), "gc", "store", serde_json::to_value(&report).unwrap_or_default())?;
         Ok(report)
     })
     .await??;
-    state.store_changed();
+    state.engine.store_changed();
     Ok(Json(report))
 }
 
@@ -166,7 +167,7 @@ pub async fn verify(
     let st = state.clone();
     let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
         let threads = kura_imaging::capture::default_threads();
-        let report = st.store.verify(req.snapshot.as_deref(), threads, &kura_imaging::progress::NoProgress)?;
+        let report = st.engine.store.verify(req.snapshot.as_deref(), threads, &kura_imaging::progress::NoProgress)?;
         let mut quarantined = Vec::new();
         if req.quarantine {
             for d in &report.damaged {
@@ -174,11 +175,11 @@ pub async fn verify(
                     continue;
                 }
                 let digest = d.digest.parse().map_err(ApiError::Internal)?;
-                let path = st.store.quarantine_chunk(&digest)?;
+                let path = st.engine.store.quarantine_chunk(&digest)?;
                 quarantined.push(path.display().to_string());
             }
         }
-        st.catalog.record_audit(
+        st.engine.catalog.record_audit(
             &p.actor(),
             "verify",
             req.snapshot.as_deref().unwrap_or("store"),
@@ -189,7 +190,7 @@ pub async fn verify(
         Ok(v)
     })
     .await??;
-    state.store_changed();
+    state.engine.store_changed();
     Ok(Json(out))
 }
 
@@ -203,5 +204,7 @@ pub async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<kura_catalogs::db::AuditEntry>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_audit(q.limit.unwrap_or(100).min(10_000))).await??))
+    Ok(Json(
+        tokio::task::spawn_blocking(move || st.engine.catalog.list_audit(q.limit.unwrap_or(100).min(10_000))).await??,
+    ))
 }

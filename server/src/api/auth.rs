@@ -3,11 +3,15 @@
 //! A request carries `Authorization: Bearer <token>`. The token is looked up (by hash) in the
 //! catalog; the resulting [`Principal`] is checked against the route's [`Access`] and handed to
 //! the handler as an extension. Agent tokens must also present the MAC address they are bound
-//! to (`X-Kura-Mac`); handlers then check the agent acts on its own job only. Page routes
+//! to (`X-Kura-Mac`). Handlers take the [`Caller`] extractor (the principal and, for an agent,
+//! its job — an agent token without a job is refused there, once) or [`JobCaller`] for the
+//! `/jobs/{id}` routes (which also refuses an agent another job). Page routes
 //! ([`Access::Page`]) also accept the status page's session cookie (`super::web`).
 
 use super::{ApiError, AppState};
-use axum::extract::{Request, State};
+use crate::engine::Caller;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use kura_catalogs::db::{Principal, Role};
@@ -63,7 +67,7 @@ pub async fn require(
         });
     }
     let token = bearer(&req).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?.to_string();
-    let catalog = state.catalog.clone();
+    let catalog = state.engine.catalog.clone();
     let principal = tokio::task::spawn_blocking(move || catalog.authenticate(&token, catalog.now()))
         .await??
         .ok_or_else(|| ApiError::Unauthorized("unknown, expired or revoked token".into()))?;
@@ -81,7 +85,36 @@ pub async fn require(
     Ok(next.run(req).await)
 }
 
-/// For handlers: an agent may only act on its own job.
-pub fn agent_job(p: &Principal) -> Option<i64> {
-    (p.role == Role::Agent).then_some(p.job_id).flatten()
+/// The caller of a route behind [`require`]: its principal, and an agent's job.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<AppState>) -> Result<Caller, ApiError> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("a route without authentication asked for its caller".into()))?;
+        Ok(Caller::new(principal)?)
+    }
+}
+
+/// The caller of a `/jobs/{id}` route and the job `id`, once the caller may act on it (staff
+/// on any job, an agent on its own).
+pub struct JobCaller {
+    pub caller: Caller,
+    pub job: i64,
+}
+
+impl FromRequestParts<Arc<AppState>> for JobCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<JobCaller, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Path(job) = Path::<i64>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("bad job id: {e}")))?;
+        caller.may_act_on_job(job)?;
+        Ok(JobCaller { caller, job })
+    }
 }

@@ -3,6 +3,7 @@
 //! answer carries its [`ErrorKind`] (the protocol's), so clients decide on the kind, never on
 //! the text.
 
+use crate::engine::ServiceError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,8 @@ pub enum ApiError {
     StoreFull(String),
     /// A device the engine talks to on the client's behalf (a BMC) failed: 502 with its message.
     BadGateway(String),
+    /// Busy with the same request right now (a commit in progress): 503, retry.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => ErrorKind::Corrupt,
             ApiError::StoreFull(_) => ErrorKind::StoreFull,
             ApiError::BadGateway(_) => ErrorKind::BadGateway,
+            ApiError::Unavailable(_) => ErrorKind::Unavailable,
             ApiError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -59,7 +63,8 @@ impl IntoResponse for ApiError {
             | ApiError::Conflict(m)
             | ApiError::Unprocessable(m)
             | ApiError::StoreFull(m)
-            | ApiError::BadGateway(m) => m,
+            | ApiError::BadGateway(m)
+            | ApiError::Unavailable(m) => m,
         };
         (status, Json(ErrorBody { error: msg, kind: Some(kind) })).into_response()
     }
@@ -73,6 +78,22 @@ impl From<CatalogError> for ApiError {
             CatalogError::Invalid(_) | CatalogError::Retention(_) => ApiError::BadRequest(e.to_string()),
             CatalogError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The one mapping of the engine's service errors to answers.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound(m) => ApiError::NotFound(m),
+            ServiceError::Forbidden(m) => ApiError::Forbidden(m),
+            ServiceError::BadRequest(m) => ApiError::BadRequest(m),
+            ServiceError::Conflict(m) => ApiError::Conflict(m),
+            ServiceError::Corrupt(m) => ApiError::Unprocessable(m),
+            ServiceError::StoreFull(m) => ApiError::StoreFull(m),
+            ServiceError::Busy(m) => ApiError::Unavailable(m),
+            ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }
 }

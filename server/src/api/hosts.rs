@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<Host>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_hosts()).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_hosts()).await??))
 }
 
 pub async fn show(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Json<Host>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.get_host(&name)).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.get_host(&name)).await??))
 }
 
 #[derive(Deserialize)]
@@ -33,11 +33,11 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Host>)> {
     let st = state.clone();
     let host = tokio::task::spawn_blocking(move || -> kura_catalogs::db::Result<Host> {
-        st.catalog.create_host(&p.actor(), &req.host)?;
+        st.engine.catalog.create_host(&p.actor(), &req.host)?;
         for mac in &req.macs {
-            st.catalog.add_mac(&p.actor(), &req.host.name, mac)?;
+            st.engine.catalog.add_mac(&p.actor(), &req.host.name, mac)?;
         }
-        st.catalog.get_host(&req.host.name)
+        st.engine.catalog.get_host(&req.host.name)
     })
     .await??;
     Ok((StatusCode::CREATED, Json(host)))

@@ -12,31 +12,18 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use kura_catalogs::db::JobKind;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Upper bounds (seconds) of the job duration histogram's buckets.
 pub const DURATION_BUCKETS: &[u64] = &[60, 300, 900, 1800, 3600, 7200, 14_400, 28_800, 86_400];
 
-/// What uploads stored since the server started.
-#[derive(Default)]
-pub struct Ingested {
-    /// Encoded bytes of chunks that were new to the store.
-    pub bytes: AtomicU64,
-    pub chunks: AtomicU64,
-}
-
-impl Ingested {
-    pub fn add(&self, bytes: u64) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.chunks.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use crate::engine::Ingested;
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
     let st = state.clone();
     let o = tokio::task::spawn_blocking(move || Overview::gather(&st)).await??;
-    let mut text = render(&o, &state.ingested, state.started);
+    let mut text = render(&o, &state.engine.ingested, state.started);
     if let Some(ticks) = state.scheduler_ticks.get() {
         family(
             &mut text,

@@ -22,18 +22,17 @@ mod power;
 mod schedules;
 mod snapshots;
 mod uploads;
-pub mod watchdog;
 mod web;
 
 pub use auth::Access;
 pub use error::{ApiError, ApiResult};
 
+use crate::engine::Engine;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::routing::MethodRouter;
 use axum::Router;
 use kura_catalogs::db::Catalog;
-use kura_catalogs::gc::WriterRegistry;
 use kura_catalogs::LocalStore;
 use kura_imaging::chunk::Digest;
 use kura_protocol::routes::{self, Route};
@@ -42,38 +41,24 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Upload sessions idle longer than this are aborted.
-pub const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
-
+/// The HTTP side of the engine: the services ([`Engine`]) and what only the web needs.
 pub struct AppState {
-    pub store: Arc<LocalStore>,
-    pub catalog: Arc<Catalog>,
-    pub writers: Arc<WriterRegistry>,
-    pub uploads: Mutex<HashMap<String, uploads::Upload>>,
+    /// The engine's services and state (stores, uploads, liveness, power, notifications).
+    pub engine: Arc<Engine>,
     /// Serialises garbage collection runs.
     pub gc_running: tokio::sync::Mutex<()>,
     /// The boot log of the netboot services, when `kura serve` runs them.
     pub bootlog: Option<Arc<kura_netboot::BootLog>>,
-    /// Fails running jobs whose agent went silent.
-    pub watchdog: watchdog::Watchdog,
-    /// Power control (Wake-on-LAN, Redfish, IPMI): kicks machines into netboot for new jobs.
-    pub power: Arc<crate::power::Power>,
     /// Digests of snapshots being restored by agents (to scope their chunk reads).
     digest_cache: Mutex<HashMap<String, Arc<HashSet<Digest>>>>,
     /// Whether the server speaks TLS (session cookies are then `Secure`).
     pub tls: bool,
     /// Browser sessions of the status page.
     pub sessions: web::Sessions,
-    /// Job failures and run summaries go out through it.
-    pub notifier: crate::notify::Notifier,
-    /// What uploads stored since start (for `/metrics`).
-    pub ingested: metrics::Ingested,
     /// When this server started (unix seconds).
     pub started: i64,
     /// Ticks the scheduler completed (set once it exists; for `/metrics`).
     pub scheduler_ticks: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
-    /// The last measured store usage (see `ops::store_usage`).
-    usage_cache: Mutex<Option<(std::time::Instant, kura_catalogs::StoreUsage)>>,
 }
 
 impl AppState {
@@ -84,30 +69,16 @@ impl AppState {
         secrets: Arc<kura_catalogs::secrets::SecretKey>,
         tls: bool,
     ) -> Arc<AppState> {
-        let notifier = crate::notify::Notifier::new(catalog.clone(), crate::notify::Delivery::default());
         Arc::new(AppState {
             started: catalog.now(),
+            engine: Arc::new(Engine::new(store, catalog, secrets)),
             scheduler_ticks: std::sync::OnceLock::new(),
-            store,
-            power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
-            catalog,
             bootlog,
-            watchdog: watchdog::Watchdog::default(),
             tls,
-            notifier,
             sessions: web::Sessions::default(),
-            ingested: metrics::Ingested::default(),
-            usage_cache: Mutex::new(None),
-            writers: Arc::new(WriterRegistry::new()),
-            uploads: Mutex::new(HashMap::new()),
             gc_running: tokio::sync::Mutex::new(()),
             digest_cache: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Forgets the measured store usage (after a commit or a garbage collection).
-    pub fn store_changed(&self) {
-        *self.usage_cache.lock().expect("lock") = None;
     }
 
     /// The set of chunk digests snapshot `id` references (cached; blocking).
@@ -115,7 +86,7 @@ impl AppState {
         if let Some(s) = self.digest_cache.lock().expect("lock").get(id) {
             return Ok(s.clone());
         }
-        let m = self.store.load_manifest(id)?;
+        let m = self.engine.store.load_manifest(id)?;
         let set: Arc<HashSet<Digest>> = Arc::new(m.data_digests().copied().collect());
         let mut cache = self.digest_cache.lock().expect("lock");
         if cache.len() > 64 {
@@ -224,8 +195,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let app = router(state.clone());
-    let janitor = tokio::spawn(uploads::expire_idle_loop(state.clone()));
-    let watchdog = tokio::spawn(watchdog::run(state));
+    let janitor = tokio::spawn(crate::engine::uploads::expire_idle_loop(state.engine.clone()));
+    let watchdog = tokio::spawn(crate::engine::watchdog::run(state.engine.clone()));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {

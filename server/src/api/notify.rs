@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<NotifyTarget>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_notify_targets()).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_notify_targets()).await??))
 }
 
 /// Body: a [`NotifyConfig`], e.g. `{"kind": "webhook", "url": "https://..."}`.
@@ -20,7 +20,7 @@ pub async fn add(
     Json(config): Json<NotifyConfig>,
 ) -> ApiResult<(StatusCode, Json<NotifyTarget>)> {
     let st = state.clone();
-    let t = tokio::task::spawn_blocking(move || st.catalog.add_notify_target(&p.actor(), &config)).await??;
+    let t = tokio::task::spawn_blocking(move || st.engine.catalog.add_notify_target(&p.actor(), &config)).await??;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -30,13 +30,13 @@ pub async fn remove(
     Path(id): Path<i64>,
 ) -> ApiResult<StatusCode> {
     let st = state.clone();
-    tokio::task::spawn_blocking(move || st.catalog.remove_notify_target(&p.actor(), id)).await??;
+    tokio::task::spawn_blocking(move || st.engine.catalog.remove_notify_target(&p.actor(), id)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Sends a test message to every target (one attempt each) and reports each outcome.
 pub async fn test(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
-    let results = state.notifier.send_test().await.map_err(ApiError::Internal)?;
+    let results = state.engine.notifier.send_test().await.map_err(ApiError::Internal)?;
     let ok = results.iter().all(|r| r.ok);
     Ok(Json(serde_json::json!({ "ok": ok, "targets": results })))
 }

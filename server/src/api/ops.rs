@@ -32,7 +32,7 @@ pub struct Overview {
 impl Overview {
     /// Reads everything (blocking: call from `spawn_blocking`).
     pub fn gather(state: &AppState) -> ApiResult<Overview> {
-        let c = &state.catalog;
+        let c = &state.engine.catalog;
         let now = c.now();
         Ok(Overview {
             now,
@@ -80,13 +80,13 @@ pub fn dedup_ratio(logical_bytes: u64, stored_bytes: u64) -> Option<f64> {
 
 /// The store's usage, measured at most every [`USAGE_TTL`] (blocking).
 pub fn store_usage(state: &AppState) -> ApiResult<StoreUsage> {
-    if let Some((at, u)) = *state.usage_cache.lock().expect("lock") {
+    if let Some((at, u)) = *state.engine.usage_cache.lock().expect("lock") {
         if at.elapsed() < USAGE_TTL {
             return Ok(u);
         }
     }
-    let u = state.store.usage()?;
-    *state.usage_cache.lock().expect("lock") = Some((Instant::now(), u));
+    let u = state.engine.store.usage()?;
+    *state.engine.usage_cache.lock().expect("lock") = Some((Instant::now(), u));
     Ok(u)
 }
 

@@ -15,6 +15,7 @@ pub async fn show(State(state): State<Arc<AppState>>, Path(name): Path<String>) 
     let st = state.clone();
     let p = tokio::task::spawn_blocking(move || -> ApiResult<PowerView> {
         let control = st
+            .engine
             .catalog
             .get_power(&name)?
             .ok_or_else(|| ApiError::NotFound(format!("host {name} has no power control")))?;
@@ -43,10 +44,12 @@ pub async fn set(
     let view = tokio::task::spawn_blocking(move || -> ApiResult<PowerView> {
         let password = match &req.password {
             Some(pw) if pw.is_empty() => return Err(ApiError::BadRequest("the password is empty".into())),
-            Some(pw) => PasswordChange::Set(st.power.seal_password(pw).map_err(|e| ApiError::Internal(e.to_string()))?),
+            Some(pw) => {
+                PasswordChange::Set(st.engine.power.seal_password(pw).map_err(|e| ApiError::Internal(e.to_string()))?)
+            }
             None => PasswordChange::Keep,
         };
-        Ok(st.catalog.set_power(&p.actor(), &name, &req.settings, password)?.view())
+        Ok(st.engine.catalog.set_power(&p.actor(), &name, &req.settings, password)?.view())
     })
     .await??;
     Ok(Json(view))
@@ -58,7 +61,7 @@ pub async fn clear(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let st = state.clone();
-    tokio::task::spawn_blocking(move || st.catalog.clear_power(&p.actor(), &name)).await??;
+    tokio::task::spawn_blocking(move || st.engine.catalog.clear_power(&p.actor(), &name)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -71,6 +74,6 @@ pub async fn act(
 ) -> ApiResult<Json<serde_json::Value>> {
     let action: Action = action.parse().map_err(ApiError::BadRequest)?;
     let st = state.clone();
-    let done = tokio::task::spawn_blocking(move || st.power.act(&p.actor(), &name, action)).await??;
+    let done = tokio::task::spawn_blocking(move || st.engine.power.act(&p.actor(), &name, action)).await??;
     Ok(Json(serde_json::json!({ "action": action.as_str(), "done": done })))
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<Schedule>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_schedules()).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_schedules()).await??))
 }
 
 pub async fn create(
@@ -20,7 +20,7 @@ pub async fn create(
     Json(req): Json<NewSchedule>,
 ) -> ApiResult<(StatusCode, Json<Schedule>)> {
     let st = state.clone();
-    let s = tokio::task::spawn_blocking(move || st.catalog.create_schedule(&p.actor(), &req)).await??;
+    let s = tokio::task::spawn_blocking(move || st.engine.catalog.create_schedule(&p.actor(), &req)).await??;
     Ok((StatusCode::CREATED, Json(s)))
 }
 
@@ -31,7 +31,7 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Schedule>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.delete_schedule(&p.actor(), &name)).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.delete_schedule(&p.actor(), &name)).await??))
 }
 
 #[derive(Deserialize)]
@@ -48,7 +48,7 @@ pub async fn set_enabled(
     Json(req): Json<Enabled>,
 ) -> ApiResult<Json<Schedule>> {
     let st = state.clone();
-    let s = tokio::task::spawn_blocking(move || st.catalog.set_schedule_enabled(&p.actor(), &name, req.enabled));
+    let s = tokio::task::spawn_blocking(move || st.engine.catalog.set_schedule_enabled(&p.actor(), &name, req.enabled));
     Ok(Json(s.await??))
 }
 
@@ -66,5 +66,5 @@ pub async fn runs(
 ) -> ApiResult<Json<Vec<ScheduleRun>>> {
     let st = state.clone();
     let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_runs(&name, limit)).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_runs(&name, limit)).await??))
 }

@@ -1,7 +1,7 @@
 //! Reading snapshots: listing, manifests and chunks for restores, and deletion.
 
-use super::auth::agent_job;
 use super::{ApiError, ApiResult, AppState};
+use crate::engine::Caller;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -17,7 +17,7 @@ pub struct ListQuery {
 
 pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Snapshot>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.catalog.list_snapshots(q.host.as_deref())).await??))
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_snapshots(q.host.as_deref())).await??))
 }
 
 fn check_id(id: &str) -> ApiResult<()> {
@@ -29,9 +29,9 @@ fn check_id(id: &str) -> ApiResult<()> {
 }
 
 /// An agent may read only the snapshot its own restore job restores.
-fn agent_snapshot(state: &AppState, p: &Principal) -> ApiResult<Option<String>> {
-    let Some(job) = agent_job(p) else { return Ok(None) };
-    let job = state.catalog.get_job(job)?;
+fn agent_snapshot(state: &AppState, caller: &Caller) -> ApiResult<Option<String>> {
+    let Some(job) = caller.agent_job else { return Ok(None) };
+    let job = state.engine.catalog.get_job(job)?;
     match (job.kind, job.snapshot) {
         (JobKind::Restore, Some(s)) if job.state.is_active() => Ok(Some(s)),
         _ => Err(ApiError::Forbidden("this agent token may only read the snapshot of its active restore job".into())),
@@ -40,37 +40,37 @@ fn agent_snapshot(state: &AppState, p: &Principal) -> ApiResult<Option<String>> 
 
 pub async fn manifest(
     State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Vec<u8>> {
     check_id(&id)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        if let Some(allowed) = agent_snapshot(&st, &p)? {
+        if let Some(allowed) = agent_snapshot(&st, &caller)? {
             if allowed != id {
                 return Err(ApiError::Forbidden(format!("this agent token may not read snapshot {id}")));
             }
         }
-        let snap = st.catalog.get_snapshot(&id)?;
-        st.store.manifest_bytes(&snap.id).map_err(ApiError::from)
+        let snap = st.engine.catalog.get_snapshot(&id)?;
+        st.engine.store.manifest_bytes(&snap.id).map_err(ApiError::from)
     })
     .await?
 }
 
 pub async fn chunk(
     State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
+    caller: Caller,
     Path(digest): Path<String>,
 ) -> ApiResult<Vec<u8>> {
     let d: Digest = digest.parse().map_err(ApiError::BadRequest)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        if let Some(snap) = agent_snapshot(&st, &p)? {
+        if let Some(snap) = agent_snapshot(&st, &caller)? {
             if !st.snapshot_digests(&snap)?.contains(&d) {
                 return Err(ApiError::Forbidden(format!("chunk {d} is not part of snapshot {snap}")));
             }
         }
-        match kura_imaging::chunk::ChunkSource::get_chunk(&*st.store, &d) {
+        match kura_imaging::chunk::ChunkSource::get_chunk(&*st.engine.store, &d) {
             Ok(b) => Ok(b),
             Err(kura_imaging::Error::ChunkMissing { .. }) => Err(ApiError::NotFound(format!("no chunk {d}"))),
             Err(e) => Err(e.into()),
@@ -83,13 +83,13 @@ pub async fn chunk(
 /// byte: 0 present and intact (header, length, checksum), 1 missing, 2 damaged.
 pub async fn check_chunks(
     State(state): State<Arc<AppState>>,
-    Extension(p): Extension<Principal>,
+    caller: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Vec<u8>> {
     let digests: Vec<Digest> = kura_protocol::uploads::decode_digests(&body).map_err(ApiError::BadRequest)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        let allowed = match agent_snapshot(&st, &p)? {
+        let allowed = match agent_snapshot(&st, &caller)? {
             Some(snap) => Some(st.snapshot_digests(&snap)?),
             None => None,
         };
@@ -100,7 +100,7 @@ pub async fn check_chunks(
                     return Err(ApiError::Forbidden(format!("chunk {d} is not part of this agent's snapshot")));
                 }
                 use kura_protocol::uploads::check;
-                Ok(match kura_imaging::chunk::ChunkSource::get_chunk(&*st.store, d) {
+                Ok(match kura_imaging::chunk::ChunkSource::get_chunk(&*st.engine.store, d) {
                     Ok(blob) if kura_imaging::chunk::check_quick(&blob, d).is_ok() => check::OK,
                     Ok(_) => check::DAMAGED,
                     Err(kura_imaging::Error::ChunkMissing { .. }) => check::MISSING,
@@ -120,9 +120,9 @@ pub async fn remove(
     check_id(&id)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
-        st.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
-        st.store.remove_manifest(&id)?;
-        st.catalog.remove_snapshot(&p.actor(), &id)?;
+        st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
+        st.engine.store.remove_manifest(&id)?;
+        st.engine.catalog.remove_snapshot(&p.actor(), &id)?;
         Ok(())
     })
     .await??;

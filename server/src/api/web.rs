@@ -95,9 +95,9 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// (and is an operator's or admin's).
 pub async fn session_principal(state: &Arc<AppState>, headers: &HeaderMap) -> ApiResult<Option<Principal>> {
     let Some(id) = session_cookie(headers) else { return Ok(None) };
-    let now = state.catalog.now();
+    let now = state.engine.catalog.now();
     let Some(s) = state.sessions.get(&id, now) else { return Ok(None) };
-    let catalog = state.catalog.clone();
+    let catalog = state.engine.catalog.clone();
     let p = tokio::task::spawn_blocking(move || catalog.token_principal(s.token_id, now)).await??;
     match p {
         Some(p) if matches!(p.role, Role::Admin | Role::Operator) => Ok(Some(p)),
@@ -203,7 +203,7 @@ fn random_id() -> ApiResult<String> {
 /// `POST /login` (form `token=...`): a session for an operator's or admin's token.
 pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> ApiResult<Response> {
     let token = f.token.trim().to_string();
-    let catalog = state.catalog.clone();
+    let catalog = state.engine.catalog.clone();
     let found = tokio::task::spawn_blocking(move || -> ApiResult<Option<Principal>> {
         let now = catalog.now();
         let p = catalog.authenticate(&token, now)?;
@@ -223,7 +223,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
         Some(p) => p,
     };
     let id = random_id()?;
-    let now = state.catalog.now();
+    let now = state.engine.catalog.now();
     state.sessions.insert(id.clone(), Session { token_id: p.token_id, expires: now + SESSION_LIFETIME }, now);
     let secure = if state.tls { "; Secure" } else { "" };
     let cookie =

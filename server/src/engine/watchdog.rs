@@ -7,11 +7,12 @@
 //! job that stays "running" and blocks the host's next one. A capture failed this way cannot
 //! commit afterwards (commit checks the job first), so no snapshot appears from it.
 //!
+//! The liveness ([`Liveness`]) is touched by the services an agent calls (progress, uploads).
 //! Last-contact times live in memory: after a restart of the server every running job gets a
 //! full timeout from the moment the server first looks at it.
 
-use super::AppState;
-use kura_catalogs::db::{JobState, LogLevel};
+use super::Engine;
+use kura_catalogs::db::JobState;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,18 +24,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Who fails silent jobs, in the audit log.
 const ACTOR: &str = "kura-serve (agent watchdog)";
 
-pub struct Watchdog {
+/// When each running job's agent was last heard from, and the timeout.
+pub struct Liveness {
     seen: Mutex<HashMap<i64, Instant>>,
     timeout_ms: AtomicU64,
 }
 
-impl Default for Watchdog {
+impl Default for Liveness {
     fn default() -> Self {
-        Watchdog { seen: Mutex::new(HashMap::new()), timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64) }
+        Liveness { seen: Mutex::new(HashMap::new()), timeout_ms: AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64) }
     }
 }
 
-impl Watchdog {
+impl Liveness {
     /// The agent of `job` was heard from now.
     pub fn touch(&self, job: i64) {
         self.seen.lock().expect("lock").insert(job, Instant::now());
@@ -67,12 +69,12 @@ impl Watchdog {
 }
 
 /// Checks every second (or a quarter of the timeout, if shorter) until the server stops.
-pub async fn run(state: Arc<AppState>) {
+pub async fn run(engine: Arc<Engine>) {
     loop {
-        let period = (state.watchdog.timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period = (engine.liveness.timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tokio::time::sleep(period).await;
-        let st = state.clone();
-        match tokio::task::spawn_blocking(move || check(&st)).await {
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || check(&e)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("agent watchdog: {e}"),
             Err(e) => tracing::warn!("agent watchdog: {e}"),
@@ -80,23 +82,25 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-fn check(state: &AppState) -> Result<(), kura_catalogs::db::CatalogError> {
+/// Fails every running job whose agent is silent: its upload sessions end first (so nothing
+/// commits afterwards), then the job fails with a log line (one catalog transaction), then the
+/// notification goes out.
+fn check(engine: &Engine) -> Result<(), kura_catalogs::db::CatalogError> {
     let running: Vec<i64> =
-        state.catalog.active_jobs()?.into_iter().filter(|j| j.state == JobState::Running).map(|j| j.id).collect();
-    for (id, quiet) in state.watchdog.silent(&running) {
+        engine.catalog.active_jobs()?.into_iter().filter(|j| j.state == JobState::Running).map(|j| j.id).collect();
+    for (id, quiet) in engine.liveness.silent(&running) {
         let msg = format!(
             "lost contact with the agent: no report for {} s (network cut, or the machine stopped?); \
              nothing was committed",
             quiet.as_secs()
         );
-        let job = state.catalog.get_job(id)?;
+        let job = engine.catalog.get_job(id)?;
         if job.state != JobState::Running {
             continue;
         }
-        super::uploads::abort_job_sessions(state, id);
-        state.catalog.append_job_log(id, LogLevel::Error, &msg)?;
-        let failed = state.catalog.fail_job(ACTOR, id, &msg)?;
-        state.notifier.job_failed(&failed, &msg);
+        super::uploads::abort_job_sessions(engine, id);
+        let failed = engine.catalog.fail_job_logged(ACTOR, id, &msg)?;
+        engine.notifier.job_failed(&failed, &msg);
         tracing::warn!("job {id} of host {}: {msg}", job.host);
     }
     Ok(())
@@ -108,7 +112,7 @@ mod tests {
 
     #[test]
     fn silence_is_measured_from_the_last_touch() {
-        let w = Watchdog::default();
+        let w = Liveness::default();
         w.set_timeout(Duration::from_millis(50));
         w.touch(1);
         assert!(w.silent(&[1, 2]).is_empty(), "2 is first seen now");

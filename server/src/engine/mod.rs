@@ -1,0 +1,183 @@
+//! The engine's services: what the HTTP handlers (`crate::api`) call between parsing a request
+//! and rendering its answer. A handler authorizes once (the [`Caller`]: a principal and, for an
+//! agent, its job), calls one service function here in `spawn_blocking`, and renders the
+//! result; a [`ServiceError`] becomes an HTTP answer in one `From` impl (`api::error`).
+//!
+//! - [`uploads`]: upload sessions (begin, missing, chunks, the idempotent commit, abort, idle
+//!   expiry, a job's sessions aborted by the watchdog);
+//! - [`jobs`]: creating a job (with its agent token and the power kick), progress, finish;
+//! - [`tokens`]: the one function that mints agent tokens;
+//! - [`hosts`]: the hosts an upload may create;
+//! - [`watchdog`]: the agents' liveness, and failing jobs whose agent went silent.
+//!
+//! A service that changes several things is one function with its rollback rule written
+//! beside it (the commit: store, then catalog; a job's end: state, then notification).
+
+pub mod hosts;
+pub mod jobs;
+pub mod tokens;
+pub mod uploads;
+pub mod watchdog;
+
+use kura_catalogs::db::{Catalog, CatalogError, Principal, Role};
+use kura_catalogs::gc::WriterRegistry;
+use kura_catalogs::{LocalStore, StoreUsage};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The engine's state and collaborators, shared by the API, the watchdog and the janitor.
+pub struct Engine {
+    pub store: Arc<LocalStore>,
+    pub catalog: Arc<Catalog>,
+    /// Upload sessions' protection from garbage collection.
+    pub writers: Arc<WriterRegistry>,
+    /// Open (and recently committed) upload sessions.
+    pub uploads: uploads::Sessions,
+    /// When each running job's agent was last heard from.
+    pub liveness: watchdog::Liveness,
+    /// Power control (Wake-on-LAN, Redfish, IPMI): kicks machines into netboot for new jobs.
+    pub power: Arc<crate::power::Power>,
+    /// Job failures and run summaries go out through it.
+    pub notifier: crate::notify::Notifier,
+    /// What uploads stored since start (for `/metrics`).
+    pub ingested: Ingested,
+    /// The last measured store usage (see `api::ops::store_usage`).
+    pub usage_cache: Mutex<Option<(Instant, StoreUsage)>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<LocalStore>,
+        catalog: Arc<Catalog>,
+        secrets: Arc<kura_catalogs::secrets::SecretKey>,
+    ) -> Engine {
+        let notifier = crate::notify::Notifier::new(catalog.clone(), crate::notify::Delivery::default());
+        Engine {
+            store,
+            power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
+            catalog,
+            writers: Arc::new(WriterRegistry::new()),
+            uploads: uploads::Sessions::default(),
+            liveness: watchdog::Liveness::default(),
+            notifier,
+            ingested: Ingested::default(),
+            usage_cache: Mutex::new(None),
+        }
+    }
+
+    /// Forgets the measured store usage (after a commit or a garbage collection).
+    pub fn store_changed(&self) {
+        *self.usage_cache.lock().expect("lock") = None;
+    }
+}
+
+/// Counters of what uploads stored since start.
+#[derive(Default)]
+pub struct Ingested {
+    /// Encoded bytes of chunks that were new to the store.
+    pub bytes: AtomicU64,
+    pub chunks: AtomicU64,
+}
+
+impl Ingested {
+    pub fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who calls a service: an authenticated principal and, for an agent, the job its token is
+/// bound to (an agent token without a job never becomes a `Caller`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// `Some` exactly for agents.
+    pub agent_job: Option<i64>,
+}
+
+impl Caller {
+    /// The caller for `principal`; an agent token must be bound to a job.
+    pub fn new(principal: Principal) -> Result<Caller, ServiceError> {
+        let agent_job = match principal.role {
+            Role::Agent => {
+                Some(principal.job_id.ok_or_else(|| ServiceError::Forbidden("agent token without a job".into()))?)
+            }
+            _ => None,
+        };
+        Ok(Caller { principal, agent_job })
+    }
+
+    /// How the caller appears in the audit log.
+    pub fn actor(&self) -> String {
+        self.principal.actor()
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.principal.role == Role::Admin
+    }
+
+    /// Whether the caller may act on job `id`: staff on any, an agent on its own only.
+    pub fn may_act_on_job(&self, id: i64) -> Result<(), ServiceError> {
+        match self.agent_job {
+            Some(own) if own != id => {
+                Err(ServiceError::Forbidden(format!("this agent token belongs to job {own}, not {id}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a service refuses or fails with; each becomes one protocol error kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The resource's state forbids it.
+    #[error("{0}")]
+    Conflict(String),
+    /// A chunk or manifest that does not match its digest.
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    StoreFull(String),
+    /// Busy with the same thing right now (a commit in progress): retry.
+    #[error("{0}")]
+    Busy(String),
+    /// The engine failed; the details are for its log only.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+impl From<CatalogError> for ServiceError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound { .. } => ServiceError::NotFound(e.to_string()),
+            CatalogError::Conflict { .. } | CatalogError::InvalidTransition { .. } => {
+                ServiceError::Conflict(e.to_string())
+            }
+            CatalogError::Invalid(_) | CatalogError::Retention(_) => ServiceError::BadRequest(e.to_string()),
+            CatalogError::Forbidden(_) => ServiceError::Forbidden(e.to_string()),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<kura_imaging::Error> for ServiceError {
+    fn from(e: kura_imaging::Error) -> Self {
+        use kura_imaging::Error as E;
+        match e {
+            E::ChunkCorrupt { .. } => ServiceError::Corrupt(e.to_string()),
+            E::ChunkMissing { .. } => ServiceError::Conflict(e.to_string()),
+            E::Manifest(_) => ServiceError::BadRequest(e.to_string()),
+            E::StoreFull { .. } => ServiceError::StoreFull(e.to_string()),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}

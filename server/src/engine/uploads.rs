@@ -1,0 +1,536 @@
+//! Upload sessions: the capture half of the wire protocol (begin → missing → chunks → commit).
+//!
+//! The engine never trusts a chunk: each body is decoded and its SHA-256 compared with the
+//! digest in the URL before it is stored. A snapshot becomes visible only at commit, after the
+//! store has made every chunk and then the manifest durable; an abandoned session leaves only
+//! unreferenced chunks for the garbage collector.
+//!
+//! # The commit rule
+//!
+//! A session is `open`, then `committing` (one commit at a time), then `committed`:
+//!
+//! - A commit of an open session decodes and checks the manifest, refuses it if the session's
+//!   job is no longer running, makes the manifest durable in the store, then records the
+//!   snapshot in the catalog (for a job, with the job's success, in one transaction).
+//!   **Rollback**: if anything after the store write fails, the manifest is removed from the
+//!   store again (the store is the source of truth at the next start, so a manifest the catalog
+//!   refused must not come back as a snapshot) — unless the store already held that manifest
+//!   before this commit, which then belongs to someone else and stays. A failed commit leaves
+//!   the session open: the client may retry.
+//! - A successful commit releases the session's protection from garbage collection (the
+//!   snapshot now references its chunks) and keeps the session, `committed`, remembering the
+//!   manifest's id ([`Manifest::id_of`] of the body) and the reply, until idle expiry.
+//! - A commit is idempotent: the same manifest sent again to a committed session (a retry after
+//!   a lost reply) gets the same reply (200 instead of 201); a different manifest is refused
+//!   (409). A commit arriving while another is in progress is refused as busy (503, which the
+//!   client retries).
+//! - `missing` and chunk uploads after a commit (or during one) are refused (409); aborting a
+//!   committed session only forgets it, its snapshot stays.
+
+use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
+use kura_catalogs::db::{JobKind, JobState, NewSnapshot, SnapshotKind};
+use kura_catalogs::gc::WriterId;
+use kura_imaging::chunk::{ChunkSink, Decoder, Digest, DEFAULT_CHUNK_SIZE};
+use kura_imaging::manifest::{ChunkRef, Manifest};
+use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upload sessions idle longer than this are ended (committed ones included).
+pub const IDLE: Duration = Duration::from_secs(3600);
+
+/// The engine's upload sessions, by id.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+struct Session {
+    /// Protection of the session's chunks from garbage collection; released at commit.
+    writer: Option<WriterId>,
+    host: String,
+    name: Option<String>,
+    kind: SnapshotKind,
+    job: Option<i64>,
+    /// The token that began the session; only it (or an admin) may continue it.
+    owner: i64,
+    uploaded: HashSet<Digest>,
+    new_bytes: u64,
+    last_seen: Instant,
+    phase: Phase,
+}
+
+#[derive(Clone)]
+enum Phase {
+    Open,
+    Committing,
+    Committed { manifest: String, reply: Committed },
+}
+
+/// What [`commit`] did: committed now (`fresh`), or answered a repeat with the first reply.
+pub struct CommitOutcome {
+    pub reply: Committed,
+    pub fresh: bool,
+}
+
+fn random_id() -> ServiceResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| ServiceError::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// The snapshot kind of an upload: a job a schedule released takes a scheduled snapshot,
+/// whatever the client says; otherwise what it asked for (manual by default).
+fn snapshot_kind(engine: &Engine, job: Option<i64>, asked: Option<SnapshotKind>) -> ServiceResult<SnapshotKind> {
+    let scheduled = match job {
+        Some(j) => engine.catalog.schedule_of_job(j)?.is_some(),
+        None => false,
+    };
+    Ok(if scheduled { SnapshotKind::Scheduled } else { asked.unwrap_or(SnapshotKind::Manual) })
+}
+
+/// `POST /uploads`: opens a session. An agent uploads only the snapshot of its own running
+/// capture job (host from the job); an operator names the host, which is created if unknown.
+pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResult<UploadStarted> {
+    let (host, job) = match caller.agent_job {
+        Some(own) => {
+            let job = engine.catalog.get_job(own)?;
+            if req.job != Some(own) || job.kind != JobKind::Capture || job.state != JobState::Running {
+                return Err(ServiceError::Forbidden(format!(
+                    "this agent token may only upload for its running capture job {own}"
+                )));
+            }
+            (job.host, Some(own))
+        }
+        None => {
+            if let Some(j) = req.job {
+                let job = engine.catalog.get_job(j)?;
+                if job.host != req.host {
+                    return Err(ServiceError::BadRequest(format!("job {j} belongs to host {}", job.host)));
+                }
+            }
+            hosts::ensure_for_upload(&engine.catalog, &caller.actor(), &req.host)?;
+            (req.host, req.job)
+        }
+    };
+    let kind = snapshot_kind(engine, job, req.kind)?;
+    let id = random_id()?;
+    let writer = engine.writers.register();
+    let session = Session {
+        writer: Some(writer),
+        host,
+        name: req.name,
+        kind,
+        job,
+        owner: caller.principal.token_id,
+        uploaded: HashSet::new(),
+        new_bytes: 0,
+        last_seen: Instant::now(),
+        phase: Phase::Open,
+    };
+    engine.uploads.0.lock().expect("lock").insert(id.clone(), session);
+    Ok(UploadStarted { upload: id, chunk_size: DEFAULT_CHUNK_SIZE })
+}
+
+/// Runs `f` on session `upload` if `caller` may use it (its owner, or an admin); the session
+/// and its job's agent count as heard from.
+fn with_session<R>(
+    engine: &Engine,
+    caller: &Caller,
+    upload: &str,
+    f: impl FnOnce(&mut Session) -> ServiceResult<R>,
+) -> ServiceResult<R> {
+    let mut sessions = engine.uploads.0.lock().expect("lock");
+    let s = sessions.get_mut(upload).ok_or_else(|| ServiceError::NotFound(format!("no upload session {upload}")))?;
+    if s.owner != caller.principal.token_id && !caller.is_admin() {
+        return Err(ServiceError::Forbidden(format!("upload session {upload} belongs to another token")));
+    }
+    s.last_seen = Instant::now();
+    if let Some(job) = s.job {
+        engine.liveness.touch(job);
+    }
+    f(s)
+}
+
+/// The writer of an open session, for `missing` and chunk uploads.
+fn open_writer(s: &Session, upload: &str) -> ServiceResult<WriterId> {
+    match (&s.phase, s.writer) {
+        (Phase::Open, Some(w)) => Ok(w),
+        (Phase::Committing, _) => Err(ServiceError::Conflict(format!("upload session {upload} is being committed"))),
+        _ => Err(ServiceError::Conflict(format!("upload session {upload} is committed: it takes no more chunks"))),
+    }
+}
+
+/// `POST /uploads/{id}/missing`: one answer byte per digest of `body`.
+pub fn missing(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> ServiceResult<Vec<u8>> {
+    let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
+    let digests = kura_protocol::uploads::decode_digests(body).map_err(ServiceError::BadRequest)?;
+    let answer = engine
+        .writers
+        .missing(writer, &engine.store, &digests)
+        .ok_or_else(|| ServiceError::NotFound(format!("upload session {upload} has ended")))?;
+    use kura_protocol::uploads::missing::{MISSING, PRESENT};
+    Ok(answer.into_iter().map(|m| if m { MISSING } else { PRESENT }).collect())
+}
+
+thread_local! {
+    static DECODER: RefCell<Option<(Decoder, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
+/// Fully checks an uploaded chunk against its digest.
+fn check_chunk(d: &Digest, blob: &[u8]) -> Result<(), kura_imaging::Error> {
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((Decoder::new()?, Vec::new()));
+        }
+        let (dec, buf) = slot.as_mut().expect("decoder");
+        dec.decode_into(blob, d, buf)
+    })
+}
+
+/// `PUT /uploads/{id}/chunks/{digest}`: checks and stores one chunk; `true` if it was new.
+pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, body: &[u8]) -> ServiceResult<bool> {
+    let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
+    let d: Digest = digest.parse().map_err(ServiceError::BadRequest)?;
+    check_chunk(&d, body)?;
+    // Protect the chunk before it exists, so a collection cannot remove it between the write
+    // and the protection.
+    if !engine.writers.touch(writer, &d) {
+        return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
+    }
+    let len = body.len() as u64;
+    let new = engine.store.put_chunk(&d, body)?;
+    if let Some(s) = engine.uploads.0.lock().expect("lock").get_mut(upload) {
+        s.uploaded.insert(d);
+        if new {
+            s.new_bytes += len;
+        }
+    }
+    if new {
+        engine.ingested.add(len);
+    }
+    Ok(new)
+}
+
+/// What a commit needs of its session, copied out of the lock.
+struct Pending {
+    host: String,
+    name: Option<String>,
+    kind: SnapshotKind,
+    job: Option<i64>,
+    uploaded: HashSet<Digest>,
+    new_bytes: u64,
+}
+
+/// Puts a session left `committing` back to `open` unless disarmed (a failed or panicking
+/// commit must not leave the session busy forever).
+struct Reopen<'a> {
+    engine: &'a Engine,
+    upload: &'a str,
+    armed: bool,
+}
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(s) = self.engine.uploads.0.lock().unwrap_or_else(|e| e.into_inner()).get_mut(self.upload) {
+                s.phase = Phase::Open;
+            }
+        }
+    }
+}
+
+/// `POST /uploads/{id}/commit`, by the rule at the top of this module.
+pub fn commit(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> ServiceResult<CommitOutcome> {
+    let manifest_id = Manifest::id_of(body);
+    let pending = with_session(engine, caller, upload, |s| match &s.phase {
+        Phase::Open => {
+            s.phase = Phase::Committing;
+            Ok(Err(Pending {
+                host: s.host.clone(),
+                name: s.name.clone(),
+                kind: s.kind,
+                job: s.job,
+                uploaded: s.uploaded.clone(),
+                new_bytes: s.new_bytes,
+            }))
+        }
+        Phase::Committing => Err(ServiceError::Busy(format!("a commit of upload session {upload} is in progress"))),
+        Phase::Committed { manifest, reply } if *manifest == manifest_id => Ok(Ok(reply.clone())),
+        Phase::Committed { reply, .. } => Err(ServiceError::Conflict(format!(
+            "upload session {upload} already committed snapshot {} from another manifest",
+            reply.snapshot
+        ))),
+    })?;
+    let pending = match pending {
+        Ok(reply) => return Ok(CommitOutcome { reply, fresh: false }),
+        Err(p) => p,
+    };
+    let mut reopen = Reopen { engine, upload, armed: true };
+    let reply = store_and_record(engine, caller, body, pending)?;
+    reopen.armed = false;
+    let writer = {
+        let mut sessions = engine.uploads.0.lock().expect("lock");
+        sessions.get_mut(upload).and_then(|s| {
+            s.phase = Phase::Committed { manifest: manifest_id, reply: reply.clone() };
+            s.writer.take()
+        })
+    };
+    if let Some(w) = writer {
+        engine.writers.unregister(w);
+    }
+    engine.store_changed();
+    Ok(CommitOutcome { reply, fresh: true })
+}
+
+/// The store write and the catalog record of a commit, with the rollback rule.
+fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -> ServiceResult<Committed> {
+    let manifest = Manifest::decode(body)?;
+    // A manifest whose creation time does not parse is a bad manifest (400), refused before
+    // anything reaches the store.
+    let created = manifest.created_unix()?;
+    if manifest.host.as_deref() != Some(p.host.as_str()) {
+        return Err(ServiceError::BadRequest(format!(
+            "the manifest names host {:?} but this upload is for {:?}",
+            manifest.host, p.host
+        )));
+    }
+    let mut reused_bytes = 0u64;
+    let mut seen = HashSet::new();
+    for r in &manifest.regions {
+        for (i, c) in r.chunks.iter().enumerate() {
+            if let ChunkRef::Data(d) = c {
+                if !p.uploaded.contains(d) && seen.insert(*d) {
+                    reused_bytes += manifest.chunk_len(r, i);
+                }
+            }
+        }
+    }
+    if let Some(j) = p.job {
+        // A job that ended meanwhile (cancelled, or failed by the agent watchdog) takes no
+        // snapshot: refuse before the manifest reaches the store.
+        let state = engine.catalog.get_job(j)?.state;
+        if state != JobState::Running {
+            return Err(ServiceError::Conflict(format!("job {j} is {state}: its snapshot is not committed")));
+        }
+    }
+    let existed = engine.store.manifest_exists(&Manifest::id_of(&manifest.encode()?));
+    let id = engine.store.commit_manifest(&manifest)?;
+    let record = NewSnapshot {
+        id: id.clone(),
+        host: p.host,
+        disk: None,
+        name: p.name.or(manifest.name.clone()),
+        kind: p.kind,
+        created,
+        disk_size: manifest.disk_size(),
+        used_bytes: manifest.used_bytes(),
+        new_bytes: p.new_bytes,
+        reused_bytes,
+    };
+    let actor = caller.actor();
+    let recorded = match p.job {
+        Some(j) => engine.catalog.commit_capture(&actor, j, &record).map(|_| ()),
+        None => engine.catalog.add_snapshot(&actor, &record).map(|_| ()),
+    };
+    if let Err(e) = recorded {
+        if !existed {
+            if let Err(rm) = engine.store.remove_manifest(&id) {
+                tracing::error!("snapshot {id} was refused by the catalog ({e}) and could not be removed: {rm}");
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(Committed { snapshot: id, new_bytes: p.new_bytes, reused_bytes })
+}
+
+/// Ends session `upload` (whatever its phase), releasing its writer.
+fn end_session(engine: &Engine, upload: &str) {
+    let removed = engine.uploads.0.lock().expect("lock").remove(upload);
+    if let Some(w) = removed.and_then(|s| s.writer) {
+        engine.writers.unregister(w);
+    }
+}
+
+/// `DELETE /uploads/{id}`.
+pub fn abort(engine: &Engine, caller: &Caller, upload: &str) -> ServiceResult<()> {
+    with_session(engine, caller, upload, |_| Ok(()))?;
+    end_session(engine, upload);
+    Ok(())
+}
+
+/// Ends every upload session of job `job` (its agent went silent).
+pub fn abort_job_sessions(engine: &Engine, job: i64) {
+    let ids: Vec<String> = engine
+        .uploads
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, s)| s.job == Some(job))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for id in ids {
+        tracing::warn!("upload session {id} of job {job} aborted");
+        end_session(engine, &id);
+    }
+}
+
+/// Ends the sessions idle for longer than `idle` (a commit in progress is never idle).
+pub fn expire_idle(engine: &Engine, idle: Duration) {
+    let expired: Vec<String> = engine
+        .uploads
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, s)| !matches!(s.phase, Phase::Committing) && s.last_seen.elapsed() > idle)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for id in expired {
+        tracing::info!("upload session {id} idle for over {idle:?}: ended");
+        end_session(engine, &id);
+    }
+}
+
+/// Ends idle sessions every minute until the server stops.
+pub async fn expire_idle_loop(engine: Arc<Engine>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        expire_idle(&engine, IDLE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_catalogs::db::{Catalog, Principal, Role};
+    use kura_catalogs::LocalStore;
+    use kura_imaging::layout::{DiskLayout, Scheme};
+    use kura_imaging::manifest::Region;
+
+    /// A one-chunk manifest of host `h` (all zeros, so no chunk needs to be stored).
+    fn manifest(name: &str) -> Vec<u8> {
+        Manifest {
+            name: Some(name.into()),
+            created: "2026-11-25T17:14:41.000000005Z".into(),
+            source: "test".into(),
+            host: Some("h".into()),
+            chunk_size: 4096,
+            layout: DiskLayout {
+                disk_size: 4096,
+                sector_size: 512,
+                scheme: Scheme::None,
+                gpt: None,
+                partitions: vec![],
+                warnings: vec![],
+            },
+            regions: vec![Region {
+                start: 0,
+                size: 4096,
+                partition: None,
+                fs: kura_imaging::fs::FsKind::Raw,
+                label: None,
+                block_size: 4096,
+                used_bytes: 4096,
+                warnings: vec![],
+                bitmap: kura_imaging::bitmap::Bitmap::full(1),
+                chunks: vec![ChunkRef::Zero],
+            }],
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn operator(token_id: i64) -> Caller {
+        Caller::new(Principal {
+            token_id,
+            role: Role::Operator,
+            label: "test".into(),
+            user: Some("op".into()),
+            job_id: None,
+            mac: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_commit_is_idempotent_and_a_committed_session_refuses_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store")).unwrap());
+        let catalog = Arc::new(Catalog::open_in_memory().unwrap());
+        let key = Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap());
+        let engine = Engine::new(store.clone(), catalog.clone(), key);
+        let op = operator(1);
+        let req = BeginUpload { host: "h".into(), ..Default::default() };
+        let upload = begin(&engine, &op, req).unwrap().upload;
+        assert!(catalog.get_host("h").is_ok(), "an operator's upload registers its host");
+        let writer = engine.uploads.0.lock().unwrap()[&upload].writer.unwrap();
+        assert!(engine.writers.is_registered(writer));
+
+        let first = commit(&engine, &op, &upload, &manifest("a")).unwrap();
+        assert!(first.fresh);
+        assert!(!engine.writers.is_registered(writer), "the commit releases the session's GC protection");
+        // The same manifest again (a retry after a lost reply): the same answer, no new snapshot.
+        let again = commit(&engine, &op, &upload, &manifest("a")).unwrap();
+        assert!(!again.fresh);
+        assert_eq!(again.reply, first.reply);
+        assert_eq!(catalog.list_snapshots(None).unwrap().len(), 1);
+        // Another manifest, more digests, more chunks: refused as conflicts.
+        let other = commit(&engine, &op, &upload, &manifest("b"));
+        assert!(matches!(other, Err(ServiceError::Conflict(_))), "{:?}", other.err());
+        let digests = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
+        assert!(matches!(missing(&engine, &op, &upload, &digests), Err(ServiceError::Conflict(_))));
+        let chunk = put_chunk(&engine, &op, &upload, &Digest([7; 32]).to_hex(), b"x");
+        assert!(matches!(chunk, Err(ServiceError::Conflict(_))), "{:?}", chunk.err());
+        assert_eq!(store.snapshot_ids().unwrap(), std::slice::from_ref(&first.reply.snapshot));
+        // Another token may not replay it; its owner may end it, the snapshot stays.
+        assert!(matches!(commit(&engine, &operator(2), &upload, &manifest("a")), Err(ServiceError::Forbidden(_))));
+        abort(&engine, &op, &upload).unwrap();
+        assert!(matches!(commit(&engine, &op, &upload, &manifest("a")), Err(ServiceError::NotFound(_))));
+        assert_eq!(catalog.list_snapshots(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_refused_commit_leaves_the_session_open_and_the_store_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store")).unwrap());
+        let catalog = Arc::new(Catalog::open_in_memory().unwrap());
+        let key = Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap());
+        let engine = Engine::new(store.clone(), catalog.clone(), key);
+        let op = operator(1);
+        let upload = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        // A bad manifest is refused before the store; the session stays open and protected.
+        assert!(matches!(commit(&engine, &op, &upload, b"not a manifest"), Err(ServiceError::BadRequest(_))));
+        let writer = engine.uploads.0.lock().unwrap()[&upload].writer.unwrap();
+        assert!(engine.writers.is_registered(writer));
+        // The catalog refuses the snapshot (its id is taken): the manifest the commit wrote goes.
+        let bytes = manifest("a");
+        let id = Manifest::id_of(&bytes);
+        let m = Manifest::decode(&bytes).unwrap();
+        let taken = NewSnapshot {
+            id: id.clone(),
+            host: "h".into(),
+            disk: None,
+            name: None,
+            kind: SnapshotKind::Manual,
+            created: 1,
+            disk_size: 4096,
+            used_bytes: 4096,
+            new_bytes: 0,
+            reused_bytes: 0,
+        };
+        catalog.add_snapshot("t", &taken).unwrap();
+        let refused = commit(&engine, &op, &upload, &bytes);
+        assert!(matches!(refused, Err(ServiceError::Conflict(_))), "{:?}", refused.err());
+        assert!(!store.manifest_exists(&id), "a manifest the catalog refused stays out of the store");
+        // A manifest that was in the store before the refused commit stays there.
+        store.commit_manifest(&m).unwrap();
+        assert!(commit(&engine, &op, &upload, &bytes).is_err());
+        assert!(store.manifest_exists(&id), "someone else's manifest was removed");
+        // The session is still open: it takes chunks questions.
+        let digests = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
+        assert_eq!(missing(&engine, &op, &upload, &digests).unwrap(), [kura_protocol::uploads::missing::MISSING]);
+    }
+}
