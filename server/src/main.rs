@@ -12,7 +12,6 @@ mod power;
 mod progress_bar;
 mod scheduler;
 mod serve;
-mod target;
 
 use clap::Parser;
 use std::process::ExitCode;
