@@ -33,6 +33,7 @@
 //!   everything.
 
 use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Decoder, Digest};
+use kura_imaging::flow::SnapshotSink;
 use kura_imaging::manifest::Manifest;
 use kura_imaging::Error;
 use serde::Serialize;
@@ -618,6 +619,19 @@ impl ChunkSink for LocalStore {
         }
         Ok(true)
     }
+}
+
+/// A capture into the store: committed by [`LocalStore::commit_manifest`] (the snapshot id).
+impl SnapshotSink for LocalStore {
+    type Committed = String;
+
+    fn commit(&self, manifest: &Manifest) -> Result<String, Error> {
+        self.commit_manifest(manifest)
+    }
+
+    /// Nothing to undo: the chunks already stored are unreferenced until a snapshot names them
+    /// (the GC's to sweep), and staged ones are emptied from `tmp/` on the next exclusive open.
+    fn abort(&self) {}
 }
 
 impl ChunkSource for LocalStore {

@@ -18,6 +18,9 @@ pub enum Error {
     Truncated { what: String, needed: u64, actual: u64 },
     #[error("target is too small: the snapshot needs {needed} bytes but the target has {actual}")]
     TargetTooSmall { needed: u64, actual: u64 },
+    /// The restore target cannot be used (mounted, not a device or file, absent).
+    #[error("{0}")]
+    Target(String),
     #[error("chunk {digest} is damaged: {reason}")]
     ChunkCorrupt { digest: String, reason: String },
     #[error("chunk {digest} is missing from the store")]

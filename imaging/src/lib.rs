@@ -9,7 +9,9 @@
 //! - [`region`] cuts the disk into regions (partitions and the gaps between them).
 //! - [`chunk`] defines the chunk digest and the encoded chunk format.
 //! - [`manifest`] is the versioned snapshot manifest format.
-//! - [`capture`] and [`restore`] are the two pipelines.
+//! - [`capture`] and [`restore`] are the two pipelines; [`flow`] is the one capture flow and
+//!   the one restore flow around them (commit or abort; preflight, write, GPT fix-up), and
+//!   [`target`] the device or image file a restore writes.
 //! - [`time`] owns UTC timestamps: RFC 3339 parsing and formatting, calendar arithmetic.
 //!
 //! Error policy: every fallible function returns [`Error`], a `thiserror` enum whose variants
@@ -21,12 +23,14 @@ pub mod bitmap;
 pub mod capture;
 pub mod chunk;
 pub mod error;
+pub mod flow;
 pub mod fs;
 pub mod layout;
 pub mod manifest;
 pub mod progress;
 pub mod region;
 pub mod restore;
+pub mod target;
 pub mod time;
 pub mod window;
 

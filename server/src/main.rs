@@ -14,7 +14,6 @@ mod power;
 mod progress_bar;
 mod scheduler;
 mod serve;
-mod target;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -3,7 +3,9 @@
 //! printed either way.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kura_imaging::progress::Progress;
+use kura_imaging::flow::{RestoreObserver, RestoreStep};
+use kura_imaging::progress::{NoProgress, Progress};
+use std::sync::OnceLock;
 
 pub struct Bar {
     bar: ProgressBar,
@@ -44,5 +46,43 @@ impl Progress for Bar {
 
     fn warn(&self, message: &str) {
         self.bar.suspend(|| eprintln!("warning: {message}"));
+    }
+}
+
+/// A restore on the terminal: the write pass as a bar, shown once the preflight passed (which is
+/// quiet), and the backup GPT fix-up said on stderr.
+pub struct RestoreBar {
+    visible: bool,
+    bar: OnceLock<Bar>,
+}
+
+impl RestoreBar {
+    pub fn new(visible: bool) -> RestoreBar {
+        RestoreBar { visible, bar: OnceLock::new() }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = self.bar.get() {
+            b.finish();
+        }
+    }
+}
+
+impl RestoreObserver for RestoreBar {
+    fn checking(&self) -> &dyn Progress {
+        &NoProgress
+    }
+
+    fn writing(&self) -> &dyn Progress {
+        self.bar.get_or_init(|| Bar::new("restore", Unit::Bytes, self.visible))
+    }
+
+    fn step(&self, step: &RestoreStep<'_>) {
+        if let RestoreStep::MovedBackupGpt { .. } = step {
+            match self.bar.get() {
+                Some(b) => b.bar.suspend(|| eprintln!("{step}")),
+                None => eprintln!("{step}"),
+            }
+        }
     }
 }

@@ -1,23 +1,25 @@
 //! Running the job: fetch it, pick the disk, capture or restore through the engine's protocol
-//! (`kura::remote`, exactly what `kura image capture/restore --server` does), report, finish.
+//! with the imaging flows ([`flow::capture_flow`], [`flow::restore_flow`]: exactly what
+//! `kura image capture/restore --server` runs), report, finish.
 //!
 //! A capture opens the disk read-only and ends by committing its snapshot (which completes the
 //! job on the engine). A restore checks first — the snapshot's manifest matches its id, the disk
-//! is large enough, every chunk is on the engine and intact ([`restore::preflight`]) — and only
-//! then opens the disk for writing; it ends with `POST /jobs/{id}/finish {"ok": true}`.
+//! is large enough, every chunk is on the engine and intact — and only then opens the disk for
+//! writing; after the flow, it makes the UEFI boot entry and ends with
+//! `POST /jobs/{id}/finish {"ok": true}`.
 
 use crate::cmdline::Finally;
 use crate::disks::{self, Disk};
 use crate::report::Reporter;
 use anyhow::{bail, Context, Result};
-use kura_imaging::capture::{self, CaptureOptions};
-use kura_imaging::manifest::Manifest;
-use kura_imaging::restore::{self, RestoreOptions};
-use kura_protocol::client::{Client, RemoteSink, RemoteSource};
+use kura_imaging::capture::{CaptureOptions, CaptureStats};
+use kura_imaging::flow::{self, RestoreObserver, RestoreStep};
+use kura_imaging::progress::Progress;
+use kura_imaging::target::FileTarget;
+use kura_protocol::client::{Client, RemoteSource, RemoteUpload};
 use kura_protocol::jobs::{Finish, Job, JobKind};
 use kura_protocol::uploads::BeginUpload;
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,85 +89,64 @@ pub fn capture(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> 
     let dev = device(disk);
     // Read-only: a capture never opens the disk for writing.
     let file = File::open(&dev).with_context(|| format!("opening {} for reading", dev.display()))?;
-    let started = client
-        .begin_upload(&BeginUpload { host: job.host.clone(), job: Some(job.id), ..Default::default() })
-        .context("starting the upload on the engine")?;
-    rep.log(format!("capturing {} ({} bytes) as upload {}", dev.display(), disk.size, started.upload));
+    let upload =
+        RemoteUpload::begin(client, &BeginUpload { host: job.host.clone(), job: Some(job.id), ..Default::default() })
+            .context("starting the upload on the engine")?;
+    rep.log(format!("capturing {} ({} bytes) as upload {}", dev.display(), disk.size, upload.id()));
     let opts = CaptureOptions {
         host: Some(job.host.clone()),
         source: dev.display().to_string(),
-        chunk_size: started.chunk_size,
+        chunk_size: upload.started.chunk_size,
         ..Default::default()
     };
-    let sink = RemoteSink { client: client.clone(), upload: started.upload.clone() };
     let t0 = Instant::now();
     let ticker = rep.ticker();
-    let result = capture::capture(std::io::BufReader::with_capacity(0, file), &opts, &sink, rep.as_ref())
-        .map_err(anyhow::Error::from)
-        .and_then(|(m, stats)| Ok((m.encode()?, stats)));
-    drop(ticker);
-    let (bytes, stats) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = client.abort(&started.upload);
-            return Err(e).with_context(|| format!("capturing {}", dev.display()));
-        }
+    let before_commit = |stats: &CaptureStats| {
+        drop(ticker);
+        rep.log(format!(
+            "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
+            stats.used_bytes,
+            t0.elapsed().as_secs_f64(),
+            stats.chunks,
+            stats.new_chunks,
+            stats.new_stored_bytes,
+            stats.reused_chunks
+        ));
+        // The commit ends the job; the engine takes no progress after it.
+        rep.flush().map_err(|e| kura_imaging::Error::Store {
+            message: format!("sending the last progress: {e}"),
+            retryable: e.is_retryable(),
+        })
     };
-    rep.log(format!(
-        "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
-        stats.used_bytes,
-        t0.elapsed().as_secs_f64(),
-        stats.chunks,
-        stats.new_chunks,
-        stats.new_stored_bytes,
-        stats.reused_chunks
-    ));
-    // The commit ends the job; the engine takes no progress after it.
-    rep.flush().context("sending the last progress")?;
-    let committed = client.commit(&started.upload, &bytes).context("committing the snapshot")?;
+    let (committed, _) =
+        flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &upload, rep.as_ref(), before_commit)?;
     println!("kura-agent: snapshot {} committed; job {} done", committed.snapshot, job.id);
     Ok(())
+}
+
+/// The agent's restore on the console and the engine: both passes' progress, each step a line.
+impl RestoreObserver for Reporter {
+    fn checking(&self) -> &dyn Progress {
+        self
+    }
+
+    fn writing(&self) -> &dyn Progress {
+        self
+    }
+
+    fn step(&self, step: &RestoreStep<'_>) {
+        self.log(step.to_string());
+    }
 }
 
 pub fn restore(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> Result<()> {
     let Some(snapshot) = job.snapshot.as_deref() else { bail!("restore job {} names no snapshot", job.id) };
     let dev = device(disk);
-    let bytes = client.manifest(snapshot).with_context(|| format!("fetching the manifest of {snapshot}"))?;
-    if Manifest::id_of(&bytes) != snapshot {
-        bail!("the engine sent a manifest that does not match snapshot id {snapshot}");
-    }
-    let manifest = Manifest::decode(&bytes).context("decoding the manifest")?;
-    let size = File::open(&dev)
-        .and_then(|mut f| f.seek(SeekFrom::End(0)))
-        .with_context(|| format!("sizing {}", dev.display()))?;
+    let manifest = client.manifest(snapshot).with_context(|| format!("fetching the manifest of {snapshot}"))?;
     let source = RemoteSource { client: client.clone() };
-    let opts = RestoreOptions { threads: 8, target_is_zeroed: false };
     let ticker = rep.ticker();
-    rep.log(format!(
-        "preflight: snapshot {snapshot} ({} bytes) onto {} ({size} bytes): checking every chunk",
-        manifest.disk_size(),
-        dev.display()
-    ));
-    let checked = restore::preflight(&manifest, &source, size, opts.threads, rep.as_ref()).with_context(|| {
-        format!("snapshot {snapshot} cannot be restored onto {}; nothing was written", dev.display())
-    })?;
-    rep.log(format!("preflight passed; writing {}", dev.display()));
-    let mut target = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-        .with_context(|| format!("opening {} for writing", dev.display()))?;
     let t0 = Instant::now();
-    let stats = restore::write(checked, &source, &mut target, size, &opts, rep.as_ref())
-        .and_then(|st| target.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the disk", e)))
-        .with_context(|| format!("restoring {snapshot} onto {}", dev.display()))?;
-    if size > manifest.disk_size()
-        && kura_imaging::layout::relocate_backup_gpt(&mut target, size)
-            .with_context(|| format!("moving the backup GPT to the end of {}", dev.display()))?
-    {
-        target.sync_all().with_context(|| format!("syncing {}", dev.display()))?;
-        rep.log(format!("{} is larger than the captured disk: moved the backup GPT to its end", dev.display()));
-    }
+    let stats = flow::restore_flow(snapshot, &manifest, &source, &mut FileTarget::existing(&dev), 8, rep.as_ref())?;
     if crate::efi::booted_uefi() {
         let sys_block = Path::new("/sys/block").join(&disk.name);
         let made = crate::efi::recreate_boot_entry(&dev, &sys_block, &manifest.layout, Path::new(crate::efi::EFIVARS))

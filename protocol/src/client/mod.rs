@@ -1,5 +1,5 @@
 //! The client side of the protocol: a blocking HTTP client used by the `kura` CLI and the
-//! netbooted agent, and the [`RemoteSink`] / [`RemoteSource`] that let the imaging pipelines
+//! netbooted agent, and the [`RemoteUpload`] / [`RemoteSource`] that let the imaging flows
 //! capture to and restore from an engine exactly as they do with a local store.
 //!
 //! Retries: a request whose failure [`ErrorKind::is_retryable`] (no answer, 500/502/503/429)
@@ -14,6 +14,8 @@ use crate::jobs::{Finish, Job, JobDetail, Progress};
 use crate::routes;
 use crate::uploads::{self, BeginUpload, Committed, UploadStarted, MISSING_BATCH};
 use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use kura_imaging::flow::SnapshotSink;
+use kura_imaging::manifest::Manifest;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -225,12 +227,21 @@ impl Client {
         self.send("aborting the upload", || self.http.delete(self.url(&path))).map(|_| ())
     }
 
-    /// The encoded manifest of `snapshot`, as stored (check it with `Manifest::id_of`).
-    pub fn manifest(&self, snapshot: &str) -> Result<Vec<u8>, ProtocolError> {
+    /// The manifest of `snapshot`, checked against its id (a snapshot id is the digest of its
+    /// encoded manifest) and decoded.
+    pub fn manifest(&self, snapshot: &str) -> Result<Manifest, ProtocolError> {
         let path = routes::snapshot_manifest(snapshot);
         let what = format!("fetching snapshot {snapshot}");
         let resp = self.send(&what, || self.http.get(self.url(&path)))?;
-        self.bytes(&what, resp)
+        let bytes = self.bytes(&what, resp)?;
+        if Manifest::id_of(&bytes) != snapshot {
+            return Err(ProtocolError::new(
+                ErrorKind::Corrupt,
+                format!("the engine sent a manifest that does not match snapshot id {snapshot}"),
+            ));
+        }
+        Manifest::decode(&bytes)
+            .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding the manifest of {snapshot}: {e}")))
     }
 
     pub fn job(&self, id: i64) -> Result<JobDetail, ProtocolError> {
@@ -259,15 +270,42 @@ impl Client {
     }
 }
 
-/// Captures into an upload session on the engine.
-pub struct RemoteSink {
+/// An upload session on the engine: a capture's chunks go to it, and it ends with the commit of
+/// the manifest (which makes the snapshot) or an abort.
+pub struct RemoteUpload {
     pub client: Client,
-    pub upload: String,
+    /// The session, and the chunk size the engine wants.
+    pub started: UploadStarted,
 }
 
-impl ChunkSink for RemoteSink {
+impl RemoteUpload {
+    /// Starts an upload session.
+    pub fn begin(client: &Client, req: &BeginUpload) -> Result<RemoteUpload, ProtocolError> {
+        Ok(RemoteUpload { client: client.clone(), started: client.begin_upload(req)? })
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.started.upload
+    }
+}
+
+impl SnapshotSink for RemoteUpload {
+    type Committed = Committed;
+
+    fn commit(&self, manifest: &Manifest) -> Result<Committed, kura_imaging::Error> {
+        let bytes = manifest.encode()?;
+        self.client.commit(self.id(), &bytes).map_err(|e| e.into_imaging(None))
+    }
+
+    fn abort(&self) {
+        let _ = self.client.abort(self.id());
+    }
+}
+
+impl ChunkSink for RemoteUpload {
     fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, kura_imaging::Error> {
-        let path = routes::upload_missing(&self.upload);
+        let path = routes::upload_missing(self.id());
         let mut out = Vec::with_capacity(digests.len());
         for part in digests.chunks(MISSING_BATCH) {
             let answer = self
@@ -280,7 +318,7 @@ impl ChunkSink for RemoteSink {
     }
 
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, kura_imaging::Error> {
-        let path = routes::upload_chunk(&self.upload, digest);
+        let path = routes::upload_chunk(self.id(), digest);
         let what = format!("uploading chunk {digest}");
         let resp = self
             .client

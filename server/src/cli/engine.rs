@@ -1,13 +1,12 @@
 //! CLI commands that talk to an engine (`--server URL`), and `kura admin` on its data directory.
 
 use super::ServerArgs;
-use crate::progress_bar::{Bar, Unit};
-use crate::target;
+use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{bail, Context, Result};
-use kura_imaging::capture::{self, CaptureOptions};
-use kura_imaging::manifest::Manifest;
-use kura_imaging::restore::{self, RestoreOptions};
-use kura_protocol::client::{Client, Endpoint, RemoteSink, RemoteSource};
+use kura_imaging::capture::CaptureOptions;
+use kura_imaging::flow;
+use kura_imaging::target::FileTarget;
+use kura_protocol::client::{Client, Endpoint, RemoteSource, RemoteUpload};
 use kura_protocol::routes;
 use kura_protocol::uploads::BeginUpload;
 use std::fs::File;
@@ -47,34 +46,24 @@ pub fn capture(
     let Some(host) = host else { bail!("capturing to an engine needs --host NAME") };
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
-    let started = client
-        .begin_upload(&BeginUpload { host: host.clone(), name: name.clone(), ..Default::default() })
-        .context("starting the upload")?;
+    let upload =
+        RemoteUpload::begin(&client, &BeginUpload { host: host.clone(), name: name.clone(), ..Default::default() })
+            .context("starting the upload")?;
     let mut opts = CaptureOptions {
         name,
         host: Some(host.clone()),
         source: source.display().to_string(),
-        chunk_size: started.chunk_size,
+        chunk_size: upload.started.chunk_size,
         ..Default::default()
     };
     if let Some(t) = threads {
         opts.threads = t;
     }
-    let sink = RemoteSink { client: client.clone(), upload: started.upload.clone() };
     let bar = Bar::new("capture", Unit::Bytes, bars(s.json));
     let t0 = Instant::now();
-    let result = capture::capture(std::io::BufReader::with_capacity(0, file), &opts, &sink, &bar)
-        .map_err(anyhow::Error::from)
-        .and_then(|(m, stats)| Ok((m.encode()?, stats)))
-        .and_then(|(bytes, stats)| Ok((client.commit(&started.upload, &bytes)?, stats)));
+    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &upload, &bar, |_| Ok(()));
     bar.finish();
-    let (committed, stats) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = client.abort(&started.upload);
-            return Err(e).with_context(|| format!("capturing {} to the engine", source.display()));
-        }
-    };
+    let (committed, stats) = result?;
     let seconds = t0.elapsed().as_secs_f64();
     if s.json {
         let mut v = serde_json::to_value(&stats)?;
@@ -98,43 +87,14 @@ pub fn capture(
 
 pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Option<usize>) -> Result<ExitCode> {
     let client = client(s)?;
-    let bytes = client.manifest(snapshot)?;
-    if Manifest::id_of(&bytes) != snapshot {
-        bail!("the engine sent a manifest that does not match snapshot id {snapshot}");
-    }
-    let manifest = Manifest::decode(&bytes)?;
+    let manifest = client.manifest(snapshot)?;
     let source = RemoteSource { client };
-    let opts = RestoreOptions { threads: threads.unwrap_or(8), target_is_zeroed: false };
     let t0 = Instant::now();
-    let existing = target::existing_size(target_path)?;
-    let checked = restore::preflight(
-        &manifest,
-        &source,
-        existing.unwrap_or(manifest.disk_size()),
-        opts.threads,
-        &kura_imaging::progress::NoProgress,
-    )
-    .with_context(|| format!("snapshot {snapshot} cannot be restored onto {}", target_path.display()))?;
-    let mut t = match existing {
-        Some(size) => target::open_existing(target_path, size)?,
-        None => target::create(target_path, manifest.disk_size())?,
-    };
-    let opts = RestoreOptions { target_is_zeroed: t.created.is_some(), ..opts };
-    let bar = Bar::new("restore", Unit::Bytes, bars(s.json));
-    let result = restore::write(checked, &source, &mut t.file, t.size, &opts, &bar)
-        .and_then(|st| t.file.sync_all().map(|_| st).map_err(|e| kura_imaging::Error::io("syncing the target", e)))
-        .map_err(anyhow::Error::from)
-        .and_then(|st| target::fit_partition_table(&mut t, &manifest).map(|_| st));
+    let bar = RestoreBar::new(bars(s.json));
+    let mut target = FileTarget::existing_or_new(target_path);
+    let result = flow::restore_flow(snapshot, &manifest, &source, &mut target, threads.unwrap_or(8), &bar);
     bar.finish();
-    let stats = match result {
-        Ok(st) => st,
-        Err(e) => {
-            if let Some(p) = &t.created {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e).with_context(|| format!("restoring snapshot {snapshot} onto {}", target_path.display()));
-        }
-    };
+    let stats = result?;
     if s.json {
         let mut v = serde_json::to_value(&stats)?;
         v["snapshot"] = snapshot.into();

@@ -1,11 +1,12 @@
 //! `kura image ...`: capture, list, show, restore and verify against a local store.
 
-use crate::progress_bar::{Bar, Unit};
-use crate::target;
+use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{Context, Result};
 use kura_catalogs::LocalStore;
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats};
-use kura_imaging::restore::{self, RestoreOptions, RestoreStats};
+use kura_imaging::flow;
+use kura_imaging::restore::RestoreStats;
+use kura_imaging::target::FileTarget;
 use serde::Serialize;
 use std::fs::File;
 use std::io::IsTerminal;
@@ -47,10 +48,9 @@ pub fn capture(
     }
     let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
     let started = Instant::now();
-    let (manifest, stats) = capture::capture(std::io::BufReader::with_capacity(0, file), &opts, &store, &bar)
-        .with_context(|| format!("capturing {}", source.display()))?;
-    let id = store.commit_manifest(&manifest).context("committing the snapshot")?;
+    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &store, &bar, |_| Ok(()));
     bar.finish();
+    let (id, stats) = result?;
     let seconds = started.elapsed().as_secs_f64();
     if json {
         println!("{}", serde_json::to_string(&CaptureOutput { snapshot: &id, seconds, stats: &stats })?);
@@ -160,37 +160,13 @@ pub fn restore(
     let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let manifest = store.load_manifest(&id)?;
-    let mut opts = RestoreOptions::default();
-    if let Some(t) = threads {
-        opts.threads = t;
-    }
+    let threads = threads.unwrap_or_else(capture::default_threads);
     let started = Instant::now();
-    // Check everything before the first byte is written (or the target file is created).
-    let existing = target::existing_size(target_path)?;
-    let planned_size = existing.unwrap_or(manifest.disk_size());
-    let checked =
-        restore::preflight(&manifest, &store, planned_size, opts.threads, &kura_imaging::progress::NoProgress)
-            .with_context(|| format!("snapshot {id} cannot be restored onto {}", target_path.display()))?;
-    let mut t = match existing {
-        Some(size) => target::open_existing(target_path, size)?,
-        None => target::create(target_path, manifest.disk_size())?,
-    };
-    opts.target_is_zeroed = t.created.is_some();
-    let bar = Bar::new("restore", Unit::Bytes, bars_visible(json));
-    let result = restore::write(checked, &store, &mut t.file, t.size, &opts, &bar)
-        .and_then(|s| t.file.sync_all().map(|_| s).map_err(|e| kura_imaging::Error::io("syncing the target", e)))
-        .map_err(anyhow::Error::from)
-        .and_then(|s| target::fit_partition_table(&mut t, &manifest).map(|_| s));
+    let bar = RestoreBar::new(bars_visible(json));
+    let mut target = FileTarget::existing_or_new(target_path);
+    let result = flow::restore_flow(&id, &manifest, &store, &mut target, threads, &bar);
     bar.finish();
-    let stats = match result {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(p) = &t.created {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e).with_context(|| format!("restoring snapshot {id} onto {}", target_path.display()));
-        }
-    };
+    let stats = result?;
     let seconds = started.elapsed().as_secs_f64();
     if json {
         let out = RestoreOutput { snapshot: &id, target: target_path.display().to_string(), seconds, stats: &stats };
