@@ -5,7 +5,7 @@
 //!
 //! - **A queued or running job** for the host owning the MAC: the Kura boot environment
 //!   ([`BootDecision::Agent`]), with `kura.*` arguments ([`AgentArgs`]) naming the job, the API
-//!   and a fresh agent token. The token ([`Catalog::create_agent_token`]) is bound to the job and
+//!   and a fresh agent token. The token ([`crate::engine::tokens::mint_agent_token`], the one minting function) is bound to the job and
 //!   the MAC, valid while the job is queued or running and at most [`TOKEN_LIFETIME`]; a new one
 //!   is issued on every script fetch and the one netboot issued before for the same job and MAC
 //!   is revoked ([`Issued`]), so at most one netboot token per job is live. Tokens issued by the
@@ -94,7 +94,8 @@ pub fn decide(
 ) -> Result<BootDecision, CatalogError> {
     let mac_s = mac.to_string();
     if let Some(job) = catalog.active_job_for_mac(&mac_s)? {
-        let token = catalog.create_agent_token(ACTOR, job.id, &mac_s, Some(catalog.now() + TOKEN_LIFETIME))?;
+        let token =
+            crate::engine::tokens::mint_agent_token(catalog, ACTOR, job.id, mac, Some(catalog.now() + TOKEN_LIFETIME))?;
         let previous =
             issued.0.lock().unwrap_or_else(|e| e.into_inner()).insert((job.id, mac_s.clone()), token.info.id);
         if let Some(old) = previous {
