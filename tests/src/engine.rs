@@ -541,12 +541,13 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Mounts a tmpfs of `size_mib` MiB on `dir` (needs root). `None` if mounting is not
-    /// possible here (not root, no permission), with the reason printed.
+    /// Mounts a tmpfs of `size_mib` MiB on `dir` (needs root), private (0700, as `kura serve`
+    /// requires of its data directory). `None` if mounting is not possible here (not root, no
+    /// permission), with the reason printed.
     pub fn tmpfs(dir: &Path, size_mib: u64) -> Option<Mount> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m,mode=0700"), "tmpfs"])
             .arg(dir)
             .output()
             .ok()?;
