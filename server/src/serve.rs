@@ -309,39 +309,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kura_imaging::layout::{DiskLayout, Scheme};
-    use kura_imaging::manifest::{ChunkRef, Manifest, Region};
 
-    /// A one-chunk manifest (all zeros, so no chunk needs to be stored).
-    fn manifest(name: &str, created: &str) -> Manifest {
-        Manifest {
-            name: Some(name.into()),
-            created: created.into(),
-            source: "test".into(),
-            host: Some("h".into()),
-            chunk_size: 4096,
-            layout: DiskLayout {
-                disk_size: 4096,
-                sector_size: 512,
-                scheme: Scheme::None,
-                gpt: None,
-                partitions: vec![],
-                warnings: vec![],
-            },
-            regions: vec![Region {
-                start: 0,
-                size: 4096,
-                partition: None,
-                fs: kura_imaging::fs::FsKind::Raw,
-                label: None,
-                block_size: 4096,
-                used_bytes: 4096,
-                warnings: vec![],
-                bitmap: kura_imaging::bitmap::Bitmap::full(1),
-                chunks: vec![ChunkRef::Zero],
-            }],
-        }
-    }
+    use crate::engine::zero_manifest as manifest;
 
     #[test]
     fn reconcile_lists_manifests_by_their_creation_time_and_refuses_a_bad_one() {

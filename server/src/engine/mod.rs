@@ -181,3 +181,38 @@ impl From<kura_imaging::Error> for ServiceError {
         }
     }
 }
+
+/// A one-chunk manifest of host `h`, all zeros (so no chunk needs to be stored): the unit
+/// tests' smallest snapshot.
+#[cfg(test)]
+pub(crate) fn zero_manifest(name: &str, created: &str) -> kura_imaging::manifest::Manifest {
+    use kura_imaging::layout::{DiskLayout, Scheme};
+    use kura_imaging::manifest::{ChunkRef, Manifest, Region};
+    Manifest {
+        name: Some(name.into()),
+        created: created.into(),
+        source: "test".into(),
+        host: Some("h".into()),
+        chunk_size: 4096,
+        layout: DiskLayout {
+            disk_size: 4096,
+            sector_size: 512,
+            scheme: Scheme::None,
+            gpt: None,
+            partitions: vec![],
+            warnings: vec![],
+        },
+        regions: vec![Region {
+            start: 0,
+            size: 4096,
+            partition: None,
+            fs: kura_imaging::fs::FsKind::Raw,
+            label: None,
+            block_size: 4096,
+            used_bytes: 4096,
+            warnings: vec![],
+            bitmap: kura_imaging::bitmap::Bitmap::full(1),
+            chunks: vec![ChunkRef::Zero],
+        }],
+    }
+}

@@ -407,40 +407,10 @@ mod tests {
     use super::*;
     use kura_catalogs::db::{Catalog, Principal, Role};
     use kura_catalogs::LocalStore;
-    use kura_imaging::layout::{DiskLayout, Scheme};
-    use kura_imaging::manifest::Region;
 
-    /// A one-chunk manifest of host `h` (all zeros, so no chunk needs to be stored).
+    /// The encoded one-chunk test manifest named `name`.
     fn manifest(name: &str) -> Vec<u8> {
-        Manifest {
-            name: Some(name.into()),
-            created: "2026-11-25T17:14:41.000000005Z".into(),
-            source: "test".into(),
-            host: Some("h".into()),
-            chunk_size: 4096,
-            layout: DiskLayout {
-                disk_size: 4096,
-                sector_size: 512,
-                scheme: Scheme::None,
-                gpt: None,
-                partitions: vec![],
-                warnings: vec![],
-            },
-            regions: vec![Region {
-                start: 0,
-                size: 4096,
-                partition: None,
-                fs: kura_imaging::fs::FsKind::Raw,
-                label: None,
-                block_size: 4096,
-                used_bytes: 4096,
-                warnings: vec![],
-                bitmap: kura_imaging::bitmap::Bitmap::full(1),
-                chunks: vec![ChunkRef::Zero],
-            }],
-        }
-        .encode()
-        .unwrap()
+        crate::engine::zero_manifest(name, "2026-11-25T17:14:41.000000005Z").encode().unwrap()
     }
 
     fn operator(token_id: i64) -> Caller {
