@@ -425,13 +425,19 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_commit_is_idempotent_and_a_committed_session_refuses_everything_else() {
+    /// An engine on a new store in a temporary directory (kept alive by the first value).
+    fn test_engine() -> (tempfile::TempDir, Arc<LocalStore>, Arc<Catalog>, Engine) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store")).unwrap());
         let catalog = Arc::new(Catalog::open_in_memory().unwrap());
         let key = Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap());
         let engine = Engine::new(store.clone(), catalog.clone(), key);
+        (dir, store, catalog, engine)
+    }
+
+    #[test]
+    fn a_commit_is_idempotent_and_a_committed_session_refuses_everything_else() {
+        let (_dir, store, catalog, engine) = test_engine();
         let op = operator(1);
         let req = BeginUpload { host: "h".into(), ..Default::default() };
         let upload = begin(&engine, &op, req).unwrap().upload;
@@ -464,11 +470,7 @@ mod tests {
 
     #[test]
     fn a_refused_commit_leaves_the_session_open_and_the_store_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store")).unwrap());
-        let catalog = Arc::new(Catalog::open_in_memory().unwrap());
-        let key = Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap());
-        let engine = Engine::new(store.clone(), catalog.clone(), key);
+        let (_dir, store, catalog, engine) = test_engine();
         let op = operator(1);
         let upload = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
         // A bad manifest is refused before the store; the session stays open and protected.
