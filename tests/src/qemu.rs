@@ -166,6 +166,7 @@ pub struct MachineBuilder<'a> {
     boot: Boot,
     direct: Option<DirectBoot>,
     no_reboot: bool,
+    uefi_vars: Option<PathBuf>,
     extra: Vec<String>,
 }
 
@@ -240,6 +241,14 @@ impl<'a> MachineBuilder<'a> {
     /// `-no-reboot`: a guest reboot (or a triple fault, or `panic=-1`) ends QEMU instead.
     pub fn no_reboot(mut self, on: bool) -> Self {
         self.no_reboot = on;
+        self
+    }
+
+    /// Starts UEFI with a copy of this variable store (say another machine's `OVMF_VARS.fd`,
+    /// to power the same machine on again with the boot entries it was left with) instead of
+    /// the empty template.
+    pub fn uefi_vars(mut self, vars: &Path) -> Self {
+        self.uefi_vars = Some(vars.to_owned());
         self
     }
 
@@ -333,8 +342,9 @@ impl<'a> MachineBuilder<'a> {
         require_program(QEMU, "qemu-system-x86");
         if self.firmware == Firmware::Uefi {
             assert!(Path::new(OVMF_CODE).is_file(), "{OVMF_CODE} is missing: apt-get install -y ovmf");
-            std::fs::copy(OVMF_VARS, dir.join("OVMF_VARS.fd"))
-                .unwrap_or_else(|e| panic!("cannot copy {OVMF_VARS} ({e}): apt-get install -y ovmf"));
+            let vars = self.uefi_vars.clone().unwrap_or_else(|| PathBuf::from(OVMF_VARS));
+            std::fs::copy(&vars, dir.join("OVMF_VARS.fd"))
+                .unwrap_or_else(|e| panic!("cannot copy {} ({e}): apt-get install -y ovmf", vars.display()));
         }
         let args = self.args(&dir);
         std::fs::write(dir.join("command"), format!("{QEMU} {}\n", args.join(" "))).unwrap();
@@ -396,6 +406,7 @@ impl Machine {
             boot: Boot::Disk,
             direct: None,
             no_reboot: false,
+            uefi_vars: None,
             extra: Vec::new(),
         }
     }
