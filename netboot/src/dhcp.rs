@@ -14,7 +14,12 @@
 //!     discovery") so they do not wait for a menu. UEFI ROMs get no option 43: many UEFI
 //!     firmwares ignore a ProxyDHCP offer that tries to bypass discovery, but all of them then
 //!     ask on port 4011 (as pixiecore found), which we answer;
-//!   - iPXE (user class option 77 `iPXE`) gets the HTTP URL of its boot script as the file name.
+//!   - iPXE (user class option 77 `iPXE`) gets the HTTP URL of its boot script as the file name;
+//!   - a PXE ROM the policy sends to its local disk ([`BootSpec::LocalDisk`]: UEFI machines
+//!     without a job) gets no file but the PXE "local boot" menu ([`local_boot_menu`]): the
+//!     firmware gives up network boot right after DHCP and tries its next boot entry, without
+//!     loading iPXE (whose `exit` back to UEFI firmware is slow or hangs, issue 17); iPXE
+//!     itself (a NIC's iPXE ROM) is not answered, finds nothing to boot and returns at once.
 //! - DHCPREQUEST (or INFORM) on port 4011 from a PXE client → an ACK with the same boot file,
 //!   unicast back to the sender. iPXE also asks here after a ProxyDHCP offer.
 //!
@@ -22,7 +27,8 @@
 //! (DISCOVER → OFFER, REQUEST → ACK or NAK, RELEASE, DECLINE, INFORM → ACK; see
 //! [`crate::leases`]), with subnet mask, router, DNS and lease times. PXE clients also get
 //! `siaddr` and the boot file in the same offer, without option 60/43 (a plain "DHCP with boot
-//! file" answer every ROM follows, and iPXE does not then look for a ProxyDHCP server). iPXE
+//! file" answer every ROM follows, and iPXE does not then look for a ProxyDHCP server), or
+//! option 60 and the local-boot menu for [`BootSpec::LocalDisk`]. iPXE
 //! clients additionally get option 175.176 (`no-pxedhcp`) = 1 so they do not wait for
 //! ProxyDHCP offers that will never come; in proxy mode it would not help (iPXE reads it only
 //! from the offer that carries an address, which the other server sends).
@@ -196,6 +202,49 @@ pub fn client(m: &Message) -> Option<Client> {
     Some(Client { mac, msg_type, pxe, ipxe, arch, guid, requested_ip, server_id })
 }
 
+/// What a PXE or iPXE client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Download and run this file (an iPXE build over TFTP, or the script URL for iPXE).
+    File(String),
+    /// Boot locally: the PXE local-boot menu of [`local_boot_menu`], no file.
+    LocalBoot,
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::File(file) => f.write_str(file),
+            Answer::LocalBoot => f.write_str("local boot (PXE menu)"),
+        }
+    }
+}
+
+/// The text of the one PXE menu item (shown by firmware that displays menus).
+pub const LOCAL_BOOT_ITEM: &str = "Kura: no job, boot from local disk";
+
+/// The menu prompt (not shown: its timeout is 0).
+const LOCAL_BOOT_PROMPT: &str = "Kura";
+
+/// Option 43 (PXE vendor options, PXE 2.1 table 2-1) that makes a PXE ROM boot locally at
+/// once: PXE_DISCOVERY_CONTROL (6) = 3 (no broadcast or multicast discovery), PXE_BOOT_MENU
+/// (9) with one item of boot server type 0 ("local boot"), PXE_MENU_PROMPT (10) with
+/// timeout 0 (take the first item without showing a prompt). EDK2's PXE driver (OVMF, and
+/// the UEFI of most servers) then returns EFI_ABORTED ("PXE-E21: Remote boot cancelled")
+/// right after DHCP and the boot manager tries the next `Boot####` entry; BIOS PXE ROMs
+/// return to the BIOS (INT 18h). dnsmasq's `pxe-service=…,"text"` without a file name sends
+/// the same.
+pub fn local_boot_menu() -> Vec<u8> {
+    let item = LOCAL_BOOT_ITEM.as_bytes();
+    let mut o = vec![6, 1, 3];
+    o.extend_from_slice(&[9, (3 + item.len()) as u8, 0, 0, item.len() as u8]);
+    o.extend_from_slice(item);
+    o.extend_from_slice(&[10, 1 + LOCAL_BOOT_PROMPT.len() as u8, 0]);
+    o.extend_from_slice(LOCAL_BOOT_PROMPT.as_bytes());
+    o.push(255);
+    o
+}
+
 /// Full-DHCP settings.
 #[derive(Debug, Clone)]
 pub struct FullSettings {
@@ -249,16 +298,28 @@ impl Dhcp {
         }
     }
 
-    /// The boot file for a client, `None` when it is not to be netbooted.
-    fn boot_file(&self, c: &Client) -> Option<String> {
+    /// What to tell a client, `None` when it is not to be answered.
+    fn answer(&self, c: &Client) -> Option<Answer> {
         match self.policy.boot_spec(c.mac, c.arch) {
             BootSpec::Ignore => None,
-            BootSpec::Boot { firmware, script_url } => {
-                if c.ipxe {
-                    Some(script_url)
-                } else {
-                    firmware
+            BootSpec::Boot { script_url, .. } if c.ipxe => Some(Answer::File(script_url)),
+            BootSpec::Boot { firmware, .. } => firmware.map(Answer::File),
+            // iPXE (the NIC's own ROM) gets nothing to boot, and gives up at once.
+            BootSpec::LocalDisk { .. } if c.ipxe => None,
+            BootSpec::LocalDisk { .. } => Some(Answer::LocalBoot),
+        }
+    }
+
+    /// Adds the answer: the boot file, or the PXE local-boot menu (and no file).
+    fn add_answer(&self, m: &mut Message, c: &Client, answer: &Answer) {
+        match answer {
+            Answer::File(file) => self.add_boot(m, file),
+            Answer::LocalBoot => {
+                m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+                if let Some(g) = &c.guid {
+                    m.opts_mut().insert(DhcpOption::ClientMachineIdentifier(g.clone()));
                 }
+                m.opts_mut().insert(DhcpOption::VendorExtensions(local_boot_menu()));
             }
         }
     }
@@ -301,13 +362,15 @@ impl Dhcp {
         if !c.pxe || c.msg_type != MessageType::Discover {
             return None;
         }
-        let file = self.boot_file(c)?;
+        let answer = self.answer(c)?;
         let mut m = self.base_reply(req, c, MessageType::Offer);
         m.set_flags(Flags::default().set_broadcast());
-        self.add_pxe_vendor(&mut m, c);
-        self.add_boot(&mut m, &file);
+        if matches!(answer, Answer::File(_)) {
+            self.add_pxe_vendor(&mut m, c);
+        }
+        self.add_answer(&mut m, c, &answer);
         let to = self.destination(req, &m, false);
-        Some(self.finish(m, to, c, format!("proxy offer ({}{}): {file}", c.arch, if c.ipxe { ", iPXE" } else { "" })))
+        Some(self.finish(m, to, c, format!("proxy offer ({}{}): {answer}", c.arch, if c.ipxe { ", iPXE" } else { "" })))
     }
 
     fn pxe_ack(&self, req: &Message, c: &Client, src: SocketAddr) -> Option<Reply> {
@@ -315,12 +378,14 @@ impl Dhcp {
             return None;
         }
         let SocketAddr::V4(src) = src else { return None };
-        let file = self.boot_file(c)?;
+        let answer = self.answer(c)?;
         let mut m = self.base_reply(req, c, MessageType::Ack);
         m.set_ciaddr(req.ciaddr());
-        self.add_pxe_vendor(&mut m, c);
-        self.add_boot(&mut m, &file);
-        Some(self.finish(m, src, c, format!("PXE ack on 4011 ({}): {file}", c.arch)))
+        if matches!(answer, Answer::File(_)) {
+            self.add_pxe_vendor(&mut m, c);
+        }
+        self.add_answer(&mut m, c, &answer);
+        Some(self.finish(m, src, c, format!("PXE ack on 4011 ({}): {answer}", c.arch)))
     }
 
     fn full(&mut self, req: &Message, c: &Client, now: i64) -> Option<Reply> {
@@ -388,14 +453,14 @@ impl Dhcp {
         }
         let mut note = format!("{note} {ip}");
         if c.pxe || c.ipxe {
-            if let Some(file) = self.boot_file(c) {
-                self.add_boot(&mut m, &file);
+            if let Some(answer) = self.answer(c) {
+                self.add_answer(&mut m, c, &answer);
                 if c.ipxe {
                     // iPXE: no-pxedhcp = 1.
                     m.opts_mut()
                         .insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(175), vec![176, 1, 1])));
                 }
-                note = format!("{note} ({}{}): {file}", c.arch, if c.ipxe { ", iPXE" } else { "" });
+                note = format!("{note} ({}{}): {answer}", c.arch, if c.ipxe { ", iPXE" } else { "" });
             }
         }
         let to = self.destination(req, &m, false);
@@ -566,6 +631,74 @@ mod tests {
         let mut e = dhcproto::Encoder::new(&mut b);
         m.opts().get(OptionCode::from(code))?.encode(&mut e).unwrap();
         Some(b[2..].to_vec())
+    }
+
+    /// A policy that sends every machine to its local disk.
+    struct LocalPolicy;
+
+    impl BootPolicy for LocalPolicy {
+        fn boot_spec(&self, mac: MacAddr, _arch: ClientArch) -> BootSpec {
+            BootSpec::LocalDisk { script_url: format!("http://10.9.0.1:8080/boot/script?mac={mac}") }
+        }
+        fn decide(&self, _mac: MacAddr, _req: &crate::policy::BootRequest) -> Result<BootDecision, crate::PolicyError> {
+            Ok(BootDecision::LocalDisk { note: String::new() })
+        }
+    }
+
+    /// The PXE vendor options of a local-boot answer, parsed as EDK2 does: tag, length, value.
+    fn vendor_tags(o: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut tags = Vec::new();
+        let mut i = 0;
+        while i < o.len() && o[i] != 255 {
+            let (tag, len) = (o[i], o[i + 1] as usize);
+            tags.push((tag, o[i + 2..i + 2 + len].to_vec()));
+            i += 2 + len;
+        }
+        assert_eq!(o.get(i), Some(&255), "option 43 must end with PXE_END");
+        tags
+    }
+
+    #[test]
+    fn netboot_dhcp_local_boot_is_a_pxe_menu_without_a_file_and_nothing_for_ipxe() {
+        for full_mode in [false, true] {
+            let mut d = if full_mode { full(None, 0) } else { proxy() };
+            d.policy = Arc::new(LocalPolicy);
+            let req = packet(MessageType::Discover, MAC, Some(7), false, true);
+            let r = d.handle(Port::Dhcp, src(), &bytes(&req), 0).expect("an offer");
+            let m = reply_of(&r);
+            assert!(r.note.contains("local boot (PXE menu)"), "{}", r.note);
+            assert_eq!(opt_bytes(&m, 60).unwrap(), b"PXEClient");
+            assert!(opt_bytes(&m, 67).is_none(), "no boot file");
+            assert!(m.fname().is_none_or(|f| f.iter().all(|b| *b == 0)), "no boot file");
+            let tags = vendor_tags(&opt_bytes(&m, 43).expect("option 43"));
+            let item = LOCAL_BOOT_ITEM.as_bytes();
+            assert_eq!(tags[0], (6, vec![3]), "discovery control");
+            assert_eq!(tags[1].0, 9, "boot menu");
+            assert_eq!(&tags[1].1[..3], &[0, 0, item.len() as u8], "item of type 0 = local boot");
+            assert_eq!(&tags[1].1[3..], item);
+            assert_eq!(tags[2].0, 10, "menu prompt");
+            assert_eq!(tags[2].1[0], 0, "prompt timeout 0: take the item at once");
+            if full_mode {
+                assert!(!m.yiaddr().is_unspecified(), "full mode still leases an address");
+            } else {
+                assert!(m.yiaddr().is_unspecified());
+                // The same on port 4011, should a ROM ask there.
+                let req = packet(MessageType::Request, MAC, Some(7), false, true);
+                let r = d.handle(Port::Pxe, "10.9.0.50:68".parse().unwrap(), &bytes(&req), 0).expect("an ack");
+                assert!(opt_bytes(&reply_of(&r), 43).is_some() && opt_bytes(&reply_of(&r), 67).is_none());
+            }
+            // iPXE (the NIC's own ROM, say) gets nothing to boot: no answer in proxy mode, an
+            // address without a boot file in full mode.
+            let req = packet(MessageType::Discover, MAC, Some(7), true, true);
+            match d.handle(Port::Dhcp, src(), &bytes(&req), 0) {
+                None => assert!(!full_mode, "full mode must still lease an address"),
+                Some(r) => {
+                    let m = reply_of(&r);
+                    assert!(full_mode && !m.yiaddr().is_unspecified(), "{}", r.note);
+                    assert!(opt_bytes(&m, 67).is_none() && opt_bytes(&m, 43).is_none(), "{}", r.note);
+                }
+            }
+        }
     }
 
     #[test]

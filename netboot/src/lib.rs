@@ -53,6 +53,7 @@ pub mod http;
 pub mod ipxe;
 pub mod leases;
 pub mod policy;
+pub mod ra;
 pub mod tftp;
 
 pub use bootlog::BootLog;
@@ -234,6 +235,8 @@ pub struct Sockets {
     pub pxe: Option<UdpSocket>,
     pub tftp: UdpSocket,
     pub http: TcpListener,
+    /// Full-DHCP mode: the router-advertisement socket and its interface index ([`ra`]).
+    pub ra: Option<(socket2::Socket, u32)>,
 }
 
 fn udp(addr: SocketAddr, interface: Option<&str>, broadcast: bool) -> Result<UdpSocket> {
@@ -268,10 +271,24 @@ pub async fn bind(c: &NetbootConfig) -> Result<Sockets> {
             Some(udp(SocketAddr::from((any, c.pxe_port)), iface, true)?),
         ))
     };
+    let derived = || interface_of(c.address, &std::fs::read_to_string("/proc/net/route").unwrap_or_default());
+    let ra = match c.dhcp {
+        DhcpMode::Full => match c.interface.clone().or_else(derived) {
+            Some(i) => match ra::socket(&i) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("netboot: no IPv6 router advertisements on {i} ({e}); iPXE will wait for IPv6");
+                    None
+                }
+            },
+            None => None,
+        },
+        _ => None,
+    };
     let (dhcp, pxe) = match (c.dhcp, &c.interface) {
         (DhcpMode::Off, _) => (None, None),
         (_, Some(i)) => pair(Some(i))?,
-        (_, None) => match interface_of(c.address, &std::fs::read_to_string("/proc/net/route").unwrap_or_default()) {
+        (_, None) => match derived() {
             None => pair(None)?,
             Some(i) => pair(Some(&i)).or_else(|e| {
                 tracing::warn!(
@@ -285,7 +302,7 @@ pub async fn bind(c: &NetbootConfig) -> Result<Sockets> {
     let tftp = udp(SocketAddr::from((c.address, c.tftp_port)), None, false)?;
     let http_addr = SocketAddr::from((c.address, c.http_port));
     let http = TcpListener::bind(http_addr).await.with_context(|| format!("binding TCP {http_addr}"))?;
-    Ok(Sockets { dhcp, pxe, tftp, http })
+    Ok(Sockets { dhcp, pxe, tftp, http, ra })
 }
 
 /// The interface whose directly connected IPv4 route (no gateway) is the most specific one
@@ -392,6 +409,10 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
         let d = dhcp::Dhcp { server_ip: config.address, policy: policy.clone(), full };
         let (l, stop) = (log.clone(), stopped());
         set.spawn(async move { dhcp::serve(d, sock, sockets.pxe, l, stop).await.context("DHCP") });
+    }
+    if let Some((sock, index)) = sockets.ra {
+        let stop = stopped();
+        set.spawn(async move { ra::serve(sock, index, stop).await.context("IPv6 router advertisements") });
     }
     let (files, _) = config.firmware()?;
     let (l, stop) = (log.clone(), stopped());
@@ -518,6 +539,7 @@ mod tests {
             pxe: Some(UdpSocket::bind((lo, 0)).await.unwrap()),
             tftp: UdpSocket::bind((lo, 0)).await.unwrap(),
             http: TcpListener::bind((lo, 0)).await.unwrap(),
+            ra: None,
         };
         let dhcp_addr = sockets.dhcp.as_ref().unwrap().local_addr().unwrap();
         let pxe_addr = sockets.pxe.as_ref().unwrap().local_addr().unwrap();

@@ -70,6 +70,24 @@ pub enum BootSpec {
         /// For iPXE (user class "iPXE"): the HTTP URL of the machine's boot script.
         script_url: String,
     },
+    /// Boot from the local disk, decided already at DHCP time (UEFI machines without a job).
+    /// A PXE ROM gets a PXE boot menu whose only item is "local boot" (PXE 2.1 boot server
+    /// type 0, prompt timeout 0): the firmware ends its network boot attempt right after DHCP,
+    /// downloading nothing, and goes on to its next boot entry. iPXE (which may be the NIC's
+    /// own ROM) is not answered (in full mode: an address only), so it finds nothing to boot
+    /// and returns to the firmware at once. `script_url` is for logs.
+    LocalDisk { script_url: String },
+}
+
+impl BootSpec {
+    /// A few words for the boot log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            BootSpec::Ignore => "ignore",
+            BootSpec::Boot { .. } => "network boot",
+            BootSpec::LocalDisk { .. } => "local boot",
+        }
+    }
 }
 
 /// What the HTTP layer knows about a script request besides the MAC address.
@@ -122,7 +140,8 @@ pub struct PolicyError(pub String);
 /// may block (the HTTP layer calls it from `spawn_blocking`) and may change state (register a
 /// host, issue a token).
 pub trait BootPolicy: Send + Sync {
-    /// What DHCP offers `mac`: nothing, or the iPXE build to chain and the script URL.
+    /// What DHCP offers `mac`: nothing, the iPXE build to chain and the script URL, or "boot
+    /// locally". May register an unknown MAC (one indexed catalog write).
     fn boot_spec(&self, mac: MacAddr, arch: ClientArch) -> BootSpec;
     /// What `mac` boots, asked when its iPXE fetches its script.
     fn decide(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, PolicyError>;

@@ -10,7 +10,12 @@
 //!   is issued on every script fetch and the one netboot issued before for the same job and MAC
 //!   is revoked ([`Issued`]), so at most one netboot token per job is live. Tokens issued by the
 //!   job-creation API are left alone.
-//! - **No job**: boot from the local disk ([`BootDecision::LocalDisk`]).
+//! - **No job**: boot from the local disk ([`BootDecision::LocalDisk`]). UEFI machines are
+//!   told so already by DHCP ([`BootSpec::LocalDisk`]: a PXE "local boot" menu, nothing
+//!   downloaded), because on UEFI iPXE cannot boot the disk itself: its `exit` hands control
+//!   back to the firmware, which then tries its other network entries first or, with
+//!   `ipxe.efi`, hangs (issue 17; the measurements are in docs/operations.md). BIOS machines
+//!   load iPXE, whose `sanboot` boots the first disk through INT 13h.
 //! - **An unknown MAC**: registered in the catalog as a new host `mac-aabbccddeeff` (rename it
 //!   with the API; the MAC stays), then the local disk.
 //!
@@ -72,12 +77,38 @@ impl BootPolicy for CatalogPolicy {
             ClientArch::EfiArm64 => s.efi_arm64_firmware.clone(),
             ClientArch::EfiIa32 | ClientArch::Other(_) => return BootSpec::Ignore,
         };
-        BootSpec::Boot { firmware, script_url: script_url(&s.http_base, mac) }
+        let script_url = script_url(&s.http_base, mac);
+        if arch.is_efi() {
+            match efi_has_work(&self.catalog, mac) {
+                Ok(true) => {}
+                Ok(false) => return BootSpec::LocalDisk { script_url },
+                // The catalog failed: boot locally rather than hold a server in iPXE.
+                Err(e) => {
+                    tracing::error!("netboot: deciding at DHCP time for {mac}: {e}");
+                    return BootSpec::LocalDisk { script_url };
+                }
+            }
+        }
+        BootSpec::Boot { firmware, script_url }
     }
 
     fn decide(&self, mac: MacAddr, _req: &BootRequest) -> Result<BootDecision, PolicyError> {
         decide(&self.catalog, &self.settings, &self.issued, mac).map_err(|e| PolicyError(e.to_string()))
     }
+}
+
+/// Whether a UEFI machine netbooting as `mac` has a queued or running job (registering an
+/// unknown MAC, as [`decide`] does). Without one it boots locally from DHCP already: on UEFI,
+/// iPXE cannot hand the machine back to its disk quickly (see the module docs).
+fn efi_has_work(catalog: &Catalog, mac: MacAddr) -> Result<bool, CatalogError> {
+    let mac_s = mac.to_string();
+    if catalog.active_job_for_mac(&mac_s)?.is_some() {
+        return Ok(true);
+    }
+    if catalog.host_by_mac(&mac_s)?.is_none() {
+        register(catalog, mac)?;
+    }
+    Ok(false)
 }
 
 /// The host name given to an unknown MAC address.
@@ -277,6 +308,7 @@ mod tests {
             pxe: None,
             tftp: UdpSocket::bind((lo, 0)).await.unwrap(),
             http: TcpListener::bind((lo, 0)).await.unwrap(),
+            ra: None,
         };
         let http = sockets.http.local_addr().unwrap();
         let config: NetbootConfig = serde_json::from_value(serde_json::json!({

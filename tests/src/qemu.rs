@@ -140,6 +140,10 @@ pub enum Boot {
     Network,
     /// The disks first, then the NIC.
     Disk,
+    /// No `bootindex` at all: UEFI keeps the `BootOrder` in its variable store across power-ons
+    /// (as server firmware does) instead of OVMF rebuilding it from QEMU's boot indexes at
+    /// every boot. With fresh variables OVMF orders the disks before the NIC's entries.
+    Firmware,
 }
 
 /// A kernel started by QEMU itself, without firmware boot (`-kernel -initrd -append`).
@@ -291,8 +295,9 @@ impl<'a> MachineBuilder<'a> {
         }
         let (nic_index, disk_index) = match self.boot {
             Boot::Network => (1, 2),
-            Boot::Disk => (1 + self.disks.len(), 1),
+            Boot::Disk | Boot::Firmware => (1 + self.disks.len(), 1),
         };
+        let bootindex = self.direct.is_none() && self.boot != Boot::Firmware;
         a.push("-netdev".into());
         a.push(format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap));
         let mut nic = format!("{},netdev=n0,mac={}", self.nic.device(), self.mac);
@@ -301,7 +306,7 @@ impl<'a> MachineBuilder<'a> {
             NicRom::Disabled => nic += ",romfile=",
             NicRom::File(p) => nic += &format!(",romfile={}", p.display()),
         }
-        if self.direct.is_none() {
+        if bootindex {
             nic += &format!(",bootindex={nic_index}");
         }
         a.push("-device".into());
@@ -313,7 +318,7 @@ impl<'a> MachineBuilder<'a> {
                 DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i}"),
                 DiskBus::Sata => format!("ide-hd,drive=d{i}"),
             };
-            if self.direct.is_none() {
+            if bootindex {
                 dev += &format!(",bootindex={}", disk_index + i);
             }
             a.push("-device".into());

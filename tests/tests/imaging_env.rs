@@ -27,9 +27,12 @@ use kura_tests::disks::{ext4_replace_file, patterned_file, MIB};
 use kura_tests::kura_cli::Store;
 use kura_tests::netboot::{with_agent_image, NetbootEngine};
 use kura_tests::netns::Netns;
-use kura_tests::qemu::{accel, DiskBus, Firmware, Machine, NicRom};
+use kura_tests::qemu::{accel, Boot, DiskBus, Firmware, Machine, NicRom};
 use kura_tests::readback::assert_files_match;
 use kura_tests::site_dhcp::SiteDhcp;
+
+/// Longest a UEFI machine without a job may take from power-on to its disk's OS (issue 17).
+const LOCAL_BOOT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Longest a netbooted job may take from power-on to power-off under TCG.
 const JOB_TIMEOUT: Duration = Duration::from_secs(420);
@@ -234,17 +237,23 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
 }
 
 /// UEFI with empty variables: the ESP holds GRUB only at `\EFI\kura\grubx64.efi`, so the
-/// firmware cannot find it by itself; after the restore the agent writes a boot entry (and
-/// BootNext) and the machine boots the restored system.
+/// firmware cannot find it by itself; after the restore the agent writes a boot entry right
+/// after the network entry the machine booted from (and BootNext) and the machine boots the
+/// restored system.
 ///
-/// Kura is the only DHCP server here (full mode): OVMF's PXE, iPXE and the agent take their
-/// leases from it.
-#[test]
-fn uefi_restore_recreates_the_firmware_boot_entry() {
+/// Then the machine is powered on twice more with the variables it was left with: the network
+/// comes first in its boot order and it has no job, so every boot asks Kura first, which tells
+/// the firmware's PXE to boot locally (the PXE "local boot" menu, issue 17), and the machine
+/// must reach its disk's marker within [`LOCAL_BOOT_LIMIT`] of power-on. The machines use
+/// no `bootindex` ([`Boot::Firmware`]), so OVMF keeps the boot order the agent wrote, as
+/// server firmware does.
+fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: &str) {
     let started = Instant::now();
     let ns = Netns::new();
     let pool = json!({ "start": ns.host_addr(50), "end": ns.host_addr(59), "netmask": "255.255.255.0" });
-    let (engine, _) = with_agent_image(&ns, &[], json!({ "dhcp": "full", "pool": pool }));
+    let dhcp = if site_dhcp { json!({}) } else { json!({ "dhcp": "full", "pool": pool }) };
+    let _site = site_dhcp.then(|| SiteDhcp::start(&ns));
+    let (engine, _) = with_agent_image(&ns, &[], dhcp);
     let dir: PathBuf = ns.dir().to_path_buf();
     let system = bootdisk::build(&dir, "uefi-src.img", "uefi-system");
     let esp = kura_tests::readback::fat_files(&system.disk.path, system.disk.partition(bootdisk::ESP).offset).unwrap();
@@ -258,22 +267,27 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     run.expect_success();
     let snapshot = run.json::<Value>()["snapshot"].as_str().unwrap().to_string();
 
-    let mac = "52:54:00:4b:06:02";
-    engine.api_post("hosts", &json!({ "name": "efi02", "macs": [mac] }));
-    let target = dir.join("efi02.img");
+    engine.api_post("hosts", &json!({ "name": name, "macs": [mac] }));
+    let target = dir.join(format!("{name}.img"));
     kura_tests::disks::blank_file(&target, system.disk.size);
     let t0 = Instant::now();
-    let id = queue(&engine, &["restore", "efi02", "--snapshot", &snapshot]);
-    let mut m = Machine::builder(&ns, "efi02")
-        .firmware(Firmware::Uefi)
-        .nic_rom(NicRom::Disabled)
-        .memory_mib(512)
-        .mac(mac)
-        .network_boot()
-        .disk(&target, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start();
+    let id = queue(&engine, &["restore", name, "--snapshot", &snapshot]);
+    let machine = |vars: Option<&std::path::Path>, power_on: u32| {
+        let mut b = Machine::builder(&ns, &format!("{name}-{power_on}"))
+            .firmware(Firmware::Uefi)
+            .nic_rom(rom.clone())
+            .memory_mib(512)
+            .mac(mac)
+            .boot(Boot::Firmware)
+            .disk(&target, DiskBus::Virtio)
+            .arg("-device")
+            .arg("virtio-rng-pci");
+        if let Some(v) = vars {
+            b = b.uefi_vars(v);
+        }
+        b.start()
+    };
+    let mut m = machine(None, 1);
     let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t0.elapsed();
     let (j, log) = job(&engine, id);
@@ -286,18 +300,70 @@ fn uefi_restore_recreates_the_firmware_boot_entry() {
     assert!(marker.contains("root=/dev/vda3"), "{marker}");
     m.wait_for_exit(Duration::from_secs(60));
     // The entry is in the machine's NVRAM (its variable store file), which started empty.
-    let vars = std::fs::read(m.dir().join("OVMF_VARS.fd")).unwrap();
+    let vars = dir.join(format!("{name}-vars.fd"));
+    std::fs::copy(m.dir().join("OVMF_VARS.fd"), &vars).unwrap();
     let fresh = std::fs::read(kura_tests::qemu::OVMF_VARS).unwrap();
     let loader: Vec<u8> = "\\EFI\\kura\\grubx64.efi".encode_utf16().flat_map(u16::to_le_bytes).collect();
     let holds = |v: &[u8]| v.windows(loader.len()).any(|w| w == loader.as_slice());
-    assert!(holds(&vars) && !holds(&fresh), "the loader's path is not in the machine's UEFI variables");
+    assert!(holds(&std::fs::read(&vars).unwrap()) && !holds(&fresh), "the loader's path is not in the UEFI variables");
     drop(m);
     assert_files_match(&system.disk, &target);
+
+    // Power-ons 2 and 3: no job; network first; Kura sends the firmware on to the disk.
+    let mut times = Vec::new();
+    for boot in 2..=3 {
+        let offers_before = local_boot_offers(&engine, mac);
+        let mut m = machine(Some(&vars), boot);
+        let line = wait_serial(&mut m, &engine, &system.marker_line(), LOCAL_BOOT_LIMIT * 3);
+        let t = m.uptime();
+        let serial = m.serial();
+        assert!(line.contains("root=/dev/vda3"), "{line}");
+        assert!(
+            local_boot_offers(&engine, mac) > offers_before,
+            "power-on {boot}: Kura did not send the firmware to its disk (no local-boot offer):\n{}",
+            m.report()
+        );
+        assert!(!serial.contains("iPXE initialising") && !serial.contains("Booting from SAN"), "{}", m.report());
+        assert!(
+            t <= LOCAL_BOOT_LIMIT,
+            "power-on {boot}: the OS marker came {t:.1?} after power-on (limit {LOCAL_BOOT_LIMIT:?}):\n{}",
+            m.report()
+        );
+        m.wait_for_exit(Duration::from_secs(60));
+        std::fs::copy(m.dir().join("OVMF_VARS.fd"), &vars).unwrap();
+        times.push(t);
+    }
     eprintln!(
-        "[{:?}] UEFI: {entry}; `kura restore` to the marker {to_marker:.1?}; test {:.1?}",
+        "[{:?}] UEFI ({rom:?}, {}): {entry}; `kura restore` to the marker {to_marker:.1?}; \
+         power-on to the OS marker without a job: 2nd {:.1?}, 3rd {:.1?}; test {:.1?}",
         accel(),
+        if site_dhcp { "proxyDHCP" } else { "full DHCP" },
+        times[0],
+        times[1],
         started.elapsed()
     );
+}
+
+/// The boot log's local-boot answers to `mac` (the PXE menu that sends UEFI to its disk).
+fn local_boot_offers(engine: &NetbootEngine, mac: &str) -> usize {
+    engine
+        .boot_log_of(mac)
+        .map(|m| kura_tests::netboot::events(&m).iter().filter(|(_, d)| d.contains("local boot (PXE menu)")).count())
+        .unwrap_or(0)
+}
+
+/// OVMF's own PXE; Kura is the only DHCP server (full mode): OVMF's PXE, iPXE and the agent
+/// take their leases from it.
+#[test]
+fn uefi_restore_recreates_the_firmware_boot_entry() {
+    uefi_restore_then_local_boots(NicRom::Disabled, false, "52:54:00:4b:06:02", "efi02");
+}
+
+/// QEMU's iPXE EFI ROM on the NIC (its own boot entry runs first), dnsmasq as the site's DHCP
+/// server and Kura in proxy mode.
+#[test]
+fn uefi_restore_and_local_boots_with_the_nics_ipxe_rom() {
+    uefi_restore_then_local_boots(NicRom::Default, true, "52:54:00:4b:06:03", "efi03");
 }
 
 /// The network cut mid-capture (the machine's tap goes down): the engine fails the job once
