@@ -312,17 +312,20 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
     // Power-ons 2 and 3: no job; network first; Kura sends the firmware on to the disk.
     let mut times = Vec::new();
     for boot in 2..=3 {
-        let offers_before = local_boot_offers(&engine, mac);
+        let (offers_before, scripts_before) = (local_boot_offers(&engine, mac), scripts(&engine, mac));
         let mut m = machine(Some(&vars), boot);
         let line = wait_serial(&mut m, &engine, &system.marker_line(), LOCAL_BOOT_LIMIT * 3);
         let t = m.uptime();
         let serial = m.serial();
         assert!(line.contains("root=/dev/vda3"), "{line}");
-        assert!(
-            local_boot_offers(&engine, mac) > offers_before,
-            "power-on {boot}: Kura did not send the firmware to its disk (no local-boot offer):\n{}",
-            m.report()
-        );
+        // OVMF's PXE got the local-boot menu; the NIC's iPXE ROM got no answer from Kura and
+        // found nothing to boot. Neither fetched a script.
+        let sent_on = match rom {
+            NicRom::Default => serial.contains("Nothing to boot"),
+            _ => local_boot_offers(&engine, mac) > offers_before && serial.contains("PXE-E21"),
+        };
+        assert!(sent_on, "power-on {boot}: Kura did not send the firmware on to its disk:\n{}", m.report());
+        assert_eq!(scripts(&engine, mac), scripts_before, "power-on {boot} fetched a boot script");
         assert!(!serial.contains("iPXE initialising") && !serial.contains("Booting from SAN"), "{}", m.report());
         assert!(
             t <= LOCAL_BOOT_LIMIT,
@@ -344,6 +347,14 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
     );
 }
 
+/// The boot scripts `mac` fetched.
+fn scripts(engine: &NetbootEngine, mac: &str) -> usize {
+    engine
+        .boot_log_of(mac)
+        .map(|m| kura_tests::netboot::events(&m).iter().filter(|(s, _)| s == "script").count())
+        .unwrap_or(0)
+}
+
 /// The boot log's local-boot answers to `mac` (the PXE menu that sends UEFI to its disk).
 fn local_boot_offers(engine: &NetbootEngine, mac: &str) -> usize {
     engine
@@ -352,18 +363,19 @@ fn local_boot_offers(engine: &NetbootEngine, mac: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// OVMF's own PXE; Kura is the only DHCP server (full mode): OVMF's PXE, iPXE and the agent
-/// take their leases from it.
+/// OVMF's own PXE; dnsmasq as the site's DHCP server and Kura in proxy mode.
 #[test]
 fn uefi_restore_recreates_the_firmware_boot_entry() {
-    uefi_restore_then_local_boots(NicRom::Disabled, false, "52:54:00:4b:06:02", "efi02");
+    uefi_restore_then_local_boots(NicRom::Disabled, true, "52:54:00:4b:06:02", "efi02");
 }
 
-/// QEMU's iPXE EFI ROM on the NIC (its own boot entry runs first), dnsmasq as the site's DHCP
-/// server and Kura in proxy mode.
+/// QEMU's iPXE EFI ROM on the NIC (its own boot entry runs first); Kura is the only DHCP
+/// server (full mode), and its IPv6 router advertisements end iPXE's IPv6 configuration at
+/// once. (In proxy mode, with no IPv6 router on the LAN, an iPXE ROM waits about 16 s for
+/// IPv6 before it finds nothing to boot: see docs/operations.md.)
 #[test]
 fn uefi_restore_and_local_boots_with_the_nics_ipxe_rom() {
-    uefi_restore_then_local_boots(NicRom::Default, true, "52:54:00:4b:06:03", "efi03");
+    uefi_restore_then_local_boots(NicRom::Default, false, "52:54:00:4b:06:03", "efi03");
 }
 
 /// The network cut mid-capture (the machine's tap goes down): the engine fails the job once

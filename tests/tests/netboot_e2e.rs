@@ -26,6 +26,9 @@ use kura_tests::netns::Netns;
 use kura_tests::qemu::{accel, Firmware, Machine, NicRom};
 use kura_tests::site_dhcp::SiteDhcp;
 
+/// Longest a UEFI machine without a job may spend in network boot (issue 17).
+const LOCAL_BOOT_LIMIT: Duration = Duration::from_secs(30);
+
 /// Longest any one stage of a boot may take (TCG is slow; a hung boot still ends).
 const STAGE_TIMEOUT: Duration = Duration::from_secs(170);
 
@@ -310,10 +313,26 @@ fn bios_netboots_with_kura_as_the_only_dhcp_server() {
             "no full-mode offer with the script URL: {ev:#?}"
         );
         assert!(ev.iter().any(|(s, d)| s == "lease" && d.starts_with("ack ")), "no lease granted: {ev:#?}");
+        // No IPv6 router on this LAN: Kura's router advertisement ends iPXE's IPv6
+        // configuration, so the script follows the first offer at once (issue 17).
+        let log = engine.boot_log_of(mac).unwrap();
+        let time_of = |stage: &str, prefix: &str| {
+            log["events"].as_array().into_iter().flatten().find_map(|e| {
+                (e["stage"] == stage && e["detail"].as_str().is_some_and(|d| d.starts_with(prefix)))
+                    .then(|| e["time"].as_i64().unwrap())
+            })
+        };
+        let (offer, script) = (time_of("dhcp", "offer ").unwrap(), time_of("script", "").unwrap());
+        assert!(
+            script - offer <= 5,
+            "the script came {} s after the first offer (IPv6 stall?): {log:#}",
+            script - offer
+        );
         eprintln!(
-            "[{:?}] BIOS full DHCP: script URL at {t_script:.1?}, kernel marker at {t_booted:.1?}, lease {ip}, \
-             powered off at {:.1?}",
+            "[{:?}] BIOS full DHCP: script URL at {t_script:.1?} ({} s after the first offer), kernel marker at \
+             {t_booted:.1?}, lease {ip}, powered off at {:.1?}",
             accel(),
+            script - offer,
             m.uptime()
         );
         footprint
@@ -378,6 +397,58 @@ fn machines_without_a_job_boot_locally_and_unknown_macs_are_registered() {
     };
     footprint.assert_gone();
     eprintln!("machines_without_a_job_boot_locally_and_unknown_macs_are_registered: {:.1?}", started.elapsed());
+}
+
+/// UEFI machines without a job never load iPXE (issue 17): DHCP already answers their PXE with
+/// the PXE "local boot" menu, and the firmware goes on to its next boot entry. Shown for an
+/// unknown machine without a disk, with OVMF's own PXE and with QEMU's iPXE EFI ROM: within
+/// [`LOCAL_BOOT_LIMIT`] of power-on its PXEv4 entry has ended and the firmware has moved on,
+/// nothing was downloaded, no iPXE shell was reached, and the MAC is registered as a host.
+#[test]
+fn uefi_machines_without_a_job_go_on_to_their_next_boot_entry() {
+    require_ipxe_builds();
+    let started = Instant::now();
+    let footprint = {
+        let ns = Netns::new();
+        let kernel = TestKernel::installed();
+        let initrd = test_initrd(&ns, &kernel, "netboot-uefi-idle", false);
+        let _site = SiteDhcp::start(&ns);
+        let engine = NetbootEngine::start(&ns, config(&kernel, &initrd, json!({})));
+        let mut footprint = None;
+        let mut times = Vec::new();
+        for (i, rom) in [NicRom::Disabled, NicRom::Default].into_iter().enumerate() {
+            let mac = format!("52:54:00:4b:07:0{}", i + 1);
+            let mut m = Machine::builder(&ns, &format!("idle-uefi-{i}"))
+                .firmware(Firmware::Uefi)
+                .nic_rom(rom.clone())
+                .memory_mib(512)
+                .mac(&mac)
+                .network_boot()
+                .start();
+            footprint.get_or_insert_with(|| Footprint::of(&ns));
+            // EDK2's PXE ends with "PXE-E21: Remote boot cancelled" and BdsDxe moves on.
+            wait(&mut m, &engine, "PXE-E21", STAGE_TIMEOUT);
+            let t = m.uptime();
+            let serial = m.serial();
+            assert!(t <= LOCAL_BOOT_LIMIT, "{rom:?}: the PXEv4 entry ended {t:.1?} after power-on:\n{}", m.report());
+            assert!(!serial.contains("iPXE>"), "an iPXE shell:\n{}", m.report());
+            let ev = boot_log(&engine, &mac, &["dhcp"]);
+            assert!(ev.iter().any(|(s, d)| s == "dhcp" && d.contains("local boot (PXE menu)")), "{ev:#?}");
+            assert!(!ev.iter().any(|(s, _)| s == "tftp" || s == "script" || s == "kernel"), "{ev:#?}");
+            let name = format!("mac-{}", mac.replace(':', ""));
+            let hosts: Value = engine.kura(&["hosts", "--json"]).expect_success().json();
+            assert!(
+                hosts.as_array().is_some_and(|h| h.iter().any(|h| h["name"] == name.as_str())),
+                "{name} was not registered: {hosts:#}"
+            );
+            m.kill();
+            times.push((rom, t));
+        }
+        eprintln!("[{:?}] UEFI without a job, PXEv4 over and the next boot entry started at: {times:?}", accel());
+        footprint.unwrap()
+    };
+    footprint.assert_gone();
+    eprintln!("uefi_machines_without_a_job_go_on_to_their_next_boot_entry: {:.1?}", started.elapsed());
 }
 
 /// An iPXE script that boots the local disk: `sanboot` (BIOS), `exit` (UEFI, or after sanboot
