@@ -84,7 +84,12 @@ mod tests {
         assert_eq!(s.get(mac), Some(Sighting { ip: Ipv4Addr::new(10, 0, 0, 6), at: 7, how: SeenHow::ProxyRequest }));
         for i in 0..(MAX_SIGHTINGS as u32 + 10) {
             let b = i.to_be_bytes();
-            s.record(MacAddr([4, 0, b[0], b[1], b[2], b[3]]), Ipv4Addr::new(10, 1, 0, 1), 100 + i64::from(i), SeenHow::Lease);
+            s.record(
+                MacAddr([4, 0, b[0], b[1], b[2], b[3]]),
+                Ipv4Addr::new(10, 1, 0, 1),
+                100 + i64::from(i),
+                SeenHow::Lease,
+            );
         }
         assert!(s.0.lock().unwrap().len() <= MAX_SIGHTINGS);
         assert_eq!(s.get(mac), None, "the oldest sighting went first");

@@ -176,7 +176,8 @@ impl CatalogPolicy {
         let boot_at = match req.dhcp {
             DhcpWitness::NotRunning => None,
             DhcpWitness::NotSeen => {
-                let why = format!("the script of {mac} was requested from {shown}, but no DHCP exchange of {mac} was seen");
+                let why =
+                    format!("the script of {mac} was requested from {shown}, but no DHCP exchange of {mac} was seen");
                 return self.refuse(&job, mac, client, "no DHCP exchange", &why);
             }
             DhcpWitness::Seen(seen) if now - seen.at > DHCP_WINDOW => {
@@ -241,7 +242,8 @@ impl CatalogPolicy {
         if let Some(h) = catalog.host_by_mac(&mac.to_string())? {
             return Ok(BootDecision::LocalDisk { note: format!("host {}: no pending job", h.name) });
         }
-        let allowed = Bucket::take(&mut self.state.registrations.lock().unwrap_or_else(|e| e.into_inner()), catalog.now());
+        let allowed =
+            Bucket::take(&mut self.state.registrations.lock().unwrap_or_else(|e| e.into_inner()), catalog.now());
         if !allowed {
             self.log.count(COUNT_NOT_REGISTERED);
             tracing::warn!("netboot: {mac} not registered: more than {REGISTER_PER_MINUTE} unknown machines a minute");
@@ -270,7 +272,11 @@ impl CatalogPolicy {
             "job": job.id, "mac": mac.to_string(), "client": client.map(|c| c.to_string()), "reason": why,
         });
         self.catalog.record_audit(ACTOR, "netboot.token_refused", &job.host, detail)?;
-        self.catalog.append_job_log(job.id, LogLevel::Warn, &format!("possible impostor: {why}; no token was given"))?;
+        self.catalog.append_job_log(
+            job.id,
+            LogLevel::Warn,
+            &format!("possible impostor: {why}; no token was given"),
+        )?;
         Ok(BootDecision::LocalDisk { note: format!("no token for job {}: {short} (see its log)", job.id) })
     }
 }

@@ -321,7 +321,11 @@ fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pendin
     let detail = serde_json::json!({ "job": p.job, "manifest_host": manifest.host, "reason": what });
     engine.catalog.record_audit(&caller.actor(), "upload.commit_refused", &p.host, detail)?;
     if let Some(j) = p.job {
-        engine.catalog.append_job_log(j, LogLevel::Warn, &format!("a commit was refused: {what}; nothing was recorded"))?;
+        engine.catalog.append_job_log(
+            j,
+            LogLevel::Warn,
+            &format!("a commit was refused: {what}; nothing was recorded"),
+        )?;
     }
     tracing::warn!("upload commit refused ({}): {what}", caller.actor());
     Err(ServiceError::Forbidden(format!("{what}: refused, nothing was recorded")))
