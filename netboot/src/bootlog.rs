@@ -5,11 +5,12 @@
 //! maps an IP to a MAC once it has seen both together (a PXE request on port 4011, a lease in
 //! full-DHCP mode, a script fetch that names its MAC) and files the event under that MAC, else
 //! under the bare IP. At most [`MAX_MACHINES`] machines are kept (the least recently seen is
-//! dropped) and [`MAX_EVENTS`] events per machine (the oldest are dropped).
+//! dropped) and [`MAX_EVENTS`] events per machine (the oldest are dropped). Beside the events,
+//! named counters ([`BootLog::count`]) that the boot policy keeps.
 
 use crate::policy::MacAddr;
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +62,7 @@ enum Key {
 struct Inner {
     machines: HashMap<Key, Machine>,
     ip_to_mac: HashMap<IpAddr, MacAddr>,
+    counters: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -120,6 +122,16 @@ impl BootLog {
         let m = entry(&mut g, key);
         m.ip = Some(ip);
         push(m, Event { time: now(), stage, client: Some(ip), detail: detail.into() });
+    }
+
+    /// Adds one to the counter `name` (say, unknown MACs registered or turned away).
+    pub fn count(&self, name: &'static str) {
+        *self.lock().counters.entry(name).or_default() += 1;
+    }
+
+    /// Every counter since the start.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().counters.clone()
     }
 
     /// Every machine, most recently seen first.
@@ -183,5 +195,8 @@ mod tests {
             log.record_mac(MacAddr([4, 0, 0, 0, 1, i]), None, Stage::Dhcp, "x");
         }
         assert!(log.machines().len() <= MAX_MACHINES);
+        log.count("a");
+        log.count("a");
+        assert_eq!(log.counters().into_iter().collect::<Vec<_>>(), [("a", 2)]);
     }
 }

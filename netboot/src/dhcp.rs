@@ -47,6 +47,7 @@
 use crate::bootlog::{BootLog, Stage};
 use crate::leases::{self, LeaseTable};
 use crate::policy::{BootPolicy, BootSpec, ClientArch, MacAddr};
+use crate::seen::{SeenHow, Sightings};
 use dhcproto::v4::{
     Decodable, DhcpOption, Encodable, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
 };
@@ -272,12 +273,15 @@ pub struct Reply {
     pub note: String,
 }
 
-/// The DHCP decision maker. Pure apart from the lease table it owns.
+/// The DHCP decision maker. Pure apart from the lease table it owns and the sightings it
+/// records.
 pub struct Dhcp {
     pub server_ip: Ipv4Addr,
     pub policy: Arc<dyn BootPolicy>,
     /// `Some`: full mode.
     pub full: Option<(FullSettings, LeaseTable)>,
+    /// Which address each MAC was seen with ([`crate::seen`] says which packets count).
+    pub seen: Arc<Sightings>,
 }
 
 impl Dhcp {
@@ -291,10 +295,44 @@ impl Dhcp {
             }
         };
         let c = client(&msg)?;
-        match (port, self.full.is_some()) {
+        let reply = match (port, self.full.is_some()) {
             (Port::Pxe, _) => self.pxe_ack(&msg, &c, src),
             (Port::Dhcp, false) => self.proxy_offer(&msg, &c),
             (Port::Dhcp, true) => self.full(&msg, &c, now),
+        };
+        self.record_sighting(port, src, &msg, &c, reply.as_ref(), now);
+        reply
+    }
+
+    /// Records the address this exchange shows the client using (see [`crate::seen`]).
+    fn record_sighting(&self, port: Port, src: SocketAddr, req: &Message, c: &Client, reply: Option<&Reply>, now: i64) {
+        let seen = |ip: Ipv4Addr, how| self.seen.record(c.mac, ip, now, how);
+        if self.full.is_some() {
+            if let Some(r) = reply.filter(|r| r.message.opts().msg_type() == Some(MessageType::Ack)) {
+                seen(r.message.yiaddr(), SeenHow::Lease);
+            }
+            return;
+        }
+        if !c.pxe {
+            return;
+        }
+        let ciaddr = (!req.ciaddr().is_unspecified()).then_some(req.ciaddr());
+        match (port, c.msg_type) {
+            (Port::Pxe, MessageType::Request | MessageType::Inform) => {
+                let from = match src {
+                    SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
+                    _ => ciaddr,
+                };
+                if let Some(ip) = from {
+                    seen(ip, SeenHow::ProxyRequest);
+                }
+            }
+            (Port::Dhcp, MessageType::Request) => {
+                if let Some(ip) = c.requested_ip.or(ciaddr) {
+                    seen(ip, SeenHow::SiteRequest);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -574,7 +612,7 @@ mod tests {
     }
 
     fn proxy() -> Dhcp {
-        Dhcp { server_ip: SERVER, policy: policy(), full: None }
+        Dhcp { server_ip: SERVER, policy: policy(), full: None, seen: Default::default() }
     }
 
     fn full(path: Option<std::path::PathBuf>, now: i64) -> Dhcp {
@@ -588,7 +626,7 @@ mod tests {
             dns: vec![],
             lease_secs: 3600,
         };
-        Dhcp { server_ip: SERVER, policy: policy(), full: Some((settings, table)) }
+        Dhcp { server_ip: SERVER, policy: policy(), full: Some((settings, table)), seen: Default::default() }
     }
 
     /// A client packet as a PXE ROM (arch 0 BIOS, 7 UEFI x64) or iPXE would send it.
@@ -880,6 +918,48 @@ mod tests {
         // After expiry (renewed at 2000 for 3600 s) the address is free for others.
         let d2 = full(Some(path), 6000);
         assert!(d2.full.as_ref().unwrap().1.leases(6000).is_empty());
+    }
+
+    /// What the script route later compares the requester with: in proxy mode the address a
+    /// PXE client asks the site's server for (option 50 on 67) and the source of its request on
+    /// 4011; in full mode the address we ACKed. Offers, non-PXE clients and NAKs show nothing.
+    #[test]
+    fn netboot_dhcp_records_the_address_each_mac_was_seen_with() {
+        use crate::seen::Sighting;
+        let mac = MacAddr(MAC);
+        let mut d = proxy();
+        d.handle(Port::Dhcp, src(), &bytes(&packet(MessageType::Discover, MAC, Some(0), true, true)), 10);
+        assert_eq!(d.seen.get(mac), None, "a DISCOVER shows no address");
+        let mut site = packet(MessageType::Request, MAC, Some(0), true, true);
+        site.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 57)));
+        site.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 2)));
+        assert!(d.handle(Port::Dhcp, src(), &bytes(&site), 11).is_none(), "not ours to answer");
+        let seen = |ip, at, how| Some(Sighting { ip, at, how });
+        assert_eq!(d.seen.get(mac), seen(Ipv4Addr::new(10, 9, 0, 57), 11, SeenHow::SiteRequest));
+        let req = packet(MessageType::Request, MAC, Some(0), true, true);
+        d.handle(Port::Pxe, "10.9.0.58:4011".parse().unwrap(), &bytes(&req), 12).unwrap();
+        assert_eq!(d.seen.get(mac), seen(Ipv4Addr::new(10, 9, 0, 58), 12, SeenHow::ProxyRequest));
+        // A non-PXE client's request to the site's server is not a boot.
+        let other = [2, 0, 0, 0, 0, 7];
+        let mut plain = packet(MessageType::Request, other, None, false, false);
+        plain.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 9, 0, 70)));
+        d.handle(Port::Dhcp, src(), &bytes(&plain), 13);
+        assert_eq!(d.seen.get(MacAddr(other)), None);
+
+        let mut d = full(None, 0);
+        let offer = reply_of(
+            &d.handle(Port::Dhcp, src(), &bytes(&packet(MessageType::Discover, MAC, Some(0), true, true)), 20).unwrap(),
+        );
+        assert_eq!(d.seen.get(mac), None, "an offer is not a lease");
+        let mut req = packet(MessageType::Request, MAC, Some(0), true, true);
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        d.handle(Port::Dhcp, src(), &bytes(&req), 21).unwrap();
+        assert_eq!(d.seen.get(mac), seen(offer.yiaddr(), 21, SeenHow::Lease));
+        // A NAK (another's address) changes nothing.
+        let mut steal = packet(MessageType::Request, other, None, false, false);
+        steal.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        d.handle(Port::Dhcp, src(), &bytes(&steal), 22).unwrap();
+        assert_eq!(d.seen.get(MacAddr(other)), None);
     }
 
     #[test]

@@ -11,19 +11,31 @@
 //!
 //! These routes need no token: a machine booting from the network has none. They expose the
 //! boot files (not secret) and the script. A script carries an agent token only for a MAC whose
-//! host has a queued or running job; for any other MAC it says "boot locally" (and an unknown
-//! MAC is registered as a new host). The backup LAN is trusted: anyone on it who knows the MAC
-//! of a machine with a pending job can fetch that job's token by asking for the script. The
-//! damage is bounded by the token: it is an agent token, accepted only with that MAC's
-//! `X-Kura-Mac`, only for that one job (its capture upload or its restore's chunks), only while
-//! the job is queued or running, and each fetch revokes the previous one. Keep the boot
-//! network isolated, or the API reachable from it only.
+//! host has a queued or running job; for any other MAC it says "boot locally". This module
+//! decides none of that: it records what it saw and asks the [`BootPolicy`], handing it the
+//! requester's address and what this process's own DHCP saw of the MAC ([`DhcpWitness`], from
+//! [`crate::seen`]: the address the DHCP exchange gave or showed, and when).
+//!
+//! The engine's policy (`server/src/boot_policy.rs`) releases a job's token once per job boot,
+//! only to a requester whose address is the one the DHCP exchange for that MAC saw shortly
+//! before (MAC *and* IP); a second request for the same boot, or one from another address, gets
+//! no token, is audited and flags the job in its log. A token is bound to its job and MAC (an
+//! agent token, accepted only with that MAC's `X-Kura-Mac`, only for that one job, only while
+//! the job is queued or running), and a capture's snapshot takes its host from the job, never
+//! from the uploaded manifest. Unknown MACs are registered as hosts at a bounded rate.
+//!
+//! What remains: a machine on the same L2 segment that spoofs the victim's MAC *and* its IP
+//! (or answers DHCP in its name before it boots) can still be taken for it; the flagged second
+//! request then shows the impostor to an operator. With `"dhcp": "off"` nothing is seen, and
+//! only the once-per-job rule holds. Keep the boot network a dedicated VLAN (802.1X, DHCP
+//! snooping where the switches have it), and the API reachable from it only.
 //!
 //! The boot log ([`BootLog`]) is read by the engine's `GET /api/v1/netboot/status`.
 
 use crate::bootlog::{BootLog, Stage};
 use crate::ipxe;
-use crate::policy::{BootPolicy, BootRequest, MacAddr};
+use crate::policy::{BootPolicy, BootRequest, DhcpWitness, MacAddr};
+use crate::seen::Sightings;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -43,6 +55,8 @@ pub struct BootHttp {
     /// The site's extra kernel arguments for agent boots (one line).
     pub kernel_args: String,
     pub log: Arc<BootLog>,
+    /// What this process's DHCP saw of each MAC; `None` when DHCP is off.
+    pub seen: Option<Arc<Sightings>>,
 }
 
 /// The URL of `mac`'s boot script on the boot HTTP server at `http_base` (`http://ADDRESS:PORT`).
@@ -101,7 +115,11 @@ async fn script(
         );
     };
     let policy = st.policy.clone();
-    let req = BootRequest { client: Some(peer.ip()) };
+    let dhcp = match &st.seen {
+        None => DhcpWitness::NotRunning,
+        Some(seen) => seen.get(mac).map_or(DhcpWitness::NotSeen, DhcpWitness::Seen),
+    };
+    let req = BootRequest { client: Some(peer.ip().to_canonical()), dhcp };
     let failed = |detail: &str| {
         st.log.record_mac(mac, Some(peer.ip()), Stage::Script, "script failed (see the server log)");
         tracing::error!("netboot: the script for {mac} failed: {detail}");
@@ -204,6 +222,7 @@ mod tests {
             initrd: dir.path().join("initrd.img"),
             kernel_args: String::new(),
             log: log.clone(),
+            seen: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -267,6 +286,7 @@ mod tests {
             initrd: PathBuf::from("/nonexistent"),
             kernel_args: String::new(),
             log: log.clone(),
+            seen: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -279,6 +299,50 @@ mod tests {
         assert_eq!(b, b"#!ipxe\necho Kura: server error\nexit\n");
         let m = log.machines();
         assert_eq!(m[0].events[0].detail, "script failed (see the server log)");
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    /// The policy is told who asked and what DHCP saw of the MAC (the facts it decides on).
+    #[tokio::test]
+    async fn netboot_http_hands_the_policy_the_requester_and_the_dhcp_sighting() {
+        use crate::seen::{SeenHow, Sighting};
+        use std::net::IpAddr;
+        struct Recorder(std::sync::Mutex<Vec<(MacAddr, BootRequest)>>);
+        impl BootPolicy for Recorder {
+            fn boot_spec(&self, _: MacAddr, _: crate::policy::ClientArch) -> crate::policy::BootSpec {
+                crate::policy::BootSpec::Ignore
+            }
+            fn decide(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, crate::policy::PolicyError> {
+                self.0.lock().unwrap().push((mac, req.clone()));
+                Ok(BootDecision::LocalDisk { note: "x".into() })
+            }
+        }
+        let recorder = Arc::new(Recorder(Default::default()));
+        let seen = Arc::new(Sightings::default());
+        let known: MacAddr = "52:54:00:00:00:03".parse().unwrap();
+        seen.record(known, std::net::Ipv4Addr::LOCALHOST, 42, SeenHow::ProxyRequest);
+        let st = Arc::new(BootHttp {
+            policy: recorder.clone(),
+            kernel: PathBuf::from("/nonexistent"),
+            initrd: PathBuf::from("/nonexistent"),
+            kernel_args: String::new(),
+            log: BootLog::new(),
+            seen: Some(seen),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, st, async {
+            let _ = rx.await;
+        }));
+        get_raw(addr, "/boot/script?mac=52:54:00:00:00:03", "").await;
+        get_raw(addr, "/boot/script?mac=52:54:00:00:00:04", "").await;
+        let got = recorder.0.lock().unwrap().clone();
+        let lo = Some(IpAddr::from(std::net::Ipv4Addr::LOCALHOST));
+        let sighting = Sighting { ip: std::net::Ipv4Addr::LOCALHOST, at: 42, how: SeenHow::ProxyRequest };
+        assert_eq!(got[0], (known, BootRequest { client: lo, dhcp: DhcpWitness::Seen(sighting) }));
+        assert_eq!(got[1].1, BootRequest { client: lo, dhcp: DhcpWitness::NotSeen });
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
     }

@@ -16,6 +16,8 @@
 //! - [`ipxe`]: a [`BootDecision`] rendered to an iPXE script.
 //! - [`dhcp`] (with [`leases`] for full-DHCP mode), [`tftp`], [`http`]: the protocols.
 //! - [`bootlog`]: what each machine was offered and fetched, for `kura netboot status`.
+//! - [`seen`]: the address each MAC's DHCP exchange showed, handed to the policy with every
+//!   script request (so it can release a token only to the machine that booted).
 //!
 //! [`run`] takes its sockets and a shutdown future as arguments; [`bind`] makes the sockets
 //! from a [`NetbootConfig`] (tests bind their own on 127.0.0.1 or inside a network namespace).
@@ -54,10 +56,11 @@ pub mod ipxe;
 pub mod leases;
 pub mod policy;
 pub mod ra;
+pub mod seen;
 pub mod tftp;
 
 pub use bootlog::BootLog;
-pub use policy::{AgentBoot, BootDecision, BootPolicy, BootRequest, BootSpec, ClientArch, PolicyError};
+pub use policy::{AgentBoot, BootDecision, BootPolicy, BootRequest, BootSpec, ClientArch, DhcpWitness, PolicyError};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -379,6 +382,9 @@ impl Handle {
 /// Runs the DHCP, TFTP and HTTP boot services on `sockets` until `shutdown` completes.
 pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let Netboot { config, policy, log } = nb;
+    // DHCP's sightings for the script route; `None` when DHCP is off (nothing is seen).
+    let sightings = Arc::new(seen::Sightings::default());
+    let dhcp_seen = sockets.dhcp.is_some().then(|| sightings.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -406,7 +412,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
             }
             _ => None,
         };
-        let d = dhcp::Dhcp { server_ip: config.address, policy: policy.clone(), full };
+        let d = dhcp::Dhcp { server_ip: config.address, policy: policy.clone(), full, seen: sightings };
         let (l, stop) = (log.clone(), stopped());
         set.spawn(async move { dhcp::serve(d, sock, sockets.pxe, l, stop).await.context("DHCP") });
     }
@@ -423,6 +429,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
         initrd: config.initrd.clone(),
         kernel_args: config.kernel_args.clone(),
         log: log.clone(),
+        seen: dhcp_seen,
     });
     let stop = stopped();
     set.spawn(async move { http::serve(sockets.http, st, stop).await.context("boot HTTP") });

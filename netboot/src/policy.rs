@@ -6,6 +6,7 @@
 //! [`crate::ipxe`] turns into script text. The engine implements the trait from its catalog
 //! (`server/src/boot_policy.rs`); tests use `StaticPolicy`. (pixiecore's `Booter`.)
 
+use crate::seen::Sighting;
 use kura_protocol::cmdline::AgentArgs;
 use serde::Serialize;
 use std::fmt;
@@ -95,6 +96,20 @@ impl BootSpec {
 pub struct BootRequest {
     /// The address the request came from.
     pub client: Option<IpAddr>,
+    /// What this process's DHCP saw of the MAC (the policy compares it with `client`).
+    pub dhcp: DhcpWitness,
+}
+
+/// What netboot's own DHCP service can say about the MAC of a script request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DhcpWitness {
+    /// DHCP is off (`"dhcp": "off"`): the site's DHCP boots the machines; nothing was seen.
+    #[default]
+    NotRunning,
+    /// DHCP runs but never saw the MAC (or forgot it).
+    NotSeen,
+    /// Its latest sighting ([`crate::seen`]).
+    Seen(Sighting),
 }
 
 /// What one machine boots when its iPXE fetches its script: the policy's answer, rendered to

@@ -5,11 +5,9 @@
 //!
 //! - **A queued or running job** for the host owning the MAC: the Kura boot environment
 //!   ([`BootDecision::Agent`]), with `kura.*` arguments ([`AgentArgs`]) naming the job, the API
-//!   and a fresh agent token. The token ([`crate::engine::tokens::mint_agent_token`], the one minting function) is bound to the job and
-//!   the MAC, valid while the job is queued or running and at most [`TOKEN_LIFETIME`]; a new one
-//!   is issued on every script fetch and the one netboot issued before for the same job and MAC
-//!   is revoked ([`Issued`]), so at most one netboot token per job is live. Tokens issued by the
-//!   job-creation API are left alone.
+//!   and a fresh agent token ([`crate::engine::tokens::mint_agent_token`], the one minting
+//!   function), bound to the job and the MAC, valid while the job is queued or running and at
+//!   most [`TOKEN_LIFETIME`] — if the request passes the two checks below.
 //! - **No job**: boot from the local disk ([`BootDecision::LocalDisk`]). UEFI machines are
 //!   told so already by DHCP ([`BootSpec::LocalDisk`]: a PXE "local boot" menu, nothing
 //!   downloaded), because on UEFI iPXE cannot boot the disk itself: its `exit` hands control
@@ -17,22 +15,51 @@
 //!   `ipxe.efi`, hangs (issue 17; the measurements are in docs/operations.md). BIOS machines
 //!   load iPXE, whose `sanboot` boots the first disk through INT 13h.
 //! - **An unknown MAC**: registered in the catalog as a new host `mac-aabbccddeeff` (rename it
-//!   with the API; the MAC stays), then the local disk.
+//!   with the API; the MAC stays), then the local disk. At most [`REGISTER_BURST`] at once and
+//!   [`REGISTER_PER_MINUTE`] a minute after that (a token bucket); beyond that the machine boots
+//!   locally unregistered. Both are counted in the boot log ([`COUNT_REGISTERED`],
+//!   [`COUNT_NOT_REGISTERED`]).
+//!
+//! # Releasing a job's token
+//!
+//! The script route passes the requester's address and what netboot's own DHCP saw of the MAC
+//! (`kura_netboot::DhcpWitness`). A token is released only when:
+//!
+//! 1. **The requester is the machine that booted**: the DHCP exchange for that MAC was seen at
+//!    most [`DHCP_WINDOW`] seconds ago, with the requester's IP. What "seen with" means depends
+//!    on the DHCP mode (`kura_netboot::seen`): in full mode the address we leased it; in proxy
+//!    mode the address its PXE DHCPREQUEST asked the site's server for (option 50) or the
+//!    source of its request to us on port 4011. With `"dhcp": "off"` nothing is seen and this
+//!    check is skipped (only rule 2 holds; the module docs of `kura_netboot::http` say so).
+//! 2. **Once per job boot**: a job's token goes out once. A later request is a *new boot* only
+//!    if a DHCP exchange for the MAC was seen after the previous release and the job is still
+//!    queued (the agent never reported, say it crashed before reaching the API): then a new
+//!    token is released and the previous one revoked, with a warning in the job's log. Any
+//!    other repeated request — no new DHCP exchange, or the job already running — is "token
+//!    requested twice".
+//!
+//! A refused request gets a local-boot script with no token, is audited
+//! (`netboot.token_refused`), counted ([`COUNT_REFUSED`]), and leaves a `warn` line in the
+//! job's log (`GET /api/v1/jobs/{id}`), so an operator sees a possible impostor. Refusals never
+//! revoke the released token: an impostor cannot end the real machine's job that way.
+//!
+//! Releases live in memory ([`PolicyState`]): after a restart of the engine, one more release
+//! per job is possible (tokens released before it stay valid until their job ends).
 //!
 //! `kura_netboot::ipxe` writes the scripts. [`prepare`] builds the engine's netboot for
 //! `kura serve --netboot CONFIG.json`.
 
 use anyhow::{bail, Result};
-use kura_catalogs::db::{Catalog, CatalogError, NewHost};
+use kura_catalogs::db::{Catalog, CatalogError, Job, JobState, LogLevel, NewHost};
 use kura_netboot::http::{initrd_url, kernel_url, script_url};
 use kura_netboot::{
-    AgentBoot, BootDecision, BootLog, BootPolicy, BootRequest, BootSpec, ClientArch, Netboot, NetbootConfig,
-    PolicyError,
+    AgentBoot, BootDecision, BootLog, BootPolicy, BootRequest, BootSpec, ClientArch, DhcpWitness, Netboot,
+    NetbootConfig, PolicyError,
 };
 use kura_protocol::cmdline::AgentArgs;
 use kura_protocol::MacAddr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -56,17 +83,67 @@ pub struct PolicySettings {
     pub efi_arm64_firmware: Option<String>,
 }
 
+/// How long after a MAC's DHCP exchange its script may release the job's token (seconds).
+pub const DHCP_WINDOW: i64 = 120;
+/// Unknown MACs registered at once before the rate applies.
+pub const REGISTER_BURST: u32 = 10;
+/// Unknown MACs registered per minute after the burst.
+pub const REGISTER_PER_MINUTE: u32 = 10;
+/// Boot-log counters: unknown MACs registered, and turned away beyond the rate.
+pub const COUNT_REGISTERED: &str = "unknown_macs_registered";
+pub const COUNT_NOT_REGISTERED: &str = "unknown_macs_not_registered";
+/// Boot-log counter: script requests for a job refused their token.
+pub const COUNT_REFUSED: &str = "token_requests_refused";
+
 pub struct CatalogPolicy {
     pub catalog: Arc<Catalog>,
     pub settings: PolicySettings,
-    pub issued: Issued,
+    pub state: PolicyState,
+    /// Where the counters go (the boot log `kura netboot status` shows).
+    pub log: Arc<BootLog>,
 }
 
-/// The agent tokens netboot issued, by (job, MAC), so a new fetch revokes the previous one.
-/// In memory: after a restart, tokens issued before it stay valid until their job ends.
-/// Tokens issued by anyone else (the job-creation API) are left alone.
+/// What the policy remembers between requests (in memory; see the module docs).
 #[derive(Default)]
-pub struct Issued(std::sync::Mutex<HashMap<(i64, String), i64>>);
+pub struct PolicyState {
+    releases: std::sync::Mutex<HashMap<i64, Release>>,
+    registrations: std::sync::Mutex<Option<Bucket>>,
+}
+
+/// A job's token as released: which token, when, to which address.
+#[derive(Debug, Clone)]
+struct Release {
+    token: i64,
+    at: i64,
+    client: Option<IpAddr>,
+}
+
+/// The token bucket of registrations: `tokens` left at `last`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: i64,
+}
+
+impl Bucket {
+    fn take(slot: &mut Option<Bucket>, now: i64) -> bool {
+        let burst = f64::from(REGISTER_BURST);
+        let b = slot.get_or_insert(Bucket { tokens: burst, last: now });
+        let elapsed = (now - b.last).max(0) as f64;
+        b.tokens = (b.tokens + elapsed * f64::from(REGISTER_PER_MINUTE) / 60.0).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn addr(ip: Option<IpAddr>) -> String {
+    ip.map_or("an unknown address".to_string(), |c| c.to_string())
+}
 
 impl BootPolicy for CatalogPolicy {
     fn boot_spec(&self, mac: MacAddr, arch: ClientArch) -> BootSpec {
@@ -79,7 +156,7 @@ impl BootPolicy for CatalogPolicy {
         };
         let script_url = script_url(&s.http_base, mac);
         if arch.is_efi() {
-            match efi_has_work(&self.catalog, mac) {
+            match self.efi_has_work(mac) {
                 Ok(true) => {}
                 Ok(false) => return BootSpec::LocalDisk { script_url },
                 // The catalog failed: boot locally rather than hold a server in iPXE.
@@ -92,61 +169,150 @@ impl BootPolicy for CatalogPolicy {
         BootSpec::Boot { firmware, script_url }
     }
 
-    fn decide(&self, mac: MacAddr, _req: &BootRequest) -> Result<BootDecision, PolicyError> {
-        decide(&self.catalog, &self.settings, &self.issued, mac).map_err(|e| PolicyError(e.to_string()))
+    fn decide(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, PolicyError> {
+        self.decide_for(mac, req).map_err(|e| PolicyError(e.to_string()))
     }
 }
 
-/// Whether a UEFI machine netbooting as `mac` has a queued or running job (registering an
-/// unknown MAC, as [`decide`] does). Without one it boots locally from DHCP already: on UEFI,
-/// iPXE cannot hand the machine back to its disk quickly (see the module docs).
-fn efi_has_work(catalog: &Catalog, mac: MacAddr) -> Result<bool, CatalogError> {
-    let mac_s = mac.to_string();
-    if catalog.active_job_for_mac(&mac_s)?.is_some() {
-        return Ok(true);
+impl CatalogPolicy {
+    pub fn new(catalog: Arc<Catalog>, settings: PolicySettings, log: Arc<BootLog>) -> CatalogPolicy {
+        CatalogPolicy { catalog, settings, state: PolicyState::default(), log }
     }
-    if catalog.host_by_mac(&mac_s)?.is_none() {
+
+    /// What `mac` boots (see the module docs). Blocking; may write to the catalog.
+    pub fn decide_for(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, CatalogError> {
+        let catalog = &self.catalog;
+        let mac_s = mac.to_string();
+        let Some(job) = catalog.active_job_for_mac(&mac_s)? else {
+            return self.no_job(mac);
+        };
+        let now = catalog.now();
+        let client = req.client;
+        let shown = addr(client);
+        // 1. The requester is the machine the DHCP exchange saw.
+        let boot_at = match req.dhcp {
+            DhcpWitness::NotRunning => None,
+            DhcpWitness::NotSeen => {
+                let why =
+                    format!("the script of {mac} was requested from {shown}, but no DHCP exchange of {mac} was seen");
+                return self.refuse(&job, mac, client, "no DHCP exchange", &why);
+            }
+            DhcpWitness::Seen(seen) if now - seen.at > DHCP_WINDOW => {
+                let why = format!(
+                    "the script of {mac} was requested from {shown} {} s after its last DHCP exchange (at most {DHCP_WINDOW} s)",
+                    now - seen.at
+                );
+                return self.refuse(&job, mac, client, "no recent DHCP exchange", &why);
+            }
+            DhcpWitness::Seen(seen) if client != Some(IpAddr::V4(seen.ip)) => {
+                let why =
+                    format!("the script of {mac} was requested from {shown}, but its DHCP exchange showed {}", seen.ip);
+                return self.refuse(&job, mac, client, "address mismatch", &why);
+            }
+            DhcpWitness::Seen(seen) => Some(seen.at),
+        };
+        // 2. Once per job boot.
+        let mut releases = self.state.releases.lock().unwrap_or_else(|e| e.into_inner());
+        releases.retain(|_, r| now - r.at < TOKEN_LIFETIME);
+        let previous = releases.get(&job.id).cloned();
+        if let Some(prev) = &previous {
+            let new_boot = boot_at.is_some_and(|b| b > prev.at);
+            if !(new_boot && job.state == JobState::Queued) {
+                let since = if new_boot {
+                    format!("; job {} is already {}", job.id, job.state)
+                } else {
+                    "; no DHCP exchange since".to_string()
+                };
+                let why = format!(
+                    "token requested twice: the script of {mac} was requested again from {shown} (released {} s ago to {}{since})",
+                    now - prev.at,
+                    addr(prev.client)
+                );
+                drop(releases);
+                return self.refuse(&job, mac, client, "token requested twice", &why);
+            }
+        }
+        let token = crate::engine::tokens::mint_agent_token(catalog, ACTOR, job.id, mac, Some(now + TOKEN_LIFETIME))?;
+        if let Some(prev) = previous {
+            catalog.revoke_token(ACTOR, prev.token)?;
+            let line = format!(
+                "a new boot of {mac} from {shown}: a new agent token was released (the one released {} s ago to {} is revoked)",
+                now - prev.at,
+                addr(prev.client)
+            );
+            catalog.append_job_log(job.id, LogLevel::Warn, &line)?;
+        }
+        releases.insert(job.id, Release { token: token.info.id, at: now, client });
+        let s = &self.settings;
+        Ok(BootDecision::Agent(AgentBoot {
+            args: AgentArgs::new(&s.api_url, job.id, &token.secret, mac, s.fingerprint.as_deref()),
+            kernel_url: kernel_url(&s.http_base, mac),
+            initrd_url: initrd_url(&s.http_base, mac),
+            banner: format!("{} job {} for host {}", job.kind, job.id, job.host),
+        }))
+    }
+
+    /// Whether a UEFI machine netbooting as `mac` has a queued or running job (an unknown MAC
+    /// is registered, at the bounded rate, as [`Self::no_job`] does). Without one it boots
+    /// locally from DHCP already: on UEFI, iPXE cannot hand the machine back to its disk
+    /// quickly (see the module docs).
+    fn efi_has_work(&self, mac: MacAddr) -> Result<bool, CatalogError> {
+        if self.catalog.active_job_for_mac(&mac.to_string())?.is_some() {
+            return Ok(true);
+        }
+        self.no_job(mac)?;
+        Ok(false)
+    }
+
+    /// A MAC without a job: a known host boots locally; an unknown one is registered (at the
+    /// bounded rate), then boots locally.
+    fn no_job(&self, mac: MacAddr) -> Result<BootDecision, CatalogError> {
+        let catalog = &self.catalog;
+        if let Some(h) = catalog.host_by_mac(&mac.to_string())? {
+            return Ok(BootDecision::LocalDisk { note: format!("host {}: no pending job", h.name) });
+        }
+        let allowed =
+            Bucket::take(&mut self.state.registrations.lock().unwrap_or_else(|e| e.into_inner()), catalog.now());
+        if !allowed {
+            self.log.count(COUNT_NOT_REGISTERED);
+            tracing::warn!("netboot: {mac} not registered: more than {REGISTER_PER_MINUTE} unknown machines a minute");
+            return Ok(BootDecision::LocalDisk {
+                note: "not registered: too many unknown machines; boot again later".into(),
+            });
+        }
         register(catalog, mac)?;
+        self.log.count(COUNT_REGISTERED);
+        Ok(BootDecision::LocalDisk { note: format!("registered as host {}", host_name_for(mac)) })
     }
-    Ok(false)
+
+    /// Refuses `job`'s token to a script request (see the module docs): audited, counted,
+    /// flagged in the job's log; the requester boots locally.
+    fn refuse(
+        &self,
+        job: &Job,
+        mac: MacAddr,
+        client: Option<IpAddr>,
+        short: &str,
+        why: &str,
+    ) -> Result<BootDecision, CatalogError> {
+        tracing::warn!("netboot: job {}: {why}; no token given", job.id);
+        self.log.count(COUNT_REFUSED);
+        let detail = serde_json::json!({
+            "job": job.id, "mac": mac.to_string(), "client": client.map(|c| c.to_string()), "reason": why,
+        });
+        self.catalog.record_audit(ACTOR, "netboot.token_refused", &job.host, detail)?;
+        self.catalog.append_job_log(
+            job.id,
+            LogLevel::Warn,
+            &format!("possible impostor: {why}; no token was given"),
+        )?;
+        Ok(BootDecision::LocalDisk { note: format!("no token for job {}: {short} (see its log)", job.id) })
+    }
 }
 
 /// The host name given to an unknown MAC address.
 pub fn host_name_for(mac: MacAddr) -> String {
     format!("mac-{}", mac.hex())
-}
-
-/// What `mac` boots (see the module docs). Blocking; may write to the catalog.
-pub fn decide(
-    catalog: &Catalog,
-    s: &PolicySettings,
-    issued: &Issued,
-    mac: MacAddr,
-) -> Result<BootDecision, CatalogError> {
-    let mac_s = mac.to_string();
-    if let Some(job) = catalog.active_job_for_mac(&mac_s)? {
-        let token =
-            crate::engine::tokens::mint_agent_token(catalog, ACTOR, job.id, mac, Some(catalog.now() + TOKEN_LIFETIME))?;
-        let previous =
-            issued.0.lock().unwrap_or_else(|e| e.into_inner()).insert((job.id, mac_s.clone()), token.info.id);
-        if let Some(old) = previous {
-            catalog.revoke_token(ACTOR, old)?;
-        }
-        return Ok(BootDecision::Agent(AgentBoot {
-            args: AgentArgs::new(&s.api_url, job.id, &token.secret, mac, s.fingerprint.as_deref()),
-            kernel_url: kernel_url(&s.http_base, mac),
-            initrd_url: initrd_url(&s.http_base, mac),
-            banner: format!("{} job {} for host {}", job.kind, job.id, job.host),
-        }));
-    }
-    let note = match catalog.host_by_mac(&mac_s)? {
-        Some(h) => format!("host {}: no pending job", h.name),
-        None => {
-            register(catalog, mac)?;
-            format!("registered as host {}", host_name_for(mac))
-        }
-    };
-    Ok(BootDecision::LocalDisk { note })
 }
 
 /// Adds an unknown MAC to the catalog as host `mac-…` (a race with another fetch, or an
@@ -189,11 +355,8 @@ pub fn netboot(
         efi_x64_firmware: efi,
         efi_arm64_firmware: arm,
     };
-    Ok(Netboot {
-        config,
-        policy: Arc::new(CatalogPolicy { catalog, settings, issued: Default::default() }),
-        log: BootLog::new(),
-    })
+    let log = BootLog::new();
+    Ok(Netboot { config, policy: Arc::new(CatalogPolicy::new(catalog, settings, log.clone())), log })
 }
 
 /// Loads the configuration at `path` and builds the engine's netboot (for `kura serve`).
@@ -231,42 +394,99 @@ mod tests {
         }
     }
 
+    /// A catalog whose clock the test moves, and the engine's policy on it.
+    fn policy() -> (CatalogPolicy, Arc<std::sync::atomic::AtomicI64>) {
+        let clock = Arc::new(std::sync::atomic::AtomicI64::new(1_000_000));
+        let c = clock.clone();
+        let cat = Catalog::open_in_memory().unwrap().with_clock(move || c.load(std::sync::atomic::Ordering::SeqCst));
+        (CatalogPolicy::new(Arc::new(cat), settings(), BootLog::new()), clock)
+    }
+
+    fn advance(clock: &std::sync::atomic::AtomicI64, secs: i64) {
+        clock.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    const MACHINE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 9, 0, 57);
+
+    /// A script request from `from` after DHCP saw the MAC at [`MACHINE`] at `at`.
+    fn request(from: std::net::Ipv4Addr, at: i64) -> BootRequest {
+        use kura_netboot::seen::{SeenHow, Sighting};
+        BootRequest {
+            client: Some(from.into()),
+            dhcp: DhcpWitness::Seen(Sighting { ip: MACHINE, at, how: SeenHow::SiteRequest }),
+        }
+    }
+
     /// The script iPXE gets: the decision, rendered with the site's kernel arguments.
-    fn render(cat: &Catalog, s: &PolicySettings, issued: &Issued, mac: MacAddr) -> Result<String, CatalogError> {
-        let d = decide(cat, s, issued, mac)?;
-        Ok(ipxe::render(mac, &d, "console=ttyS0").expect("a script"))
+    fn render(p: &CatalogPolicy, mac: MacAddr, req: &BootRequest) -> String {
+        let d = p.decide_for(mac, req).unwrap();
+        ipxe::render(mac, &d, "console=ttyS0").expect("a script")
+    }
+
+    fn token_in(script: &str) -> Option<String> {
+        script.split([' ', '\n']).find_map(|a| a.strip_prefix("kura.token=")).map(str::to_string)
+    }
+
+    fn capture_job(cat: &Catalog, host: &str) -> kura_catalogs::db::Job {
+        cat.create_job("t", &NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None }).unwrap()
+    }
+
+    fn warnings(cat: &Catalog, job: i64) -> Vec<String> {
+        cat.job_log(job, None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.level == LogLevel::Warn)
+            .map(|l| l.message)
+            .collect()
     }
 
     #[test]
     fn netboot_script_registers_unknown_macs_and_boots_locally() {
-        let cat = Catalog::open_in_memory().unwrap();
-        let issued = Issued::default();
+        let (p, _) = policy();
         let mac: MacAddr = "52:54:00:aa:bb:cc".parse().unwrap();
-        let s = render(&cat, &settings(), &issued, mac).unwrap();
+        let s = render(&p, mac, &BootRequest::default());
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("sanboot --no-describe --drive 0x80"));
         assert!(s.contains("iseq ${platform} efi"));
         assert!(!s.contains("kura.token"));
-        let host = cat.host_by_mac("52:54:00:aa:bb:cc").unwrap().unwrap();
+        let host = p.catalog.host_by_mac("52:54:00:aa:bb:cc").unwrap().unwrap();
         assert_eq!(host.name, "mac-525400aabbcc");
         // Again: no second host.
-        render(&cat, &settings(), &issued, mac).unwrap();
-        assert_eq!(cat.list_hosts().unwrap().len(), 1);
+        render(&p, mac, &BootRequest::default());
+        assert_eq!(p.catalog.list_hosts().unwrap().len(), 1);
+        assert_eq!(p.log.counters().get(COUNT_REGISTERED), Some(&1));
+    }
+
+    /// 200 script requests for random MACs register the burst, no more; the rest boot locally
+    /// unregistered and are counted; the bucket refills at its rate.
+    #[test]
+    fn netboot_unknown_mac_flood_registers_at_most_the_bound() {
+        let (p, clock) = policy();
+        for i in 0..200u8 {
+            let s = render(&p, MacAddr([2, 0, 0, 0, 7, i]), &BootRequest::default());
+            assert!(!s.contains("kura.token") && s.contains("sanboot"), "{s}");
+        }
+        let burst = REGISTER_BURST as usize;
+        assert_eq!(p.catalog.list_hosts().unwrap().len(), burst);
+        let counters = p.log.counters();
+        assert_eq!(counters.get(COUNT_REGISTERED), Some(&(burst as u64)));
+        assert_eq!(counters.get(COUNT_NOT_REGISTERED), Some(&(200 - burst as u64)));
+        // A minute later, REGISTER_PER_MINUTE more.
+        advance(&clock, 60);
+        for i in 0..50u8 {
+            render(&p, MacAddr([2, 0, 0, 0, 8, i]), &BootRequest::default());
+        }
+        assert_eq!(p.catalog.list_hosts().unwrap().len(), burst + REGISTER_PER_MINUTE as usize);
     }
 
     #[test]
     fn netboot_script_for_a_pending_job_has_kernel_initrd_and_a_working_token() {
-        let cat = Catalog::open_in_memory().unwrap();
-        let issued = Issued::default();
+        let (p, _) = policy();
+        let cat = &p.catalog;
         let mac: MacAddr = "52:54:00:aa:bb:cc".parse().unwrap();
-        render(&cat, &settings(), &issued, mac).unwrap();
-        let job = cat
-            .create_job(
-                "t",
-                &NewJob { kind: JobKind::Capture, host: "mac-525400aabbcc".into(), disk: None, snapshot: None },
-            )
-            .unwrap();
-        let s = render(&cat, &settings(), &issued, mac).unwrap();
+        render(&p, mac, &BootRequest::default());
+        let job = capture_job(cat, "mac-525400aabbcc");
+        let s = render(&p, mac, &request(MACHINE, cat.now()));
         let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
         assert!(kernel.starts_with("kernel http://10.9.0.1:8080/boot/vmlinuz?mac=52:54:00:aa:bb:cc initrd=initrd.img "));
         assert!(kernel.contains(&format!(" kura.job={} ", job.id)));
@@ -276,18 +496,74 @@ mod tests {
         assert!(
             s.contains("\ninitrd --name initrd.img http://10.9.0.1:8080/boot/initrd.img?mac=52:54:00:aa:bb:cc\nboot\n")
         );
-        let token = kernel.split(' ').find_map(|a| a.strip_prefix("kura.token=")).unwrap().to_string();
-        let p = cat.authenticate(&token, cat.now()).unwrap().expect("a valid token");
-        assert_eq!((p.role, p.job_id, p.mac.as_deref()), (Role::Agent, Some(job.id), Some("52:54:00:aa:bb:cc")));
-        // A second fetch issues a new token and revokes the first.
-        let s2 = render(&cat, &settings(), &issued, mac).unwrap();
-        let token2 = s2.split(' ').find_map(|a| a.strip_prefix("kura.token=")).unwrap();
-        assert_ne!(token, token2);
-        assert!(cat.authenticate(&token, cat.now()).unwrap().is_none());
-        assert!(cat.authenticate(token2, cat.now()).unwrap().is_some());
+        let token = token_in(&s).unwrap();
+        let pr = cat.authenticate(&token, cat.now()).unwrap().expect("a valid token");
+        assert_eq!((pr.role, pr.job_id, pr.mac.as_deref()), (Role::Agent, Some(job.id), Some("52:54:00:aa:bb:cc")));
+        assert!(warnings(cat, job.id).is_empty(), "a normal boot flags nothing");
         // Once the job is over, the machine boots locally.
         cat.cancel_job("t", job.id).unwrap();
-        assert!(render(&cat, &settings(), &issued, mac).unwrap().contains("sanboot"));
+        assert!(render(&p, mac, &request(MACHINE, cat.now())).contains("sanboot"));
+    }
+
+    /// The attack of issue 16: anyone on the boot LAN asking for a job's script. The token goes
+    /// only to the address the MAC's DHCP exchange showed, recently, once per boot; every other
+    /// request gets no token, is audited and flags the job, and never revokes the real one.
+    #[test]
+    fn netboot_token_is_released_once_per_boot_to_the_machine_dhcp_saw() {
+        let (p, clock) = policy();
+        let cat = p.catalog.clone();
+        let mac: MacAddr = "52:54:00:aa:bb:01".parse().unwrap();
+        cat.create_host("t", &NewHost { name: "victim".into(), group: None, notes: String::new() }).unwrap();
+        cat.add_mac("t", "victim", &mac.to_string()).unwrap();
+        let job = capture_job(&cat, "victim");
+        let attacker = std::net::Ipv4Addr::new(10, 9, 0, 66);
+        let refused = |req: &BootRequest, words: &str| {
+            let before = warnings(&cat, job.id).len();
+            let s = render(&p, mac, req);
+            assert!(token_in(&s).is_none() && s.contains("sanboot"), "{s}");
+            let w = warnings(&cat, job.id);
+            assert_eq!(w.len(), before + 1, "{w:?}");
+            assert!(w[before].contains(words) && w[before].contains("possible impostor"), "{w:?}");
+        };
+        // Before any DHCP exchange, from an address DHCP did not show, or too long after it.
+        refused(&BootRequest { client: Some(attacker.into()), dhcp: DhcpWitness::NotSeen }, "no DHCP exchange");
+        refused(&request(attacker, cat.now()), "its DHCP exchange showed 10.9.0.57");
+        refused(&request(MACHINE, cat.now() - DHCP_WINDOW - 1), "after its last DHCP exchange");
+        // The machine itself, just after its DHCP exchange.
+        let booted = cat.now();
+        let t1 = token_in(&render(&p, mac, &request(MACHINE, booted))).expect("the machine gets its token");
+        // Asked again for the same boot: from the attacker (address mismatch), or with the
+        // machine's address (spoofed, or a second fetch): refused, and the token stays valid.
+        advance(&clock, 5);
+        refused(&request(attacker, booted), "showed 10.9.0.57");
+        refused(&request(MACHINE, booted), "token requested twice");
+        assert!(cat.authenticate(&t1, cat.now()).unwrap().is_some(), "a refusal revoked the real token");
+        let audit = cat.list_audit(100).unwrap();
+        assert_eq!(audit.iter().filter(|a| a.action == "netboot.token_refused").count(), 5, "{audit:?}");
+        assert_eq!(p.log.counters().get(COUNT_REFUSED), Some(&5));
+        // A new boot (a DHCP exchange after the release) of a job still queued: one more
+        // release, the first token revoked, the job's log says so.
+        advance(&clock, 30);
+        let t2 = token_in(&render(&p, mac, &request(MACHINE, cat.now()))).expect("a new boot gets a token");
+        assert!(cat.authenticate(&t1, cat.now()).unwrap().is_none());
+        assert!(warnings(&cat, job.id).last().unwrap().contains("a new boot of"), "{:?}", warnings(&cat, job.id));
+        // Once the agent runs, no new boot releases another token.
+        cat.start_job("agent", job.id).unwrap();
+        advance(&clock, 30);
+        refused(&request(MACHINE, cat.now()), "token requested twice");
+        assert!(cat.authenticate(&t2, cat.now()).unwrap().is_some());
+    }
+
+    /// With DHCP off, no address can be checked: the token still goes out once.
+    #[test]
+    fn netboot_without_dhcp_releases_a_token_once() {
+        let (p, _) = policy();
+        let mac: MacAddr = "52:54:00:aa:bb:02".parse().unwrap();
+        render(&p, mac, &BootRequest::default());
+        let job = capture_job(&p.catalog, "mac-525400aabb02");
+        assert!(token_in(&render(&p, mac, &BootRequest::default())).is_some());
+        assert!(token_in(&render(&p, mac, &BootRequest::default())).is_none());
+        assert!(warnings(&p.catalog, job.id)[0].contains("token requested twice"));
     }
 
     /// The engine's netboot as `kura serve` runs it, on loopback: the boot HTTP server asks the

@@ -191,6 +191,19 @@ fn bios_netboots_a_capture_job_through_proxy_dhcp_and_ipxe() {
 
         let token = check_cmdline(&engine, &cmdline, mac, job);
         check_agent_token(&engine, &token, mac, job);
+        // Issue 16: a second "machine" on the boot LAN (the namespace's bridge address, not the
+        // address the victim's DHCP exchange showed) asks for the victim's script: no token,
+        // and the job's log flags a possible impostor; the victim's token still works.
+        let stolen = engine.script_for(mac);
+        assert!(!stolen.contains("kura.token"), "the script gave another machine the token:\n{stolen}");
+        assert!(stolen.contains("sanboot"), "{stolen}");
+        let detail = engine.api_get(&format!("jobs/{job}"));
+        let flagged =
+            detail["log"].as_array().into_iter().flatten().any(|l| {
+                l["level"] == "warn" && l["message"].as_str().is_some_and(|m| m.contains("possible impostor"))
+            });
+        assert!(flagged, "the job is not flagged: {detail:#}");
+        check_agent_token(&engine, &token, mac, job);
         // The address came from the site's server, the boot information from Kura.
         assert!(site.leases().iter().any(|l| l.mac == mac), "dnsmasq leased nothing to {mac}:\n{}", site.log());
         let ev = boot_log(&engine, mac, &["dhcp", "script", "kernel", "initrd"]);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     match &state.bootlog {
-        Some(log) => Json(serde_json::json!({ "enabled": true, "machines": log.machines() })),
+        Some(log) => {
+            Json(serde_json::json!({ "enabled": true, "machines": log.machines(), "counters": log.counters() }))
+        }
         None => Json(serde_json::json!({ "enabled": false, "machines": [] })),
     }
 }

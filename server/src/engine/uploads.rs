@@ -26,9 +26,18 @@
 //!   client retries).
 //! - `missing` and chunk uploads after a commit (or during one) are refused (409); aborting a
 //!   committed session only forgets it, its snapshot stays.
+//!
+//! # Identity
+//!
+//! A snapshot's host, kind and job never come from the uploaded manifest. An agent token's
+//! session is its own capture job's (checked at begin and again at commit): the host is the
+//! job's host, the kind is the job's (scheduled when a schedule released it, else manual). An
+//! operator's session is for the host it named (or its job's host). A manifest naming any
+//! other host (or none) is refused with 403 `forbidden`, audited (`upload.commit_refused`),
+//! logged as a warning in the job's log, and nothing reaches the store or the catalog.
 
 use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
-use kura_catalogs::db::{JobKind, JobState, NewSnapshot, SnapshotKind};
+use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, SnapshotKind};
 use kura_catalogs::gc::WriterId;
 use kura_imaging::chunk::{ChunkSink, Decoder, Digest, DEFAULT_CHUNK_SIZE};
 use kura_imaging::manifest::{ChunkRef, Manifest};
@@ -284,18 +293,51 @@ pub fn commit(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> Se
     Ok(CommitOutcome { reply, fresh: true })
 }
 
+/// The snapshot's identity (see "Identity" in the module docs): host, kind and job from the
+/// job the session's token is bound to, checked against the manifest. A manifest naming
+/// another host is refused (403), audited, and flagged in the job's log; nothing is recorded.
+fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pending) -> ServiceResult<Pending> {
+    if let Some(own) = caller.agent_job {
+        let job = engine.catalog.get_job(own)?;
+        if p.job != Some(own) || job.kind != JobKind::Capture {
+            return Err(ServiceError::Forbidden(format!(
+                "this agent token may only commit the snapshot of its capture job {own}"
+            )));
+        }
+        p.host = job.host;
+        p.kind = snapshot_kind(engine, Some(own), None)?;
+    } else if let Some(j) = p.job {
+        p.host = engine.catalog.get_job(j)?.host;
+    }
+    if manifest.host.as_deref() == Some(p.host.as_str()) {
+        return Ok(p);
+    }
+    let what = format!(
+        "the manifest names host {} but this upload is for host {}{}",
+        manifest.host.as_deref().map_or("(none)".to_string(), |h| format!("{h:?}")),
+        p.host,
+        p.job.map_or(String::new(), |j| format!(" (job {j})"))
+    );
+    let detail = serde_json::json!({ "job": p.job, "manifest_host": manifest.host, "reason": what });
+    engine.catalog.record_audit(&caller.actor(), "upload.commit_refused", &p.host, detail)?;
+    if let Some(j) = p.job {
+        engine.catalog.append_job_log(
+            j,
+            LogLevel::Warn,
+            &format!("a commit was refused: {what}; nothing was recorded"),
+        )?;
+    }
+    tracing::warn!("upload commit refused ({}): {what}", caller.actor());
+    Err(ServiceError::Forbidden(format!("{what}: refused, nothing was recorded")))
+}
+
 /// The store write and the catalog record of a commit, with the rollback rule.
 fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -> ServiceResult<Committed> {
     let manifest = Manifest::decode(body)?;
     // A manifest whose creation time does not parse is a bad manifest (400), refused before
     // anything reaches the store.
     let created = manifest.created_unix()?;
-    if manifest.host.as_deref() != Some(p.host.as_str()) {
-        return Err(ServiceError::BadRequest(format!(
-            "the manifest names host {:?} but this upload is for {:?}",
-            manifest.host, p.host
-        )));
-    }
+    let p = identity(engine, caller, &manifest, p)?;
     let mut reused_bytes = 0u64;
     let mut seen = HashSet::new();
     for r in &manifest.regions {
@@ -504,5 +546,61 @@ mod tests {
         // The session is still open: it takes chunks questions.
         let digests = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
         assert_eq!(missing(&engine, &op, &upload, &digests).unwrap(), [kura_protocol::uploads::missing::MISSING]);
+    }
+
+    /// The planted-snapshot attack of issue 16: an agent token's commit of a manifest naming
+    /// another host is refused (403), audited and flagged in the job's log; nothing reaches the
+    /// store or the catalog, and the job still runs. The job's own host commits fine after.
+    #[test]
+    fn an_agent_commit_naming_another_host_is_refused_and_nothing_is_recorded() {
+        use kura_catalogs::db::{NewHost, NewJob};
+        let (_dir, store, catalog, engine) = test_engine();
+        for name in ["victim", "h"] {
+            catalog.create_host("t", &NewHost { name: name.into(), group: None, notes: String::new() }).unwrap();
+        }
+        let job = catalog
+            .create_job("t", &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None })
+            .unwrap();
+        catalog.start_job("t", job.id).unwrap();
+        let agent = Caller::new(Principal {
+            token_id: 9,
+            role: Role::Agent,
+            label: "agent".into(),
+            user: None,
+            job_id: Some(job.id),
+            mac: Some("52:54:00:00:00:01".into()),
+        })
+        .unwrap();
+        // The agent asks for host "h" and kind scheduled: the job's host and kind win.
+        let req = BeginUpload {
+            host: "h".into(),
+            job: Some(job.id),
+            kind: Some(SnapshotKind::Scheduled),
+            ..Default::default()
+        };
+        let upload = begin(&engine, &agent, req).unwrap().upload;
+        // zero_manifest names host "h".
+        let forged = manifest("planted");
+        let refused = commit(&engine, &agent, &upload, &forged);
+        match refused {
+            Err(e @ ServiceError::Forbidden(_)) => {
+                assert!(e.to_string().contains("\"h\"") && e.to_string().contains("victim"), "{e}")
+            }
+            other => panic!("expected a 403, got {:?}", other.map(|o| o.reply)),
+        }
+        assert!(catalog.list_snapshots(None).unwrap().is_empty(), "a snapshot was recorded");
+        assert!(store.snapshot_ids().unwrap().is_empty(), "a manifest reached the store");
+        assert_eq!(catalog.get_job(job.id).unwrap().state, JobState::Running);
+        let audit = catalog.list_audit(10).unwrap();
+        assert!(audit.iter().any(|a| a.action == "upload.commit_refused" && a.target == "victim"), "{audit:?}");
+        let log = catalog.job_log(job.id, None, 10).unwrap();
+        assert!(log.iter().any(|l| l.level == LogLevel::Warn && l.message.contains("a commit was refused")), "{log:?}");
+        // The real manifest, naming the job's host, is committed as a manual snapshot of it.
+        let mut real = crate::engine::zero_manifest("real", "2026-11-25T17:14:41.000000005Z");
+        real.host = Some("victim".into());
+        commit(&engine, &agent, &upload, &real.encode().unwrap()).unwrap();
+        let snaps = catalog.list_snapshots(None).unwrap();
+        assert_eq!((snaps.len(), snaps[0].host.as_str(), snaps[0].kind), (1, "victim", SnapshotKind::Manual));
+        assert_eq!(catalog.get_job(job.id).unwrap().state, JobState::Succeeded);
     }
 }
