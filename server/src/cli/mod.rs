@@ -328,11 +328,15 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the API route table (method, path, required access, body cap); for tests.
+    /// Print the API route table (method, path, required access, body cap); for tests and
+    /// docs/security.md (`--markdown`).
     #[command(hide = true)]
     Routes {
         #[arg(long)]
         json: bool,
+        /// The route × role table of docs/security.md.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
     },
 }
 
@@ -401,7 +405,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
         Command::Admin(AdminCommand::FixPermissions { data, json }) => engine::fix_permissions(&data, json),
-        Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
+        Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Bench(args) => bench::run(args),
