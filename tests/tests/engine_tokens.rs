@@ -54,7 +54,8 @@ fn tokens_are_listed_revoked_and_expire_with_their_sessions() {
     let api = server.api();
 
     // One operator token for good, one that expires in an hour (the CLI's --expires).
-    let r = api.req("POST", "/tokens").token(&server.admin).json(&json!({"role": "operator", "label": "laptop"})).send();
+    let r =
+        api.req("POST", "/tokens").token(&server.admin).json(&json!({"role": "operator", "label": "laptop"})).send();
     assert_eq!(r.status, 201, "{}", r.text());
     let (op, op_id) = (r.json()["token"].as_str().unwrap().to_string(), r.json()["id"].as_i64().unwrap());
     let run = server.kura(&[&"token", &"create", &"--role", &"operator", &"--note", &"ci runner", &"--expires", &"1h"]);
@@ -80,11 +81,17 @@ fn tokens_are_listed_revoked_and_expire_with_their_sessions() {
     }
     let o = find(&list, op_id);
     assert_eq!((o["role"].as_str(), o["label"].as_str()), (Some("operator"), Some("laptop")), "{o}");
-    assert_eq!((o["last_used"].as_i64(), o["expires"].as_i64(), o["revoked"].as_bool()), (Some(T0 + 120), None, Some(false)));
+    assert_eq!(
+        (o["last_used"].as_i64(), o["expires"].as_i64(), o["revoked"].as_bool()),
+        (Some(T0 + 120), None, Some(false))
+    );
     let b = list.iter().find(|t| t["label"] == "ci runner").expect("the --expires token is listed").clone();
     let brief_id = b["id"].as_i64().unwrap();
     assert_eq!((b["expires"].as_i64(), b["created"].as_i64()), (Some(T0 + 3600), Some(T0)), "{b}");
-    assert!(list.iter().all(|t| t["role"] != "agent" && t.get("hash").is_none() && t.get("token").is_none()), "{list:?}");
+    assert!(
+        list.iter().all(|t| t["role"] != "agent" && t.get("hash").is_none() && t.get("token").is_none()),
+        "{list:?}"
+    );
 
     // Operators may neither list nor revoke tokens.
     assert_eq!(api.req("GET", "/tokens").token(&op).send().status, 403);

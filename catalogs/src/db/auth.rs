@@ -324,7 +324,9 @@ impl Catalog {
         self.write(|tx, now| {
             let user_id = match load_user(tx, user) {
                 Ok(u) if u.role == Role::Admin => u.id,
-                Ok(u) => return Err(CatalogError::conflict("user", user, format!("it is an {}, not an admin", u.role))),
+                Ok(u) => {
+                    return Err(CatalogError::conflict("user", user, format!("it is an {}, not an admin", u.role)))
+                }
                 Err(CatalogError::NotFound { .. }) => {
                     tx.execute("INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2)", params![user, now])?;
                     let id = tx.last_insert_rowid();
@@ -334,13 +336,21 @@ impl Catalog {
                 Err(e) => return Err(e),
             };
             let old: Vec<i64> = {
-                let mut stmt = tx.prepare("SELECT id FROM tokens WHERE label = ?1 AND role = 'admin' AND revoked = 0")?;
+                let mut stmt =
+                    tx.prepare("SELECT id FROM tokens WHERE label = ?1 AND role = 'admin' AND revoked = 0")?;
                 let rows = stmt.query_map([BOOTSTRAP_LABEL], |r| r.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
             for id in &old {
                 tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])?;
-                audit::append(tx, now, actor, "token.revoke", &format!("token {id}"), json!({"label": BOOTSTRAP_LABEL}))?;
+                audit::append(
+                    tx,
+                    now,
+                    actor,
+                    "token.revoke",
+                    &format!("token {id}"),
+                    json!({"label": BOOTSTRAP_LABEL}),
+                )?;
             }
             let grant = Grant {
                 role: Role::Admin,
@@ -351,7 +361,14 @@ impl Catalog {
                 expires: None,
             };
             let issued = issue(tx, now, actor, grant)?;
-            audit::append(tx, now, actor, "token.rotate", &format!("token {}", issued.info.id), json!({"revoked": old}))?;
+            audit::append(
+                tx,
+                now,
+                actor,
+                "token.rotate",
+                &format!("token {}", issued.info.id),
+                json!({"revoked": old}),
+            )?;
             Ok(issued)
         })
     }

@@ -278,7 +278,8 @@ impl Catalog {
     ) -> Result<Job> {
         // The catalog stores integers as i64: a larger count is a client's mistake, not a fault.
         let fits = |what: &str, v: u64| {
-            i64::try_from(v).map_err(|_| CatalogError::Invalid(format!("{what} {v} is too large (at most {})", i64::MAX)))
+            i64::try_from(v)
+                .map_err(|_| CatalogError::Invalid(format!("{what} {v} is too large (at most {})", i64::MAX)))
         };
         let done_bytes = fits("done", done_bytes)?;
         let total_bytes = total_bytes.map(|t| fits("total", t)).transpose()?;

@@ -123,9 +123,8 @@ pub fn rotate_admin(data: &Path, user: &str, json: bool) -> Result<ExitCode> {
     let catalog = kura_catalogs::db::Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
     let issued = catalog.rotate_bootstrap_token("kura token rotate-admin", user)?;
     let path = data.join("admin.token");
-    kura_catalogs::private::replace(&path, format!("{}\n", issued.secret).as_bytes()).with_context(|| {
-        format!("writing {} (the old token is already revoked: run this again)", path.display())
-    })?;
+    kura_catalogs::private::replace(&path, format!("{}\n", issued.secret).as_bytes())
+        .with_context(|| format!("writing {} (the old token is already revoked: run this again)", path.display()))?;
     if json {
         println!("{}", serde_json::json!({ "id": issued.info.id, "user": user, "file": path }));
     } else {
