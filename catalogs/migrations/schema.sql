@@ -92,6 +92,8 @@ CREATE TABLE tokens (
     created INTEGER NOT NULL,
     expires INTEGER,
     revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1)),
+    -- When the token last authenticated a request (migration 0005; at most once a minute).
+    last_used INTEGER,
     CHECK ((role = 'agent') = (job_id IS NOT NULL AND mac IS NOT NULL AND user_id IS NULL)),
     CHECK (role = 'agent' OR user_id IS NOT NULL)
 );

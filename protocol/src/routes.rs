@@ -58,7 +58,9 @@ pub const SCHEDULE_CREATE: Route = r("POST", "/api/v1/schedules", JSON);
 pub const SCHEDULE_DELETE: Route = r("DELETE", "/api/v1/schedules/{name}", JSON);
 pub const SCHEDULE_ENABLED: Route = r("PUT", "/api/v1/schedules/{name}/enabled", JSON);
 pub const SCHEDULE_RUNS: Route = r("GET", "/api/v1/schedules/{name}/runs", JSON);
+pub const TOKENS: Route = r("GET", "/api/v1/tokens", JSON);
 pub const TOKEN_CREATE: Route = r("POST", "/api/v1/tokens", JSON);
+pub const TOKEN_REVOKE: Route = r("DELETE", "/api/v1/tokens/{id}", JSON);
 pub const RETENTION_APPLY: Route = r("POST", "/api/v1/retention/apply", JSON);
 pub const GC: Route = r("POST", "/api/v1/gc", JSON);
 pub const VERIFY: Route = r("POST", "/api/v1/verify", JSON);
@@ -132,6 +134,9 @@ pub fn upload_commit(upload: &str) -> String {
 }
 pub fn upload_abort(upload: &str) -> String {
     UPLOAD_ABORT.url(&[upload])
+}
+pub fn token_revoke(id: i64) -> String {
+    TOKEN_REVOKE.url(&[&id.to_string()])
 }
 pub fn snapshot_manifest(id: &str) -> String {
     SNAPSHOT_MANIFEST.url(&[id])

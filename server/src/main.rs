@@ -16,18 +16,22 @@ mod scheduler;
 mod serve;
 
 use clap::Parser;
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader is gone) is dropped: reporting
+        // that failure would go to the same stderr with eprintln!, which panics.
+        .log_internal_errors(false)
         .init();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            let _ = writeln!(std::io::stderr(), "error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -293,7 +293,9 @@ pub fn run(opts: ServeOptions) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("kura serve: shutting down");
+            // Not eprintln!: with stderr's reader gone it would panic here, and the server
+            // would never stop.
+            let _ = writeln!(std::io::stderr(), "kura serve: shutting down");
             let _ = stop_tx.send(true);
         };
         let served = api::serve(listener, tls, state, shutdown).await;

@@ -8,7 +8,13 @@
 //! - Admin and operator tokens belong to a user and carry the user's role; deleting the user
 //!   deletes them. Agent tokens are bound to one job and one MAC address of the job's host, and
 //!   are valid only while that job is queued or running: ending the job ends the token.
-//! - A token is refused once revoked or at or after its expiry time.
+//! - A token is refused once revoked or at or after its expiry time. Browser sessions remember
+//!   a token's id and re-check it on every request ([`Catalog::token_principal`]), so revoking
+//!   or expiring a token ends its sessions too.
+//! - Each token records when it was last used, written at most once per
+//!   [`LAST_USED_RESOLUTION`] (authenticating stays a read nearly always).
+//! - The bootstrap admin token (label [`BOOTSTRAP_LABEL`], kept in the data directory's
+//!   `admin.token`) is replaced by [`Catalog::rotate_bootstrap_token`].
 
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::{normalize_mac, validate_name};
@@ -21,6 +27,12 @@ use sha2::{Digest, Sha256};
 
 /// The prefix of every token secret (lets secret scanners and people recognise one).
 pub const TOKEN_PREFIX: &str = "kura_";
+
+/// The label of the bootstrap admin token (the one in the data directory's `admin.token`).
+pub const BOOTSTRAP_LABEL: &str = "bootstrap";
+
+/// A token's `last_used` is rewritten only when it is at least this old (seconds).
+pub const LAST_USED_RESOLUTION: UnixTime = 60;
 
 text_enum! {
     pub enum Role { Admin => "admin", Operator => "operator", Agent => "agent" }
@@ -54,6 +66,8 @@ pub struct TokenInfo {
     pub created: UnixTime,
     pub expires: Option<UnixTime>,
     pub revoked: bool,
+    /// When it last authenticated a request (to within [`LAST_USED_RESOLUTION`]).
+    pub last_used: Option<UnixTime>,
 }
 
 /// A newly issued token: the only time its secret is available.
@@ -118,7 +132,8 @@ fn new_secret() -> Result<String> {
     Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
 }
 
-const TOKEN_SELECT: &str = "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.created, t.expires, t.revoked \
+const TOKEN_SELECT: &str = "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.created, t.expires, t.revoked, \
+     t.last_used \
      FROM tokens t LEFT JOIN users u ON u.id = t.user_id";
 
 fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenInfo> {
@@ -132,6 +147,7 @@ fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenInfo> {
         created: r.get(6)?,
         expires: r.get(7)?,
         revoked: r.get(8)?,
+        last_used: r.get(9)?,
     })
 }
 
@@ -213,7 +229,7 @@ impl Catalog {
             audit::append(tx, now, "bootstrap", "user.create", name, json!({"role": Role::Admin}))?;
             let grant = Grant {
                 role: Role::Admin,
-                label: "bootstrap",
+                label: BOOTSTRAP_LABEL,
                 user_id: Some(user_id),
                 job_id: None,
                 mac: None,
@@ -299,6 +315,64 @@ impl Catalog {
         })
     }
 
+    /// Replaces the bootstrap admin token: revokes every live token labelled
+    /// [`BOOTSTRAP_LABEL`] and issues a new one for admin user `user` (created if missing, as
+    /// on first start: whoever may write the data directory may administer the engine), in one
+    /// transaction. The caller writes the new secret to `admin.token`.
+    pub fn rotate_bootstrap_token(&self, actor: &str, user: &str) -> Result<IssuedToken> {
+        validate_name("user", user)?;
+        self.write(|tx, now| {
+            let user_id = match load_user(tx, user) {
+                Ok(u) if u.role == Role::Admin => u.id,
+                Ok(u) => {
+                    return Err(CatalogError::conflict("user", user, format!("it is an {}, not an admin", u.role)))
+                }
+                Err(CatalogError::NotFound { .. }) => {
+                    tx.execute("INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2)", params![user, now])?;
+                    let id = tx.last_insert_rowid();
+                    audit::append(tx, now, actor, "user.create", user, json!({"role": Role::Admin}))?;
+                    id
+                }
+                Err(e) => return Err(e),
+            };
+            let old: Vec<i64> = {
+                let mut stmt =
+                    tx.prepare("SELECT id FROM tokens WHERE label = ?1 AND role = 'admin' AND revoked = 0")?;
+                let rows = stmt.query_map([BOOTSTRAP_LABEL], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for id in &old {
+                tx.execute("UPDATE tokens SET revoked = 1 WHERE id = ?1", [id])?;
+                audit::append(
+                    tx,
+                    now,
+                    actor,
+                    "token.revoke",
+                    &format!("token {id}"),
+                    json!({"label": BOOTSTRAP_LABEL}),
+                )?;
+            }
+            let grant = Grant {
+                role: Role::Admin,
+                label: BOOTSTRAP_LABEL,
+                user_id: Some(user_id),
+                job_id: None,
+                mac: None,
+                expires: None,
+            };
+            let issued = issue(tx, now, actor, grant)?;
+            audit::append(
+                tx,
+                now,
+                actor,
+                "token.rotate",
+                &format!("token {}", issued.info.id),
+                json!({"revoked": old}),
+            )?;
+            Ok(issued)
+        })
+    }
+
     /// Every token (without secrets), oldest first.
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
         self.read(|conn| {
@@ -324,6 +398,7 @@ impl Catalog {
     /// The principal a token secret stands for at time `now`, or `None` if the secret is
     /// unknown, malformed, revoked, expired, or an agent token whose job is no longer queued
     /// or running. Callers answer every `None` the same way (401) and should not say which.
+    /// A usable token's `last_used` becomes `now` if it is older than [`LAST_USED_RESOLUTION`].
     pub fn authenticate(&self, secret: &str, now: UnixTime) -> Result<Option<Principal>> {
         let well_formed = secret
             .strip_prefix(TOKEN_PREFIX)
@@ -336,7 +411,8 @@ impl Catalog {
     }
 
     /// The principal of token `id` at time `now`, with the same checks as
-    /// [`Catalog::authenticate`] (for sessions that remember a token, not its secret).
+    /// [`Catalog::authenticate`] (for sessions that remember a token, not its secret), and
+    /// the same `last_used` update.
     pub fn token_principal(&self, id: i64, now: UnixTime) -> Result<Option<Principal>> {
         self.read(|conn| principal_where(conn, "t.id = ?1", &id, now))
     }
@@ -352,7 +428,7 @@ fn principal_where(
     let row = conn
         .query_row(
             &format!(
-                "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.expires, t.revoked, j.state \
+                "SELECT t.id, t.role, t.label, u.name, t.job_id, t.mac, t.expires, t.revoked, j.state, t.last_used \
                  FROM tokens t LEFT JOIN users u ON u.id = t.user_id LEFT JOIN jobs j ON j.id = t.job_id \
                  WHERE {clause}"
             ),
@@ -369,14 +445,22 @@ fn principal_where(
                 let expires: Option<UnixTime> = r.get(6)?;
                 let revoked: bool = r.get(7)?;
                 let job_state: Option<JobState> = r.get(8)?;
-                Ok((principal, expires, revoked, job_state))
+                let last_used: Option<UnixTime> = r.get(9)?;
+                Ok((principal, expires, revoked, job_state, last_used))
             },
         )
         .optional()?;
-    let Some((principal, expires, revoked, job_state)) = row else { return Ok(None) };
+    let Some((principal, expires, revoked, job_state, last_used)) = row else { return Ok(None) };
     let expired = expires.is_some_and(|e| now >= e);
     let job_ended = principal.role == Role::Agent && !job_state.is_some_and(JobState::is_active);
-    Ok((!revoked && !expired && !job_ended).then_some(principal))
+    if revoked || expired || job_ended {
+        return Ok(None);
+    }
+    if last_used.is_none_or(|t| now - t >= LAST_USED_RESOLUTION) {
+        // One small autocommit write per token per minute, outside any transaction.
+        conn.execute("UPDATE tokens SET last_used = ?1 WHERE id = ?2", params![now, principal.token_id])?;
+    }
+    Ok(Some(principal))
 }
 
 #[cfg(test)]
@@ -419,6 +503,46 @@ mod tests {
         assert!(matches!(cat.revoke_token("t", 999), Err(CatalogError::NotFound { .. })));
         let actions: Vec<String> = cat.list_audit(10).unwrap().into_iter().map(|a| a.action).collect();
         assert_eq!(actions, ["token.revoke", "token.create", "user.create"]);
+    }
+
+    #[test]
+    fn last_used_is_written_at_most_once_a_minute() {
+        let (cat, _) = catalog();
+        cat.create_user("t", "alice", Role::Operator).unwrap();
+        let issued = cat.create_token("t", "alice", "laptop", None).unwrap();
+        let last_used = |cat: &Catalog| cat.list_tokens().unwrap()[0].last_used;
+        assert_eq!(last_used(&cat), None);
+        cat.authenticate(&issued.secret, START + 10).unwrap().unwrap();
+        assert_eq!(last_used(&cat), Some(START + 10));
+        cat.authenticate(&issued.secret, START + 10 + LAST_USED_RESOLUTION - 1).unwrap().unwrap();
+        assert_eq!(last_used(&cat), Some(START + 10), "rewritten within the resolution");
+        cat.token_principal(issued.info.id, START + 10 + LAST_USED_RESOLUTION).unwrap().unwrap();
+        assert_eq!(last_used(&cat), Some(START + 10 + LAST_USED_RESOLUTION), "a session's use counts");
+        // A refused token is not "used".
+        cat.revoke_token("t", issued.info.id).unwrap();
+        assert!(cat.authenticate(&issued.secret, START + 1000).unwrap().is_none());
+        assert_eq!(last_used(&cat), Some(START + 10 + LAST_USED_RESOLUTION));
+    }
+
+    #[test]
+    fn rotating_the_bootstrap_token_revokes_the_old_one() {
+        let (cat, _) = catalog();
+        let first = cat.bootstrap_admin("admin").unwrap().unwrap();
+        cat.create_user("t", "op", Role::Operator).unwrap();
+        let other = cat.create_token("t", "admin", "laptop", None).unwrap();
+        let second = cat.rotate_bootstrap_token("local", "admin").unwrap();
+        assert!(cat.authenticate(&first.secret, START).unwrap().is_none(), "the old bootstrap token still works");
+        let p = cat.authenticate(&second.secret, START).unwrap().unwrap();
+        assert_eq!((p.role, p.label.as_str(), p.user.as_deref()), (Role::Admin, BOOTSTRAP_LABEL, Some("admin")));
+        assert!(cat.authenticate(&other.secret, START).unwrap().is_some(), "another admin token was revoked");
+        // The admin user was deleted meanwhile: rotation makes it again (local access rules).
+        cat.create_user("t", "root", Role::Admin).unwrap();
+        cat.delete_user("t", "admin").unwrap();
+        let third = cat.rotate_bootstrap_token("local", "admin").unwrap();
+        assert_eq!(cat.authenticate(&third.secret, START).unwrap().unwrap().role, Role::Admin);
+        assert!(matches!(cat.rotate_bootstrap_token("local", "op"), Err(CatalogError::Conflict { .. })));
+        let actions: Vec<String> = cat.list_audit(3).unwrap().into_iter().map(|a| a.action).collect();
+        assert_eq!(actions, ["token.rotate", "token.create", "user.create"]);
     }
 
     #[test]

@@ -276,6 +276,13 @@ impl Catalog {
         total_bytes: Option<u64>,
         lines: &[String],
     ) -> Result<Job> {
+        // The catalog stores integers as i64: a larger count is a client's mistake, not a fault.
+        let fits = |what: &str, v: u64| {
+            i64::try_from(v)
+                .map_err(|_| CatalogError::Invalid(format!("{what} {v} is too large (at most {})", i64::MAX)))
+        };
+        let done_bytes = fits("done", done_bytes)?;
+        let total_bytes = total_bytes.map(|t| fits("total", t)).transpose()?;
         self.write(|tx, now| {
             let job = load(tx, id)?;
             match job.state {
@@ -536,6 +543,21 @@ mod tests {
         assert!(matches!(e, CatalogError::Conflict { .. }), "{e}");
         assert_eq!(cat.get_job(id).unwrap().done_bytes, 20);
         assert_eq!(cat.job_log(id, None, 10).unwrap().len(), 2, "nothing of a refused report is kept");
+    }
+
+    #[test]
+    fn progress_beyond_i64_is_refused_and_changes_nothing() {
+        let (cat, _) = catalog();
+        host(&cat, "h");
+        let id = cat.create_job("t", &capture("h")).unwrap().id;
+        for (done, total) in [(u64::MAX, None), (1, Some(u64::MAX)), (i64::MAX as u64 + 1, Some(1))] {
+            let e = cat.report_progress("agent", id, done, total, &["x".to_string()]).unwrap_err();
+            assert!(matches!(e, CatalogError::Invalid(_)) && e.to_string().contains("too large"), "{e}");
+        }
+        let job = cat.get_job(id).unwrap();
+        assert_eq!((job.state, job.done_bytes), (JobState::Queued, 0), "a refused report started the job");
+        let job = cat.report_progress("agent", id, i64::MAX as u64, Some(i64::MAX as u64), &[]).unwrap();
+        assert_eq!(job.done_bytes, i64::MAX as u64);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_schedules", include_str!("../../migrations/0002_schedules.sql")),
     ("0003_power", include_str!("../../migrations/0003_power.sql")),
     ("0004_notify", include_str!("../../migrations/0004_notify.sql")),
+    ("0005_token_last_used", include_str!("../../migrations/0005_token_last_used.sql")),
 ];
 
 /// The schema version this build reads and writes.

@@ -1,10 +1,11 @@
-//! Administration: tokens, retention, garbage collection, verification, the audit log.
+//! Administration: tokens (create, list, revoke), retention, garbage collection,
+//! verification, the audit log.
 
 use super::{ApiError, ApiResult, AppState};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kura_catalogs::db::{Principal, RetentionScope, Role};
+use kura_catalogs::db::{Principal, RetentionScope, Role, TokenInfo};
 use kura_catalogs::gc::{self, GcOptions};
 use kura_catalogs::retention::Rule;
 use serde::Deserialize;
@@ -23,9 +24,12 @@ pub struct CreateToken {
     /// the role).
     #[serde(default)]
     user: Option<String>,
-    /// Lifetime in seconds (default: no expiry).
+    /// Lifetime in seconds from now, by the engine's clock (default: no expiry).
     #[serde(default)]
     expires_in: Option<i64>,
+    /// Expiry time, unix seconds (instead of `expires_in`).
+    #[serde(default)]
+    expires_at: Option<i64>,
 }
 
 pub async fn create_token(
@@ -36,9 +40,21 @@ pub async fn create_token(
     if req.role == Role::Agent {
         return Err(ApiError::BadRequest("agent tokens are issued with their job (POST /jobs)".into()));
     }
+    if req.expires_in.is_some() && req.expires_at.is_some() {
+        return Err(ApiError::BadRequest("give expires_in or expires_at, not both".into()));
+    }
+    if req.expires_in.is_some_and(|s| s <= 0) {
+        return Err(ApiError::BadRequest("expires_in must be a positive number of seconds".into()));
+    }
     let st = state.clone();
     let issued = tokio::task::spawn_blocking(move || {
-        let expires = req.expires_in.map(|s| st.engine.catalog.now() + s);
+        let now = st.engine.catalog.now();
+        let expires = match (req.expires_in, req.expires_at) {
+            (Some(s), _) => {
+                Some(now.checked_add(s).ok_or_else(|| ApiError::BadRequest(format!("expires_in {s} is too long")))?)
+            }
+            (None, at) => at,
+        };
         let user = req.user.unwrap_or_else(|| req.role.to_string());
         match st.engine.catalog.get_user(&user) {
             Ok(u) if u.role != req.role => {
@@ -53,7 +69,29 @@ pub async fn create_token(
         Ok(st.engine.catalog.create_token(&p.actor(), &user, &req.label, expires)?)
     })
     .await??;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "token": issued.secret, "id": issued.info.id }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": issued.secret, "id": issued.info.id, "expires": issued.info.expires })),
+    ))
+}
+
+/// `GET /tokens`: every token, never with its secret (the catalog keeps only hashes).
+pub async fn list_tokens(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<TokenInfo>>> {
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_tokens()).await??))
+}
+
+/// `DELETE /tokens/{id}`: revokes a token at once; the browser sessions made from it end too.
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id")))?;
+    let st = state.clone();
+    let info = tokio::task::spawn_blocking(move || st.engine.catalog.revoke_token(&p.actor(), id)).await??;
+    state.sessions.end_token(id);
+    Ok(Json(info))
 }
 
 #[derive(Deserialize)]
@@ -166,6 +204,9 @@ pub async fn verify(
 ) -> ApiResult<Json<serde_json::Value>> {
     let st = state.clone();
     let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
+        if let Some(s) = &req.snapshot {
+            snapshot_in_store(&st, s)?;
+        }
         let threads = kura_imaging::capture::default_threads();
         let report = st.engine.store.verify(req.snapshot.as_deref(), threads, &kura_imaging::progress::NoProgress)?;
         let mut quarantined = Vec::new();
@@ -192,6 +233,20 @@ pub async fn verify(
     .await??;
     state.engine.store_changed();
     Ok(Json(out))
+}
+
+/// Checks that `id` (a snapshot id or a unique prefix of one) names one snapshot in the store:
+/// a malformed or ambiguous one is a bad request, an unknown one is not found.
+fn snapshot_in_store(state: &AppState, id: &str) -> ApiResult<()> {
+    if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!("{id:?} is not a snapshot id (up to 16 hex digits)")));
+    }
+    let matches = state.engine.store.snapshot_ids()?.into_iter().filter(|s| s.starts_with(id)).count();
+    match matches {
+        0 => Err(ApiError::NotFound(format!("no snapshot {id}"))),
+        1 => Ok(()),
+        n => Err(ApiError::BadRequest(format!("snapshot id {id:?} is ambiguous ({n} snapshots)"))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -77,6 +77,12 @@ impl Sessions {
     fn remove(&self, id: &str) {
         self.map.lock().expect("lock").remove(id);
     }
+
+    /// Ends every session made from token `token_id` (it was revoked). Not needed for safety
+    /// (each request re-checks the token) but frees them at once.
+    pub fn end_token(&self, token_id: i64) {
+        self.map.lock().expect("lock").retain(|_, s| s.token_id != token_id);
+    }
 }
 
 /// The session id in the request's cookies, if any.

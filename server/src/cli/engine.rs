@@ -153,18 +153,6 @@ pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn create_token(role: &str, label: &str, user: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
-    let v: serde_json::Value = client(s)?
-        .post_json(routes::TOKEN_CREATE.path, &serde_json::json!({ "role": role, "label": label, "user": user }))?;
-    if s.json {
-        print_json(&v)?;
-    } else {
-        println!("{}", v["token"].as_str().unwrap_or(""));
-        eprintln!("this token is shown only once; the engine keeps only its hash");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 pub fn verify(snapshot: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
     let v: serde_json::Value =
         client(s)?.post_json(routes::VERIFY.path, &serde_json::json!({ "snapshot": snapshot }))?;

@@ -13,6 +13,7 @@ mod notify;
 mod power;
 mod routes;
 mod schedule;
+mod tokens;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -265,13 +266,45 @@ enum TokenCommand {
     Create {
         #[arg(long, value_parser = ["admin", "operator"])]
         role: String,
-        #[arg(long, default_value = "cli")]
-        label: String,
+        /// A note saying what the token is for (shown by `kura token list`).
+        #[arg(long, alias = "label", default_value = "cli")]
+        note: String,
         /// The user the token belongs to (default: named after the role).
         #[arg(long)]
         user: Option<String>,
+        /// When the token stops working: a lifetime (30d, 12h, 90m) or an RFC 3339 time
+        /// (2027-01-31T00:00:00Z). Default: never.
+        #[arg(long, value_parser = tokens::parse_expires, value_name = "DURATION|TIME")]
+        expires: Option<tokens::Expires>,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// List API tokens (admin only): id, role, user, note, created, last used, expiry, state.
+    /// Secrets are never shown: the engine keeps only their hashes.
+    List {
+        /// Also list the agent tokens of jobs.
+        #[arg(long)]
+        agents: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token (admin only): it and the browser sessions made from it stop at once.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Replace the bootstrap admin token: revoke it and write a new one to DIR/admin.token.
+    /// Run on the engine's machine, as the user that runs `kura serve` (no API token needed).
+    RotateAdmin {
+        /// The engine's data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The admin user the new token belongs to (created if missing).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -295,11 +328,15 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the API route table (method, path, required access, body cap); for tests.
+    /// Print the API route table (method, path, required access, body cap); for tests and
+    /// docs/security.md (`--markdown`).
     #[command(hide = true)]
     Routes {
         #[arg(long)]
         json: bool,
+        /// The route × role table of docs/security.md.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
     },
 }
 
@@ -354,9 +391,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, &server),
         Command::Restore { host, snapshot, disk, server } => jobs::queue("restore", &host, snapshot, disk, &server),
         Command::Jobs { watch, server } => jobs::list(watch, &server),
-        Command::Token(TokenCommand::Create { role, label, user, server }) => {
-            engine::create_token(&role, &label, user.as_deref(), &server)
+        Command::Token(TokenCommand::Create { role, note, user, expires, server }) => {
+            tokens::create(&role, &note, user.as_deref(), expires, &server)
         }
+        Command::Token(TokenCommand::List { agents, server }) => tokens::list(agents, &server),
+        Command::Token(TokenCommand::Revoke { id, server }) => tokens::revoke(id, &server),
+        Command::Token(TokenCommand::RotateAdmin { data, user, json }) => tokens::rotate_admin(&data, &user, json),
         Command::Schedule(cmd) => schedule::run(cmd),
         Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
@@ -365,7 +405,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
         Command::Admin(AdminCommand::FixPermissions { data, json }) => engine::fix_permissions(&data, json),
-        Command::Admin(AdminCommand::Routes { json }) => routes::print(json),
+        Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Bench(args) => bench::run(args),
