@@ -912,8 +912,12 @@ mod tests {
         assert!(n.oack.is_empty());
         let n = negotiate(&o(&[("blksize", "99999999999999999999999"), ("timeout", "256")]), 1);
         assert!(n.oack.is_empty());
-        let n = negotiate(&o(&[("blksize", "512"), ("windowsize", "65535"), ("timeout", "255")]), 1);
-        assert_eq!((n.blksize, n.windowsize, n.timeout.as_secs()), (512, MAX_WINDOW, 255));
+        let n = negotiate(&o(&[("blksize", "512"), ("windowsize", "65535"), ("timeout", "10")]), 1);
+        assert_eq!((n.blksize, n.windowsize, n.timeout.as_secs()), (512, MAX_WINDOW, 10));
+        // A timeout over MAX_TIMEOUT_OPTION is declined (left out of the OACK), not lowered.
+        let n = negotiate(&o(&[("timeout", "255"), ("tsize", "0")]), 1);
+        assert_eq!(n.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(n.oack, o(&[("tsize", "1")]));
         let n = negotiate(&o(&[("windowsize", "16"), ("blksize", "65535")]), 1);
         assert_eq!((n.blksize, n.windowsize), (MAX_BLKSIZE, 1));
         assert_eq!(n.oack, o(&[("windowsize", "1"), ("blksize", "65464")]));
