@@ -855,7 +855,10 @@ mod tests {
         assert!(e.contains("trailing bytes after the last region"), "{e}");
         assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{:?}", t0.elapsed());
         // The structure is the size: the intact manifest still decodes.
-        assert_eq!(Manifest::decode(&envelope(&zstd::bulk::compress(&plain, 3).unwrap(), plain.len() as u64)).unwrap(), sample());
+        assert_eq!(
+            Manifest::decode(&envelope(&zstd::bulk::compress(&plain, 3).unwrap(), plain.len() as u64)).unwrap(),
+            sample()
+        );
     }
 
     proptest! {

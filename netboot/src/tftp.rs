@@ -556,7 +556,9 @@ pub async fn serve(
                     // No option accepted: DATA 1 is the answer, drawn from the source's budget.
                     let plain = negotiate(&req.options, 0).oack.is_empty();
                     if plain && !reg.draw(peer.ip(), (4 + DEFAULT_BLKSIZE) as u64) {
-                        tracing::debug!("tftp: request from {peer} dropped: its budget of unacknowledged replies is spent");
+                        tracing::debug!(
+                            "tftp: request from {peer} dropped: its budget of unacknowledged replies is spent"
+                        );
                         continue;
                     }
                     if reg.admit(peer.ip()) {

@@ -571,12 +571,16 @@ mod tests {
     #[test]
     fn open_upload_sessions_are_limited_per_token_and_in_all() {
         let (_dir, _store, _catalog, engine) = test_engine();
-        let begin_as = |token: i64| begin(&engine, &operator(token), BeginUpload { host: "h".into(), ..Default::default() });
+        let begin_as =
+            |token: i64| begin(&engine, &operator(token), BeginUpload { host: "h".into(), ..Default::default() });
         let mine: Vec<String> = (0..MAX_OPEN_SESSIONS_PER_TOKEN).map(|_| begin_as(1).unwrap().upload).collect();
         let refused = begin_as(1).map(|s| s.upload);
         let Err(ServiceError::TooMany(msg)) = refused else { panic!("{refused:?}") };
         assert!(msg.contains("open upload sessions"), "{msg}");
-        assert_eq!(crate::api::ApiError::from(ServiceError::TooMany(msg)).kind(), kura_protocol::error::ErrorKind::TooMany);
+        assert_eq!(
+            crate::api::ApiError::from(ServiceError::TooMany(msg)).kind(),
+            kura_protocol::error::ErrorKind::TooMany
+        );
         // Committing one frees a place; aborting another too.
         commit(&engine, &operator(1), &mine[0], &manifest("a")).unwrap();
         begin_as(1).unwrap();
@@ -596,6 +600,9 @@ mod tests {
         let full = begin_as(token).map(|s| s.upload);
         let Err(ServiceError::Busy(msg)) = full else { panic!("{full:?}") };
         assert!(msg.contains("open upload sessions"), "{msg}");
-        assert_eq!(crate::api::ApiError::from(ServiceError::Busy(msg)).kind(), kura_protocol::error::ErrorKind::Unavailable);
+        assert_eq!(
+            crate::api::ApiError::from(ServiceError::Busy(msg)).kind(),
+            kura_protocol::error::ErrorKind::Unavailable
+        );
     }
 }
