@@ -27,10 +27,14 @@ pub const MAGIC: [u8; 8] = [12, 200, 251, 173, 23, 170, 119, 99];
 pub const FORMAT_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 32;
 const TRAILER: usize = 32;
-/// Largest decompressed manifest body accepted (a 64 TiB disk in 1 MiB chunks is ~2.2 GB of
-/// digests; well past what one machine holds today, and small enough to refuse nonsense).
+/// Sanity ceiling on a declared plain body (a 64 TiB disk in 1 MiB chunks is ~2.2 GB of
+/// digests). It is not what protects the decoder: the body must be exactly the size its own
+/// metadata's regions need, and its decompression is cut off there (see [`Manifest::decode`]).
 pub const MAX_PLAIN_BODY: u64 = 4 << 30;
 const MAX_META: u32 = 64 << 20;
+/// Largest zstd window accepted in a manifest body (2^24 = 16 MiB; `encode` at level 3 uses at
+/// most 2^21), so a crafted frame cannot make the decoder allocate a large window.
+const MAX_WINDOW_LOG: u32 = 24;
 
 /// One chunk-sized piece of a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +204,13 @@ impl Manifest {
 
     /// Decodes and validates a manifest. Every size is checked before anything is allocated, and
     /// the regions must cover the disk exactly with consistent chunk lists.
+    ///
+    /// The body is decompressed as a stream, never trusting the header alone: the metadata is
+    /// read first, the body size its regions need ([`plain_size`]) must equal the header's
+    /// `plain_len`, and the decompression is cut off with an error the moment it produces more
+    /// than that ([`Bounded`]). A small body that inflates to gigabytes is thus refused after at
+    /// most its declared structure's size, not after filling memory; and the bitmaps, tags and
+    /// digests are read region by region, each buffer growing only with bytes actually produced.
     pub fn decode(bytes: &[u8]) -> Result<Manifest> {
         let bad = |m: &str| Error::Manifest(m.to_string());
         if bytes.len() < FIXED_HEADER + TRAILER {
@@ -225,21 +236,15 @@ impl Manifest {
         if plain_len > MAX_PLAIN_BODY {
             return Err(Error::Manifest(format!("declared body of {plain_len} bytes is too large")));
         }
-        let mut plain = Vec::with_capacity(plain_len as usize);
-        zstd::stream::read::Decoder::new(&content[FIXED_HEADER..])
-            .map_err(|e| Error::io("opening the manifest body", e))?
-            .take(plain_len + 1)
-            .read_to_end(&mut plain)
-            .map_err(|e| Error::Manifest(format!("body does not decompress: {e}")))?;
-        if plain.len() as u64 != plain_len {
-            return Err(bad("decompressed body length mismatch"));
-        }
-        let mut cur = Cursor { buf: &plain, pos: 0 };
-        let meta_len = u32::from_le_bytes(cur.take(4)?.try_into().expect("4"));
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(&content[FIXED_HEADER..])
+            .map_err(|e| Error::io("opening the manifest body", e))?;
+        decoder.window_log_max(MAX_WINDOW_LOG).map_err(|e| Error::io("limiting the zstd window", e))?;
+        let mut body = Bounded { inner: decoder, left: plain_len, declared: plain_len };
+        let meta_len = u32::from_le_bytes(body.exact(4)?.try_into().expect("4"));
         if meta_len > MAX_META {
             return Err(bad("metadata too large"));
         }
-        let meta: Meta = serde_json::from_slice(cur.take(meta_len as usize)?)
+        let meta: Meta = serde_json::from_slice(&body.exact(meta_len as u64)?)
             .map_err(|e| Error::Manifest(format!("metadata: {e}")))?;
         if meta.compression != "zstd" {
             return Err(Error::Manifest(format!("unknown compression {:?}", meta.compression)));
@@ -248,9 +253,8 @@ impl Manifest {
             return Err(Error::Manifest(format!("invalid chunk size {}", meta.chunk_size)));
         }
         let cs = meta.chunk_size as u64;
-        let mut regions = Vec::with_capacity(meta.regions.len().min(4096));
         let mut pos = 0u64;
-        for (i, rm) in meta.regions.into_iter().enumerate() {
+        for (i, rm) in meta.regions.iter().enumerate() {
             if rm.start != pos || rm.size == 0 {
                 return Err(Error::Manifest(format!("region {i} does not continue the previous one")));
             }
@@ -264,12 +268,27 @@ impl Manifest {
             if rm.bitmap_bits > rm.size.div_ceil(rm.block_size as u64) {
                 return Err(Error::Manifest(format!("region {i}'s bitmap is longer than the region")));
             }
-            let bitmap_bytes = cur.take(rm.bitmap_bits.div_ceil(8) as usize)?.to_vec();
+            if rm.data_chunks > rm.chunk_count {
+                return Err(Error::Manifest(format!("region {i}: data chunk count mismatch")));
+            }
+        }
+        if pos != meta.layout.disk_size {
+            return Err(bad("regions do not cover the disk"));
+        }
+        // The body the structure needs: nothing past it (nor past the header's plain_len) is
+        // ever decompressed. A structure needing more than the header declared fails below
+        // as "body ends early" when it reaches the end of the declared length, one needing
+        // less as "trailing bytes" after the last region.
+        let need = plain_size(meta_len, &meta.regions).ok_or_else(|| bad("declared structure overflows"))?;
+        body.left = body.left.min(need - (4 + meta_len as u64));
+        let mut regions = Vec::with_capacity(meta.regions.len().min(4096));
+        for (i, rm) in meta.regions.into_iter().enumerate() {
+            let bitmap_bytes = body.exact(rm.bitmap_bits.div_ceil(8))?;
             let bitmap = Bitmap::from_bytes(bitmap_bytes, rm.bitmap_bits).ok_or_else(|| bad("bitmap"))?;
-            let tags = cur.take(rm.chunk_count as usize)?;
+            let tags = body.exact(rm.chunk_count)?;
             let mut chunks = Vec::with_capacity(tags.len());
             let mut data = 0u64;
-            for &t in tags {
+            for &t in &tags {
                 chunks.push(match t {
                     0 => ChunkRef::Unused,
                     1 => ChunkRef::Zero,
@@ -285,7 +304,7 @@ impl Manifest {
             }
             for c in chunks.iter_mut() {
                 if let ChunkRef::Data(d) = c {
-                    d.0.copy_from_slice(cur.take(32)?);
+                    d.0.copy_from_slice(&body.exact(32)?);
                 }
             }
             regions.push(Region {
@@ -301,12 +320,10 @@ impl Manifest {
                 chunks,
             });
         }
-        if pos != meta.layout.disk_size {
-            return Err(bad("regions do not cover the disk"));
-        }
-        if cur.pos != plain.len() {
+        if need < plain_len {
             return Err(bad("trailing bytes after the last region"));
         }
+        body.end()?;
         Ok(Manifest {
             name: meta.name,
             created: meta.created,
@@ -324,21 +341,60 @@ impl Manifest {
     }
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The decompressed plain body's size that `regions` (and `meta_len` bytes of metadata) need:
+/// `4 + meta_len + Σ (ceil(bitmap_bits / 8) + chunk_count + 32 · data_chunks)`; `None` on
+/// overflow.
+fn plain_size(meta_len: u32, regions: &[RegionMeta]) -> Option<u64> {
+    regions.iter().try_fold(4 + meta_len as u64, |acc, r| {
+        acc.checked_add(r.bitmap_bits.div_ceil(8))?
+            .checked_add(r.chunk_count)?
+            .checked_add(r.data_chunks.checked_mul(32)?)
+    })
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        match end {
-            Some(end) => {
-                let s = &self.buf[self.pos..end];
-                self.pos = end;
-                Ok(s)
+/// The decompressing reader, bounded by the declared plain length: reading past it is an
+/// error at the first byte too many, so a decompression bomb stops where its header said.
+struct Bounded<R> {
+    inner: R,
+    /// Bytes still allowed.
+    left: u64,
+    declared: u64,
+}
+
+impl<R: Read> Bounded<R> {
+    /// The next `n` bytes; the buffer grows only with bytes actually read (a declared size
+    /// is never allocated up front).
+    fn exact(&mut self, n: u64) -> Result<Vec<u8>> {
+        if n > self.left {
+            return Err(Error::Manifest("body ends early".into()));
+        }
+        let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
+        let got = (&mut self.inner)
+            .take(n)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Manifest(format!("body does not decompress: {e}")))?;
+        if (got as u64) < n {
+            return Err(Error::Manifest("decompressed body length mismatch".into()));
+        }
+        self.left -= n;
+        Ok(out)
+    }
+
+    /// Checks that the decompressed stream ends exactly here (and its frame is intact).
+    fn end(mut self) -> Result<()> {
+        let mut byte = [0u8; 1];
+        loop {
+            match self.inner.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(Error::Manifest(format!(
+                        "the body decompresses to more than the {} bytes its structure declares",
+                        self.declared
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Manifest(format!("body does not decompress: {e}"))),
             }
-            None => Err(Error::Manifest("body ends early".into())),
         }
     }
 }
@@ -741,6 +797,68 @@ mod tests {
         let muts = [Mutation::MetaLen(NumberChange::Set(u32::MAX as u64))];
         assert!(Manifest::decode(&mutated(&m, &muts)).is_err());
         assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    /// A zstd frame of `zeros` zero bytes after `prefix`, compressed as a stream (the test never
+    /// holds the inflated body).
+    fn zero_bomb(prefix: &[u8], zeros: u64) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+        enc.write_all(prefix).unwrap();
+        let block = vec![0u8; 1 << 20];
+        let mut left = zeros;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            enc.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+        enc.finish().unwrap()
+    }
+
+    /// A file around an already compressed `body` declaring `plain_len`.
+    fn envelope(body: &[u8], plain_len: u64) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&plain_len.to_le_bytes());
+        out.extend_from_slice(body);
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Issue 16, item 2: a ~33 KB file whose body is 1 GiB of zeros (declared as such) is
+    /// refused after reading its metadata; a valid manifest followed by 1 GiB of zeros in the
+    /// same frame is refused at the first byte past its structure. Neither inflates the bomb
+    /// (each takes well under a second, where inflating 1 GiB takes several).
+    #[test]
+    fn decompression_bombs_are_refused_at_the_declared_structure() {
+        let zeros = zero_bomb(b"", 1 << 30);
+        let file = envelope(&zeros, 1 << 30);
+        eprintln!("bomb file: {} bytes, declaring 1 GiB", file.len());
+        assert!(file.len() < 64 << 10, "{}", file.len());
+        let t0 = std::time::Instant::now();
+        let e = Manifest::decode(&file).unwrap_err().to_string();
+        assert!(e.contains("metadata"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{:?}", t0.elapsed());
+
+        let enc = sample().encode().unwrap();
+        let plain = zstd::decode_all(&enc[FIXED_HEADER..enc.len() - TRAILER]).unwrap();
+        // The honest plain length, with 1 GiB of zeros behind it.
+        let body = zero_bomb(&plain, 1 << 30);
+        let t0 = std::time::Instant::now();
+        let e = Manifest::decode(&envelope(&body, plain.len() as u64)).unwrap_err().to_string();
+        assert!(e.contains("decompresses to more than the") && e.contains("structure declares"), "{e}");
+        // The same, declaring the inflated length: the structure needs less.
+        let e = Manifest::decode(&envelope(&body, plain.len() as u64 + (1 << 30))).unwrap_err().to_string();
+        assert!(e.contains("trailing bytes after the last region"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{:?}", t0.elapsed());
+        // The structure is the size: the intact manifest still decodes.
+        assert_eq!(
+            Manifest::decode(&envelope(&zstd::bulk::compress(&plain, 3).unwrap(), plain.len() as u64)).unwrap(),
+            sample()
+        );
     }
 
     proptest! {

@@ -47,6 +47,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct BootHttp {
     pub policy: Arc<dyn BootPolicy>,
@@ -88,15 +89,67 @@ pub fn router(state: Arc<BootHttp>) -> Router {
         .with_state(state)
 }
 
-/// Serves the boot routes on `listener` until `shutdown` completes.
+/// How long a connection may take to send a complete request head; an idle keep-alive
+/// connection is closed after the same time (hyper's header-read timer runs while it waits).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent connections of the boot HTTP listener, in all and from one source address.
+pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// How long running downloads may finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the boot routes on `listener` until `shutdown` completes: HTTP/1.1 with
+/// [`HEADER_READ_TIMEOUT`] and the connection caps ([`crate::conns`]); a connection over a cap
+/// is closed at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<BootHttp>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    use tower::ServiceExt as _;
+    let app = router(state);
+    let conns = crate::conns::ConnLimit::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let connections end, then retry.
+                    tracing::warn!("netboot http: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = conns.enter(peer.ip()) else {
+            tracing::debug!("netboot http: connection from {peer} refused: too many connections");
+            continue;
+        };
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!("netboot http: connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::debug!("netboot http: connections still open at shutdown were closed");
+    }
+    Ok(())
 }
 
 fn text(status: StatusCode, body: String) -> Response {

@@ -50,6 +50,7 @@
 //! else on this machine may listen on UDP 67 (dnsmasq).
 
 pub mod bootlog;
+pub mod conns;
 pub mod dhcp;
 pub mod http;
 pub mod ipxe;

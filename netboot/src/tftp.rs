@@ -24,7 +24,7 @@
 //! # Options
 //!
 //! `blksize` 8..=65464 (larger asks are lowered to [`MAX_BLKSIZE`]; smaller or unparsable
-//! values are ignored), `timeout` 1..=255 seconds (else ignored), `tsize` (answered with the
+//! values are ignored), `timeout` 1..=[`MAX_TIMEOUT_OPTION`] seconds (else ignored), `tsize` (answered with the
 //! file's size), `windowsize` 1..=65535 (lowered to [`MAX_WINDOW`] blocks and
 //! [`MAX_WINDOW_BYTES`]). Unknown options are
 //! ignored; a repeated option counts once (the first). If any option is accepted the transfer
@@ -40,7 +40,26 @@
 //! acks the block before it (RFC 7440: the client saw a gap) — once per window. Other ACKs that
 //! acknowledge nothing new are ignored, so duplicate ACKs cannot cause duplicate windows (no
 //! Sorcerer's Apprentice). Block numbers roll over from 65535 to 0.
-//! At most [`MAX_TRANSFERS`] run at once; more get "server busy".
+//!
+//! # Bounds (the boot network is not trusted)
+//!
+//! - At most [`MAX_TRANSFERS`] run at once, [`MAX_TRANSFERS_PER_SOURCE`] from one source
+//!   address. A transfer is *unverified* until the client's first ACK (of the OACK or of
+//!   DATA 1), which proves the source address receives our packets. A request over a cap
+//!   evicts the oldest unverified transfer of its own source, or, at the global cap, of the
+//!   source holding the most unverified transfers (fair sharing); only when none is unverified
+//!   does it get "server busy". A flood of unanswered requests therefore never locks out a
+//!   client that answers.
+//! - Bytes sent for one request before its first ACK are at most [`UNVERIFIED_AMPLIFICATION`]
+//!   times the request's size: an OACK is retransmitted only while that budget allows, and
+//!   error messages are shortened to fit it.
+//! - A request without options must get DATA 1 (RFC 1350: no OACK exists to answer with); its
+//!   block (up to 516 bytes for a request of a few dozen: that is the protocol's own
+//!   amplification, ~x20) is sent once, never retransmitted before an ACK, and only while the
+//!   source's budget ([`PLAIN_RRQ_BURST`], refilled at [`PLAIN_RRQ_BYTES_PER_SEC`]) lasts. PXE
+//!   ROMs and iPXE always send options (`tsize`, `blksize`), so they take the OACK path.
+//! - `timeout` is accepted up to [`MAX_TIMEOUT_OPTION`] s and a transfer ends after
+//!   [`MAX_RETRIES`] timeouts without progress, whatever the client asked.
 //!
 //! Malformed datagrams to port 69 get an ERROR if they look like a request and are ignored
 //! (debug log) otherwise; requests longer than [`MAX_REQUEST`] bytes are refused before
@@ -49,14 +68,13 @@
 use crate::bootlog::{BootLog, Stage};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 
 pub const OP_RRQ: u16 = 1;
 pub const OP_WRQ: u16 = 2;
@@ -78,8 +96,24 @@ pub const MAX_WINDOW: u16 = 64;
 /// kernel's per-datagram overhead; larger windows lose their tail on every round).
 pub const MAX_WINDOW_BYTES: usize = 64 << 10;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest `timeout` option accepted (seconds); a larger one is left out of the OACK (RFC 2349
+/// lets a server decline an option, not change its value) and the default applies. With
+/// [`MAX_RETRIES`] this bounds how long an unanswered transfer lives.
+pub const MAX_TIMEOUT_OPTION: u64 = 10;
 pub const MAX_RETRIES: u32 = 5;
+/// Transfers at once, all sources together.
 pub const MAX_TRANSFERS: usize = 512;
+/// Transfers at once from one source address.
+pub const MAX_TRANSFERS_PER_SOURCE: usize = 16;
+/// Bytes sent in answer to one request before the client's first ACK, at most this many
+/// times the request's size (OACKs and their retransmissions, errors): the server cannot be
+/// used to amplify traffic towards a spoofed source.
+pub const UNVERIFIED_AMPLIFICATION: usize = 2;
+/// A request without options must be answered by DATA 1 (RFC 1350), up to 516 bytes, before
+/// any ACK: those answers draw on a per-source budget of this many bytes, refilled at this
+/// rate per second (a request arriving with the budget spent is dropped; the client retries).
+pub const PLAIN_RRQ_BURST: u64 = 8 * 516;
+pub const PLAIN_RRQ_BYTES_PER_SEC: u64 = 4 * 516;
 
 /// TFTP error codes (RFC 1350, 2347).
 pub mod code {
@@ -280,7 +314,7 @@ pub fn negotiate(options: &[(String, String)], file_size: u64) -> Negotiated {
                 n.blksize = v.min(MAX_BLKSIZE as u64) as usize;
                 n.oack.push((name.clone(), n.blksize.to_string()));
             }
-            ("timeout", Some(v @ 1..=255)) => {
+            ("timeout", Some(v)) if (1..=MAX_TIMEOUT_OPTION).contains(&v) => {
                 n.timeout = Duration::from_secs(v);
                 n.oack.push((name.clone(), v.to_string()));
             }
@@ -380,6 +414,104 @@ async fn open_inside(files: &Files, rel: &Path) -> Result<(tokio::fs::File, u64)
     Ok((tokio::fs::File::from_std(file), meta.len()))
 }
 
+/// An ERROR packet for an answer to a request of `request_len` bytes, its message shortened so
+/// the packet stays within [`UNVERIFIED_AMPLIFICATION`] times the request.
+pub fn bounded_error(code: u16, message: &str, request_len: usize) -> Vec<u8> {
+    let room = (request_len * UNVERIFIED_AMPLIFICATION).saturating_sub(5);
+    let mut end = message.len().min(room);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    error_packet(code, &message[..end])
+}
+
+/// The running transfers, by source, for the caps and the eviction rule (module docs).
+#[derive(Default)]
+struct Registry {
+    transfers: std::collections::BTreeMap<u64, Entry>,
+    next: u64,
+    /// Per source: the plain-RRQ byte budget left and when it was last refilled.
+    budgets: std::collections::HashMap<IpAddr, (u64, tokio::time::Instant)>,
+}
+
+struct Entry {
+    ip: IpAddr,
+    verified: bool,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+impl Registry {
+    /// Makes room for one more transfer from `ip`: `false` if there is none (every transfer
+    /// in the way has been acknowledged).
+    fn admit(&mut self, ip: IpAddr) -> bool {
+        let mine = self.transfers.values().filter(|e| e.ip == ip).count();
+        if mine >= MAX_TRANSFERS_PER_SOURCE {
+            return self.evict_unverified_of(ip);
+        }
+        if self.transfers.len() >= MAX_TRANSFERS {
+            let mut counts: std::collections::HashMap<IpAddr, usize> = Default::default();
+            for e in self.transfers.values().filter(|e| !e.verified) {
+                *counts.entry(e.ip).or_default() += 1;
+            }
+            let Some((&top, _)) = counts.iter().max_by_key(|(_, n)| **n) else { return false };
+            return self.evict_unverified_of(top);
+        }
+        true
+    }
+
+    /// Ends the oldest unverified transfer of `ip`, if any.
+    fn evict_unverified_of(&mut self, ip: IpAddr) -> bool {
+        let Some(id) = self.transfers.iter().find(|(_, e)| e.ip == ip && !e.verified).map(|(id, _)| *id) else {
+            return false;
+        };
+        if let Some(Entry { abort: Some(h), .. }) = self.transfers.remove(&id) {
+            h.abort();
+        }
+        tracing::debug!("tftp: an unacknowledged transfer to {ip} was ended to make room");
+        true
+    }
+
+    /// Draws `bytes` from `ip`'s plain-RRQ budget; `false` if it is spent.
+    fn draw(&mut self, ip: IpAddr, bytes: u64) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.budgets.len() > 4 * MAX_TRANSFERS {
+            self.budgets.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        }
+        let (left, at) = self.budgets.entry(ip).or_insert((PLAIN_RRQ_BURST, now));
+        let refill = now.duration_since(*at).as_millis() as u64 * PLAIN_RRQ_BYTES_PER_SEC / 1000;
+        if refill > 0 {
+            *left = (*left + refill).min(PLAIN_RRQ_BURST);
+            *at = now;
+        }
+        if *left < bytes {
+            return false;
+        }
+        *left -= bytes;
+        true
+    }
+}
+
+/// A transfer's place in the [`Registry`]; given back when the transfer ends (or is aborted).
+struct Ticket {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+}
+
+impl Ticket {
+    /// The client has acknowledged a block: the transfer can no longer be evicted.
+    fn verified(&self) {
+        if let Some(e) = self.registry.lock().unwrap_or_else(|e| e.into_inner()).transfers.get_mut(&self.id) {
+            e.verified = true;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).transfers.remove(&self.id);
+    }
+}
+
 /// Serves TFTP on `socket` from `files` until `shutdown` completes. Running transfers are
 /// aborted at shutdown.
 pub async fn serve(
@@ -394,7 +526,7 @@ pub async fn serve(
     }
     let files = Arc::new(files);
     let local_ip = socket.local_addr()?.ip();
-    let limit = Arc::new(Semaphore::new(MAX_TRANSFERS));
+    let registry = Arc::new(Mutex::new(Registry::default()));
     let mut tasks = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
@@ -411,7 +543,7 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let reply = |code: u16, msg: &str| {
-            let pkt = error_packet(code, msg);
+            let pkt = bounded_error(code, msg, n);
             let s = &socket;
             async move {
                 let _ = s.send_to(&pkt, peer).await;
@@ -419,15 +551,37 @@ pub async fn serve(
         };
         match parse(&buf[..n]) {
             Ok(Packet::Rrq(req)) => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let admitted = {
+                    let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+                    // No option accepted: DATA 1 is the answer, drawn from the source's budget.
+                    let plain = negotiate(&req.options, 0).oack.is_empty();
+                    if plain && !reg.draw(peer.ip(), (4 + DEFAULT_BLKSIZE) as u64) {
+                        tracing::debug!(
+                            "tftp: request from {peer} dropped: its budget of unacknowledged replies is spent"
+                        );
+                        continue;
+                    }
+                    if reg.admit(peer.ip()) {
+                        reg.next += 1;
+                        let id = reg.next;
+                        reg.transfers.insert(id, Entry { ip: peer.ip(), verified: false, abort: None });
+                        Some(id)
+                    } else {
+                        None
+                    }
+                };
+                let Some(id) = admitted else {
                     reply(code::NOT_DEFINED, "server busy, try again").await;
                     continue;
                 };
                 let (files, log) = (files.clone(), log.clone());
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    transfer(local_ip, peer, &files, req, log).await;
+                let ticket = Ticket { registry: registry.clone(), id };
+                let handle = tasks.spawn(async move {
+                    transfer(local_ip, peer, &files, req, n, &ticket, log).await;
                 });
+                if let Some(e) = registry.lock().unwrap_or_else(|e| e.into_inner()).transfers.get_mut(&id) {
+                    e.abort = Some(handle);
+                }
             }
             Ok(Packet::Wrq(_)) => {
                 tracing::debug!("tftp: write request from {peer} refused");
@@ -455,7 +609,15 @@ enum Outcome {
     Io(String),
 }
 
-async fn transfer(local_ip: std::net::IpAddr, peer: SocketAddr, files: &Files, req: Request, log: Arc<BootLog>) {
+async fn transfer(
+    local_ip: IpAddr,
+    peer: SocketAddr,
+    files: &Files,
+    req: Request,
+    request_len: usize,
+    ticket: &Ticket,
+    log: Arc<BootLog>,
+) {
     let name = String::from_utf8_lossy(&req.filename).into_owned();
     let short: String = name.chars().take(120).collect();
     let sock = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
@@ -469,7 +631,7 @@ async fn transfer(local_ip: std::net::IpAddr, peer: SocketAddr, files: &Files, r
         tracing::debug!("tftp: cannot reach {peer}: {e}");
         return;
     }
-    let outcome = run_transfer(&sock, files, &req).await;
+    let outcome = run_transfer(&sock, files, &req, request_len, ticket).await;
     let detail = match &outcome {
         Outcome::Done { bytes } => format!("{short}: sent {bytes} bytes"),
         Outcome::Refused(r) => format!("{short}: refused: {}", r.message),
@@ -481,9 +643,9 @@ async fn transfer(local_ip: std::net::IpAddr, peer: SocketAddr, files: &Files, r
     log.record_ip(peer.ip(), Stage::Tftp, detail);
 }
 
-async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request) -> Outcome {
+async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request, request_len: usize, ticket: &Ticket) -> Outcome {
     let send_err = |r: Refusal| async move {
-        let _ = sock.send(&error_packet(r.code, r.message)).await;
+        let _ = sock.send(&bounded_error(r.code, r.message, request_len)).await;
         Outcome::Refused(r)
     };
     if req.mode != "octet" && req.mode != "netascii" {
@@ -501,11 +663,19 @@ async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request) -> Outcome
     let mut sender = Sender::new(file, n.blksize, n.windowsize as usize);
     let mut buf = vec![0u8; 65536];
     let mut retries = 0;
+    // Bytes this request may still draw before the client's first ACK (module docs).
+    let mut unverified = request_len * UNVERIFIED_AMPLIFICATION;
     if !n.oack.is_empty() {
         let oack = encode(&Packet::Oack(n.oack.clone()));
+        if oack.len() > unverified {
+            return send_err(refuse(code::NOT_DEFINED, "options too large")).await;
+        }
         loop {
-            if sock.send(&oack).await.is_err() {
-                return Outcome::Io("send failed".into());
+            if oack.len() <= unverified {
+                unverified -= oack.len();
+                if sock.send(&oack).await.is_err() {
+                    return Outcome::Io("send failed".into());
+                }
             }
             match recv_timeout(sock, &mut buf, n.timeout).await {
                 Some(Packet::Ack(0)) => break,
@@ -513,13 +683,15 @@ async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request) -> Outcome
                 Some(_) => continue,
                 None => {
                     retries += 1;
-                    if retries > MAX_RETRIES {
+                    if retries > MAX_RETRIES || oack.len() > unverified {
                         return Outcome::TimedOut;
                     }
                 }
             }
         }
+        ticket.verified();
     }
+    let mut acked = !n.oack.is_empty();
     retries = 0;
     let mut resend = true;
     // Whether the window was already resent for an ACK that acknowledged nothing new.
@@ -544,6 +716,10 @@ async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request) -> Outcome
             Some(Packet::Ack(a)) => match sender.ack(a) {
                 AckResult::Finished => return Outcome::Done { bytes: sender.sent_bytes },
                 AckResult::Progress => {
+                    if !acked {
+                        acked = true;
+                        ticket.verified();
+                    }
                     retries = 0;
                     resend = true;
                     gap_resent = false;
@@ -560,7 +736,8 @@ async fn run_transfer(sock: &UdpSocket, files: &Files, req: &Request) -> Outcome
             Some(_) => resend = false,
             None => {
                 retries += 1;
-                if retries > MAX_RETRIES {
+                // DATA 1 of a request without options is never sent twice before an ACK.
+                if retries > MAX_RETRIES || !acked {
                     return Outcome::TimedOut;
                 }
                 resend = true;
@@ -737,8 +914,12 @@ mod tests {
         assert!(n.oack.is_empty());
         let n = negotiate(&o(&[("blksize", "99999999999999999999999"), ("timeout", "256")]), 1);
         assert!(n.oack.is_empty());
-        let n = negotiate(&o(&[("blksize", "512"), ("windowsize", "65535"), ("timeout", "255")]), 1);
-        assert_eq!((n.blksize, n.windowsize, n.timeout.as_secs()), (512, MAX_WINDOW, 255));
+        let n = negotiate(&o(&[("blksize", "512"), ("windowsize", "65535"), ("timeout", "10")]), 1);
+        assert_eq!((n.blksize, n.windowsize, n.timeout.as_secs()), (512, MAX_WINDOW, 10));
+        // A timeout over MAX_TIMEOUT_OPTION is declined (left out of the OACK), not lowered.
+        let n = negotiate(&o(&[("timeout", "255"), ("tsize", "0")]), 1);
+        assert_eq!(n.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(n.oack, o(&[("tsize", "1")]));
         let n = negotiate(&o(&[("windowsize", "16"), ("blksize", "65535")]), 1);
         assert_eq!((n.blksize, n.windowsize), (MAX_BLKSIZE, 1));
         assert_eq!(n.oack, o(&[("windowsize", "1"), ("blksize", "65464")]));
@@ -1048,16 +1229,86 @@ mod tests {
     async fn netboot_tftp_retransmits_when_acks_are_lost() {
         let f = fixture().await;
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        sock.send_to(&rrq(b"small.txt", &[]), f.addr).await.unwrap();
+        sock.send_to(&rrq(b"file.bin", &[]), f.addr).await.unwrap();
         let mut buf = vec![0u8; 2048];
         let (n, from) = sock.recv_from(&mut buf).await.unwrap();
-        assert_eq!(parse(&buf[..n]).unwrap(), Packet::Data { block: 1, data: b"hello".to_vec() });
+        assert_eq!(parse(&buf[..n]).unwrap(), Packet::Data { block: 1, data: f.data[..512].to_vec() });
+        sock.send_to(&encode(&Packet::Ack(1)), from).await.unwrap();
+        let (n, _) = sock.recv_from(&mut buf).await.unwrap();
+        let block2 = Packet::Data { block: 2, data: f.data[512..1024].to_vec() };
+        assert_eq!(parse(&buf[..n]).unwrap(), block2);
         // Do not ACK: the block comes again after the timeout.
         let t0 = Instant::now();
         let (n, from2) = sock.recv_from(&mut buf).await.unwrap();
-        assert_eq!((from2, parse(&buf[..n]).unwrap()), (from, Packet::Data { block: 1, data: b"hello".to_vec() }));
+        assert_eq!((from2, parse(&buf[..n]).unwrap()), (from, block2));
         assert!(t0.elapsed() >= Duration::from_millis(500));
-        sock.send_to(&encode(&Packet::Ack(1)), from).await.unwrap();
+        sock.send_to(&encode(&Packet::Error { code: 0, message: "done".into() }), from).await.unwrap();
+        // Before the first ACK, DATA 1 is not sent again (the client retransmits its request).
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&rrq(b"small.txt", &[]), f.addr).await.unwrap();
+        sock.recv_from(&mut buf).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_millis(2500), sock.recv_from(&mut buf)).await;
+        assert!(again.is_err(), "DATA 1 was retransmitted to a source that never acknowledged");
+    }
+
+    /// Issue 16 item 6: a flood of unacknowledged requests (`timeout=255`, from many source
+    /// ports of another address) does not lock out a client that answers, and every reply to
+    /// an unacknowledged request is measured: with options, at most twice the request (all its
+    /// datagrams together); without options (DATA 1 is the protocol's answer), within the
+    /// source's budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn netboot_tftp_flood_neither_locks_out_nor_amplifies() {
+        let f = fixture().await;
+        // The legitimate client's normal time, without a flood.
+        let t0 = Instant::now();
+        let Fetch::Ok(b) = fetch(f.addr, b"file.bin", &[("blksize", "1468"), ("tsize", "0")]).await else { panic!() };
+        assert_eq!(b, f.data);
+        let normal = t0.elapsed();
+        // The flood: 520 sockets on 127.0.0.2, each one request, never an ACK.
+        let flooders = 520;
+        let mut socks = Vec::new();
+        for i in 0..flooders {
+            let s = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+            let opts: &[(&str, &str)] =
+                if i % 4 == 0 { &[] } else { &[("timeout", "255"), ("tsize", "0"), ("blksize", "1468")] };
+            let req = rrq(if i % 2 == 0 { b"file.bin" } else { b"small.txt" }, opts);
+            s.send_to(&req, f.addr).await.unwrap();
+            socks.push((s, req.len(), opts.is_empty()));
+        }
+        // While it runs, the legitimate client is served in its normal time.
+        let t0 = Instant::now();
+        let Fetch::Ok(b) = fetch(f.addr, b"file.bin", &[("blksize", "1468"), ("tsize", "0")]).await else { panic!() };
+        assert_eq!(b, f.data);
+        let during = t0.elapsed();
+        println!("tftp legitimate 1 MiB fetch: {normal:?} alone, {during:?} during the flood");
+        assert!(during < normal * 4 + Duration::from_secs(1), "{during:?} against {normal:?}");
+        // Collect every datagram each flooder got within 5 s (longer than two timeouts).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (mut worst_opts, mut plain_bytes, mut busy) = (0f64, 0usize, 0usize);
+        let mut buf = vec![0u8; 70000];
+        for (s, req_len, plain) in &socks {
+            let mut got = 0usize;
+            while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await {
+                got += n;
+                if matches!(parse(&buf[..n]), Ok(Packet::Error { .. })) {
+                    busy += 1;
+                }
+                assert!(n <= 2 * req_len || *plain, "a {n}-byte datagram for a {req_len}-byte request");
+            }
+            let factor = got as f64 / *req_len as f64;
+            if *plain {
+                plain_bytes += got;
+            } else {
+                worst_opts = worst_opts.max(factor);
+            }
+        }
+        println!(
+            "tftp amplification before the first ACK: requests with options at most x{worst_opts:.2} \
+             (all datagrams together); requests without options: {plain_bytes} bytes to the source in all \
+             (budget {PLAIN_RRQ_BURST} + {PLAIN_RRQ_BYTES_PER_SEC}/s); {busy} error replies"
+        );
+        assert!(worst_opts <= UNVERIFIED_AMPLIFICATION as f64, "x{worst_opts}");
+        assert!(plain_bytes as u64 <= PLAIN_RRQ_BURST + 7 * PLAIN_RRQ_BYTES_PER_SEC, "{plain_bytes}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -22,8 +22,13 @@ pub enum ApiError {
     StoreFull(String),
     /// A device the engine talks to on the client's behalf (a BMC) failed: 502 with its message.
     BadGateway(String),
-    /// Busy with the same request right now (a commit in progress): 503, retry.
+    /// Busy with the same request right now (a commit in progress), or at a global limit:
+    /// 503, retry.
     Unavailable(String),
+    /// The caller holds too many of something (upload sessions): 429.
+    TooMany(String),
+    /// A body over the route's limit: 413.
+    TooLarge(String),
     Internal(String),
 }
 
@@ -42,6 +47,8 @@ impl ApiError {
             ApiError::StoreFull(_) => ErrorKind::StoreFull,
             ApiError::BadGateway(_) => ErrorKind::BadGateway,
             ApiError::Unavailable(_) => ErrorKind::Unavailable,
+            ApiError::TooMany(_) => ErrorKind::TooMany,
+            ApiError::TooLarge(_) => ErrorKind::TooLarge,
             ApiError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -64,7 +71,9 @@ impl IntoResponse for ApiError {
             | ApiError::Unprocessable(m)
             | ApiError::StoreFull(m)
             | ApiError::BadGateway(m)
-            | ApiError::Unavailable(m) => m,
+            | ApiError::Unavailable(m)
+            | ApiError::TooMany(m)
+            | ApiError::TooLarge(m) => m,
         };
         (status, Json(ErrorBody { error: msg, kind: Some(kind) })).into_response()
     }
@@ -93,6 +102,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Corrupt(m) => ApiError::Unprocessable(m),
             ServiceError::StoreFull(m) => ApiError::StoreFull(m),
             ServiceError::Busy(m) => ApiError::Unavailable(m),
+            ServiceError::TooMany(m) => ApiError::TooMany(m),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -188,7 +188,20 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such API route".into())
 }
 
+/// How long a client has for the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to send a complete request head after the handshake; an idle
+/// keep-alive connection is closed after the same time (hyper's header-read timer runs while it
+/// waits for the next request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/1 settings of the API listener: the header-read timeout (which needs hyper's timer).
+fn http_limits(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+}
+
 /// Serves the API on `listener` until `shutdown` completes. With `tls`, speaks HTTPS only.
+/// Connections get [`TLS_HANDSHAKE_TIMEOUT`] and [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: std::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -207,9 +220,17 @@ pub async fn serve(
     });
     let r = match tls {
         Some(config) => {
-            axum_server::from_tcp_rustls(listener, config).handle(handle).serve(app.into_make_service()).await
+            let mut server = axum_server::from_tcp_rustls(listener, config)
+                .map(|tls| tls.handshake_timeout(TLS_HANDSHAKE_TIMEOUT))
+                .handle(handle);
+            http_limits(server.http_builder());
+            server.serve(app.into_make_service()).await
         }
-        None => axum_server::from_tcp(listener).handle(handle).serve(app.into_make_service()).await,
+        None => {
+            let mut server = axum_server::from_tcp(listener).handle(handle);
+            http_limits(server.http_builder());
+            server.serve(app.into_make_service()).await
+        }
     };
     janitor.abort();
     watchdog.abort();

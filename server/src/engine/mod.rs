@@ -34,6 +34,8 @@ pub struct Engine {
     pub writers: Arc<WriterRegistry>,
     /// Open (and recently committed) upload sessions.
     pub uploads: uploads::Sessions,
+    /// The turns of commits being received and decoded.
+    pub commits: uploads::CommitGate,
     /// When each running job's agent was last heard from.
     pub liveness: watchdog::Liveness,
     /// Power control (Wake-on-LAN, Redfish, IPMI): kicks machines into netboot for new jobs.
@@ -59,6 +61,7 @@ impl Engine {
             catalog,
             writers: Arc::new(WriterRegistry::new()),
             uploads: uploads::Sessions::default(),
+            commits: uploads::CommitGate::default(),
             liveness: watchdog::Liveness::default(),
             notifier,
             ingested: Ingested::default(),
@@ -145,9 +148,12 @@ pub enum ServiceError {
     Corrupt(String),
     #[error("{0}")]
     StoreFull(String),
-    /// Busy with the same thing right now (a commit in progress): retry.
+    /// Busy with the same thing right now (a commit in progress), or at a global limit: retry.
     #[error("{0}")]
     Busy(String),
+    /// The caller holds too many of something (upload sessions): 429.
+    #[error("{0}")]
+    TooMany(String),
     /// The engine failed; the details are for its log only.
     #[error("{0}")]
     Internal(String),

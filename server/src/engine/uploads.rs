@@ -49,10 +49,68 @@ use std::time::{Duration, Instant};
 
 /// Upload sessions idle longer than this are ended (committed ones included).
 pub const IDLE: Duration = Duration::from_secs(3600);
+/// Uncommitted upload sessions one token may hold at once (an agent needs one; an operator's
+/// parallel manual uploads a few): more are refused with `too_many` (429).
+pub const MAX_OPEN_SESSIONS_PER_TOKEN: usize = 16;
+/// Uncommitted upload sessions the engine holds at once, all tokens together: more are refused
+/// with `unavailable` (503, retry later).
+pub const MAX_OPEN_SESSIONS: usize = 256;
+/// Sessions of any phase the engine remembers (committed ones are kept for idempotent retries
+/// until idle expiry): beyond this a new session is refused with `unavailable` (503).
+pub const MAX_SESSIONS: usize = 4096;
+/// Commits received and decoded at once (each holds its body, up to the route's 256 MiB, and
+/// its decoded manifest): more wait for a turn, up to [`COMMIT_WAIT`].
+pub const COMMITS_AT_ONCE: usize = 2;
+/// How long a commit waits for its turn before it is refused with `unavailable` (503, retry).
+pub const COMMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The engine's upload sessions, by id.
 #[derive(Default)]
 pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+/// The turns of commits being received and decoded ([`COMMITS_AT_ONCE`]).
+pub struct CommitGate(tokio::sync::Semaphore);
+
+impl Default for CommitGate {
+    fn default() -> Self {
+        CommitGate(tokio::sync::Semaphore::new(COMMITS_AT_ONCE))
+    }
+}
+
+impl CommitGate {
+    /// Waits for a commit's turn, at most [`COMMIT_WAIT`].
+    pub async fn enter(&self) -> ServiceResult<tokio::sync::SemaphorePermit<'_>> {
+        match tokio::time::timeout(COMMIT_WAIT, self.0.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ServiceError::Busy(format!(
+                "{COMMITS_AT_ONCE} commits are in progress and this one waited {}s for its turn: retry later",
+                COMMIT_WAIT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Refuses a new session past the limits ([`MAX_OPEN_SESSIONS_PER_TOKEN`],
+/// [`MAX_OPEN_SESSIONS`], [`MAX_SESSIONS`]).
+fn check_session_limits(sessions: &HashMap<String, Session>, owner: i64) -> ServiceResult<()> {
+    let open = |s: &&Session| !matches!(s.phase, Phase::Committed { .. });
+    let mine = sessions.values().filter(open).filter(|s| s.owner == owner).count();
+    if mine >= MAX_OPEN_SESSIONS_PER_TOKEN {
+        return Err(ServiceError::TooMany(format!(
+            "this token already has {mine} open upload sessions (at most {MAX_OPEN_SESSIONS_PER_TOKEN}): \
+             commit or abort one first"
+        )));
+    }
+    let all = sessions.values().filter(open).count();
+    if all >= MAX_OPEN_SESSIONS || sessions.len() >= MAX_SESSIONS {
+        return Err(ServiceError::Busy(format!(
+            "the engine holds {all} open upload sessions (at most {MAX_OPEN_SESSIONS}) and {} in all \
+             (at most {MAX_SESSIONS}): retry later",
+            sessions.len()
+        )));
+    }
+    Ok(())
+}
 
 struct Session {
     /// Protection of the session's chunks from garbage collection; released at commit.
@@ -125,6 +183,8 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
     };
     let kind = snapshot_kind(engine, job, req.kind)?;
     let id = random_id()?;
+    let mut sessions = engine.uploads.0.lock().expect("lock");
+    check_session_limits(&sessions, caller.principal.token_id)?;
     let writer = engine.writers.register();
     let session = Session {
         writer: Some(writer),
@@ -138,7 +198,7 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
         last_seen: Instant::now(),
         phase: Phase::Open,
     };
-    engine.uploads.0.lock().expect("lock").insert(id.clone(), session);
+    sessions.insert(id.clone(), session);
     Ok(UploadStarted { upload: id, chunk_size: DEFAULT_CHUNK_SIZE })
 }
 
@@ -603,5 +663,45 @@ mod tests {
         let snaps = catalog.list_snapshots(None).unwrap();
         assert_eq!((snaps.len(), snaps[0].host.as_str(), snaps[0].kind), (1, "victim", SnapshotKind::Manual));
         assert_eq!(catalog.get_job(job.id).unwrap().state, JobState::Succeeded);
+    }
+
+    /// Issue 16: upload sessions are limited per token (429 `too_many`) and in all (503
+    /// `unavailable`); a committed session no longer counts as open.
+    #[test]
+    fn open_upload_sessions_are_limited_per_token_and_in_all() {
+        let (_dir, _store, _catalog, engine) = test_engine();
+        let begin_as =
+            |token: i64| begin(&engine, &operator(token), BeginUpload { host: "h".into(), ..Default::default() });
+        let mine: Vec<String> = (0..MAX_OPEN_SESSIONS_PER_TOKEN).map(|_| begin_as(1).unwrap().upload).collect();
+        let refused = begin_as(1).map(|s| s.upload);
+        let Err(ServiceError::TooMany(msg)) = refused else { panic!("{refused:?}") };
+        assert!(msg.contains("open upload sessions"), "{msg}");
+        assert_eq!(
+            crate::api::ApiError::from(ServiceError::TooMany(msg)).kind(),
+            kura_protocol::error::ErrorKind::TooMany
+        );
+        // Committing one frees a place; aborting another too.
+        commit(&engine, &operator(1), &mine[0], &manifest("a")).unwrap();
+        begin_as(1).unwrap();
+        abort(&engine, &operator(1), &mine[1]).unwrap();
+        begin_as(1).unwrap();
+        assert!(matches!(begin_as(1), Err(ServiceError::TooMany(_))));
+        // Other tokens fill the engine up to the global limit, then get 503.
+        let mut token = 2;
+        let mut opened = MAX_OPEN_SESSIONS_PER_TOKEN;
+        while opened < MAX_OPEN_SESSIONS {
+            for _ in 0..MAX_OPEN_SESSIONS_PER_TOKEN.min(MAX_OPEN_SESSIONS - opened) {
+                begin_as(token).unwrap();
+                opened += 1;
+            }
+            token += 1;
+        }
+        let full = begin_as(token).map(|s| s.upload);
+        let Err(ServiceError::Busy(msg)) = full else { panic!("{full:?}") };
+        assert!(msg.contains("open upload sessions"), "{msg}");
+        assert_eq!(
+            crate::api::ApiError::from(ServiceError::Busy(msg)).kind(),
+            kura_protocol::error::ErrorKind::Unavailable
+        );
     }
 }
