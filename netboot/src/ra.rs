@@ -62,25 +62,6 @@ pub fn socket(interface: &str) -> std::io::Result<(Socket, u32)> {
     Ok((s, index))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn netboot_ra_answers_only_solicitations_with_a_no_router_advertisement() {
-        assert!(is_solicitation(&[133, 0, 0, 0, 0, 0, 0, 0]));
-        assert!(is_solicitation(&[133, 0, 0x12, 0x34, 0, 0, 0, 0, 1, 1, 0x52, 0x54, 0, 1, 2, 3]));
-        assert!(!is_solicitation(&[133, 0, 0, 0]), "too short");
-        assert!(!is_solicitation(&[134, 0, 0, 0, 0, 0, 0, 0]), "an advertisement");
-        assert!(!is_solicitation(&[133, 1, 0, 0, 0, 0, 0, 0]), "code must be 0");
-        let ra = advertisement();
-        assert_eq!(ra[0], 134);
-        assert_eq!(ra[5], 0, "no managed/other flags");
-        assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
-        assert!(ra.len() <= 2 * 8, "no larger than twice the smallest solicitation");
-    }
-}
-
 /// Answers router solicitations on `socket` (from [`socket`]) until `shutdown` completes.
 ///
 /// The raw socket is driven through tokio's `UdpSocket`: `recvfrom`/`sendto` on a datagram
@@ -111,5 +92,24 @@ pub async fn serve(socket: Socket, index: u32, shutdown: impl Future<Output = ()
         if let Err(e) = socket.send_to(&ra, to).await {
             tracing::debug!("ra: sending the advertisement: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netboot_ra_answers_only_solicitations_with_a_no_router_advertisement() {
+        assert!(is_solicitation(&[133, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(is_solicitation(&[133, 0, 0x12, 0x34, 0, 0, 0, 0, 1, 1, 0x52, 0x54, 0, 1, 2, 3]));
+        assert!(!is_solicitation(&[133, 0, 0, 0]), "too short");
+        assert!(!is_solicitation(&[134, 0, 0, 0, 0, 0, 0, 0]), "an advertisement");
+        assert!(!is_solicitation(&[133, 1, 0, 0, 0, 0, 0, 0]), "code must be 0");
+        let ra = advertisement();
+        assert_eq!(ra[0], 134);
+        assert_eq!(ra[5], 0, "no managed/other flags");
+        assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
+        assert!(ra.len() <= 2 * 8, "no larger than twice the smallest solicitation");
     }
 }

@@ -34,7 +34,7 @@ impl BootPolicy for EveryMachine {
 }
 
 fn proxy() -> Dhcp {
-    Dhcp { server_ip: SERVER, policy: Arc::new(EveryMachine), full: None }
+    Dhcp { server_ip: SERVER, policy: Arc::new(EveryMachine), full: None, seen: Default::default() }
 }
 
 fn full() -> Dhcp {
@@ -44,7 +44,7 @@ fn full() -> Dhcp {
         .unwrap();
     let settings =
         FullSettings { netmask: Ipv4Addr::new(255, 255, 255, 0), router: Some(SERVER), dns: vec![], lease_secs: 600 };
-    Dhcp { server_ip: SERVER, policy: Arc::new(EveryMachine), full: Some((settings, table)) }
+    Dhcp { server_ip: SERVER, policy: Arc::new(EveryMachine), full: Some((settings, table)), seen: Default::default() }
 }
 
 /// A valid request as a PXE ROM or iPXE sends it.
@@ -158,6 +158,7 @@ fn boot_http(dir: &std::path::Path) -> SocketAddr {
         initrd: dir.join("initrd.img"),
         kernel_args: String::new(),
         log: kura_netboot::BootLog::new(),
+        seen: None,
     });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
