@@ -18,6 +18,7 @@
 //! - [`bootlog`]: what each machine was offered and fetched, for `kura netboot status`.
 //! - [`seen`]: the address each MAC's DHCP exchange showed, handed to the policy with every
 //!   script request (so it can release a token only to the machine that booted).
+//! - [`ra`]: "no IPv6 router here" advertisements, so iPXE does not wait for IPv6.
 //!
 //! [`run`] takes its sockets and a shutdown future as arguments; [`bind`] makes the sockets
 //! from a [`NetbootConfig`] (tests bind their own on 127.0.0.1 or inside a network namespace).
@@ -239,7 +240,7 @@ pub struct Sockets {
     pub pxe: Option<UdpSocket>,
     pub tftp: UdpSocket,
     pub http: TcpListener,
-    /// Full-DHCP mode: the router-advertisement socket and its interface index ([`ra`]).
+    /// The router-advertisement socket and its interface index ([`ra`]), when DHCP is on.
     pub ra: Option<(socket2::Socket, u32)>,
 }
 
@@ -277,7 +278,8 @@ pub async fn bind(c: &NetbootConfig) -> Result<Sockets> {
     };
     let derived = || interface_of(c.address, &std::fs::read_to_string("/proc/net/route").unwrap_or_default());
     let ra = match c.dhcp {
-        DhcpMode::Full => match c.interface.clone().or_else(derived) {
+        DhcpMode::Off => None,
+        _ => match c.interface.clone().or_else(derived) {
             Some(i) => match ra::socket(&i) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -287,7 +289,6 @@ pub async fn bind(c: &NetbootConfig) -> Result<Sockets> {
             },
             None => None,
         },
-        _ => None,
     };
     let (dhcp, pxe) = match (c.dhcp, &c.interface) {
         (DhcpMode::Off, _) => (None, None),
@@ -386,6 +387,10 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
     // DHCP's sightings for the script route; `None` when DHCP is off (nothing is seen).
     let sightings = Arc::new(seen::Sightings::default());
     let dhcp_seen = sockets.dhcp.is_some().then(|| sightings.clone());
+    let ra_audience = match config.dhcp {
+        DhcpMode::Full => ra::Audience::Everyone,
+        _ => ra::Audience::Netbooting(sightings.clone()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -419,7 +424,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
     }
     if let Some((sock, index)) = sockets.ra {
         let stop = stopped();
-        set.spawn(async move { ra::serve(sock, index, stop).await.context("IPv6 router advertisements") });
+        set.spawn(async move { ra::serve(sock, index, ra_audience, stop).await.context("IPv6 router advertisements") });
     }
     let (files, _) = config.firmware()?;
     let (l, stop) = (log.clone(), stopped());

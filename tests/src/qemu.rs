@@ -37,6 +37,9 @@ const QEMU: &str = "qemu-system-x86_64";
 /// OVMF's code (read-only) and the variable store template copied for each machine.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+/// The Secure Boot build of OVMF and a variable store with Microsoft's keys enrolled.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS.ms.fd";
 
 static NEXT_MAC: AtomicU32 = AtomicU32::new(0);
 
@@ -94,6 +97,24 @@ pub enum Firmware {
     Bios,
     /// OVMF from the ovmf package, with a fresh copy of its variable store per machine.
     Uefi,
+    /// OVMF built for Secure Boot, with Microsoft's keys enrolled and Secure Boot enforced
+    /// (`OVMF_CODE.secboot.fd` + `OVMF_VARS.ms.fd`; q35 with SMM, the variable store
+    /// writable only from SMM).
+    UefiSecureBoot,
+}
+
+impl Firmware {
+    pub fn is_uefi(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::UefiSecureBoot)
+    }
+
+    /// The firmware code and the variable store template.
+    pub fn ovmf(self) -> (&'static str, &'static str) {
+        match self {
+            Firmware::UefiSecureBoot => (OVMF_CODE_SECBOOT, OVMF_VARS_MS),
+            _ => (OVMF_CODE, OVMF_VARS),
+        }
+    }
 }
 
 /// The NIC model.
@@ -287,9 +308,15 @@ impl<'a> MachineBuilder<'a> {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", qmp.display()),
         ];
-        if self.firmware == Firmware::Uefi {
+        if self.firmware == Firmware::UefiSecureBoot {
+            a[3] = format!("{},smm=on", self.machine);
+            a.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
+            a.extend(["-global".into(), "ICH9-LPC.disable_s3=1".into()]);
+        }
+        if self.firmware.is_uefi() {
+            let (code, _) = self.firmware.ovmf();
             a.push("-drive".into());
-            a.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+            a.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"));
             a.push("-drive".into());
             a.push(format!("if=pflash,format=raw,unit=1,file={}", dir.join("OVMF_VARS.fd").display()));
         }
@@ -345,9 +372,10 @@ impl<'a> MachineBuilder<'a> {
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("machine {:?} twice in one namespace? {}: {e}", self.name, dir.display()));
         require_program(QEMU, "qemu-system-x86");
-        if self.firmware == Firmware::Uefi {
-            assert!(Path::new(OVMF_CODE).is_file(), "{OVMF_CODE} is missing: apt-get install -y ovmf");
-            let vars = self.uefi_vars.clone().unwrap_or_else(|| PathBuf::from(OVMF_VARS));
+        if self.firmware.is_uefi() {
+            let (code, template) = self.firmware.ovmf();
+            assert!(Path::new(code).is_file(), "{code} is missing: apt-get install -y ovmf");
+            let vars = self.uefi_vars.clone().unwrap_or_else(|| PathBuf::from(template));
             std::fs::copy(&vars, dir.join("OVMF_VARS.fd"))
                 .unwrap_or_else(|e| panic!("cannot copy {} ({e}): apt-get install -y ovmf", vars.display()));
         }

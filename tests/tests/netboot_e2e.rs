@@ -34,6 +34,7 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(170);
 
 const IPXE_BIOS: &str = "/usr/lib/ipxe/undionly.kpxe";
 const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+const SNPONLY_EFI: &str = "/usr/lib/ipxe/snponly.efi";
 
 /// Everything a test ran in its namespace and the namespace itself; checked after the drop.
 struct Footprint {
@@ -230,15 +231,27 @@ fn bios_netboots_a_capture_job_through_proxy_dhcp_and_ipxe() {
 /// asks again and chains the HTTP script, kernel and initrd.
 #[test]
 fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
+    uefi_pxe_netboot(IPXE_EFI, "52:54:00:4b:02:01");
+}
+
+/// The same with `snponly.efi` (iPXE on the firmware's own network driver), the other UEFI
+/// build Kura can serve: both are timed on every run (docs/operations.md).
+#[test]
+fn uefi_pxe_netboots_with_snponly_efi() {
+    uefi_pxe_netboot(SNPONLY_EFI, "52:54:00:4b:02:02");
+}
+
+fn uefi_pxe_netboot(loader: &str, mac: &str) {
     require_ipxe_builds();
+    assert!(Path::new(loader).is_file(), "{loader} is missing: apt-get install -y ipxe");
+    let loader_name = Path::new(loader).file_name().unwrap().to_str().unwrap();
     let started = Instant::now();
     let footprint = {
         let ns = Netns::new();
         let kernel = TestKernel::installed();
         let initrd = test_initrd(&ns, &kernel, "netboot-uefi", false);
         let site = SiteDhcp::start(&ns);
-        let engine = NetbootEngine::start(&ns, config(&kernel, &initrd, json!({})));
-        let mac = "52:54:00:4b:02:01";
+        let engine = NetbootEngine::start(&ns, config(&kernel, &initrd, json!({ "ipxe_efi": loader })));
         let job = engine.host_with_capture_job("uefi01", mac);
 
         let mut m = Machine::builder(&ns, "uefi")
@@ -251,7 +264,7 @@ fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
         let footprint = Footprint::of(&ns);
         wait(&mut m, &engine, "Start PXE over IPv4", STAGE_TIMEOUT);
         let t_pxe = m.uptime();
-        // iPXE's banner: the firmware's PXE loaded ipxe.efi over TFTP.
+        // iPXE's banner: the firmware's PXE loaded the iPXE build over TFTP.
         wait(&mut m, &engine, "iPXE initialising devices", STAGE_TIMEOUT);
         let t_ipxe = m.uptime();
         let script_url = format!("{}/boot/script?mac={mac}", engine.boot_url);
@@ -267,13 +280,13 @@ fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
         let ev = boot_log(&engine, mac, &["dhcp", "tftp", "dhcp", "script", "kernel", "initrd"]);
         let has =
             |stage: &str, words: &[&str]| ev.iter().any(|(s, d)| s == stage && words.iter().all(|w| d.contains(w)));
-        assert!(has("dhcp", &["proxy offer (efi-x64)", "ipxe.efi"]), "no proxy offer of ipxe.efi on 67: {ev:#?}");
-        assert!(has("dhcp", &["PXE ack on 4011 (efi-x64)", "ipxe.efi"]), "no answer on 4011: {ev:#?}");
-        assert!(has("tftp", &["ipxe.efi"]), "{ev:#?}");
+        assert!(has("dhcp", &["proxy offer (efi-x64)", loader_name]), "no proxy offer of {loader_name} on 67: {ev:#?}");
+        assert!(has("dhcp", &["PXE ack on 4011 (efi-x64)", loader_name]), "no answer on 4011: {ev:#?}");
+        assert!(has("tftp", &[loader_name]), "{ev:#?}");
         assert!(has("dhcp", &["iPXE", &script_url]), "{ev:#?}");
         assert!(has("script", &["job script"]), "{ev:#?}");
         eprintln!(
-            "[{:?}] UEFI proxyDHCP: PXE at {t_pxe:.1?}, iPXE at {t_ipxe:.1?}, script at {t_script:.1?}, \
+            "[{:?}] UEFI proxyDHCP, {loader_name}: PXE at {t_pxe:.1?}, iPXE at {t_ipxe:.1?}, script at {t_script:.1?}, \
              kernel marker at {t_booted:.1?}, powered off at {:.1?}",
             accel(),
             m.uptime()
@@ -281,7 +294,7 @@ fn uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe() {
         footprint
     };
     footprint.assert_gone();
-    eprintln!("uefi_pxe_netboots_through_proxy_dhcp_tftp_and_ipxe: {:.1?}", started.elapsed());
+    eprintln!("uefi_pxe_netboot({loader_name}): {:.1?}", started.elapsed());
 }
 
 /// Full-DHCP mode, no other DHCP server: Kura leases the BIOS iPXE ROM an address from its
@@ -414,7 +427,8 @@ fn machines_without_a_job_boot_locally_and_unknown_macs_are_registered() {
 
 /// UEFI machines without a job never load iPXE (issue 17): DHCP already answers their PXE with
 /// the PXE "local boot" menu, and the firmware goes on to its next boot entry. Shown for an
-/// unknown machine without a disk, with OVMF's own PXE and with QEMU's iPXE EFI ROM: within
+/// unknown machine without a disk, with OVMF's own PXE (Secure Boot off and enforced) and with
+/// QEMU's iPXE EFI ROM: within
 /// [`LOCAL_BOOT_LIMIT`] of power-on its PXEv4 entry has ended and the firmware has moved on,
 /// nothing was downloaded, no iPXE shell was reached, and the MAC is registered as a host.
 #[test]
@@ -429,10 +443,15 @@ fn uefi_machines_without_a_job_go_on_to_their_next_boot_entry() {
         let engine = NetbootEngine::start(&ns, config(&kernel, &initrd, json!({})));
         let mut footprint = None;
         let mut times = Vec::new();
-        for (i, rom) in [NicRom::Disabled, NicRom::Default].into_iter().enumerate() {
+        let variants = [
+            (Firmware::Uefi, NicRom::Disabled),
+            (Firmware::Uefi, NicRom::Default),
+            (Firmware::UefiSecureBoot, NicRom::Disabled),
+        ];
+        for (i, (firmware, rom)) in variants.into_iter().enumerate() {
             let mac = format!("52:54:00:4b:07:0{}", i + 1);
             let mut m = Machine::builder(&ns, &format!("idle-uefi-{i}"))
-                .firmware(Firmware::Uefi)
+                .firmware(firmware)
                 .nic_rom(rom.clone())
                 .memory_mib(512)
                 .mac(&mac)
@@ -443,7 +462,11 @@ fn uefi_machines_without_a_job_go_on_to_their_next_boot_entry() {
             wait(&mut m, &engine, "PXE-E21", STAGE_TIMEOUT);
             let t = m.uptime();
             let serial = m.serial();
-            assert!(t <= LOCAL_BOOT_LIMIT, "{rom:?}: the PXEv4 entry ended {t:.1?} after power-on:\n{}", m.report());
+            assert!(
+                t <= LOCAL_BOOT_LIMIT,
+                "{firmware:?} {rom:?}: the PXEv4 entry ended {t:.1?} after power-on:\n{}",
+                m.report()
+            );
             assert!(!serial.contains("iPXE>"), "an iPXE shell:\n{}", m.report());
             let ev = boot_log(&engine, &mac, &["dhcp"]);
             assert!(ev.iter().any(|(s, d)| s == "dhcp" && d.contains("local boot (PXE menu)")), "{ev:#?}");
@@ -455,7 +478,7 @@ fn uefi_machines_without_a_job_go_on_to_their_next_boot_entry() {
                 "{name} was not registered: {hosts:#}"
             );
             m.kill();
-            times.push((rom, t));
+            times.push((firmware, rom, t));
         }
         eprintln!("[{:?}] UEFI without a job, PXEv4 over and the next boot entry started at: {times:?}", accel());
         footprint.unwrap()
