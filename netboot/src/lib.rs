@@ -35,7 +35,7 @@
 //!   "kernel_args": "console=ttyS0",              // optional
 //!   "tftp_root": "/usr/lib/ipxe",                // default
 //!   "ipxe_bios": "/usr/lib/ipxe/undionly.kpxe",  // default; served by its file name
-//!   "ipxe_efi": "/usr/lib/ipxe/ipxe.efi",        // default (or snponly.efi); by its file name
+//!   "ipxe_efi": "/usr/lib/ipxe/snponly.efi",     // default (or ipxe.efi); by its file name
 //!   "ipxe_efi_arm64": null,                      // optional
 //!   "api_url": "https://10.0.0.1:8443",          // default: the URL kura serve listens on
 //!   "dhcp": "proxy",                             // "proxy" (default), "full" or "off"
@@ -144,7 +144,7 @@ fn default_bios() -> Option<PathBuf> {
     Some(PathBuf::from("/usr/lib/ipxe/undionly.kpxe"))
 }
 fn default_efi() -> Option<PathBuf> {
-    Some(PathBuf::from("/usr/lib/ipxe/ipxe.efi"))
+    Some(PathBuf::from("/usr/lib/ipxe/snponly.efi"))
 }
 fn default_dhcp_port() -> u16 {
     dhcp::SERVER_PORT
@@ -469,7 +469,7 @@ mod tests {
         let c = NetbootConfig::load(&p, dir.path()).unwrap();
         assert_eq!(c.dhcp, DhcpMode::Proxy);
         assert_eq!(c.tftp_root, PathBuf::from("/usr/lib/ipxe"));
-        assert_eq!(c.ipxe_efi, Some(PathBuf::from("/usr/lib/ipxe/ipxe.efi")));
+        assert_eq!(c.ipxe_efi, Some(PathBuf::from("/usr/lib/ipxe/snponly.efi")));
         assert_eq!((c.dhcp_port, c.pxe_port, c.tftp_port, c.http_port), (67, 4011, 69, 8080));
         assert_eq!(c.http_base(), "http://10.0.0.1:8080");
         std::fs::write(

@@ -220,7 +220,8 @@ pub fn kura_in(ns: &Netns, url: &str, token: &str, args: &[&str]) -> Run {
 
 /// iPXE builds from the ipxe package, as the netboot configuration names them.
 pub const IPXE_BIOS: &str = "/usr/lib/ipxe/undionly.kpxe";
-pub const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+/// The UEFI iPXE build Kura serves by default (iPXE on the firmware's own network driver).
+pub const IPXE_EFI: &str = "/usr/lib/ipxe/snponly.efi";
 
 /// The agent's kernel arguments in tests: serial console, no console delay after an error,
 /// 10-second request timeouts.
