@@ -41,7 +41,9 @@ CREATE TABLE snapshots (
     used_bytes INTEGER NOT NULL CHECK (used_bytes >= 0),
     new_bytes INTEGER NOT NULL CHECK (new_bytes >= 0),
     reused_bytes INTEGER NOT NULL CHECK (reused_bytes >= 0),
-    state TEXT NOT NULL CHECK (state IN ('committed', 'deleting'))
+    state TEXT NOT NULL CHECK (state IN ('committed', 'deleting')),
+    -- 0: held after an unusual boot until an operator confirms it (migration 0006).
+    confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1))
 );
 CREATE INDEX snapshots_host_created ON snapshots (host_id, created);
 
@@ -57,7 +59,9 @@ CREATE TABLE jobs (
     created INTEGER NOT NULL,
     started INTEGER,
     finished INTEGER,
-    error TEXT
+    error TEXT,
+    -- Why its netboot looked unusual (first reason; migration 0006), NULL if it did not.
+    unusual TEXT
 );
 CREATE INDEX jobs_host ON jobs (host_id, id);
 -- A machine runs one thing at a time: at most one queued or running job per host.

@@ -166,6 +166,10 @@ pub struct CreateJob {
     /// MAC address the job's agent token is bound to (default: the host's only MAC).
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// A restore of a snapshot held unconfirmed (after an unusual boot) is refused unless
+    /// this is set.
+    #[serde(default)]
+    pub allow_unconfirmed: bool,
 }
 
 /// The answer to `POST /jobs`: the job and its one-time agent token (shown once).

@@ -41,6 +41,7 @@ pub const HOST_POWER_ACT: Route = r("POST", "/api/v1/hosts/{name}/power/{action}
 pub const SNAPSHOTS: Route = r("GET", "/api/v1/snapshots", JSON);
 pub const SNAPSHOT_DELETE: Route = r("DELETE", "/api/v1/snapshots/{id}", JSON);
 pub const SNAPSHOT_MANIFEST: Route = r("GET", "/api/v1/snapshots/{id}/manifest", JSON);
+pub const SNAPSHOT_CONFIRM: Route = r("POST", "/api/v1/snapshots/{id}/confirm", JSON);
 pub const CHUNK: Route = r("GET", "/api/v1/chunks/{digest}", JSON);
 pub const CHUNKS_CHECK: Route = r("POST", "/api/v1/chunks/check", MISSING);
 pub const UPLOAD_BEGIN: Route = r("POST", "/api/v1/uploads", JSON);
@@ -140,6 +141,9 @@ pub fn token_revoke(id: i64) -> String {
 }
 pub fn snapshot_manifest(id: &str) -> String {
     SNAPSHOT_MANIFEST.url(&[id])
+}
+pub fn snapshot_confirm(id: &str) -> String {
+    SNAPSHOT_CONFIRM.url(&[id])
 }
 pub fn chunk(digest: &kura_imaging::chunk::Digest) -> String {
     CHUNK.url(&[&digest.to_hex()])

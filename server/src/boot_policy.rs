@@ -43,6 +43,11 @@
 //! job's log (`GET /api/v1/jobs/{id}`), so an operator sees a possible impostor. Refusals never
 //! revoke the released token: an impostor cannot end the real machine's job that way.
 //!
+//! A refusal, and a second release for a new boot, also flag the job's boot as unusual
+//! (`Catalog::flag_job`). With `kura serve --hold-unusual-captures`, the snapshot a flagged
+//! capture commits is held unconfirmed until an operator confirms it
+//! (`kura snapshot confirm ID`), and restores do not pick it by default.
+//!
 //! Releases live in memory ([`PolicyState`]): after a restart of the engine, one more release
 //! per job is possible (tokens released before it stay valid until their job ends).
 //!
@@ -50,7 +55,7 @@
 //! `kura serve --netboot CONFIG.json`.
 
 use anyhow::{bail, Result};
-use kura_catalogs::db::{Catalog, CatalogError, Job, JobState, LogLevel, NewHost};
+use kura_catalogs::db::{Catalog, CatalogError, Job, JobState, NewHost};
 use kura_netboot::http::{initrd_url, kernel_url, script_url};
 use kura_netboot::{
     AgentBoot, BootDecision, BootLog, BootPolicy, BootRequest, BootSpec, ClientArch, DhcpWitness, Netboot,
@@ -240,7 +245,8 @@ impl CatalogPolicy {
                 now - prev.at,
                 addr(prev.client)
             );
-            catalog.append_job_log(job.id, LogLevel::Warn, &line)?;
+            // A second token for one job is unusual (the job is flagged, see the module docs).
+            catalog.flag_job(job.id, &line)?;
         }
         releases.insert(job.id, Release { token: token.info.id, at: now, client });
         let s = &self.settings;
@@ -301,11 +307,7 @@ impl CatalogPolicy {
             "job": job.id, "mac": mac.to_string(), "client": client.map(|c| c.to_string()), "reason": why,
         });
         self.catalog.record_audit(ACTOR, "netboot.token_refused", &job.host, detail)?;
-        self.catalog.append_job_log(
-            job.id,
-            LogLevel::Warn,
-            &format!("possible impostor: {why}; no token was given"),
-        )?;
+        self.catalog.flag_job(job.id, &format!("possible impostor: {why}; no token was given"))?;
         Ok(BootDecision::LocalDisk { note: format!("no token for job {}: {short} (see its log)", job.id) })
     }
 }
@@ -380,7 +382,7 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kura_catalogs::db::{JobKind, NewJob, Role};
+    use kura_catalogs::db::{JobKind, LogLevel, NewJob, Role};
     use kura_netboot::ipxe;
 
     fn settings() -> PolicySettings {
@@ -500,6 +502,7 @@ mod tests {
         let pr = cat.authenticate(&token, cat.now()).unwrap().expect("a valid token");
         assert_eq!((pr.role, pr.job_id, pr.mac.as_deref()), (Role::Agent, Some(job.id), Some("52:54:00:aa:bb:cc")));
         assert!(warnings(cat, job.id).is_empty(), "a normal boot flags nothing");
+        assert_eq!(cat.job_unusual(job.id).unwrap(), None);
         // Once the job is over, the machine boots locally.
         cat.cancel_job("t", job.id).unwrap();
         assert!(render(&p, mac, &request(MACHINE, cat.now())).contains("sanboot"));
@@ -529,6 +532,10 @@ mod tests {
         refused(&BootRequest { client: Some(attacker.into()), dhcp: DhcpWitness::NotSeen }, "no DHCP exchange");
         refused(&request(attacker, cat.now()), "its DHCP exchange showed 10.9.0.57");
         refused(&request(MACHINE, cat.now() - DHCP_WINDOW - 1), "after its last DHCP exchange");
+        // The job is flagged (its capture would be held with --hold-unusual-captures), with the
+        // first reason.
+        let flag = cat.job_unusual(job.id).unwrap().expect("the job is flagged");
+        assert!(flag.starts_with("possible impostor") && flag.contains("no DHCP exchange"), "{flag}");
         // The machine itself, just after its DHCP exchange.
         let booted = cat.now();
         let t1 = token_in(&render(&p, mac, &request(MACHINE, booted))).expect("the machine gets its token");

@@ -47,6 +47,9 @@ pub struct ServeOptions {
     pub scheduler: crate::scheduler::SchedulerConfig,
     /// Take the time from this file (RFC 3339) instead of the system clock: tests only.
     pub test_clock: Option<PathBuf>,
+    /// Hold the snapshots of captures whose boot was unusual unconfirmed
+    /// (`crate::engine::Engine::hold_unusual_captures`).
+    pub hold_unusual_captures: bool,
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`, after checking that
@@ -267,6 +270,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         tls.is_some(),
     );
     state.engine.liveness.set_timeout(opts.agent_timeout);
+    state.engine.hold_unusual_captures.store(opts.hold_unusual_captures, std::sync::atomic::Ordering::Relaxed);
     // The scheduler reports finished runs to the notifier and released jobs to power control.
     let hooks = Hooks {
         observers: vec![Arc::new(state.engine.notifier.clone()) as Arc<dyn crate::scheduler::RunObserver>],

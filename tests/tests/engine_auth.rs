@@ -429,3 +429,48 @@ fn malformed_and_oversized_requests_get_a_4xx() {
     );
     assert_eq!(api.req("GET", "/health").send().status, 200, "the engine stopped answering");
 }
+
+/// Issue 16, the planted snapshot over HTTP: an attacker who got no token for the victim (the
+/// netboot tests show that) but holds an agent token of its own machine's capture job commits
+/// a real manifest of the victim's disk, which names the victim's host. The engine refuses it
+/// (403, audited, the job's log says so): no snapshot is added for either host, and the job
+/// still runs.
+#[test]
+fn an_agent_commit_of_a_manifest_naming_another_host_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let api = server.api();
+    let t = setup(&server, &api);
+    // The victim, h2, has a snapshot; its manifest (naming h2) is what the attacker sends.
+    let disk = work.path().join("victim.img");
+    kura_tests::disks::patterned_file(&disk, 4 << 20);
+    let victim = server.capture(&disk, "h2").snapshot;
+    let r = api.req("GET", &format!("/snapshots/{victim}/manifest")).token(&t.admin).send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let forged = r.body;
+
+    // The attacker's own machine, h1: its agent starts the job and opens an upload for it.
+    let agent = |method: &str, path: &str| api.req(method, path).token(&t.agent).mac(&t.agent_mac);
+    let r = agent("POST", &format!("/jobs/{}/progress", t.job)).json(&json!({"done": 0, "total": 1})).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = agent("POST", "/uploads").json(&json!({"host": "h1", "job": t.job})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let up = r.json()["upload"].as_str().unwrap().to_string();
+    let r = agent("POST", &format!("/uploads/{up}/commit")).bytes(forged).send();
+    assert_eq!(r.status, 403, "a manifest naming another host was accepted: {}", r.text());
+    assert!(r.text().contains("h2") && r.text().contains("h1"), "{}", r.text());
+
+    let snaps: Vec<(String, String)> = server
+        .snapshots()
+        .iter()
+        .map(|s| (s["host"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(snaps, [("h2".to_string(), victim.clone())], "the snapshots changed");
+    let r = api.req("GET", &format!("/jobs/{}", t.job)).token(&t.operator).send();
+    let detail = r.json();
+    assert_eq!(detail["job"]["state"], "running", "{detail:#}");
+    assert!(detail["job"]["snapshot"].is_null(), "{detail:#}");
+    assert!(r.text().contains("a commit was refused"), "{detail:#}");
+    let audit = api.req("GET", "/audit").token(&t.admin).send().text();
+    assert!(audit.contains("upload.commit_refused"), "{audit}");
+}

@@ -103,16 +103,54 @@ fn snapshots_of(engine: &NetbootEngine, host: &str) -> Vec<Value> {
     engine.api_get(&format!("snapshots?host={host}")).as_array().cloned().unwrap_or_default()
 }
 
+/// Issue 16's attacker: another "machine" on the boot LAN, a plain HTTP client with its own
+/// address (`.200`, added to the namespace's bridge) asking the boot HTTP server for a
+/// machine's iPXE script.
+struct Intruder<'a> {
+    ns: &'a Netns,
+    addr: std::net::Ipv4Addr,
+}
+
+impl<'a> Intruder<'a> {
+    fn new(ns: &'a Netns) -> Intruder<'a> {
+        let addr = ns.host_addr(200);
+        ns.ip(["addr", "add", &format!("{addr}/24"), "dev", "br0"]);
+        Intruder { ns, addr }
+    }
+
+    /// The script the engine gives this address for `mac` (curl, from this address).
+    fn script_for(&self, engine: &NetbootEngine, mac: &str) -> String {
+        let url = format!("{}/boot/script?mac={mac}", engine.boot_url);
+        let out =
+            self.ns.run("curl", ["-sS", "--fail", "--max-time", "20", "--interface", &self.addr.to_string(), &url]);
+        assert!(out.status.success(), "curl {url} from {}: {}", self.addr, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Asserts the script gives away nothing: no agent token, the local disk.
+    fn assert_gets_nothing(&self, engine: &NetbootEngine, mac: &str) {
+        let script = self.script_for(engine, mac);
+        assert!(!script.contains("kura.token"), "the intruder got a token:\n{script}");
+        assert!(script.contains("sanboot"), "{script}");
+    }
+}
+
 /// A BIOS machine whose disk is the system: captured by netboot (it powers off), captured
 /// again after some files changed (only the changed chunks go over the wire), refused on a
 /// machine whose disk is too small (nothing written), and restored onto a blank, larger disk
 /// of a second machine, which reboots and boots the restored system to its marker.
+///
+/// Issue 16 on the first capture: another machine on the boot LAN ([`Intruder`]) asks for the
+/// victim's script before it boots and again while its agent runs. It gets no token, the job
+/// is flagged ("possible impostor"), and the victim's capture still succeeds. The engine runs
+/// with `--hold-unusual-captures`: that snapshot is held unconfirmed (a restore refuses it)
+/// until `kura snapshot confirm`; the second, normal capture is confirmed at once.
 #[test]
 fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let started = Instant::now();
     let ns = Netns::new();
     let _site_dhcp = SiteDhcp::start(&ns);
-    let (engine, initrd_bytes) = with_agent_image(&ns, &[], json!({}));
+    let (engine, initrd_bytes) = with_agent_image(&ns, &["--hold-unusual-captures"], json!({}));
     let dir = ns.dir().to_path_buf();
     let mut system: BootDisk = bootdisk::build(&dir, "srv01.img", "first-capture");
 
@@ -127,10 +165,27 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     engine.api_post("hosts", &json!({ "name": "srv01", "macs": [mac] }));
     let before = sha256_file(&system.disk.path);
 
-    // Capture 1.
+    // Capture 1, with an intruder asking for the victim's script before it boots and while
+    // its agent runs.
     let id = queue(&engine, &["capture", "srv01"]);
+    let intruder = Intruder::new(&ns);
+    intruder.assert_gets_nothing(&engine, mac);
     let t0 = Instant::now();
     let mut m = bios_machine(&ns, "srv01-a", mac, &system.disk.path);
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let (j, log) = job(&engine, id);
+        if j["state"] == "running" {
+            break;
+        }
+        assert!(
+            j["state"] == "queued" && Instant::now() < deadline,
+            "the agent never ran: {j:#}\n{log:#?}\n{}",
+            m.report()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    intruder.assert_gets_nothing(&engine, mac);
     wait_power_off(&mut m, &engine, id);
     let capture1_secs = t0.elapsed().as_secs_f64();
     let (j, log) = job(&engine, id);
@@ -140,6 +195,26 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let first = j["snapshot"].as_str().unwrap().to_string();
     let read_line = log.iter().find(|l| l.starts_with("read ")).cloned().unwrap_or_default();
     drop(m);
+    let from_intruder = format!("requested from {}", intruder.addr);
+    let flags: Vec<&String> =
+        log.iter().filter(|l| l.starts_with("possible impostor") && l.contains(&from_intruder)).collect();
+    assert_eq!(flags.len(), 2, "the job's log does not flag both requests of the intruder: {log:#?}");
+    assert!(flags[0].contains("no DHCP exchange"), "{flags:?}");
+    // The victim's snapshot is recorded for its host, and held.
+    let snaps = snapshots_of(&engine, "srv01");
+    let held = snaps.iter().find(|s| s["id"] == first.as_str()).unwrap_or_else(|| panic!("{snaps:#?}"));
+    assert_eq!((&held["host"], &held["confirmed"]), (&json!("srv01"), &json!(false)), "{held:#}");
+    assert!(log.iter().any(|l| l.contains(&format!("snapshot {first} is held unconfirmed"))), "{log:#?}");
+    let listed = engine.kura(&["snapshots", "--host", "srv01"]);
+    listed.expect_success();
+    assert!(listed.stdout.lines().any(|l| l.starts_with(&first) && l.contains("UNCONFIRMED")), "{}", listed.stdout);
+    // No restore picks it: not by default, not by name; until an operator confirms it.
+    let refused = engine.kura(&["restore", "srv01"]);
+    assert!(!refused.status.success() && refused.stderr.contains("no confirmed snapshot"), "{}", refused.stderr);
+    let refused = engine.kura(&["restore", "srv01", "--snapshot", &first]);
+    assert!(!refused.status.success() && refused.stderr.contains("unconfirmed"), "{}", refused.stderr);
+    engine.kura(&["snapshot", "confirm", &first]).expect_success();
+    assert_eq!(snapshots_of(&engine, "srv01")[0]["confirmed"], true);
 
     // Some files change; the expected new chunks come from a scratch local store that holds
     // the first state.
@@ -159,6 +234,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     let second = j["snapshot"].as_str().unwrap().to_string();
     drop(m);
+    assert!(!log.iter().any(|l| l.contains("possible impostor")), "a normal boot was flagged: {log:#?}");
     let line = log.iter().find(|l| l.starts_with("read ")).unwrap_or_else(|| panic!("no summary line: {log:#?}"));
     let new_chunks = number_after(line, "chunks,").unwrap() as u64;
     assert_eq!(
@@ -172,6 +248,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
         expected.new_stored_bytes
     );
     let snap2 = snapshots_of(&engine, "srv01").into_iter().find(|s| s["id"] == second.as_str()).unwrap();
+    assert_eq!(snap2["confirmed"], true, "a normal capture was held: {snap2:#}");
     eprintln!(
         "second capture: {new_chunks} new chunks of {} ({} bytes stored), engine says new_bytes={} reused_bytes={}",
         expected.chunks, expected.new_stored_bytes, snap2["new_bytes"], snap2["reused_bytes"]

@@ -54,6 +54,10 @@ pub(crate) fn load(conn: &Connection, id: i64) -> Result<Job> {
         .ok_or_else(|| CatalogError::not_found("job", id))
 }
 
+fn unusual(conn: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT unusual FROM jobs WHERE id = ?1", [id], |r| r.get(0))?)
+}
+
 /// Moves job `id` to `to` if the state machine allows it (inside the caller's transaction).
 fn transition(
     conn: &Connection,
@@ -221,6 +225,20 @@ impl Catalog {
     /// `running → succeeded` for a capture job, recording the snapshot it committed to the
     /// store (which must be of the job's host) in the same transaction.
     pub fn commit_capture(&self, actor: &str, id: i64, snapshot: &NewSnapshot) -> Result<Job> {
+        self.commit_capture_holding(actor, id, snapshot, false)
+    }
+
+    /// [`Catalog::commit_capture`]; with `hold_unusual`, the snapshot of a job whose boot was
+    /// unusual ([`Catalog::flag_job`]) is recorded unconfirmed (`kura serve
+    /// --hold-unusual-captures`): restores do not pick it until it is confirmed
+    /// ([`Catalog::confirm_snapshot`]). The job's log says so.
+    pub fn commit_capture_holding(
+        &self,
+        actor: &str,
+        id: i64,
+        snapshot: &NewSnapshot,
+        hold_unusual: bool,
+    ) -> Result<Job> {
         self.write(|tx, now| {
             let job = load(tx, id)?;
             if job.kind != JobKind::Capture {
@@ -235,9 +253,36 @@ impl Catalog {
                     job.host, snapshot.host
                 )));
             }
-            snapshots::insert(tx, now, actor, snapshot)?;
+            let unusual = if hold_unusual { unusual(tx, id)? } else { None };
+            snapshots::insert(tx, now, actor, snapshot, unusual.is_none())?;
+            if let Some(why) = unusual {
+                let line = format!(
+                    "snapshot {} is held unconfirmed: this job's boot was unusual ({why}); restores do not pick \
+                     it until an operator confirms it (kura snapshot confirm {})",
+                    snapshot.id, snapshot.id
+                );
+                append_log(tx, now, id, LogLevel::Warn, &line)?;
+            }
             tx.execute("UPDATE jobs SET snapshot_id = ?1 WHERE id = ?2", params![snapshot.id, id])?;
             transition(tx, now, actor, id, JobState::Succeeded, None)
+        })
+    }
+
+    /// Marks job `id`'s boot as unusual (a possible impostor asked for its token; the first
+    /// reason is kept) and appends `message` to its log at level warn, in one transaction.
+    pub fn flag_job(&self, id: i64, message: &str) -> Result<()> {
+        self.write(|tx, now| {
+            load(tx, id)?;
+            tx.execute("UPDATE jobs SET unusual = coalesce(unusual, ?1) WHERE id = ?2", params![message, id])?;
+            append_log(tx, now, id, LogLevel::Warn, message).map(|_| ())
+        })
+    }
+
+    /// Why job `id`'s boot was unusual ([`Catalog::flag_job`]), if it was.
+    pub fn job_unusual(&self, id: i64) -> Result<Option<String>> {
+        self.read(|conn| {
+            load(conn, id)?;
+            unusual(conn, id)
         })
     }
 
@@ -477,6 +522,48 @@ mod tests {
         assert_eq!(cat.succeed_job("t", r.id).unwrap().state, JobState::Succeeded);
         cat.mark_snapshot_deleting("t", "00000000000000c1").unwrap();
         assert!(matches!(cat.create_job("t", &restore(Some("00000000000000c1"))), Err(CatalogError::Conflict { .. })));
+    }
+
+    #[test]
+    fn an_unusual_boot_holds_its_capture_unconfirmed_only_when_asked() {
+        let (cat, _) = catalog();
+        host(&cat, "h");
+        // A normal boot: confirmed, whatever the setting.
+        let normal = cat.create_job("t", &capture("h")).unwrap();
+        cat.start_job("t", normal.id).unwrap();
+        assert_eq!(cat.job_unusual(normal.id).unwrap(), None);
+        cat.commit_capture_holding("t", normal.id, &new_snapshot("00000000000000d1", "h", START), true).unwrap();
+        assert!(cat.get_snapshot("00000000000000d1").unwrap().confirmed);
+
+        // Flagged twice: the first reason is kept, both lines are logged.
+        let flagged = cat.create_job("t", &capture("h")).unwrap();
+        cat.flag_job(flagged.id, "possible impostor: first").unwrap();
+        cat.flag_job(flagged.id, "possible impostor: second").unwrap();
+        assert_eq!(cat.job_unusual(flagged.id).unwrap().as_deref(), Some("possible impostor: first"));
+        let warns: Vec<String> = cat
+            .job_log(flagged.id, None, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.level == LogLevel::Warn)
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(warns, ["possible impostor: first", "possible impostor: second"]);
+        assert!(matches!(cat.flag_job(999, "x"), Err(CatalogError::NotFound { .. })));
+        cat.start_job("t", flagged.id).unwrap();
+        let job =
+            cat.commit_capture_holding("t", flagged.id, &new_snapshot("00000000000000d2", "h", START), true).unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        let held = cat.get_snapshot("00000000000000d2").unwrap();
+        assert!(!held.confirmed, "{held:?}");
+        let log = cat.job_log(flagged.id, None, 10).unwrap();
+        assert!(log.iter().any(|l| l.message.contains("held unconfirmed") && l.message.contains("first")), "{log:?}");
+
+        // The same unusual boot without the setting: confirmed.
+        let off = cat.create_job("t", &capture("h")).unwrap();
+        cat.flag_job(off.id, "possible impostor").unwrap();
+        cat.start_job("t", off.id).unwrap();
+        cat.commit_capture_holding("t", off.id, &new_snapshot("00000000000000d3", "h", START), false).unwrap();
+        assert!(cat.get_snapshot("00000000000000d3").unwrap().confirmed);
     }
 
     #[test]

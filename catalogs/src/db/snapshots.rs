@@ -4,6 +4,13 @@
 //! A snapshot's id is its manifest id in the store (16 lowercase hex digits). States:
 //! `committed` (listed, restorable) → `deleting` (marked; its manifest is being removed from the
 //! store) → row removed. A snapshot used by a queued or running restore cannot be marked.
+//!
+//! Apart from its state, a snapshot is *confirmed* or not. Every snapshot is, except the
+//! capture of a job whose boot was unusual while the engine holds such captures (`kura serve
+//! --hold-unusual-captures`, [`super::Catalog::commit_capture_holding`]): it stays unconfirmed
+//! until an operator accepts it ([`Catalog::confirm_snapshot`], audited). Restores do not pick
+//! an unconfirmed snapshot by default, and retention neither keeps nor deletes one (it does
+//! not count towards keep-last either), so a held capture can never push a good one out.
 
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::{disk_id, host_id};
@@ -34,6 +41,8 @@ pub struct Snapshot {
     /// Bytes of chunks this snapshot found already in the store.
     pub reused_bytes: u64,
     pub state: SnapshotState,
+    /// False while held after an unusual boot (see the module docs).
+    pub confirmed: bool,
 }
 
 /// A snapshot just committed to the store, to record.
@@ -53,7 +62,7 @@ pub struct NewSnapshot {
 }
 
 const SELECT: &str = "SELECT s.id, h.name, d.name, s.name, s.kind, s.created, s.disk_size, s.used_bytes, \
-     s.new_bytes, s.reused_bytes, s.state FROM snapshots s JOIN hosts h ON h.id = s.host_id \
+     s.new_bytes, s.reused_bytes, s.state, s.confirmed FROM snapshots s JOIN hosts h ON h.id = s.host_id \
      LEFT JOIN disks d ON d.id = s.disk_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
@@ -69,6 +78,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
         new_bytes: r.get(8)?,
         reused_bytes: r.get(9)?,
         state: r.get(10)?,
+        confirmed: r.get(11)?,
     })
 }
 
@@ -86,13 +96,19 @@ fn validate_id(id: &str) -> Result<()> {
 }
 
 /// Inserts a snapshot row (inside the caller's transaction) and audits it.
-pub(crate) fn insert(conn: &Connection, now: UnixTime, actor: &str, new: &NewSnapshot) -> Result<Snapshot> {
+pub(crate) fn insert(
+    conn: &Connection,
+    now: UnixTime,
+    actor: &str,
+    new: &NewSnapshot,
+    confirmed: bool,
+) -> Result<Snapshot> {
     validate_id(&new.id)?;
     let hid = host_id(conn, &new.host)?;
     let did = new.disk.as_deref().map(|d| disk_id(conn, hid, d)).transpose()?;
     conn.execute(
         "INSERT INTO snapshots (id, host_id, disk_id, name, kind, created, disk_size, used_bytes, new_bytes, \
-         reused_bytes, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'committed')",
+         reused_bytes, state, confirmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'committed', ?11)",
         params![
             new.id,
             hid,
@@ -103,7 +119,8 @@ pub(crate) fn insert(conn: &Connection, now: UnixTime, actor: &str, new: &NewSna
             new.disk_size,
             new.used_bytes,
             new.new_bytes,
-            new.reused_bytes
+            new.reused_bytes,
+            confirmed
         ],
     )
     .map_err(|e| {
@@ -113,7 +130,9 @@ pub(crate) fn insert(conn: &Connection, now: UnixTime, actor: &str, new: &NewSna
             e.into()
         }
     })?;
-    let detail = json!({"host": new.host, "disk": new.disk, "kind": new.kind, "used_bytes": new.used_bytes});
+    let detail = json!({
+        "host": new.host, "disk": new.disk, "kind": new.kind, "used_bytes": new.used_bytes, "confirmed": confirmed,
+    });
     audit::append(conn, now, actor, "snapshot.add", &new.id, detail)?;
     load(conn, &new.id)
 }
@@ -122,7 +141,25 @@ impl Catalog {
     /// Records a snapshot committed to the store outside a capture job (an import, a CLI
     /// capture). Captures by a job use [`Catalog::commit_capture`].
     pub fn add_snapshot(&self, actor: &str, new: &NewSnapshot) -> Result<Snapshot> {
-        self.write(|tx, now| insert(tx, now, actor, new))
+        self.write(|tx, now| insert(tx, now, actor, new, true))
+    }
+
+    /// Accepts a snapshot held unconfirmed (see the module docs); audited
+    /// (`snapshot.confirm`). Confirming a confirmed snapshot changes nothing; one being deleted
+    /// cannot be confirmed.
+    pub fn confirm_snapshot(&self, actor: &str, id: &str) -> Result<Snapshot> {
+        self.write(|tx, now| {
+            let snap = load(tx, id)?;
+            if snap.confirmed {
+                return Ok(snap);
+            }
+            if snap.state != SnapshotState::Committed {
+                return Err(CatalogError::conflict("snapshot", id, "it is being deleted"));
+            }
+            tx.execute("UPDATE snapshots SET confirmed = 1 WHERE id = ?1", [id])?;
+            audit::append(tx, now, actor, "snapshot.confirm", id, json!({"host": snap.host}))?;
+            load(tx, id)
+        })
     }
 
     pub fn get_snapshot(&self, id: &str) -> Result<Snapshot> {
@@ -186,14 +223,15 @@ impl Catalog {
         })
     }
 
-    /// What the host's retention rule would keep and delete among its committed snapshots;
-    /// `None` if no rule applies to the host.
+    /// What the host's retention rule would keep and delete among its committed, confirmed
+    /// snapshots (an unconfirmed one is left alone: see the module docs); `None` if no rule
+    /// applies to the host.
     pub fn retention_plan(&self, host: &str) -> Result<Option<Plan>> {
         let Some(rule) = self.retention_for_host(host)? else { return Ok(None) };
         let candidates: Vec<Candidate> = self
             .list_snapshots(Some(host))?
             .into_iter()
-            .filter(|s| s.state == SnapshotState::Committed)
+            .filter(|s| s.state == SnapshotState::Committed && s.confirmed)
             .map(|s| Candidate { id: s.id, created: s.created })
             .collect();
         Ok(Some(retention::plan(&rule, &candidates)?))
@@ -308,6 +346,48 @@ pub(crate) mod tests {
             Some("before upgrade")
         );
         assert_eq!(cat.rename_snapshot("t", "00000000000000a1", None).unwrap().name, None);
+    }
+
+    /// A held snapshot (as `commit_capture_holding` records it).
+    pub(crate) fn add_held(cat: &Catalog, id: &str, host: &str, created: UnixTime) {
+        cat.write(|tx, now| insert(tx, now, "t", &new_snapshot(id, host, created), false)).unwrap();
+    }
+
+    #[test]
+    fn confirming_a_held_snapshot_is_audited_once() {
+        let (cat, _) = catalog();
+        host(&cat, "a");
+        assert!(cat.add_snapshot("t", &new_snapshot("00000000000000a1", "a", 1)).unwrap().confirmed);
+        add_held(&cat, "00000000000000a2", "a", 2);
+        assert!(!cat.get_snapshot("00000000000000a2").unwrap().confirmed);
+        assert!(cat.confirm_snapshot("op", "00000000000000a2").unwrap().confirmed);
+        assert!(cat.get_snapshot("00000000000000a2").unwrap().confirmed);
+        // Again, or an already confirmed one: nothing changes, nothing is audited.
+        cat.confirm_snapshot("op", "00000000000000a2").unwrap();
+        cat.confirm_snapshot("op", "00000000000000a1").unwrap();
+        let audit = cat.list_audit(10).unwrap();
+        let confirms: Vec<_> = audit.iter().filter(|a| a.action == "snapshot.confirm").collect();
+        assert_eq!(confirms.len(), 1, "{audit:?}");
+        assert_eq!((confirms[0].actor.as_str(), confirms[0].target.as_str()), ("op", "00000000000000a2"));
+        assert!(matches!(cat.confirm_snapshot("op", "ffffffffffffffff"), Err(CatalogError::NotFound { .. })));
+        // One being deleted cannot be confirmed.
+        add_held(&cat, "00000000000000a3", "a", 3);
+        cat.mark_snapshot_deleting("t", "00000000000000a3").unwrap();
+        assert!(matches!(cat.confirm_snapshot("op", "00000000000000a3"), Err(CatalogError::Conflict { .. })));
+    }
+
+    #[test]
+    fn retention_leaves_held_snapshots_alone() {
+        let (cat, _) = catalog();
+        host(&cat, "a");
+        cat.add_snapshot("t", &new_snapshot("00000000000000a1", "a", 100)).unwrap();
+        cat.add_snapshot("t", &new_snapshot("00000000000000a2", "a", 200)).unwrap();
+        add_held(&cat, "00000000000000a3", "a", 300);
+        cat.set_retention("t", &RetentionScope::Host("a".into()), Rule { keep_last: 1, keep_monthly: 0 }).unwrap();
+        let plan = cat.retention_plan("a").unwrap().unwrap();
+        // The held newest neither counts as the one kept nor is deleted.
+        assert_eq!(plan.keep, ["00000000000000a2"]);
+        assert_eq!(plan.delete, ["00000000000000a1"]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Reading snapshots: listing, manifests and chunks for restores, and deletion.
+//! Reading snapshots: listing, manifests and chunks for restores, confirming one held after an
+//! unusual boot, and deletion.
 
 use super::{ApiError, ApiResult, AppState};
 use crate::engine::Caller;
@@ -110,6 +111,18 @@ pub async fn check_chunks(
             .collect()
     })
     .await?
+}
+
+/// `POST /snapshots/{id}/confirm`: accepts a snapshot held unconfirmed (audited by the
+/// catalog); answers the snapshot.
+pub async fn confirm(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Snapshot>> {
+    check_id(&id)?;
+    let st = state.clone();
+    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.confirm_snapshot(&p.actor(), &id)).await??))
 }
 
 pub async fn remove(

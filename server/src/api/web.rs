@@ -480,6 +480,7 @@ mod tests {
             new_bytes: 0,
             reused_bytes: 0,
             state: SnapshotState::Committed,
+            confirmed: true,
         };
         let job = Job {
             id: 7,

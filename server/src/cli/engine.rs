@@ -117,13 +117,14 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
     if s.json {
         print_json(&list)?;
     } else {
-        println!("{:16}  {:16}  {:10}  {:>12}  {:>12}  NAME", "ID", "HOST", "KIND", "USED", "NEW");
+        println!("{:16}  {:16}  {:10}  {:11}  {:>12}  {:>12}  NAME", "ID", "HOST", "KIND", "CONFIRMED", "USED", "NEW");
         for v in list {
             println!(
-                "{:16}  {:16}  {:10}  {:>12}  {:>12}  {}",
+                "{:16}  {:16}  {:10}  {:11}  {:>12}  {:>12}  {}",
                 v["id"].as_str().unwrap_or(""),
                 v["host"].as_str().unwrap_or(""),
                 v["kind"].as_str().unwrap_or(""),
+                if v["confirmed"] == false { "UNCONFIRMED" } else { "yes" },
                 indicatif::BinaryBytes(v["used_bytes"].as_u64().unwrap_or(0)).to_string(),
                 indicatif::BinaryBytes(v["new_bytes"].as_u64().unwrap_or(0)).to_string(),
                 v["name"].as_str().unwrap_or("-")
@@ -149,6 +150,17 @@ pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
                 macs.join(", ")
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kura snapshot confirm ID`: accepts a snapshot held after an unusual boot.
+pub fn confirm_snapshot(id: &str, s: &ServerArgs) -> Result<ExitCode> {
+    let v: serde_json::Value = client(s)?.post_json(&routes::snapshot_confirm(id), &serde_json::json!({}))?;
+    if s.json {
+        print_json(&v)?;
+    } else {
+        eprintln!("snapshot {id} of host {} is confirmed: restores may pick it", v["host"].as_str().unwrap_or("?"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,15 +16,23 @@ pub fn queue(
     host: &str,
     snapshot: Option<String>,
     disk: Option<String>,
+    allow_unconfirmed: bool,
     s: &ServerArgs,
 ) -> Result<ExitCode> {
     let c = client(s)?;
     let snapshot = match (kind, snapshot) {
         ("restore", None) => {
-            // The newest committed snapshot of the host.
+            // The newest committed snapshot of the host that is confirmed (a snapshot held
+            // after an unusual boot only with --allow-unconfirmed).
             let list: Vec<serde_json::Value> = c.get_json(&routes::snapshots(Some(host)))?;
-            match list.iter().rev().find(|v| v["state"] == "committed").and_then(|v| v["id"].as_str()) {
+            let usable =
+                |v: &&serde_json::Value| v["state"] == "committed" && (allow_unconfirmed || v["confirmed"] != false);
+            match list.iter().rev().find(usable).and_then(|v| v["id"].as_str()) {
                 Some(id) => Some(id.to_string()),
+                None if list.iter().any(|v| v["state"] == "committed") => bail!(
+                    "host {host} has no confirmed snapshot to restore: confirm one (kura snapshot confirm ID) \
+                     or pass --allow-unconfirmed"
+                ),
                 None => bail!("host {host} has no snapshot to restore"),
             }
         }
@@ -32,7 +40,9 @@ pub fn queue(
     };
     let v: serde_json::Value = c.post_json(
         routes::JOB_CREATE.path,
-        &serde_json::json!({ "kind": kind, "host": host, "snapshot": snapshot, "disk": disk }),
+        &serde_json::json!({
+            "kind": kind, "host": host, "snapshot": snapshot, "disk": disk, "allow_unconfirmed": allow_unconfirmed,
+        }),
     )?;
     if s.json {
         println!("{}", serde_json::to_string(&v["job"])?);

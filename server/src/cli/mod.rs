@@ -40,6 +40,9 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One snapshot on the engine.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Queue a capture of HOST, run at the machine's next PXE boot.
     Capture {
         host: String,
@@ -49,11 +52,16 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Queue a restore of HOST (its newest snapshot unless --snapshot), run at its next PXE boot.
+    /// Queue a restore of HOST (its newest confirmed snapshot unless --snapshot), run at its
+    /// next PXE boot.
     Restore {
         host: String,
         #[arg(long)]
         snapshot: Option<String>,
+        /// Allow a snapshot held unconfirmed after an unusual boot (`kura serve
+        /// --hold-unusual-captures`); without --snapshot, take the newest even if unconfirmed.
+        #[arg(long)]
+        allow_unconfirmed: bool,
         /// Target disk (default: the machine's only disk).
         #[arg(long)]
         disk: Option<String>,
@@ -163,6 +171,11 @@ pub struct ServeArgs {
     /// than this (e.g. 90m, 6h, 1d); older ones are recorded as missed.
     #[arg(long, default_value = "6h", value_parser = parse_duration_arg, value_name = "DURATION")]
     pub schedule_catch_up: i64,
+    /// Hold the snapshot of a capture whose netboot was unusual (its token requested twice,
+    /// from another address, …: a possible impostor on the boot network) unconfirmed until an
+    /// operator accepts it with `kura snapshot confirm ID`; restores do not pick it by default.
+    #[arg(long)]
+    pub hold_unusual_captures: bool,
     /// Tests: read the current time (RFC 3339 UTC) from FILE at every use.
     #[arg(long, hide = true, value_name = "FILE")]
     pub test_clock: Option<PathBuf>,
@@ -250,6 +263,17 @@ enum ImageCommand {
         at: Location,
         #[arg(long)]
         threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Accept a snapshot held unconfirmed after an unusual boot (operator; audited): restores
+    /// may then pick it.
+    Confirm {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -382,14 +406,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_concurrent_jobs: args.max_concurrent_jobs,
                 },
                 test_clock: args.test_clock,
+                hold_unusual_captures: args.hold_unusual_captures,
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
+        Command::Snapshot(SnapshotCommand::Confirm { id, server }) => engine::confirm_snapshot(&id, &server),
         Command::Hosts { server } => engine::hosts(&server),
         Command::Host(HostCommand::Power(args)) => power::run(*args),
-        Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, &server),
-        Command::Restore { host, snapshot, disk, server } => jobs::queue("restore", &host, snapshot, disk, &server),
+        Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, false, &server),
+        Command::Restore { host, snapshot, allow_unconfirmed, disk, server } => {
+            jobs::queue("restore", &host, snapshot, disk, allow_unconfirmed, &server)
+        }
         Command::Jobs { watch, server } => jobs::list(watch, &server),
         Command::Token(TokenCommand::Create { role, note, user, expires, server }) => {
             tokens::create(&role, &note, user.as_deref(), expires, &server)

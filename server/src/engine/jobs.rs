@@ -20,8 +20,20 @@ const SHOWN_LOG_LINES: usize = 200;
 /// `POST /jobs`: queues a job and mints its one-time agent token, bound to the given MAC (or
 /// the host's only one). Once both are committed, power control kicks the machine into netboot
 /// in the background (`crate::power`); its outcome goes into the job's log.
+///
+/// A restore of a snapshot held unconfirmed (after an unusual boot) is refused (409) unless
+/// the request allows it: a snapshot is never unconfirmed again once confirmed, so checking
+/// before the job is created is enough.
 pub fn create(engine: &Engine, caller: &Caller, req: CreateJob) -> ServiceResult<JobCreated> {
     let host = engine.catalog.get_host(&req.job.host)?;
+    if let (JobKind::Restore, Some(id)) = (req.job.kind, &req.job.snapshot) {
+        if !req.allow_unconfirmed && !engine.catalog.get_snapshot(id)?.confirmed {
+            return Err(ServiceError::Conflict(format!(
+                "snapshot {id} is unconfirmed: it was captured after an unusual boot (see its job's log); \
+                 confirm it (kura snapshot confirm {id}) or allow it explicitly (--allow-unconfirmed)"
+            )));
+        }
+    }
     let mac = match (req.mac, host.macs.as_slice()) {
         (Some(m), _) => m,
         (None, [only]) => only

@@ -22,7 +22,7 @@ pub mod watchdog;
 use kura_catalogs::db::{Catalog, CatalogError, Principal, Role};
 use kura_catalogs::gc::WriterRegistry;
 use kura_catalogs::{LocalStore, StoreUsage};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,6 +46,9 @@ pub struct Engine {
     pub ingested: Ingested,
     /// The last measured store usage (see `api::ops::store_usage`).
     pub usage_cache: Mutex<Option<(Instant, StoreUsage)>>,
+    /// `kura serve --hold-unusual-captures`: the snapshot of a capture whose boot was unusual
+    /// is held unconfirmed ([`Engine::holds_unusual_captures`]).
+    pub hold_unusual_captures: AtomicBool,
 }
 
 impl Engine {
@@ -66,7 +69,14 @@ impl Engine {
             notifier,
             ingested: Ingested::default(),
             usage_cache: Mutex::new(None),
+            hold_unusual_captures: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a capture job's snapshot is held unconfirmed when its boot was unusual
+    /// (`kura_catalogs::db::Catalog::commit_capture_holding`).
+    pub fn holds_unusual_captures(&self) -> bool {
+        self.hold_unusual_captures.load(Ordering::Relaxed)
     }
 
     /// Forgets the measured store usage (after a commit or a garbage collection).

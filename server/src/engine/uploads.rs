@@ -434,7 +434,9 @@ fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -
     };
     let actor = caller.actor();
     let recorded = match p.job {
-        Some(j) => engine.catalog.commit_capture(&actor, j, &record).map(|_| ()),
+        Some(j) => {
+            engine.catalog.commit_capture_holding(&actor, j, &record, engine.holds_unusual_captures()).map(|_| ())
+        }
         None => engine.catalog.add_snapshot(&actor, &record).map(|_| ()),
     };
     if let Err(e) = recorded {
@@ -662,6 +664,81 @@ mod tests {
         let snaps = catalog.list_snapshots(None).unwrap();
         assert_eq!((snaps.len(), snaps[0].host.as_str(), snaps[0].kind), (1, "victim", SnapshotKind::Manual));
         assert_eq!(catalog.get_job(job.id).unwrap().state, JobState::Succeeded);
+    }
+
+    /// Issue 16, the stronger mode (`kura serve --hold-unusual-captures`): the capture of a job
+    /// whose boot was flagged is recorded unconfirmed; a restore of it is refused (409) unless
+    /// allowed explicitly, and allowed once an operator confirmed it. Without the mode, or
+    /// without a flag, the snapshot is confirmed.
+    #[tokio::test]
+    async fn a_flagged_capture_is_held_unconfirmed_and_restores_refuse_it() {
+        use kura_catalogs::db::{NewHost, NewJob};
+        use kura_protocol::jobs::CreateJob;
+        let (_dir, _store, catalog, engine) = test_engine();
+        catalog.create_host("t", &NewHost { name: "victim".into(), group: None, notes: String::new() }).unwrap();
+        let mac = "52:54:00:00:00:01";
+        catalog.add_mac("t", "victim", mac).unwrap();
+        let capture_as_agent = |n: u64, flag: bool| -> String {
+            let job = catalog
+                .create_job("t", &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None })
+                .unwrap();
+            if flag {
+                catalog.flag_job(job.id, "possible impostor: token requested twice").unwrap();
+            }
+            catalog.start_job("t", job.id).unwrap();
+            let agent = Caller::new(Principal {
+                token_id: 9,
+                role: Role::Agent,
+                label: "agent".into(),
+                user: None,
+                job_id: Some(job.id),
+                mac: Some(mac.into()),
+            })
+            .unwrap();
+            let upload =
+                begin(&engine, &agent, BeginUpload { host: "victim".into(), job: Some(job.id), ..Default::default() })
+                    .unwrap()
+                    .upload;
+            let mut m = crate::engine::zero_manifest("cap", &format!("2026-11-25T17:14:4{n}.000000005Z"));
+            m.host = Some("victim".into());
+            commit(&engine, &agent, &upload, &m.encode().unwrap()).unwrap();
+            catalog.get_job(job.id).unwrap().snapshot.unwrap()
+        };
+        // The mode is off: a flagged capture is confirmed.
+        let off = capture_as_agent(1, true);
+        assert!(catalog.get_snapshot(&off).unwrap().confirmed);
+        // The mode is on: an unflagged capture is confirmed, a flagged one held.
+        engine.hold_unusual_captures.store(true, std::sync::atomic::Ordering::Relaxed);
+        let clean = capture_as_agent(2, false);
+        assert!(catalog.get_snapshot(&clean).unwrap().confirmed);
+        let held = capture_as_agent(3, true);
+        assert!(!catalog.get_snapshot(&held).unwrap().confirmed);
+
+        let restore = |snapshot: &str, allow_unconfirmed: bool| {
+            let req = CreateJob {
+                job: NewJob {
+                    kind: JobKind::Restore,
+                    host: "victim".into(),
+                    disk: None,
+                    snapshot: Some(snapshot.into()),
+                },
+                mac: None,
+                allow_unconfirmed,
+            };
+            crate::engine::jobs::create(&engine, &operator(1), req).map(|c| c.job.id)
+        };
+        match restore(&held, false) {
+            Err(ServiceError::Conflict(msg)) => {
+                assert!(msg.contains("unconfirmed") && msg.contains("--allow-unconfirmed"), "{msg}")
+            }
+            other => panic!("a restore of a held snapshot was not refused: {other:?}"),
+        }
+        assert!(catalog.active_job_for_host("victim").unwrap().is_none(), "a refused restore left a job");
+        // Allowed explicitly; or once confirmed.
+        let job = restore(&held, true).unwrap();
+        catalog.cancel_job("t", job).unwrap();
+        catalog.confirm_snapshot("operator", &held).unwrap();
+        restore(&held, false).unwrap();
     }
 
     /// Issue 16: upload sessions are limited per token (429 `too_many`) and in all (503
