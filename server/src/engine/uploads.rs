@@ -63,6 +63,20 @@ pub const MAX_SESSIONS: usize = 4096;
 pub const COMMITS_AT_ONCE: usize = 2;
 /// How long a commit waits for its turn before it is refused with `unavailable` (503, retry).
 pub const COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// Tests only (undocumented for operators): `KURA_TEST_COMMIT_WAIT_MS` shortens [`COMMIT_WAIT`]
+/// so a test of the gate need not wait a minute.
+const COMMIT_WAIT_ENV: &str = "KURA_TEST_COMMIT_WAIT_MS";
+
+/// [`COMMIT_WAIT`], or the test override of [`COMMIT_WAIT_ENV`].
+fn commit_wait() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var(COMMIT_WAIT_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(COMMIT_WAIT, Duration::from_millis)
+    })
+}
 
 /// The engine's upload sessions, by id.
 #[derive(Default)]
@@ -80,11 +94,12 @@ impl Default for CommitGate {
 impl CommitGate {
     /// Waits for a commit's turn, at most [`COMMIT_WAIT`].
     pub async fn enter(&self) -> ServiceResult<tokio::sync::SemaphorePermit<'_>> {
-        match tokio::time::timeout(COMMIT_WAIT, self.0.acquire()).await {
+        let wait = commit_wait();
+        match tokio::time::timeout(wait, self.0.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ServiceError::Busy(format!(
-                "{COMMITS_AT_ONCE} commits are in progress and this one waited {}s for its turn: retry later",
-                COMMIT_WAIT.as_secs()
+                "{COMMITS_AT_ONCE} commits are in progress and this one waited {:.1}s for its turn: retry later",
+                wait.as_secs_f64()
             ))),
         }
     }
