@@ -102,8 +102,10 @@ fn answer(mut c: Conn, since: Instant) -> (u16, String, Duration) {
 fn the_commit_gate_refuses_a_third_commit_after_its_wait_and_oversized_or_trickled_bodies() {
     let base = tempfile::tempdir().unwrap();
     let wait = Duration::from_millis(2000);
-    let server =
-        Server::start_http_env(&base.path().join("engine"), &[("KURA_TEST_COMMIT_WAIT_MS", &wait.as_millis().to_string())]);
+    let server = Server::start_http_env(
+        &base.path().join("engine"),
+        &[("KURA_TEST_COMMIT_WAIT_MS", &wait.as_millis().to_string())],
+    );
     let api = server.api();
     let addr = addr_of(&server);
     let ups: Vec<String> = (0..4).map(|_| begin(&api, &server.admin, "gate")).collect();
