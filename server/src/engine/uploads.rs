@@ -71,10 +71,7 @@ const COMMIT_WAIT_ENV: &str = "KURA_TEST_COMMIT_WAIT_MS";
 fn commit_wait() -> Duration {
     static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *WAIT.get_or_init(|| {
-        std::env::var(COMMIT_WAIT_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(COMMIT_WAIT, Duration::from_millis)
+        std::env::var(COMMIT_WAIT_ENV).ok().and_then(|v| v.parse().ok()).map_or(COMMIT_WAIT, Duration::from_millis)
     })
 }
 
