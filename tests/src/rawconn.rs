@@ -28,6 +28,11 @@ impl Conn {
         }
     }
 
+    /// Sets how long a read waits (`None`: for ever).
+    pub fn set_read_timeout(&self, wait: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(wait)
+    }
+
     /// Whether the server has closed the connection, looking for at most `wait`: `Some(true)`
     /// closed (EOF or reset), `Some(false)` still open, `None` the server sent data.
     pub fn closed_within(&mut self, wait: Duration) -> Option<bool> {

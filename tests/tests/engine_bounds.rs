@@ -93,6 +93,7 @@ fn slow_commit(addr: SocketAddr, admin: &str, upload: &str, declared: u64, sent:
 
 /// The answer on a held connection: status, body, and when it came (since `since`).
 fn answer(mut c: Conn, since: Instant) -> (u16, String, Duration) {
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let bytes = rawconn::read_to_close(&mut c).unwrap();
     let (status, body) = rawconn::parse_answer(&bytes).unwrap();
     (status, body, since.elapsed())
