@@ -1,7 +1,7 @@
 //! Issue 16, item 2 and the commit route's limits, against a real `kura serve` on loopback:
 //!
 //! - Bounded memory: the 33 KB decompression bomb (a zstd frame of 1 GiB of zeros in a valid
-//!   manifest envelope) and 8 concurrent oversized commits (a real manifest followed by 1 GiB of
+//!   manifest envelope), a few-KB manifest declaring 2^31 chunks (70 GB decoded), and 8 concurrent oversized commits (a real manifest followed by 1 GiB of
 //!   zeros in the same frame, declaring its honest size or the inflated one), sent in rounds
 //!   for a few seconds, keep the engine's peak RSS (`VmHWM`) under 300 MB, and
 //!   `/api/v1/health` answers during and after.
@@ -64,6 +64,26 @@ fn envelope(body: &[u8], plain_len: u64) -> Vec<u8> {
     let sum: [u8; 32] = sha2::Sha256::digest(&out).into();
     out.extend_from_slice(&sum);
     out
+}
+
+/// A manifest whose metadata (from `plain`, a real manifest's decompressed body) declares a
+/// 1 TiB disk in 512-byte chunks, all unused: an honest structure of 2^31 chunk entries (some
+/// 70 GB decoded) in a body of a few KB, since its tags (zeros) are never reached.
+fn envelope_of_huge_structure(plain: &[u8]) -> Vec<u8> {
+    let n = u32::from_le_bytes(plain[..4].try_into().unwrap()) as usize;
+    let mut meta: serde_json::Value = serde_json::from_slice(&plain[4..4 + n]).unwrap();
+    let size: u64 = 1 << 40;
+    meta["chunk_size"] = 512.into();
+    meta["layout"]["disk_size"] = size.into();
+    let mut region = meta["regions"][0].clone();
+    for (k, v) in [("start", 0), ("size", size), ("bitmap_bits", 0), ("chunk_count", size / 512), ("data_chunks", 0)] {
+        region[k] = v.into();
+    }
+    meta["regions"] = json!([region]);
+    let json = serde_json::to_vec(&meta).unwrap();
+    let mut prefix = (json.len() as u32).to_le_bytes().to_vec();
+    prefix.extend_from_slice(&json);
+    envelope(&zero_bomb(&prefix, 1 << 20), prefix.len() as u64 + size / 512)
 }
 
 /// Opens an upload session for `host` (an admin's upload creates the host).
@@ -173,7 +193,8 @@ fn decompression_bombs_and_concurrent_oversized_commits_keep_the_engine_small() 
         plain.len()
     );
     assert!(bomb.len() < 64 << 10 && honest.len() < 64 << 10);
-    let mut bodies = vec![("bomb", bomb)];
+    let huge = envelope_of_huge_structure(&plain);
+    let mut bodies = vec![("bomb", bomb), ("structure of 2^31 chunks", huge)];
     bodies.extend((0..4).map(|_| ("honest length, 1 GiB tail", honest.clone())));
     bodies.extend((0..4).map(|_| ("inflated length, 1 GiB tail", inflated.clone())));
     let ups: Vec<String> = bodies.iter().map(|_| begin(&api, &server.admin, "web")).collect();
@@ -211,7 +232,7 @@ fn decompression_bombs_and_concurrent_oversized_commits_keep_the_engine_small() 
         })
     };
 
-    // Rounds of the nine commits at once, for ATTACK (a refused commit leaves its session open,
+    // Rounds of the ten commits at once, for ATTACK (a refused commit leaves its session open,
     // so each round reuses the sessions).
     let t0 = Instant::now();
     let mut answers: Vec<(String, u16, String)> = Vec::new();
