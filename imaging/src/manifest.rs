@@ -32,6 +32,12 @@ const TRAILER: usize = 32;
 /// metadata's regions need, and its decompression is cut off there (see [`Manifest::decode`]).
 pub const MAX_PLAIN_BODY: u64 = 4 << 30;
 const MAX_META: u32 = 64 << 20;
+/// Memory a decoded manifest may take by default ([`Manifest::decode`]; callers decoding
+/// untrusted input choose their own with [`Manifest::decode_within`]). Zero or unused chunks
+/// compress to almost nothing, so a tiny body can declare a structure (say a 1 TiB disk in
+/// 512-byte chunks: 2^31 chunk entries, ~70 GB decoded) whose size is honest yet far too
+/// large: it is refused from the metadata alone, before any of it is read.
+pub const MAX_DECODED: u64 = 8 << 30;
 /// Largest zstd window accepted in a manifest body (2^24 = 16 MiB; `encode` at level 3 uses at
 /// most 2^21), so a crafted frame cannot make the decoder allocate a large window.
 const MAX_WINDOW_LOG: u32 = 24;
@@ -212,6 +218,13 @@ impl Manifest {
     /// most its declared structure's size, not after filling memory; and the bitmaps, tags and
     /// digests are read region by region, each buffer growing only with bytes actually produced.
     pub fn decode(bytes: &[u8]) -> Result<Manifest> {
+        Self::decode_within(bytes, MAX_DECODED)
+    }
+
+    /// [`Manifest::decode`], refusing a manifest whose regions would take more than
+    /// `max_decoded` bytes of memory once decoded ([`decoded_size`]): checked from the metadata,
+    /// before the bitmaps, tags and digests are read.
+    pub fn decode_within(bytes: &[u8], max_decoded: u64) -> Result<Manifest> {
         let bad = |m: &str| Error::Manifest(m.to_string());
         if bytes.len() < FIXED_HEADER + TRAILER {
             return Err(bad("file too short"));
@@ -280,6 +293,15 @@ impl Manifest {
         // as "body ends early" when it reaches the end of the declared length, one needing
         // less as "trailing bytes" after the last region.
         let need = plain_size(meta_len, &meta.regions).ok_or_else(|| bad("declared structure overflows"))?;
+        match decoded_size(&meta.regions) {
+            Some(size) if size <= max_decoded => {}
+            size => {
+                return Err(Error::Manifest(format!(
+                    "the declared structure is too large: {} bytes decoded (at most {max_decoded})",
+                    size.map_or("over 2^64".to_string(), |s| s.to_string())
+                )))
+            }
+        }
         body.left = body.left.min(need - (4 + meta_len as u64));
         let mut regions = Vec::with_capacity(meta.regions.len().min(4096));
         for (i, rm) in meta.regions.into_iter().enumerate() {
@@ -349,6 +371,16 @@ fn plain_size(meta_len: u32, regions: &[RegionMeta]) -> Option<u64> {
         acc.checked_add(r.bitmap_bits.div_ceil(8))?
             .checked_add(r.chunk_count)?
             .checked_add(r.data_chunks.checked_mul(32)?)
+    })
+}
+
+/// The memory `regions` take once decoded: each bitmap, one [`ChunkRef`] per chunk, and the
+/// largest region's tags while they are read; `None` on overflow.
+fn decoded_size(regions: &[RegionMeta]) -> Option<u64> {
+    let per_chunk = std::mem::size_of::<ChunkRef>() as u64;
+    let tags = regions.iter().map(|r| r.chunk_count).max().unwrap_or(0);
+    regions.iter().try_fold(tags, |acc, r| {
+        acc.checked_add(r.bitmap_bits.div_ceil(8))?.checked_add(r.chunk_count.checked_mul(per_chunk)?)
     })
 }
 
@@ -859,6 +891,39 @@ mod tests {
             Manifest::decode(&envelope(&zstd::bulk::compress(&plain, 3).unwrap(), plain.len() as u64)).unwrap(),
             sample()
         );
+    }
+
+    /// A tiny body declaring an honest but huge structure (a 1 TiB disk in 512-byte chunks,
+    /// all unused: 2^31 tags of zero) is refused from its metadata, before a tag is read; the
+    /// same with a budget below an ordinary manifest's needs refuses that one too.
+    #[test]
+    fn structures_too_large_to_decode_are_refused_from_their_metadata() {
+        let enc = sample().encode().unwrap();
+        let plain = zstd::decode_all(&enc[FIXED_HEADER..enc.len() - TRAILER]).unwrap();
+        let n = meta_len(&plain).unwrap();
+        let mut meta: serde_json::Value = serde_json::from_slice(&plain[4..4 + n]).unwrap();
+        let size: u64 = 1 << 40;
+        meta["chunk_size"] = 512.into();
+        meta["layout"]["disk_size"] = size.into();
+        let mut region = meta["regions"][0].clone();
+        for (k, v) in
+            [("start", 0), ("size", size), ("bitmap_bits", 0), ("chunk_count", size / 512), ("data_chunks", 0)]
+        {
+            region[k] = v.into();
+        }
+        meta["regions"] = serde_json::json!([region]);
+        let json = serde_json::to_vec(&meta).unwrap();
+        let mut prefix = (json.len() as u32).to_le_bytes().to_vec();
+        prefix.extend_from_slice(&json);
+        // The tags are never reached: 1 MiB of them stands for the 2 GiB declared.
+        let file = envelope(&zero_bomb(&prefix, 1 << 20), prefix.len() as u64 + size / 512);
+        let t0 = std::time::Instant::now();
+        let e = Manifest::decode(&file).unwrap_err().to_string();
+        assert!(e.contains("declared structure is too large"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{:?}", t0.elapsed());
+        let e = Manifest::decode_within(&enc, 16).unwrap_err().to_string();
+        assert!(e.contains("declared structure is too large"), "{e}");
+        assert_eq!(Manifest::decode_within(&enc, 1 << 20).unwrap(), sample());
     }
 
     proptest! {

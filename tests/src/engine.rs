@@ -51,6 +51,13 @@ impl Server {
         Self::spawn(data, true, Vec::new(), Vec::new())
     }
 
+    /// Starts an HTTPS engine with extra `kura serve` arguments and environment (kept across
+    /// restarts), e.g. `--netboot CONFIG`.
+    pub fn start_https_with(data: &Path, extra: &[&dyn AsRef<OsStr>], env: &[(&str, &dyn AsRef<OsStr>)]) -> Server {
+        let env = env.iter().map(|(k, v)| (OsString::from(k), v.as_ref().to_owned())).collect();
+        Self::spawn(data, false, extra.iter().map(|a| a.as_ref().to_owned()).collect(), env)
+    }
+
     /// Starts a plain-HTTP engine with extra `kura serve` arguments (kept across restarts),
     /// e.g. `--test-clock FILE --scheduler-tick-ms 50`.
     pub fn start_http_with(data: &Path, extra: &[&dyn AsRef<OsStr>]) -> Server {

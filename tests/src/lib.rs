@@ -17,6 +17,8 @@
 //!   [`proxy`]: a loopback proxy that follows, holds or drops its HTTP messages.
 //! - [`bmc`]: real BMCs for power control: `ipmi_sim` (IPMI, optionally driving a QEMU
 //!   machine) and sushy-tools' Redfish emulator.
+//! - [`rawconn`]: raw plain or TLS connections from chosen loopback addresses (partial requests,
+//!   held connections), the open-files limit, a process's memory figures.
 //! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
 //!
 //! Netbooting real machines (root only, run as root in CI):
@@ -46,6 +48,7 @@ pub mod netboot;
 pub mod netns;
 pub mod proxy;
 pub mod qemu;
+pub mod rawconn;
 pub mod readback;
 pub mod site_dhcp;
 pub mod smtp;

@@ -14,6 +14,7 @@ mod auth;
 mod error;
 mod hosts;
 mod jobs;
+mod listen;
 mod metrics;
 mod netboot;
 mod notify;
@@ -202,7 +203,8 @@ fn http_limits(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util:
 }
 
 /// Serves the API on `listener` until `shutdown` completes. With `tls`, speaks HTTPS only.
-/// Connections get [`TLS_HANDSHAKE_TIMEOUT`] and [`HEADER_READ_TIMEOUT`].
+/// Connections are admitted within the caps of [`listen`] (`MAX_CONNECTIONS`,
+/// `MAX_CONNECTIONS_PER_SOURCE`) and get [`TLS_HANDSHAKE_TIMEOUT`] and [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     listener: std::net::TcpListener,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -222,13 +224,13 @@ pub async fn serve(
     let r = match tls {
         Some(config) => {
             let mut server = axum_server::from_tcp_rustls(listener, config)
-                .map(|tls| tls.handshake_timeout(TLS_HANDSHAKE_TIMEOUT))
+                .map(|tls| tls.handshake_timeout(TLS_HANDSHAKE_TIMEOUT).acceptor(listen::Capped::new()))
                 .handle(handle);
             http_limits(server.http_builder());
             server.serve(app.into_make_service()).await
         }
         None => {
-            let mut server = axum_server::from_tcp(listener).handle(handle);
+            let mut server = axum_server::from_tcp(listener).acceptor(listen::Capped::new()).handle(handle);
             http_limits(server.http_builder());
             server.serve(app.into_make_service()).await
         }

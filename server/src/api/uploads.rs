@@ -10,6 +10,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// A commit body may take this long before it must keep up with [`COMMIT_BODY_MIN_RATE`].
+pub const COMMIT_BODY_GRACE: Duration = Duration::from_secs(10);
+/// The least average rate of a commit body after [`COMMIT_BODY_GRACE`], bytes per second
+/// (1 MiB/s: a 256 MiB manifest, the largest accepted, may take 10 s + 256 s; a LAN carries it
+/// in seconds).
+pub const COMMIT_BODY_MIN_RATE: u64 = 1 << 20;
 
 pub async fn begin(
     State(state): State<Arc<AppState>>,
@@ -48,7 +56,8 @@ pub async fn put_chunk(
 ///
 /// The body is read only once the commit has its turn ([`crate::engine::uploads::CommitGate`]),
 /// so commits in parallel hold at most `COMMITS_AT_ONCE` bodies and decoded manifests; a body
-/// whose declared length is over the route's limit is refused before a byte of it is read.
+/// whose declared length is over the route's limit is refused before a byte of it is read, and
+/// one that arrives too slowly ([`read_paced`]) gives its turn back.
 pub async fn commit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -62,7 +71,7 @@ pub async fn commit(
     }
     let engine = state.engine.clone();
     let _turn = state.engine.commits.enter().await?;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let body = read_paced(body, limit).await?;
     let out = tokio::task::spawn_blocking(move || uploads::commit(&engine, &caller, &upload, &body)).await??;
     Ok((if out.fresh { StatusCode::CREATED } else { StatusCode::OK }, Json(out.reply)))
 }
@@ -75,4 +84,41 @@ pub async fn abort(
     let engine = state.engine.clone();
     tokio::task::spawn_blocking(move || uploads::abort(&engine, &caller, &upload)).await??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads a commit body of at most `limit` bytes, which must keep pace: at any time `t` after
+/// the turn began, at least `(t - COMMIT_BODY_GRACE) · COMMIT_BODY_MIN_RATE` bytes must have
+/// arrived. A client that trickles its body (holding one of the few commit turns) is refused
+/// with 400 when it falls behind.
+async fn read_paced(mut body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large = || ApiError::TooLarge(format!("a commit body is at most {limit} bytes"));
+    let start = tokio::time::Instant::now();
+    let mut buf = Vec::with_capacity(body.size_hint().lower().min(limit as u64) as usize);
+    loop {
+        let allowed = Duration::from_secs_f64(buf.len() as f64 / COMMIT_BODY_MIN_RATE as f64);
+        let due = start + COMMIT_BODY_GRACE + allowed;
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout_at(due, next).await {
+            Err(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "the commit body arrived too slowly: {} bytes in {}s (it must arrive at {} KiB/s or more \
+                     after {}s)",
+                    buf.len(),
+                    start.elapsed().as_secs(),
+                    COMMIT_BODY_MIN_RATE >> 10,
+                    COMMIT_BODY_GRACE.as_secs()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("reading the commit body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
 }

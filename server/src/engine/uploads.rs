@@ -61,8 +61,23 @@ pub const MAX_SESSIONS: usize = 4096;
 /// Commits received and decoded at once (each holds its body, up to the route's 256 MiB, and
 /// its decoded manifest): more wait for a turn, up to [`COMMIT_WAIT`].
 pub const COMMITS_AT_ONCE: usize = 2;
+/// Memory one committed manifest may take decoded (checked from its metadata before the rest
+/// is read): 2 GiB holds a disk of about 30 TiB in 1 MiB chunks with 4 KiB-block bitmaps
+/// (66 bytes per MiB of disk). A larger declared structure is refused (400).
+pub const MAX_COMMIT_DECODED: u64 = 2 << 30;
 /// How long a commit waits for its turn before it is refused with `unavailable` (503, retry).
 pub const COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// Tests only (undocumented for operators): `KURA_TEST_COMMIT_WAIT_MS` shortens [`COMMIT_WAIT`]
+/// so a test of the gate need not wait a minute.
+const COMMIT_WAIT_ENV: &str = "KURA_TEST_COMMIT_WAIT_MS";
+
+/// [`COMMIT_WAIT`], or the test override of [`COMMIT_WAIT_ENV`].
+fn commit_wait() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var(COMMIT_WAIT_ENV).ok().and_then(|v| v.parse().ok()).map_or(COMMIT_WAIT, Duration::from_millis)
+    })
+}
 
 /// The engine's upload sessions, by id.
 #[derive(Default)]
@@ -80,11 +95,12 @@ impl Default for CommitGate {
 impl CommitGate {
     /// Waits for a commit's turn, at most [`COMMIT_WAIT`].
     pub async fn enter(&self) -> ServiceResult<tokio::sync::SemaphorePermit<'_>> {
-        match tokio::time::timeout(COMMIT_WAIT, self.0.acquire()).await {
+        let wait = commit_wait();
+        match tokio::time::timeout(wait, self.0.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ServiceError::Busy(format!(
-                "{COMMITS_AT_ONCE} commits are in progress and this one waited {}s for its turn: retry later",
-                COMMIT_WAIT.as_secs()
+                "{COMMITS_AT_ONCE} commits are in progress and this one waited {:.1}s for its turn: retry later",
+                wait.as_secs_f64()
             ))),
         }
     }
@@ -394,7 +410,7 @@ fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pendin
 
 /// The store write and the catalog record of a commit, with the rollback rule.
 fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -> ServiceResult<Committed> {
-    let manifest = Manifest::decode(body)?;
+    let manifest = Manifest::decode_within(body, MAX_COMMIT_DECODED)?;
     // A manifest whose creation time does not parse is a bad manifest (400), refused before
     // anything reaches the store.
     let created = manifest.created_unix()?;
