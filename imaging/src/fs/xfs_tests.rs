@@ -513,3 +513,28 @@ proptest! {
         prop_assert!(map.bitmap.len() * map.block_size as u64 <= size.next_multiple_of(map.block_size as u64));
     }
 }
+
+/// A log formatted by `xfs_db logformat` to a later cycle: the unmount record at block 0 in
+/// cycle `c`, the rest of the log filled with records of cycle `c - 1` (what `xfs_repair -L`
+/// leaves). With a log stripe unit the unmount record is padded to it.
+#[test]
+fn reformatted_logs_are_clean_and_a_broken_unmount_record_is_dirty() {
+    let img = build(&[], 0);
+    for args in [&["-c", "7"][..], &["-c", "3", "-s", "32768"], &["-c", "1000"]] {
+        let cmd = format!("logformat {}", args.join(" "));
+        run("xfs_db", &["-x", "-c", &cmd, img.path_str()]);
+        check(&img, &FILES);
+    }
+    let (g, _) = read_free_space(&mut std::fs::File::open(img.path_str()).unwrap(), img.size()).unwrap();
+    let op_flags = g.log_start * g.block_size + 512 + 9;
+    let map = probe(&mut Overlay::new(&img, vec![(op_flags, vec![0x10])]), img.size(), None);
+    assert_eq!(map.kind, FsKind::Raw);
+    assert!(map.warnings[0].contains("not an unmount record"), "{:?}", map.warnings);
+    // A record of cycle 1000 a little after the head (at block 2): a hole in the log, dirty.
+    let after_head = g.log_start * g.block_size + 100 * 512;
+    let mut rec = vec![0u8; 512];
+    rec[..4].copy_from_slice(&LOG_MAGIC.to_be_bytes());
+    rec[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    let map = probe(&mut Overlay::new(&img, vec![(after_head, rec)]), img.size(), None);
+    assert!(map.warnings[0].contains("holes around its head"), "{:?}", map.warnings);
+}
