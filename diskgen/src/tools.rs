@@ -82,6 +82,8 @@ pub fn package(program: &str) -> &'static str {
         "mkfs.vfat" | "fsck.vfat" => "dosfstools",
         "mcopy" | "mmd" | "mdir" | "mtype" => "mtools",
         "mkswap" => "util-linux",
+        "mkfs.xfs" | "xfs_repair" | "xfs_db" => "xfsprogs",
+        "mount" | "umount" => "mount",
         _ => "the package providing it",
     }
 }

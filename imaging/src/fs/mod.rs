@@ -14,6 +14,7 @@ mod ntfs;
 mod swap;
 #[cfg(test)]
 mod test_images;
+mod xfs;
 
 use crate::bitmap::Bitmap;
 use crate::layout::{gpt_types, PartitionEntry};
@@ -27,6 +28,7 @@ pub enum FsKind {
     Ntfs,
     Fat,
     Swap,
+    Xfs,
     Raw,
 }
 
@@ -132,6 +134,9 @@ pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&Partit
     if swap::detect(&head) {
         found.push(FsKind::Swap);
     }
+    if xfs::detect(&head) {
+        found.push(FsKind::Xfs);
+    }
     let kind = match found.as_slice() {
         [] if hint == Hint::Swap => {
             return AllocationMap::raw(
@@ -159,6 +164,7 @@ pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&Partit
         FsKind::Ntfs => ntfs::read(part, part_size),
         FsKind::Fat => fat::read(part, part_size, &head),
         FsKind::Swap => swap::read(part_size, &head),
+        FsKind::Xfs => xfs::read(part, part_size),
         FsKind::Raw => Err("no reader".into()),
     };
     let map = read.and_then(|map| check_shape(map, part_size));
@@ -178,6 +184,7 @@ fn fs_name(kind: FsKind) -> &'static str {
         FsKind::Ntfs => "NTFS",
         FsKind::Fat => "FAT",
         FsKind::Swap => "swap",
+        FsKind::Xfs => "XFS",
         FsKind::Raw => "raw",
     }
 }
