@@ -201,7 +201,30 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::Certificate
     Ok(certs)
 }
 
+/// The open-files limit `kura serve` wants: both listeners' connection caps
+/// (`api::listen::MAX_CONNECTIONS`, the boot HTTP's) plus the store's and catalog's files.
+pub const WANTED_OPEN_FILES: u64 = 4096;
+
+/// Raises the soft open-files limit towards [`WANTED_OPEN_FILES`] (at most the hard limit), so
+/// the listeners' connection caps, not `EMFILE`, are what bounds a connection flood.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < WANTED_OPEN_FILES => {
+            let want = WANTED_OPEN_FILES.min(hard);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+                tracing::warn!("cannot raise the open-files limit from {soft} to {want}: {e}");
+            } else if want < WANTED_OPEN_FILES {
+                tracing::warn!("the open-files limit is {want} (hard limit); {WANTED_OPEN_FILES} is advised");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
+    }
+}
+
 pub fn run(opts: ServeOptions) -> Result<()> {
+    raise_open_files_limit();
     let (store, catalog) = open_state(&opts.data)?;
     let clock: Arc<dyn Clock> = match &opts.test_clock {
         Some(path) => {
