@@ -391,8 +391,15 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
     for boot in 2..=3 {
         let (offers_before, scripts_before) = (local_boot_offers(&engine, mac), scripts(&engine, mac));
         let mut m = machine(Some(&vars), boot);
+        // Where the time goes: the network entry given up, GRUB started, the OS marker.
+        let network_done = if rom == NicRom::Default { "Nothing to boot" } else { "PXE-E21" };
+        wait_serial(&mut m, &engine, network_done, LOCAL_BOOT_LIMIT * 3);
+        let t_network = m.uptime();
+        wait_serial(&mut m, &engine, "Welcome to GRUB", LOCAL_BOOT_LIMIT * 3);
+        let t_grub = m.uptime();
         let line = wait_serial(&mut m, &engine, &system.marker_line(), LOCAL_BOOT_LIMIT * 3);
         let t = m.uptime();
+        eprintln!("power-on {boot}: network entry over at {t_network:.1?}, GRUB at {t_grub:.1?}, OS marker at {t:.1?}");
         let serial = m.serial();
         assert!(line.contains("root=/dev/vda3"), "{line}");
         // OVMF's PXE got the local-boot menu; the NIC's iPXE ROM got no answer from Kura and
