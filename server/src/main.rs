@@ -9,6 +9,7 @@ mod boot_policy;
 mod cli;
 mod datadir;
 mod engine;
+mod nbd;
 mod notify;
 mod power;
 mod progress_bar;

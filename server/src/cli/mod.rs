@@ -8,6 +8,7 @@ mod bootenv;
 mod engine;
 mod image;
 mod jobs;
+mod nbd;
 mod netboot;
 mod notify;
 mod power;
@@ -134,6 +135,17 @@ enum Command {
     /// The netboot image: `kura bootenv build` makes the kernel and initramfs served to machines.
     #[command(subcommand)]
     Bootenv(bootenv::BootenvCommand),
+    /// Export a snapshot's whole disk read-only over NBD (for qemu, qemu-img, nbd-client),
+    /// reading chunks as they are asked for; runs until killed.
+    Nbd {
+        /// Snapshot id (or, with --store, a unique prefix).
+        snapshot: String,
+        #[command(flatten)]
+        at: Location,
+        /// unix:PATH, or a loopback ADDRESS:PORT (port 0: any free port).
+        #[arg(long, default_value = nbd::DEFAULT_LISTEN, value_parser = nbd::parse_listen)]
+        listen: nbd::ListenAddr,
+    },
     /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
     Bench(bench::BenchArgs),
 }
@@ -436,6 +448,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
+        Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
         Command::Bench(args) => bench::run(args),
         Command::Bootenv(cmd) => bootenv::run(cmd),
     }
