@@ -65,7 +65,7 @@ pub enum FitError {
     OtherPartition { size: u64, partition: u32, end: u64 },
     #[error("partition {partition} holds {fs}, which cannot be shrunk: {reason}")]
     CannotShrink { partition: u32, fs: String, reason: &'static str },
-    #[error("the data does not fit in {size} bytes: partition {partition} uses {used} bytes (its filesystem's minimum), but would have {available}; the smallest size that fits is about {smallest} bytes")]
+    #[error("the data does not fit in {size} bytes: partition {partition} needs at least {used} bytes (its used data, or its filesystem tool's minimum), but would have {available}; the smallest size that fits is about {smallest} bytes")]
     DataDoesNotFit { size: u64, partition: u32, used: u64, available: u64, smallest: u64 },
     #[error("{program} is not installed (apt-get install {package})")]
     ToolMissing { program: &'static str, package: &'static str },
@@ -107,7 +107,9 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
         0
     };
     let new_end = (usable_end / MIB * MIB).min(last.end());
-    if let Some(p) = layout.partitions.iter().filter(|p| p.number != last.number).find(|p| p.end() > new_end.min(last.start)) {
+    if let Some(p) =
+        layout.partitions.iter().filter(|p| p.number != last.number).find(|p| p.end() > new_end.min(last.start))
+    {
         return Err(FitError::OtherPartition { size, partition: p.number, end: p.end() });
     }
     let region = manifest.regions.iter().find(|r| r.partition == Some(last.number)).ok_or(FitError::NoPartition)?;
@@ -117,7 +119,9 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
         FsKind::Xfs => return refuse("XFS", "XFS filesystems can grow but never shrink (xfs_growfs has no shrink)"),
         FsKind::Fat => return refuse("FAT", "no sound offline FAT shrink tool is used by Kura"),
         FsKind::Swap => return refuse("swap", "swap is not shrunk; recreate it smaller with mkswap instead"),
-        FsKind::Raw => return refuse("an unrecognised filesystem (captured raw)", "Kura cannot tell which bytes are used"),
+        FsKind::Raw => {
+            return refuse("an unrecognised filesystem (captured raw)", "Kura cannot tell which bytes are used")
+        }
     }
     let new_size = new_end.saturating_sub(last.start);
     let plan = FitPlan {
@@ -222,12 +226,11 @@ fn copy_range(src: &mut File, from: u64, dst: &mut File, to: u64, len: u64) -> R
 
 /// Runs a tool; `ok` says which exit codes are success. Returns its stdout.
 fn tool(program: &'static str, package: &'static str, args: &[&str], ok: &[i32]) -> Result<String, FitError> {
-    let out = Command::new(program).args(args).stdin(std::process::Stdio::null()).output().map_err(|e| {
-        match e.kind() {
+    let out =
+        Command::new(program).args(args).stdin(std::process::Stdio::null()).output().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => FitError::ToolMissing { program, package },
             _ => FitError::Io(format!("running {program}"), e),
-        }
-    })?;
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.code().is_some_and(|c| ok.contains(&c)) {
         Ok(stdout)
@@ -248,12 +251,16 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
 }
 
 fn shrink_ext(plan: &FitPlan, part: &Path) -> Result<(), FitError> {
-    let p = part.to_str().ok_or_else(|| FitError::Io("scratch path".into(), std::io::ErrorKind::InvalidInput.into()))?;
+    let p =
+        part.to_str().ok_or_else(|| FitError::Io("scratch path".into(), std::io::ErrorKind::InvalidInput.into()))?;
     // resize2fs requires a freshly checked filesystem; 0 = clean, 1 = errors corrected.
     tool("e2fsck", "e2fsprogs", &["-f", "-y", p], &[0, 1])?;
     let header = tool("dumpe2fs", "e2fsprogs", &["-h", p], &[0])?;
-    let block = number_after(&header, "Block size:").filter(|b| b.is_power_of_two()).ok_or_else(|| {
-        FitError::Tool { program: "dumpe2fs", args: format!("-h {p}"), status: "no block size".into(), output: header.clone() }
+    let block = number_after(&header, "Block size:").filter(|b| b.is_power_of_two()).ok_or_else(|| FitError::Tool {
+        program: "dumpe2fs",
+        args: format!("-h {p}"),
+        status: "no block size".into(),
+        output: header.clone(),
     })?;
     let min = tool("resize2fs", "e2fsprogs", &["-P", p], &[0])?;
     let blocks = number_after(&min, "Estimated minimum size of the filesystem:").ok_or_else(|| FitError::Tool {
@@ -271,7 +278,8 @@ fn shrink_ext(plan: &FitPlan, part: &Path) -> Result<(), FitError> {
 }
 
 fn shrink_ntfs(plan: &FitPlan, part: &Path) -> Result<(), FitError> {
-    let p = part.to_str().ok_or_else(|| FitError::Io("scratch path".into(), std::io::ErrorKind::InvalidInput.into()))?;
+    let p =
+        part.to_str().ok_or_else(|| FitError::Io("scratch path".into(), std::io::ErrorKind::InvalidInput.into()))?;
     let info = tool("ntfsresize", "ntfs-3g", &["--info", "--force", p], &[0])?;
     let min = number_after(&info, "You might resize at").ok_or_else(|| FitError::Tool {
         program: "ntfsresize",

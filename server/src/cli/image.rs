@@ -244,9 +244,9 @@ pub fn fit(
     let image = fitted.with_context(refused)?;
     let file = File::open(&image).with_context(|| format!("opening {}", image.display()))?;
     let opts = CaptureOptions {
-        name: Some(name.unwrap_or_else(|| {
-            format!("{} fit to {}", manifest.name.as_deref().unwrap_or(&id), human(size))
-        })),
+        name: Some(
+            name.unwrap_or_else(|| format!("{} fit to {}", manifest.name.as_deref().unwrap_or(&id), human(size))),
+        ),
         host: manifest.host.clone(),
         source: format!("kura image fit {id} --size {size}"),
         threads,
