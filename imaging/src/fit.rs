@@ -93,7 +93,7 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
     }
     let gpt = layout.gpt.as_ref().expect("checked");
     let ss = layout.sector_size;
-    if size % ss as u64 != 0 {
+    if !size.is_multiple_of(ss as u64) {
         return Err(FitError::Unaligned(size, ss));
     }
     if size >= manifest.disk_size() {
