@@ -3,6 +3,7 @@
 //! (`e2fsck -fn`, `ntfsfix -n`, `sgdisk -v`) and holds every file unchanged. A size below the
 //! used data and an XFS last partition are refused, naming why, with nothing written; the
 //! source snapshot is untouched; a plain restore onto the too-small file names the fit command.
+//! Against an engine, the fit is uploaded as a new snapshot of the same host.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -11,6 +12,7 @@ use std::path::Path;
 use kura_tests::checkers::assert_fsck_clean;
 use kura_tests::content::{linux_root_files, ntfs_files, random_bytes, sha256_hex, FileSpec};
 use kura_tests::disks::{build_gpt, patterned_file, Content, Disk, Fs, PartSpec, MIB};
+use kura_tests::engine::Server;
 use kura_tests::kura_cli::{run, Run, Store};
 use kura_tests::readback::assert_files_match;
 use kura_tests::tools::run as tool;
@@ -188,4 +190,62 @@ fn an_xfs_last_partition_is_refused_with_the_reason() {
     ]);
     assert_eq!(tree(&store.dir), before, "a refused fit writes nothing to the store");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn an_engine_snapshot_is_fitted_and_uploaded_for_the_same_host() {
+    let work = tempfile::tempdir().unwrap();
+    let mut data = linux_root_files(91, 8);
+    data.extend((0..3).map(|i| FileSpec::new(format!("srv/blob{i}.bin"), random_bytes(9100 + i, 10 * MIB as usize))));
+    let disk = build_gpt(
+        work.path(),
+        "engine.img",
+        320 * MIB,
+        vec![
+            PartSpec::gpt(
+                64 * MIB,
+                "8300",
+                "boot",
+                Content::Ext4 { label: "boot", block_size: 4096, files: linux_root_files(92, 1), deleted: vec![] },
+            ),
+            PartSpec::gpt(
+                254 * MIB,
+                "8300",
+                "root",
+                Content::Ext4 { label: "root", block_size: 4096, files: data, deleted: vec![] },
+            ),
+        ],
+    );
+    let server = Server::start(&work.path().join("engine"));
+    let orig = server.capture(&disk.path, "web01");
+
+    let small = work.path().join("small.img");
+    patterned_file(&small, 160 * MIB);
+    server.restore_run(&orig.snapshot, &small).expect_failure_mentioning(&[
+        "nothing was written",
+        &format!("kura image fit {} --size {}", orig.snapshot, 160 * MIB),
+    ]);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let run =
+        server.kura(&[&"image", &"fit", &orig.snapshot, &"--size", &"160M", &"--scratch", &scratch.path(), &"--json"]);
+    assert!(run.success(), "fit failed:\n{run}\nserver log:\n{}", server.log());
+    let fitted: serde_json::Value = run.json();
+    let new_id = fitted["snapshot"].as_str().unwrap().to_string();
+    let snaps = server.snapshots();
+    let entry = snaps.iter().find(|s| s["id"] == new_id.as_str()).unwrap_or_else(|| panic!("{snaps:?}"));
+    assert_eq!(entry["host"], "web01");
+    assert_eq!(snaps.len(), 2);
+    server.assert_verify_ok();
+
+    server.restore(&new_id, &small);
+    let verify = sgdisk(&["-v"], &small);
+    assert!(verify.contains("No problems found"), "sgdisk -v on the fitted disk:\n{verify}");
+    let mut layout = disk.clone();
+    layout.path = small.clone();
+    layout.size = 160 * MIB;
+    let p = layout.partition_mut(2);
+    p.size = 159 * MIB - p.offset;
+    assert_fsck_clean(&layout, &small);
+    assert_files_match(&layout, &small);
 }

@@ -260,7 +260,7 @@ enum ImageCommand {
     /// (ext2/3/4 or NTFS) shrink to end before SIZE, the GPT is rewritten for SIZE. The source
     /// snapshot is only read; data that does not fit is refused before anything is written.
     Fit {
-        /// Snapshot id (or a unique prefix).
+        /// Snapshot id (or, with --store, a unique prefix).
         snapshot: String,
         /// The smaller disk's size in bytes (or with a suffix: 1G, 800M, 1.5GiB).
         #[arg(long, value_parser = parse_disk_size)]
@@ -426,15 +426,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(store) => image::restore(&snapshot, &target, &store, at.server.json, threads),
                 None => engine::restore(&snapshot, &target, &at.server, threads),
             },
-            ImageCommand::Fit { snapshot, size, at, name, scratch, threads } => image::fit(
-                &snapshot,
-                size,
-                &local_only(&at, "kura image fit")?,
-                at.server.json,
-                name,
-                scratch.as_deref(),
-                threads,
-            ),
+            ImageCommand::Fit { snapshot, size, at, name, scratch, threads } => match at.store {
+                Some(store) => image::fit(&snapshot, size, &store, at.server.json, name, scratch.as_deref(), threads),
+                None => engine::fit(&snapshot, size, &at.server, name, scratch.as_deref(), threads),
+            },
             ImageCommand::Verify { snapshot, at, threads } => match at.store {
                 Some(store) => image::verify(snapshot.as_deref(), &store, at.server.json, threads),
                 None => engine::verify(snapshot.as_deref(), &at.server),
