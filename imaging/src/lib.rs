@@ -12,6 +12,7 @@
 //! - [`capture`] and [`restore`] are the two pipelines; [`flow`] is the one capture flow and
 //!   the one restore flow around them (commit or abort; preflight, write, GPT fix-up), and
 //!   [`target`] the device or image file a restore writes.
+//! - [`fit`] derives a disk image for a smaller disk from a snapshot (`kura image fit`).
 //! - [`time`] owns UTC timestamps: RFC 3339 parsing and formatting, calendar arithmetic.
 //!
 //! Error policy: every fallible function returns [`Error`], a `thiserror` enum whose variants
@@ -23,6 +24,7 @@ pub mod bitmap;
 pub mod capture;
 pub mod chunk;
 pub mod error;
+pub mod fit;
 pub mod flow;
 pub mod fs;
 pub mod layout;

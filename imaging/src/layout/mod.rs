@@ -9,8 +9,10 @@
 mod gpt;
 mod mbr;
 mod relocate;
+mod shrink;
 
 pub use relocate::relocate_backup_gpt;
+pub use shrink::{last_usable_lba, shrink_gpt};
 
 use std::io::{Read, Seek, SeekFrom};
 

@@ -4,8 +4,8 @@ use super::ServerArgs;
 use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{bail, Context, Result};
 use kura_imaging::capture::CaptureOptions;
-use kura_imaging::flow;
 use kura_imaging::target::FileTarget;
+use kura_imaging::{fit, flow};
 use kura_protocol::client::{Client, Endpoint, RemoteSource, RemoteUpload};
 use kura_protocol::routes;
 use kura_protocol::uploads::BeginUpload;
@@ -94,7 +94,15 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
     let mut target = FileTarget::existing_or_new(target_path);
     let result = flow::restore_flow(snapshot, &manifest, &source, &mut target, threads.unwrap_or(8), &bar);
     bar.finish();
-    let stats = result?;
+    let stats = match result {
+        Err(e @ flow::RestoreError::Refused { source: kura_imaging::Error::TargetTooSmall { actual, .. }, .. }) => {
+            let hint = format!(
+                "the target is smaller than the snapshot's disk; if the data fits, make a snapshot that fits it with: kura image fit {snapshot} --size {actual}"
+            );
+            return Err(anyhow::Error::new(e).context(hint));
+        }
+        other => other?,
+    };
     if s.json {
         let mut v = serde_json::to_value(&stats)?;
         v["snapshot"] = snapshot.into();
@@ -106,6 +114,68 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
             target_path.display(),
             indicatif::BinaryBytes(stats.written_bytes)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kura image fit` against an engine: the snapshot is restored from the engine into a scratch
+/// file, fitted there ([`kura_imaging::fit`]), and uploaded as a new snapshot of the same host.
+/// Every refusal comes before the upload begins.
+pub fn fit(
+    snapshot: &str,
+    size: u64,
+    s: &ServerArgs,
+    name: Option<String>,
+    scratch: Option<&Path>,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
+    let client = client(s)?;
+    let manifest = client.manifest(snapshot)?;
+    let refused = || format!("snapshot {snapshot} cannot be fitted to {size} bytes; nothing was written");
+    let plan = fit::plan(&manifest, size).with_context(refused)?;
+    let Some(host) = manifest.host.clone() else { bail!("snapshot {snapshot} names no host to upload its fit for") };
+    let scratch_root = scratch.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("kura-fit-")
+        .tempdir_in(&scratch_root)
+        .with_context(|| format!("creating a scratch directory in {}", scratch_root.display()))?;
+    let t0 = Instant::now();
+    let bar = RestoreBar::new(bars(s.json));
+    let source = RemoteSource { client: client.clone() };
+    let fitted = fit::fit(snapshot, &manifest, &source, &plan, dir.path(), threads.unwrap_or(8), &bar);
+    bar.finish();
+    let image = fitted.with_context(refused)?;
+    let file = File::open(&image).with_context(|| format!("opening {}", image.display()))?;
+    let name = name.unwrap_or_else(|| {
+        format!("{} fit to {}", manifest.name.as_deref().unwrap_or(snapshot), indicatif::BinaryBytes(size))
+    });
+    let upload = RemoteUpload::begin(
+        &client,
+        &BeginUpload { host: host.clone(), name: Some(name.clone()), ..Default::default() },
+    )
+    .context("starting the upload")?;
+    let mut opts = CaptureOptions {
+        name: Some(name),
+        host: Some(host),
+        source: format!("kura image fit {snapshot} --size {size}"),
+        chunk_size: upload.started.chunk_size,
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    let bar = Bar::new("capture", Unit::Bytes, bars(s.json));
+    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &upload, &bar, |_| Ok(()));
+    bar.finish();
+    let (committed, _) = result?;
+    if s.json {
+        print_json(&serde_json::json!({
+            "snapshot": committed.snapshot, "source_snapshot": snapshot, "size": size,
+            "partition": plan.partition, "old_partition_size": plan.old_size,
+            "new_partition_size": plan.new_size, "seconds": t0.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!("{}", committed.snapshot);
     }
     Ok(ExitCode::SUCCESS)
 }

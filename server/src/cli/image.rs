@@ -1,10 +1,11 @@
-//! `kura image ...`: capture, list, show, restore and verify against a local store.
+//! `kura image ...`: capture, list, show, restore, fit and verify against a local store.
 
 use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{Context, Result};
 use kura_catalogs::LocalStore;
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats};
-use kura_imaging::flow;
+use kura_imaging::fit;
+use kura_imaging::flow::{self, RestoreError};
 use kura_imaging::restore::RestoreStats;
 use kura_imaging::target::FileTarget;
 use serde::Serialize;
@@ -166,7 +167,16 @@ pub fn restore(
     let mut target = FileTarget::existing_or_new(target_path);
     let result = flow::restore_flow(&id, &manifest, &store, &mut target, threads, &bar);
     bar.finish();
-    let stats = result?;
+    let stats = match result {
+        Err(e @ RestoreError::Refused { source: kura_imaging::Error::TargetTooSmall { actual, .. }, .. }) => {
+            let hint = format!(
+                "the target is smaller than the snapshot's disk; if the data fits, make a snapshot that fits it with: kura image fit {id} --size {actual} --store {}",
+                store_dir.display()
+            );
+            return Err(anyhow::Error::new(e).context(hint));
+        }
+        other => other?,
+    };
     let seconds = started.elapsed().as_secs_f64();
     if json {
         let out = RestoreOutput { snapshot: &id, target: target_path.display().to_string(), seconds, stats: &stats };
@@ -178,6 +188,89 @@ pub fn restore(
             human(stats.written_bytes),
             seconds
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct FitOutput<'a> {
+    snapshot: &'a str,
+    source_snapshot: &'a str,
+    size: u64,
+    partition: u32,
+    old_partition_size: u64,
+    new_partition_size: u64,
+    seconds: f64,
+}
+
+/// `kura image fit`: a new snapshot of `snapshot` for a disk of `size` bytes (see
+/// [`kura_imaging::fit`] for the rule); the source snapshot is only read.
+pub fn fit(
+    snapshot: &str,
+    size: u64,
+    store_dir: &Path,
+    json: bool,
+    name: Option<String>,
+    scratch: Option<&Path>,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
+    let store = LocalStore::open(store_dir)?;
+    let _lock = store.lock(true)?;
+    store.clean_tmp()?;
+    let id = store.resolve(snapshot)?;
+    let manifest = store.load_manifest(&id)?;
+    let refused = || format!("snapshot {id} cannot be fitted to {size} bytes; nothing was written");
+    let plan = fit::plan(&manifest, size).with_context(refused)?;
+    if !json {
+        eprintln!(
+            "fitting {id} to {}: partition {} ({:?}) shrinks from {} to {}",
+            human(size),
+            plan.partition,
+            plan.fs,
+            human(plan.old_size),
+            human(plan.new_size)
+        );
+    }
+    let started = Instant::now();
+    let scratch_root = scratch.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("kura-fit-")
+        .tempdir_in(&scratch_root)
+        .with_context(|| format!("creating a scratch directory in {}", scratch_root.display()))?;
+    let threads = threads.unwrap_or_else(capture::default_threads);
+    let bar = RestoreBar::new(bars_visible(json));
+    let fitted = fit::fit(&id, &manifest, &store, &plan, dir.path(), threads, &bar);
+    bar.finish();
+    let image = fitted.with_context(refused)?;
+    let file = File::open(&image).with_context(|| format!("opening {}", image.display()))?;
+    let opts = CaptureOptions {
+        name: Some(
+            name.unwrap_or_else(|| format!("{} fit to {}", manifest.name.as_deref().unwrap_or(&id), human(size))),
+        ),
+        host: manifest.host.clone(),
+        source: format!("kura image fit {id} --size {size}"),
+        threads,
+        ..Default::default()
+    };
+    let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
+    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &store, &bar, |_| Ok(()));
+    bar.finish();
+    let (new_id, _) = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let out = FitOutput {
+            snapshot: &new_id,
+            source_snapshot: &id,
+            size,
+            partition: plan.partition,
+            old_partition_size: plan.old_size,
+            new_partition_size: plan.new_size,
+            seconds,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        eprintln!("fitted {id} to {} in {seconds:.1} s", human(size));
+        println!("{new_id}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -268,6 +268,27 @@ enum ImageCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Derive a new snapshot that fits a smaller disk: the last partition and its filesystem
+    /// (ext2/3/4 or NTFS) shrink to end before SIZE, the GPT is rewritten for SIZE. The source
+    /// snapshot is only read; data that does not fit is refused before anything is written.
+    Fit {
+        /// Snapshot id (or, with --store, a unique prefix).
+        snapshot: String,
+        /// The smaller disk's size in bytes (or with a suffix: 1G, 800M, 1.5GiB).
+        #[arg(long, value_parser = parse_disk_size)]
+        size: u64,
+        #[command(flatten)]
+        at: Location,
+        /// A name for the new snapshot (default: "<source name or id> fit to SIZE").
+        #[arg(long)]
+        name: Option<String>,
+        /// Directory for the scratch copy (about the snapshot's used bytes; default: the
+        /// system's temporary directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Re-read and re-hash every chunk of one snapshot (or of all) of a local store.
     Verify {
         snapshot: Option<String>,
@@ -376,6 +397,25 @@ enum AdminCommand {
     },
 }
 
+/// A disk size: bytes, or a number with a binary suffix (K, M, G, T; optionally `iB`/`B`).
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() && n * ((1u64 << shift) as f64) < u64::MAX as f64 => {
+            Ok((n * (1u64 << shift) as f64) as u64)
+        }
+        _ => Err(format!("not a size: {s:?} (try 1G, 800M or a number of bytes)")),
+    }
+}
+
 fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
     match &at.store {
         Some(s) => Ok(s.clone()),
@@ -397,6 +437,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ImageCommand::Restore { snapshot, target, at, threads } => match at.store {
                 Some(store) => image::restore(&snapshot, &target, &store, at.server.json, threads),
                 None => engine::restore(&snapshot, &target, &at.server, threads),
+            },
+            ImageCommand::Fit { snapshot, size, at, name, scratch, threads } => match at.store {
+                Some(store) => image::fit(&snapshot, size, &store, at.server.json, name, scratch.as_deref(), threads),
+                None => engine::fit(&snapshot, size, &at.server, name, scratch.as_deref(), threads),
             },
             ImageCommand::Verify { snapshot, at, threads } => match at.store {
                 Some(store) => image::verify(snapshot.as_deref(), &store, at.server.json, threads),
