@@ -7,6 +7,7 @@
 //! Everything read here is untrusted: sizes and counts are checked before anything is allocated.
 
 mod gpt;
+mod gpt_write;
 mod mbr;
 mod relocate;
 mod shrink;

@@ -7,22 +7,9 @@
 //! stale backup header is zeroed. The new backup is written before the primary points to it, so
 //! an interruption leaves a disk whose primary header still describes a valid backup.
 
+use super::gpt_write::{backup_header, cover_disk_in_protective_mbr, header_crc, io, read_at, write_at};
 use super::{read_layout, GptCopy, LayoutError, Scheme};
-use std::io::{Read, Seek, SeekFrom, Write};
-
-fn io(offset: u64) -> impl FnOnce(std::io::Error) -> LayoutError {
-    move |source| LayoutError::Io { offset, source }
-}
-
-fn write_at<D: Write + Seek>(dev: &mut D, offset: u64, data: &[u8]) -> Result<(), LayoutError> {
-    dev.seek(SeekFrom::Start(offset)).and_then(|_| dev.write_all(data)).map_err(io(offset))
-}
-
-fn header_crc(header: &mut [u8]) {
-    header[16..20].fill(0);
-    let crc = crc32fast::hash(header);
-    header[16..20].copy_from_slice(&crc.to_le_bytes());
-}
+use std::io::{Read, Seek, Write};
 
 /// Moves the backup GPT of the disk in `dev` (of `size` bytes) to its last sector. Returns
 /// `false` if there is nothing to do (not GPT, or the backup is already at the end). Refuses
@@ -39,15 +26,13 @@ pub fn relocate_backup_gpt<D: Read + Write + Seek>(dev: &mut D, size: u64) -> Re
         return Err(LayoutError::Gpt("the primary GPT header is damaged; not moving the backup".into()));
     }
     let mut sector = vec![0u8; ss as usize];
-    dev.seek(SeekFrom::Start(ss)).and_then(|_| dev.read_exact(&mut sector)).map_err(io(ss))?;
+    read_at(dev, ss, &mut sector)?;
     let header_size = u32::from_le_bytes(sector[12..16].try_into().expect("4")) as usize;
     let entries_lba = u64::from_le_bytes(sector[72..80].try_into().expect("8"));
     let array_bytes = gpt.entry_count as u64 * gpt.entry_size as u64;
     let array_sectors = array_bytes.div_ceil(ss);
     let mut array = vec![0u8; (array_sectors * ss) as usize];
-    dev.seek(SeekFrom::Start(entries_lba * ss))
-        .and_then(|_| dev.read_exact(&mut array))
-        .map_err(io(entries_lba * ss))?;
+    read_at(dev, entries_lba * ss, &mut array)?;
     let new_entries_lba = last - array_sectors;
     if new_entries_lba <= gpt.last_usable_lba {
         return Err(LayoutError::Gpt("no room for the backup entry array after the last usable sector".into()));
@@ -57,29 +42,14 @@ pub fn relocate_backup_gpt<D: Read + Write + Seek>(dev: &mut D, size: u64) -> Re
     primary[32..40].copy_from_slice(&last.to_le_bytes());
     primary[48..56].copy_from_slice(&(new_entries_lba - 1).to_le_bytes());
     header_crc(&mut primary[..header_size]);
-    let mut backup = primary.clone();
-    backup[24..32].copy_from_slice(&last.to_le_bytes());
-    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
-    backup[72..80].copy_from_slice(&new_entries_lba.to_le_bytes());
-    header_crc(&mut backup[..header_size]);
+    let backup = backup_header(&primary, header_size, last, new_entries_lba);
 
     write_at(dev, new_entries_lba * ss, &array)?;
     write_at(dev, last * ss, &backup)?;
     write_at(dev, ss, &primary)?;
     write_at(dev, gpt.backup_header_lba * ss, &vec![0u8; ss as usize])?;
 
-    // The protective MBR's 0xEE entry covers the whole disk (capped at 2^32 - 1 sectors).
-    let mut mbr = vec![0u8; 512];
-    dev.seek(SeekFrom::Start(0)).and_then(|_| dev.read_exact(&mut mbr)).map_err(io(0))?;
-    for i in 0..4 {
-        let e = 446 + 16 * i;
-        let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into().expect("4"));
-        if mbr[e + 4] == 0xEE && start == 1 {
-            let sectors = u32::try_from(last).unwrap_or(u32::MAX);
-            mbr[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
-            write_at(dev, 0, &mbr)?;
-        }
-    }
+    cover_disk_in_protective_mbr(dev, last)?;
     dev.flush().map_err(io(0))?;
     Ok(true)
 }

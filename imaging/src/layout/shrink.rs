@@ -7,26 +7,9 @@
 //! header are written at the new end, and the protective MBR covers the new size. The result is
 //! read back with [`read_layout`] and must verify without a warning.
 
+use super::gpt_write::{backup_header, cover_disk_in_protective_mbr, header_crc, io, read_at, write_at};
 use super::{read_layout, DiskLayout, GptCopy, LayoutError, Scheme};
-use std::io::{Read, Seek, SeekFrom, Write};
-
-fn io(offset: u64) -> impl FnOnce(std::io::Error) -> LayoutError {
-    move |source| LayoutError::Io { offset, source }
-}
-
-fn read_at<D: Read + Seek>(dev: &mut D, offset: u64, buf: &mut [u8]) -> Result<(), LayoutError> {
-    dev.seek(SeekFrom::Start(offset)).and_then(|_| dev.read_exact(buf)).map_err(io(offset))
-}
-
-fn write_at<D: Write + Seek>(dev: &mut D, offset: u64, data: &[u8]) -> Result<(), LayoutError> {
-    dev.seek(SeekFrom::Start(offset)).and_then(|_| dev.write_all(data)).map_err(io(offset))
-}
-
-fn header_crc(header: &mut [u8]) {
-    header[16..20].fill(0);
-    let crc = crc32fast::hash(header);
-    header[16..20].copy_from_slice(&crc.to_le_bytes());
-}
+use std::io::{Read, Seek, Write};
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -97,29 +80,14 @@ pub fn shrink_gpt<D: Read + Write + Seek>(
     primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
     primary[88..92].copy_from_slice(&array_crc.to_le_bytes());
     header_crc(&mut primary[..header_size]);
-    let mut backup = primary.clone();
-    backup[24..32].copy_from_slice(&last.to_le_bytes());
-    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
-    backup[72..80].copy_from_slice(&(last - array_sectors).to_le_bytes());
-    header_crc(&mut backup[..header_size]);
+    let backup = backup_header(&primary, header_size, last, last - array_sectors);
 
     write_at(dev, entries_lba * ss, &array)?;
     write_at(dev, (last - array_sectors) * ss, &array)?;
     write_at(dev, last * ss, &backup)?;
     write_at(dev, ss, &primary)?;
 
-    // The protective MBR's 0xEE entry covers the whole disk (capped at 2^32 - 1 sectors).
-    let mut mbr = vec![0u8; 512];
-    read_at(dev, 0, &mut mbr)?;
-    for i in 0..4 {
-        let e = 446 + 16 * i;
-        let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into().expect("4"));
-        if mbr[e + 4] == 0xEE && start == 1 {
-            let sectors = u32::try_from(last).unwrap_or(u32::MAX);
-            mbr[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
-            write_at(dev, 0, &mbr)?;
-        }
-    }
+    cover_disk_in_protective_mbr(dev, last)?;
     dev.flush().map_err(io(0))?;
 
     let layout = read_layout(dev, size)?;
