@@ -147,8 +147,7 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, levels: &[i32]) -> Result
     let mut rows = Vec::new();
     for (k, &level) in levels.iter().enumerate() {
         let s = fastest(&kura[k]);
-        let kura_row =
-            Row::new(format!("Kura capture, zstd -{level}"), s.t, used).disk(disk_size).stored(s.stored);
+        let kura_row = Row::new(format!("Kura capture, zstd -{level}"), s.t, used).disk(disk_size).stored(s.stored);
         let i = stream_levels.iter().position(|&l| l == level).context("level not measured")?;
         let (stream_row, stream_neighbour_cores) = stream_row(i);
         rows.push(LevelRow {
