@@ -84,3 +84,42 @@ fn bench_runs_end_to_end_on_a_small_disk() {
     // The work directory was removed.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
 }
+
+#[test]
+fn bench_level_mode_runs_on_a_tiny_disk() {
+    let bin = kura_bin();
+    assert!(bin.is_file(), "the kura binary is not at {}: run `cargo build -p kura` first", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args(["bench", "--disk-size", "256M", "--runs", "1", "--json", "--levels", "1,5", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kura bench --levels failed ({}):\n{stderr}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+
+    // The reference is partclone | zstd -3 even though level 3 was not asked for.
+    assert_eq!(v["reference"]["name"], "partclone -c | zstd -T0 -3");
+    let reference = positive(&v, "reference.stored_bytes");
+    for k in ["loadavg_start", "loadavg_end"] {
+        assert!(v[k].as_f64().is_some_and(|l| l >= 0.0), "{k}: {}", v[k]);
+    }
+    let rows = v["rows"].as_array().expect("level rows");
+    let levels: Vec<i64> = rows.iter().map(|r| r["level"].as_i64().unwrap()).collect();
+    assert_eq!(levels, [1, 5]);
+    for r in rows {
+        positive(r, "kura.mib_s");
+        positive(r, "kura.cpu_seconds");
+        positive(r, "stream.stored_bytes");
+        let stored = positive(r, "kura.stored_bytes");
+        assert!((positive(r, "stored_ratio") - stored / reference).abs() < 1e-9, "{r}");
+        assert!(r["kura_neighbour_cores"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    // A higher level stores less (the disk holds compressible text and system files).
+    let stored = |i: usize| rows[i]["kura"]["stored_bytes"].as_u64().unwrap();
+    assert!(stored(1) < stored(0), "level 5 stored {} bytes, level 1 {}", stored(1), stored(0));
+
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
+}

@@ -17,6 +17,8 @@
 //! - **chunk size**: Kura with 256 KiB, 1 MiB and 4 MiB chunks, and the bytes a second capture
 //!   stores after about 1 % of the ext4 files changed (`debugfs -w`: rm + write).
 //!
+//! With `--levels 1,2,3`, it runs only the **zstd level** experiment instead ([`levels`]).
+//!
 //! This module is the benchmark itself: measuring, running the reference tools, printing the
 //! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
 //!
@@ -44,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod levels;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -90,6 +94,10 @@ pub struct BenchArgs {
     /// zstd level for Kura's chunks (default: Kura's own).
     #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
+    /// Run only the zstd level experiment: capture the disk once per level (comma-separated,
+    /// e.g. `1,2,3,4,5`) into fresh stores, against `partclone | zstd -T0` at the same levels.
+    #[arg(long, value_name = "LEVELS", value_delimiter = ',', value_parser = clap::value_parser!(i32).range(1..=19))]
+    levels: Vec<i32>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -263,11 +271,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    let report = bench(&work, disk_size, args.runs as usize, args.level)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if !args.levels.is_empty() {
+        let report = levels::bench(&work, disk_size, args.runs as usize, &args.levels)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            levels::print_report(&report);
+        }
     } else {
-        print_report(&report);
+        let report = bench(&work, disk_size, args.runs as usize, args.level)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_report(&report);
+        }
     }
     if args.keep {
         eprintln!("bench: work directory kept: {}", work.display());
@@ -610,16 +627,7 @@ fn add(total: &mut Timing, t: Timing) {
 
 /// CPU seconds used so far by this process (all threads) and by its waited-for children.
 fn cpu_seconds() -> Result<f64> {
-    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let tick = *TICK.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-            .filter(|t| *t > 0.0)
-            .unwrap_or(100.0)
-    });
+    let tick = clock_ticks();
     let stat = fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -627,6 +635,20 @@ fn cpu_seconds() -> Result<f64> {
     // utime, stime, cutime, cstime are fields 14..=17.
     let ticks: f64 = f.get(11..15).unwrap_or_default().iter().filter_map(|v| v.parse::<f64>().ok()).sum();
     Ok(ticks / tick)
+}
+
+/// Clock ticks per second of the CPU times in `/proc`.
+fn clock_ticks() -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Timing)> {
