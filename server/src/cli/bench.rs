@@ -297,6 +297,32 @@ fn say(msg: &str) {
     eprintln!("bench: {msg}");
 }
 
+/// The report's description of the test disk (size, used bytes, partitions), from the plan Kura
+/// captures it with; also the partitions' used bytes and their total size.
+fn disk_info(disk: &bench_disk::BenchDisk, plan: &capture::Plan, disk_size: u64) -> (DiskInfo, u64, u64) {
+    let part_used = |n: u32| -> u64 {
+        plan.regions.iter().filter(|r| r.partition == Some(n)).map(|r| r.map.used_bytes(r.size)).sum()
+    };
+    let info = DiskInfo {
+        size: disk_size,
+        used_bytes: plan.regions.iter().map(|r| r.map.used_bytes(r.size)).sum(),
+        partitions: disk
+            .parts
+            .iter()
+            .map(|p| PartInfo {
+                number: p.number,
+                fs: p.fs.name(),
+                start: p.start,
+                size: p.size,
+                used_bytes: part_used(p.number),
+                files: p.files,
+            })
+            .collect(),
+    };
+    let parts_used = disk.parts.iter().map(|p| part_used(p.number)).sum();
+    (info, parts_used, disk.parts.iter().map(|p| p.size).sum())
+}
+
 fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report> {
     say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
     let disk = bench_disk::build(work, disk_size, &say)?;
@@ -316,27 +342,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
     };
     let jobs = chunk_jobs(&plan, DEFAULT_CHUNK_SIZE as u64);
     let used: u64 = plan.regions.iter().map(|r| r.map.used_bytes(r.size)).sum();
-    let part_used = |n: u32| -> u64 {
-        plan.regions.iter().filter(|r| r.partition == Some(n)).map(|r| r.map.used_bytes(r.size)).sum()
-    };
-    let parts_used: u64 = disk.parts.iter().map(|p| part_used(p.number)).sum();
-    let parts_size: u64 = disk.parts.iter().map(|p| p.size).sum();
-    let info = DiskInfo {
-        size: disk_size,
-        used_bytes: used,
-        partitions: disk
-            .parts
-            .iter()
-            .map(|p| PartInfo {
-                number: p.number,
-                fs: p.fs.name(),
-                start: p.start,
-                size: p.size,
-                used_bytes: part_used(p.number),
-                files: p.files,
-            })
-            .collect(),
-    };
+    let (info, parts_used, parts_size) = disk_info(&disk, &plan, disk_size);
 
     // Single-stage limits.
     say("single-stage limits (read, sha256, zstd)");

@@ -9,8 +9,8 @@
 //! `/proc/stat` minus the bench's own), in cores. Page cache warm, as in the rest of the bench.
 
 use super::{
-    cpu_seconds, dir_bytes, kura_capture, partclone, run_quiet, say, timed, DiskInfo, PartInfo, Row, Timing,
-    DEFAULT_CHUNK_SIZE, MIB,
+    cpu_seconds, dir_bytes, kura_capture, partclone, run_quiet, say, timed, DiskInfo, Row, Timing, DEFAULT_CHUNK_SIZE,
+    MIB,
 };
 use anyhow::{Context, Result};
 use kura_diskgen::bench_disk;
@@ -83,27 +83,7 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, levels: &[i32]) -> Result
         let mut f = File::open(&disk.path)?;
         capture::plan(&mut f, disk_size, &NoProgress).context("planning the test disk")?
     };
-    let part_used = |n: u32| -> u64 {
-        plan.regions.iter().filter(|r| r.partition == Some(n)).map(|r| r.map.used_bytes(r.size)).sum()
-    };
-    let parts_used: u64 = disk.parts.iter().map(|p| part_used(p.number)).sum();
-    let parts_size: u64 = disk.parts.iter().map(|p| p.size).sum();
-    let info = DiskInfo {
-        size: disk_size,
-        used_bytes: plan.regions.iter().map(|r| r.map.used_bytes(r.size)).sum(),
-        partitions: disk
-            .parts
-            .iter()
-            .map(|p| PartInfo {
-                number: p.number,
-                fs: p.fs.name(),
-                start: p.start,
-                size: p.size,
-                used_bytes: part_used(p.number),
-                files: p.files,
-            })
-            .collect(),
-    };
+    let (info, parts_used, parts_size) = super::disk_info(&disk, &plan, disk_size);
 
     let mut stream_levels = levels.to_vec();
     if !stream_levels.contains(&REFERENCE_LEVEL) {
