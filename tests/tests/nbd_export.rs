@@ -4,7 +4,7 @@
 //! 16 concurrent readers of random ranges get the right bytes while clients vanish mid-read;
 //! writes and out-of-range reads are refused without ending the session. And a snapshot on an
 //! engine, exported with an operator's token: equal to what a restore from the engine writes;
-//! a wrong token fails before anything listens.
+//! a wrong token or certificate fingerprint fails before anything listens.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
