@@ -256,6 +256,29 @@ mod tests {
         (String::from_utf8_lossy(&buf[..split]).into_owned(), buf[split + 4..].to_vec())
     }
 
+    /// The boot HTTP server serving `st` on a loopback port, until [`Running::stop`].
+    struct Running {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Running {
+        async fn start(st: Arc<BootHttp>) -> (SocketAddr, Running) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(serve(listener, st, async {
+                let _ = rx.await;
+            }));
+            (addr, Running { stop, task })
+        }
+
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn netboot_http_serves_script_and_files_with_ranges() {
         let dir = tempfile::tempdir().unwrap();
@@ -277,12 +300,7 @@ mod tests {
             log: log.clone(),
             seen: None,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, st, async {
-            let _ = rx.await;
-        }));
+        let (addr, server) = Running::start(st).await;
 
         let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:01", "").await;
         assert!(h.starts_with("HTTP/1.1 200"), "{h}");
@@ -312,8 +330,7 @@ mod tests {
         assert!(me.events.iter().any(|e| e.stage == Stage::Kernel));
         // Later fetches from the same IP without ?mac are filed under the MAC too.
         assert!(me.events.iter().any(|e| e.stage == Stage::Initrd));
-        tx.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 
     /// A decision that cannot be written safely is a server error, not a script.
@@ -341,19 +358,13 @@ mod tests {
             log: log.clone(),
             seen: None,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, st, async {
-            let _ = rx.await;
-        }));
+        let (addr, server) = Running::start(st).await;
         let (h, b) = get_raw(addr, "/boot/script?mac=52:54:00:00:00:02", "").await;
         assert!(h.starts_with("HTTP/1.1 500"), "{h}");
         assert_eq!(b, b"#!ipxe\necho Kura: server error\nexit\n");
         let m = log.machines();
         assert_eq!(m[0].events[0].detail, "script failed (see the server log)");
-        tx.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 
     /// The policy is told who asked and what DHCP saw of the MAC (the facts it decides on).
@@ -383,12 +394,7 @@ mod tests {
             log: BootLog::new(),
             seen: Some(seen),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, st, async {
-            let _ = rx.await;
-        }));
+        let (addr, server) = Running::start(st).await;
         get_raw(addr, "/boot/script?mac=52:54:00:00:00:03", "").await;
         get_raw(addr, "/boot/script?mac=52:54:00:00:00:04", "").await;
         let got = recorder.0.lock().unwrap().clone();
@@ -396,7 +402,6 @@ mod tests {
         let sighting = Sighting { ip: std::net::Ipv4Addr::LOCALHOST, at: 42, how: SeenHow::ProxyRequest };
         assert_eq!(got[0], (known, BootRequest { client: lo, dhcp: DhcpWitness::Seen(sighting) }));
         assert_eq!(got[1].1, BootRequest { client: lo, dhcp: DhcpWitness::NotSeen });
-        tx.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 }

@@ -323,6 +323,26 @@ fn disk_info(disk: &bench_disk::BenchDisk, plan: &capture::Plan, disk_size: u64)
     (info, parts_used, disk.parts.iter().map(|p| p.size).sum())
 }
 
+/// `partclone -c | zstd -T0 -<level>` of one partition into `out`, timed (synced to disk).
+fn partclone_zstd_into(p: &bench_disk::BenchPart, out: &Path, level: i32) -> Result<Timing> {
+    let (_, t) = timed(|| {
+        run_quiet(
+            Command::new("bash")
+                .args([
+                    "-c",
+                    "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -\"$4\" -q -f -o \"$3\"",
+                    "bash",
+                ])
+                .arg(partclone(p.fs))
+                .arg(&p.image)
+                .arg(out)
+                .arg(level.to_string()),
+        )?;
+        sync_file(out)
+    })?;
+    Ok(t)
+}
+
 fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report> {
     say(&format!("building a {} MiB test disk in {}", disk_size / MIB, work.display()));
     let disk = bench_disk::build(work, disk_size, &say)?;
@@ -382,20 +402,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
         for p in &disk.parts {
             let out = work.join(format!("p{}.pcl.zst", p.number));
             let _ = fs::remove_file(&out);
-            let (_, t) = timed(|| {
-                run_quiet(
-                    Command::new("bash")
-                        .args([
-                            "-c",
-                            "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -3 -q -f -o \"$3\"",
-                            "bash",
-                        ])
-                        .arg(partclone(p.fs))
-                        .arg(&p.image)
-                        .arg(&out),
-                )?;
-                sync_file(&out)
-            })?;
+            let t = partclone_zstd_into(p, &out, 3)?;
             add(&mut t_pcl, t);
             pcl_bytes += fs::metadata(&out)?.len();
         }

@@ -8,13 +8,9 @@
 //! **neighbour load**: CPU time the rest of the machine used during the step (busy time in
 //! `/proc/stat` minus the bench's own), in cores. Page cache warm, as in the rest of the bench.
 
-use super::{
-    cpu_seconds, dir_bytes, kura_capture, partclone, run_quiet, say, timed, DiskInfo, Row, Timing, DEFAULT_CHUNK_SIZE,
-    MIB,
-};
+use super::{cpu_seconds, dir_bytes, kura_capture, run_quiet, say, DiskInfo, Row, Timing, DEFAULT_CHUNK_SIZE, MIB};
 use anyhow::{Context, Result};
 use kura_diskgen::bench_disk;
-use kura_diskgen::image::sync_file;
 use kura_imaging::capture::{self, CaptureOptions};
 use kura_imaging::progress::NoProgress;
 use serde::Serialize;
@@ -163,23 +159,8 @@ fn partclone_zstd(work: &Path, parts: &[bench_disk::BenchPart], level: i32) -> R
     for p in parts {
         let out = work.join(format!("p{}.level.pcl.zst", p.number));
         let _ = fs::remove_file(&out);
-        let (_, t) = timed(|| {
-            run_quiet(
-                Command::new("bash")
-                    .args([
-                        "-c",
-                        "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -\"$4\" -q -f -o \"$3\"",
-                        "bash",
-                    ])
-                    .arg(partclone(p.fs))
-                    .arg(&p.image)
-                    .arg(&out)
-                    .arg(level.to_string()),
-            )?;
-            sync_file(&out)
-        })?;
-        total.seconds += t.seconds;
-        total.cpu_seconds += t.cpu_seconds;
+        let t = super::partclone_zstd_into(p, &out, level)?;
+        super::add(&mut total, t);
         bytes += fs::metadata(&out)?.len();
         fs::remove_file(&out)?;
     }
