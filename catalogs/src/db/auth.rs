@@ -176,6 +176,11 @@ struct Grant<'a> {
 }
 
 /// Inserts a token row with a fresh secret (inside the caller's transaction) and audits it.
+/// The grant of a bootstrap admin token (first start, and `kura token rotate-admin`).
+fn bootstrap_grant(user_id: i64) -> Grant<'static> {
+    Grant { role: Role::Admin, label: BOOTSTRAP_LABEL, user_id: Some(user_id), job_id: None, mac: None, expires: None }
+}
+
 fn issue(conn: &Connection, now: UnixTime, actor: &str, g: Grant<'_>) -> Result<IssuedToken> {
     if g.expires.is_some_and(|e| e <= now) {
         return Err(CatalogError::Invalid("the token's expiry time is in the past".into()));
@@ -227,14 +232,7 @@ impl Catalog {
             tx.execute("INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2)", params![name, now])?;
             let user_id = tx.last_insert_rowid();
             audit::append(tx, now, "bootstrap", "user.create", name, json!({"role": Role::Admin}))?;
-            let grant = Grant {
-                role: Role::Admin,
-                label: BOOTSTRAP_LABEL,
-                user_id: Some(user_id),
-                job_id: None,
-                mac: None,
-                expires: None,
-            };
+            let grant = bootstrap_grant(user_id);
             issue(tx, now, "bootstrap", grant).map(Some)
         })
     }
@@ -352,14 +350,7 @@ impl Catalog {
                     json!({"label": BOOTSTRAP_LABEL}),
                 )?;
             }
-            let grant = Grant {
-                role: Role::Admin,
-                label: BOOTSTRAP_LABEL,
-                user_id: Some(user_id),
-                job_id: None,
-                mac: None,
-                expires: None,
-            };
+            let grant = bootstrap_grant(user_id);
             let issued = issue(tx, now, actor, grant)?;
             audit::append(
                 tx,
