@@ -117,6 +117,12 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
     match region.fs {
         FsKind::Ext4 | FsKind::Ntfs => {}
         FsKind::Xfs => return refuse("XFS", "XFS filesystems can grow but never shrink (xfs_growfs has no shrink)"),
+        FsKind::Lvm => {
+            return refuse(
+                "an LVM2 physical volume",
+                "shrinking a PV needs its LVs moved and shrunk first (pvresize, lvreduce)",
+            )
+        }
         FsKind::Fat => return refuse("FAT", "no sound offline FAT shrink tool is used by Kura"),
         FsKind::Swap => return refuse("swap", "swap is not shrunk; recreate it smaller with mkswap instead"),
         FsKind::Raw => {

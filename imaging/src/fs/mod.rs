@@ -10,6 +10,9 @@
 
 mod ext4;
 mod fat;
+mod lvm;
+#[cfg(test)]
+mod lvm_tests;
 mod ntfs;
 mod swap;
 #[cfg(test)]
@@ -29,6 +32,9 @@ pub enum FsKind {
     Fat,
     Swap,
     Xfs,
+    /// An LVM2 physical volume: its label and metadata, and the used blocks of the logical
+    /// volumes on it.
+    Lvm,
     Raw,
 }
 
@@ -110,7 +116,16 @@ impl Hint {
 /// carrying the signatures of two filesystems (a stale superblock under a newer filesystem) is
 /// captured raw, since trusting the wrong one would lose data.
 pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&PartitionEntry>) -> AllocationMap {
-    let hint = Hint::of(entry);
+    probe_with(part, part_size, Hint::of(entry), true)
+}
+
+/// [`probe`] of a volume inside a container (an LVM logical volume): no partition entry, and no
+/// container inside it.
+fn probe_volume<R: Read + Seek>(vol: &mut R, size: u64) -> AllocationMap {
+    probe_with(vol, size, Hint::Other, false)
+}
+
+fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containers: bool) -> AllocationMap {
     if hint == Hint::NoFilesystem {
         return AllocationMap::raw(part_size, Vec::new());
     }
@@ -136,6 +151,15 @@ pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&Partit
     }
     if xfs::detect(&head) {
         found.push(FsKind::Xfs);
+    }
+    if lvm::detect(&head) {
+        if !containers {
+            return AllocationMap::raw(
+                part_size,
+                vec!["an LVM physical volume inside a logical volume is not followed; captured raw".into()],
+            );
+        }
+        found.push(FsKind::Lvm);
     }
     let kind = match found.as_slice() {
         [] if hint == Hint::Swap => {
@@ -165,6 +189,7 @@ pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&Partit
         FsKind::Fat => fat::read(part, part_size, &head),
         FsKind::Swap => swap::read(part_size, &head),
         FsKind::Xfs => xfs::read(part, part_size),
+        FsKind::Lvm => lvm::read(part, part_size, &head),
         FsKind::Raw => Err("no reader".into()),
     };
     let map = read.and_then(|map| check_shape(map, part_size));
@@ -185,6 +210,7 @@ fn fs_name(kind: FsKind) -> &'static str {
         FsKind::Fat => "FAT",
         FsKind::Swap => "swap",
         FsKind::Xfs => "XFS",
+        FsKind::Lvm => "LVM2 physical volume",
         FsKind::Raw => "raw",
     }
 }

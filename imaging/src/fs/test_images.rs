@@ -58,6 +58,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "mkfs.xfs" | "xfs_db" | "xfs_logprint" | "xfs_io" | "xfs_repair" => "xfsprogs",
         "sfdisk" | "fdisk" => "fdisk",
         "sgdisk" | "gdisk" => "gdisk",
+        "lvm" => "lvm2",
         _ => return None,
     })
 }
