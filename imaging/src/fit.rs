@@ -123,6 +123,12 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
                 "shrinking a PV needs its LVs moved and shrunk first (pvresize, lvreduce)",
             )
         }
+        FsKind::Btrfs => {
+            return refuse(
+                "btrfs",
+                "btrfs shrinks only while mounted (btrfs filesystem resize), which Kura does not do",
+            )
+        }
         FsKind::Fat => return refuse("FAT", "no sound offline FAT shrink tool is used by Kura"),
         FsKind::Swap => return refuse("swap", "swap is not shrunk; recreate it smaller with mkswap instead"),
         FsKind::Raw => {

@@ -8,6 +8,9 @@
 //! Everything read here is untrusted: sizes and counts are checked before anything is allocated,
 //! and any inconsistency makes the filesystem fall back to raw.
 
+mod btrfs;
+#[cfg(test)]
+mod btrfs_tests;
 mod ext4;
 mod fat;
 mod lvm;
@@ -35,6 +38,7 @@ pub enum FsKind {
     /// An LVM2 physical volume: its label and metadata, and the used blocks of the logical
     /// volumes on it.
     Lvm,
+    Btrfs,
     Raw,
 }
 
@@ -77,8 +81,8 @@ impl AllocationMap {
 }
 
 /// How many bytes at the start of a partition [`probe`] reads to look for signatures: enough for
-/// a swap signature with 64 KiB pages.
-const HEAD_LEN: u64 = 65536;
+/// a swap signature with 64 KiB pages and the btrfs superblock at 64 KiB.
+const HEAD_LEN: u64 = btrfs::SUPER_OFFSET + 4096;
 
 /// What the partition table entry says the partition should hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +156,9 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containe
     if xfs::detect(&head) {
         found.push(FsKind::Xfs);
     }
+    if btrfs::detect(&head) {
+        found.push(FsKind::Btrfs);
+    }
     if lvm::detect(&head) {
         if !containers {
             return AllocationMap::raw(
@@ -190,6 +197,7 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containe
         FsKind::Swap => swap::read(part_size, &head),
         FsKind::Xfs => xfs::read(part, part_size),
         FsKind::Lvm => lvm::read(part, part_size, &head),
+        FsKind::Btrfs => btrfs::read(part, part_size),
         FsKind::Raw => Err("no reader".into()),
     };
     let map = read.and_then(|map| check_shape(map, part_size));
@@ -211,6 +219,7 @@ fn fs_name(kind: FsKind) -> &'static str {
         FsKind::Swap => "swap",
         FsKind::Xfs => "XFS",
         FsKind::Lvm => "LVM2 physical volume",
+        FsKind::Btrfs => "btrfs",
         FsKind::Raw => "raw",
     }
 }

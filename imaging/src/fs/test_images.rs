@@ -59,6 +59,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "sfdisk" | "fdisk" => "fdisk",
         "sgdisk" | "gdisk" => "gdisk",
         "lvm" => "lvm2",
+        "mkfs.btrfs" | "btrfs" => "btrfs-progs",
         _ => return None,
     })
 }
