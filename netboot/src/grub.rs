@@ -188,7 +188,7 @@ mod tests {
         let cfg = render(mac(), &BootDecision::LocalDisk { note: "no job; it's $x".into() }, "").unwrap();
         assert!(cfg.ends_with("; booting from the local disk'\nexit\n"), "{cfg}");
         assert!(!cfg.contains('$') && !cfg.contains("it's"), "{cfg}");
-        let args = AgentArgs::new("https://10.9.0.1:8443", 7, "kura_secret", mac(), None);
+        let args = AgentArgs::new("https://10.9.0.1:8443", 7, "kura_secret", mac(), Some("ab12"));
         let e = render(mac(), &agent(args, "x"), "a='b c'").unwrap_err();
         assert!(e.0.contains("cannot be quoted"), "{e}");
     }

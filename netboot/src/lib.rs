@@ -518,6 +518,7 @@ pub async fn run(nb: Netboot, sockets: Sockets, shutdown: impl Future<Output = (
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policy::MacAddr;
 
     #[test]
     fn netboot_config_defaults_and_checks() {
