@@ -7,6 +7,8 @@
 //! - [`cpio`] writes (and reads back) the `newc` cpio format the kernel unpacks as initramfs.
 //! - [`initramfs`] builds the image: the agent as `/init`, the network and storage drivers
 //!   with their dependencies and firmware, compressed with zstd.
+//! - [`signed`] lays out the distribution's signed shim and network GRUB beside it, for
+//!   netbooting under Secure Boot.
 //!
 //! The agent itself (PID 1 of that image) is the `kura-agent` package in `bootenv/agent/`. It is
 //! a separate package because it links the protocol client of the `kura` package, while the
@@ -19,3 +21,4 @@
 pub mod cpio;
 pub mod initramfs;
 pub mod modules;
+pub mod signed;

@@ -9,7 +9,9 @@ CREATE TABLE hosts (
     name TEXT NOT NULL UNIQUE CHECK (name <> ''),
     host_group TEXT,
     notes TEXT NOT NULL DEFAULT '',
-    created INTEGER NOT NULL
+    created INTEGER NOT NULL,
+    -- The boot chain of its UEFI netboots ('on', 'off', 'auto'); NULL: the netboot default.
+    secure_boot TEXT CHECK (secure_boot IN ('on', 'off', 'auto'))
 );
 
 -- A host has several MAC addresses; a MAC belongs to one host. Stored as aa:bb:cc:dd:ee:ff.

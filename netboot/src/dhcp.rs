@@ -15,6 +15,8 @@
 //!     firmwares ignore a ProxyDHCP offer that tries to bypass discovery, but all of them then
 //!     ask on port 4011 (as pixiecore found), which we answer;
 //!   - iPXE (user class option 77 `iPXE`) gets the HTTP URL of its boot script as the file name;
+//!   - a UEFI PXE ROM on the signed path ([`BootSpec::Signed`], Secure Boot) gets shim's TFTP
+//!     name; iPXE then gets its script only where the host's setting allows it (`auto`);
 //!   - a PXE ROM the policy sends to its local disk ([`BootSpec::LocalDisk`]: UEFI machines
 //!     without a job) gets no file but the PXE "local boot" menu ([`local_boot_menu`]): the
 //!     firmware gives up network boot right after DHCP and tries its next boot entry, without
@@ -345,6 +347,8 @@ impl Dhcp {
             // iPXE (the NIC's own ROM) gets nothing to boot, and gives up at once.
             BootSpec::LocalDisk { .. } if c.ipxe => None,
             BootSpec::LocalDisk { .. } => Some(Answer::LocalBoot),
+            BootSpec::Signed { script_url, .. } if c.ipxe => script_url.map(Answer::File),
+            BootSpec::Signed { shim, .. } => Some(Answer::File(shim)),
         }
     }
 

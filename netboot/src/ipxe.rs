@@ -47,6 +47,12 @@ pub fn render(mac: MacAddr, decision: &BootDecision, kernel_args: &str) -> Resul
 
 /// The kernel command line of an agent boot, without the `kernel URL` in front.
 pub fn agent_cmdline(a: &AgentBoot, kernel_args: &str) -> Result<String, ScriptError> {
+    Ok(format!("initrd=initrd.img {}", kura_cmdline(a, kernel_args)?))
+}
+
+/// The agent's `kura.*` words and the site's `kernel_args`, checked: what every boot loader
+/// puts on the agent's kernel command line (iPXE adds `initrd=`, [`crate::grub`] does not).
+pub fn kura_cmdline(a: &AgentBoot, kernel_args: &str) -> Result<String, ScriptError> {
     let kura = a.args.render();
     if let Some(bad) = kura.split(' ').find(|w| !is_plain_value(w)) {
         return Err(ScriptError(format!("the agent argument {bad:?} is not one plain word")));
@@ -58,7 +64,7 @@ pub fn agent_cmdline(a: &AgentBoot, kernel_args: &str) -> Result<String, ScriptE
     if kernel_args.chars().any(char::is_control) {
         return Err(ScriptError("kernel_args must be one line without control characters".into()));
     }
-    let mut line = format!("initrd=initrd.img {kura}");
+    let mut line = kura;
     if !kernel_args.is_empty() {
         line.push(' ');
         line.push_str(kernel_args);

@@ -3,7 +3,8 @@
 //! DHCP, TFTP and HTTP handlers decide nothing themselves. DHCP asks
 //! [`BootPolicy::boot_spec`] what to offer a PXE or iPXE client; the HTTP script route asks
 //! [`BootPolicy::decide`] what a MAC address boots, a typed [`BootDecision`] that
-//! [`crate::ipxe`] turns into script text. The engine implements the trait from its catalog
+//! [`crate::ipxe`] turns into script text (and [`crate::grub`] into a GRUB configuration, which
+//! TFTP serves on the signed path). The engine implements the trait from its catalog
 //! (`server/src/boot_policy.rs`); tests use `StaticPolicy`. (pixiecore's `Booter`.)
 
 use crate::seen::Sighting;
@@ -78,6 +79,11 @@ pub enum BootSpec {
     /// own ROM) is not answered (in full mode: an address only), so it finds nothing to boot
     /// and returns to the firmware at once. `script_url` is for logs.
     LocalDisk { script_url: String },
+    /// The distribution's signed chain (Secure Boot): a UEFI PXE ROM gets `shim` (a TFTP
+    /// name); shim fetches `grubx64.efi` from the same TFTP directory, GRUB its configuration
+    /// ([`crate::grub`]) and the kernel and initramfs, all over TFTP. A client already running
+    /// iPXE gets `script_url` when there is one (`None`: it is not answered).
+    Signed { shim: String, script_url: Option<String> },
 }
 
 impl BootSpec {
@@ -87,6 +93,7 @@ impl BootSpec {
             BootSpec::Ignore => "ignore",
             BootSpec::Boot { .. } => "network boot",
             BootSpec::LocalDisk { .. } => "local boot",
+            BootSpec::Signed { .. } => "signed network boot",
         }
     }
 }
@@ -112,8 +119,8 @@ pub enum DhcpWitness {
     Seen(Sighting),
 }
 
-/// What one machine boots when its iPXE fetches its script: the policy's answer, rendered to
-/// script text by [`crate::ipxe`] (and later other boot loaders' renderers).
+/// What one machine boots when its iPXE fetches its script, or its GRUB its configuration:
+/// the policy's answer, rendered by [`crate::ipxe`] or [`crate::grub`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootDecision {
     /// The Kura agent: this kernel and initramfs, with these `kura.*` arguments.
@@ -128,7 +135,8 @@ pub struct AgentBoot {
     /// The agent's `kura.*` kernel arguments (its job, token, MAC and the engine's address).
     pub args: AgentArgs,
     /// Where iPXE fetches the kernel and the initramfs ([`crate::http::kernel_url`],
-    /// [`crate::http::initrd_url`] for the ones this crate serves).
+    /// [`crate::http::initrd_url`] for the ones this crate serves). GRUB fetches the same
+    /// files by TFTP ([`crate::grub::KERNEL`], [`crate::grub::INITRD`]).
     pub kernel_url: String,
     pub initrd_url: String,
     /// One line shown on the console before the kernel loads (say, the job and the host).
@@ -158,7 +166,7 @@ pub trait BootPolicy: Send + Sync {
     /// What DHCP offers `mac`: nothing, the iPXE build to chain and the script URL, or "boot
     /// locally". May register an unknown MAC (one indexed catalog write).
     fn boot_spec(&self, mac: MacAddr, arch: ClientArch) -> BootSpec;
-    /// What `mac` boots, asked when its iPXE fetches its script.
+    /// What `mac` boots, asked when its iPXE fetches its script or its GRUB its configuration.
     fn decide(&self, mac: MacAddr, req: &BootRequest) -> Result<BootDecision, PolicyError>;
 }
 

@@ -7,6 +7,7 @@
 //!   [`jobs::JobKind`];
 //! - [`mac`]: [`MacAddr`], the one MAC address parser;
 //! - [`cmdline`]: the agent's kernel command line, one writer and one parser;
+//! - [`secure_boot`]: [`SecureBoot`], the boot chain a host's UEFI netboots get;
 //! - [`error`]: [`ProtocolError`], the error kinds and their HTTP status codes — clients decide
 //!   on the kind, never on message text;
 //! - [`client`] (feature `client`): the blocking HTTP client with a pinned certificate, and the
@@ -20,6 +21,7 @@ pub mod error;
 pub mod jobs;
 pub mod mac;
 pub mod routes;
+pub mod secure_boot;
 pub mod uploads;
 
 #[cfg(feature = "client")]
@@ -27,6 +29,7 @@ pub mod client;
 
 pub use error::{ErrorKind, ProtocolError};
 pub use mac::MacAddr;
+pub use secure_boot::SecureBoot;
 
 /// The API's version, the `v1` in every path.
 pub const API_VERSION: u32 = 1;

@@ -34,6 +34,7 @@ pub const HEALTH: Route = r("GET", "/api/v1/health", JSON);
 pub const HOSTS: Route = r("GET", "/api/v1/hosts", JSON);
 pub const HOST_CREATE: Route = r("POST", "/api/v1/hosts", JSON);
 pub const HOST: Route = r("GET", "/api/v1/hosts/{name}", JSON);
+pub const HOST_SECURE_BOOT: Route = r("PUT", "/api/v1/hosts/{name}/secure-boot", JSON);
 pub const HOST_POWER: Route = r("GET", "/api/v1/hosts/{name}/power", JSON);
 pub const HOST_POWER_SET: Route = r("PUT", "/api/v1/hosts/{name}/power", JSON);
 pub const HOST_POWER_CLEAR: Route = r("DELETE", "/api/v1/hosts/{name}/power", JSON);

@@ -20,6 +20,16 @@
 //!   locally unregistered. Both are counted in the boot log ([`COUNT_REGISTERED`],
 //!   [`COUNT_NOT_REGISTERED`]).
 //!
+//! # Secure Boot: the signed chain
+//!
+//! A UEFI x64 PXE ROM with a job gets Debian's signed chain instead of iPXE when its host's
+//! setting (`kura host set NAME --secure-boot`, else the netboot configuration's
+//! `"secure_boot"`) is `on` or `auto` ([`BootSpec::Signed`]: shim, then GRUB over TFTP). GRUB's
+//! per-MAC configuration is this same [`CatalogPolicy::decide_for`], rendered by
+//! `kura_netboot::grub` (agent, or `exit` to the local disk), with the same token rules below.
+//! `auto` still gives a client that already runs iPXE its script; `on` offers it nothing.
+//! Without a job, UEFI machines boot locally from DHCP whatever the setting.
+//!
 //! # Releasing a job's token
 //!
 //! The script route passes the requester's address and what netboot's own DHCP saw of the MAC
@@ -62,7 +72,7 @@ use kura_netboot::{
     NetbootConfig, PolicyError,
 };
 use kura_protocol::cmdline::AgentArgs;
-use kura_protocol::MacAddr;
+use kura_protocol::{MacAddr, SecureBoot};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -86,6 +96,10 @@ pub struct PolicySettings {
     pub bios_firmware: Option<String>,
     pub efi_x64_firmware: Option<String>,
     pub efi_arm64_firmware: Option<String>,
+    /// The boot chain of UEFI x64 netboots for hosts without their own setting.
+    pub secure_boot: SecureBoot,
+    /// The signed chain's DHCP boot file (TFTP name of shim), when it is laid out.
+    pub shim: Option<String>,
 }
 
 /// How long after a MAC's DHCP exchange its script may release the job's token (seconds).
@@ -169,6 +183,26 @@ impl BootPolicy for CatalogPolicy {
                     tracing::error!("netboot: deciding at DHCP time for {mac}: {e}");
                     return BootSpec::LocalDisk { script_url };
                 }
+            }
+        }
+        if arch == ClientArch::EfiX64 {
+            let mode = match self.secure_boot_of(mac) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("netboot: the secure boot setting of {mac}: {e}");
+                    s.secure_boot
+                }
+            };
+            match (mode, &s.shim) {
+                (SecureBoot::Off, _) => {}
+                (SecureBoot::On, Some(shim)) => return BootSpec::Signed { shim: shim.clone(), script_url: None },
+                (SecureBoot::Auto, Some(shim)) => {
+                    return BootSpec::Signed { shim: shim.clone(), script_url: Some(script_url) }
+                }
+                (_, None) => tracing::warn!(
+                    "netboot: {mac} is set to secure boot {mode}, but the signed chain is not laid out \
+                     (kura bootenv build); offering iPXE"
+                ),
             }
         }
         BootSpec::Boot { firmware, script_url }
@@ -258,6 +292,12 @@ impl CatalogPolicy {
         }))
     }
 
+    /// The secure boot setting of `mac`'s host, else the configuration's default.
+    fn secure_boot_of(&self, mac: MacAddr) -> Result<SecureBoot, CatalogError> {
+        let host = self.catalog.host_by_mac(&mac.to_string())?;
+        Ok(host.and_then(|h| h.secure_boot).unwrap_or(self.settings.secure_boot))
+    }
+
     /// Whether a UEFI machine netbooting as `mac` has a queued or running job (an unknown MAC
     /// is registered, at the bounded rate, as [`Self::no_job`] does). Without one it boots
     /// locally from DHCP already: on UEFI, iPXE cannot hand the machine back to its disk
@@ -341,6 +381,7 @@ pub fn netboot(
     fingerprint: Option<String>,
 ) -> Result<Netboot> {
     let (_, [bios, efi, arm]) = config.firmware()?;
+    let shim = config.signed_chain()?.map(|_| kura_netboot::grub::SHIM.to_string());
     for f in [&config.kernel, &config.initrd] {
         if !f.is_file() {
             bail!(
@@ -356,6 +397,8 @@ pub fn netboot(
         bios_firmware: bios,
         efi_x64_firmware: efi,
         efi_arm64_firmware: arm,
+        secure_boot: config.secure_boot,
+        shim,
     };
     let log = BootLog::new();
     Ok(Netboot { config, policy: Arc::new(CatalogPolicy::new(catalog, settings, log.clone())), log })
@@ -393,6 +436,8 @@ mod tests {
             bios_firmware: Some("undionly.kpxe".into()),
             efi_x64_firmware: Some("ipxe.efi".into()),
             efi_arm64_firmware: None,
+            secure_boot: SecureBoot::Off,
+            shim: Some(kura_netboot::grub::SHIM.into()),
         }
     }
 
@@ -559,6 +604,54 @@ mod tests {
         advance(&clock, 30);
         refused(&request(MACHINE, cat.now()), "token requested twice");
         assert!(cat.authenticate(&t2, cat.now()).unwrap().is_some());
+    }
+
+    /// Secure boot per host: UEFI x64 PXE ROMs of hosts set to `on`/`auto` (or following that
+    /// default) get shim; GRUB's configuration is the same decision as the iPXE script, with
+    /// the same once-per-boot token rule, and "boot locally" is GRUB's `exit`.
+    #[test]
+    fn netboot_secure_boot_offers_shim_and_grub_gets_the_same_decision() {
+        use kura_netboot::grub;
+        let (mut p, _) = policy();
+        let cat = p.catalog.clone();
+        let mac: MacAddr = "52:54:00:aa:bb:0b".parse().unwrap();
+        cat.create_host("t", &NewHost { name: "sb".into(), group: None, notes: String::new() }).unwrap();
+        cat.add_mac("t", "sb", &mac.to_string()).unwrap();
+        assert!(matches!(p.boot_spec(mac, ClientArch::EfiX64), BootSpec::LocalDisk { .. }), "no job: local boot");
+        let job = capture_job(&cat, "sb");
+        let url = script_url("http://10.9.0.1:8080", mac);
+        assert_eq!(
+            p.boot_spec(mac, ClientArch::EfiX64),
+            BootSpec::Boot { firmware: Some("ipxe.efi".into()), script_url: url.clone() },
+            "the default is off"
+        );
+        cat.set_secure_boot("t", "sb", Some(SecureBoot::On)).unwrap();
+        let shim = grub::SHIM.to_string();
+        assert_eq!(p.boot_spec(mac, ClientArch::EfiX64), BootSpec::Signed { shim: shim.clone(), script_url: None });
+        assert!(matches!(p.boot_spec(mac, ClientArch::BiosX86), BootSpec::Boot { .. }), "BIOS has no secure boot");
+        cat.set_secure_boot("t", "sb", Some(SecureBoot::Auto)).unwrap();
+        assert_eq!(
+            p.boot_spec(mac, ClientArch::EfiX64),
+            BootSpec::Signed { shim: shim.clone(), script_url: Some(url.clone()) }
+        );
+        // Following the configuration's default.
+        cat.set_secure_boot("t", "sb", None).unwrap();
+        p.settings.secure_boot = SecureBoot::Auto;
+        assert!(matches!(p.boot_spec(mac, ClientArch::EfiX64), BootSpec::Signed { .. }));
+        // Without the chain laid out: iPXE.
+        p.settings.shim = None;
+        assert!(matches!(p.boot_spec(mac, ClientArch::EfiX64), BootSpec::Boot { .. }));
+
+        let cfg = |p: &CatalogPolicy| {
+            grub::render(mac, &p.decide_for(mac, &request(MACHINE, cat.now())).unwrap(), "console=ttyS0").unwrap()
+        };
+        let first = cfg(&p);
+        assert!(first.contains("linux /kura/vmlinuz ") && first.contains(&format!("'kura.job={}'", job.id)), "{first}");
+        let token = first.split(['\'', ' ']).find_map(|w| w.strip_prefix("kura.token=")).expect("a token");
+        assert!(cat.authenticate(token, cat.now()).unwrap().is_some());
+        let again = cfg(&p);
+        assert!(again.ends_with("exit\n") && !again.contains("kura.token"), "{again}");
+        assert!(warnings(&cat, job.id)[0].contains("token requested twice"));
     }
 
     /// With DHCP off, no address can be checked: the token still goes out once.

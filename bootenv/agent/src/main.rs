@@ -2,7 +2,8 @@
 //!
 //! 1. mounts `/proc`, `/sys`, `/dev` (devtmpfs), `/run`, `/tmp`;
 //! 2. reads `kura.*` from the kernel command line ([`cmdline`]);
-//! 3. loads the drivers for the hardware it finds ([`drivers`]);
+//! 3. loads the drivers for the hardware it finds ([`drivers`]) and logs whether Secure Boot
+//!    and kernel lockdown are on ([`secureboot`]);
 //! 4. brings up the NIC with the job's MAC and gets an address by DHCP ([`net`], [`dhcp`]);
 //! 5. fetches its job from the engine and captures or restores the disk ([`job`]), sending
 //!    progress and log lines every few seconds ([`report`]); after a restore on a UEFI machine
@@ -25,6 +26,7 @@ mod efi;
 mod job;
 mod net;
 mod report;
+mod secureboot;
 mod sys;
 
 use anyhow::{Context, Result};
@@ -134,6 +136,7 @@ fn run(p: &AgentArgs, rep: &Arc<Reporter>) -> Result<Finally> {
             rep.log(format!("warning: {e:#}"));
         }
     }
+    rep.log(secureboot::describe(Path::new(efi::EFIVARS)));
 
     // The NIC with the job's MAC.
     let deadline = Instant::now() + Duration::from_secs(30);

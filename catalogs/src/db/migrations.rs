@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_notify", include_str!("../../migrations/0004_notify.sql")),
     ("0005_token_last_used", include_str!("../../migrations/0005_token_last_used.sql")),
     ("0006_unconfirmed_snapshots", include_str!("../../migrations/0006_unconfirmed_snapshots.sql")),
+    ("0007_host_secure_boot", include_str!("../../migrations/0007_host_secure_boot.sql")),
 ];
 
 /// The schema version this build reads and writes.

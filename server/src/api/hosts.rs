@@ -42,3 +42,18 @@ pub async fn create(
     .await??;
     Ok((StatusCode::CREATED, Json(host)))
 }
+
+/// `PUT /hosts/{name}/secure-boot`: the boot chain of the host's UEFI netboots (`null`: the
+/// netboot configuration's default).
+pub async fn set_secure_boot(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    Json(req): Json<kura_protocol::secure_boot::SetSecureBoot>,
+) -> ApiResult<Json<Host>> {
+    let st = state.clone();
+    let host =
+        tokio::task::spawn_blocking(move || st.engine.catalog.set_secure_boot(&p.actor(), &name, req.secure_boot))
+            .await??;
+    Ok(Json(host))
+}

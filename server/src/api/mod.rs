@@ -127,6 +127,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::HOSTS, Operator, hosts::list),
         route(routes::HOST_CREATE, Admin, hosts::create),
         route(routes::HOST, Operator, hosts::show),
+        route(routes::HOST_SECURE_BOOT, Admin, hosts::set_secure_boot),
         route(routes::HOST_POWER, Admin, power::show),
         route(routes::HOST_POWER_SET, Admin, power::set),
         route(routes::HOST_POWER_CLEAR, Admin, power::clear),

@@ -1,6 +1,8 @@
 //! `kura bootenv build`: the kernel and initramfs netbooted machines run
-//! (`kura_bootenv::initramfs`). By default they go to `DATA/boot/` (`vmlinuz`, `initrd.img`),
-//! where `kura serve --data DATA` serves them to netbooting machines.
+//! (`kura_bootenv::initramfs`), and the signed chain that boots them under Secure Boot
+//! (`kura_bootenv::signed`: Debian's shim and network GRUB). By default they go to
+//! `DATA/boot/` (`vmlinuz`, `initrd.img`, `shimx64.efi`, `grubx64.efi`), where
+//! `kura serve --data DATA` serves them to netbooting machines.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -44,6 +46,15 @@ pub struct BuildArgs {
     /// Keep the agent's debug info.
     #[arg(long)]
     no_strip: bool,
+    /// Do not lay out the signed chain (Secure Boot netboot then offers iPXE only).
+    #[arg(long)]
+    no_signed_chain: bool,
+    /// Signed shim (default: the shim-signed package's).
+    #[arg(long, value_name = "PATH", default_value = kura_bootenv::signed::SHIM_SIGNED)]
+    shim: PathBuf,
+    /// Signed network GRUB (default: the grub-efi-amd64-signed package's grubnetx64).
+    #[arg(long, value_name = "PATH", default_value = kura_bootenv::signed::GRUBNET_SIGNED)]
+    grubnet: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -80,9 +91,29 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
     opts.level = a.level;
     opts.strip = !a.no_strip;
     opts.drivers.extend(a.extra_modules);
+    let sources = kura_bootenv::signed::Sources { shim: a.shim, grubnet: a.grubnet };
+    // Checked before the long build: a missing package fails at once.
+    if !a.no_signed_chain {
+        for (p, package) in [(&sources.shim, "shim-signed"), (&sources.grubnet, "grub-efi-amd64-signed")] {
+            if !p.is_file() {
+                bail!(
+                    "{} is missing: apt-get install {package} (the signed chain for Secure Boot netboot), \
+                     or pass --no-signed-chain",
+                    p.display()
+                );
+            }
+        }
+    }
     let r = initramfs::build(&opts).with_context(|| format!("building the netboot image in {}", out.display()))?;
+    let signed = if a.no_signed_chain {
+        None
+    } else {
+        Some(kura_bootenv::signed::lay_out(&sources, &out, &r.kernel).context("laying out the signed chain")?)
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["signed_chain"] = serde_json::to_value(&signed)?;
+        println!("{}", serde_json::to_string(&v)?);
     } else {
         let show = |p: &Path| p.display().to_string();
         println!("kernel   {} ({}, {})", show(&r.kernel), r.release, indicatif::BinaryBytes(r.kernel_bytes));
@@ -107,6 +138,19 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
             r.firmware.len(),
             r.firmware_missing.len()
         );
+        match &signed {
+            Some(s) => {
+                println!(
+                    "signed   {} ({}), {} ({}){}",
+                    show(&s.shim),
+                    indicatif::BinaryBytes(s.shim_bytes),
+                    show(&s.grub),
+                    indicatif::BinaryBytes(s.grub_bytes),
+                    if s.kernel_signed { "" } else { "; the kernel is NOT signed: it will not boot under Secure Boot" }
+                );
+            }
+            None => println!("signed   not laid out (--no-signed-chain)"),
+        }
         if !r.agent_stripped {
             println!("note: the agent was not stripped (no `strip`, or --no-strip)");
         }

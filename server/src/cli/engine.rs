@@ -224,6 +224,25 @@ pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kura host set HOST --secure-boot on|off|auto|default`.
+pub fn set_secure_boot(host: &str, value: &str, s: &ServerArgs) -> Result<ExitCode> {
+    let secure_boot = match value {
+        "default" => None,
+        v => Some(v.parse::<kura_protocol::SecureBoot>().map_err(anyhow::Error::msg)?),
+    };
+    let body = kura_protocol::secure_boot::SetSecureBoot { secure_boot };
+    let v: serde_json::Value = client(s)?
+        .put_json(&routes::HOST_SECURE_BOOT.url(&[host]), &body)
+        .with_context(|| format!("setting secure boot of {host}"))?;
+    if s.json {
+        print_json(&v)?;
+    } else {
+        let shown = v["secure_boot"].as_str().unwrap_or("the netboot default");
+        eprintln!("host {host}: UEFI netboots use secure boot {shown}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kura snapshot confirm ID`: accepts a snapshot held after an unusual boot.
 pub fn confirm_snapshot(id: &str, s: &ServerArgs) -> Result<ExitCode> {
     let v: serde_json::Value = client(s)?.post_json(&routes::snapshot_confirm(id), &serde_json::json!({}))?;

@@ -315,6 +315,15 @@ enum HostCommand {
     /// Power control: how Kura gets the machine into netboot when a job is queued for it
     /// (Wake-on-LAN, Redfish, IPMI); `kura host power HOST pxe-reset|on|off` acts now.
     Power(Box<power::PowerArgs>),
+    /// Change a host's settings: `--secure-boot on|off|auto|default` is the boot chain of its
+    /// UEFI netboots (`default`: the netboot configuration's "secure_boot").
+    Set {
+        host: String,
+        #[arg(long, value_parser = ["on", "off", "auto", "default"])]
+        secure_boot: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -470,6 +479,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(SnapshotCommand::Confirm { id, server }) => engine::confirm_snapshot(&id, &server),
         Command::Hosts { server } => engine::hosts(&server),
         Command::Host(HostCommand::Power(args)) => power::run(*args),
+        Command::Host(HostCommand::Set { host, secure_boot, server }) => {
+            engine::set_secure_boot(&host, &secure_boot, &server)
+        }
         Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, false, &server),
         Command::Restore { host, snapshot, allow_unconfirmed, disk, server } => {
             jobs::queue("restore", &host, snapshot, disk, allow_unconfirmed, &server)
