@@ -256,7 +256,7 @@ fn unsigned_pxe_boot_file_is_refused_under_secure_boot() {
     );
     assert!(IPXE_EFI.ends_with("snponly.efi"));
     let mac = "52:54:00:4b:0b:03";
-    let job = engine.host_with_capture_job("sbneg", mac);
+    let job_id = engine.host_with_capture_job("sbneg", mac);
 
     let opens = passive_opens(&ns);
     let mut m = Machine::builder(&ns, "sb-neg")
@@ -286,7 +286,7 @@ fn unsigned_pxe_boot_file_is_refused_under_secure_boot() {
         !ev.iter().any(|(s, _)| ["script", "kernel", "initrd"].contains(&s.as_str())),
         "an HTTP request reached the engine: {ev:#?}"
     );
-    let (j, _) = job(&engine, job);
+    let (j, _) = job(&engine, job_id);
     assert_eq!(j["state"], "queued", "{j:#}");
     eprintln!(
         "[{:?}] unsigned snponly.efi under Secure Boot: refused at {t:.1?} ({refusal}); test {:.1?}",
