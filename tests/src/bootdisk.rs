@@ -22,6 +22,29 @@
 //!
 //! and powers off. Needs grub-pc-bin, grub-efi-amd64-bin, busybox-static, linux-image-amd64,
 //! e2fsprogs, dosfstools + mtools, ntfs-3g, gdisk.
+//!
+//! [`build_signed`] makes the Secure Boot variant: the same disk, but the ESP holds Debian's
+//! signed chain instead of a GRUB made here, as a Debian system installed with Secure Boot has
+//! it:
+//!
+//! ```text
+//! \EFI\debian\shimx64.efi   shim-signed's shimx64.efi.signed (Microsoft-signed)
+//! \EFI\debian\grubx64.efi   grub-efi-amd64-signed's grubx64.efi.signed (Debian-signed;
+//!                           reads grub.cfg from its prefix, /EFI/debian)
+//! \EFI\debian\mmx64.efi     MokManager (mmx64.efi.signed), as Debian installs it
+//! \EFI\debian\grub.cfg      finds the root by UUID, boots /boot/vmlinuz (the signed kernel)
+//! \EFI\BOOT\BOOTX64.EFI     only with `fallback`: shim again, with grubx64.efi beside it, so
+//!                           firmware with empty variables boots the disk; no fbx64.efi (shim
+//!                           would run it, and it writes its own boot entry and resets)
+//! ```
+//!
+//! Its `/sbin/init` prints one more line before the marker, what the running kernel saw:
+//!
+//! ```text
+//! KURA-SECURE-BOOT secureboot=<0|1> lockdown=<none|integrity|…> bootcurrent=<hex Boot####>
+//! ```
+//!
+//! Needs shim-signed and grub-efi-amd64-signed as well.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +60,15 @@ pub const ROOT_MARKER: &str = "KURA-ROOT-MARKER";
 pub const GRUB_MARKER: &str = "KURA-GRUB";
 /// Where the UEFI loader lives on the ESP (its "own path").
 pub const EFI_LOADER: &str = "EFI/kura/grubx64.efi";
+/// Where the signed variant's shim lives on the ESP.
+pub const SHIM_LOADER: &str = "EFI/debian/shimx64.efi";
+/// What the signed variant's `/sbin/init` prints first on its Secure Boot line.
+pub const SECURE_BOOT_MARKER: &str = "KURA-SECURE-BOOT";
+
+/// Debian's signed boot chain: (file, package).
+const SHIM: (&str, &str) = ("/usr/lib/shim/shimx64.efi.signed", "shim-signed");
+const MOK_MANAGER: (&str, &str) = ("/usr/lib/shim/mmx64.efi.signed", "shim-signed");
+const SIGNED_GRUB: (&str, &str) = ("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed", "grub-efi-amd64-signed");
 
 const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
 const GRUB_EFI: &str = "/usr/lib/grub/x86_64-efi";
@@ -76,9 +108,33 @@ pub fn build(dir: &Path, name: &str, marker: &str) -> BootDisk {
 /// Like [`build`], with an incompressible `/srv/big.bin` of `big` bytes (whole MiB) on a root
 /// that much larger: a capture that takes a while.
 pub fn build_with(dir: &Path, name: &str, marker: &str, big: u64) -> BootDisk {
+    build_variant(dir, name, marker, big, Esp::Own)
+}
+
+/// The Secure Boot variant (see the module comment), with or without the removable-media
+/// fallback `\EFI\BOOT\BOOTX64.EFI`.
+pub fn build_signed(dir: &Path, name: &str, marker: &str, fallback: bool) -> BootDisk {
+    build_variant(dir, name, marker, 0, Esp::Signed { fallback })
+}
+
+/// What the ESP holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esp {
+    /// A GRUB made here with grub-mkimage at [`EFI_LOADER`] (unsigned).
+    Own,
+    /// Debian's signed shim, GRUB and kernel.
+    Signed { fallback: bool },
+}
+
+fn build_variant(dir: &Path, name: &str, marker: &str, big: u64, esp: Esp) -> BootDisk {
     assert_eq!(big % MIB, 0, "whole MiB");
     for (path, package) in [(GRUB_PC, "grub-pc-bin"), (GRUB_EFI, "grub-efi-amd64-bin"), (BUSYBOX, "busybox-static")] {
         assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y {package}");
+    }
+    if esp != Esp::Own {
+        for (path, package) in [SHIM, MOK_MANAGER, SIGNED_GRUB] {
+            assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y {package}");
+        }
     }
     let kernel = TestKernel::installed();
     let root_uuid = "4b555241-0000-4000-8000-726f6f746673".to_string();
@@ -102,7 +158,9 @@ pub fn build_with(dir: &Path, name: &str, marker: &str, big: u64) -> BootDisk {
     )
     .unwrap();
     let efi_cfg = work.join("efi.cfg");
-    std::fs::write(&efi_cfg, format!("echo {GRUB_MARKER} efi: loading the kernel\n{boot_cmds}")).unwrap();
+    if esp == Esp::Own {
+        std::fs::write(&efi_cfg, format!("echo {GRUB_MARKER} efi: loading the kernel\n{boot_cmds}")).unwrap();
+    }
     let core = work.join("core.img");
     grub_mkimage(
         "i386-pc",
@@ -112,13 +170,33 @@ pub fn build_with(dir: &Path, name: &str, marker: &str, big: u64) -> BootDisk {
         &["biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid", "linux", "serial", "terminal", "echo"],
     );
     let efi = work.join("grubx64.efi");
-    grub_mkimage(
-        "x86_64-efi",
-        GRUB_EFI,
-        &efi,
-        &efi_cfg,
-        &["part_gpt", "fat", "ext2", "search", "search_fs_uuid", "linux", "echo"],
-    );
+    let esp_files = match esp {
+        Esp::Own => {
+            grub_mkimage(
+                "x86_64-efi",
+                GRUB_EFI,
+                &efi,
+                &efi_cfg,
+                &["part_gpt", "fat", "ext2", "search", "search_fs_uuid", "linux", "echo"],
+            );
+            vec![FileSpec::new(EFI_LOADER, std::fs::read(&efi).unwrap())]
+        }
+        Esp::Signed { fallback } => {
+            let read = |(path, _): (&str, &str)| std::fs::read(path).unwrap();
+            let cfg = format!("echo {GRUB_MARKER} efi-signed: loading the kernel\n{boot_cmds}");
+            let mut files = vec![
+                FileSpec::new(SHIM_LOADER, read(SHIM)),
+                FileSpec::new("EFI/debian/grubx64.efi", read(SIGNED_GRUB)),
+                FileSpec::new("EFI/debian/mmx64.efi", read(MOK_MANAGER)),
+                FileSpec::new("EFI/debian/grub.cfg", cfg.into_bytes()),
+            ];
+            if fallback {
+                files.push(FileSpec::new("EFI/BOOT/BOOTX64.EFI", read(SHIM)));
+                files.push(FileSpec::new("EFI/BOOT/grubx64.efi", read(SIGNED_GRUB)));
+            }
+            files
+        }
+    };
     let core_bytes = std::fs::read(&core).unwrap();
     assert!(
         core_bytes.len() as u64 <= MIB,
@@ -127,8 +205,13 @@ pub fn build_with(dir: &Path, name: &str, marker: &str, big: u64) -> BootDisk {
     );
 
     // The root's initramfs: mount the root by UUID, switch to it.
+    // The signed variant's init reads the firmware's variables: efivarfs is a module.
+    let modules: &[&str] = match esp {
+        Esp::Own => &["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"],
+        Esp::Signed { .. } => &["virtio_pci", "virtio_blk", "ext4", "crc32c_generic", "efivarfs"],
+    };
     let initrd = Initramfs::new(&kernel, "rootinit")
-        .modules(&["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"])
+        .modules(modules)
         .power_off(false)
         .script_line(
             r#"uuid=$(sed -n 's/.*root=UUID=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -145,10 +228,28 @@ poweroff -f"#,
         )
         .build(&work);
 
+    // The signed variant's line on Secure Boot: the firmware's SecureBoot and BootCurrent
+    // variables (efivarfs: 4 attribute bytes, then the data) and the kernel's lockdown mode.
+    let secure_boot_line = match esp {
+        Esp::Own => String::new(),
+        Esp::Signed { .. } => format!(
+            "b=/bin/busybox\n\
+             $b mount -t sysfs sysfs /sys\n\
+             $b mount -t efivarfs efivarfs /sys/firmware/efi/efivars\n\
+             $b mount -t securityfs securityfs /sys/kernel/security\n\
+             v=/sys/firmware/efi/efivars\n\
+             g=8be4df61-93ca-11d2-aa0d-00e098032b8c\n\
+             sb=$($b tail -c 1 $v/SecureBoot-$g | $b od -An -tu1 | $b tr -d ' ')\n\
+             bc=$($b tail -c 2 $v/BootCurrent-$g | $b od -An -tx2 | $b tr -d ' ')\n\
+             ld=$($b sed -n 's/.*\\[\\(.*\\)\\].*/\\1/p' /sys/kernel/security/lockdown)\n\
+             echo \"{SECURE_BOOT_MARKER} secureboot=$sb lockdown=$ld bootcurrent=$bc\" > /dev/console\n"
+        ),
+    };
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null\n\
+         {secure_boot_line}\
          echo \"{ROOT_MARKER} marker=$(/bin/busybox cat /etc/kura-marker) kernel=$(/bin/busybox uname -r) \
          root=$(/bin/busybox awk '$2 == \"/\" {{print $1}}' /proc/mounts | /bin/busybox tail -n 1)\" > /dev/console\n\
          /bin/busybox poweroff -f\n\
@@ -172,16 +273,7 @@ poweroff -f"#,
 
     let parts = vec![
         PartSpec::gpt(MIB, "EF02", "bios", Content::Empty),
-        PartSpec::gpt(
-            32 * MIB,
-            "EF00",
-            "esp",
-            Content::Fat {
-                bits: 16,
-                label: "ESP",
-                files: vec![FileSpec::new(EFI_LOADER, std::fs::read(&efi).unwrap())],
-            },
-        ),
+        PartSpec::gpt(32 * MIB, "EF00", "esp", Content::Fat { bits: 16, label: "ESP", files: esp_files }),
         PartSpec::gpt(ROOT_SIZE + big, "8300", "root", Content::Empty),
         PartSpec::gpt(
             32 * MIB,

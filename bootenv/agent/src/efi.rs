@@ -8,7 +8,11 @@
 //!
 //! 1. finds the ESP in the restored partition table and the OS loader on it (read with the
 //!    `fatfs` crate straight from the disk: `\EFI\<vendor>\shimx64.efi`, `grubx64.efi`,
-//!    `systemd-bootx64.efi`, or `\EFI\Microsoft\Boot\bootmgfw.efi`);
+//!    `systemd-bootx64.efi`, or `\EFI\Microsoft\Boot\bootmgfw.efi`); on a machine whose
+//!    firmware enforces Secure Boot (`SecureBoot` variable) the restored system's
+//!    `shimx64.efi` whenever the ESP has one, since only shim (signed by the CA in the
+//!    firmware's key database) can start the distribution's signed GRUB and kernel; the entry
+//!    carries a warning when Secure Boot is on and there is no shim;
 //! 2. writes a `Boot####` load option (active, the vendor as description) whose device path is
 //!    the disk's full path as the firmware sees it — `PciRoot/Pci/…` from sysfs, then
 //!    `HD(partition, GPT signature)` and `File(\EFI\…)` — or the `HD()` short form when the
@@ -39,6 +43,12 @@ pub fn booted_uefi() -> bool {
     Path::new("/sys/firmware/efi").is_dir()
 }
 
+/// Whether the firmware enforces Secure Boot: its `SecureBoot` variable is 1. Firmware
+/// without Secure Boot support has no such variable (off).
+pub fn secure_boot_enabled(efivars: &Path) -> Result<bool> {
+    Ok(read_var(efivars, "SecureBoot")?.is_some_and(|v| v.first() == Some(&1)))
+}
+
 /// What [`recreate_boot_entry`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -50,6 +60,10 @@ pub struct Entry {
     pub boot_order: Vec<u16>,
     /// The device path is the full one (not the `HD()` short form).
     pub full_path: bool,
+    /// The firmware enforces Secure Boot (its `SecureBoot` variable is 1).
+    pub secure_boot: bool,
+    /// Why the firmware may refuse the loader (Secure Boot on, no shim on the ESP).
+    pub warning: Option<String>,
 }
 
 impl std::fmt::Display for Entry {
@@ -57,7 +71,7 @@ impl std::fmt::Display for Entry {
         let order: Vec<String> = self.boot_order.iter().map(|n| format!("{n:04X}")).collect();
         write!(
             f,
-            "Boot{:04X} \"{}\" → {} on partition {} ({}{}); BootNext={:04X}; BootOrder={}",
+            "Boot{:04X} \"{}\" → {} on partition {} ({}{}); BootNext={:04X}; BootOrder={}; Secure Boot {}",
             self.number,
             self.description,
             self.loader,
@@ -65,8 +79,13 @@ impl std::fmt::Display for Entry {
             if self.full_path { "full device path" } else { "HD() short form" },
             if self.reused { ", existing entry reused" } else { "" },
             self.number,
-            order.join(",")
-        )
+            order.join(","),
+            if self.secure_boot { "on" } else { "off" }
+        )?;
+        match &self.warning {
+            Some(w) => write!(f, "; warning: {w}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -90,9 +109,10 @@ pub fn recreate_boot_entry(
     let PartitionEntry::Gpt { unique_guid, .. } = &esp.entry else { unreachable!("filtered above") };
     let file =
         File::open(dev).with_context(|| format!("opening {} to read its EFI system partition", dev.display()))?;
-    let loader = match find_loader(PartReader::new(file, esp.start, esp.size))
-        .with_context(|| format!("reading the EFI system partition (partition {})", esp.number))?
-    {
+    let secure_boot = secure_boot_enabled(efivars)?;
+    let loaders = esp_loaders(PartReader::new(file, esp.start, esp.size))
+        .with_context(|| format!("reading the EFI system partition (partition {})", esp.number))?;
+    let loader = match choose(&loaders, secure_boot) {
         Found::Loader(l) => l,
         Found::FallbackOnly => {
             return Ok(Err("the ESP holds only the removable-media loader \\EFI\\BOOT\\BOOTX64.EFI, \
@@ -127,12 +147,14 @@ pub fn recreate_boot_entry(
     write_var(efivars, "BootNext", &number.to_le_bytes())?;
     Ok(Ok(Entry {
         number,
+        warning: secure_boot_warning(&loader, secure_boot),
         description: loader.description,
         loader: loader.path,
         partition: esp.number,
         reused,
         boot_order: order,
         full_path: prefix.is_some(),
+        secure_boot,
     }))
 }
 
@@ -145,7 +167,7 @@ pub fn new_boot_order(order: &[u16], current: Option<u16>, entry: u16) -> Vec<u1
     rest
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Loader {
     /// `\EFI\vendor\file.efi`, with the case found on the disk.
     path: String,
@@ -161,13 +183,55 @@ enum Found {
 
 /// Loader file names in order of preference (shim first: it is what Secure Boot needs).
 const LOADERS: &[&str] = &["shimx64.efi", "grubx64.efi", "systemd-bootx64.efi"];
+/// Rank of `\EFI\Microsoft\Boot\bootmgfw.efi`: after every loader of [`LOADERS`].
+const WINDOWS_RANK: usize = LOADERS.len();
+/// Rank of the shim in [`LOADERS`].
+const SHIM_RANK: usize = 0;
 
-fn find_loader<S: Read + Write + Seek>(part: S) -> Result<Found> {
+/// The OS loaders found on an ESP: `(rank, loader)` in the order of their vendor directories
+/// (sorted by name), and whether the removable-media fallback is there.
+#[derive(Debug, Default)]
+struct EspLoaders {
+    candidates: Vec<(usize, Loader)>,
+    fallback: bool,
+}
+
+/// Which loader the boot entry names.
+///
+/// - Secure Boot on: the first `\EFI\<vendor>\shimx64.efi` when the ESP has one (shim is
+///   signed by the CA the firmware trusts and verifies the distribution's GRUB and kernel);
+///   else the same choice as with Secure Boot off.
+/// - Secure Boot off: the best rank ([`LOADERS`] order, then Windows Boot Manager), ties to
+///   the first vendor directory by name.
+fn choose(esp: &EspLoaders, secure_boot: bool) -> Found {
+    let shim = esp.candidates.iter().find(|(rank, _)| *rank == SHIM_RANK);
+    let best = esp.candidates.iter().min_by_key(|(rank, _)| *rank);
+    match (if secure_boot { shim.or(best) } else { best }, esp.fallback) {
+        (Some((_, l)), _) => Found::Loader(l.clone()),
+        (None, true) => Found::FallbackOnly,
+        (None, false) => Found::Nothing,
+    }
+}
+
+/// A warning for an entry that Secure Boot may refuse: neither shim nor Windows Boot Manager
+/// (the loaders signed by the CAs of a stock key database).
+fn secure_boot_warning(loader: &Loader, secure_boot: bool) -> Option<String> {
+    let file = loader.path.rsplit('\\').next().unwrap_or_default();
+    let trusted = file.eq_ignore_ascii_case(LOADERS[SHIM_RANK]) || file.eq_ignore_ascii_case("bootmgfw.efi");
+    (secure_boot && !trusted).then(|| {
+        format!(
+            "Secure Boot is on and the ESP has no shimx64.efi: the firmware starts {} only if its \
+             signing key is enrolled",
+            loader.path
+        )
+    })
+}
+
+fn esp_loaders<S: Read + Write + Seek>(part: S) -> Result<EspLoaders> {
     let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).context("not a FAT filesystem")?;
     let root = fs.root_dir();
-    let Some(efi) = subdir(&root, "EFI")? else { return Ok(Found::Nothing) };
-    let mut best: Option<(usize, Loader)> = None;
-    let mut fallback = false;
+    let mut found = EspLoaders::default();
+    let Some(efi) = subdir(&root, "EFI")? else { return Ok(found) };
     let mut vendors: Vec<String> = efi
         .iter()
         .filter_map(|e| e.ok())
@@ -178,38 +242,26 @@ fn find_loader<S: Read + Write + Seek>(part: S) -> Result<Found> {
     for vendor in vendors {
         let dir = efi.open_dir(&vendor).with_context(|| format!("opening \\EFI\\{vendor}"))?;
         if vendor.eq_ignore_ascii_case("BOOT") {
-            fallback |= file_in(&dir, "BOOTX64.EFI")?.is_some();
+            found.fallback |= file_in(&dir, "BOOTX64.EFI")?.is_some();
             continue;
         }
         if vendor.eq_ignore_ascii_case("Microsoft") {
             if let Some(boot) = subdir(&dir, "Boot")? {
                 if let Some(name) = file_in(&boot, "bootmgfw.efi")? {
-                    let l = Loader {
-                        path: format!("\\EFI\\{vendor}\\Boot\\{name}"),
-                        description: "Windows Boot Manager".into(),
-                    };
-                    if best.as_ref().is_none_or(|(rank, _)| LOADERS.len() < *rank) {
-                        best = Some((LOADERS.len(), l));
-                    }
+                    let path = format!("\\EFI\\{vendor}\\Boot\\{name}");
+                    found.candidates.push((WINDOWS_RANK, Loader { path, description: "Windows Boot Manager".into() }));
                 }
             }
             continue;
         }
         for (rank, want) in LOADERS.iter().enumerate() {
             if let Some(name) = file_in(&dir, want)? {
-                if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                    best =
-                        Some((rank, Loader { path: format!("\\EFI\\{vendor}\\{name}"), description: vendor.clone() }));
-                }
-                break;
+                let path = format!("\\EFI\\{vendor}\\{name}");
+                found.candidates.push((rank, Loader { path, description: vendor.clone() }));
             }
         }
     }
-    Ok(match (best, fallback) {
-        (Some((_, l)), _) => Found::Loader(l),
-        (None, true) => Found::FallbackOnly,
-        (None, false) => Found::Nothing,
-    })
+    Ok(found)
 }
 
 type FatDir<'a, S> = fatfs::Dir<'a, S>;
@@ -532,6 +584,108 @@ mod tests {
         inactive[0] = 0;
         assert!(same_option(&opt, &inactive));
         assert!(!same_option(&opt, &load_option("e", &path)));
+    }
+
+    /// A FAT image holding these files (`/`-separated paths), as an in-memory stream.
+    fn esp_with(files: &[&str]) -> std::io::Cursor<Vec<u8>> {
+        let mut img = std::io::Cursor::new(vec![0u8; 4 << 20]);
+        fatfs::format_volume(&mut img, fatfs::FormatVolumeOptions::new()).unwrap();
+        {
+            let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new()).unwrap();
+            let root = fs.root_dir();
+            for f in files {
+                let (dir, name) = f.rsplit_once('/').unwrap();
+                let mut d = root.clone();
+                for part in dir.split('/') {
+                    d = match d.open_dir(part) {
+                        Ok(d) => d,
+                        Err(_) => d.create_dir(part).unwrap(),
+                    };
+                }
+                d.create_file(name).unwrap().write_all(b"MZ").unwrap();
+            }
+        }
+        img.set_position(0);
+        img
+    }
+
+    /// The loader path the entry names, with Secure Boot off and on.
+    fn picks(files: &[&str]) -> (Found, Found) {
+        let esp = esp_loaders(esp_with(files)).unwrap();
+        (choose(&esp, false), choose(&esp, true))
+    }
+
+    fn loader(path: &str, description: &str) -> Found {
+        Found::Loader(Loader { path: path.into(), description: description.into() })
+    }
+
+    #[test]
+    fn secure_boot_picks_the_shim_of_the_restored_system() {
+        // Debian's layout: shim, GRUB, MokManager, fallback in its directory; shim also as
+        // the removable-media loader.
+        let debian = [
+            "EFI/debian/shimx64.efi",
+            "EFI/debian/grubx64.efi",
+            "EFI/debian/mmx64.efi",
+            "EFI/debian/fbx64.efi",
+            "EFI/BOOT/BOOTX64.EFI",
+            "EFI/BOOT/grubx64.efi",
+        ];
+        let shim = loader("\\EFI\\debian\\shimx64.efi", "debian");
+        assert_eq!(picks(&debian), (shim, loader("\\EFI\\debian\\shimx64.efi", "debian")));
+        // A shim in a later vendor directory than a plain GRUB, and beside Windows.
+        let mixed = [
+            "EFI/alpha/grubx64.efi",
+            "EFI/Microsoft/Boot/bootmgfw.efi",
+            "EFI/ubuntu/SHIMX64.EFI",
+            "EFI/ubuntu/grubx64.efi",
+        ];
+        let (off, on) = picks(&mixed);
+        assert_eq!(on, loader("\\EFI\\ubuntu\\SHIMX64.EFI", "ubuntu"), "the case found on the disk is kept");
+        assert_eq!(off, on, "shim ranks first with Secure Boot off too");
+    }
+
+    #[test]
+    fn without_a_shim_the_entry_is_the_loader_of_today() {
+        let (off, on) = picks(&["EFI/kura/grubx64.efi"]);
+        assert_eq!(off, loader("\\EFI\\kura\\grubx64.efi", "kura"));
+        assert_eq!(on, off);
+        let (off, on) = picks(&["EFI/systemd/systemd-bootx64.efi", "EFI/Microsoft/Boot/bootmgfw.efi"]);
+        assert_eq!(off, loader("\\EFI\\systemd\\systemd-bootx64.efi", "systemd"));
+        assert_eq!(on, off);
+        let (off, on) = picks(&["EFI/Microsoft/Boot/bootmgfw.efi"]);
+        assert_eq!(off, loader("\\EFI\\Microsoft\\Boot\\bootmgfw.efi", "Windows Boot Manager"));
+        assert_eq!(on, off);
+        // Only the removable-media loader (a shim there does not count: the firmware finds it).
+        assert_eq!(
+            picks(&["EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi"]),
+            (Found::FallbackOnly, Found::FallbackOnly)
+        );
+        assert_eq!(picks(&["EFI/empty/readme.txt"]), (Found::Nothing, Found::Nothing));
+        assert_eq!(picks(&["boot/x.txt"]), (Found::Nothing, Found::Nothing));
+    }
+
+    #[test]
+    fn secure_boot_warns_when_the_loader_is_not_shim_or_windows() {
+        let l = |p: &str| Loader { path: p.into(), description: "x".into() };
+        let grub = l("\\EFI\\kura\\grubx64.efi");
+        let w = secure_boot_warning(&grub, true).expect("a warning");
+        assert!(w.contains("no shimx64.efi") && w.contains("\\EFI\\kura\\grubx64.efi"), "{w}");
+        assert_eq!(secure_boot_warning(&grub, false), None);
+        assert_eq!(secure_boot_warning(&l("\\EFI\\debian\\ShimX64.efi"), true), None);
+        assert_eq!(secure_boot_warning(&l("\\EFI\\Microsoft\\Boot\\bootmgfw.efi"), true), None);
+    }
+
+    #[test]
+    fn secure_boot_state_comes_from_the_firmware_variable() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!secure_boot_enabled(d.path()).unwrap(), "no variable: firmware without Secure Boot");
+        // SecureBoot is volatile and read only (BOOTSERVICE | RUNTIME = 6): as efivarfs shows it.
+        let write = |v: u8| std::fs::write(var_path(d.path(), "SecureBoot"), [6, 0, 0, 0, v]).unwrap();
+        write(0);
+        assert!(!secure_boot_enabled(d.path()).unwrap());
+        write(1);
+        assert!(secure_boot_enabled(d.path()).unwrap());
     }
 
     #[test]
