@@ -108,6 +108,16 @@ impl<W: Write> Writer<W> {
         self.header(name, S_IFCHR | perm, 0, (major, minor))
     }
 
+    /// The output written to so far (say, to flush a compressor between parts).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// Bytes of archive written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Writes the trailer and returns the output and the archive's length.
     pub fn finish(mut self) -> Result<(W, u64)> {
         self.header(TRAILER, 0, 0, (0, 0))?;

@@ -5,20 +5,27 @@
 //! /init                               the kura-agent binary (static)
 //! /dev/console, /dev/null             device nodes the kernel needs before devtmpfs is mounted
 //! /proc /sys /run /tmp                mount points
-//! /lib/modules/<release>/...          network and storage drivers plus everything they depend
-//!                                     on, always as plain .ko (decompressed here), and
+//! /lib/modules/<release>/...          the driver families' modules ([`crate::families`]) and
+//!                                     the [`DRIVER_DIRS`] plus everything they depend on,
+//!                                     always as plain .ko (decompressed here), and
 //!                                     modules.dep / modules.alias (only those modules) and
 //!                                     modules.builtin for the agent
-//! /lib/firmware/...                   the firmware those modules name, when installed
+//! /lib/firmware/...                   the firmware those modules name, when installed, packed
+//!                                     as the kernel's loader reads it ([`crate::firmware`])
 //! ```
 //!
-//! packed as a `newc` cpio ([`crate::cpio`]) with entries sorted by path and every time set to
-//! 0, compressed with zstd (the kernel must have `CONFIG_RD_ZSTD`; Debian's has).
+//! packed as a `newc` cpio ([`crate::cpio`]) with every time set to 0, compressed with zstd (the
+//! kernel must have `CONFIG_RD_ZSTD`; Debian's has). Archive order: directories and device nodes
+//! (sorted by path, so parents come first), then the files by category (the agent, the modules
+//! of each family, other modules, firmware, module tables), each sorted by path; the zstd stream
+//! is flushed after each category, so the [`Report`] can say what each added to the image.
 //!
 //! Everything streams: module and firmware files are copied through the cpio writer into the
 //! zstd encoder; compressed modules are first decompressed into a staging directory on disk.
 
 use crate::cpio;
+use crate::families;
+use crate::firmware;
 use crate::modules::{self, AliasTable, DepTable};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -27,41 +34,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Drivers the image always carries (when the kernel has them as modules): common server and
-/// virtual NICs, and disk controllers. `sd_mod` gives SATA/SAS/SCSI disks their block devices.
-/// `virtio_rng` feeds the kernel's random number generator in VMs (`-device virtio-rng-pci`).
-pub const DRIVERS: &[&str] = &[
-    "virtio_net",
-    "virtio_pci",
-    "e1000",
-    "e1000e",
-    "igb",
-    "ixgbe",
-    "i40e",
-    "ice",
-    "bnx2",
-    "bnx2x",
-    "tg3",
-    "mlx4_core",
-    "mlx4_en",
-    "mlx5_core",
-    "ahci",
-    "nvme",
-    "virtio_blk",
-    "virtio_scsi",
-    "megaraid_sas",
-    "mpt3sas",
-    "hpsa",
-    "smartpqi",
-    "sd_mod",
-    // The hypervisor's entropy source: TLS and the kernel's RNG need entropy early.
-    "virtio_rng",
-    // UEFI variables: the agent writes the restored system's boot entry through efivarfs.
-    "efivarfs",
-];
-
 /// Module directories (relative to the modules directory) carried whole, for the hardware the
-/// list above does not name.
+/// driver families ([`crate::families`]) do not name.
 pub const DRIVER_DIRS: &[&str] =
     &["kernel/drivers/net/ethernet/", "kernel/drivers/ata/", "kernel/drivers/nvme/", "kernel/drivers/virtio/"];
 
@@ -71,7 +45,11 @@ pub struct BuildOptions {
     pub kernel: Option<PathBuf>,
     /// Its modules directory; default: `/lib/modules/<release>` of the kernel.
     pub modules: Option<PathBuf>,
+    /// The firmware directory the modules' firmware is looked up in (`/lib/firmware`).
     pub firmware: PathBuf,
+    /// The kernel's `.config`, which says how firmware is packed ([`firmware::Packing`]);
+    /// default: `config-<release>` beside the kernel, or `build/.config` of its modules.
+    pub kernel_config: Option<PathBuf>,
     /// The `kura-agent` binary (installed as `/init`).
     pub agent: PathBuf,
     /// Output directory: `vmlinuz` and `initrd.img` are written there.
@@ -90,9 +68,10 @@ impl BuildOptions {
             kernel: None,
             modules: None,
             firmware: PathBuf::from("/lib/firmware"),
+            kernel_config: None,
             agent,
             out,
-            drivers: DRIVERS.iter().map(|s| s.to_string()).collect(),
+            drivers: families::default_modules(),
             driver_dirs: DRIVER_DIRS.iter().map(|s| s.to_string()).collect(),
             level: 19,
             strip: true,
@@ -118,9 +97,55 @@ pub struct Report {
     pub builtin: Vec<String>,
     /// Requested drivers this kernel has neither as a module nor built in.
     pub missing: Vec<String>,
+    /// Each requested driver: included or not, and its firmware (with its dependencies').
+    pub drivers: Vec<DriverStatus>,
+    /// Firmware files packed, by the name modules ask for.
     pub firmware: Vec<String>,
     /// Firmware files modules name that are not installed under the firmware directory.
+    pub firmware_missing: Vec<MissingFirmware>,
+    /// The firmware directory searched.
+    pub firmware_dir: PathBuf,
+    /// How firmware is packed, and the kernel config that said so (`None`: not found, plain).
+    pub firmware_packing: firmware::Packing,
+    pub kernel_config: Option<PathBuf>,
+    /// The initramfs by category, in archive order: `agent`, `modules/<family>`,
+    /// `modules/other` (the [`DRIVER_DIRS`] catch-all), `firmware`, `layout` (directories,
+    /// device nodes, module tables).
+    pub sizes: Vec<CategorySize>,
+    /// What the operator should act on: missing drivers, missing firmware of listed drivers.
+    pub warnings: Vec<String>,
+}
+
+/// One requested driver in the [`Report`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverStatus {
+    pub module: String,
+    /// Its family's id ([`crate::families`]), `extra` for one added by name.
+    pub family: String,
+    /// `included` (shipped as a module), `builtin` (in the kernel) or `missing`.
+    pub status: &'static str,
+    pub firmware_present: Vec<String>,
     pub firmware_missing: Vec<String>,
+}
+
+/// A firmware file some included module names but the firmware directory lacks.
+#[derive(Debug, Clone, Serialize)]
+pub struct MissingFirmware {
+    pub name: String,
+    /// The modules that name it.
+    pub modules: Vec<String>,
+    /// The Debian package that ships it, when known.
+    pub package: Option<String>,
+}
+
+/// Bytes of one category of the initramfs: its files before compression, and what they added to
+/// the compressed image (the zstd stream is flushed between categories to measure it).
+#[derive(Debug, Clone, Serialize)]
+pub struct CategorySize {
+    pub category: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub compressed_bytes: u64,
 }
 
 /// How to build the agent binary the image needs (static, for the host's gnu target).
@@ -238,12 +263,22 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
         .map(|(n, _)| n)
         .collect();
     by_dir.sort();
-    wanted.extend(by_dir.into_iter().cloned());
-    let closure = dep.load_order(&wanted, |n| builtin.contains(n))?;
+    let mut all = wanted.clone();
+    all.extend(by_dir.into_iter().cloned());
+    let closure = dep.load_order(&all, |n| builtin.contains(n))?;
     let included: BTreeSet<String> = closure.iter().cloned().collect();
+    // Each module's category: the family of the first requested driver that needs it.
+    let mut category_of: BTreeMap<String, String> = BTreeMap::new();
+    for d in &wanted {
+        let cat = format!("modules/{}", families::family_of(d).map_or("extra", |f| f.id));
+        for m in dep.load_order(std::slice::from_ref(d), |n| builtin.contains(n))? {
+            category_of.entry(m).or_insert_with(|| cat.clone());
+        }
+    }
 
     let staging = tempfile::tempdir().context("creating a staging directory")?;
     let mut entries: BTreeMap<String, Source> = BTreeMap::new();
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
     for d in ["dev", "proc", "sys", "run", "tmp", "lib", "lib/modules", "lib/firmware"] {
         entries.insert(d.into(), Source::Dir);
     }
@@ -263,10 +298,11 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
         );
     }
     entries.insert("init".into(), Source::File(agent_src, 0o755));
+    files.insert("init".into(), "agent".into());
 
     // Modules, always as plain .ko, and the firmware they name.
     let mod_root = format!("lib/modules/{release}");
-    let mut firmware_names: BTreeSet<String> = BTreeSet::new();
+    let mut firmware_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (i, name) in closure.iter().enumerate() {
         let e = dep.get(name).expect("in closure");
         let src = modules_dir.join(&e.path);
@@ -277,76 +313,144 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
             decompress_to(&src, &p)?;
             p
         };
-        firmware_names
-            .extend(modinfo_firmware(&plain).with_context(|| format!("reading the modinfo of {}", src.display()))?);
-        add_with_parents(
-            &mut entries,
-            &format!("{mod_root}/{}", modules::plain_path(&e.path)),
-            Source::File(plain, 0o644),
-        );
+        let fw = modinfo_firmware(&plain).with_context(|| format!("reading the modinfo of {}", src.display()))?;
+        firmware_of.insert(name.clone(), fw);
+        let path = format!("{mod_root}/{}", modules::plain_path(&e.path));
+        add_with_parents(&mut entries, &path, Source::File(plain, 0o644));
+        files.insert(path, category_of.get(name).cloned().unwrap_or_else(|| "modules/other".into()));
     }
     let keep = |n: &str| included.contains(n);
-    entries.insert(
-        format!("{mod_root}/modules.dep"),
-        Source::Bytes(dep.to_text(keep, modules::plain_path).into_bytes(), 0o644),
-    );
-    entries.insert(format!("{mod_root}/modules.alias"), Source::Bytes(alias.to_text(keep).into_bytes(), 0o644));
-    entries.insert(format!("{mod_root}/modules.builtin"), Source::Bytes(builtin_text.into_bytes(), 0o644));
+    for (name, text) in [
+        ("modules.dep", dep.to_text(keep, modules::plain_path)),
+        ("modules.alias", alias.to_text(keep)),
+        ("modules.builtin", builtin_text),
+    ] {
+        let path = format!("{mod_root}/{name}");
+        entries.insert(path.clone(), Source::Bytes(text.into_bytes(), 0o644));
+        files.insert(path, "layout".into());
+    }
     entries.insert(mod_root.clone(), Source::Dir);
 
-    let (mut firmware, mut firmware_missing) = (Vec::new(), Vec::new());
-    for (i, fw) in firmware_names.iter().enumerate() {
-        if fw.contains("..") || fw.starts_with('/') || fw.contains(['*', '?']) {
-            continue;
+    // Firmware, packed as the kernel's loader reads it.
+    let kernel_config =
+        opts.kernel_config.clone().or_else(|| firmware::find_kernel_config(&kernel, &release, &modules_dir));
+    let packing = match &kernel_config {
+        Some(p) => firmware::Packing::from_kernel_config(
+            &std::fs::read_to_string(p).with_context(|| format!("reading the kernel config {}", p.display()))?,
+        ),
+        None => firmware::Packing::Plain,
+    };
+    let mut named_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (m, fws) in &firmware_of {
+        for fw in fws {
+            named_by.entry(fw.clone()).or_default().push(m.clone());
         }
-        let base = opts.firmware.join(fw);
-        let found = if base.is_file() {
-            Some(base)
-        } else {
-            let mut f = None;
-            for ext in ["xz", "zst"] {
-                let c = PathBuf::from(format!("{}.{ext}", base.display()));
-                if c.is_file() {
-                    let p = staging.path().join(format!("fw{i}"));
-                    decompress_to(&c, &p)?;
-                    f = Some(p);
-                    break;
-                }
-            }
-            f
-        };
+    }
+    let (mut firmware, mut firmware_missing) = (Vec::new(), Vec::new());
+    for (i, (fw, mods)) in named_by.iter().enumerate() {
+        let found = if firmware::valid_name(fw) { firmware::locate(&opts.firmware, fw) } else { None };
         match found {
-            Some(p) => {
-                add_with_parents(&mut entries, &format!("lib/firmware/{fw}"), Source::File(p, 0o644));
+            Some(src) => {
+                let p = staging.path().join(format!("fw{i}"));
+                firmware::pack(&src, packing, &p).with_context(|| format!("packing firmware {}", src.display()))?;
+                let path = format!("lib/firmware/{fw}{}", packing.suffix());
+                add_with_parents(&mut entries, &path, Source::File(p, 0o644));
+                files.insert(path, "firmware".into());
                 firmware.push(fw.clone());
             }
-            None => firmware_missing.push(fw.clone()),
+            None => firmware_missing.push(MissingFirmware {
+                name: fw.clone(),
+                modules: mods.clone(),
+                package: firmware::debian_package(fw).map(String::from),
+            }),
         }
     }
 
-    // Write: cpio → zstd → initrd.img.tmp, then rename; the kernel beside it.
+    // Per requested driver: its status and the firmware of it and its dependencies.
+    let missing_fw: BTreeSet<&str> = firmware_missing.iter().map(|m| m.name.as_str()).collect();
+    let mut drivers = Vec::new();
+    let mut warnings = Vec::new();
+    for d in &opts.drivers {
+        let n = modules::normalize(d);
+        let family = families::family_of(&n).map_or("extra", |f| f.id).to_string();
+        let (status, fws) = if dep.get(&n).is_some() {
+            let order = dep.load_order(std::slice::from_ref(&n), |x| builtin.contains(x))?;
+            let fws: BTreeSet<String> = order.iter().flat_map(|m| firmware_of[m].iter().cloned()).collect();
+            ("included", fws)
+        } else if builtin.contains(&n) {
+            ("builtin", BTreeSet::new())
+        } else {
+            warnings.push(format!("driver {n} ({family}) is not in kernel {release}: its hardware will not work"));
+            ("missing", BTreeSet::new())
+        };
+        let (absent, present): (Vec<String>, Vec<String>) =
+            fws.into_iter().partition(|f| missing_fw.contains(f.as_str()));
+        for f in &absent {
+            let pkg = firmware::debian_package(f).map_or(String::new(), |p| format!(" (Debian package {p})"));
+            warnings.push(format!("driver {n}: firmware {f} is not in {}{pkg}", opts.firmware.display()));
+        }
+        drivers.push(DriverStatus { module: n, family, status, firmware_present: present, firmware_missing: absent });
+    }
+
+    // Write: cpio → zstd → initrd.img.tmp, then rename; the kernel beside it. Directories and
+    // device nodes first (sorted, so parents come before children), then the files by category
+    // (each sorted), the zstd stream flushed after each category to measure its share.
+    let mut order: Vec<String> = vec!["agent".into()];
+    order.extend(families::FAMILIES.iter().map(|f| format!("modules/{}", f.id)));
+    order.extend(["modules/extra", "modules/other", "firmware", "layout"].map(String::from));
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let initrd = opts.out.join("initrd.img");
     let tmp = opts.out.join(".initrd.img.tmp");
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let enc = zstd::stream::Encoder::new(BufWriter::new(file), opts.level).context("starting zstd")?;
+    let counted = Counting { inner: BufWriter::new(file), count: 0 };
+    let enc = zstd::stream::Encoder::new(counted, opts.level).context("starting zstd")?;
     let mut w = cpio::Writer::new(enc, 0);
-    for (name, src) in &entries {
+    let write = |w: &mut cpio::Writer<_>, name: &str, src: &Source| -> Result<()> {
         match src {
-            Source::Dir => w.dir(name, 0o755)?,
-            Source::CharDevice(maj, min) => w.char_device(name, 0o600, *maj, *min)?,
-            Source::Bytes(b, perm) => w.file(name, *perm, b.len() as u64, &mut &b[..])?,
+            Source::Dir => w.dir(name, 0o755),
+            Source::CharDevice(maj, min) => w.char_device(name, 0o600, *maj, *min),
+            Source::Bytes(b, perm) => w.file(name, *perm, b.len() as u64, &mut &b[..]),
             Source::File(p, perm) => {
                 let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
                 let len = f.metadata().with_context(|| format!("sizing {}", p.display()))?.len();
-                w.file(name, *perm, len, &mut BufReader::new(f))?;
+                w.file(name, *perm, len, &mut BufReader::new(f))
             }
         }
+    };
+    let measure =
+        |w: &mut cpio::Writer<zstd::stream::Encoder<'static, Counting<BufWriter<File>>>>| -> Result<(u64, u64)> {
+            w.get_mut().flush().context("flushing zstd")?;
+            Ok((w.written(), w.get_mut().get_ref().count))
+        };
+    for (name, src) in entries.iter().filter(|(n, _)| !files.contains_key(*n)) {
+        write(&mut w, name, src)?;
+    }
+    let mut last = measure(&mut w)?;
+    let layout_start = last;
+    let mut sizes = Vec::new();
+    for cat in &order {
+        let names: Vec<&String> = files.iter().filter(|(_, c)| *c == cat).map(|(n, _)| n).collect();
+        if names.is_empty() {
+            continue;
+        }
+        for n in &names {
+            write(&mut w, n, &entries[*n])?;
+        }
+        let now = measure(&mut w)?;
+        let (mut bytes, mut compressed) = (now.0 - last.0, now.1 - last.1);
+        if cat == "layout" {
+            // The directories and device nodes written first count as layout too.
+            bytes += layout_start.0;
+            compressed += layout_start.1;
+        }
+        sizes.push(CategorySize { category: cat.clone(), files: names.len(), bytes, compressed_bytes: compressed });
+        last = now;
     }
     let (enc, cpio_bytes) = w.finish()?;
     let file = enc
         .finish()
         .context("finishing zstd")?
+        .inner
         .into_inner()
         .map_err(|e| e.into_error())
         .context("flushing the initramfs")?;
@@ -361,11 +465,25 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
     if let Ok(d) = File::open(&opts.out) {
         let _ = d.sync_all();
     }
+    let initrd_bytes = std::fs::metadata(&initrd)?.len();
+    // The trailer and the end of the zstd frame: layout.
+    if let Some(l) = sizes.iter_mut().find(|s| s.category == "layout") {
+        l.bytes += cpio_bytes - last.0;
+        l.compressed_bytes += initrd_bytes - last.1;
+    }
+    let other_missing =
+        firmware_missing.iter().filter(|m| !drivers.iter().any(|d| d.firmware_missing.contains(&m.name))).count();
+    if other_missing > 0 {
+        warnings.push(format!(
+            "{other_missing} firmware files named by other modules (the {} directories) are not installed: see --json",
+            opts.driver_dirs.len()
+        ));
+    }
 
     Ok(Report {
         release,
         kernel_bytes: std::fs::metadata(&vmlinuz)?.len(),
-        initrd_bytes: std::fs::metadata(&initrd)?.len(),
+        initrd_bytes,
         kernel: vmlinuz,
         initrd,
         cpio_bytes,
@@ -373,9 +491,33 @@ pub fn build(opts: &BuildOptions) -> Result<Report> {
         modules: included.into_iter().collect(),
         builtin: report_builtin,
         missing,
+        drivers,
         firmware,
         firmware_missing,
+        firmware_dir: opts.firmware.clone(),
+        firmware_packing: packing,
+        kernel_config,
+        sizes,
+        warnings,
     })
+}
+
+/// Counts the bytes written through it (the compressed image's size so far).
+struct Counting<W: Write> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Inserts `path` and any missing parent directories.

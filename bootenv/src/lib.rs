@@ -5,8 +5,10 @@
 //!   matching of device modaliases, dependency order, module names. The agent uses it to load
 //!   drivers at boot; the builder to pick what goes into the image.
 //! - [`cpio`] writes (and reads back) the `newc` cpio format the kernel unpacks as initramfs.
+//! - [`families`] lists the storage and network drivers the image carries, by family.
+//! - [`firmware`] resolves the firmware those modules name and packs it as the kernel reads it.
 //! - [`initramfs`] builds the image: the agent as `/init`, the network and storage drivers
-//!   with their dependencies and firmware, compressed with zstd.
+//!   with their dependencies and firmware, compressed with zstd, and the report of what went in.
 //! - [`signed`] lays out the distribution's signed shim and network GRUB beside it, for
 //!   netbooting under Secure Boot.
 //!
@@ -19,6 +21,8 @@
 //! step; the builder's callers (the CLI, tests) print the chain.
 
 pub mod cpio;
+pub mod families;
+pub mod firmware;
 pub mod initramfs;
 pub mod modules;
 pub mod signed;

@@ -57,9 +57,16 @@ fn image_from_the_installed_kernel() {
         names.push(h.name.clone());
         entries.insert(h.name, (h.mode, h.size));
     }
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted, "entries are written in sorted order");
+    // The kernel creates no parent directories: each must come before what it holds.
+    for (i, n) in names.iter().enumerate() {
+        if let Some((parent, _)) = n.rsplit_once('/') {
+            let at = names.iter().position(|x| x == parent).unwrap_or_else(|| panic!("{parent} is not in the image"));
+            assert!(at < i, "{n} comes before its directory");
+        }
+    }
+    // The report's categories add up to the image.
+    assert_eq!(r.sizes.iter().map(|c| c.bytes).sum::<u64>(), r.cpio_bytes);
+    assert_eq!(r.sizes.iter().map(|c| c.compressed_bytes).sum::<u64>(), r.initrd_bytes);
     let init = entries["init"];
     assert_eq!(init.0, cpio::S_IFREG | 0o755);
     assert!(init.1 > 0);
@@ -75,21 +82,11 @@ fn image_from_the_installed_kernel() {
                 && k.ends_with(".ko")
         })
     };
-    for m in [
-        "virtio_net",
-        "virtio_pci",
-        "e1000e",
-        "nvme",
-        "ahci",
-        "virtio_blk",
-        "virtio_scsi",
-        "igb",
-        "ixgbe",
-        "mlx5_core",
-        "megaraid_sas",
-        "sd_mod",
-    ] {
-        assert!(has_module(m) || r.builtin.contains(&m.to_string()), "{m} neither shipped nor built in");
+    // Every family's modules (docs/drivers.md), shipped or built in.
+    for m in kura_bootenv::families::default_modules() {
+        assert!(has_module(&m) || r.builtin.contains(&m), "{m} neither shipped nor built in");
+        let status = r.drivers.iter().find(|d| d.module == m).map(|d| d.status);
+        assert!(matches!(status, Some("included" | "builtin")), "{m}: {status:?}");
     }
     // Dependencies come along: nvme needs nvme_core (unless built in).
     if has_module("nvme") && !r.builtin.contains(&"nvme_core".to_string()) {

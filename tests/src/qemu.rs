@@ -122,13 +122,23 @@ impl Firmware {
 pub enum Nic {
     VirtioNet,
     E1000,
+    /// Intel 82574L (Linux: e1000e).
+    E1000e,
+    /// VMware VMXNET3 (Linux: vmxnet3).
+    Vmxnet3,
+    /// Realtek RTL8139C+ (Linux: 8139cp, else 8139too).
+    Rtl8139,
 }
 
 impl Nic {
-    fn device(self) -> &'static str {
+    /// QEMU's device name.
+    pub fn device(self) -> &'static str {
         match self {
             Nic::VirtioNet => "virtio-net-pci",
             Nic::E1000 => "e1000",
+            Nic::E1000e => "e1000e",
+            Nic::Vmxnet3 => "vmxnet3",
+            Nic::Rtl8139 => "rtl8139",
         }
     }
 }
@@ -151,6 +161,48 @@ pub enum DiskBus {
     Virtio,
     /// SATA on the q35 AHCI controller (`/dev/sdX`).
     Sata,
+    /// A disk on a storage controller of its own (one controller per disk).
+    Controller(Hba),
+}
+
+/// Storage controllers QEMU emulates, each the stand-in for a family of real server HBAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hba {
+    /// LSI MegaRAID SAS 2108 (Linux: megaraid_sas); `/dev/sdX`.
+    MegasasGen2,
+    /// LSI SAS1068 (Linux: mptsas); `/dev/sdX`.
+    Mptsas1068,
+    /// LSI 53C895A (Linux: sym53c8xx); `/dev/sdX`.
+    Lsi53c895a,
+    /// VMware PVSCSI (Linux: vmw_pvscsi); `/dev/sdX`.
+    Pvscsi,
+    /// NVMe (Linux: nvme); `/dev/nvmeXn1`.
+    Nvme,
+    /// An Intel ICH9 AHCI controller of its own (Linux: ahci); `/dev/sdX`.
+    Ich9Ahci,
+}
+
+impl Hba {
+    /// QEMU's device name.
+    pub fn device(self) -> &'static str {
+        match self {
+            Hba::MegasasGen2 => "megasas-gen2",
+            Hba::Mptsas1068 => "mptsas1068",
+            Hba::Lsi53c895a => "lsi53c895a",
+            Hba::Pvscsi => "pvscsi",
+            Hba::Nvme => "nvme",
+            Hba::Ich9Ahci => "ich9-ahci",
+        }
+    }
+
+    /// The `-device` arguments for drive `d{i}` behind this controller.
+    fn devices(self, i: usize) -> Vec<String> {
+        match self {
+            Hba::Nvme => vec![format!("nvme,drive=d{i},serial=kura-nvme-{i}")],
+            Hba::Ich9Ahci => vec![format!("ich9-ahci,id=hba{i}"), format!("ide-hd,drive=d{i},bus=hba{i}.0")],
+            scsi => vec![format!("{},id=hba{i}", scsi.device()), format!("scsi-hd,drive=d{i},bus=hba{i}.0")],
+        }
+    }
 }
 
 /// What the firmware boots first.
@@ -341,15 +393,18 @@ impl<'a> MachineBuilder<'a> {
         for (i, (image, bus)) in self.disks.iter().enumerate() {
             a.push("-drive".into());
             a.push(format!("file={},format=raw,if=none,id=d{i},cache=unsafe", image.display()));
-            let mut dev = match bus {
-                DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i}"),
-                DiskBus::Sata => format!("ide-hd,drive=d{i}"),
+            let mut devs = match bus {
+                DiskBus::Virtio => vec![format!("virtio-blk-pci,drive=d{i}")],
+                DiskBus::Sata => vec![format!("ide-hd,drive=d{i}")],
+                DiskBus::Controller(hba) => hba.devices(i),
             };
             if bootindex {
-                dev += &format!(",bootindex={}", disk_index + i);
+                *devs.last_mut().expect("a disk device") += &format!(",bootindex={}", disk_index + i);
             }
-            a.push("-device".into());
-            a.push(dev);
+            for dev in devs {
+                a.push("-device".into());
+                a.push(dev);
+            }
         }
         if let Some(d) = &self.direct {
             a.extend(["-kernel".into(), d.kernel.display().to_string()]);

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use kura_bootenv::initramfs::{self, BuildOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -34,6 +34,10 @@ pub struct BuildArgs {
     /// Firmware directory.
     #[arg(long, value_name = "DIR", default_value = "/lib/firmware")]
     firmware: PathBuf,
+    /// The kernel's .config, which says how firmware is packed (default: config-RELEASE beside
+    /// the kernel).
+    #[arg(long, value_name = "PATH")]
+    kernel_config: Option<PathBuf>,
     /// The static kura-agent binary (default: beside this kura binary, or its static build).
     #[arg(long, value_name = "PATH", env = "KURA_AGENT")]
     agent: Option<PathBuf>,
@@ -55,6 +59,9 @@ pub struct BuildArgs {
     /// Signed network GRUB (default: the grub-efi-amd64-signed package's grubnetx64).
     #[arg(long, value_name = "PATH", default_value = kura_bootenv::signed::GRUBNET_SIGNED)]
     grubnet: PathBuf,
+    /// Print every driver (included, firmware present/missing) and the size by category.
+    #[arg(long)]
+    report: bool,
     #[arg(long)]
     json: bool,
 }
@@ -88,6 +95,7 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
     opts.kernel = a.kernel;
     opts.modules = a.modules;
     opts.firmware = a.firmware;
+    opts.kernel_config = a.kernel_config;
     opts.level = a.level;
     opts.strip = !a.no_strip;
     opts.drivers.extend(a.extra_modules);
@@ -115,44 +123,19 @@ pub fn run(cmd: BootenvCommand) -> Result<ExitCode> {
         v["signed_chain"] = serde_json::to_value(&signed)?;
         println!("{}", serde_json::to_string(&v)?);
     } else {
-        let show = |p: &Path| p.display().to_string();
-        println!("kernel   {} ({}, {})", show(&r.kernel), r.release, indicatif::BinaryBytes(r.kernel_bytes));
-        println!(
-            "initrd   {} ({}; {} uncompressed)",
-            show(&r.initrd),
-            indicatif::BinaryBytes(r.initrd_bytes),
-            indicatif::BinaryBytes(r.cpio_bytes)
-        );
-        println!(
-            "modules  {} ({} requested drivers built in{})",
-            r.modules.len(),
-            r.builtin.len(),
-            if r.missing.is_empty() {
-                String::new()
-            } else {
-                format!("; not in this kernel: {}", r.missing.join(", "))
-            }
-        );
-        println!(
-            "firmware {} files ({} named by modules but not installed)",
-            r.firmware.len(),
-            r.firmware_missing.len()
-        );
+        print!("{}", super::bootenv_report::render(&r, a.report));
         match &signed {
             Some(s) => {
                 println!(
                     "signed   {} ({}), {} ({}){}",
-                    show(&s.shim),
+                    s.shim.display(),
                     indicatif::BinaryBytes(s.shim_bytes),
-                    show(&s.grub),
+                    s.grub.display(),
                     indicatif::BinaryBytes(s.grub_bytes),
                     if s.kernel_signed { "" } else { "; the kernel is NOT signed: it will not boot under Secure Boot" }
                 );
             }
             None => println!("signed   not laid out (--no-signed-chain)"),
-        }
-        if !r.agent_stripped {
-            println!("note: the agent was not stripped (no `strip`, or --no-strip)");
         }
     }
     Ok(ExitCode::SUCCESS)

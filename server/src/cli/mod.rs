@@ -5,6 +5,7 @@
 
 mod bench;
 mod bootenv;
+mod bootenv_report;
 mod engine;
 mod image;
 mod jobs;
