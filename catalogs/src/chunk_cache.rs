@@ -95,7 +95,8 @@ impl ChunkCache {
     /// existing entries in their last-use order and evicts down to the bound.
     pub fn open(root: &Path, max_bytes: u64) -> Result<ChunkCache, kura_imaging::Error> {
         for d in ["chunks", "tmp"] {
-            crate::private::create_dir_all(&root.join(d)).map_err(|e| io_err(format!("creating {}", root.display()), e))?;
+            crate::private::create_dir_all(&root.join(d))
+                .map_err(|e| io_err(format!("creating {}", root.display()), e))?;
         }
         for e in fs::read_dir(root.join("tmp")).map_err(|e| io_err("listing tmp/".into(), e))?.flatten() {
             let _ = fs::remove_file(e.path());

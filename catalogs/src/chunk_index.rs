@@ -68,7 +68,10 @@ impl ChunkIndex {
         if origin == IndexOrigin::Rebuilt || (lines > COMPACT_AFTER && lines > 2 * chunks.len()) {
             Self::rewrite(path, &header, &chunks)?;
         }
-        let log = fs::OpenOptions::new().append(true).open(path).map_err(|e| err(format!("opening {}", path.display()), e))?;
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| err(format!("opening {}", path.display()), e))?;
         Ok((ChunkIndex { path: path.to_path_buf(), chunks: Mutex::new(chunks), log: Mutex::new(log) }, origin))
     }
 

@@ -209,7 +209,11 @@ pub fn collect(store: &(impl Store + ?Sized), registry: &WriterRegistry, opts: &
     r
 }
 
-fn collect_inner(store: &(impl Store + ?Sized), registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
+fn collect_inner(
+    store: &(impl Store + ?Sized),
+    registry: &WriterRegistry,
+    opts: &GcOptions,
+) -> Result<GcReport, Error> {
     let started = SystemTime::now();
     let mut report = GcReport::default();
 

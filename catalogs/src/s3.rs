@@ -109,7 +109,10 @@ impl S3Spec {
             endpoint,
             region: region.or_else(|| env("KURA_S3_REGION")).filter(|r| !r.is_empty()).unwrap_or("us-east-1".into()),
             path_style,
-            credentials_file: credentials.or_else(|| env("KURA_S3_CREDENTIALS")).filter(|c| !c.is_empty()).map(PathBuf::from),
+            credentials_file: credentials
+                .or_else(|| env("KURA_S3_CREDENTIALS"))
+                .filter(|c| !c.is_empty())
+                .map(PathBuf::from),
         })
     }
 
@@ -251,10 +254,10 @@ impl S3Store {
         let (cache_dir, temp) = match &cache.dir {
             Some(d) => (d.clone(), None),
             None => {
-                let t = tempfile::Builder::new()
-                    .prefix("kura-s3-cache")
-                    .tempdir()
-                    .map_err(|e| Error::Store { message: format!("making a cache directory: {e}"), retryable: false })?;
+                let t = tempfile::Builder::new().prefix("kura-s3-cache").tempdir().map_err(|e| Error::Store {
+                    message: format!("making a cache directory: {e}"),
+                    retryable: false,
+                })?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
@@ -639,7 +642,8 @@ mod tests {
     #[test]
     fn spec_parsing_and_refusals() {
         let none = env_of(&[]);
-        let s = S3Spec::parse("s3://kura-backups/site-a/store?endpoint=http://127.0.0.1:8333&region=eu-1", &none).unwrap();
+        let s =
+            S3Spec::parse("s3://kura-backups/site-a/store?endpoint=http://127.0.0.1:8333&region=eu-1", &none).unwrap();
         assert_eq!(
             s,
             S3Spec {
@@ -655,7 +659,9 @@ mod tests {
         let aws = S3Spec::parse("s3://bucket", &env_of(&[("KURA_S3_CREDENTIALS", "/etc/kura/s3")])).unwrap();
         assert_eq!((aws.prefix.as_str(), aws.path_style, aws.region.as_str()), ("", false, "us-east-1"));
         assert_eq!(aws.credentials_file.as_deref(), Some(Path::new("/etc/kura/s3")));
-        for bad in ["s3://B/x", "s3://ab", "s3://bucket/a/../b", "s3://bucket?endpoint=ftp://x", "s3://bucket?color=red"] {
+        for bad in
+            ["s3://B/x", "s3://ab", "s3://bucket/a/../b", "s3://bucket?endpoint=ftp://x", "s3://bucket?color=red"]
+        {
             let e = S3Spec::parse(bad, &none).unwrap_err().to_string();
             assert!(e.contains("bad S3 store"), "{bad}: {e}");
         }
@@ -675,7 +681,8 @@ mod tests {
         assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("AK", "SK"));
         let e = Credentials::load(None, &env_of(&[])).err().unwrap().to_string();
         assert!(e.contains("no S3 credentials"), "{e}");
-        let c = Credentials::load(None, &env_of(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")])).unwrap();
+        let c =
+            Credentials::load(None, &env_of(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")])).unwrap();
         assert_eq!(c.access_key_id, "a");
     }
 

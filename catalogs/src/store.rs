@@ -330,10 +330,7 @@ impl LocalStore {
 
     /// Calls `f(digest, size, mtime)` for every chunk file; stops at the first error. Files
     /// in `chunks/` that are not named like chunks are skipped.
-    pub fn for_each_chunk(
-        &self,
-        mut f: impl FnMut(Digest, u64, SystemTime) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    pub fn for_each_chunk(&self, mut f: impl FnMut(Digest, u64, SystemTime) -> Result<(), Error>) -> Result<(), Error> {
         let top = self.root.join("chunks");
         let err = |p: &Path, e: io::Error| store_err(format!("listing {}", p.display()), &e);
         let mut shards: Vec<PathBuf> = Vec::new();

@@ -26,9 +26,9 @@
 use crate::api::{self, AppState};
 use crate::scheduler::{Clock, FileClock, Hooks, Scheduler, SystemClock};
 use anyhow::{bail, Context, Result};
+use kura_catalogs::backend::{self, CacheOptions};
 use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
 use kura_catalogs::private;
-use kura_catalogs::backend::{self, CacheOptions};
 use kura_catalogs::{LocalStore, Store};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -117,7 +117,8 @@ pub fn open_state(data: &Path, store: Option<&str>, cache_bytes: u64) -> Result<
         None => Arc::new(LocalStore::open_or_create(&data.join("store"))?),
         Some(spec) => {
             let cache = CacheOptions { dir: Some(data.join("cache")), max_bytes: cache_bytes };
-            backend::open_or_create(&spec, &cache).with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?
+            backend::open_or_create(&spec, &cache)
+                .with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?
         }
     };
     let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;

@@ -17,8 +17,8 @@ use kura_tests::content::{random_bytes, sha256_file, XorShift};
 use kura_tests::disks::{write_at, MIB};
 use kura_tests::engine::{manifest_ids, raw_disk, received_count, ChildGuard, Mount, Server};
 use kura_tests::kura_cli::kura_bin;
-use kura_tests::s3::Backend;
 use kura_tests::proxy::{Hold, Kind, Proxy, Seen};
+use kura_tests::s3::Backend;
 
 /// What the engine lists is exactly what its store holds, and all of it verifies.
 fn assert_consistent(server: &Server) -> Vec<String> {

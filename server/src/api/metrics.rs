@@ -48,7 +48,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
         }
     }
     if let Some((hits, misses)) = state.engine.store.cache_hits_misses() {
-        family(&mut text, "kura_store_cache_reads_total", "counter", "Chunk reads of the local cache of the object store.");
+        family(
+            &mut text,
+            "kura_store_cache_reads_total",
+            "counter",
+            "Chunk reads of the local cache of the object store.",
+        );
         let _ = writeln!(text, "kura_store_cache_reads_total{{result=\"hit\"}} {hits}");
         let _ = writeln!(text, "kura_store_cache_reads_total{{result=\"miss\"}} {misses}");
     }

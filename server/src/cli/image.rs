@@ -5,7 +5,6 @@ use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{Context, Result};
 use kura_catalogs::backend::{self, CacheOptions, Sink};
 use kura_catalogs::Store;
-use std::sync::Arc;
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats};
 use kura_imaging::fit;
 use kura_imaging::flow::{self, RestoreError};
@@ -16,6 +15,7 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Opens the store named by `--store`: a directory, or `s3://…` (settings and credentials as in
@@ -60,7 +60,8 @@ pub fn capture(
     }
     let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
     let started = Instant::now();
-    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
+    let result =
+        flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
     bar.finish();
     let (id, stats) = result?;
     let seconds = started.elapsed().as_secs_f64();
@@ -264,7 +265,8 @@ pub fn fit(
         ..Default::default()
     };
     let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
-    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
+    let result =
+        flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
     bar.finish();
     let (new_id, _) = result?;
     let seconds = started.elapsed().as_secs_f64();
