@@ -8,7 +8,6 @@ use axum::{Extension, Json};
 use kura_catalogs::db::{Principal, RetentionScope, Role, TokenInfo};
 use kura_catalogs::gc::{self, GcOptions};
 use kura_catalogs::retention::Rule;
-use kura_catalogs::Store;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;

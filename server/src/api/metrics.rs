@@ -11,7 +11,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use kura_catalogs::db::JobKind;
-use kura_catalogs::Store;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 
 use super::{ApiResult, AppState};
 use kura_catalogs::db::{HostStatus, Job, JobCount, JobDuration, SnapshotTotals, UnixTime};
-use kura_catalogs::{Store, StoreUsage};
+use kura_catalogs::StoreUsage;
 use std::time::{Duration, Instant};
 
 /// A host whose last good snapshot is older than this (or that has none) is stale.

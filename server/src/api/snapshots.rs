@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kura_catalogs::db::{JobKind, Principal, Snapshot};
-use kura_catalogs::Store;
 use kura_imaging::chunk::Digest;
 use serde::Deserialize;
 use std::sync::Arc;

@@ -4,7 +4,6 @@
 use super::{engine, Location};
 use crate::nbd::{self, disk::SnapshotDisk, Listener};
 use anyhow::{bail, Context, Result};
-use kura_catalogs::Store;
 use kura_imaging::chunk::ChunkSource;
 use kura_protocol::client::RemoteSource;
 use std::io::Write;

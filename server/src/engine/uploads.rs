@@ -39,8 +39,7 @@
 use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
 use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, SnapshotKind};
 use kura_catalogs::gc::WriterId;
-use kura_catalogs::Store;
-use kura_imaging::chunk::{ChunkSink, Decoder, Digest, DEFAULT_CHUNK_SIZE};
+use kura_imaging::chunk::{Decoder, Digest, DEFAULT_CHUNK_SIZE};
 use kura_imaging::manifest::{ChunkRef, Manifest};
 use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
 use std::cell::RefCell;
