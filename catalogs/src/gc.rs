@@ -33,8 +33,14 @@
 //! Other processes: `kura serve` holds the store's exclusive lock for its lifetime and offline
 //! captures take it for their duration, so no writer outside the registry runs beside a
 //! collection; the grace period is a second line of defence.
+//!
+//! The same rules hold for any [`Store`]. On S3 the sweep walks a LIST of `chunks/` (the grace
+//! period uses each object's `LastModified`), presence comes from the engine's chunk index,
+//! and a removal is recorded durably in that index before its DELETE is sent, so a writer is
+//! never told a removed chunk is present. The registry is per engine: one engine per bucket
+//! prefix (docs/scale-out.md).
 
-use crate::store::LocalStore;
+use crate::backend::Store;
 use kura_imaging::chunk::Digest;
 use kura_imaging::Error;
 use serde::Serialize;
@@ -124,7 +130,7 @@ impl WriterRegistry {
 
     /// Answers "which of these does the store lack?" for writer `id` and protects the chunks
     /// it was told are present. `None` if the writer is not registered.
-    pub fn missing(&self, id: WriterId, store: &LocalStore, digests: &[Digest]) -> Option<Vec<bool>> {
+    pub fn missing(&self, id: WriterId, store: &(impl Store + ?Sized), digests: &[Digest]) -> Option<Vec<bool>> {
         let mut g = self.inner.lock().expect("lock");
         let w = g.writers.get_mut(&id)?;
         w.last_seen = Instant::now();
@@ -165,7 +171,7 @@ impl WriterRegistry {
 
     /// Removes chunk `d` from `store` unless a running writer touched it; atomic with respect
     /// to [`missing`](Self::missing) and [`touch`](Self::touch). Returns whether it was removed.
-    pub fn remove_if_untouched(&self, store: &LocalStore, d: &Digest) -> Result<bool, Error> {
+    pub fn remove_if_untouched(&self, store: &(impl Store + ?Sized), d: &Digest) -> Result<bool, Error> {
         self.exclusive(|touched| if touched(d) { Ok(false) } else { store.remove_chunk(d) })
     }
 }
@@ -196,14 +202,18 @@ pub struct GcReport {
 }
 
 /// One mark-and-sweep pass. See the module docs for why it is safe beside running writers.
-pub fn collect(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
+pub fn collect(store: &(impl Store + ?Sized), registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
     registry.begin_collection();
     let r = collect_inner(store, registry, opts);
     registry.end_collection();
     r
 }
 
-fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions) -> Result<GcReport, Error> {
+fn collect_inner(
+    store: &(impl Store + ?Sized),
+    registry: &WriterRegistry,
+    opts: &GcOptions,
+) -> Result<GcReport, Error> {
     let started = SystemTime::now();
     let mut report = GcReport::default();
 
@@ -230,7 +240,7 @@ fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions
 
     // Sweep.
     let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
-    store.for_each_chunk(|d, size, mtime| {
+    store.for_each_chunk(&mut |d, size, mtime| {
         report.chunks_seen += 1;
         if referenced.contains(&d) {
             return Ok(());
@@ -258,6 +268,7 @@ fn collect_inner(store: &LocalStore, registry: &WriterRegistry, opts: &GcOptions
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LocalStore;
     use kura_imaging::chunk::{ChunkSink, Encoder};
     use kura_imaging::layout::{DiskLayout, Scheme};
     use kura_imaging::manifest::{ChunkRef, Manifest, Region};

@@ -32,25 +32,33 @@
 //!   [`kura_imaging::chunk::Decoder`], which verifies the digest; [`LocalStore::verify`] re-reads
 //!   everything.
 
-use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Decoder, Digest};
+use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Digest};
 use kura_imaging::flow::SnapshotSink;
 use kura_imaging::manifest::Manifest;
 use kura_imaging::Error;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 const MARKER: &str = "kura-store.json";
 const STORE_FORMAT: u32 = 1;
 
 /// Holds the store's lock (see [`LocalStore::lock`]) until dropped.
 pub struct StoreLock {
-    _file: File,
+    _file: Option<File>,
+}
+
+impl StoreLock {
+    /// A lock held by something else than a file (a remote store's cache lock holds its own).
+    pub fn held_elsewhere() -> StoreLock {
+        StoreLock { _file: None }
+    }
 }
 
 /// Staged chunk bytes after which a batch is made durable and linked into place.
@@ -314,24 +322,15 @@ impl LocalStore {
         Ok(id)
     }
 
-    /// Calls `f(digest, size, mtime)` for every chunk file; stops at the first error. Files
-    /// in `chunks/` that are not named like chunks are skipped.
     /// Counts the chunks in place and adds up their file sizes (one walk of `chunks/`; staged
     /// chunks are not counted until they are in place, which they are after every commit).
     pub fn usage(&self) -> Result<StoreUsage, Error> {
-        let mut u = StoreUsage::default();
-        self.for_each_chunk(|_, len, _| {
-            u.chunks += 1;
-            u.bytes += len;
-            Ok(())
-        })?;
-        Ok(u)
+        crate::backend::Store::usage(self)
     }
 
-    pub fn for_each_chunk(
-        &self,
-        mut f: impl FnMut(Digest, u64, std::time::SystemTime) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    /// Calls `f(digest, size, mtime)` for every chunk file; stops at the first error. Files
+    /// in `chunks/` that are not named like chunks are skipped.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(Digest, u64, SystemTime) -> Result<(), Error>) -> Result<(), Error> {
         let top = self.root.join("chunks");
         let err = |p: &Path, e: io::Error| store_err(format!("listing {}", p.display()), &e);
         let mut shards: Vec<PathBuf> = Vec::new();
@@ -402,7 +401,7 @@ impl LocalStore {
             .map_err(|e| store_err(format!("opening {}", path.display()), &e))?;
         let r = if exclusive { f.try_lock() } else { f.try_lock_shared() };
         match r {
-            Ok(()) => Ok(StoreLock { _file: f }),
+            Ok(()) => Ok(StoreLock { _file: Some(f) }),
             Err(fs::TryLockError::WouldBlock) => Err(Error::Store {
                 message: format!(
                     "the store {} is in use by another Kura process (kura serve, or a capture)",
@@ -443,25 +442,12 @@ impl LocalStore {
 
     /// Resolves a full snapshot id or a unique prefix of one.
     pub fn resolve(&self, id_or_prefix: &str) -> Result<String, Error> {
-        let ids = self.snapshot_ids()?;
-        let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(id_or_prefix)).collect();
-        match matches.as_slice() {
-            [one] if !id_or_prefix.is_empty() => Ok((*one).clone()),
-            [] | [_] => Err(Error::Store {
-                message: format!("no snapshot {id_or_prefix:?} in {}", self.root.display()),
-                retryable: false,
-            }),
-            _ => Err(Error::Store {
-                message: format!("snapshot id {id_or_prefix:?} is ambiguous ({} matches)", matches.len()),
-                retryable: false,
-            }),
-        }
+        crate::backend::Store::resolve(self, id_or_prefix)
     }
 
     /// Loads and validates a committed manifest (its hash must match its id).
     pub fn load_manifest(&self, id: &str) -> Result<Manifest, Error> {
-        let bytes = self.manifest_bytes(id)?;
-        Manifest::decode(&bytes).map_err(|e| Error::Manifest(format!("snapshot {id}: {e}")))
+        crate::backend::Store::load_manifest(self, id)
     }
 
     /// The encoded manifest of a committed snapshot, checked against its id.
@@ -497,96 +483,77 @@ impl LocalStore {
     }
 
     pub fn snapshot_info(&self, id: &str) -> Result<SnapshotInfo, Error> {
-        let m = self.load_manifest(id)?;
-        Ok(SnapshotInfo {
-            id: id.to_string(),
-            name: m.name.clone(),
-            created: m.created.clone(),
-            source: m.source.clone(),
-            host: m.host.clone(),
-            disk_size: m.disk_size(),
-            used_bytes: m.used_bytes(),
-            scheme: m.layout.scheme,
-            partitions: m.layout.partitions.len(),
-            chunks: m.data_digests().count(),
-            unique_chunks: m.unique_digests().len(),
-        })
+        crate::backend::Store::snapshot_info(self, id)
     }
 
     /// Every committed snapshot, oldest first.
     pub fn list(&self) -> Result<Vec<SnapshotInfo>, Error> {
-        let mut out = Vec::new();
-        for id in self.snapshot_ids()? {
-            out.push(self.snapshot_info(&id)?);
-        }
-        out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
-        Ok(out)
+        crate::backend::Store::list(self)
     }
 
-    /// Re-reads and fully re-checks (decompress + SHA-256) every chunk the selected snapshots
-    /// need (all snapshots if `only` is `None`), and reports each damaged or missing chunk with
-    /// the snapshots that need it. Reads only; repairs nothing.
+    /// Re-reads and fully re-checks every chunk the selected snapshots need; see
+    /// [`crate::backend::Store::verify`]. Reads only; repairs nothing.
     pub fn verify(
         &self,
         only: Option<&str>,
         threads: usize,
         progress: &dyn kura_imaging::progress::Progress,
     ) -> Result<VerifyReport, Error> {
-        let ids = match only {
-            Some(id) => vec![self.resolve(id)?],
-            None => self.snapshot_ids()?,
-        };
-        let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-        let mut damaged_manifests = Vec::new();
-        for id in &ids {
-            match self.load_manifest(id) {
-                Ok(m) => {
-                    for d in m.unique_digests() {
-                        users.entry(d).or_default().push(id.clone());
-                    }
-                }
-                Err(e) => damaged_manifests.push(DamagedManifest { id: id.clone(), reason: e.to_string() }),
-            }
-        }
-        let digests: Vec<(&Digest, &Vec<String>)> = users.iter().collect();
-        progress.set_total(digests.len() as u64);
-        let next = AtomicUsize::new(0);
-        let damaged = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| {
-                    let Ok(mut dec) = Decoder::new() else { return };
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((d, snaps)) = digests.get(i) else { break };
-                        let r = self.get_chunk(d).and_then(|blob| dec.decode_into(&blob, d, &mut out));
-                        if let Err(e) = r {
-                            let reason = match e {
-                                Error::ChunkCorrupt { reason, .. } => reason,
-                                Error::ChunkMissing { .. } => "missing".to_string(),
-                                other => other.to_string(),
-                            };
-                            damaged.lock().expect("lock").push(DamagedChunk {
-                                digest: d.to_hex(),
-                                reason,
-                                snapshots: (*snaps).clone(),
-                            });
-                        }
-                        progress.advance(1);
-                    }
-                });
-            }
-        });
-        let mut damaged = damaged.into_inner().expect("lock");
-        damaged.sort_by(|a, b| a.digest.cmp(&b.digest));
-        Ok(VerifyReport {
-            ok: damaged.is_empty() && damaged_manifests.is_empty(),
-            snapshots_checked: ids.len(),
-            chunks_checked: digests.len() as u64,
-            damaged,
-            damaged_manifests,
-        })
+        crate::backend::Store::verify(self, only, threads, progress)
+    }
+}
+
+impl crate::backend::Store for LocalStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn has(&self, d: &Digest) -> bool {
+        LocalStore::has(self, d)
+    }
+
+    fn flush_staged(&self) -> Result<usize, Error> {
+        LocalStore::flush_staged(self)
+    }
+
+    fn commit_manifest(&self, manifest: &Manifest) -> Result<String, Error> {
+        LocalStore::commit_manifest(self, manifest)
+    }
+
+    fn snapshot_ids(&self) -> Result<Vec<String>, Error> {
+        LocalStore::snapshot_ids(self)
+    }
+
+    fn manifest_bytes(&self, id: &str) -> Result<Vec<u8>, Error> {
+        LocalStore::manifest_bytes(self, id)
+    }
+
+    fn manifest_exists(&self, id: &str) -> bool {
+        LocalStore::manifest_exists(self, id)
+    }
+
+    fn remove_manifest(&self, id: &str) -> Result<(), Error> {
+        LocalStore::remove_manifest(self, id)
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(Digest, u64, SystemTime) -> Result<(), Error>) -> Result<(), Error> {
+        LocalStore::for_each_chunk(self, f)
+    }
+
+    fn remove_chunk(&self, d: &Digest) -> Result<bool, Error> {
+        LocalStore::remove_chunk(self, d)
+    }
+
+    fn quarantine_chunk(&self, d: &Digest) -> Result<String, Error> {
+        LocalStore::quarantine_chunk(self, d).map(|p| p.display().to_string())
+    }
+
+    fn clean_tmp(&self) -> Result<usize, Error> {
+        LocalStore::clean_tmp(self)
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, Error> {
+        LocalStore::lock(self, exclusive)
     }
 }
 

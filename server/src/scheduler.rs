@@ -30,7 +30,7 @@ use anyhow::{Context, Result};
 use kura_catalogs::cron::Cron;
 use kura_catalogs::db::{Catalog, HostRunState, Release, RunState, RunSummary, Schedule, SnapshotState, UnixTime};
 use kura_catalogs::retention::{self, Candidate, Rule};
-use kura_catalogs::LocalStore;
+use kura_catalogs::Store;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -188,7 +188,7 @@ pub struct TickReport {
 pub struct Scheduler {
     catalog: Arc<Catalog>,
     /// For retention after a successful capture (snapshots' manifests are removed from it).
-    store: Option<Arc<LocalStore>>,
+    store: Option<Arc<dyn Store>>,
     config: SchedulerConfig,
     hooks: Hooks,
     /// Ticks [`run`] completed (`kura_scheduler_ticks_total`: a test that moved the clock
@@ -197,7 +197,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(catalog: Arc<Catalog>, store: Option<Arc<LocalStore>>, config: SchedulerConfig, hooks: Hooks) -> Self {
+    pub fn new(catalog: Arc<Catalog>, store: Option<Arc<dyn Store>>, config: SchedulerConfig, hooks: Hooks) -> Self {
         Scheduler { catalog, store, config, hooks, ticks: Arc::default() }
     }
 

@@ -1,7 +1,9 @@
 //! `kura serve`: the engine on embedded defaults. Everything lives under one data directory:
 //!
 //! ```text
-//! DIR/store/         the chunk store (catalogs::store)
+//! DIR/store/         the chunk store (catalogs::store), unless `--store s3://…` puts it in a
+//!                    bucket (catalogs::s3); then DIR/store.spec records which one, and
+//! DIR/cache/         holds that store's chunk cache and chunk index (never the truth)
 //! DIR/catalog.db     the SQLite catalog (WAL)
 //! DIR/admin.token    the first admin token, mode 0600, written on first start
 //! DIR/secrets.key    the key sealing BMC passwords in the catalog, mode 0600, made on first
@@ -24,9 +26,10 @@
 use crate::api::{self, AppState};
 use crate::scheduler::{Clock, FileClock, Hooks, Scheduler, SystemClock};
 use anyhow::{bail, Context, Result};
+use kura_catalogs::backend::{self, CacheOptions};
 use kura_catalogs::db::{Catalog, NewHost, NewSnapshot, SnapshotKind};
 use kura_catalogs::private;
-use kura_catalogs::LocalStore;
+use kura_catalogs::{LocalStore, Store};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,22 +53,81 @@ pub struct ServeOptions {
     /// Hold the snapshots of captures whose boot was unusual unconfirmed
     /// (`crate::engine::Engine::hold_unusual_captures`).
     pub hold_unusual_captures: bool,
+    /// The chunk store when it is not `DATA/store`: `s3://bucket/prefix?…` (`kura_catalogs::s3`).
+    pub store: Option<String>,
+    /// Size bound of the local chunk cache of an S3 store.
+    pub cache_bytes: u64,
+}
+
+/// The file recording which remote store a data directory's catalog belongs to.
+const STORE_SPEC_FILE: &str = "store.spec";
+
+/// The store `data`'s catalog belongs to: `None` for the local `DATA/store`, or the remote
+/// spec. The first start with `--store` records it; a later start with another store (or
+/// with none when one is recorded, and vice versa) is refused, since reconciling a catalog
+/// with the wrong store would drop its snapshots. A given spec may change the settings (the
+/// part after `?`) of the recorded store, not the store.
+pub fn store_spec(data: &Path, given: Option<&str>) -> Result<Option<String>> {
+    let path = data.join(STORE_SPEC_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let name = |s: &str| s.split('?').next().unwrap_or("").trim_end_matches('/').to_string();
+    let given = given.filter(|g| *g != data.join("store").to_string_lossy());
+    match (recorded, given) {
+        (None, None) => Ok(None),
+        (Some(r), None) => Ok(Some(r)),
+        (None, Some(g)) => {
+            if !backend::is_remote(g) {
+                bail!("--store for kura serve is an s3:// store (the local store is always DATA/store)");
+            }
+            if data.join("catalog.db").exists() && LocalStore::open(&data.join("store")).is_ok() {
+                bail!("{} already has a local store and catalog; use a new data directory for {g}", data.display());
+            }
+            write_private(&path, &format!("{g}\n"))?;
+            Ok(Some(g.to_string()))
+        }
+        (Some(r), Some(g)) if name(&r) == name(g) => {
+            if r != g {
+                write_private(&path, &format!("{g}\n"))?;
+            }
+            Ok(Some(g.to_string()))
+        }
+        (Some(r), Some(g)) => bail!(
+            "{}'s catalog belongs to the store {} ({}); refusing {}",
+            data.display(),
+            name(&r),
+            path.display(),
+            name(g)
+        ),
+    }
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`, after checking that
-/// the data directory is private (`crate::datadir`; warnings go to stderr).
-pub fn open_state(data: &Path) -> Result<(Arc<LocalStore>, Arc<Catalog>)> {
+/// the data directory is private (`crate::datadir`; warnings go to stderr). The store is
+/// `DATA/store` or the remote one recorded for `data` or given (see [`store_spec`]), with its
+/// cache in `DATA/cache` bounded to `cache_bytes`.
+pub fn open_state(data: &Path, store: Option<&str>, cache_bytes: u64) -> Result<(Arc<dyn Store>, Arc<Catalog>)> {
     for warning in crate::datadir::prepare(data)? {
         eprintln!("{warning}");
     }
-    let store = LocalStore::open_or_create(&data.join("store"))?;
+    let store: Arc<dyn Store> = match store_spec(data, store)? {
+        None => Arc::new(LocalStore::open_or_create(&data.join("store"))?),
+        Some(spec) => {
+            let cache = CacheOptions { dir: Some(data.join("cache")), max_bytes: cache_bytes };
+            backend::open_or_create(&spec, &cache)
+                .with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?
+        }
+    };
     let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
-    Ok((Arc::new(store), Arc::new(catalog)))
+    Ok((store, Arc::new(catalog)))
 }
 
 /// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
 /// and rows whose manifest is gone are removed. Returns (added, removed).
-pub fn reconcile(store: &LocalStore, catalog: &Catalog, actor: &str) -> Result<(usize, usize)> {
+pub fn reconcile(store: &dyn Store, catalog: &Catalog, actor: &str) -> Result<(usize, usize)> {
     let in_store = store.snapshot_ids()?;
     let known: std::collections::HashSet<String> = catalog.list_snapshots(None)?.into_iter().map(|s| s.id).collect();
     let mut added = 0;
@@ -225,7 +287,7 @@ fn raise_open_files_limit() {
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     raise_open_files_limit();
-    let (store, catalog) = open_state(&opts.data)?;
+    let (store, catalog) = open_state(&opts.data, opts.store.as_deref(), opts.cache_bytes)?;
     let clock: Arc<dyn Clock> = match &opts.test_clock {
         Some(path) => {
             eprintln!("WARNING: the engine's clock is the test clock {}", path.display());
@@ -247,7 +309,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     if leftovers > 0 {
         eprintln!("removed {leftovers} files of interrupted writes from the store's tmp/");
     }
-    let (added, removed) = reconcile(&store, &catalog, "kura-serve")?;
+    let (added, removed) = reconcile(&*store, &catalog, "kura-serve")?;
     if added + removed > 0 {
         eprintln!("catalog reconciled with the store: {added} snapshots added, {removed} removed");
     }
@@ -352,5 +414,25 @@ mod tests {
         let listed = catalog.list_snapshots(None).unwrap();
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!((listed[0].id.as_str(), listed[0].created), (good.as_str(), 1_795_626_881));
+    }
+
+    #[test]
+    fn the_store_of_a_data_directory_is_recorded_and_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        assert_eq!(store_spec(data, None).unwrap(), None);
+        let local = data.join("store");
+        assert_eq!(store_spec(data, local.to_str()).unwrap(), None, "DATA/store is the local default");
+        let e = store_spec(data, Some("/elsewhere")).unwrap_err().to_string();
+        assert!(e.contains("s3://"), "{e}");
+        let a = "s3://bucket/a?endpoint=http://127.0.0.1:1";
+        assert_eq!(store_spec(data, Some(a)).unwrap().as_deref(), Some(a));
+        assert_eq!(store_spec(data, None).unwrap().as_deref(), Some(a), "recorded at the first start");
+        // New settings for the same store replace the recorded ones.
+        let a2 = "s3://bucket/a/?endpoint=http://127.0.0.1:2";
+        assert_eq!(store_spec(data, Some(a2)).unwrap().as_deref(), Some(a2));
+        assert_eq!(store_spec(data, None).unwrap().as_deref(), Some(a2));
+        let e = store_spec(data, Some("s3://bucket/b")).unwrap_err().to_string();
+        assert!(e.contains("belongs to the store s3://bucket/a") && e.contains("refusing s3://bucket/b"), "{e}");
     }
 }

@@ -12,6 +12,8 @@
 //! - [`tables`]: partition tables and bytes outside filesystems, source against restored.
 //! - [`damage`]: breaking disks on purpose (truncation, GPT headers, overlaps).
 //! - [`store`]: looking inside a chunk store by its documented layout.
+//! - [`s3`]: a real S3 server (SeaweedFS) and the [`s3::Backend`] parameterised engine tests
+//!   run on (local store or S3).
 //! - [`kura_cli`]: running the `kura` binary and decoding its `--json` output.
 //! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls;
 //!   [`proxy`]: a loopback proxy that follows, holds or drops its HTTP messages.
@@ -50,6 +52,7 @@ pub mod proxy;
 pub mod qemu;
 pub mod rawconn;
 pub mod readback;
+pub mod s3;
 pub mod site_dhcp;
 pub mod smtp;
 pub mod store;

@@ -6,6 +6,7 @@
 //!
 //! Where a kill lands is not left to timing: a proxy between the client and the engine (plain
 //! HTTP) follows the requests and holds the chosen one until the test has killed its victim.
+//! The kill points run on the local store and on S3 (SeaweedFS).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,11 +18,20 @@ use kura_tests::disks::{write_at, MIB};
 use kura_tests::engine::{manifest_ids, raw_disk, received_count, ChildGuard, Mount, Server};
 use kura_tests::kura_cli::kura_bin;
 use kura_tests::proxy::{Hold, Kind, Proxy, Seen};
+use kura_tests::s3::Backend;
 
 /// What the engine lists is exactly what its store holds, and all of it verifies.
 fn assert_consistent(server: &Server) -> Vec<String> {
+    assert_consistent_on(server, &Backend::Local)
+}
+
+/// [`assert_consistent`] for an engine on `backend`.
+fn assert_consistent_on(server: &Server, backend: &Backend) -> Vec<String> {
     let listed = server.snapshot_ids();
-    let in_store = manifest_ids(&server.store());
+    let in_store = match backend {
+        Backend::Local => manifest_ids(&server.store()),
+        _ => backend.manifests(&server.data),
+    };
     assert_eq!(listed, in_store, "listed snapshots differ from the manifests in the store");
     server.assert_verify_ok();
     listed
@@ -114,9 +124,18 @@ fn spawn_capture(server: &Server, disk: &Path, url: &str, log: &Path) -> ChildGu
 
 #[test]
 fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapshot() {
+    killed_mid_upload_and_at_commit(Backend::local());
+}
+
+#[test]
+fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapshot_s3() {
+    killed_mid_upload_and_at_commit(Backend::s3());
+}
+
+fn killed_mid_upload_and_at_commit(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
     // Plain HTTP, so the proxy between the client and the engine can follow the requests.
-    let mut server = Server::start_http(&work.path().join("engine"));
+    let mut server = backend.start_http(&work.path().join("engine"));
     // Snapshot id -> sha256 of the disk it must restore to.
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     let early = raw_disk(work.path(), "early.img", random_bytes(10, 6 * MIB as usize));
@@ -218,10 +237,10 @@ fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapsh
         let printed = captured_id(&out);
         if point.victim == "client" {
             // Consistent on the live engine too, before any restart.
-            assert_consistent(&server);
+            assert_consistent_on(&server, &backend);
         }
         server.restart();
-        let listed = assert_consistent(&server);
+        let listed = assert_consistent_on(&server, &backend);
         let tmp: Vec<_> =
             std::fs::read_dir(server.store().join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
         assert!(tmp.is_empty(), "{where_}: tmp/ after a restart: {tmp:?}");
@@ -241,7 +260,7 @@ fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapsh
         // A retry captures successfully.
         let retry = server.capture(&disk.path, "changing");
         expected.insert(retry.snapshot.clone(), disk_sha.clone());
-        assert_consistent(&server);
+        assert_consistent_on(&server, &backend);
         outcomes
             .push(format!("{where_}\n  client succeeded {succeeded}, new snapshots {new:?}, retry {}", retry.snapshot));
     }
@@ -250,7 +269,7 @@ fn engine_and_client_killed_mid_upload_and_at_commit_never_show_a_partial_snapsh
     assert!(engine_at_commit >= 1, "no engine kill landed at the commit:\n{}", outcomes.join("\n"));
     assert!(client_kills.len() >= 3, "client kills at too few moments: {client_kills:?}");
     // Every committed snapshot restores to the disk it was taken of.
-    let listed = assert_consistent(&server);
+    let listed = assert_consistent_on(&server, &backend);
     assert_eq!(listed, expected.keys().cloned().collect::<Vec<_>>(), "listed snapshots differ from the committed ones");
     for (id, sha) in &expected {
         let target = work.path().join(format!("restored-{id}.img"));

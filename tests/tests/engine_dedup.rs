@@ -1,6 +1,8 @@
 //! Two hosts with nearly identical disks, captured into one engine over HTTPS (pinned
 //! certificate, token from the environment, as a script would): the second capture uploads
-//! exactly the chunks the first did not, and both come back from the engine intact.
+//! exactly the chunks the first did not, and both come back from the engine intact. On the
+//! local store and on S3 (SeaweedFS): the engine's S3 store holds the same chunks, byte for byte
+//! in size, as a local store given the same disks.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +11,7 @@ use kura_tests::disks::ext4_replace_file;
 use kura_tests::engine::Server;
 use kura_tests::fixtures;
 use kura_tests::kura_cli::Store;
+use kura_tests::s3::Backend;
 use kura_tests::store::chunk_files;
 use kura_tests::tables::assert_restored;
 
@@ -18,6 +21,15 @@ fn digests(store: &std::path::Path) -> BTreeSet<(String, u64)> {
 
 #[test]
 fn second_host_uploads_only_the_chunks_the_first_did_not() {
+    second_host_uploads_only_new_chunks(Backend::local());
+}
+
+#[test]
+fn second_host_uploads_only_the_chunks_the_first_did_not_s3() {
+    second_host_uploads_only_new_chunks(Backend::s3());
+}
+
+fn second_host_uploads_only_new_chunks(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
     let a_dir = work.path().join("a");
     let b_dir = work.path().join("b");
@@ -41,20 +53,23 @@ fn second_host_uploads_only_the_chunks_the_first_did_not() {
     eprintln!("local: a {local_a:?}\nb {local_b:?}\n{} new chunks", local_new.len());
     assert!(!local_new.is_empty() && local_b.new_chunks < local_b.chunks / 2, "the disks should share most chunks");
 
-    let server = Server::start(&work.path().join("engine"));
+    let server = backend.start(&work.path().join("engine"));
     assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
+    let stored = |server: &Server| -> BTreeSet<(String, u64)> {
+        backend.chunks(&server.data).into_iter().map(|c| (c.digest, c.len)).collect()
+    };
     assert!(server.fingerprint.is_some());
 
     let a = server.capture(&disk_a.path, "web01");
     eprintln!("engine a: {a:?}");
     assert_eq!(a.new_chunks, local_a.new_chunks, "a fresh engine stores what a fresh local store does");
     assert_eq!(a.new_stored_bytes, local_a.new_stored_bytes);
-    let after_a = digests(&server.store());
+    let after_a = stored(&server);
     assert_eq!(after_a, before, "the engine's store holds exactly the chunks of a");
 
     let b = server.capture(&disk_b.path, "web02");
     eprintln!("engine b: {b:?}");
-    let engine_new: BTreeSet<_> = digests(&server.store()).difference(&after_a).cloned().collect();
+    let engine_new: BTreeSet<_> = stored(&server).difference(&after_a).cloned().collect();
     assert_eq!(engine_new, local_new, "the second host's upload is not exactly the chunks the first lacked");
     assert_eq!(b.new_chunks, local_new.len() as u64, "{b:?}");
     assert_eq!(b.new_stored_bytes, local_new.iter().map(|(_, len)| len).sum::<u64>(), "{b:?}");

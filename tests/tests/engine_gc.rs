@@ -1,18 +1,29 @@
 //! Garbage collection with no grace period, run back to back beside captures of changing disks
-//! while old snapshots are deleted: no committed snapshot may ever lose a chunk.
+//! while old snapshots are deleted: no committed snapshot may ever lose a chunk. On the local
+//! store and on S3 (SeaweedFS).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kura_tests::content::{random_bytes, sha256_file, XorShift};
 use kura_tests::disks::{write_at, MIB};
-use kura_tests::engine::{manifest_ids, raw_disk, Api, Server};
+use kura_tests::engine::{raw_disk, Api};
+use kura_tests::s3::Backend;
 use serde_json::json;
 
 #[test]
-fn gc_in_a_loop_beside_captures_never_loses_a_committed_chunk() {
+fn gc_in_a_loop_beside_captures_never_loses_a_committed_chunk_local() {
+    gc_in_a_loop_beside_captures(Backend::local());
+}
+
+#[test]
+fn gc_in_a_loop_beside_captures_never_loses_a_committed_chunk_s3() {
+    gc_in_a_loop_beside_captures(Backend::s3());
+}
+
+fn gc_in_a_loop_beside_captures(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
-    let server = Server::start_http(&work.path().join("engine"));
+    let server = backend.start_http(&work.path().join("engine"));
     let size = 24u64;
     let disks = [
         raw_disk(work.path(), "a.img", random_bytes(1, (size * MIB) as usize)),
@@ -80,7 +91,7 @@ fn gc_in_a_loop_beside_captures_never_loses_a_committed_chunk() {
         }
         let mut want: Vec<String> = live.iter().map(|(s, _)| s.clone()).collect();
         want.sort();
-        assert_eq!(manifest_ids(&server.store()), want, "round {round}");
+        assert_eq!(backend.manifests(&server.data), want, "round {round}");
         // The snapshot just taken restores its disk exactly (read back while GC runs).
         let target = work.path().join("restored.img");
         let r = server.restore_run(&cap.snapshot, &target);

@@ -175,7 +175,7 @@ pub async fn gc(
     let st = state.clone();
     let report = tokio::task::spawn_blocking(move || -> ApiResult<gc::GcReport> {
         let opts = GcOptions { grace: Duration::from_secs(req.grace.unwrap_or(3600)), dry_run: req.dry_run };
-        let report = gc::collect(&st.engine.store, &st.engine.writers, &opts)?;
+        let report = gc::collect(&*st.engine.store, &st.engine.writers, &opts)?;
         st.engine.catalog.record_audit(&p.actor(), "gc", "store", serde_json::to_value(&report).unwrap_or_default())?;
         Ok(report)
     })
@@ -216,8 +216,7 @@ pub async fn verify(
                     continue;
                 }
                 let digest = d.digest.parse().map_err(ApiError::Internal)?;
-                let path = st.engine.store.quarantine_chunk(&digest)?;
-                quarantined.push(path.display().to_string());
+                quarantined.push(st.engine.store.quarantine_chunk(&digest)?);
             }
         }
         st.engine.catalog.record_audit(

@@ -33,6 +33,29 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
         );
         let _ = writeln!(text, "kura_scheduler_ticks_total {}", ticks.load(Ordering::SeqCst));
     }
+    // A remote (S3) store: its requests and its local cache.
+    let requests = state.engine.store.requests();
+    if !requests.is_empty() {
+        family(
+            &mut text,
+            "kura_store_requests_total",
+            "counter",
+            "Requests sent to the object store since this server started, by operation (list: pages of up to 1000).",
+        );
+        for (op, n) in requests {
+            let _ = writeln!(text, "kura_store_requests_total{{op=\"{op}\"}} {n}");
+        }
+    }
+    if let Some((hits, misses)) = state.engine.store.cache_hits_misses() {
+        family(
+            &mut text,
+            "kura_store_cache_reads_total",
+            "counter",
+            "Chunk reads of the local cache of the object store.",
+        );
+        let _ = writeln!(text, "kura_store_cache_reads_total{{result=\"hit\"}} {hits}");
+        let _ = writeln!(text, "kura_store_cache_reads_total{{result=\"miss\"}} {misses}");
+    }
     let mut r = text.into_response();
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)

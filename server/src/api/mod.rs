@@ -34,7 +34,7 @@ use axum::http::Method;
 use axum::routing::MethodRouter;
 use axum::Router;
 use kura_catalogs::db::Catalog;
-use kura_catalogs::LocalStore;
+use kura_catalogs::Store;
 use kura_imaging::chunk::Digest;
 use kura_protocol::routes::{self, Route};
 use std::collections::{HashMap, HashSet};
@@ -64,7 +64,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        store: Arc<LocalStore>,
+        store: Arc<dyn Store>,
         catalog: Arc<Catalog>,
         bootlog: Option<Arc<kura_netboot::BootLog>>,
         secrets: Arc<kura_catalogs::secrets::SecretKey>,

@@ -1,8 +1,10 @@
-//! `kura image ...`: capture, list, show, restore, fit and verify against a local store.
+//! `kura image ...`: capture, list, show, restore, fit and verify against a store given by
+//! `--store`: a local directory or `s3://bucket/prefix` (`kura_catalogs::backend`).
 
 use crate::progress_bar::{Bar, RestoreBar, Unit};
 use anyhow::{Context, Result};
-use kura_catalogs::LocalStore;
+use kura_catalogs::backend::{self, CacheOptions, Sink};
+use kura_catalogs::Store;
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats};
 use kura_imaging::fit;
 use kura_imaging::flow::{self, RestoreError};
@@ -13,7 +15,16 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Opens the store named by `--store`: a directory, or `s3://…` (settings and credentials as in
+/// `kura_catalogs::s3`; an offline command's cache is a temporary directory).
+pub fn open_store(spec: &Path, create: bool) -> Result<Arc<dyn Store>> {
+    let spec = spec.to_str().with_context(|| format!("{} is not UTF-8", spec.display()))?;
+    let cache = CacheOptions::default();
+    Ok(if create { backend::open_or_create(spec, &cache)? } else { backend::open(spec, &cache)? })
+}
 
 fn bars_visible(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()
@@ -40,7 +51,7 @@ pub fn capture(
     threads: Option<usize>,
 ) -> Result<ExitCode> {
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
-    let store = LocalStore::open_or_create(store_dir)?;
+    let store = open_store(store_dir, true)?;
     let _lock = store.lock(true)?;
     store.clean_tmp()?;
     let mut opts = CaptureOptions { name, host, source: source.display().to_string(), ..Default::default() };
@@ -49,7 +60,8 @@ pub fn capture(
     }
     let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
     let started = Instant::now();
-    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &store, &bar, |_| Ok(()));
+    let result =
+        flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
     bar.finish();
     let (id, stats) = result?;
     let seconds = started.elapsed().as_secs_f64();
@@ -72,7 +84,7 @@ pub fn capture(
 }
 
 pub fn list(store_dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = LocalStore::open(store_dir)?;
+    let store = open_store(store_dir, false)?;
     let _lock = store.lock(false)?;
     let snaps = store.list()?;
     if json {
@@ -95,7 +107,7 @@ pub fn list(store_dir: &Path, json: bool) -> Result<ExitCode> {
 }
 
 pub fn show(snapshot: &str, store_dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = LocalStore::open(store_dir)?;
+    let store = open_store(store_dir, false)?;
     let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let m = store.load_manifest(&id)?;
@@ -157,7 +169,7 @@ pub fn restore(
     json: bool,
     threads: Option<usize>,
 ) -> Result<ExitCode> {
-    let store = LocalStore::open(store_dir)?;
+    let store = open_store(store_dir, false)?;
     let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let manifest = store.load_manifest(&id)?;
@@ -165,7 +177,7 @@ pub fn restore(
     let started = Instant::now();
     let bar = RestoreBar::new(bars_visible(json));
     let mut target = FileTarget::existing_or_new(target_path);
-    let result = flow::restore_flow(&id, &manifest, &store, &mut target, threads, &bar);
+    let result = flow::restore_flow(&id, &manifest, &*store, &mut target, threads, &bar);
     bar.finish();
     let stats = match result {
         Err(e @ RestoreError::Refused { source: kura_imaging::Error::TargetTooSmall { actual, .. }, .. }) => {
@@ -214,7 +226,7 @@ pub fn fit(
     scratch: Option<&Path>,
     threads: Option<usize>,
 ) -> Result<ExitCode> {
-    let store = LocalStore::open(store_dir)?;
+    let store = open_store(store_dir, false)?;
     let _lock = store.lock(true)?;
     store.clean_tmp()?;
     let id = store.resolve(snapshot)?;
@@ -239,7 +251,7 @@ pub fn fit(
         .with_context(|| format!("creating a scratch directory in {}", scratch_root.display()))?;
     let threads = threads.unwrap_or_else(capture::default_threads);
     let bar = RestoreBar::new(bars_visible(json));
-    let fitted = fit::fit(&id, &manifest, &store, &plan, dir.path(), threads, &bar);
+    let fitted = fit::fit(&id, &manifest, &*store, &plan, dir.path(), threads, &bar);
     bar.finish();
     let image = fitted.with_context(refused)?;
     let file = File::open(&image).with_context(|| format!("opening {}", image.display()))?;
@@ -253,7 +265,8 @@ pub fn fit(
         ..Default::default()
     };
     let bar = Bar::new("capture", Unit::Bytes, bars_visible(json));
-    let result = flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &store, &bar, |_| Ok(()));
+    let result =
+        flow::capture_flow(std::io::BufReader::with_capacity(0, file), &opts, &Sink(&*store), &bar, |_| Ok(()));
     bar.finish();
     let (new_id, _) = result?;
     let seconds = started.elapsed().as_secs_f64();
@@ -276,7 +289,7 @@ pub fn fit(
 }
 
 pub fn verify(snapshot: Option<&str>, store_dir: &Path, json: bool, threads: Option<usize>) -> Result<ExitCode> {
-    let store = LocalStore::open(store_dir)?;
+    let store = open_store(store_dir, false)?;
     let _lock = store.lock(false)?;
     let bar = Bar::new("verify", Unit::Chunks, bars_visible(json));
     let report = store.verify(snapshot, threads.unwrap_or_else(capture::default_threads), &bar)?;

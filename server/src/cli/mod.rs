@@ -189,6 +189,15 @@ pub struct ServeArgs {
     /// operator accepts it with `kura snapshot confirm ID`; restores do not pick it by default.
     #[arg(long)]
     pub hold_unusual_captures: bool,
+    /// Keep chunks and manifests in an S3-compatible bucket instead of DATA/store:
+    /// s3://BUCKET/PREFIX[?endpoint=URL&region=R&path_style=true&credentials=FILE]
+    /// (credentials: FILE of mode 0600, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY). Recorded
+    /// in DATA/store.spec at the first start; later starts may omit it.
+    #[arg(long, value_name = "SPEC")]
+    pub store: Option<String>,
+    /// Size bound of the local chunk cache of an S3 store (DATA/cache), e.g. 20G.
+    #[arg(long, default_value = "10G", value_parser = parse_disk_size, value_name = "SIZE")]
+    pub cache_size: u64,
     /// Tests: read the current time (RFC 3339 UTC) from FILE at every use.
     #[arg(long, hide = true, value_name = "FILE")]
     pub test_clock: Option<PathBuf>,
@@ -221,7 +230,8 @@ pub struct ServerArgs {
 /// Where images live: a local store directory, or an engine.
 #[derive(Args)]
 struct Location {
-    /// A local store directory (offline mode; created on first capture).
+    /// A store: a local directory, or s3://BUCKET/PREFIX[?…] as for `kura serve --store`
+    /// (offline mode; created on first capture).
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     store: Option<PathBuf>,
     #[command(flatten)]
@@ -382,6 +392,9 @@ enum AdminCommand {
         /// The engine's data directory.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// The engine's S3 store, if it is not recorded in DATA/store.spec (see `kura serve`).
+        #[arg(long, value_name = "SPEC")]
+        store: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -473,6 +486,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 test_clock: args.test_clock,
                 hold_unusual_captures: args.hold_unusual_captures,
+                store: args.store,
+                cache_bytes: args.cache_size,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -500,7 +515,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {
             engine::retention(host, group, keep_last, keep_monthly, dry_run, &server)
         }
-        Command::Admin(AdminCommand::RebuildCatalog { data, json }) => engine::rebuild_catalog(&data, json),
+        Command::Admin(AdminCommand::RebuildCatalog { data, store, json }) => {
+            engine::rebuild_catalog(&data, store.as_deref(), json)
+        }
         Command::Admin(AdminCommand::FixPermissions { data, json }) => engine::fix_permissions(&data, json),
         Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),
         Command::Netboot(cmd) => netboot::run(cmd),

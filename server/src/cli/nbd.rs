@@ -4,7 +4,6 @@
 use super::{engine, Location};
 use crate::nbd::{self, disk::SnapshotDisk, Listener};
 use anyhow::{bail, Context, Result};
-use kura_catalogs::LocalStore;
 use kura_imaging::chunk::ChunkSource;
 use kura_protocol::client::RemoteSource;
 use std::io::Write;
@@ -47,11 +46,11 @@ pub fn run(snapshot: &str, at: &Location, listen: &ListenAddr) -> Result<ExitCod
     let mut _lock = None;
     let (id, manifest, source): (String, _, Arc<dyn ChunkSource>) = match &at.store {
         Some(dir) => {
-            let store = LocalStore::open(dir)?;
+            let store = crate::cli::image::open_store(dir, false)?;
             _lock = Some(store.lock(false)?);
             let id = store.resolve(snapshot)?;
             let manifest = store.load_manifest(&id)?;
-            (id, manifest, Arc::new(store))
+            (id, manifest, store as Arc<dyn ChunkSource>)
         }
         None => {
             let client = engine::client(&at.server)?;

@@ -21,14 +21,15 @@ pub mod watchdog;
 
 use kura_catalogs::db::{Catalog, CatalogError, Principal, Role};
 use kura_catalogs::gc::WriterRegistry;
-use kura_catalogs::{LocalStore, StoreUsage};
+use kura_catalogs::{Store, StoreUsage};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The engine's state and collaborators, shared by the API, the watchdog and the janitor.
 pub struct Engine {
-    pub store: Arc<LocalStore>,
+    /// The chunk store: a local directory or an S3 bucket (`kura_catalogs::backend`).
+    pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
     /// Upload sessions' protection from garbage collection.
     pub writers: Arc<WriterRegistry>,
@@ -53,7 +54,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        store: Arc<LocalStore>,
+        store: Arc<dyn Store>,
         catalog: Arc<Catalog>,
         secrets: Arc<kura_catalogs::secrets::SecretKey>,
     ) -> Engine {

@@ -39,7 +39,7 @@
 use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
 use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, SnapshotKind};
 use kura_catalogs::gc::WriterId;
-use kura_imaging::chunk::{ChunkSink, Decoder, Digest, DEFAULT_CHUNK_SIZE};
+use kura_imaging::chunk::{Decoder, Digest, DEFAULT_CHUNK_SIZE};
 use kura_imaging::manifest::{ChunkRef, Manifest};
 use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
 use std::cell::RefCell;
@@ -253,7 +253,7 @@ pub fn missing(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> S
     let digests = kura_protocol::uploads::decode_digests(body).map_err(ServiceError::BadRequest)?;
     let answer = engine
         .writers
-        .missing(writer, &engine.store, &digests)
+        .missing(writer, &*engine.store, &digests)
         .ok_or_else(|| ServiceError::NotFound(format!("upload session {upload} has ended")))?;
     use kura_protocol::uploads::missing::{MISSING, PRESENT};
     Ok(answer.into_iter().map(|m| if m { MISSING } else { PRESENT }).collect())
