@@ -1,5 +1,6 @@
 //! Kura's engine state.
 //!
+//! - [`archive`]: the offline export archive (`kura export`, `kura import`, restore from it).
 //! - [`store`]: the local content-addressed chunk store holding chunks and committed snapshot
 //!   manifests, with its durability contract. The store is the source of truth for which
 //!   snapshots exist.
@@ -10,6 +11,7 @@
 //! - [`private`]: private files and directories: explicit modes, no symlink following, checks.
 //! - [`secrets`]: secrets at rest (BMC passwords): the engine's key file and AEAD sealing.
 
+pub mod archive;
 pub mod cron;
 pub mod db;
 pub mod gc;
