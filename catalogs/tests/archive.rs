@@ -26,7 +26,13 @@ fn disk(seed: u64, n: usize) -> Vec<u8> {
             continue;
         }
         // Chunk 3 repeats chunk 0; the others depend on the seed for chunks past 3.
-        let key = if i == 3 { 0 } else if i > 3 { seed * 100 + i as u64 } else { i as u64 };
+        let key = if i == 3 {
+            0
+        } else if i > 3 {
+            seed * 100 + i as u64
+        } else {
+            i as u64
+        };
         let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         while out.len() < (i + 1) * CHUNK {
             x ^= x << 13;
@@ -180,14 +186,10 @@ fn incrementals_carry_only_new_chunks() {
     std::fs::write(&full_file, &full).unwrap();
     let base = ArchiveFile::open(&full_file).unwrap();
     let base_digests: HashSet<_> = base.digests().collect();
-    let by_base = archive(
-        &store,
-        &ExportOptions { base: base.catalog.clone(), base_digests: base_digests.clone(), ..opts() },
-    );
-    let by_date = archive(
-        &store,
-        &ExportOptions { since: Some((Since::Time(1_767_312_000), "2026-01-02".into())), ..opts() },
-    );
+    let by_base =
+        archive(&store, &ExportOptions { base: base.catalog.clone(), base_digests: base_digests.clone(), ..opts() });
+    let by_date =
+        archive(&store, &ExportOptions { since: Some((Since::Time(1_767_312_000), "2026-01-02".into())), ..opts() });
     let by_snap =
         archive(&store, &ExportOptions { since: Some((Since::Snapshot(snaps[1].0.clone()), "x".into())), ..opts() });
     assert_eq!(by_date.len(), by_snap.len());
@@ -277,7 +279,11 @@ fn flipped_bytes_are_detected_and_named() {
     std::fs::write(&file, &bytes).unwrap();
     let a = ArchiveFile::open(&file).unwrap();
     let users = |d: &kura_imaging::chunk::Digest| -> Vec<String> {
-        snaps.iter().filter(|(id, _)| store.load_manifest(id).unwrap().unique_digests().contains(d)).map(|(id, _)| id.clone()).collect()
+        snaps
+            .iter()
+            .filter(|(id, _)| store.load_manifest(id).unwrap().unique_digests().contains(d))
+            .map(|(id, _)| id.clone())
+            .collect()
     };
     let mut k = 0;
     for d in a.digests().collect::<Vec<_>>() {
@@ -305,8 +311,13 @@ fn flipped_bytes_are_detected_and_named() {
         // A pipe restore of a snapshot that needs it fails naming it; the others restore.
         let out = dir.path().join("flip.img");
         let _ = std::fs::remove_file(&out);
-        let e = stream_restore::stream_restore(&bad[..], &named.snapshots[0], &mut FileTarget::existing_or_new(&out), &NoProgress)
-            .unwrap_err();
+        let e = stream_restore::stream_restore(
+            &bad[..],
+            &named.snapshots[0],
+            &mut FileTarget::existing_or_new(&out),
+            &NoProgress,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains(&d.to_hex()), "{e}");
         std::fs::remove_dir_all(&sub).unwrap();
     }

@@ -89,10 +89,8 @@ fn three_hosts(work: &Path, between: impl FnOnce(&Store)) -> (Store, Vec<Snap>, 
         }
         for (disk, host) in disks.iter().zip(HOSTS) {
             let name = format!("{host}-{round}");
-            let c: kura_tests::kura_cli::CaptureReport = store
-                .capture_run_with(&disk.path, Some(&name), &["--host", host])
-                .expect_success()
-                .json();
+            let c: kura_tests::kura_cli::CaptureReport =
+                store.capture_run_with(&disk.path, Some(&name), &["--host", host]).expect_success().json();
             let target = work.join("reference.img");
             store.restore(&c.snapshot, &target);
             if round == 1 {
@@ -122,7 +120,12 @@ fn import(archive: &Path, at: &[&OsStr]) -> (Run, serde_json::Value) {
 }
 
 fn ids(v: &serde_json::Value, key: &str) -> Vec<String> {
-    v[key].as_array().unwrap().iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x["id"].as_str().unwrap().to_string())).collect()
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().map(String::from).unwrap_or_else(|| x["id"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[test]
@@ -256,7 +259,8 @@ fn a_truncated_or_damaged_archive_restores_what_is_complete_and_names_the_rest()
         assert!(incomplete.contains(&s.id), "{} is not named: {v}", s.id);
     }
     // The same in text: each incomplete snapshot named with its host.
-    let text = run([OsStr::new("import"), cut.as_os_str(), OsStr::new("--store"), work.path().join("dst2").as_os_str()]);
+    let text =
+        run([OsStr::new("import"), cut.as_os_str(), OsStr::new("--store"), work.path().join("dst2").as_os_str()]);
     for s in &snaps[2..] {
         assert!(text.stdout.contains(&format!("INCOMPLETE snapshot {} (host {})", s.id, s.host)), "{text}");
     }

@@ -159,7 +159,8 @@ pub fn parse_block_header(h: &[u8]) -> Result<BlockHeader, String> {
     if crc32fast::hash(&h[..36]) != u32_at(36) {
         return Err("block header checksum mismatch".into());
     }
-    let b = BlockHeader { archive_id: u64_at(8), block_no: u64_at(16), block_size: u32_at(24), first_record: u32_at(28) };
+    let b =
+        BlockHeader { archive_id: u64_at(8), block_no: u64_at(16), block_size: u32_at(24), first_record: u32_at(28) };
     if !valid_block_size(b.block_size) {
         return Err(format!("bad block size {}", b.block_size));
     }

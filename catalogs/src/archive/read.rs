@@ -281,7 +281,6 @@ impl<R: Read> RecordReader<R> {
     }
 
     /// The next record or report; `None` after the catalog record (or after [`Event::Truncated`]).
-    /// `skip_payload` of a kind: read past its payload without keeping it (a scan).
     pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
         if self.done || self.ended {
             return Ok(None);
@@ -298,7 +297,7 @@ impl<R: Read> RecordReader<R> {
             Err(why) => {
                 let block = self.cur_no;
                 let reason = format!("record at stream offset {at}: {why}");
-                if !self.resync_or_end()? {
+                if !self.resync()? {
                     self.done = true;
                 }
                 return Ok(Some(Event::Damage { block, reason }));
@@ -317,10 +316,6 @@ impl<R: Read> RecordReader<R> {
             self.ended = true;
         }
         Ok(Some(Event::Record { kind, at, payload, payload_ok }))
-    }
-
-    fn resync_or_end(&mut self) -> Result<bool, Error> {
-        self.resync()
     }
 
     fn damaged(&mut self, why: String) -> Result<Option<Event>, Error> {
@@ -444,7 +439,8 @@ impl ArchiveFile {
         if block * bs >= len {
             return Ok(false);
         }
-        let mut r = RecordReader::at(At { file: &self.file, pos: block * bs }, self.archive_id, self.block_size, index_start);
+        let mut r =
+            RecordReader::at(At { file: &self.file, pos: block * bs }, self.archive_id, self.block_size, index_start);
         let mut chunks = HashMap::new();
         while let Some(ev) = r.next_event()? {
             match ev {
@@ -476,7 +472,6 @@ impl ArchiveFile {
     fn scan(&mut self) -> Result<(), Error> {
         self.scanned = true;
         let mut r = RecordReader::new(At { file: &self.file, pos: 0 })?;
-        let mut manifests_seen = 0usize;
         let mut problems = Vec::new();
         while let Some(ev) = r.next_event()? {
             match ev {
@@ -486,7 +481,6 @@ impl ArchiveFile {
                         self.chunks.entry(d).or_insert(at);
                     }
                 }
-                Event::Record { kind: Kind::Manifest, .. } => manifests_seen += 1,
                 Event::Record { kind: Kind::End, payload, payload_ok: true, .. } => {
                     self.catalog = serde_json::from_slice(&payload).ok();
                 }
@@ -495,7 +489,6 @@ impl ArchiveFile {
                 Event::Truncated { reason } => problems.push(reason),
             }
         }
-        let _ = manifests_seen;
         // The front's problems were already listed; keep the ones past it.
         for p in problems {
             if !self.problems.contains(&p) {
@@ -579,7 +572,10 @@ impl ArchiveSource {
                     .filter_map(|a| a.header.as_ref())
                     .any(|h| h.snapshots.iter().any(|s| s.id.starts_with(id_or_prefix)));
                 let why = if listed { " (the archive lists it, but its manifest is damaged)" } else { "" };
-                Err(Error::Store { message: format!("no snapshot {id_or_prefix:?} in the archive{why}"), retryable: false })
+                Err(Error::Store {
+                    message: format!("no snapshot {id_or_prefix:?} in the archive{why}"),
+                    retryable: false,
+                })
             }
             _ => Err(Error::Store {
                 message: format!("snapshot id {id_or_prefix:?} is ambiguous ({} matches)", found.len()),

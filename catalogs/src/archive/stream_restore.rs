@@ -74,7 +74,10 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
         } else {
             String::new()
         };
-        return Err(Error::Store { message: format!("no snapshot {snapshot:?} in the archive{why}"), retryable: false });
+        return Err(Error::Store {
+            message: format!("no snapshot {snapshot:?} in the archive{why}"),
+            retryable: false,
+        });
     };
     let needed = manifest.disk_size();
     let size = target.size(needed)?;
@@ -128,11 +131,13 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
                     let Some(d) = format::claimed_digest(&payload) else { continue };
                     let Some(at) = places.get(&d) else { continue };
                     if !payload_ok {
-                        return Err(failed(&id, format!("chunk {d} is damaged in the archive (record checksum mismatch)")));
+                        return Err(failed(
+                            &id,
+                            format!("chunk {d} is damaged in the archive (record checksum mismatch)"),
+                        ));
                     }
-                    dec.decode_into(&payload, &d, &mut plain).map_err(|e| {
-                        failed(&id, format!("chunk {d} is damaged in the archive: {e}"))
-                    })?;
+                    dec.decode_into(&payload, &d, &mut plain)
+                        .map_err(|e| failed(&id, format!("chunk {d} is damaged in the archive: {e}")))?;
                     for (off, len) in at {
                         write_at(&mut disk, *off, &plain[..*len as usize])?;
                         stats.written_bytes += len;
@@ -149,7 +154,8 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
             let mut names: Vec<String> = places.keys().map(|d| d.to_hex()).collect();
             names.sort();
             names.truncate(3);
-            let mut why = format!("{} of its chunks are not in the archive (first: {})", places.len(), names.join(", "));
+            let mut why =
+                format!("{} of its chunks are not in the archive (first: {})", places.len(), names.join(", "));
             if !problems.is_empty() {
                 why += &format!("; the archive is damaged or cut: {}", problems.join("; "));
             }

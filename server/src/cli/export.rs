@@ -179,7 +179,10 @@ fn open_output(path: &Path) -> Result<File> {
     if let Ok(m) = std::fs::metadata(path) {
         let t = m.file_type();
         if t.is_char_device() || t.is_block_device() || t.is_fifo() {
-            return std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()));
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()));
         }
         bail!("{} exists; an export never overwrites a file", path.display());
     }
@@ -249,7 +252,13 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
 
 /// `kura image restore SNAPSHOT TARGET --archive PATH…`: from archive files (indexed first,
 /// then restored like from a store, preflight included) or from `-` (stdin, one pass).
-pub fn restore(snapshot: &str, target_path: &Path, archives: &[PathBuf], json: bool, threads: Option<usize>) -> Result<ExitCode> {
+pub fn restore(
+    snapshot: &str,
+    target_path: &Path,
+    archives: &[PathBuf],
+    json: bool,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
     let started = Instant::now();
     let mut target = FileTarget::existing_or_new(target_path);
     let (id, stats) = if archives.iter().any(|a| a.as_os_str() == "-") {
@@ -285,7 +294,11 @@ pub fn restore(snapshot: &str, target_path: &Path, archives: &[PathBuf], json: b
         v["seconds"] = seconds.into();
         println!("{v}");
     } else {
-        eprintln!("restored {id} onto {} from the archive: {} bytes written in {seconds:.1} s", target_path.display(), stats.written_bytes);
+        eprintln!(
+            "restored {id} onto {} from the archive: {} bytes written in {seconds:.1} s",
+            target_path.display(),
+            stats.written_bytes
+        );
     }
     std::io::stdout().flush()?;
     Ok(ExitCode::SUCCESS)
