@@ -156,12 +156,14 @@ pub fn export<W: Write>(
         None => true,
         Some(hosts) => h.as_ref().is_some_and(|h| hosts.contains(h)),
     };
-    let cutoff = match &opts.since {
+    // (unix seconds, the snapshot's own time stamp): snapshots of the same second are ordered
+    // by their full time stamps (RFC 3339 with nanoseconds, as the store writes them).
+    let cutoff: Option<(i64, Option<String>)> = match &opts.since {
         None => None,
-        Some((Since::Time(t), _)) => Some(*t),
+        Some((Since::Time(t), _)) => Some((*t, None)),
         Some((Since::Snapshot(s), _)) => {
-            let id = store.resolve(s)?;
-            Some(store.load_manifest(&id)?.created_unix()?)
+            let m = store.load_manifest(&store.resolve(s)?)?;
+            Some((m.created_unix()?, Some(m.created.clone())))
         }
     };
     let covered: HashSet<&str> =
@@ -174,8 +176,11 @@ pub fn export<W: Write>(
         }
         let bytes = store.manifest_bytes(&info.id)?;
         let m = Manifest::decode(&bytes).map_err(|e| Error::Manifest(format!("snapshot {}: {e}", info.id)))?;
-        let before_cutoff = match cutoff {
-            Some(c) => m.created_unix()? <= c,
+        let before_cutoff = match &cutoff {
+            Some((c, stamp)) => {
+                let t = m.created_unix()?;
+                t < *c || (t == *c && stamp.as_ref().is_none_or(|s| m.created.as_str() <= s.as_str()))
+            }
             None => false,
         };
         if before_cutoff || covered.contains(info.id.as_str()) {
