@@ -1,5 +1,6 @@
 //! Kura's engine state.
 //!
+//! - [`archive`]: the offline export archive (`kura export`, `kura import`, restore from it).
 //! - [`backend`]: the [`Store`] trait every chunk store implements, with the durability
 //!   contract, and opening a store by its spec (`DIR` or `s3://bucket/prefix`). The store is the
 //!   source of truth for which snapshots exist.
@@ -13,6 +14,7 @@
 //! - [`private`]: private files and directories: explicit modes, no symlink following, checks.
 //! - [`secrets`]: secrets at rest (BMC passwords): the engine's key file and AEAD sealing.
 
+pub mod archive;
 pub mod backend;
 pub mod chunk_cache;
 pub mod chunk_index;

@@ -7,6 +7,7 @@ mod bench;
 mod bootenv;
 mod bootenv_report;
 mod engine;
+mod export;
 mod image;
 mod jobs;
 mod nbd;
@@ -149,6 +150,11 @@ enum Command {
     },
     /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
     Bench(bench::BenchArgs),
+    /// Write snapshots of a store to an offline archive (a file, a tape, or stdout), whole or
+    /// incremental to a previous export (docs/dr.md).
+    Export(export::ExportArgs),
+    /// Load an offline archive into a store or an engine's data directory (every chunk verified).
+    Import(export::ImportArgs),
 }
 
 #[derive(Args)]
@@ -275,6 +281,10 @@ enum ImageCommand {
         target: PathBuf,
         #[command(flatten)]
         at: Location,
+        /// Restore from offline archives instead (files, or `-` for stdin): a full export and
+        /// its incrementals; no engine or store needed.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["store", "server"])]
+        archive: Vec<PathBuf>,
         /// Worker threads (default: all cores locally, 8 against an engine).
         #[arg(long)]
         threads: Option<usize>,
@@ -457,7 +467,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ImageCommand::Show { snapshot, at } => {
                 image::show(&snapshot, &local_only(&at, "kura image show")?, at.server.json)
             }
-            ImageCommand::Restore { snapshot, target, at, threads } => match at.store {
+            ImageCommand::Restore { snapshot, target, at, archive, threads } => match at.store {
+                None if !archive.is_empty() => export::restore(&snapshot, &target, &archive, at.server.json, threads),
                 Some(store) => image::restore(&snapshot, &target, &store, at.server.json, threads),
                 None => engine::restore(&snapshot, &target, &at.server, threads),
             },
@@ -524,6 +535,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Notify(cmd) => notify::run(cmd),
         Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::export(args),
+        Command::Import(args) => export::import(args),
         Command::Bootenv(cmd) => bootenv::run(cmd),
     }
 }
