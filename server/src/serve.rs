@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 pub struct ServeOptions {
     pub data: PathBuf,
+    /// `--catalog`: a PostgreSQL URL instead of DIR/catalog.db.
+    pub catalog: Option<String>,
     pub listen: SocketAddr,
     /// Serve plain HTTP (only when explicitly asked).
     pub insecure_http: bool,
@@ -53,14 +55,26 @@ pub struct ServeOptions {
 }
 
 /// Opens (creating if needed) the store and the catalog under `data`, after checking that
-/// the data directory is private (`crate::datadir`; warnings go to stderr).
-pub fn open_state(data: &Path) -> Result<(Arc<LocalStore>, Arc<Catalog>)> {
+/// the data directory is private (`crate::datadir`; warnings go to stderr). The catalog is
+/// `catalog` (`--catalog`, a PostgreSQL URL) if given, else DIR/catalog.db.
+pub fn open_state(data: &Path, catalog: Option<&str>) -> Result<(Arc<LocalStore>, Arc<Catalog>)> {
     for warning in crate::datadir::prepare(data)? {
         eprintln!("{warning}");
     }
     let store = LocalStore::open_or_create(&data.join("store"))?;
-    let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
+    let catalog = open_catalog(data, catalog)?;
     Ok((Arc::new(store), Arc::new(catalog)))
+}
+
+/// The catalog of `--catalog` (a PostgreSQL URL) or, without it, DIR/catalog.db.
+pub fn open_catalog(data: &Path, catalog: Option<&str>) -> Result<Catalog> {
+    match catalog {
+        Some(url) if kura_catalogs::db::is_postgres_url(url) => {
+            Catalog::open_postgres(url).context("opening the catalog (PostgreSQL)")
+        }
+        Some(other) => anyhow::bail!("--catalog {other:?} is not a postgres:// URL (the default is DIR/catalog.db)"),
+        None => Catalog::open(&data.join("catalog.db")).context("opening the catalog"),
+    }
 }
 
 /// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
@@ -225,7 +239,7 @@ fn raise_open_files_limit() {
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     raise_open_files_limit();
-    let (store, catalog) = open_state(&opts.data)?;
+    let (store, catalog) = open_state(&opts.data, opts.catalog.as_deref())?;
     let clock: Arc<dyn Clock> = match &opts.test_clock {
         Some(path) => {
             eprintln!("WARNING: the engine's clock is the test clock {}", path.display());

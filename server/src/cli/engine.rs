@@ -332,8 +332,8 @@ pub fn fix_permissions(data: &Path, json: bool) -> Result<ExitCode> {
     }
 }
 
-pub fn rebuild_catalog(data: &Path, json: bool) -> Result<ExitCode> {
-    let (store, catalog) = crate::serve::open_state(data)?;
+pub fn rebuild_catalog(data: &Path, catalog: Option<&str>, json: bool) -> Result<ExitCode> {
+    let (store, catalog) = crate::serve::open_state(data, catalog)?;
     let _lock = store.lock(true).context("stop `kura serve` before rebuilding its catalog")?;
     let (added, removed) = crate::serve::reconcile(&store, &catalog, "kura-admin")?;
     let total = catalog.list_snapshots(None)?.len();
