@@ -75,7 +75,12 @@ impl Server {
         Self::spawn(data, true, Vec::new(), env)
     }
 
-    fn spawn(data: &Path, insecure_http: bool, extra: Vec<OsString>, mut serve_env: Vec<(OsString, OsString)>) -> Server {
+    fn spawn(
+        data: &Path,
+        insecure_http: bool,
+        extra: Vec<OsString>,
+        mut serve_env: Vec<(OsString, OsString)>,
+    ) -> Server {
         // The catalog backend under test: `KURA_TEST_CATALOG=postgres` gives each new engine a
         // database of its own in the process's throwaway PostgreSQL cluster (`crate::postgres`);
         // the URL stays in `serve_env`, so a restart reopens the same catalog.

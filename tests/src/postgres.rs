@@ -39,10 +39,9 @@ pub struct Cluster {
 /// naming the Debian package when there is none.
 pub fn bin_dir() -> PathBuf {
     let versions = std::fs::read_dir("/usr/lib/postgresql").map(|d| {
-        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter(|v| {
-            Path::new(&format!("/usr/lib/postgresql/{v}/bin/initdb")).exists()
-        })
-        .max()
+        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|v| Path::new(&format!("/usr/lib/postgresql/{v}/bin/initdb")).exists())
+            .max()
     });
     match versions {
         Ok(Some(v)) => PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")),
