@@ -37,6 +37,8 @@ use std::sync::Arc;
 
 pub struct ServeOptions {
     pub data: PathBuf,
+    /// `--catalog`: a PostgreSQL URL instead of DIR/catalog.db.
+    pub catalog: Option<String>,
     pub listen: SocketAddr,
     /// Serve plain HTTP (only when explicitly asked).
     pub insecure_http: bool,
@@ -108,8 +110,14 @@ pub fn store_spec(data: &Path, given: Option<&str>) -> Result<Option<String>> {
 /// Opens (creating if needed) the store and the catalog under `data`, after checking that
 /// the data directory is private (`crate::datadir`; warnings go to stderr). The store is
 /// `DATA/store` or the remote one recorded for `data` or given (see [`store_spec`]), with its
-/// cache in `DATA/cache` bounded to `cache_bytes`.
-pub fn open_state(data: &Path, store: Option<&str>, cache_bytes: u64) -> Result<(Arc<dyn Store>, Arc<Catalog>)> {
+/// cache in `DATA/cache` bounded to `cache_bytes`. The catalog is `catalog` (`--catalog`, a
+/// PostgreSQL URL) if given, else DATA/catalog.db.
+pub fn open_state(
+    data: &Path,
+    store: Option<&str>,
+    catalog: Option<&str>,
+    cache_bytes: u64,
+) -> Result<(Arc<dyn Store>, Arc<Catalog>)> {
     for warning in crate::datadir::prepare(data)? {
         eprintln!("{warning}");
     }
@@ -121,8 +129,19 @@ pub fn open_state(data: &Path, store: Option<&str>, cache_bytes: u64) -> Result<
                 .with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?
         }
     };
-    let catalog = Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
+    let catalog = open_catalog(data, catalog)?;
     Ok((store, Arc::new(catalog)))
+}
+
+/// The catalog of `--catalog` (a PostgreSQL URL) or, without it, DIR/catalog.db.
+pub fn open_catalog(data: &Path, catalog: Option<&str>) -> Result<Catalog> {
+    match catalog {
+        Some(url) if kura_catalogs::db::is_postgres_url(url) => {
+            Catalog::open_postgres(url).context("opening the catalog (PostgreSQL)")
+        }
+        Some(other) => anyhow::bail!("--catalog {other:?} is not a postgres:// URL (the default is DIR/catalog.db)"),
+        None => Catalog::open(&data.join("catalog.db")).context("opening the catalog"),
+    }
 }
 
 /// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
@@ -287,7 +306,7 @@ fn raise_open_files_limit() {
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     raise_open_files_limit();
-    let (store, catalog) = open_state(&opts.data, opts.store.as_deref(), opts.cache_bytes)?;
+    let (store, catalog) = open_state(&opts.data, opts.store.as_deref(), opts.catalog.as_deref(), opts.cache_bytes)?;
     let clock: Arc<dyn Clock> = match &opts.test_clock {
         Some(path) => {
             eprintln!("WARNING: the engine's clock is the test clock {}", path.display());

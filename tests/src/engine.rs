@@ -6,6 +6,10 @@
 //! fingerprint in `DIR/tls/fingerprint`. The CLI gets the token and the pinned fingerprint
 //! through `KURA_TOKEN` / `KURA_FINGERPRINT`, as an operator's script would. Raw API tests start
 //! the server with `--insecure-http`; the CLI tests use HTTPS with the pinned certificate.
+//!
+//! The catalog is SQLite in DIR unless the test process runs with `KURA_TEST_CATALOG=postgres`:
+//! then every engine gets a fresh PostgreSQL database (`kura serve` with `KURA_CATALOG`), so the
+//! same engine tests run on both backends (`scripts/test` runs the chosen ones twice).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
@@ -71,7 +75,20 @@ impl Server {
         Self::spawn(data, true, Vec::new(), env)
     }
 
-    fn spawn(data: &Path, insecure_http: bool, extra: Vec<OsString>, serve_env: Vec<(OsString, OsString)>) -> Server {
+    fn spawn(
+        data: &Path,
+        insecure_http: bool,
+        extra: Vec<OsString>,
+        mut serve_env: Vec<(OsString, OsString)>,
+    ) -> Server {
+        // The catalog backend under test: `KURA_TEST_CATALOG=postgres` gives each new engine a
+        // database of its own in the process's throwaway PostgreSQL cluster (`crate::postgres`);
+        // the URL stays in `serve_env`, so a restart reopens the same catalog.
+        if std::env::var("KURA_TEST_CATALOG").as_deref() == Ok("postgres")
+            && !serve_env.iter().any(|(k, _)| k == "KURA_CATALOG")
+        {
+            serve_env.push(("KURA_CATALOG".into(), crate::postgres::shared().create_database().into()));
+        }
         let mut cmd = Command::new(kura_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data);
         if insecure_http {

@@ -22,6 +22,7 @@
 //! - [`rawconn`]: raw plain or TLS connections from chosen loopback addresses (partial requests,
 //!   held connections), the open-files limit, a process's memory figures.
 //! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
+//! - [`postgres`]: a throwaway PostgreSQL cluster on a Unix socket (the catalog's second backend).
 //!
 //! Netbooting real machines (root only, run as root in CI):
 //! - [`netns`]: a private network namespace per test (bridge, taps), torn down on drop.
@@ -48,6 +49,7 @@ pub mod fixtures;
 pub mod kura_cli;
 pub mod netboot;
 pub mod netns;
+pub mod postgres;
 pub mod proxy;
 pub mod qemu;
 pub mod rawconn;

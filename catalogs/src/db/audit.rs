@@ -3,8 +3,9 @@
 //!
 //! Actions are dotted names, `<record>.<verb>`: `host.create`, `job.cancel`, `token.revoke`...
 
+use super::sql::Connection;
 use super::{Catalog, Result, UnixTime};
-use rusqlite::{params, Connection};
+use rusqlite::params;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,8 +64,9 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::super::*;
 
     #[test]
@@ -96,4 +98,5 @@ mod tests {
         assert!(cat.add_mac("a", "web1", "not a mac").is_err());
         assert_eq!(cat.list_audit(10).unwrap().len(), 1);
     }
+}
 }

@@ -19,8 +19,9 @@
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::{normalize_mac, validate_name};
 use super::jobs::{self, JobState};
+use super::sql::{Connection, OptionalExtension, Row};
 use super::{audit, Catalog, UnixTime};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::params;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -186,12 +187,13 @@ fn issue(conn: &Connection, now: UnixTime, actor: &str, g: Grant<'_>) -> Result<
         return Err(CatalogError::Invalid("the token's expiry time is in the past".into()));
     }
     let secret = new_secret()?;
-    conn.execute(
+    let id: i64 = conn.query_row(
         "INSERT INTO tokens (hash, role, label, user_id, job_id, mac, created, expires) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         params![hash_secret(&secret), g.role, g.label, g.user_id, g.job_id, g.mac, now, g.expires],
+        |r| r.get(0),
     )?;
-    let info = load_token(conn, conn.last_insert_rowid())?;
+    let info = load_token(conn, id)?;
     let detail = json!({
         "role": g.role, "label": g.label, "user": info.user, "job": g.job_id, "mac": g.mac, "expires": g.expires
     });
@@ -212,7 +214,7 @@ impl Catalog {
                     if is_unique_violation(&e) {
                         CatalogError::conflict("user", name, "a user with this name already exists")
                     } else {
-                        e.into()
+                        e
                     }
                 })?;
             audit::append(tx, now, actor, "user.create", name, json!({"role": role}))?;
@@ -229,8 +231,11 @@ impl Catalog {
             if users > 0 {
                 return Ok(None);
             }
-            tx.execute("INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2)", params![name, now])?;
-            let user_id = tx.last_insert_rowid();
+            let user_id: i64 = tx.query_row(
+                "INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2) RETURNING id",
+                params![name, now],
+                |r| r.get(0),
+            )?;
             audit::append(tx, now, "bootstrap", "user.create", name, json!({"role": Role::Admin}))?;
             let grant = bootstrap_grant(user_id);
             issue(tx, now, "bootstrap", grant).map(Some)
@@ -326,8 +331,11 @@ impl Catalog {
                     return Err(CatalogError::conflict("user", user, format!("it is an {}, not an admin", u.role)))
                 }
                 Err(CatalogError::NotFound { .. }) => {
-                    tx.execute("INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2)", params![user, now])?;
-                    let id = tx.last_insert_rowid();
+                    let id: i64 = tx.query_row(
+                        "INSERT INTO users (name, role, created) VALUES (?1, 'admin', ?2) RETURNING id",
+                        params![user, now],
+                        |r| r.get(0),
+                    )?;
                     audit::append(tx, now, actor, "user.create", user, json!({"role": Role::Admin}))?;
                     id
                 }
@@ -335,7 +343,7 @@ impl Catalog {
             };
             let old: Vec<i64> = {
                 let mut stmt =
-                    tx.prepare("SELECT id FROM tokens WHERE label = ?1 AND role = 'admin' AND revoked = 0")?;
+                    tx.prepare_cached("SELECT id FROM tokens WHERE label = ?1 AND role = 'admin' AND revoked = 0")?;
                 let rows = stmt.query_map([BOOTSTRAP_LABEL], |r| r.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -455,10 +463,11 @@ fn principal_where(
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
     use super::super::jobs::{JobKind, NewJob};
     use super::super::snapshots::tests::host;
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::*;
 
     #[test]
@@ -479,9 +488,7 @@ mod tests {
         assert_eq!(p.actor(), format!("alice (token {}: laptop)", p.token_id));
 
         // Only the hash is stored.
-        let conn = cat.lock();
-        let stored: String = conn.query_row("SELECT hash FROM tokens", [], |r| r.get(0)).unwrap();
-        drop(conn);
+        let stored: String = cat.read(|c| c.query_row("SELECT hash FROM tokens", [], |r| r.get(0))).unwrap();
         assert_eq!(stored, hash_secret(&issued.secret));
         assert!(!stored.contains(&issued.secret[5..]));
 
@@ -652,4 +659,5 @@ mod tests {
         cat.cancel_job("t", job.id).unwrap();
         assert!(cat.authenticate(&t.secret, START).unwrap().is_none());
     }
+}
 }

@@ -1,4 +1,5 @@
-//! The catalog error type, [`CatalogError`], and the mapping of SQLite failures onto it.
+//! The catalog error type, [`CatalogError`], and the mapping of SQLite and PostgreSQL failures
+//! onto it.
 //!
 //! Error policy: every variant carries the facts that name the problem (what, which key, which
 //! transition) so the HTTP layer can map it to a status (`NotFound` → 404, `Conflict` and
@@ -31,6 +32,8 @@ pub enum CatalogError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("catalog database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("catalog database (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("cannot generate a random token: {0}")]
     Random(String),
     #[error("catalog database file {path}: {message}")]
@@ -47,24 +50,37 @@ impl CatalogError {
     }
 
     /// Whether trying the same call again may succeed: only a database that is busy or locked
-    /// by another process (after the busy timeout ran out).
+    /// by another process (after the busy timeout ran out); on PostgreSQL a serialization
+    /// failure, a deadlock, a lock timeout, or a lost connection (reopened on the next call).
     pub fn is_retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
         match self {
             CatalogError::Sqlite(e) => matches!(
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
+            CatalogError::Postgres(e) => {
+                e.is_closed()
+                    || matches!(
+                        e.code(),
+                        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                            || *c == SqlState::T_R_DEADLOCK_DETECTED
+                            || *c == SqlState::LOCK_NOT_AVAILABLE
+                    )
+            }
             _ => false,
         }
     }
 }
 
-/// Whether `e` is a UNIQUE or PRIMARY KEY constraint violation.
-pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+/// Whether `e` is a UNIQUE or PRIMARY KEY constraint violation (on either backend).
+pub(crate) fn is_unique_violation(e: &CatalogError) -> bool {
+    match e {
+        CatalogError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                 || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-    )
+        }
+        CatalogError::Postgres(e) => e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        _ => false,
+    }
 }

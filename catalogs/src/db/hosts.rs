@@ -7,10 +7,11 @@
 
 use super::audit;
 use super::error::{is_unique_violation, CatalogError, Result};
+use super::sql::{Connection, OptionalExtension};
 use super::{Catalog, UnixTime};
 use crate::retention::Rule;
 use kura_protocol::SecureBoot;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -145,18 +146,19 @@ impl Catalog {
         validate_name("host", &new.name)?;
         let group = normalize_group(new.group.as_deref())?;
         self.write(|tx, now| {
-            tx.execute(
-                "INSERT INTO hosts (name, host_group, notes, created) VALUES (?1, ?2, ?3, ?4)",
-                params![new.name, group, new.notes, now],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    CatalogError::conflict("host", &new.name, "a host with this name already exists")
-                } else {
-                    e.into()
-                }
-            })?;
-            let id = tx.last_insert_rowid();
+            let id: i64 = tx
+                .query_row(
+                    "INSERT INTO hosts (name, host_group, notes, created) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    params![new.name, group, new.notes, now],
+                    |r| r.get(0),
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        CatalogError::conflict("host", &new.name, "a host with this name already exists")
+                    } else {
+                        e
+                    }
+                })?;
             audit::append(tx, now, actor, "host.create", &new.name, json!({"group": group, "notes": new.notes}))?;
             load_host(tx, id)
         })
@@ -197,7 +199,7 @@ impl Catalog {
                     if is_unique_violation(&e) {
                         CatalogError::conflict("host", new_name, "a host with this name already exists")
                     } else {
-                        e.into()
+                        e
                     }
                 })?;
             }
@@ -324,7 +326,7 @@ impl Catalog {
                 }
             };
             tx.execute(
-                "DELETE FROM retention_rules WHERE host_id IS ?1 AND host_group IS ?2",
+                "DELETE FROM retention_rules WHERE host_id IS NOT DISTINCT FROM ?1 AND host_group IS NOT DISTINCT FROM ?2",
                 params![host_id, group],
             )?;
             tx.execute(
@@ -373,8 +375,8 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
-    use super::super::testing::catalog;
     use super::*;
 
     fn new_host(name: &str, group: Option<&str>) -> NewHost {
@@ -509,4 +511,5 @@ mod tests {
         let e = cat.set_retention("t", &RetentionScope::Group("g".into()), Rule { keep_last: 0, keep_monthly: 0 });
         assert!(matches!(e, Err(CatalogError::Retention(_))));
     }
+}
 }

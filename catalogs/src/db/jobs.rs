@@ -17,8 +17,9 @@
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::{disk_id, host_id, normalize_mac};
 use super::snapshots::{self, NewSnapshot, SnapshotState};
+use super::sql::{Connection, OptionalExtension, Row};
 use super::{audit, Catalog, UnixTime};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::params;
 use serde_json::json;
 
 /// Log lines kept per job (the newest).
@@ -108,19 +109,20 @@ pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) 
         }
         (JobKind::Capture, None) => {}
     }
-    tx.execute(
-        "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created) \
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-        params![new.kind, hid, did, new.snapshot, now],
-    )
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            CatalogError::conflict("host", &new.host, "it already has a queued or running job")
-        } else {
-            e.into()
-        }
-    })?;
-    let id = tx.last_insert_rowid();
+    let id: i64 = tx
+        .query_row(
+            "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5) RETURNING id",
+            params![new.kind, hid, did, new.snapshot, now],
+            |r| r.get(0),
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                CatalogError::conflict("host", &new.host, "it already has a queued or running job")
+            } else {
+                e
+            }
+        })?;
     let detail = json!({"kind": new.kind, "host": new.host, "disk": new.disk, "snapshot": new.snapshot});
     audit::append(tx, now, actor, "job.create", &format!("job {id}"), detail)?;
     load(tx, id)
@@ -129,11 +131,11 @@ pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) 
 /// Appends one log line to job `id` (inside the caller's transaction), dropping its oldest
 /// beyond [`JOB_LOG_CAP`]; returns the line's id.
 fn append_log(tx: &Connection, now: UnixTime, id: i64, level: LogLevel, message: &str) -> Result<i64> {
-    tx.execute(
-        "INSERT INTO job_log (job_id, time, level, message) VALUES (?1, ?2, ?3, ?4)",
+    let line: i64 = tx.query_row(
+        "INSERT INTO job_log (job_id, time, level, message) VALUES (?1, ?2, ?3, ?4) RETURNING id",
         params![id, now, level, message],
+        |r| r.get(0),
     )?;
-    let line = tx.last_insert_rowid();
     tx.execute(
         "DELETE FROM job_log WHERE job_id = ?1 AND id <= \
          (SELECT id FROM job_log WHERE job_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -157,8 +159,9 @@ impl Catalog {
     pub fn list_jobs(&self, host: Option<&str>, limit: usize) -> Result<Vec<Job>> {
         self.read(|conn| {
             let hid = host.map(|h| host_id(conn, h)).transpose()?;
-            let mut stmt = conn
-                .prepare_cached(&format!("{SELECT} WHERE ?1 IS NULL OR j.host_id = ?1 ORDER BY j.id DESC LIMIT ?2"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT} WHERE CAST(?1 AS BIGINT) IS NULL OR j.host_id = ?1 ORDER BY j.id DESC LIMIT ?2"
+            ))?;
             let rows = stmt.query_map(params![hid, limit], from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -382,9 +385,10 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
     use super::super::snapshots::tests::{host, new_snapshot};
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::super::NewDisk;
     use super::*;
 
@@ -661,4 +665,5 @@ mod tests {
         assert!(matches!(e, CatalogError::InvalidTransition { .. }), "{e}");
         assert_eq!(cat.job_log(id, None, 10).unwrap().len(), 1);
     }
+}
 }

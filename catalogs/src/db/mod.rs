@@ -95,6 +95,25 @@ macro_rules! text_enum {
     };
 }
 
+/// Declares a test module twice: as written, on SQLite, and as `pg_tests`, the same tests on
+/// PostgreSQL (a database of its own per test in the process's throwaway cluster,
+/// `kura_tests::postgres`). The body gets its `catalog()` from here; one invocation per file.
+#[cfg(test)]
+macro_rules! for_each_backend {
+    ($vis:vis mod $name:ident { $($body:tt)* }) => {
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use $crate::db::testing::sqlite_catalog as catalog;
+            $($body)*
+        }
+        $vis mod pg_tests {
+            #[allow(unused_imports)]
+            use $crate::db::testing::postgres_catalog as catalog;
+            $($body)*
+        }
+    };
+}
+
 pub mod audit;
 pub mod auth;
 pub mod error;
@@ -102,9 +121,11 @@ pub mod hosts;
 pub mod jobs;
 pub mod migrations;
 pub mod notify;
+pub mod postgres;
 pub mod power;
 pub mod schedules;
 pub mod snapshots;
+pub mod sql;
 pub mod stats;
 
 pub use audit::AuditEntry;
@@ -121,7 +142,8 @@ pub use schedules::{
 pub use snapshots::{NewSnapshot, Snapshot, SnapshotKind, SnapshotState};
 pub use stats::{HostStatus, JobCount, JobDuration, SnapshotTotals};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use postgres::PgClient;
+use sql::Connection;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -132,12 +154,26 @@ pub type UnixTime = i64;
 /// How long a call waits for a lock held by another process before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The PostgreSQL advisory lock every writing transaction takes first (the catalog's
+/// `BEGIN IMMEDIATE`): writers on every node run one at a time. The number is Kura's own
+/// (`"kura"` in ASCII), shared by nothing else in the database.
+pub const PG_WRITE_LOCK: i64 = 0x6b75_7261;
+
 type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 
 /// The catalog database. See the module docs for the locking design.
 pub struct Catalog {
-    conn: Mutex<Connection>,
+    db: Db,
     clock: Clock,
+}
+
+enum Db {
+    Sqlite(Mutex<rusqlite::Connection>),
+    /// The URL to reconnect with, and the connection (`None` after it was lost).
+    Postgres {
+        url: String,
+        client: Mutex<Option<PgClient>>,
+    },
 }
 
 impl std::fmt::Debug for Catalog {
@@ -152,6 +188,12 @@ pub fn system_now() -> UnixTime {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
+}
+
+/// Where the catalog lives: `--catalog` (a `postgres://` or `postgresql://` URL), or by default
+/// the SQLite file `catalog.db` in the data directory.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
 impl Catalog {
@@ -173,7 +215,7 @@ impl Catalog {
             }
         }
         let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn = Connection::open_with_flags(path, flags)?;
+        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         Self::setup(conn)
@@ -181,14 +223,38 @@ impl Catalog {
 
     /// A private, empty catalog in memory (tests).
     pub fn open_in_memory() -> Result<Catalog> {
-        Self::setup(Connection::open_in_memory()?)
+        Self::setup(rusqlite::Connection::open_in_memory()?)
     }
 
-    fn setup(mut conn: Connection) -> Result<Catalog> {
+    fn setup(mut conn: rusqlite::Connection) -> Result<Catalog> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         migrations::migrate(&mut conn)?;
-        Ok(Catalog { conn: Mutex::new(conn), clock: Arc::new(system_now) })
+        Ok(Catalog { db: Db::Sqlite(Mutex::new(conn)), clock: Arc::new(system_now) })
+    }
+
+    /// Opens the catalog in the PostgreSQL database at `url` (`postgres://USER@HOST/DB`, or
+    /// `postgres://USER@/DB?host=/run/postgresql` for a Unix socket) and migrates it to the
+    /// current schema; refuses a database written by a newer Kura, and one whose collation is
+    /// not `C` (text must sort as on SQLite: byte order). See `docs/scale-out.md`.
+    pub fn open_postgres(url: &str) -> Result<Catalog> {
+        let client = PgClient::connect(url)?;
+        postgres::check_database(&client)?;
+        migrations::migrate_postgres(&client)?;
+        Ok(Catalog {
+            db: Db::Postgres { url: url.to_string(), client: Mutex::new(Some(client)) },
+            clock: Arc::new(system_now),
+        })
+    }
+
+    /// Opens `location`: a PostgreSQL URL ([`Catalog::open_postgres`]) or else a SQLite file
+    /// path ([`Catalog::open`]).
+    pub fn open_location(location: &str) -> Result<Catalog> {
+        if is_postgres_url(location) {
+            Self::open_postgres(location)
+        } else {
+            Self::open(Path::new(location))
+        }
     }
 
     /// Replaces the clock that stamps rows (tests).
@@ -202,30 +268,72 @@ impl Catalog {
         (self.clock)()
     }
 
-    /// The schema version of the open database.
-    pub fn schema_version(&self) -> Result<i64> {
-        migrations::schema_version(&self.lock())
+    /// Which database this catalog is in.
+    pub fn backend(&self) -> sql::Backend {
+        match self.db {
+            Db::Sqlite(_) => sql::Backend::Sqlite,
+            Db::Postgres { .. } => sql::Backend::Postgres,
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64> {
+        self.read(migrations::schema_version)
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         // A panic while holding the lock cannot leave a transaction open (dropping a
-        // `Transaction` rolls it back), so the connection is still usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        // `Transaction` rolls it back; so does [`postgres::TxGuard`]), so the connection is
+        // still usable.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The PostgreSQL client, reconnected first if the connection was lost.
+    fn pg<'a>(url: &str, client: &'a Mutex<Option<PgClient>>) -> Result<MutexGuard<'a, Option<PgClient>>> {
+        let mut guard = Self::lock(client);
+        if guard.as_ref().is_none_or(PgClient::is_closed) {
+            *guard = None;
+            let c = PgClient::connect(url)?;
+            tracing::info!("reconnected to the catalog database");
+            *guard = Some(c);
+        }
+        Ok(guard)
     }
 
     /// Runs `f` on the connection, outside a transaction (reads).
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        f(&self.lock())
+    fn read<T>(&self, f: impl FnOnce(&Connection<'_>) -> Result<T>) -> Result<T> {
+        match &self.db {
+            Db::Sqlite(m) => f(&Connection::Sqlite(&Self::lock(m))),
+            Db::Postgres { url, client } => {
+                let guard = Self::pg(url, client)?;
+                let c = guard.as_ref().expect("connected");
+                f(&Connection::Postgres(c))
+            }
+        }
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction with the current time, and commits.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>, UnixTime) -> Result<T>) -> Result<T> {
+    /// Runs `f` in one writing transaction with the current time, and commits: SQLite's
+    /// `BEGIN IMMEDIATE`, or on PostgreSQL a READ COMMITTED transaction that first takes
+    /// [`PG_WRITE_LOCK`].
+    fn write<T>(&self, f: impl FnOnce(&Connection<'_>, UnixTime) -> Result<T>) -> Result<T> {
         let now = self.now();
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx, now)?;
-        tx.commit()?;
-        Ok(value)
+        match &self.db {
+            Db::Sqlite(m) => {
+                let mut conn = Self::lock(m);
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = f(&Connection::Sqlite(&tx), now)?;
+                tx.commit()?;
+                Ok(value)
+            }
+            Db::Postgres { url, client } => {
+                let guard = Self::pg(url, client)?;
+                let c = guard.as_ref().expect("connected");
+                let tx = postgres::TxGuard::begin(c)?;
+                let value = f(&Connection::Postgres(c), now)?;
+                tx.commit()?;
+                Ok(value)
+            }
+        }
     }
 }
 
@@ -246,10 +354,21 @@ pub(crate) mod testing {
         }
     }
 
-    pub fn catalog() -> (Catalog, TestClock) {
+    /// A new, empty catalog in memory, on the test clock.
+    pub fn sqlite_catalog() -> (Catalog, TestClock) {
+        with_test_clock(Catalog::open_in_memory().unwrap())
+    }
+
+    /// A new, empty catalog in a new database of the process's PostgreSQL cluster.
+    pub fn postgres_catalog() -> (Catalog, TestClock) {
+        let url = kura_tests::postgres::shared().create_database();
+        with_test_clock(Catalog::open_postgres(&url).unwrap())
+    }
+
+    fn with_test_clock(cat: Catalog) -> (Catalog, TestClock) {
         let clock = TestClock(Arc::new(AtomicI64::new(START)));
         let c = clock.clone();
-        (Catalog::open_in_memory().unwrap().with_clock(move || c.0.load(Ordering::SeqCst)), clock)
+        (cat.with_clock(move || c.0.load(Ordering::SeqCst)), clock)
     }
 }
 
@@ -267,7 +386,8 @@ mod tests {
     fn open_sets_wal_foreign_keys_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(&dir.path().join("catalog.db")).unwrap();
-        let conn = cat.lock();
+        let Db::Sqlite(conn) = &cat.db else { unreachable!() };
+        let conn = Catalog::lock(conn);
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         let fk: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
@@ -317,7 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             conn.pragma_update(None, "user_version", 999).unwrap();
         }
         let e = Catalog::open(&path).unwrap_err();

@@ -6,8 +6,9 @@
 //! targets is audited like every other change.
 
 use super::error::{CatalogError, Result};
+use super::sql::{Connection, OptionalExtension, Row};
 use super::{audit, Catalog, UnixTime};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -102,11 +103,11 @@ impl Catalog {
         config.validate()?;
         let text = serde_json::to_string(config).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         self.write(|tx, now| {
-            tx.execute(
-                "INSERT INTO notify_targets (kind, config, created) VALUES (?1, ?2, ?3)",
+            let id: i64 = tx.query_row(
+                "INSERT INTO notify_targets (kind, config, created) VALUES (?1, ?2, ?3) RETURNING id",
                 params![config.kind(), text, now],
+                |r| r.get(0),
             )?;
-            let id = tx.last_insert_rowid();
             audit::append(tx, now, actor, "notify.add", &format!("notify {id}"), json!({ "kind": config.kind() }))?;
             load(tx, id)
         })
@@ -132,8 +133,9 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::*;
 
     fn email(smtp: &str, from: &str, to: &[&str]) -> NotifyConfig {
@@ -184,4 +186,5 @@ mod tests {
         }
         assert!(cat.list_notify_targets().unwrap().is_empty());
     }
+}
 }

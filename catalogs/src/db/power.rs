@@ -9,9 +9,10 @@
 use super::audit;
 use super::error::{CatalogError, Result};
 use super::hosts::host_id;
+use super::sql::{Connection, OptionalExtension};
 use super::{Catalog, UnixTime};
 use crate::secrets::Sealed;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -238,9 +239,14 @@ impl Catalog {
             validate(settings, sealed.is_some())?;
             let s = settings;
             tx.execute(
-                "INSERT OR REPLACE INTO host_power (host_id, driver, address, username, password_sealed, \
+                "INSERT INTO host_power (host_id, driver, address, username, password_sealed, \
                  system_id, insecure, tls_fingerprint, broadcast, interface, updated, cipher_suite) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (host_id) DO UPDATE SET driver = excluded.driver, address = excluded.address, \
+                 username = excluded.username, password_sealed = excluded.password_sealed, \
+                 system_id = excluded.system_id, insecure = excluded.insecure, \
+                 tls_fingerprint = excluded.tls_fingerprint, broadcast = excluded.broadcast, \
+                 interface = excluded.interface, updated = excluded.updated, cipher_suite = excluded.cipher_suite",
                 params![
                     id,
                     s.driver,
@@ -281,8 +287,8 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
-    use super::super::testing::catalog;
     use super::super::*;
     use super::*;
     use crate::secrets::SecretKey;
@@ -383,4 +389,5 @@ mod tests {
         s = PowerSettings { driver: PowerDriver::None, broadcast: None, interface: None, ..wol() };
         assert!(ok(&s, false).is_ok());
     }
+}
 }

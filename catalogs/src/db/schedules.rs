@@ -30,10 +30,11 @@
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::validate_name;
 use super::jobs::{self, Job, JobKind, JobState, NewJob};
+use super::sql::{Connection, OptionalExtension, Row};
 use super::{audit, Catalog, UnixTime};
 use crate::cron::Cron;
 use crate::retention::Rule;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -391,32 +392,34 @@ impl Catalog {
             if name.parse::<i64>().is_ok() {
                 return Err(CatalogError::Invalid(format!("schedule name {name:?} must not be a number")));
             }
-            tx.execute(
-                "INSERT INTO schedules (name, target_kind, target, cron, keep_last, keep_monthly, max_concurrent, \
+            let id: i64 = tx
+                .query_row(
+                    "INSERT INTO schedules (name, target_kind, target, cron, keep_last, keep_monthly, max_concurrent, \
                  retries, retry_delay, enabled, created, evaluated_until) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-                params![
-                    name,
-                    kind,
-                    new.target,
-                    cron.to_string(),
-                    new.retention.map(|r| r.keep_last),
-                    new.retention.map(|r| r.keep_monthly),
-                    new.max_concurrent,
-                    new.retries,
-                    new.retry_delay,
-                    new.enabled,
-                    now
-                ],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    CatalogError::conflict("schedule", &name, "a schedule with this name already exists")
-                } else {
-                    e.into()
-                }
-            })?;
-            let s = load_id(tx, tx.last_insert_rowid())?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11) RETURNING id",
+                    params![
+                        name,
+                        kind,
+                        new.target,
+                        cron.to_string(),
+                        new.retention.map(|r| r.keep_last),
+                        new.retention.map(|r| r.keep_monthly),
+                        new.max_concurrent,
+                        new.retries,
+                        new.retry_delay,
+                        new.enabled,
+                        now
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        CatalogError::conflict("schedule", &name, "a schedule with this name already exists")
+                    } else {
+                        e
+                    }
+                })?;
+            let s = load_id(tx, id)?;
             audit::append(
                 tx,
                 now,
@@ -462,7 +465,9 @@ impl Catalog {
             let s = load(tx, key)?;
             if s.enabled != enabled {
                 tx.execute(
-                    "UPDATE schedules SET enabled = ?1,                      evaluated_until = CASE WHEN ?1 THEN max(evaluated_until, ?2) ELSE evaluated_until END                      WHERE id = ?3",
+                    "UPDATE schedules SET enabled = ?1, \
+                     evaluated_until = CASE WHEN ?1 = 1 AND ?2 > evaluated_until THEN ?2 ELSE evaluated_until END \
+                     WHERE id = ?3",
                     params![enabled, now, s.id],
                 )?;
                 let action = if enabled { "schedule.enable" } else { "schedule.disable" };
@@ -490,15 +495,17 @@ impl Catalog {
                 if state == RunState::Done {
                     return Err(CatalogError::Invalid("a run is recorded as running or missed".into()));
                 }
-                let n = tx.execute(
-                    "INSERT OR IGNORE INTO schedule_runs (schedule_id, due, state, created, finished) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![s.id, t, state, now, (state == RunState::Missed).then_some(now)],
-                )?;
-                if n == 0 {
+                let run: Option<i64> = tx
+                    .query_row(
+                        "INSERT INTO schedule_runs (schedule_id, due, state, created, finished) \
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (schedule_id, due) DO NOTHING RETURNING id",
+                        params![s.id, t, state, now, (state == RunState::Missed).then_some(now)],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(run) = run else {
                     continue;
-                }
-                let run = tx.last_insert_rowid();
+                };
                 if state == RunState::Missed {
                     let summary = summarise(tx, run, &s, t, state)?;
                     tx.execute(
@@ -528,7 +535,8 @@ impl Catalog {
                 }
             }
             tx.execute(
-                "UPDATE schedules SET evaluated_until = max(evaluated_until, ?1) WHERE id = ?2",
+                "UPDATE schedules SET evaluated_until = CASE WHEN evaluated_until > ?1 THEN evaluated_until ELSE ?1 END \
+                 WHERE id = ?2",
                 params![evaluated_until, s.id],
             )?;
             Ok(out)
@@ -749,9 +757,10 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
     use super::super::snapshots::tests::new_snapshot;
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::super::NewHost;
     use super::*;
 
@@ -881,4 +890,5 @@ mod tests {
         assert_eq!(runs[0].summary.as_ref(), Some(sum));
         assert!(cat.finish_runs("s").unwrap().is_empty());
     }
+}
 }

@@ -14,9 +14,10 @@
 
 use super::error::{is_unique_violation, CatalogError, Result};
 use super::hosts::{disk_id, host_id};
+use super::sql::{Connection, OptionalExtension, Row};
 use super::{audit, Catalog, UnixTime};
 use crate::retention::{self, Candidate, Plan};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -127,7 +128,7 @@ pub(crate) fn insert(
         if is_unique_violation(&e) {
             CatalogError::conflict("snapshot", &new.id, "it is already in the catalog")
         } else {
-            e.into()
+            e
         }
     })?;
     let detail = json!({
@@ -170,8 +171,9 @@ impl Catalog {
     pub fn list_snapshots(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {
         self.read(|conn| {
             let hid = host.map(|h| host_id(conn, h)).transpose()?;
-            let mut stmt =
-                conn.prepare_cached(&format!("{SELECT} WHERE ?1 IS NULL OR s.host_id = ?1 ORDER BY s.created, s.id"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "{SELECT} WHERE CAST(?1 AS BIGINT) IS NULL OR s.host_id = ?1 ORDER BY s.created, s.id"
+            ))?;
             let rows = stmt.query_map([hid], from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -239,8 +241,8 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 pub(crate) mod tests {
-    use super::super::testing::catalog;
     use super::super::{HostPatch, NewDisk, NewHost, RetentionScope};
     use super::*;
     use crate::retention::Rule;
@@ -404,4 +406,5 @@ pub(crate) mod tests {
         assert_eq!(plan.keep, ["00000000000000a3", "00000000000000a2"]);
         assert_eq!(plan.delete, ["00000000000000a1"]);
     }
+}
 }

@@ -105,7 +105,7 @@ impl Catalog {
     pub fn job_durations(&self) -> Result<Vec<JobDuration>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT kind, state, max(finished - started, 0) FROM jobs \
+                "SELECT kind, state, CASE WHEN finished > started THEN finished - started ELSE 0 END FROM jobs \
                  WHERE state IN ('succeeded', 'failed') AND started IS NOT NULL AND finished IS NOT NULL \
                  ORDER BY id",
             )?;
@@ -119,7 +119,7 @@ impl Catalog {
     pub fn snapshot_totals(&self) -> Result<SnapshotTotals> {
         self.read(|conn| {
             Ok(conn.query_row(
-                "SELECT count(*), coalesce(sum(used_bytes), 0) FROM snapshots WHERE state = 'committed'",
+                "SELECT count(*), CAST(coalesce(sum(used_bytes), 0) AS BIGINT) FROM snapshots WHERE state = 'committed'",
                 [],
                 |r| Ok(SnapshotTotals { count: r.get(0)?, logical_bytes: r.get(1)? }),
             )?)
@@ -128,10 +128,11 @@ impl Catalog {
 }
 
 #[cfg(test)]
+for_each_backend! {
 mod tests {
     use super::super::jobs::NewJob;
     use super::super::snapshots::tests::{host, new_snapshot};
-    use super::super::testing::{catalog, START};
+    use super::super::testing::START;
     use super::*;
 
     fn capture(host: &str) -> NewJob {
@@ -180,4 +181,5 @@ mod tests {
             [JobDuration { kind: JobKind::Capture, state: JobState::Failed, seconds: 90 }]
         );
     }
+}
 }

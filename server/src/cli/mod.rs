@@ -162,6 +162,10 @@ pub struct ServeArgs {
     /// Data directory (store, catalog, TLS certificate, first admin token).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
+    /// The catalog: a PostgreSQL URL, postgres://USER@HOST/DB (see "More than one server" in
+    /// the README). Default: the SQLite file DIR/catalog.db.
+    #[arg(long, value_name = "URL", env = "KURA_CATALOG")]
+    pub catalog: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,
@@ -387,6 +391,10 @@ enum TokenCommand {
         /// The engine's data directory.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// The catalog: a PostgreSQL URL, postgres://USER@HOST/DB (see "More than one server" in
+        /// the README). Default: the SQLite file DIR/catalog.db.
+        #[arg(long, value_name = "URL", env = "KURA_CATALOG")]
+        catalog: Option<String>,
         /// The admin user the new token belongs to (created if missing).
         #[arg(long, default_value = "admin")]
         user: String,
@@ -405,6 +413,10 @@ enum AdminCommand {
         /// The engine's S3 store, if it is not recorded in DATA/store.spec (see `kura serve`).
         #[arg(long, value_name = "SPEC")]
         store: Option<String>,
+        /// The catalog: a PostgreSQL URL, postgres://USER@HOST/DB (see "More than one server" in
+        /// the README). Default: the SQLite file DIR/catalog.db.
+        #[arg(long, value_name = "URL", env = "KURA_CATALOG")]
+        catalog: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -484,6 +496,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             crate::serve::run(crate::serve::ServeOptions {
                 data: args.data,
+                catalog: args.catalog,
                 listen: args.listen,
                 insecure_http: args.insecure_http,
                 tls_cert: args.tls_cert,
@@ -519,15 +532,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(TokenCommand::List { agents, server }) => tokens::list(agents, &server),
         Command::Token(TokenCommand::Revoke { id, server }) => tokens::revoke(id, &server),
-        Command::Token(TokenCommand::RotateAdmin { data, user, json }) => tokens::rotate_admin(&data, &user, json),
+        Command::Token(TokenCommand::RotateAdmin { data, catalog, user, json }) => {
+            tokens::rotate_admin(&data, catalog.as_deref(), &user, json)
+        }
         Command::Schedule(cmd) => schedule::run(cmd),
         Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
         Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {
             engine::retention(host, group, keep_last, keep_monthly, dry_run, &server)
         }
-        Command::Admin(AdminCommand::RebuildCatalog { data, store, json }) => {
-            engine::rebuild_catalog(&data, store.as_deref(), json)
+        Command::Admin(AdminCommand::RebuildCatalog { data, store, catalog, json }) => {
+            engine::rebuild_catalog(&data, store.as_deref(), catalog.as_deref(), json)
         }
         Command::Admin(AdminCommand::FixPermissions { data, json }) => engine::fix_permissions(&data, json),
         Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),

@@ -115,12 +115,12 @@ pub fn revoke(id: i64, s: &ServerArgs) -> Result<ExitCode> {
 /// `kura token rotate-admin --data DIR`: revokes the bootstrap admin token and writes a new one
 /// to `DIR/admin.token` (0600, replaced by rename: never through a planted link). Works while
 /// `kura serve` runs: the engine checks tokens in the catalog on every request.
-pub fn rotate_admin(data: &Path, user: &str, json: bool) -> Result<ExitCode> {
-    if !data.join("catalog.db").exists() {
+pub fn rotate_admin(data: &Path, catalog: Option<&str>, user: &str, json: bool) -> Result<ExitCode> {
+    if catalog.is_none() && !data.join("catalog.db").exists() {
         bail!("{} has no catalog.db: not an engine's data directory", data.display());
     }
     crate::datadir::check(data)?;
-    let catalog = kura_catalogs::db::Catalog::open(&data.join("catalog.db")).context("opening the catalog")?;
+    let catalog = crate::serve::open_catalog(data, catalog)?;
     let issued = catalog.rotate_bootstrap_token("kura token rotate-admin", user)?;
     let path = data.join("admin.token");
     kura_catalogs::private::replace(&path, format!("{}\n", issued.secret).as_bytes())
