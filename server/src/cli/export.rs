@@ -195,14 +195,20 @@ fn open_output(path: &Path) -> Result<File> {
 
 pub fn import(args: ImportArgs) -> Result<ExitCode> {
     let dir = store_dir(&args.at);
+    // Into an engine's data directory (its local store): its catalog learns the new snapshots.
     let catalog = match &args.at.data {
-        Some(data) if args.at.store.is_none() => Some(crate::serve::open_state(data)?),
+        Some(data) if args.at.store.is_none() => {
+            if data.join("store.spec").exists() {
+                bail!("{} keeps its chunks in an S3 store: kura import writes only local stores (yet)", data.display());
+            }
+            for warning in crate::datadir::prepare(data)? {
+                eprintln!("{warning}");
+            }
+            Some(crate::serve::open_catalog(data, None)?)
+        }
         _ => None,
     };
-    let store = match &catalog {
-        Some((store, _)) => store.clone(),
-        None => std::sync::Arc::new(LocalStore::open_or_create(&dir)?),
-    };
+    let store = LocalStore::open_or_create(&dir)?;
     let _lock = store.lock(true).context("stop `kura serve` (or the capture) using this store before importing")?;
     store.clean_tmp()?;
     let bar = Bar::new("import", Unit::Chunks, bars_visible(args.at.json));
@@ -215,8 +221,8 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
     };
     bar.finish();
     let report = result?;
-    if let Some((store, catalog)) = &catalog {
-        crate::serve::reconcile(store, catalog, "kura-import")?;
+    if let Some(catalog) = &catalog {
+        crate::serve::reconcile(&store, catalog, "kura-import")?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if args.at.json {
