@@ -29,9 +29,9 @@ struct Snap {
     reference: String,
 }
 
+/// Runs `script` with bash (for `pipefail`: Debian's `sh` is dash, which has none).
 fn sh(script: &str) -> std::process::Output {
-    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh");
-    out
+    Command::new("bash").arg("-c").arg(script).output().expect("bash")
 }
 
 fn sha_file(p: &Path) -> String {
@@ -74,6 +74,9 @@ fn pipe_restore(id: &str, archive: &Path, target: &Path) -> std::process::Output
 /// `between` runs after the first round (the full export of an incremental chain).
 fn three_hosts(work: &Path, between: impl FnOnce(&Store)) -> (Store, Vec<Snap>, Vec<Disk>) {
     let store = Store::new(work.join("store"));
+    for d in ["d0", "d1", "d2"] {
+        std::fs::create_dir_all(work.join(d)).unwrap();
+    }
     let mut disks = vec![
         fixtures::gpt_linux(&work.join("d0")),
         fixtures::mbr_legacy(&work.join("d1")),
@@ -150,7 +153,7 @@ fn three_hosts_exported_imported_and_restored_from_the_archive() {
     // 2. Through a pipe: the same snapshots and chunks (another archive id).
     let piped = work.path().join("piped.kar");
     let out = sh(&format!(
-        "set -o pipefail 2>/dev/null; '{}' export --store '{}' --to - | cat > '{}'",
+        "set -o pipefail; '{}' export --store '{}' --to - | cat > '{}'",
         kura_bin().display(),
         store.dir.display(),
         piped.display()
