@@ -361,15 +361,14 @@ impl Catalog {
     pub fn retention_for_host(&self, host: &str) -> Result<Option<Rule>> {
         self.read(|conn| {
             let id = host_id(conn, host)?;
-            Ok(conn
-                .query_row(
-                    "SELECT r.keep_last, r.keep_monthly FROM retention_rules r, hosts h WHERE h.id = ?1 \
+            conn.query_row(
+                "SELECT r.keep_last, r.keep_monthly FROM retention_rules r, hosts h WHERE h.id = ?1 \
                      AND (r.host_id = h.id OR r.host_group = h.host_group) \
                      ORDER BY r.host_id IS NULL LIMIT 1",
-                    [id],
-                    |r| Ok(Rule { keep_last: r.get(0)?, keep_monthly: r.get(1)? }),
-                )
-                .optional()?)
+                [id],
+                |r| Ok(Rule { keep_last: r.get(0)?, keep_monthly: r.get(1)? }),
+            )
+            .optional()
         })
     }
 }

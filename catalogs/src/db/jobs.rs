@@ -56,7 +56,7 @@ pub(crate) fn load(conn: &Connection, id: i64) -> Result<Job> {
 }
 
 fn unusual(conn: &Connection, id: i64) -> Result<Option<String>> {
-    Ok(conn.query_row("SELECT unusual FROM jobs WHERE id = ?1", [id], |r| r.get(0))?)
+    conn.query_row("SELECT unusual FROM jobs WHERE id = ?1", [id], |r| r.get(0))
 }
 
 /// Moves job `id` to `to` if the state machine allows it (inside the caller's transaction).
@@ -171,13 +171,12 @@ impl Catalog {
     pub fn active_job_for_host(&self, host: &str) -> Result<Option<Job>> {
         self.read(|conn| {
             let hid = host_id(conn, host)?;
-            Ok(conn
-                .query_row(
-                    &format!("{SELECT} WHERE j.host_id = ?1 AND j.state IN ('queued', 'running')"),
-                    [hid],
-                    from_row,
-                )
-                .optional()?)
+            conn.query_row(
+                &format!("{SELECT} WHERE j.host_id = ?1 AND j.state IN ('queued', 'running')"),
+                [hid],
+                from_row,
+            )
+            .optional()
         })
     }
 
@@ -186,16 +185,15 @@ impl Catalog {
     pub fn active_job_for_mac(&self, mac: &str) -> Result<Option<Job>> {
         let mac = normalize_mac(mac)?;
         self.read(|conn| {
-            Ok(conn
-                .query_row(
-                    &format!(
-                        "{SELECT} JOIN host_macs m ON m.host_id = j.host_id \
+            conn.query_row(
+                &format!(
+                    "{SELECT} JOIN host_macs m ON m.host_id = j.host_id \
                          WHERE m.mac = ?1 AND j.state IN ('queued', 'running')"
-                    ),
-                    [mac],
-                    from_row,
-                )
-                .optional()?)
+                ),
+                [mac],
+                from_row,
+            )
+            .optional()
         })
     }
 

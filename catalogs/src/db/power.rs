@@ -190,31 +190,30 @@ pub fn validate(s: &PowerSettings, has_password: bool) -> Result<()> {
 
 fn load(conn: &Connection, host: &str) -> Result<Option<PowerControl>> {
     let id = host_id(conn, host)?;
-    Ok(conn
-        .query_row(
-            "SELECT driver, address, username, password_sealed, system_id, insecure, tls_fingerprint, \
+    conn.query_row(
+        "SELECT driver, address, username, password_sealed, system_id, insecure, tls_fingerprint, \
              broadcast, interface, updated, cipher_suite FROM host_power WHERE host_id = ?1",
-            [id],
-            |r| {
-                Ok(PowerControl {
-                    host: host.to_string(),
-                    settings: PowerSettings {
-                        driver: r.get(0)?,
-                        address: r.get(1)?,
-                        username: r.get(2)?,
-                        system_id: r.get(4)?,
-                        insecure: r.get(5)?,
-                        tls_fingerprint: r.get(6)?,
-                        broadcast: r.get(7)?,
-                        interface: r.get(8)?,
-                        cipher_suite: r.get(10)?,
-                    },
-                    password: r.get::<_, Option<Vec<u8>>>(3)?.map(Sealed::from_stored),
-                    updated: r.get(9)?,
-                })
-            },
-        )
-        .optional()?)
+        [id],
+        |r| {
+            Ok(PowerControl {
+                host: host.to_string(),
+                settings: PowerSettings {
+                    driver: r.get(0)?,
+                    address: r.get(1)?,
+                    username: r.get(2)?,
+                    system_id: r.get(4)?,
+                    insecure: r.get(5)?,
+                    tls_fingerprint: r.get(6)?,
+                    broadcast: r.get(7)?,
+                    interface: r.get(8)?,
+                    cipher_suite: r.get(10)?,
+                },
+                password: r.get::<_, Option<Vec<u8>>>(3)?.map(Sealed::from_stored),
+                updated: r.get(9)?,
+            })
+        },
+    )
+    .optional()
 }
 
 impl Catalog {

@@ -378,7 +378,7 @@ impl Catalog {
                 Some(n) => n.clone(),
                 None => {
                     let taken = |n: &str| -> Result<bool> {
-                        Ok(tx.query_row("SELECT count(*) > 0 FROM schedules WHERE name = ?1", [n], |r| r.get(0))?)
+                        tx.query_row("SELECT count(*) > 0 FROM schedules WHERE name = ?1", [n], |r| r.get(0))
                     };
                     let mut n = new.target.clone();
                     let mut i = 2;
@@ -576,14 +576,13 @@ impl Catalog {
     /// The schedule that released job `job`, if a schedule did.
     pub fn schedule_of_job(&self, job: i64) -> Result<Option<i64>> {
         self.read(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT r.schedule_id FROM schedule_run_hosts e JOIN schedule_runs r ON r.id = e.run_id \
+            conn.query_row(
+                "SELECT r.schedule_id FROM schedule_run_hosts e JOIN schedule_runs r ON r.id = e.run_id \
                      WHERE e.job_id = ?1",
-                    [job],
-                    |r| r.get(0),
-                )
-                .optional()?)
+                [job],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 

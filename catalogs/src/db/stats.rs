@@ -118,11 +118,11 @@ impl Catalog {
     /// Count and logical bytes of the committed snapshots.
     pub fn snapshot_totals(&self) -> Result<SnapshotTotals> {
         self.read(|conn| {
-            Ok(conn.query_row(
+            conn.query_row(
                 "SELECT count(*), CAST(coalesce(sum(used_bytes), 0) AS BIGINT) FROM snapshots WHERE state = 'committed'",
                 [],
                 |r| Ok(SnapshotTotals { count: r.get(0)?, logical_bytes: r.get(1)? }),
-            )?)
+            )
         })
     }
 }
