@@ -111,9 +111,9 @@ fn present_firmware_is_packed_and_missing_firmware_is_reported() {
     let drv: BTreeMap<&str, &initramfs::DriverStatus> = r.drivers.iter().map(|d| (d.module.as_str(), d)).collect();
     assert_eq!(drv["bnx2x"].status, "included");
     assert_eq!(drv["bnx2x"].family, "broadcom-nx2");
-    assert_eq!(drv["bnx2x"].firmware_present, [plain_one.clone()]);
+    assert_eq!(drv["bnx2x"].firmware_present, vec![plain_one.to_string()]);
     assert_eq!(drv["bnx2x"].firmware_missing.len(), bnx2x.len() - 1);
-    assert_eq!(drv["tg3"].firmware_present, [zst_one.clone()]);
+    assert_eq!(drv["tg3"].firmware_present, vec![zst_one.to_string()]);
     assert_eq!(drv["no_such_driver"].status, "missing");
     assert!(r.warnings.iter().any(|w| w.contains("no_such_driver")), "{:#?}", r.warnings);
     // The sizes add up to the image, and firmware is its own category.
