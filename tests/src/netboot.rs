@@ -44,6 +44,21 @@ pub struct NetbootEngine<'a> {
 }
 
 impl<'a> NetbootEngine<'a> {
+    /// A job (`GET /jobs/{id}`) and its log lines' messages.
+    pub fn job_and_log(&self, id: i64) -> (serde_json::Value, Vec<String>) {
+        let v = self.api_get(&format!("jobs/{id}"));
+        let log =
+            v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
+        (v["job"].clone(), log)
+    }
+
+    /// Queues a job with the CLI (`kura capture HOST`, `kura restore HOST …`); returns its id.
+    pub fn queue(&self, args: &[&str]) -> i64 {
+        let run = self.kura(args);
+        run.expect_success();
+        run.stdout.trim().parse().unwrap_or_else(|_| panic!("kura {args:?} printed no job id: {}", run.stdout))
+    }
+
     /// Starts the engine in `ns` with the netboot configuration `config` (a JSON object; its
     /// `address` is set to the bridge's address) and waits until both the API and netboot say
     /// they are up. Panics with the server's output if it does not start.

@@ -82,25 +82,12 @@ struct Timing {
     disk: String,
 }
 
-fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
-    let v = engine.api_get(&format!("jobs/{id}"));
-    let log =
-        v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
-    (v["job"].clone(), log)
-}
-
-fn queue(engine: &NetbootEngine, args: &[&str]) -> i64 {
-    let run = engine.kura(args);
-    run.expect_success();
-    run.stdout.trim().parse().unwrap_or_else(|_| panic!("kura {args:?} printed no job id: {}", run.stdout))
-}
-
 /// Waits for QEMU to exit (the agent powered off, or rebooted under `-no-reboot`).
 fn wait_exit(m: &mut Machine, engine: &NetbootEngine, id: i64) {
     let deadline = Instant::now() + JOB_TIMEOUT;
     while m.exited().is_none() {
         if Instant::now() > deadline {
-            let (j, log) = job(engine, id);
+            let (j, log) = engine.job_and_log(id);
             panic!("machine {} still runs after {JOB_TIMEOUT:?}; job {j:#}\nlog: {log:#?}\n{}", m.name(), m.report());
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -109,7 +96,7 @@ fn wait_exit(m: &mut Machine, engine: &NetbootEngine, id: i64) {
 
 /// The job must have succeeded with the row's drivers loaded and its disk found.
 fn check_job(engine: &NetbootEngine, id: i64, row: &Row, m: &Machine) -> (Value, String) {
-    let (j, log) = job(engine, id);
+    let (j, log) = engine.job_and_log(id);
     let what = format!("{} + {}", row.hba.device(), row.nic.device());
     assert_eq!(j["state"], "succeeded", "{what}: {j:#}\n{log:#?}\n{}", m.report());
     let loaded = |d: &str| log.iter().any(|l| l == &format!("loaded driver {d}"));
@@ -150,7 +137,7 @@ fn run_row(ns: &Netns, engine: &NetbootEngine, tap: &str, i: usize, row: &Row, s
     };
 
     // Capture.
-    let id = queue(engine, &["capture", &host]);
+    let id = engine.queue(&["capture", &host]);
     let t0 = Instant::now();
     let mut m = machine(&format!("{host}-capture"), &src, false);
     m.poll_serial("kura-agent ", JOB_TIMEOUT)
@@ -166,7 +153,7 @@ fn run_row(ns: &Netns, engine: &NetbootEngine, tap: &str, i: usize, row: &Row, s
     // Restore onto a blank disk behind the same controller; a reboot ends QEMU.
     let target = dir.join(format!("{host}-target.img"));
     blank_file(&target, std::fs::metadata(&src).unwrap().len());
-    let id = queue(engine, &["restore", &host, "--snapshot", &snapshot]);
+    let id = engine.queue(&["restore", &host, "--snapshot", &snapshot]);
     let t0 = Instant::now();
     let mut m = machine(&format!("{host}-restore"), &target, true);
     wait_exit(&mut m, engine, id);

@@ -50,28 +50,12 @@ fn bios_machine(ns: &Netns, name: &str, mac: &str, disk: &std::path::Path) -> Ma
         .start()
 }
 
-/// `GET /jobs/{id}`: the job and its log lines.
-fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
-    let v = engine.api_get(&format!("jobs/{id}"));
-    let log =
-        v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
-    (v["job"].clone(), log)
-}
-
-/// Queues a job with the CLI (`kura capture HOST` / `kura restore HOST --snapshot ID`);
-/// returns its id.
-fn queue(engine: &NetbootEngine, args: &[&str]) -> i64 {
-    let run = engine.kura(args);
-    run.expect_success();
-    run.stdout.trim().parse().unwrap_or_else(|_| panic!("kura {args:?} printed no job id: {}", run.stdout))
-}
-
 /// Waits for QEMU to exit (the agent powered the machine off); panics with everything known.
 fn wait_power_off(m: &mut Machine, engine: &NetbootEngine, job_id: i64) {
     let deadline = Instant::now() + JOB_TIMEOUT;
     while m.exited().is_none() {
         if Instant::now() > deadline {
-            let (j, log) = job(engine, job_id);
+            let (j, log) = engine.job_and_log(job_id);
             panic!(
                 "machine {} still runs after {JOB_TIMEOUT:?}; job {j:#}\nlog: {log:#?}\n{}\n{}",
                 m.name(),
@@ -167,14 +151,14 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
 
     // Capture 1, with an intruder asking for the victim's script before it boots and while
     // its agent runs.
-    let id = queue(&engine, &["capture", "srv01"]);
+    let id = engine.queue(&["capture", "srv01"]);
     let intruder = Intruder::new(&ns);
     intruder.assert_gets_nothing(&engine, mac);
     let t0 = Instant::now();
     let mut m = bios_machine(&ns, "srv01-a", mac, &system.disk.path);
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
-        let (j, log) = job(&engine, id);
+        let (j, log) = engine.job_and_log(id);
         if j["state"] == "running" {
             break;
         }
@@ -188,7 +172,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     intruder.assert_gets_nothing(&engine, mac);
     wait_power_off(&mut m, &engine, id);
     let capture1_secs = t0.elapsed().as_secs_f64();
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     assert!(m.serial().contains("kura-agent: powering off"), "{}", m.report());
     assert_eq!(sha256_file(&system.disk.path), before, "a capture changed the disk");
@@ -227,10 +211,10 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let expected = scratch.capture(&system.disk.path, None);
 
     // Capture 2: only the changed chunks are sent.
-    let id = queue(&engine, &["capture", "srv01"]);
+    let id = engine.queue(&["capture", "srv01"]);
     let mut m = bios_machine(&ns, "srv01-b", mac, &system.disk.path);
     wait_power_off(&mut m, &engine, id);
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     let second = j["snapshot"].as_str().unwrap().to_string();
     drop(m);
@@ -260,10 +244,10 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let small_before = sha256_file(&small);
     let small_mac = "52:54:00:4b:05:03";
     engine.api_post("hosts", &json!({ "name": "tiny01", "macs": [small_mac] }));
-    let id = queue(&engine, &["restore", "tiny01", "--snapshot", &second]);
+    let id = engine.queue(&["restore", "tiny01", "--snapshot", &second]);
     let mut m = bios_machine(&ns, "tiny01", small_mac, &small);
     wait_power_off(&mut m, &engine, id);
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "failed", "{j:#}\n{log:#?}");
     let err = j["error"].as_str().unwrap_or_default();
     assert!(err.contains("too small") && err.contains("nothing was written"), "unclear error: {err}");
@@ -277,11 +261,11 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let new_mac = "52:54:00:4b:05:02";
     engine.api_post("hosts", &json!({ "name": "new01", "macs": [new_mac] }));
     let t_restore = Instant::now();
-    let id = queue(&engine, &["restore", "new01", "--snapshot", &second]);
+    let id = engine.queue(&["restore", "new01", "--snapshot", &second]);
     let mut m = bios_machine(&ns, "new01", new_mac, &target);
     let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t_restore.elapsed();
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
     assert!(marker.contains("root=/dev/vda3"), "{marker}");
     let serial = m.serial();
@@ -348,7 +332,7 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
     let target = dir.join(format!("{name}.img"));
     kura_tests::disks::blank_file(&target, system.disk.size);
     let t0 = Instant::now();
-    let id = queue(&engine, &["restore", name, "--snapshot", &snapshot]);
+    let id = engine.queue(&["restore", name, "--snapshot", &snapshot]);
     let machine = |vars: Option<&std::path::Path>, power_on: u32| {
         let mut b = Machine::builder(&ns, &format!("{name}-{power_on}"))
             .firmware(Firmware::Uefi)
@@ -367,7 +351,7 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
     let mut m = machine(None, 1);
     let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t0.elapsed();
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
     let entry = log
         .iter()
@@ -482,12 +466,12 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     engine.api_post("hosts", &json!({ "name": "cut01", "macs": [mac] }));
     let machine = |name: &str| bios_machine(&ns, name, mac, &system.disk.path);
 
-    let id = queue(&engine, &["capture", "cut01"]);
+    let id = engine.queue(&["capture", "cut01"]);
     let mut m = machine("cut01");
     // Wait until chunks are flowing, then pull the cable.
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
-        let (j, log) = job(&engine, id);
+        let (j, log) = engine.job_and_log(id);
         assert_ne!(j["state"], "succeeded", "the capture ended before the cut: {log:#?}");
         assert!(Instant::now() < deadline, "the capture never started: {j:#}\n{log:#?}\n{}", m.report());
         let (done, total) = (j["done_bytes"].as_u64().unwrap_or(0), j["total_bytes"].as_u64().unwrap_or(0));
@@ -501,7 +485,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     ns.set_link(ns.tap(), false);
     let cut = Instant::now();
     let failed = loop {
-        let (j, log) = job(&engine, id);
+        let (j, log) = engine.job_and_log(id);
         if j["state"] == "failed" {
             break (j, log);
         }
@@ -525,10 +509,10 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     drop(m);
 
     // The retry.
-    let id = queue(&engine, &["capture", "cut01"]);
+    let id = engine.queue(&["capture", "cut01"]);
     let mut m = machine("cut01-retry");
     wait_power_off(&mut m, &engine, id);
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     assert!(
         log.iter().any(|l| l.starts_with("DHCP: ") && l.contains("renewed for 8 s")),

@@ -119,14 +119,6 @@ fn signed_disk_boots_under_secure_boot() {
     );
 }
 
-/// `GET /jobs/{id}`: the job and its log lines.
-fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
-    let v = engine.api_get(&format!("jobs/{id}"));
-    let log =
-        v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
-    (v["job"].clone(), log)
-}
-
 /// The signed disk (no fallback loader: only a boot entry can start it) is captured, then
 /// restored by the netbooted agent onto a blank disk; the machine, powered on again with
 /// Secure Boot enforced and the variables the agent left, boots the restored system through
@@ -183,7 +175,7 @@ fn restored_signed_disk_boots_under_secure_boot_through_the_agents_entry() {
     let (line, _) = wait_for_system(&mut m, &system, JOB_TIMEOUT, &|| engine.log());
     let to_marker = t0.elapsed();
     assert_eq!(field(&line, "secureboot"), Some("0"), "the restore did not run with Secure Boot off: {line}");
-    let (j, log) = job(&engine, id);
+    let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
     let entry = log
         .iter()
@@ -286,7 +278,7 @@ fn unsigned_pxe_boot_file_is_refused_under_secure_boot() {
         !ev.iter().any(|(s, _)| ["script", "kernel", "initrd"].contains(&s.as_str())),
         "an HTTP request reached the engine: {ev:#?}"
     );
-    let (j, _) = job(&engine, job_id);
+    let (j, _) = engine.job_and_log(job_id);
     assert_eq!(j["state"], "queued", "{j:#}");
     eprintln!(
         "[{:?}] unsigned snponly.efi under Secure Boot: refused at {t:.1?} ({refusal}); test {:.1?}",

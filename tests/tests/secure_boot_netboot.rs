@@ -108,19 +108,6 @@ fn sb_machine(ns: &Netns, name: &str, mac: &str, disk: &Path, boot: Boot, vars: 
     b.start()
 }
 
-fn job(engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
-    let v = engine.api_get(&format!("jobs/{id}"));
-    let log =
-        v["log"].as_array().into_iter().flatten().filter_map(|l| l["message"].as_str().map(String::from)).collect();
-    (v["job"].clone(), log)
-}
-
-fn queue(engine: &NetbootEngine, args: &[&str]) -> i64 {
-    let run = engine.kura(args);
-    run.expect_success();
-    run.stdout.trim().parse().unwrap_or_else(|_| panic!("kura {args:?} printed no job id: {}", run.stdout))
-}
-
 fn wait_serial(m: &mut Machine, engine: &NetbootEngine, marker: &str, timeout: Duration) -> String {
     m.poll_serial(marker, timeout)
         .unwrap_or_else(|why| panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), engine.log()))
@@ -130,7 +117,7 @@ fn wait_serial(m: &mut Machine, engine: &NetbootEngine, marker: &str, timeout: D
 fn wait_job_end(m: &mut Machine, engine: &NetbootEngine, id: i64) -> (Value, Vec<String>) {
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
-        let (j, log) = job(engine, id);
+        let (j, log) = engine.job_and_log(id);
         if j["state"] == "succeeded" || j["state"] == "failed" {
             return (j, log);
         }
@@ -198,7 +185,7 @@ fn secure_boot_capture_and_restore_through_shim_and_grub() {
     let mac = "52:54:00:4b:0b:01";
     engine.api_post("hosts", &json!({ "name": "sb01", "macs": [mac] }));
     let before = sha256_file(&system.disk.path);
-    let id = queue(&engine, &["capture", "sb01"]);
+    let id = engine.queue(&["capture", "sb01"]);
     let mut m = sb_machine(&ns, "sb01", mac, &system.disk.path, Boot::Network, None);
     let times = follow_signed_boot(&mut m, &engine, mac);
     let (j, log) = wait_job_end(&mut m, &engine, id);
@@ -216,7 +203,7 @@ fn secure_boot_capture_and_restore_through_shim_and_grub() {
     let target = dir.join("sb02.img");
     kura_tests::disks::blank_file(&target, system.disk.size);
     let t0 = Instant::now();
-    let id = queue(&engine, &["restore", "sb02", "--snapshot", &snapshot]);
+    let id = engine.queue(&["restore", "sb02", "--snapshot", &snapshot]);
     let mut m = sb_machine(&ns, "sb02-1", mac2, &target, Boot::Firmware, None);
     let times2 = follow_signed_boot(&mut m, &engine, mac2);
     let (j, log) = wait_job_end(&mut m, &engine, id);
@@ -246,11 +233,11 @@ fn secure_boot_capture_and_restore_through_shim_and_grub() {
     // then restarts (say the agent crashed) is booted through shim and GRUB again, but its
     // configuration gets no second token ("token requested twice"): `exit`, back to the
     // firmware, which goes on to the disk.
-    let id = queue(&engine, &["capture", "sb02"]);
+    let id = engine.queue(&["capture", "sb02"]);
     let mut m = sb_machine(&ns, "sb02-3", mac2, &target, Boot::Firmware, Some(&vars));
     follow_signed_boot(&mut m, &engine, mac2);
     let deadline = Instant::now() + JOB_TIMEOUT;
-    while job(&engine, id).0["state"] != "running" {
+    while engine.job_and_log(id).0["state"] != "running" {
         assert!(Instant::now() < deadline, "the agent never ran: {}", m.report());
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -268,7 +255,7 @@ fn secure_boot_capture_and_restore_through_shim_and_grub() {
     assert!(after.contains("token requested twice") || after.contains("booting from the local disk"), "{after}");
     let ev = events(&engine.boot_log_of(mac2).unwrap());
     assert!(ev.iter().any(|(s, d)| s == "script" && d == "GRUB local-boot script"), "{ev:#?}");
-    let (_, log) = job(&engine, id);
+    let (_, log) = engine.job_and_log(id);
     assert!(log.iter().any(|l| l.contains("token requested twice")), "{log:#?}");
     drop(m);
 
