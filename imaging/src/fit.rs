@@ -129,6 +129,12 @@ pub fn plan(manifest: &Manifest, size: u64) -> Result<FitPlan, FitError> {
                 "btrfs shrinks only while mounted (btrfs filesystem resize), which Kura does not do",
             )
         }
+        FsKind::Md => {
+            return refuse(
+                "an md RAID member",
+                "shrinking a member needs the array shrunk first (mdadm --grow --size) and its content before that",
+            )
+        }
         FsKind::Fat => return refuse("FAT", "no sound offline FAT shrink tool is used by Kura"),
         FsKind::Swap => return refuse("swap", "swap is not shrunk; recreate it smaller with mkswap instead"),
         FsKind::Raw => {

@@ -31,6 +31,7 @@
 //! - [`bootimage`]: a tiny busybox initramfs and the distribution kernel for them.
 //! - [`netboot`]: `kura serve --netboot` inside the namespace, and the CLI and API from there.
 //! - [`bootdisk`]: a bootable GPT Linux system disk (GRUB for BIOS and UEFI, ext4 root, NTFS).
+//! - [`md`]: software RAID arrays made (and checked) by mdadm in a machine with the md driver.
 //!
 //! Needs the packages gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux; the
 //! netboot tests also need qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, busybox-static,
@@ -47,6 +48,7 @@ pub mod disks;
 pub mod engine;
 pub mod fixtures;
 pub mod kura_cli;
+pub mod md;
 pub mod netboot;
 pub mod netns;
 pub mod postgres;

@@ -19,10 +19,11 @@
 //! the partition, the text's size (bounded by the metadata area, at most [`MAX_TEXT`]) and its
 //! nesting depth, every segment inside the PV's extents, no extent claimed twice.
 
-use super::{le32, le64, read_at_or, AllocationMap, FsKind};
+use super::volume::{place, set_bytes, Piece, VolumeView};
+use super::{le32, le64, read_at_or, AllocationMap, FsKind, Inside};
 use crate::bitmap::Bitmap;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 
 const SECTOR: u64 = 512;
 const LABEL_ID: &[u8; 8] = b"LABELONE";
@@ -383,14 +384,6 @@ impl Parser<'_> {
     }
 }
 
-/// One piece of an LV on this PV: `len` bytes of the LV from `lv_offset` are at `pv_offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Piece {
-    pub lv_offset: u64,
-    pub pv_offset: u64,
-    pub len: u64,
-}
-
 /// An LV's share of this PV.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct LvOnPv {
@@ -532,8 +525,8 @@ pub(super) fn layout(meta: &Value, uuid: &str, part_size: u64) -> Result<PvLayou
                     owner[pe as usize] = Some(lvs.len());
                 }
                 pieces.push(Piece {
-                    lv_offset: start * extent_size,
-                    pv_offset: pe_start + first * extent_size,
+                    vol_offset: start * extent_size,
+                    at: pe_start + first * extent_size,
                     len: per_stripe * extent_size,
                 });
             }
@@ -558,50 +551,6 @@ fn status_flags(lv: &Value) -> Vec<String> {
     }
 }
 
-/// Read + Seek as one object type, so that an LV view has one type whatever the PV's reader is
-/// (a generic view would make `probe` of a view of a view… an endless chain of types).
-trait ReadSeek: Read + Seek {}
-impl<T: Read + Seek> ReadSeek for T {}
-
-/// A plain LV's bytes, read through the PV.
-struct LvView<'a> {
-    pv: &'a mut dyn ReadSeek,
-    pieces: &'a [Piece],
-    size: u64,
-    pos: u64,
-}
-
-impl Read for LvView<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.size || buf.is_empty() {
-            return Ok(0);
-        }
-        let p = self
-            .pieces
-            .iter()
-            .find(|p| p.lv_offset <= self.pos && self.pos < p.lv_offset + p.len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "LV offset not mapped"))?;
-        let within = self.pos - p.lv_offset;
-        let n = (buf.len() as u64).min(p.len - within) as usize;
-        self.pv.seek(SeekFrom::Start(p.pv_offset + within))?;
-        let got = self.pv.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for LvView<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(o) => Some(o),
-            SeekFrom::End(d) => self.size.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the LV's start"))?;
-        Ok(self.pos)
-    }
-}
-
 /// The allocation map of the PV in `part`. Errors are reasons for a raw capture.
 pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) -> Result<AllocationMap, String> {
     let label = read_label(head, part_size)?;
@@ -617,8 +566,8 @@ pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) ->
     // Everything outside the extent area is used; inside it, only what the LVs use.
     let mut bitmap = Bitmap::new(blocks);
     let ext_end = pv.pe_start + pv.pe_count * pv.extent_size;
-    set_bytes(&mut bitmap, 0, pv.pe_start);
-    set_bytes(&mut bitmap, ext_end, part_size);
+    set_bytes(&mut bitmap, BLOCK, 0, pv.pe_start);
+    set_bytes(&mut bitmap, BLOCK, ext_end, part_size);
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
     for lv in &pv.lvs {
@@ -628,41 +577,18 @@ pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) ->
         if let Some(reason) = &lv.raw_reason {
             warnings.push(format!("LVM volume {}/{} captured raw: {reason}", pv.vg, lv.name));
             for p in &lv.pieces {
-                set_bytes(&mut bitmap, p.pv_offset, p.pv_offset + p.len);
+                set_bytes(&mut bitmap, BLOCK, p.at, p.at + p.len);
             }
             continue;
         }
-        let mut view = LvView { pv: part, pieces: &lv.pieces, size: lv.size, pos: 0 };
-        let map = super::probe_volume(&mut view, lv.size);
+        let mut view = VolumeView::new(part, &lv.pieces, lv.size);
+        let map = super::probe_volume(&mut view, lv.size, Inside::Lvm);
         for w in &map.warnings {
             warnings.push(format!("LVM volume {}/{}: {w}", pv.vg, lv.name));
         }
-        let bs = map.block_size as u64;
-        let covered = (map.bitmap.len() * bs).min(lv.size);
-        let used_lv: Vec<(u64, u64)> = map
-            .bitmap
-            .runs()
-            .map(|(s, n)| (s * bs, ((s + n) * bs).min(covered)))
-            .chain((covered < lv.size).then_some((covered, lv.size)))
-            .collect();
-        for (s, e) in used_lv {
-            for p in &lv.pieces {
-                let (a, b) = (s.max(p.lv_offset), e.min(p.lv_offset + p.len));
-                if a < b {
-                    set_bytes(&mut bitmap, p.pv_offset + (a - p.lv_offset), p.pv_offset + (b - p.lv_offset));
-                }
-            }
-        }
+        place(&mut bitmap, BLOCK, &map, &lv.pieces, lv.size);
         notes.push(format!("{}: {:?}", lv.name, map.kind));
     }
     tracing::debug!(vg = %pv.vg, volumes = %notes.join(", "), "LVM physical volume mapped");
     Ok(AllocationMap { kind: FsKind::Lvm, block_size: BLOCK as u32, bitmap, label: Some(pv.vg), warnings })
-}
-
-/// Marks every block touching bytes `[start, end)` used.
-fn set_bytes(bitmap: &mut Bitmap, start: u64, end: u64) {
-    let (first, last) = (start / BLOCK, end.div_ceil(BLOCK).min(bitmap.len()));
-    if first < last {
-        bitmap.set_range(first, last - first);
-    }
 }

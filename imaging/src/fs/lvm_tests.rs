@@ -159,7 +159,7 @@ fn a_volume_group_maps_each_volume_and_frees_unallocated_extents() {
     for ((name, _), s) in lvs.iter().zip(&segs) {
         let lv = layout.lvs.iter().find(|l| l.name == *name).unwrap();
         let mine: Vec<(u64, u64, u64)> =
-            lv.pieces.iter().map(|p| (p.lv_offset / ext, (p.pv_offset - pe_start) / ext, p.len / ext)).collect();
+            lv.pieces.iter().map(|p| (p.vol_offset / ext, (p.at - pe_start) / ext, p.len / ext)).collect();
         assert_eq!(&mine, s, "segments of {name}");
         assert!(lv.raw_reason.is_none(), "{name}: {:?}", lv.raw_reason);
     }
@@ -242,7 +242,7 @@ fn thin_pools_and_their_volumes_are_captured_raw_with_their_names() {
     let layout = read_layout(&img);
     let tdata = layout.lvs.iter().find(|l| l.name == "pool_tdata").unwrap();
     for p in &tdata.pieces {
-        let (first, n) = (p.pv_offset / 4096, p.len / 4096);
+        let (first, n) = (p.at / 4096, p.len / 4096);
         assert_eq!(map.bitmap.runs_in(first, n).map(|r| r.1).sum::<u64>(), n);
     }
 }

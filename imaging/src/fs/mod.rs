@@ -16,10 +16,14 @@ mod fat;
 mod lvm;
 #[cfg(test)]
 mod lvm_tests;
+mod md;
+#[cfg(test)]
+mod md_tests;
 mod ntfs;
 mod swap;
 #[cfg(test)]
 mod test_images;
+mod volume;
 mod xfs;
 
 use crate::bitmap::Bitmap;
@@ -39,6 +43,9 @@ pub enum FsKind {
     /// volumes on it.
     Lvm,
     Btrfs,
+    /// A Linux software RAID (md) member: its superblock, bitmap and bad-block log, and the
+    /// used blocks of the array's content (RAID1).
+    Md,
     Raw,
 }
 
@@ -120,16 +127,26 @@ impl Hint {
 /// carrying the signatures of two filesystems (a stale superblock under a newer filesystem) is
 /// captured raw, since trusting the wrong one would lose data.
 pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&PartitionEntry>) -> AllocationMap {
-    probe_with(part, part_size, Hint::of(entry), true)
+    probe_with(part, part_size, Hint::of(entry), Inside::Partition)
 }
 
-/// [`probe`] of a volume inside a container (an LVM logical volume): no partition entry, and no
-/// container inside it.
-fn probe_volume<R: Read + Seek>(vol: &mut R, size: u64) -> AllocationMap {
-    probe_with(vol, size, Hint::Other, false)
+/// Where a probed volume lies: what containers may be followed inside it. A partition may
+/// hold an md member or an LVM PV; an md array may hold a PV; an LV holds neither (stacks
+/// deeper than md → LVM → filesystem are captured raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inside {
+    Partition,
+    Md,
+    Lvm,
 }
 
-fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containers: bool) -> AllocationMap {
+/// [`probe`] of a volume inside a container (an md array, an LVM logical volume): no partition
+/// entry.
+fn probe_volume<R: Read + Seek>(vol: &mut R, size: u64, inside: Inside) -> AllocationMap {
+    probe_with(vol, size, Hint::Other, inside)
+}
+
+fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, inside: Inside) -> AllocationMap {
     if hint == Hint::NoFilesystem {
         return AllocationMap::raw(part_size, Vec::new());
     }
@@ -139,6 +156,27 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containe
             part_size,
             vec![format!("could not read the start of the partition ({e}); captured raw")],
         );
+    }
+    // An md member first: with metadata 0.90 and 1.0 the array's content starts at byte 0, so
+    // the filesystem inside shows its own signature at the start as well.
+    match (md::find(part, part_size, &head), inside) {
+        (md::Found::None, _) => {}
+        (_, Inside::Md | Inside::Lvm) => {
+            return AllocationMap::raw(
+                part_size,
+                vec!["an md RAID member inside an array or a logical volume is not followed; captured raw".into()],
+            )
+        }
+        (md::Found::Member(sb), Inside::Partition) => {
+            return md::read(part, part_size, &sb).and_then(|map| check_shape(map, part_size)).unwrap_or_else(
+                |reason| {
+                    AllocationMap::raw(part_size, vec![format!("md RAID member rejected: {reason}; captured raw")])
+                },
+            );
+        }
+        (md::Found::Broken(reason), Inside::Partition) => {
+            return AllocationMap::raw(part_size, vec![format!("md RAID member rejected: {reason}; captured raw")])
+        }
     }
     let mut found = Vec::new();
     if ext4::detect(&head) {
@@ -160,7 +198,7 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containe
         found.push(FsKind::Btrfs);
     }
     if lvm::detect(&head) {
-        if !containers {
+        if inside == Inside::Lvm {
             return AllocationMap::raw(
                 part_size,
                 vec!["an LVM physical volume inside a logical volume is not followed; captured raw".into()],
@@ -198,7 +236,7 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, containe
         FsKind::Xfs => xfs::read(part, part_size),
         FsKind::Lvm => lvm::read(part, part_size, &head),
         FsKind::Btrfs => btrfs::read(part, part_size),
-        FsKind::Raw => Err("no reader".into()),
+        FsKind::Md | FsKind::Raw => Err("no reader".into()),
     };
     let map = read.and_then(|map| check_shape(map, part_size));
     match map {
@@ -220,6 +258,7 @@ fn fs_name(kind: FsKind) -> &'static str {
         FsKind::Xfs => "XFS",
         FsKind::Lvm => "LVM2 physical volume",
         FsKind::Btrfs => "btrfs",
+        FsKind::Md => "md RAID member",
         FsKind::Raw => "raw",
     }
 }
