@@ -3,7 +3,7 @@
 //! `kura bench` both build their disks here, so there is one disk builder and one content
 //! generator.
 //!
-//! Nothing needs root, loop devices or mounts: each filesystem is made in its own image file
+//! Nothing needs root, loop devices or mounts (except [`stacks_disk`]'s LVM volume group): each filesystem is made in its own image file
 //! (`mkfs.ext4 -d`, `mkntfs` + `ntfscp`, `mkfs.vfat` + `mmd`/`mcopy`, `mkswap`), the disk file is
 //! partitioned with `sgdisk` (GPT) or `sfdisk` (MBR), and the images are copied into place.
 //!
@@ -16,6 +16,8 @@
 //!   deleted files leave their bytes as junk in free space.
 //! - [`bench_disk`]: the half-full ext4 + NTFS disk that `kura bench` measures, and its copy
 //!   with about 1 % of the ext4 files changed.
+//! - [`stacks_disk`]: the RHEL-style disk (`/boot` XFS, LVM with XFS root and home, swap) plus a
+//!   btrfs volume that `kura bench --stacks` measures.
 //!
 //! Needs gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux (for what is used).
 
@@ -24,6 +26,7 @@ pub mod bulk;
 pub mod content;
 pub mod disk;
 pub mod image;
+pub mod stacks_disk;
 pub mod tools;
 
 /// 2^20 bytes.

@@ -17,7 +17,9 @@
 //! - **chunk size**: Kura with 256 KiB, 1 MiB and 4 MiB chunks, and the bytes a second capture
 //!   stores after about 1 % of the ext4 files changed (`debugfs -w`: rm + write).
 //!
-//! With `--levels 1,2,3`, it runs only the **zstd level** experiment instead ([`levels`]).
+//! With `--levels 1,2,3`, it runs only the **zstd level** experiment instead ([`levels`]); with
+//! `--stacks`, only the **storage-stack** benchmark (XFS, LVM2, btrfs against partclone,
+//! [`stacks`]).
 //!
 //! This module is the benchmark itself: measuring, running the reference tools, printing the
 //! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
@@ -48,6 +50,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod levels;
+mod stacks;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -98,6 +101,11 @@ pub struct BenchArgs {
     /// e.g. `1,2,3,4,5`) into fresh stores, against `partclone | zstd -T0` at the same levels.
     #[arg(long, value_name = "LEVELS", value_delimiter = ',', value_parser = clap::value_parser!(i32).range(1..=19))]
     levels: Vec<i32>,
+    /// Run only the storage-stack benchmark instead: a RHEL-style disk (`/boot` XFS, LVM2 with
+    /// XFS root and home, swap) plus a btrfs volume, against `partclone.{xfs,btrfs,vfat} | zstd`
+    /// per volume. Needs root (LVM's tools on a loop device).
+    #[arg(long, conflicts_with = "levels")]
+    stacks: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -271,7 +279,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    if !args.levels.is_empty() {
+    if args.stacks {
+        ensure!(disk_size >= stacks::MIN_DISK, "the stacks disk must be at least {} MiB", stacks::MIN_DISK / MIB);
+        let report = stacks::bench(&work, disk_size, args.runs as usize, args.level)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            stacks::print_report(&report);
+        }
+    } else if !args.levels.is_empty() {
         let report = levels::bench(&work, disk_size, args.runs as usize, &args.levels)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -323,8 +339,9 @@ fn disk_info(disk: &bench_disk::BenchDisk, plan: &capture::Plan, disk_size: u64)
     (info, parts_used, disk.parts.iter().map(|p| p.size).sum())
 }
 
-/// `partclone -c | zstd -T0 -<level>` of one partition into `out`, timed (synced to disk).
-fn partclone_zstd_into(p: &bench_disk::BenchPart, out: &Path, level: i32) -> Result<Timing> {
+/// `<partclone> -c | zstd -T0 -<level>` of one volume's image into `out`, timed (synced to
+/// disk).
+fn partclone_zstd_into(partclone: &str, image: &Path, out: &Path, level: i32) -> Result<Timing> {
     let (_, t) = timed(|| {
         run_quiet(
             Command::new("bash")
@@ -333,8 +350,8 @@ fn partclone_zstd_into(p: &bench_disk::BenchPart, out: &Path, level: i32) -> Res
                     "set -o pipefail; \"$1\" -c -s \"$2\" -o - -L /dev/null -q | zstd -T0 -\"$4\" -q -f -o \"$3\"",
                     "bash",
                 ])
-                .arg(partclone(p.fs))
-                .arg(&p.image)
+                .arg(partclone)
+                .arg(image)
                 .arg(out)
                 .arg(level.to_string()),
         )?;
@@ -402,7 +419,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
         for p in &disk.parts {
             let out = work.join(format!("p{}.pcl.zst", p.number));
             let _ = fs::remove_file(&out);
-            let t = partclone_zstd_into(p, &out, 3)?;
+            let t = partclone_zstd_into(partclone(p.fs), &p.image, &out, 3)?;
             add(&mut t_pcl, t);
             pcl_bytes += fs::metadata(&out)?.len();
         }
@@ -470,18 +487,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
         }
         pcl_restore.push(t_pcl);
 
-        let _ = fs::remove_file(&target);
-        let (_, t) = timed(|| {
-            let store = LocalStore::open(&store_dir)?;
-            let manifest = store.load_manifest(&id)?;
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&target)?;
-            f.set_len(manifest.disk_size())?;
-            let opts = RestoreOptions { target_is_zeroed: true, ..Default::default() };
-            restore::restore(&manifest, &store, &mut f, disk_size, &opts, &NoProgress)?;
-            f.sync_all()?;
-            Ok(())
-        })?;
-        kura_restore.push(t);
+        kura_restore.push(kura_restore_into(&store_dir, &id, &target, disk_size)?);
         if last {
             let diffs = compare_used(&disk.path, &target, 0, &jobs, 0, disk_size)?;
             ensure!(diffs.is_empty(), "Kura's restore differs from the source in bytes {diffs:?}");
@@ -570,6 +576,23 @@ fn check_partclone_restore(disk: &Path, out: &Path, p: &BenchPart, jobs: &[Chunk
         fsck_ext4(&out.display().to_string())?;
     }
     Ok(msg)
+}
+
+/// Kura's restore of snapshot `id` from the local store onto a new sparse file `target`
+/// (removed first if it exists), timed (synced to disk).
+fn kura_restore_into(store_dir: &Path, id: &str, target: &Path, disk_size: u64) -> Result<Timing> {
+    let _ = fs::remove_file(target);
+    let (_, t) = timed(|| {
+        let store = LocalStore::open(store_dir)?;
+        let manifest = store.load_manifest(id)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(target)?;
+        f.set_len(manifest.disk_size())?;
+        let opts = RestoreOptions { target_is_zeroed: true, ..Default::default() };
+        restore::restore(&manifest, &store, &mut f, disk_size, &opts, &NoProgress)?;
+        f.sync_all()?;
+        Ok(())
+    })?;
+    Ok(t)
 }
 
 /// Runs `f` `runs` times and keeps the fastest run.

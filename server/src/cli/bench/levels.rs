@@ -159,7 +159,7 @@ fn partclone_zstd(work: &Path, parts: &[bench_disk::BenchPart], level: i32) -> R
     for p in parts {
         let out = work.join(format!("p{}.level.pcl.zst", p.number));
         let _ = fs::remove_file(&out);
-        let t = super::partclone_zstd_into(p, &out, level)?;
+        let t = super::partclone_zstd_into(super::partclone(p.fs), &p.image, &out, level)?;
         super::add(&mut total, t);
         bytes += fs::metadata(&out)?.len();
         fs::remove_file(&out)?;
