@@ -52,7 +52,7 @@ use std::process::Command;
 
 use crate::bootimage::{Initramfs, TestKernel};
 use crate::content::{ntfs_files, sha256_hex, text_bytes, FileSpec};
-use crate::disks::{build_gpt, debugfs_w, read_at, write_at, Content, Disk, Fs, PartSpec, MIB, SECTOR};
+use crate::disks::{build_gpt, debugfs_w, read_at, write_at, Content, Disk, Fs, PartSpec, Partition, MIB, SECTOR};
 
 /// What the restored system's `/sbin/init` prints first on its line.
 pub const ROOT_MARKER: &str = "KURA-ROOT-MARKER";
@@ -70,7 +70,8 @@ const SHIM: (&str, &str) = ("/usr/lib/shim/shimx64.efi.signed", "shim-signed");
 const MOK_MANAGER: (&str, &str) = ("/usr/lib/shim/mmx64.efi.signed", "shim-signed");
 const SIGNED_GRUB: (&str, &str) = ("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed", "grub-efi-amd64-signed");
 
-const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
+/// GRUB's i386-pc modules and images (package grub-pc-bin).
+pub const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
 const GRUB_EFI: &str = "/usr/lib/grub/x86_64-efi";
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -312,8 +313,22 @@ poweroff -f"#,
     p.file_bytes = root_files.iter().map(|f| f.data.len() as u64).sum();
     p.files = files;
 
-    // GRUB for BIOS: core.img in the BIOS boot partition, boot.img in LBA 0 pointing at it.
-    let bios = disk.partition(BIOS_BOOT).clone();
+    install_grub_bios(&disk.path, disk.partition(BIOS_BOOT), core_bytes);
+    std::fs::remove_dir_all(&tree).unwrap();
+
+    BootDisk { disk, root_uuid, marker: marker.to_owned() }
+}
+
+/// GRUB for BIOS as grub-install would lay it out, without it: `core_bytes` (an i386-pc
+/// `core.img` from [`grub_mkimage`], at most the partition's size) in the BIOS boot partition
+/// `bios`, and GRUB's `boot.img` in LBA 0 pointing at it. The partition table in LBA 0 is kept.
+pub fn install_grub_bios(disk: &Path, bios: &Partition, core_bytes: Vec<u8>) {
+    assert!(
+        core_bytes.len() as u64 <= bios.size,
+        "core.img is {} bytes: too big for the BIOS boot partition ({} bytes)",
+        core_bytes.len(),
+        bios.size
+    );
     let start_lba = bios.offset / SECTOR;
     let mut core_bytes = core_bytes;
     let sectors = core_bytes.len().div_ceil(SECTOR as usize);
@@ -324,22 +339,21 @@ poweroff -f"#,
     core_bytes[bl..bl + 8].copy_from_slice(&(start_lba + 1).to_le_bytes());
     core_bytes[bl + 8..bl + 10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
     core_bytes[bl + 10..bl + 12].copy_from_slice(&0x820u16.to_le_bytes());
-    write_at(&disk.path, bios.offset, &core_bytes);
+    write_at(disk, bios.offset, &core_bytes);
     let boot_img = std::fs::read(Path::new(GRUB_PC).join("boot.img")).unwrap();
     assert_eq!(boot_img.len(), 512);
-    let mut mbr = read_at(&disk.path, 0, 512);
+    let mut mbr = read_at(disk, 0, 512);
     // The code, but not the BPB area (3..0x5A) nor the disk signature and table (0x1B8..).
     mbr[..3].copy_from_slice(&boot_img[..3]);
     mbr[0x5A..0x1B8].copy_from_slice(&boot_img[0x5A..0x1B8]);
     // GRUB_BOOT_MACHINE_KERNEL_SECTOR: where core.img starts.
     mbr[0x5C..0x64].copy_from_slice(&start_lba.to_le_bytes());
-    write_at(&disk.path, 0, &mbr);
-    std::fs::remove_dir_all(&tree).unwrap();
-
-    BootDisk { disk, root_uuid, marker: marker.to_owned() }
+    write_at(disk, 0, &mbr);
 }
 
-fn grub_mkimage(format: &str, dir: &str, out: &Path, config: &Path, modules: &[&str]) {
+/// `grub-mkimage -O FORMAT -d DIR -p /boot/grub -c CONFIG -o OUT MODULES…`: a GRUB image with
+/// `config` embedded.
+pub fn grub_mkimage(format: &str, dir: &str, out: &Path, config: &Path, modules: &[&str]) {
     run(Command::new("grub-mkimage")
         .args(["-O", format, "-d", dir, "-p", "/boot/grub", "-c"])
         .arg(config)

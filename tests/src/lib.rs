@@ -23,6 +23,8 @@
 //!   held connections), the open-files limit, a process's memory figures.
 //! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
 //! - [`postgres`]: a throwaway PostgreSQL cluster on a Unix socket (the catalog's second backend).
+//! - [`lvm`]: LVM2 volume groups and XFS filesystems in image files, without device-mapper (root:
+//!   loop devices and mounts).
 //!
 //! Netbooting real machines (root only, run as root in CI):
 //! - [`netns`]: a private network namespace per test (bridge, taps), torn down on drop.
@@ -32,6 +34,7 @@
 //! - [`netboot`]: `kura serve --netboot` inside the namespace, and the CLI and API from there.
 //! - [`bootdisk`]: a bootable GPT Linux system disk (GRUB for BIOS and UEFI, ext4 root, NTFS).
 //! - [`md`]: software RAID arrays made (and checked) by mdadm in a machine with the md driver.
+//! - [`rhel_disk`]: a bootable RHEL-style disk (GRUB for BIOS, `/boot` XFS, root XFS on LVM2).
 //!
 //! Needs the packages gdisk, fdisk, e2fsprogs, ntfs-3g, dosfstools, mtools and util-linux; the
 //! netboot tests also need qemu-system-x86, ipxe-qemu, ipxe, ovmf, dnsmasq-base, busybox-static,
@@ -48,6 +51,7 @@ pub mod disks;
 pub mod engine;
 pub mod fixtures;
 pub mod kura_cli;
+pub mod lvm;
 pub mod md;
 pub mod netboot;
 pub mod netns;
@@ -56,6 +60,7 @@ pub mod proxy;
 pub mod qemu;
 pub mod rawconn;
 pub mod readback;
+pub mod rhel_disk;
 pub mod s3;
 pub mod site_dhcp;
 pub mod smtp;

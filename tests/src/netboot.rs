@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::kura_cli::{kura_bin, Run};
 use crate::netns::{Netns, NsProcess};
+use crate::qemu::{DiskBus, Firmware, Machine};
 
 /// Port of the API inside the namespace (the namespace is private: any fixed port works).
 pub const API_PORT: u16 = 8443;
@@ -178,6 +179,31 @@ impl<'a> NetbootEngine<'a> {
         self.get(&format!("{}/boot/script?mac={mac}", self.boot_url), &[])
     }
 
+    /// Waits for machine `m` running job `job_id` to exit (its agent powered it off); panics
+    /// with the job, its log, the machine's report and the server's output after `timeout`.
+    pub fn wait_power_off(&self, m: &mut Machine, job_id: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while m.exited().is_none() {
+            if Instant::now() > deadline {
+                let (j, log) = self.job_and_log(job_id);
+                panic!(
+                    "machine {} still runs after {timeout:?}; job {j:#}\nlog: {log:#?}\n{}\n{}",
+                    m.name(),
+                    m.report(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The serial console line of `m` holding `marker`, waited for up to `timeout`; panics with
+    /// the machine's report and the server's output.
+    pub fn wait_serial(&self, m: &mut Machine, marker: &str, timeout: Duration) -> String {
+        m.poll_serial(marker, timeout)
+            .unwrap_or_else(|why| panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), self.log()))
+    }
+
     /// Registers host `name` with `mac` and queues a capture job for it; returns the job id.
     pub fn host_with_capture_job(&self, name: &str, mac: &str) -> i64 {
         let host = self.api_post("hosts", &json!({ "name": name, "macs": [mac] }));
@@ -231,6 +257,20 @@ pub fn kura_in(ns: &Netns, url: &str, token: &str, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A BIOS machine (SeaBIOS, 512 MiB) that boots from the network first, then from `disk`
+/// (virtio), with an entropy source for the agent.
+pub fn bios_machine(ns: &Netns, name: &str, mac: &str, disk: &std::path::Path) -> Machine {
+    Machine::builder(ns, name)
+        .firmware(Firmware::Bios)
+        .memory_mib(512)
+        .mac(mac)
+        .network_boot()
+        .disk(disk, DiskBus::Virtio)
+        .arg("-device")
+        .arg("virtio-rng-pci")
+        .start()
 }
 
 /// iPXE builds from the ipxe package, as the netboot configuration names them.

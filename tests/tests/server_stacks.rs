@@ -16,92 +16,16 @@
 //! zstd and a kernel with XFS and btrfs (mounts through loop devices).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use kura_diskgen::bulk::{generate_files, SystemFiles};
 use kura_diskgen::content::{random_bytes, XorShift};
 use kura_tests::disks::{build_gpt, Content, Fs, PartSpec, MIB};
 use kura_tests::kura_cli::Store;
+use kura_tests::lvm::{self, lvm, move_lv, segments, tree_digests, Loop, Mounted};
 use kura_tests::store::find_sectors;
 use kura_tests::tools::{run, run_unchecked};
-
-/// A loop device; detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(args: &[&str]) -> Loop {
-        let mut all = vec!["-f", "--show"];
-        all.extend_from_slice(args);
-        Loop(run("losetup", all).trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = run_unchecked("losetup", ["-d", &self.0]);
-    }
-}
-
-/// A filesystem mounted through a loop device on a temporary directory; unmounted on drop.
-struct Mounted {
-    dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(fs: &str, image: &Path, options: &str) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        run("mount", ["-t", fs, "-o", options, image.to_str().unwrap(), dir.path().to_str().unwrap()]);
-        Mounted { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let out = run_unchecked("umount", [self.dir.path()]);
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("umount failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-/// `lvm CMD ARGS` seeing only `dev`, with activation, backups and the devices file off.
-fn lvm(dev: &str, cmd: &str, args: &[&str]) -> String {
-    let config = format!(
-        "global {{ activation = 0 }} backup {{ backup = 0 archive = 0 }} \
-         devices {{ use_devicesfile = 0 obtain_device_list_from_udev = 0 filter = [ \"a|^{dev}$|\", \"r|.*|\" ] }}"
-    );
-    let mut all = vec![cmd, "--config", &config];
-    all.extend_from_slice(args);
-    std::env::set_var("LVM_SUPPRESS_FD_WARNINGS", "1");
-    run("lvm", all)
-}
-
-/// Every regular file under `root`: relative path → sha256 (symlinks by their target).
-fn tree_digests(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().to_str().unwrap().to_string();
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else if t.is_file() {
-                out.insert(rel, kura_diskgen::content::sha256_file(&e.path()).unwrap());
-            } else if t.is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(e.path()).unwrap().display()));
-            }
-        }
-    }
-    out
-}
 
 /// Junk written into free space, looked for in the store afterwards.
 fn junk(seed: u64) -> Vec<u8> {
@@ -119,66 +43,16 @@ fn fill(dir: &Path, budget: u64, seed: u64) {
 
 /// An XFS image of `size` bytes holding `budget` bytes of files and the deleted `junk` files.
 fn xfs_image(path: &Path, size: u64, label: &str, budget: u64, junk_seeds: &[u64]) -> BTreeMap<String, String> {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-    run("mkfs.xfs", ["-q", "-f", "-L", label, path.to_str().unwrap()]);
-    let m = Mounted::new("xfs", path, "loop");
-    for &s in junk_seeds {
-        std::fs::write(m.path().join(format!("junk{s}")), junk(s)).unwrap();
-    }
-    run("sync", [] as [&str; 0]);
-    fill(m.path(), budget, size ^ budget);
-    for &s in junk_seeds {
-        std::fs::remove_file(m.path().join(format!("junk{s}"))).unwrap();
-    }
-    let digests = tree_digests(m.path());
-    drop(m);
-    digests
-}
-
-/// (start extent in the LV, first PV extent, count) of each segment of `vg/lv`.
-fn segments(dev: &str, vg: &str, lv: &str) -> Vec<(u64, u64, u64)> {
-    let out = lvm(
-        dev,
-        "lvs",
-        &["--noheadings", "--separator", ";", "-o", "seg_start_pe,seg_pe_ranges", &format!("{vg}/{lv}")],
-    );
-    let mut segs: Vec<(u64, u64, u64)> = out
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (start, ranges) = l.trim().split_once(';').unwrap();
-            let (a, b) = ranges.rsplit(':').next().unwrap().split_once('-').unwrap();
-            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-            (start.trim().parse().unwrap(), a, b - a + 1)
-        })
-        .collect();
-    segs.sort();
-    segs
-}
-
-/// Copies between an LV image and the PV image at its segments (`to_pv`: LV → PV).
-fn move_lv(pv: &Path, lv: &Path, segs: &[(u64, u64, u64)], pe_start: u64, ext: u64, to_pv: bool) {
-    let mut p = std::fs::OpenOptions::new().read(true).write(true).open(pv).unwrap();
-    let mut l = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lv).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    for &(lv_start, first, count) in segs {
-        p.seek(SeekFrom::Start(pe_start + first * ext)).unwrap();
-        l.seek(SeekFrom::Start(lv_start * ext)).unwrap();
-        for _ in 0..count * ext / MIB {
-            if to_pv {
-                l.read_exact(&mut buf).unwrap();
-                p.write_all(&buf).unwrap();
-            } else {
-                p.read_exact(&mut buf).unwrap();
-                l.write_all(&buf).unwrap();
-            }
+    lvm::xfs_image(path, size, &["-L", label], |root| {
+        for &s in junk_seeds {
+            std::fs::write(root.join(format!("junk{s}")), junk(s)).unwrap();
         }
-    }
-}
-
-fn unique(name: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{name}{}x{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+        run("sync", [] as [&str; 0]);
+        fill(root, budget, size ^ budget);
+        for &s in junk_seeds {
+            std::fs::remove_file(root.join(format!("junk{s}"))).unwrap();
+        }
+    })
 }
 
 /// `partclone.TYPE -c` of `image` + `zstd -3`: the compressed size.
@@ -206,7 +80,7 @@ fn check_ok(tool: &str, args: &[&str]) {
 fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let vg = unique("rhel");
+    let vg = lvm::unique_name("rhel");
     let ext = 4 * MIB;
     let pe_start = MIB;
 
