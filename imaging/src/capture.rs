@@ -92,13 +92,16 @@ pub fn plan<R: Read + Seek>(src: &mut R, disk_size: u64, progress: &dyn Progress
     for w in &layout.warnings {
         progress.warn(w);
     }
+    let spans = region::spans(&layout);
+    let parts: Vec<(u64, u64)> = spans.iter().filter(|s| s.partition.is_some()).map(|s| (s.start, s.size)).collect();
+    let disk = fs::scan_disk(&mut *src, &parts);
     let mut regions = Vec::new();
-    for span in region::spans(&layout) {
+    for span in spans {
         let (partition, map) = match span.partition {
             Some(i) => {
                 let p = &layout.partitions[i];
                 let mut win = Window::new(&mut *src, span.start, span.size);
-                let mut map = fs::probe(&mut win, span.size, Some(&p.entry));
+                let mut map = fs::probe_on_disk(&mut win, span.size, Some(&p.entry), &disk);
                 for w in map.warnings.iter_mut() {
                     *w = format!("partition {}: {w}", p.number);
                     progress.warn(w);

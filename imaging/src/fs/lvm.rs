@@ -9,8 +9,11 @@
 //! - an LV that is plain (every segment `striped` with one stripe, all on this PV), visible and
 //!   not a part of another LV is probed like a partition ([`super::probe`], through a view that
 //!   maps the LV's bytes to the PV's), and its filesystem's map is translated back onto the PV;
-//! - every other allocated extent is used: LVs spanning several PVs, thin pools and their
-//!   volumes, snapshots' copy-on-write stores, RAID/mirror/cache LVs and their sub-LVs, hidden
+//! - an LV that is plain but continues on other PVs is read across them when all its PVs are
+//!   partitions of the same disk ([`spanning`], run once per disk before the partitions are
+//!   probed): each PV's share of its filesystem's map is placed on that PV;
+//! - every other allocated extent is used: LVs continuing on a PV not on this disk, thin pools
+//!   and their volumes, snapshots' copy-on-write stores, RAID/mirror/cache LVs and their sub-LVs, hidden
 //!   LVs. Each gets a warning naming the LV and the reason.
 //!
 //! The metadata used is the committed copy (`raw_locn[0]` of the first metadata area, checked
@@ -19,10 +22,11 @@
 //! the partition, the text's size (bounded by the metadata area, at most [`MAX_TEXT`]) and its
 //! nesting depth, every segment inside the PV's extents, no extent claimed twice.
 
+use super::volume::ReadSeek;
 use super::volume::{place, set_bytes, Piece, VolumeView};
-use super::{le32, le64, read_at_or, AllocationMap, FsKind, Inside};
+use super::{le32, le64, read_at_or, AllocationMap, DiskContext, FsKind, Inside};
 use crate::bitmap::Bitmap;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek};
 
 const SECTOR: u64 = 512;
@@ -394,12 +398,17 @@ pub(super) struct LvOnPv {
     pub pieces: Vec<Piece>,
     /// Why it cannot be probed as a plain volume, if so.
     pub raw_reason: Option<String>,
+    /// Whether it also has extents on other PVs (then only a map of the whole LV, read across
+    /// the PVs of one disk by [`spanning`], can say which of its extents here are used).
+    pub elsewhere: bool,
 }
 
 /// The volume group's layout of this PV.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PvLayout {
     pub vg: String,
+    /// The VG's UUID (`id`), which tells VGs of the same name apart.
+    pub vg_id: String,
     pub pe_start: u64,
     pub extent_size: u64,
     pub pe_count: u64,
@@ -465,6 +474,7 @@ pub(super) fn layout(meta: &Value, uuid: &str, part_size: u64) -> Result<PvLayou
         let mut size = 0u64;
         let mut pieces = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
+        let mut elsewhere = false;
         let status = status_flags(lv);
         if !status.iter().any(|s| s == "VISIBLE") {
             reasons.push("it is a hidden (internal) volume".into());
@@ -511,7 +521,7 @@ pub(super) fn layout(meta: &Value, uuid: &str, part_size: u64) -> Result<PvLayou
                 };
                 let first = u64::try_from(*first).map_err(|_| format!("LV {lv_name}: negative extent"))?;
                 if *on != pv_name {
-                    reasons.push(format!("it continues on PV {on}"));
+                    elsewhere = true;
                     continue;
                 }
                 if first.checked_add(per_stripe).is_none_or(|e| e > pe_count) {
@@ -533,9 +543,10 @@ pub(super) fn layout(meta: &Value, uuid: &str, part_size: u64) -> Result<PvLayou
         }
         reasons.dedup();
         let raw_reason = (!reasons.is_empty()).then(|| reasons.join(", "));
-        lvs.push(LvOnPv { name: (*lv_name).clone(), size, pieces, raw_reason });
+        lvs.push(LvOnPv { name: (*lv_name).clone(), size, pieces, raw_reason, elsewhere });
     }
-    Ok(PvLayout { vg: vg_name.clone(), pe_start, extent_size, pe_count, lvs })
+    let vg_id = vg.str("id").unwrap_or_default().to_string();
+    Ok(PvLayout { vg: vg_name.clone(), vg_id, pe_start, extent_size, pe_count, lvs })
 }
 
 fn vg_sectors(v: &Value, key: &str) -> Result<u64, String> {
@@ -552,7 +563,12 @@ fn status_flags(lv: &Value) -> Vec<String> {
 }
 
 /// The allocation map of the PV in `part`. Errors are reasons for a raw capture.
-pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) -> Result<AllocationMap, String> {
+pub(super) fn read<R: Read + Seek>(
+    part: &mut R,
+    part_size: u64,
+    head: &[u8],
+    disk: &DiskContext,
+) -> Result<AllocationMap, String> {
     let label = read_label(head, part_size)?;
     let &(mda_off, mda_size) = label.metadata_areas.first().ok_or("PV has no metadata area of its own")?;
     let text = read_metadata(part, mda_off, mda_size)?;
@@ -581,8 +597,31 @@ pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) ->
             }
             continue;
         }
+        if lv.elsewhere {
+            // Its extents on the other PVs are needed to read its filesystem: a map of the
+            // whole LV comes from the disk-wide scan when all its PVs are on this disk.
+            match disk.spanning.get(&(pv.vg_id.clone(), lv.name.clone())) {
+                Some(map) => {
+                    for w in &map.warnings {
+                        warnings.push(format!("LVM volume {}/{}: {w}", pv.vg, lv.name));
+                    }
+                    place(&mut bitmap, BLOCK, map, &lv.pieces, lv.size);
+                    notes.push(format!("{}: {:?} across PVs", lv.name, map.kind));
+                }
+                None => {
+                    warnings.push(format!(
+                        "LVM volume {}/{} captured raw: it continues on a PV that is not on this disk",
+                        pv.vg, lv.name
+                    ));
+                    for p in &lv.pieces {
+                        set_bytes(&mut bitmap, BLOCK, p.at, p.at + p.len);
+                    }
+                }
+            }
+            continue;
+        }
         let mut view = VolumeView::new(part, &lv.pieces, lv.size);
-        let map = super::probe_volume(&mut view, lv.size, Inside::Lvm);
+        let map = super::probe_volume(&mut view, lv.size, Inside::Lvm, &DiskContext::default());
         for w in &map.warnings {
             warnings.push(format!("LVM volume {}/{}: {w}", pv.vg, lv.name));
         }
@@ -591,4 +630,83 @@ pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, head: &[u8]) ->
     }
     tracing::debug!(vg = %pv.vg, volumes = %notes.join(", "), "LVM physical volume mapped");
     Ok(AllocationMap { kind: FsKind::Lvm, block_size: BLOCK as u32, bitmap, label: Some(pv.vg), warnings })
+}
+
+/// One PV found by [`spanning`]: where its partition lies and its VG metadata.
+struct FoundPv {
+    uuid: String,
+    vg_id: String,
+    start: u64,
+    size: u64,
+    meta: Value,
+    seqno: i64,
+}
+
+/// Maps of the LVs that span several PVs of one disk, by (VG id, LV name). `parts` are the
+/// disk's partitions (start, size). A VG counts only if its PVs' metadata copies agree
+/// (same seqno) and no PV appears twice; an LV only if it is plain apart from spanning (linear
+/// segments, visible, not a part of another LV) and its pieces on the PVs found cover it
+/// exactly. Anything else is left out, and the per-partition reader captures it raw.
+pub(super) fn spanning(disk: &mut dyn ReadSeek, parts: &[(u64, u64)]) -> HashMap<(String, String), AllocationMap> {
+    let mut groups: BTreeMap<String, Vec<FoundPv>> = BTreeMap::new();
+    for &(start, size) in parts {
+        let whole = [Piece { vol_offset: 0, at: start, len: size }];
+        let mut part = VolumeView::new(disk, &whole, size);
+        let mut head = vec![0u8; (4 * SECTOR).min(size) as usize];
+        if read_at_or(&mut part, 0, &mut head, "the LVM label").is_err() || !detect(&head) {
+            continue;
+        }
+        let found = (|| -> Result<FoundPv, String> {
+            let label = read_label(&head, size)?;
+            let &(off, len) = label.metadata_areas.first().ok_or("no metadata area")?;
+            let meta = parse_text(&read_metadata(&mut part, off, len)?)?;
+            let (_, vg) = meta.sections().next().ok_or("no volume group")?;
+            let vg_id = vg.str("id").ok_or("VG without id")?.to_string();
+            let seqno = vg.int("seqno")?;
+            Ok(FoundPv { uuid: label.uuid, vg_id, start, size, meta, seqno })
+        })();
+        if let Ok(pv) = found {
+            groups.entry(pv.vg_id.clone()).or_default().push(pv);
+        }
+    }
+    let mut out = HashMap::new();
+    for (vg_id, pvs) in groups {
+        let uuids: HashSet<&str> = pvs.iter().map(|p| p.uuid.as_str()).collect();
+        if pvs.len() < 2 || uuids.len() != pvs.len() || pvs.iter().any(|p| p.seqno != pvs[0].seqno) {
+            continue;
+        }
+        // Every LV's pieces over all PVs, in disk offsets.
+        let mut lvs: BTreeMap<String, (u64, bool, Vec<Piece>)> = BTreeMap::new();
+        let mut usable = true;
+        for pv in &pvs {
+            let Ok(layout) = layout(&pv.meta, &pv.uuid, pv.size) else {
+                usable = false;
+                break;
+            };
+            for lv in layout.lvs {
+                let e = lvs.entry(lv.name).or_insert((lv.size, true, Vec::new()));
+                e.1 &= lv.raw_reason.is_none() && lv.elsewhere && e.0 == lv.size;
+                e.2.extend(lv.pieces.iter().map(|p| Piece { at: p.at + pv.start, ..*p }));
+            }
+        }
+        if !usable {
+            continue;
+        }
+        for (name, (size, plain, mut pieces)) in lvs {
+            pieces.sort_by_key(|p| p.vol_offset);
+            let mut covered = 0;
+            let exact = pieces.iter().all(|p| {
+                let ok = p.vol_offset == covered;
+                covered += p.len;
+                ok
+            }) && covered == size;
+            if !plain || !exact {
+                continue;
+            }
+            let mut view = VolumeView::new(disk, &pieces, size);
+            let map = super::probe_volume(&mut view, size, Inside::Lvm, &DiskContext::default());
+            out.insert((vg_id.clone(), name), map);
+        }
+    }
+    out
 }

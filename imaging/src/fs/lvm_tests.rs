@@ -33,9 +33,16 @@ impl Drop for Loop {
 /// Runs `lvm CMD ARGS` restricted to `dev`, with activation, backups and the devices file off,
 /// so that nothing outside the test's loop device is touched.
 fn lvm(dev: &str, cmd: &str, args: &[&str]) -> String {
+    lvm_on(&[dev], cmd, args)
+}
+
+/// [`lvm`] seeing the devices `devs`.
+fn lvm_on(devs: &[&str], cmd: &str, args: &[&str]) -> String {
+    let accept: Vec<String> = devs.iter().map(|d| format!("\"a|^{d}$|\", ")).collect();
     let config = format!(
         "global {{ activation = 0 }} backup {{ backup = 0 archive = 0 }} \
-         devices {{ use_devicesfile = 0 obtain_device_list_from_udev = 0 filter = [ \"a|^{dev}$|\", \"r|.*|\" ] }}"
+         devices {{ use_devicesfile = 0 obtain_device_list_from_udev = 0 filter = [ {}\"r|.*|\" ] }}",
+        accept.concat()
     );
     let mut all = vec![cmd, "--config", &config];
     all.extend_from_slice(args);
@@ -374,3 +381,103 @@ const THIN_LVS: &str = r#"
             }
         }
 "#;
+
+/// A VG over two PVs on two partitions of one disk, with an LV whose ext4 spans both: the
+/// disk-wide scan reads the LV across the PVs, and each partition's map holds its share of the
+/// filesystem's map (checked against the ext4 probed alone, through `lvs`'s segments). Probed
+/// alone, each partition captures its share raw and says why.
+#[test]
+fn an_lv_spanning_two_pvs_of_one_disk_is_mapped_across_them() {
+    require("sgdisk");
+    let (a, b) = (Image::new(64), Image::new(64));
+    for (img, seed) in [(&a, 1u32), (&b, 2)] {
+        std::fs::write(img.path_str(), file_of(img.size() as usize, seed)).unwrap();
+    }
+    let vg = unique_vg();
+    let ext = 4 * MIB;
+    // (start extent in the LV, first PV extent, count, which PV) of each segment.
+    let segs: Vec<(u64, u64, u64, usize)>;
+    {
+        let (la, lb) = (Loop::attach(&a), Loop::attach(&b));
+        let devs = [la.0.as_str(), lb.0.as_str()];
+        lvm_on(&devs, "pvcreate", &["-y", devs[0], devs[1]]);
+        lvm_on(&devs, "vgcreate", &["-s", "4m", &vg, devs[0], devs[1]]);
+        lvm_on(&devs, "lvcreate", &["-an", "-Zn", "-y", "-L", "96m", "-n", "data", &vg]);
+        let out = lvm_on(
+            &devs,
+            "lvs",
+            &["--noheadings", "--separator", ";", "-o", "seg_start_pe,seg_pe_ranges", &format!("{vg}/data")],
+        );
+        segs = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (start, range) = l.trim().split_once(';').unwrap();
+                let (dev, r) = range.rsplit_once(':').unwrap();
+                let (x, y) = r.split_once('-').unwrap();
+                let (x, y): (u64, u64) = (x.parse().unwrap(), y.parse().unwrap());
+                (start.trim().parse().unwrap(), x, y - x + 1, devs.iter().position(|d| *d == dev).unwrap())
+            })
+            .collect();
+    }
+    assert!(segs.iter().any(|s| s.3 == 0) && segs.iter().any(|s| s.3 == 1), "data spans both PVs: {segs:?}");
+    let fs = fs_image("ext4", 96 * MIB, 7);
+    let pe_start = MIB;
+    for (i, img) in [&a, &b].into_iter().enumerate() {
+        let mut pv = std::fs::OpenOptions::new().read(true).write(true).open(img.path_str()).unwrap();
+        let mine: Vec<(u64, u64, u64)> = segs.iter().filter(|s| s.3 == i).map(|s| (s.0, s.1, s.2)).collect();
+        scatter(&mut pv, &fs, &mine, pe_start, ext);
+    }
+
+    // The disk: GPT, the two PVs as partitions 1 and 2.
+    let disk = Image::with_size(2 * MIB + 128 * MIB);
+    run("sgdisk", &["-n1:2048:+64M", "-t1:8E00", "-n2:0:+64M", "-t2:8E00", disk.path_str()]);
+    {
+        let mut d = std::fs::OpenOptions::new().write(true).open(disk.path_str()).unwrap();
+        for (i, img) in [&a, &b].into_iter().enumerate() {
+            d.seek(SeekFrom::Start(MIB + i as u64 * 64 * MIB)).unwrap();
+            d.write_all(&img.bytes()).unwrap();
+        }
+    }
+    let plan = {
+        let mut f = std::fs::File::open(disk.path_str()).unwrap();
+        crate::capture::plan(&mut f, disk.size(), &crate::progress::NoProgress).unwrap()
+    };
+    let alone = fs.probe(None);
+    assert_eq!(alone.kind, FsKind::Ext4);
+    for (i, img) in [&a, &b].into_iter().enumerate() {
+        let region = plan.regions.iter().find(|r| r.partition == Some(i as u32 + 1)).unwrap();
+        assert_eq!(region.map.kind, FsKind::Lvm, "{:?}", region.map.warnings);
+        assert!(region.map.warnings.is_empty(), "{:?}", region.map.warnings);
+        // Expected: label and metadata used, the LV's extents here as the ext4's map says, the
+        // rest of the extents (free) unused, the tail after the last extent used.
+        let layout = read_layout(img);
+        let bs = 4096u64;
+        let blocks = img.size() / bs;
+        let mut expected = vec![false; blocks as usize];
+        for b in 0..pe_start / bs {
+            expected[b as usize] = true;
+        }
+        let ext_end = pe_start + layout.pe_count * ext;
+        for b in ext_end / bs..blocks {
+            expected[b as usize] = true;
+        }
+        for s in segs.iter().filter(|s| s.3 == i) {
+            for k in 0..s.2 * ext / bs {
+                let lv_byte = s.0 * ext + k * bs;
+                let used = alone.bitmap.get(lv_byte / alone.block_size as u64);
+                expected[((pe_start + s.1 * ext) / bs + k) as usize] = used;
+            }
+        }
+        let got: Vec<bool> = (0..blocks).map(|b| region.map.bitmap.get(b)).collect();
+        assert_eq!(got, expected, "partition {}", i + 1);
+
+        // Alone, the partition cannot read the LV's filesystem: its share is raw, said so.
+        let map = img.probe(None);
+        assert!(
+            map.warnings.iter().any(|w| w.contains("data captured raw: it continues on a PV that is not on this disk")),
+            "{:?}",
+            map.warnings
+        );
+    }
+}

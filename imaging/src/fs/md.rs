@@ -28,7 +28,7 @@
 //! one member (a stale one from an earlier array) make it raw: which one is live cannot be told.
 
 use super::volume::{place, set_bytes, Piece, VolumeView};
-use super::{le16, le32, le64, read_at_or, AllocationMap, FsKind, Inside};
+use super::{le16, le32, le64, read_at_or, AllocationMap, DiskContext, FsKind, Inside};
 use crate::bitmap::Bitmap;
 use std::io::{Read, Seek};
 
@@ -327,7 +327,12 @@ fn hex(b: &[u8]) -> String {
 
 /// The allocation map of the member whose superblock is `sb`. Errors are reasons for a raw
 /// capture.
-pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, sb: &Superblock) -> Result<AllocationMap, String> {
+pub(super) fn read<R: Read + Seek>(
+    part: &mut R,
+    part_size: u64,
+    sb: &Superblock,
+    disk: &DiskContext,
+) -> Result<AllocationMap, String> {
     let blocks = part_size.div_ceil(BLOCK);
     if let Some(reason) = &sb.raw_reason {
         return Ok(AllocationMap {
@@ -347,7 +352,7 @@ pub(super) fn read<R: Read + Seek>(part: &mut R, part_size: u64, sb: &Superblock
     }
     let pieces = [Piece { vol_offset: 0, at: sb.data_offset, len: sb.content_size }];
     let mut view = VolumeView::new(part, &pieces, sb.content_size);
-    let map = super::probe_volume(&mut view, sb.content_size, Inside::Md);
+    let map = super::probe_volume(&mut view, sb.content_size, Inside::Md, disk);
     let warnings = map.warnings.iter().map(|w| format!("md array {}: {w}", sb.name)).collect();
     place(&mut bitmap, BLOCK, &map, &pieces, sb.content_size);
     tracing::debug!(array = %sb.name, version = sb.version, content = ?map.kind, "md RAID1 member mapped");

@@ -29,6 +29,7 @@ mod xfs;
 use crate::bitmap::Bitmap;
 use crate::layout::{gpt_types, PartitionEntry};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +120,29 @@ impl Hint {
     }
 }
 
+/// What a scan of the whole disk ([`scan_disk`]) found that a partition's own bytes cannot
+/// tell: the maps of LVM logical volumes spanning several PVs on this disk, by (VG id, LV
+/// name). The default is empty (each partition on its own).
+#[derive(Debug, Default)]
+pub struct DiskContext {
+    spanning: HashMap<(String, String), AllocationMap>,
+}
+
+impl DiskContext {
+    /// How many volumes spanning partitions were mapped.
+    pub fn spanning_volumes(&self) -> usize {
+        self.spanning.len()
+    }
+}
+
+/// Scans the disk's partitions (`parts`: start and size in bytes) for what spans several of
+/// them: LVM volume groups with PVs on more than one partition, whose logical volumes are read
+/// across their PVs ([`lvm`]'s `spanning`). Never fails: what cannot be read is left to the
+/// per-partition probe, which captures it raw with a warning.
+pub fn scan_disk<R: Read + Seek>(disk: &mut R, parts: &[(u64, u64)]) -> DiskContext {
+    DiskContext { spanning: lvm::spanning(disk, parts) }
+}
+
 /// Detects the filesystem in `part` (a window over one partition of `part_size` bytes) and reads
 /// its allocation map. Never fails: anything it cannot understand becomes a raw map with a
 /// warning naming the reason.
@@ -127,7 +151,17 @@ impl Hint {
 /// carrying the signatures of two filesystems (a stale superblock under a newer filesystem) is
 /// captured raw, since trusting the wrong one would lose data.
 pub fn probe<R: Read + Seek>(part: &mut R, part_size: u64, entry: Option<&PartitionEntry>) -> AllocationMap {
-    probe_with(part, part_size, Hint::of(entry), Inside::Partition)
+    probe_on_disk(part, part_size, entry, &DiskContext::default())
+}
+
+/// [`probe`] of a partition of a disk scanned by [`scan_disk`].
+pub fn probe_on_disk<R: Read + Seek>(
+    part: &mut R,
+    part_size: u64,
+    entry: Option<&PartitionEntry>,
+    disk: &DiskContext,
+) -> AllocationMap {
+    probe_with(part, part_size, Hint::of(entry), Inside::Partition, disk)
 }
 
 /// Where a probed volume lies: what containers may be followed inside it. A partition may
@@ -142,11 +176,17 @@ enum Inside {
 
 /// [`probe`] of a volume inside a container (an md array, an LVM logical volume): no partition
 /// entry.
-fn probe_volume<R: Read + Seek>(vol: &mut R, size: u64, inside: Inside) -> AllocationMap {
-    probe_with(vol, size, Hint::Other, inside)
+fn probe_volume<R: Read + Seek>(vol: &mut R, size: u64, inside: Inside, disk: &DiskContext) -> AllocationMap {
+    probe_with(vol, size, Hint::Other, inside, disk)
 }
 
-fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, inside: Inside) -> AllocationMap {
+fn probe_with<R: Read + Seek>(
+    part: &mut R,
+    part_size: u64,
+    hint: Hint,
+    inside: Inside,
+    disk: &DiskContext,
+) -> AllocationMap {
     if hint == Hint::NoFilesystem {
         return AllocationMap::raw(part_size, Vec::new());
     }
@@ -168,7 +208,7 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, inside: 
             )
         }
         (md::Found::Member(sb), Inside::Partition) => {
-            return md::read(part, part_size, &sb).and_then(|map| check_shape(map, part_size)).unwrap_or_else(
+            return md::read(part, part_size, &sb, disk).and_then(|map| check_shape(map, part_size)).unwrap_or_else(
                 |reason| {
                     AllocationMap::raw(part_size, vec![format!("md RAID member rejected: {reason}; captured raw")])
                 },
@@ -234,7 +274,7 @@ fn probe_with<R: Read + Seek>(part: &mut R, part_size: u64, hint: Hint, inside: 
         FsKind::Fat => fat::read(part, part_size, &head),
         FsKind::Swap => swap::read(part_size, &head),
         FsKind::Xfs => xfs::read(part, part_size),
-        FsKind::Lvm => lvm::read(part, part_size, &head),
+        FsKind::Lvm => lvm::read(part, part_size, &head, disk),
         FsKind::Btrfs => btrfs::read(part, part_size),
         FsKind::Md | FsKind::Raw => Err("no reader".into()),
     };
