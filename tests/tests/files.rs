@@ -313,7 +313,9 @@ fn diff_lists_exactly_the_changed_files() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["partition"].as_u64().unwrap(), d["path"].as_str().unwrap().into(), d["change"].as_str().unwrap().into()))
+        .map(|d| {
+            (d["partition"].as_u64().unwrap(), d["path"].as_str().unwrap().into(), d["change"].as_str().unwrap().into())
+        })
         .collect();
     got.sort();
     let mut want: Vec<(u64, String, String)> =

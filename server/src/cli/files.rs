@@ -341,7 +341,11 @@ fn diff(a: &OpenedSnapshot, b: &OpenedSnapshot, arg: Option<&str>, content: bool
             for pa in files::partitions(&a.disk).into_iter().filter(|p| p.readable) {
                 match pbs.iter().find(|pb| pb.number == pa.number && pb.fs == pa.fs) {
                     Some(pb) => jobs.push((pa, pb.clone(), Vec::new())),
-                    None => eprintln!("partition {}: not in {} with the same filesystem; not compared", pa.number, b.disk.id()),
+                    None => eprintln!(
+                        "partition {}: not in {} with the same filesystem; not compared",
+                        pa.number,
+                        b.disk.id()
+                    ),
                 }
             }
         }

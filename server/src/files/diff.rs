@@ -34,6 +34,9 @@ pub struct Difference {
     pub what: Vec<&'static str>,
 }
 
+/// An entry of one directory in the older and the newer snapshot (at least one is present).
+type Pair = (Option<Entry>, Option<Entry>);
+
 /// Compares `path` of `a` (older) with `path` of `b` (newer), handing each difference to `out`
 /// in path order.
 pub fn diff(
@@ -48,7 +51,7 @@ pub fn diff(
         return compare(a, b, path, &ea, &eb, content, out);
     }
     // Pairs of (older, newer) entries of one directory, in reverse name order (popped).
-    let mut stack: Vec<(Vec<String>, Vec<(Option<Entry>, Option<Entry>)>)> = vec![(path.to_vec(), merged(a, b, path)?)];
+    let mut stack: Vec<(Vec<String>, Vec<Pair>)> = vec![(path.to_vec(), merged(a, b, path)?)];
     while let Some((dir, pairs)) = stack.last_mut() {
         let Some(pair) = pairs.pop() else {
             stack.pop();
@@ -103,7 +106,7 @@ fn subtree(
 }
 
 /// Both directories' entries paired by name, in reverse name order.
-fn merged(a: &mut dyn FsReader, b: &mut dyn FsReader, path: &FsPath) -> Result<Vec<(Option<Entry>, Option<Entry>)>> {
+fn merged(a: &mut dyn FsReader, b: &mut dyn FsReader, path: &FsPath) -> Result<Vec<Pair>> {
     // Both come sorted in reverse: merge from their ends (smallest names first), then reverse.
     let (mut xa, mut xb) = (sorted_children(a, path)?, sorted_children(b, path)?);
     let mut v = Vec::with_capacity(xa.len().max(xb.len()));

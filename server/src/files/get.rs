@@ -48,10 +48,7 @@ pub fn get(fs: &mut dyn FsReader, path: &FsPath, to: &Path) -> Result<GetReport>
         Some(name) => to.join(name),
         None => {
             if fs::read_dir(to)?.next().is_some() {
-                bail!(
-                    "{} is not empty: a whole filesystem is copied only into a new or empty directory",
-                    to.display()
-                );
+                bail!("{} is not empty: a whole filesystem is copied only into a new or empty directory", to.display());
             }
             to.to_path_buf()
         }
