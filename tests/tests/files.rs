@@ -335,3 +335,25 @@ fn diff_lists_exactly_the_changed_files() {
     let r = files(&store, &["diff", &first.snapshot, &second.snapshot, "3:/home", "--content", "--stats"]);
     assert_eq!(r.expect_success().stdout.trim(), format!("M 3:/{sneaky} (content)"), "{r}");
 }
+
+/// XFS is recognised by the capture but not readable by `kura files` yet: listed as such, and
+/// a clear error names it.
+#[test]
+fn xfs_is_listed_but_not_readable_yet() {
+    let work = tempfile::tempdir().unwrap();
+    let xfs = work.path().join("xfs.img");
+    std::fs::File::create(&xfs).unwrap().set_len(320 * MIB).unwrap();
+    kura_tests::tools::run("mkfs.xfs", ["-q", "-f", xfs.to_str().unwrap()]);
+    let disk = build_gpt(
+        work.path(),
+        "xfs-disk.img",
+        330 * MIB,
+        vec![PartSpec::gpt(320 * MIB, "8300", "root", Content::Image { fs: Fs::Raw, path: xfs })],
+    );
+    let store = Store::new(work.path().join("store"));
+    let cap = store.capture(&disk.path, None);
+    let parts = json(&files(&store, &["ls", &cap.snapshot, "--json"]));
+    assert_eq!((parts[0]["fs"].as_str(), parts[0]["readable"].as_bool()), (Some("xfs"), Some(false)), "{parts}");
+    files(&store, &["ls", &cap.snapshot, "1:/"]).expect_failure_mentioning(&["files: xfs is not readable yet"]);
+    files(&store, &["get", &cap.snapshot, "/etc"]).expect_failure_mentioning(&["no partition with a readable"]);
+}
