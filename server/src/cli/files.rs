@@ -146,21 +146,22 @@ fn ls(s: &OpenedSnapshot, arg: Option<&str>, json: bool) -> Result<()> {
     let top = fs.stat(&path)?;
     let mut printer = Printer::new(out, json);
     if top.kind == Kind::Dir {
-        let mut shown: Result<()> = Ok(());
+        // One directory's entries, sorted by name (at most MAX_DIR_ENTRIES), with symlink targets.
         let mut entries = Vec::new();
         fs.list(&path, &mut |e| {
+            if entries.len() >= files::MAX_DIR_ENTRIES {
+                bail!("{} has more than {} entries", files::show_path(&path), files::MAX_DIR_ENTRIES);
+            }
             entries.push(e);
             Ok(())
         })?;
-        // One directory's entries, sorted by name, with symlink targets.
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for e in entries {
             let mut p = path.clone();
             p.push(e.name.clone());
             let target = if e.kind == Kind::Symlink { Some(fs.read_link(&p)?) } else { None };
-            shown = shown.and_then(|_| printer.entry(&e, target));
+            printer.entry(&e, target)?;
         }
-        shown?;
     } else {
         let target = if top.kind == Kind::Symlink { Some(fs.read_link(&path)?) } else { None };
         printer.entry(&top, target)?;
