@@ -23,7 +23,7 @@ pub(super) enum FilesCommand {
         path: Option<String>,
         #[command(flatten)]
         at: Location,
-        /// Print what was fetched (chunks, bytes) on stderr.
+        /// Print what was fetched (chunks, encoded bytes) on stderr.
         #[arg(long)]
         stats: bool,
     },
@@ -31,6 +31,7 @@ pub(super) enum FilesCommand {
     /// DIR (as DIR/NAME; the root of a filesystem into a new or empty DIR): modes, mtimes,
     /// owners (as root) and symbolic links kept; nothing existing is overwritten.
     Get {
+        /// Snapshot id (or, with --store, a unique prefix).
         snapshot: String,
         /// [PARTITION:]PATH
         path: String,
@@ -39,17 +40,20 @@ pub(super) enum FilesCommand {
         to: PathBuf,
         #[command(flatten)]
         at: Location,
+        /// Print what was fetched (chunks, encoded bytes) on stderr.
         #[arg(long)]
         stats: bool,
     },
     /// Find entries whose path matches a glob (`*`, `**`, `?`, `[a-z]`; without `/` the name
     /// is matched): in one partition (`2:PATTERN`) or in every readable one.
     Find {
+        /// Snapshot id (or, with --store, a unique prefix).
         snapshot: String,
         /// [PARTITION:]PATTERN, e.g. '*.conf' or '3:/etc/**/*.service'.
         pattern: String,
         #[command(flatten)]
         at: Location,
+        /// Print what was fetched (chunks, encoded bytes) on stderr.
         #[arg(long)]
         stats: bool,
     },
@@ -58,14 +62,18 @@ pub(super) enum FilesCommand {
     /// target or NTFS streams differ; --content also compares the data of files whose
     /// metadata is equal (reads them both).
     Diff {
+        /// The older snapshot.
         snapshot_a: String,
+        /// The newer snapshot.
         snapshot_b: String,
         /// [PARTITION:]PATH
         path: Option<String>,
+        /// Also compare the data of files whose metadata is equal (reads both copies).
         #[arg(long)]
         content: bool,
         #[command(flatten)]
         at: Location,
+        /// Print what was fetched (chunks, encoded bytes) on stderr.
         #[arg(long)]
         stats: bool,
     },
