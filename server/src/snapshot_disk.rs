@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Decoded chunk bytes the cache may hold (at least one chunk).
+/// Decoded chunk bytes the cache may hold by default (at least one chunk): `kura nbd`'s
+/// clients read the whole disk in any order.
 pub const CACHE_BYTES: u64 = 256 << 20;
 
 pub struct SnapshotDisk {
@@ -42,7 +43,14 @@ pub struct FetchStats {
 }
 
 impl SnapshotDisk {
-    pub fn new(id: String, manifest: Manifest, source: Arc<dyn ChunkSource>) -> anyhow::Result<SnapshotDisk> {
+    /// The disk `manifest` describes, its chunks from `source`, with a cache of `cache_bytes`
+    /// decoded bytes (at least one chunk).
+    pub fn new(
+        id: String,
+        manifest: Manifest,
+        source: Arc<dyn ChunkSource>,
+        cache_bytes: u64,
+    ) -> anyhow::Result<SnapshotDisk> {
         // Regions sorted, not overlapping, within the disk: reads rely on it.
         let mut end = 0u64;
         for r in &manifest.regions {
@@ -55,7 +63,7 @@ impl SnapshotDisk {
             }
             end = r_end;
         }
-        let capacity = (CACHE_BYTES / manifest.chunk_size.max(1) as u64).max(1) as usize;
+        let capacity = (cache_bytes / manifest.chunk_size.max(1) as u64).max(1) as usize;
         Ok(SnapshotDisk {
             id,
             manifest,

@@ -12,6 +12,10 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Decoded chunk bytes cached per snapshot: metadata (superblocks, inode tables, directories)
+/// is read again and again, file data once, in order.
+const CACHE_BYTES: u64 = 64 << 20;
+
 #[derive(Subcommand)]
 pub(super) enum FilesCommand {
     /// List a directory (or show one entry) of a snapshot; without PATH, its partitions and
@@ -82,23 +86,23 @@ pub(super) enum FilesCommand {
 pub(super) fn run(cmd: FilesCommand) -> Result<ExitCode> {
     match cmd {
         FilesCommand::Ls { snapshot, path, at, stats } => {
-            let s = open_snapshot(&snapshot, &at)?;
+            let s = open_snapshot(&snapshot, &at, CACHE_BYTES)?;
             let r = ls(&s, path.as_deref(), at.server.json);
             finish(&[&s], stats, r)
         }
         FilesCommand::Get { snapshot, path, to, at, stats } => {
-            let s = open_snapshot(&snapshot, &at)?;
+            let s = open_snapshot(&snapshot, &at, CACHE_BYTES)?;
             let r = get_cmd(&s, &path, &to, at.server.json);
             finish(&[&s], stats, r)
         }
         FilesCommand::Find { snapshot, pattern, at, stats } => {
-            let s = open_snapshot(&snapshot, &at)?;
+            let s = open_snapshot(&snapshot, &at, CACHE_BYTES)?;
             let r = find(&s, &pattern, at.server.json);
             finish(&[&s], stats, r)
         }
         FilesCommand::Diff { snapshot_a, snapshot_b, path, content, at, stats } => {
-            let a = open_snapshot(&snapshot_a, &at)?;
-            let b = open_snapshot(&snapshot_b, &at)?;
+            let a = open_snapshot(&snapshot_a, &at, CACHE_BYTES)?;
+            let b = open_snapshot(&snapshot_b, &at, CACHE_BYTES)?;
             let r = diff(&a, &b, path.as_deref(), content, at.server.json);
             finish(&[&a, &b], stats, r)
         }

@@ -43,7 +43,7 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
 }
 
 pub fn run(snapshot: &str, at: &Location, listen: &ListenAddr) -> Result<ExitCode> {
-    let opened = open_snapshot(snapshot, at)?;
+    let opened = open_snapshot(snapshot, at, crate::snapshot_disk::CACHE_BYTES)?;
     let id = opened.disk.id().to_string();
     let size = opened.disk.size();
     let (listener, shown) = bind(listen)?;
@@ -60,8 +60,9 @@ pub(super) struct OpenedSnapshot {
     _lock: Option<StoreLock>,
 }
 
-/// Opens `snapshot` (with a local store: an id or unique prefix) for lazy reading.
-pub(super) fn open_snapshot(snapshot: &str, at: &Location) -> Result<OpenedSnapshot> {
+/// Opens `snapshot` (with a local store: an id or unique prefix) for lazy reading, with a
+/// cache of `cache_bytes` decoded chunk bytes.
+pub(super) fn open_snapshot(snapshot: &str, at: &Location, cache_bytes: u64) -> Result<OpenedSnapshot> {
     let mut _lock = None;
     let (id, manifest, source): (String, _, Arc<dyn ChunkSource>) = match &at.store {
         Some(dir) => {
@@ -77,7 +78,7 @@ pub(super) fn open_snapshot(snapshot: &str, at: &Location) -> Result<OpenedSnaps
             (snapshot.to_string(), manifest, Arc::new(RemoteSource { client }))
         }
     };
-    Ok(OpenedSnapshot { disk: Arc::new(SnapshotDisk::new(id, manifest, source)?), _lock })
+    Ok(OpenedSnapshot { disk: Arc::new(SnapshotDisk::new(id, manifest, source, cache_bytes)?), _lock })
 }
 
 fn bind(listen: &ListenAddr) -> Result<(Listener, String)> {
