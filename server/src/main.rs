@@ -9,12 +9,14 @@ mod boot_policy;
 mod cli;
 mod datadir;
 mod engine;
+mod files;
 mod nbd;
 mod notify;
 mod power;
 mod progress_bar;
 mod scheduler;
 mod serve;
+mod snapshot_disk;
 
 use clap::Parser;
 use std::io::Write;

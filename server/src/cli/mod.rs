@@ -8,6 +8,7 @@ mod bootenv;
 mod bootenv_report;
 mod engine;
 mod export;
+mod files;
 mod image;
 mod jobs;
 mod nbd;
@@ -148,6 +149,10 @@ enum Command {
         #[arg(long, default_value = nbd::DEFAULT_LISTEN, value_parser = nbd::parse_listen)]
         listen: nbd::ListenAddr,
     },
+    /// A snapshot's files, read in place without restoring or mounting (ext4, NTFS, FAT):
+    /// ls, get, find, diff; from a local store or an engine.
+    #[command(subcommand)]
+    Files(files::FilesCommand),
     /// Benchmark the imaging pipeline against partclone+zstd on a generated test disk.
     Bench(bench::BenchArgs),
     /// Write snapshots of a store to an offline archive (a file, a tape, or stdout), whole or
@@ -549,6 +554,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
+        Command::Files(cmd) => files::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::export(args),
         Command::Import(args) => export::import(args),

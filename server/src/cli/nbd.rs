@@ -4,6 +4,7 @@
 use super::{engine, Location};
 use crate::nbd::{self, disk::SnapshotDisk, Listener};
 use anyhow::{bail, Context, Result};
+use kura_catalogs::store::StoreLock;
 use kura_imaging::chunk::ChunkSource;
 use kura_protocol::client::RemoteSource;
 use std::io::Write;
@@ -42,7 +43,26 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
 }
 
 pub fn run(snapshot: &str, at: &Location, listen: &ListenAddr) -> Result<ExitCode> {
-    // The local store's shared lock is held while serving, so a GC cannot remove the chunks.
+    let opened = open_snapshot(snapshot, at, crate::snapshot_disk::CACHE_BYTES)?;
+    let id = opened.disk.id().to_string();
+    let size = opened.disk.size();
+    let (listener, shown) = bind(listen)?;
+    println!("exporting snapshot {id} ({size} bytes) read-only on {shown}");
+    std::io::stdout().flush()?;
+    nbd::serve(listener, opened.disk.clone()).context("serving NBD")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A snapshot's disk opened from a local store or an engine, with what keeps its chunks.
+pub(super) struct OpenedSnapshot {
+    pub disk: Arc<SnapshotDisk>,
+    /// The local store's shared lock, held while reading so a GC cannot remove the chunks.
+    _lock: Option<StoreLock>,
+}
+
+/// Opens `snapshot` (with a local store: an id or unique prefix) for lazy reading, with a
+/// cache of `cache_bytes` decoded chunk bytes.
+pub(super) fn open_snapshot(snapshot: &str, at: &Location, cache_bytes: u64) -> Result<OpenedSnapshot> {
     let mut _lock = None;
     let (id, manifest, source): (String, _, Arc<dyn ChunkSource>) = match &at.store {
         Some(dir) => {
@@ -58,13 +78,7 @@ pub fn run(snapshot: &str, at: &Location, listen: &ListenAddr) -> Result<ExitCod
             (snapshot.to_string(), manifest, Arc::new(RemoteSource { client }))
         }
     };
-    let size = manifest.disk_size();
-    let disk = SnapshotDisk::new(id.clone(), manifest, source)?;
-    let (listener, shown) = bind(listen)?;
-    println!("exporting snapshot {id} ({size} bytes) read-only on {shown}");
-    std::io::stdout().flush()?;
-    nbd::serve(listener, Arc::new(disk)).context("serving NBD")?;
-    Ok(ExitCode::SUCCESS)
+    Ok(OpenedSnapshot { disk: Arc::new(SnapshotDisk::new(id, manifest, source, cache_bytes)?), _lock })
 }
 
 fn bind(listen: &ListenAddr) -> Result<(Listener, String)> {
