@@ -154,12 +154,7 @@ pub fn tree_digests(root: &Path) -> BTreeMap<String, String> {
 
 /// An XFS image file of `size` bytes made by `mkfs.xfs -q -f MKFS_ARGS…`, mounted while
 /// `populate` writes into its root, then unmounted; returns [`tree_digests`] of what it holds.
-pub fn xfs_image(
-    path: &Path,
-    size: u64,
-    mkfs_args: &[&str],
-    populate: impl FnOnce(&Path),
-) -> BTreeMap<String, String> {
+pub fn xfs_image(path: &Path, size: u64, mkfs_args: &[&str], populate: impl FnOnce(&Path)) -> BTreeMap<String, String> {
     std::fs::File::create(path).unwrap().set_len(size).unwrap();
     let mut args = vec!["-q", "-f"];
     args.extend_from_slice(mkfs_args);

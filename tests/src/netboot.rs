@@ -200,8 +200,9 @@ impl<'a> NetbootEngine<'a> {
     /// The serial console line of `m` holding `marker`, waited for up to `timeout`; panics with
     /// the machine's report and the server's output.
     pub fn wait_serial(&self, m: &mut Machine, marker: &str, timeout: Duration) -> String {
-        m.poll_serial(marker, timeout)
-            .unwrap_or_else(|why| panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), self.log()))
+        m.poll_serial(marker, timeout).unwrap_or_else(|why| {
+            panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), self.log())
+        })
     }
 
     /// Registers host `name` with `mac` and queues a capture job for it; returns the job id.

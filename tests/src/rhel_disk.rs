@@ -120,12 +120,9 @@ impl RhelDisk {
 
 /// Builds the disk as `dir/name` ([`DISK_SIZE`] bytes). Panics naming the missing package.
 pub fn build(dir: &Path, name: &str, marker: &str) -> RhelDisk {
-    for (path, package) in [
-        (GRUB_PC, "grub-pc-bin"),
-        (BUSYBOX, "busybox-static"),
-        (MKINITRAMFS, "initramfs-tools"),
-        (LVM2_HOOK, "lvm2"),
-    ] {
+    for (path, package) in
+        [(GRUB_PC, "grub-pc-bin"), (BUSYBOX, "busybox-static"), (MKINITRAMFS, "initramfs-tools"), (LVM2_HOOK, "lvm2")]
+    {
         assert!(Path::new(path).exists(), "{path} is missing: apt-get install -y {package}");
     }
     let kernel = TestKernel::installed();

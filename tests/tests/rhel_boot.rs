@@ -172,7 +172,8 @@ fn rhel_style_lvm_xfs_system_is_restored_by_netboot_and_boots_from_its_lv() {
 
 /// The size of an XFS image's internal log (`logblocks` × `blocksize`), from `xfs_db`.
 fn xfs_log_bytes(image: &std::path::Path) -> u64 {
-    let out = kura_tests::tools::run("xfs_db", ["-r", "-c", "sb 0", "-c", "p logblocks blocksize", image.to_str().unwrap()]);
+    let out =
+        kura_tests::tools::run("xfs_db", ["-r", "-c", "sb 0", "-c", "p logblocks blocksize", image.to_str().unwrap()]);
     let field = |name: &str| -> u64 {
         out.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix('=')?.trim().parse().ok())
