@@ -73,7 +73,7 @@ pub struct RhelDisk {
     pub vg: String,
     /// The text `/sbin/init` prints after `marker=`.
     pub marker: String,
-    /// `/boot`'s UUID.
+    /// `/boot`'s UUID (unique per build).
     pub boot_uuid: String,
     /// Every file of `/boot` and of the root LV: path → sha256.
     pub boot_files: BTreeMap<String, String>,
@@ -127,7 +127,9 @@ pub fn build(dir: &Path, name: &str, marker: &str) -> RhelDisk {
     }
     let kernel = TestKernel::installed();
     let vg = unique_name("rhel");
-    let boot_uuid = "4b555241-0000-4000-8000-7268656c626f".to_string();
+    // Unique per build: two XFS with one UUID cannot be mounted at once (parallel tests).
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let boot_uuid = format!("4b555241-{:04x}-4000-8000-{:012x}", std::process::id() & 0xffff, nanos & 0xffff_ffff_ffff);
     let work = tempfile::Builder::new().prefix(&format!("{name}.build")).tempdir_in(dir).unwrap();
     let w = work.path();
     let mut junk = Vec::new();

@@ -25,7 +25,7 @@ use kura_tests::checkers::assert_fsck_clean;
 use kura_tests::content::sha256_file;
 use kura_tests::disks::{ext4_replace_file, patterned_file, MIB};
 use kura_tests::kura_cli::Store;
-use kura_tests::netboot::{with_agent_image, NetbootEngine};
+use kura_tests::netboot::{bios_machine, with_agent_image, NetbootEngine};
 use kura_tests::netns::Netns;
 use kura_tests::qemu::{accel, Boot, DiskBus, Firmware, Machine, NicRom};
 use kura_tests::readback::assert_files_match;
@@ -36,41 +36,6 @@ const LOCAL_BOOT_LIMIT: Duration = Duration::from_secs(30);
 
 /// Longest a netbooted job may take from power-on to power-off under TCG.
 const JOB_TIMEOUT: Duration = Duration::from_secs(420);
-
-/// A BIOS machine that netboots first, with `disk` and an entropy source for the agent.
-fn bios_machine(ns: &Netns, name: &str, mac: &str, disk: &std::path::Path) -> Machine {
-    Machine::builder(ns, name)
-        .firmware(Firmware::Bios)
-        .memory_mib(512)
-        .mac(mac)
-        .network_boot()
-        .disk(disk, DiskBus::Virtio)
-        .arg("-device")
-        .arg("virtio-rng-pci")
-        .start()
-}
-
-/// Waits for QEMU to exit (the agent powered the machine off); panics with everything known.
-fn wait_power_off(m: &mut Machine, engine: &NetbootEngine, job_id: i64) {
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    while m.exited().is_none() {
-        if Instant::now() > deadline {
-            let (j, log) = engine.job_and_log(job_id);
-            panic!(
-                "machine {} still runs after {JOB_TIMEOUT:?}; job {j:#}\nlog: {log:#?}\n{}\n{}",
-                m.name(),
-                m.report(),
-                engine.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn wait_serial(m: &mut Machine, engine: &NetbootEngine, marker: &str, timeout: Duration) -> String {
-    m.poll_serial(marker, timeout)
-        .unwrap_or_else(|why| panic!("machine {}: {why} before {marker:?}\n{}\n{}", m.name(), m.report(), engine.log()))
-}
 
 /// Numbers after `word` in a log line: "read 123 used bytes in 4 s" → after("read") = 123.
 fn number_after(line: &str, word: &str) -> Option<f64> {
@@ -141,7 +106,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     // The fixture itself boots from its disk (so a later failure is the restore's).
     let mut m =
         Machine::builder(&ns, "fixture").firmware(Firmware::Bios).disk(&system.disk.path, DiskBus::Virtio).start();
-    wait_serial(&mut m, &engine, &system.marker_line(), Duration::from_secs(240));
+    engine.wait_serial(&mut m, &system.marker_line(), Duration::from_secs(240));
     m.wait_for_exit(Duration::from_secs(60));
     drop(m);
 
@@ -170,7 +135,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     intruder.assert_gets_nothing(&engine, mac);
-    wait_power_off(&mut m, &engine, id);
+    engine.wait_power_off(&mut m, id, JOB_TIMEOUT);
     let capture1_secs = t0.elapsed().as_secs_f64();
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
@@ -213,7 +178,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     // Capture 2: only the changed chunks are sent.
     let id = engine.queue(&["capture", "srv01"]);
     let mut m = bios_machine(&ns, "srv01-b", mac, &system.disk.path);
-    wait_power_off(&mut m, &engine, id);
+    engine.wait_power_off(&mut m, id, JOB_TIMEOUT);
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     let second = j["snapshot"].as_str().unwrap().to_string();
@@ -246,7 +211,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     engine.api_post("hosts", &json!({ "name": "tiny01", "macs": [small_mac] }));
     let id = engine.queue(&["restore", "tiny01", "--snapshot", &second]);
     let mut m = bios_machine(&ns, "tiny01", small_mac, &small);
-    wait_power_off(&mut m, &engine, id);
+    engine.wait_power_off(&mut m, id, JOB_TIMEOUT);
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "failed", "{j:#}\n{log:#?}");
     let err = j["error"].as_str().unwrap_or_default();
@@ -263,7 +228,7 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
     let t_restore = Instant::now();
     let id = engine.queue(&["restore", "new01", "--snapshot", &second]);
     let mut m = bios_machine(&ns, "new01", new_mac, &target);
-    let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
+    let marker = engine.wait_serial(&mut m, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t_restore.elapsed();
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
@@ -349,7 +314,7 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
         b.start()
     };
     let mut m = machine(None, 1);
-    let marker = wait_serial(&mut m, &engine, &system.marker_line(), JOB_TIMEOUT);
+    let marker = engine.wait_serial(&mut m, &system.marker_line(), JOB_TIMEOUT);
     let to_marker = t0.elapsed();
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}");
@@ -377,11 +342,11 @@ fn uefi_restore_then_local_boots(rom: NicRom, site_dhcp: bool, mac: &str, name: 
         let mut m = machine(Some(&vars), boot);
         // Where the time goes: the network entry given up, GRUB started, the OS marker.
         let network_done = if rom == NicRom::Default { "Nothing to boot" } else { "PXE-E21" };
-        wait_serial(&mut m, &engine, network_done, LOCAL_BOOT_LIMIT * 3);
+        engine.wait_serial(&mut m, network_done, LOCAL_BOOT_LIMIT * 3);
         let t_network = m.uptime();
-        wait_serial(&mut m, &engine, "Welcome to GRUB", LOCAL_BOOT_LIMIT * 3);
+        engine.wait_serial(&mut m, "Welcome to GRUB", LOCAL_BOOT_LIMIT * 3);
         let t_grub = m.uptime();
-        let line = wait_serial(&mut m, &engine, &system.marker_line(), LOCAL_BOOT_LIMIT * 3);
+        let line = engine.wait_serial(&mut m, &system.marker_line(), LOCAL_BOOT_LIMIT * 3);
         let t = m.uptime();
         eprintln!("power-on {boot}: network entry over at {t_network:.1?}, GRUB at {t_grub:.1?}, OS marker at {t:.1?}");
         let serial = m.serial();
@@ -502,7 +467,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     );
     ns.set_link(ns.tap(), true);
     // The agent gives up on its own (its requests time out), says so, and powers off.
-    wait_power_off(&mut m, &engine, id);
+    engine.wait_power_off(&mut m, id, JOB_TIMEOUT);
     let serial = m.serial();
     assert!(serial.contains("KURA AGENT FAILED"), "{}", m.report());
     assert!(snapshots_of(&engine, "cut01").is_empty(), "a snapshot appeared after the cut");
@@ -511,7 +476,7 @@ fn network_cut_mid_capture_fails_the_job_and_a_retry_succeeds() {
     // The retry.
     let id = engine.queue(&["capture", "cut01"]);
     let mut m = machine("cut01-retry");
-    wait_power_off(&mut m, &engine, id);
+    engine.wait_power_off(&mut m, id, JOB_TIMEOUT);
     let (j, log) = engine.job_and_log(id);
     assert_eq!(j["state"], "succeeded", "{j:#}\n{log:#?}\n{}", m.report());
     assert!(

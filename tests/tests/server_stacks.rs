@@ -121,7 +121,8 @@ fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
         lvm(d, "lvcreate", &["-an", "-Zn", "-y", "-L", "128m", "-n", "swap", &vg]);
         lvm(d, "lvextend", &["-L", "+200m", &format!("{vg}/home")]);
         segs = lvs.iter().map(|n| segments(d, &vg, n)).collect();
-        source_lvs = lvm(d, "lvs", &["--noheadings", "-o", "lv_name,seg_pe_ranges,lv_size", &vg]);
+        // The loop device's name in it replaced: the restored PV's may differ.
+        source_lvs = lvm(d, "lvs", &["--noheadings", "-o", "lv_name,seg_pe_ranges,lv_size", &vg]).replace(d, "PV");
     }
     assert_eq!(segs[1].len(), 2, "home is in two segments: {:?}", segs[1]);
     let lv_img = |n: &str| w.join(format!("lv-{n}.img"));
@@ -201,7 +202,7 @@ fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
         let d = lp.0.as_str();
         lvm(d, "pvck", &[d]);
         let back = lvm(d, "lvs", &["--noheadings", "-o", "lv_name,seg_pe_ranges,lv_size", &vg]);
-        assert_eq!(back.replace(d, "PV"), source_lvs.replace(d, "PV").replace(&lp.0, "PV"), "lvs of the restored PV");
+        assert_eq!(back.replace(d, "PV"), source_lvs, "lvs of the restored PV");
     }
     for ((n, s), files) in lvs.iter().zip(&segs).zip([Some(&root_files), Some(&home_files), None]) {
         let back = w.join(format!("back-{n}.img"));
