@@ -19,8 +19,14 @@
 //!   ([`crate::ipxe::kura_cmdline`], the same writer as the iPXE script) and the site's
 //!   `kernel_args`, then `initrd /kura/initrd.img` and `boot`. No `initrd=` word: GRUB hands
 //!   the initramfs to the kernel itself.
-//! - [`BootDecision::LocalDisk`]: `exit`. GRUB returns to shim, shim to the firmware, whose
-//!   boot manager goes on to the next boot entry (the disk, after a Kura restore).
+//! - [`BootDecision::LocalDisk`]: GRUB chainloads the local disk's own boot loader, found by
+//!   path on any ESP ([`LOCAL_LOADERS`]: the distributions' shims first, Windows' boot manager,
+//!   the removable-media path last, since a shim there may run `fbx64.efi`, which rewrites the
+//!   boot entries and resets). Under Secure Boot GRUB verifies it through shim, as the
+//!   firmware would. Only when none is found does GRUB `exit`: returning to the firmware is
+//!   not enough on its own, because GRUB 2.06 exits with `EFI_SUCCESS` and the UEFI boot
+//!   manager then stops processing `BootOrder` and opens its menu (UEFI spec 3.1.1; EDK2
+//!   does), instead of going on to the disk.
 //!
 //! Quoting: every value is a single-quoted GRUB word (GRUB expands `$` outside quotes);
 //! values holding `'` or control characters are refused ([`crate::ipxe::ScriptError`]).
@@ -48,15 +54,50 @@ pub const INITRD: &str = "kura/initrd.img";
 /// `x86_64-efi/grub.cfg` when it exists, else `grub.cfg`. Both are [`STATIC_CONFIG`].
 pub const CONFIGS: [&str; 2] = ["grub/x86_64-efi/grub.cfg", "grub/grub.cfg"];
 
+/// Where local boot looks for the disk's boot loader, in this order (paths on an ESP).
+pub const LOCAL_LOADERS: [&str; 11] = [
+    "/EFI/debian/shimx64.efi",
+    "/EFI/ubuntu/shimx64.efi",
+    "/EFI/redhat/shimx64.efi",
+    "/EFI/centos/shimx64.efi",
+    "/EFI/rocky/shimx64.efi",
+    "/EFI/almalinux/shimx64.efi",
+    "/EFI/fedora/shimx64.efi",
+    "/EFI/sles/shim.efi",
+    "/EFI/opensuse/shim.efi",
+    "/EFI/Microsoft/Boot/bootmgfw.efi",
+    "/EFI/BOOT/BOOTX64.EFI",
+];
+
+/// The GRUB lines that boot the local disk: chainload the first of [`LOCAL_LOADERS`] found on
+/// any disk, else return to the firmware.
+macro_rules! local_boot_lines {
+    () => {
+        "for kura_loader in /EFI/debian/shimx64.efi /EFI/ubuntu/shimx64.efi /EFI/redhat/shimx64.efi \
+/EFI/centos/shimx64.efi /EFI/rocky/shimx64.efi /EFI/almalinux/shimx64.efi /EFI/fedora/shimx64.efi \
+/EFI/sles/shim.efi /EFI/opensuse/shim.efi /EFI/Microsoft/Boot/bootmgfw.efi /EFI/BOOT/BOOTX64.EFI; do
+  if search --no-floppy --file --set=kura_esp $kura_loader; then
+    echo \"Kura: chainloading ($kura_esp)$kura_loader\"
+    chainloader ($kura_esp)$kura_loader
+    boot
+  fi
+done
+echo 'Kura: no boot loader found on the local disks; back to the firmware'
+exit
+"
+    };
+}
+
 /// What every machine's GRUB reads first: the configuration of its own MAC address
 /// (`net_default_mac`, the address of the interface it booted from, `aa:bb:cc:dd:ee:ff`).
-pub const STATIC_CONFIG: &str = "\
-# Kura: each machine's configuration is generated from its MAC address.
+pub const STATIC_CONFIG: &str = concat!(
+    "# Kura: each machine's configuration is generated from its MAC address.
 set timeout=0
 source ${prefix}/kura/${net_default_mac}.cfg
 echo 'Kura: no configuration for this machine; booting from the local disk'
-exit
-";
+",
+    local_boot_lines!()
+);
 
 /// The TFTP name GRUB asks for `mac`'s configuration.
 pub fn config_name(mac: MacAddr) -> String {
@@ -100,10 +141,10 @@ fn agent_config(mac: MacAddr, a: &AgentBoot, kernel_args: &str) -> Result<String
     ))
 }
 
-/// The configuration that hands the machine back to its firmware's next boot entry.
+/// The configuration that boots the machine from its local disk (see the module's notes).
 pub fn local_boot_config(mac: MacAddr, note: &str) -> String {
     let note = sanitize_echo(note).replace('\'', "_");
-    format!("# Kura: {mac}\necho 'Kura: {mac}: {note}; booting from the local disk'\nexit\n")
+    format!("# Kura: {mac}\necho 'Kura: {mac}: {note}; booting from the local disk'\n{}", local_boot_lines!())
 }
 
 /// The generated files of the signed chain, for the TFTP server: [`STATIC_CONFIG`] under
@@ -186,8 +227,15 @@ mod tests {
     #[test]
     fn netboot_grub_local_boot_exits_and_bad_words_are_refused() {
         let cfg = render(mac(), &BootDecision::LocalDisk { note: "no job; it's $x".into() }, "").unwrap();
-        assert!(cfg.ends_with("; booting from the local disk'\nexit\n"), "{cfg}");
-        assert!(!cfg.contains('$') && !cfg.contains("it's"), "{cfg}");
+        let echo = cfg.lines().nth(1).unwrap();
+        assert!(echo.ends_with("; booting from the local disk'"), "{cfg}");
+        assert!(!echo.contains('$') && !echo.contains("it's"), "{cfg}");
+        assert!(cfg.ends_with("back to the firmware'\nexit\n"), "{cfg}");
+        // The loop chainloads exactly LOCAL_LOADERS, in order.
+        let list = cfg.split("for kura_loader in ").nth(1).unwrap().split("; do").next().unwrap();
+        let listed: Vec<&str> = list.split_whitespace().filter(|w| *w != "\\").collect();
+        assert_eq!(listed, LOCAL_LOADERS, "{cfg}");
+        assert!(STATIC_CONFIG.ends_with(local_boot_lines!()));
         let args = AgentArgs::new("https://10.9.0.1:8443", 7, "kura_secret", mac(), Some("ab12"));
         let e = render(mac(), &agent(args, "x"), "a='b c'").unwrap_err();
         assert!(e.0.contains("cannot be quoted"), "{e}");
