@@ -160,6 +160,7 @@ pub fn open(disk: &Arc<SnapshotDisk>, part: &PartitionInfo) -> Result<Box<dyn Fs
         FsKind::Xfs => bail!("files: xfs is not readable yet (partition {n})"),
         FsKind::Btrfs => bail!("files: btrfs is not readable yet (partition {n})"),
         FsKind::Lvm => bail!("files: LVM volumes are not readable yet (partition {n})"),
+        FsKind::Md => bail!("files: md RAID members are not readable yet (partition {n})"),
         FsKind::Swap => bail!("files: partition {n} is swap, it holds no files"),
         FsKind::Raw => bail!("files: partition {n} holds no filesystem Kura recognised (captured raw)"),
     })
