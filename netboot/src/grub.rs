@@ -22,7 +22,9 @@
 //! - [`BootDecision::LocalDisk`]: GRUB chainloads the local disk's own boot loader, found by
 //!   path on any ESP ([`LOCAL_LOADERS`]: the distributions' shims first, Windows' boot manager,
 //!   the removable-media path last, since a shim there may run `fbx64.efi`, which rewrites the
-//!   boot entries and resets). Under Secure Boot GRUB verifies it through shim, as the
+//!   boot entries and resets; `search --set=root`, then `chainloader PATH`: GRUB 2.06 refuses a
+//!   `(device)PATH` name there with "not a valid root device"). Under Secure Boot GRUB
+//!   verifies it through shim, as the
 //!   firmware would. Only when none is found does GRUB `exit`: returning to the firmware is
 //!   not enough on its own, because GRUB 2.06 exits with `EFI_SUCCESS` and the UEFI boot
 //!   manager then stops processing `BootOrder` and opens its menu (UEFI spec 3.1.1; EDK2
@@ -76,9 +78,9 @@ macro_rules! local_boot_lines {
         "for kura_loader in /EFI/debian/shimx64.efi /EFI/ubuntu/shimx64.efi /EFI/redhat/shimx64.efi \
 /EFI/centos/shimx64.efi /EFI/rocky/shimx64.efi /EFI/almalinux/shimx64.efi /EFI/fedora/shimx64.efi \
 /EFI/sles/shim.efi /EFI/opensuse/shim.efi /EFI/Microsoft/Boot/bootmgfw.efi /EFI/BOOT/BOOTX64.EFI; do
-  if search --no-floppy --file --set=kura_esp $kura_loader; then
-    echo \"Kura: chainloading ($kura_esp)$kura_loader\"
-    chainloader ($kura_esp)$kura_loader
+  if search --no-floppy --file --set=root $kura_loader; then
+    echo \"Kura: chainloading ($root)$kura_loader\"
+    chainloader $kura_loader
     boot
   fi
 done

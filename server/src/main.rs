@@ -6,6 +6,7 @@
 
 mod api;
 mod boot_policy;
+mod boot_test;
 mod cli;
 mod datadir;
 mod engine;

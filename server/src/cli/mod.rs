@@ -4,6 +4,7 @@
 //! (`--server URL`); `kura serve` runs the engine; the other commands talk to an engine.
 
 mod bench;
+mod boot_test;
 mod bootenv;
 mod bootenv_report;
 mod engine;
@@ -319,13 +320,20 @@ enum ImageCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Re-read and re-hash every chunk of one snapshot (or of all) of a local store.
+    /// Re-read and re-hash every chunk of one snapshot (or of all) of a local store. With
+    /// --boot: boot the snapshot in a throwaway QEMU machine here instead (nothing restored,
+    /// nothing written to the store) and report whether it came up.
     Verify {
         snapshot: Option<String>,
         #[command(flatten)]
         at: Location,
         #[arg(long)]
         threads: Option<usize>,
+        /// Boot test instead of the chunk check.
+        #[arg(long, requires = "snapshot")]
+        boot: bool,
+        #[command(flatten)]
+        boot_args: boot_test::BootArgs,
     },
 }
 
@@ -493,7 +501,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(store) => image::fit(&snapshot, size, &store, at.server.json, name, scratch.as_deref(), threads),
                 None => engine::fit(&snapshot, size, &at.server, name, scratch.as_deref(), threads),
             },
-            ImageCommand::Verify { snapshot, at, threads } => match at.store {
+            ImageCommand::Verify { snapshot: Some(snapshot), at, boot: true, boot_args, .. } => {
+                boot_test::run(&snapshot, &at, &boot_args)
+            }
+            ImageCommand::Verify { snapshot, at, threads, .. } => match at.store {
                 Some(store) => image::verify(snapshot.as_deref(), &store, at.server.json, threads),
                 None => engine::verify(snapshot.as_deref(), &at.server),
             },

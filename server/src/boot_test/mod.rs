@@ -1,0 +1,423 @@
+//! Boot tests: a snapshot's disk booted in a throwaway QEMU machine, to know before an outage
+//! that the image boots.
+//!
+//! Nothing is restored and nothing is written to the store: the snapshot is exported read-only
+//! over NBD on a private Unix socket (the same export as `kura nbd`, chunks fetched lazily
+//! through a bounded cache), and the machine's disk is a qcow2 overlay on that export in a
+//! scratch directory, deleted afterwards. The machine has no network. Its firmware is SeaBIOS
+//! or OVMF as the snapshot's layout says (an ESP without a BIOS boot partition: UEFI; see
+//! [`uefi`] for how the loader is found without the server's NVRAM), its disk virtio (SATA for
+//! a Windows-looking layout, which has no virtio driver by default).
+//!
+//! The verdict comes from the serial console ([`console`]): passed when userspace is reached
+//! (a login prompt, systemd's targets, or a text the operator names); failed at once when the
+//! console shows a failure (no bootable device, GRUB's rescue shell, a kernel panic), when
+//! the console stays silent for the stall time, when the machine stops, or at the time limit.
+//! A screenshot (QMP `screendump`, PNG) is taken at the end either way.
+//!
+//! Not yet: a Windows guest's logon screen is not recognised (it shows on the screenshot, but
+//! the verdict is by console only).
+
+pub mod console;
+pub mod uefi;
+
+use crate::nbd::{self, Listener};
+use crate::snapshot_disk::SnapshotDisk;
+use anyhow::{bail, Context, Result};
+use console::Stage;
+use kura_imaging::fs::FsKind;
+use kura_imaging::layout::{gpt_types, PartitionEntry, Scheme};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-x86_64";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Console bytes read per look (the end of the log): a guest printing in a loop cannot make
+/// the reader hold more.
+const CONSOLE_WINDOW: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Auto,
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    Auto,
+    Virtio,
+    Sata,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub disk_bus: DiskBus,
+    /// The whole test's time limit.
+    pub timeout: Duration,
+    /// Longest the console may stay silent before userspace.
+    pub stall: Duration,
+    /// Console texts that also mean "userspace reached".
+    pub expect: Vec<String>,
+    pub memory_mib: u32,
+    /// Where to keep the screenshot (PNG); none: not kept.
+    pub screenshot: Option<PathBuf>,
+    /// Parent of the scratch directory (overlay, console log, sockets).
+    pub work_parent: PathBuf,
+}
+
+/// The result of one boot test.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub snapshot: String,
+    pub passed: bool,
+    /// How far the boot got.
+    pub stage: Stage,
+    /// Why it passed or failed, in one line.
+    pub reason: String,
+    pub firmware: &'static str,
+    pub accel: &'static str,
+    pub disk_bus: &'static str,
+    /// The ESP loader a UEFI test started through the helper disk, if one was needed.
+    pub loader: Option<String>,
+    /// Seconds from the machine's start to the verdict.
+    pub seconds: f64,
+    pub console_tail: Vec<String>,
+    pub screenshot: Option<String>,
+    /// Chunks and their stored bytes fetched from the store or engine for this test.
+    pub fetched_chunks: u64,
+    pub fetched_bytes: u64,
+    pub disk_size: u64,
+}
+
+/// The firmware the snapshot's layout asks for: BIOS for MBR or a GPT with a BIOS boot
+/// partition, UEFI for a GPT with an ESP and no BIOS boot partition.
+pub fn firmware_for(disk: &SnapshotDisk) -> Firmware {
+    let layout = &disk.manifest().layout;
+    let has = |t: &str| {
+        layout
+            .partitions
+            .iter()
+            .any(|p| matches!(&p.entry, PartitionEntry::Gpt { type_guid, .. } if type_guid.eq_ignore_ascii_case(t)))
+    };
+    if layout.scheme == Scheme::Gpt && has(gpt_types::EFI_SYSTEM) && !has(gpt_types::BIOS_BOOT) {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    }
+}
+
+/// SATA when the layout looks like Windows (NTFS or a Microsoft reserved partition), else
+/// virtio.
+fn disk_bus_for(disk: &SnapshotDisk) -> DiskBus {
+    let m = disk.manifest();
+    let windows = m.regions.iter().any(|r| r.fs == FsKind::Ntfs && r.partition.is_some())
+        && m.layout.partitions.iter().any(|p| {
+            matches!(&p.entry, PartitionEntry::Gpt { type_guid, .. } if type_guid.eq_ignore_ascii_case(gpt_types::MS_RESERVED))
+        });
+    if windows {
+        DiskBus::Sata
+    } else {
+        DiskBus::Virtio
+    }
+}
+
+/// KVM when this machine has usable hardware KVM, else TCG (and why).
+pub fn detect_accel() -> (Accel, &'static str) {
+    if !Path::new("/dev/kvm").exists() {
+        return (Accel::Tcg, "no /dev/kvm");
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return (Accel::Tcg, "/dev/kvm is the nested paravirtual kvm_pvm, too slow for unmodified guests");
+    }
+    if !Path::new("/sys/module/kvm_intel").exists() && !Path::new("/sys/module/kvm_amd").exists() {
+        return (Accel::Tcg, "neither kvm_intel nor kvm_amd is loaded");
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return (Accel::Tcg, "/dev/kvm cannot be opened");
+    }
+    (Accel::Kvm, "hardware KVM")
+}
+
+/// QEMU, killed when dropped.
+struct Machine(Child);
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots `disk` and returns the verdict. Errors are for a test that could not run (QEMU or
+/// OVMF missing, no scratch space), not for a disk that does not boot.
+pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
+    if Command::new(QEMU).arg("--version").output().is_err() {
+        bail!("cannot run {QEMU}: apt-get install -y qemu-system-x86");
+    }
+    let work = tempfile::Builder::new()
+        .prefix("kura-boot-test.")
+        .tempdir_in(&opts.work_parent)
+        .with_context(|| format!("creating a scratch directory in {}", opts.work_parent.display()))?;
+    let w = work.path();
+    let firmware = match opts.firmware {
+        Firmware::Auto => firmware_for(&disk),
+        f => f,
+    };
+    let bus = match opts.disk_bus {
+        DiskBus::Auto => disk_bus_for(&disk),
+        b => b,
+    };
+    let accel = match opts.accel {
+        Accel::Auto => detect_accel().0,
+        a => a,
+    };
+
+    // The export and the overlay: the machine writes only into the overlay.
+    let sock = w.join("nbd.sock");
+    let listener = UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+    let export = disk.clone();
+    std::thread::spawn(move || nbd::serve(Listener::Unix(listener), export));
+    let overlay = w.join("overlay.qcow2");
+    uefi::tool(
+        "qemu-img",
+        "qemu-utils",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &format!("nbd+unix:///?socket={}", sock.display()),
+            overlay.to_str().context("scratch path is not UTF-8")?,
+            &disk.size().to_string(),
+        ],
+    )?;
+
+    let mut loader = None;
+    let mut helper = None;
+    if firmware == Firmware::Uefi {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).is_file() {
+                bail!("{f} is missing: apt-get install -y ovmf");
+            }
+        }
+        std::fs::copy(OVMF_VARS, w.join("vars.fd"))?;
+        match uefi::find_loader(&disk)? {
+            Some(l) if l == uefi::REMOVABLE => loader = Some(l),
+            Some(l) => {
+                helper = Some(uefi::helper_disk(w, &l)?);
+                loader = Some(l);
+            }
+            None => {}
+        }
+    }
+
+    let serial = w.join("console.log");
+    let qmp = w.join("qmp.sock");
+    let mut args: Vec<String> = vec![
+        "-machine".into(),
+        "q35".into(),
+        "-accel".into(),
+        (if accel == Accel::Kvm { "kvm" } else { "tcg" }).into(),
+        "-m".into(),
+        opts.memory_mib.to_string(),
+        "-smp".into(),
+        "2".into(),
+        // No window; the serial console to a file (SeaBIOS prints there too with -nographic);
+        // the VGA device stays for the screenshot.
+        "-nographic".into(),
+        "-vga".into(),
+        "std".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-serial".into(),
+        format!("file:{}", serial.display()),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+        "-nic".into(),
+        "none".into(),
+        "-no-reboot".into(),
+    ];
+    if firmware == Firmware::Uefi {
+        args.push("-drive".into());
+        args.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+        args.push("-drive".into());
+        args.push(format!("if=pflash,format=raw,unit=1,file={}", w.join("vars.fd").display()));
+    }
+    let device = |i: usize| match bus {
+        DiskBus::Sata => format!("ide-hd,drive=d{i}"),
+        _ => format!("virtio-blk-pci,drive=d{i}"),
+    };
+    let mut disks = Vec::new();
+    if let Some(h) = &helper {
+        disks.push((h.clone(), "raw"));
+    }
+    disks.push((overlay.clone(), "qcow2"));
+    for (i, (path, format)) in disks.iter().enumerate() {
+        args.push("-drive".into());
+        args.push(format!("file={},format={format},if=none,id=d{i}", path.display()));
+        args.push("-device".into());
+        args.push(format!("{},bootindex={}", device(i), i + 1));
+    }
+    std::fs::write(w.join("command"), format!("{QEMU} {}\n", args.join(" ")))?;
+    let started = Instant::now();
+    let mut machine = Machine(
+        Command::new(QEMU)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(w.join("qemu.stderr"))?)
+            .spawn()
+            .with_context(|| format!("starting {QEMU}"))?,
+    );
+
+    // Watch the console.
+    let mut last_len = 0u64;
+    let mut last_change = Instant::now();
+    let (passed, reason, stage) = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let text = read_console(&serial)?;
+        let reading = console::read(&text, &opts.expect);
+        let len = std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
+        if len != last_len {
+            last_len = len;
+            last_change = Instant::now();
+        }
+        if reading.stage == Stage::Userspace {
+            break (true, "userspace reached".to_string(), reading.stage);
+        }
+        if let Some(line) = reading.failure {
+            break (false, format!("the console says: {line}"), reading.stage);
+        }
+        if let Some(status) = machine.0.try_wait()? {
+            let err = std::fs::read_to_string(w.join("qemu.stderr")).unwrap_or_default();
+            break (
+                false,
+                format!("the machine stopped ({status}) after the {} stage {}", reading.stage.name(), err.trim())
+                    .trim()
+                    .to_string(),
+                reading.stage,
+            );
+        }
+        if last_change.elapsed() >= opts.stall {
+            let what = match reading.stage {
+                Stage::Nothing | Stage::Firmware => "no boot loader ran",
+                Stage::BootLoader => "the boot loader did not start a kernel",
+                _ => "the system did not reach userspace",
+            };
+            break (
+                false,
+                format!(
+                    "{what}: the console stayed silent for {:?} after the {} stage",
+                    opts.stall,
+                    reading.stage.name()
+                ),
+                reading.stage,
+            );
+        }
+        if started.elapsed() >= opts.timeout {
+            break (
+                false,
+                format!("time limit {:?} reached at the {} stage", opts.timeout, reading.stage.name()),
+                reading.stage,
+            );
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+
+    // The screen as it is now, if the machine still runs.
+    let mut screenshot = None;
+    if machine.0.try_wait()?.is_none() {
+        let png = w.join("screen.png");
+        if qmp_command(&qmp, "screendump", serde_json::json!({ "filename": png, "format": "png" })).is_ok() {
+            if let Some(keep) = &opts.screenshot {
+                std::fs::copy(&png, keep).with_context(|| format!("keeping the screenshot as {}", keep.display()))?;
+                screenshot = Some(keep.display().to_string());
+            }
+        }
+        let _ = qmp_command(&qmp, "quit", serde_json::json!({}));
+    }
+    drop(machine);
+    let text = read_console(&serial)?;
+    let stats = disk.stats();
+    Ok(Verdict {
+        snapshot: disk.id().to_string(),
+        passed,
+        stage,
+        reason,
+        firmware: if firmware == Firmware::Uefi { "uefi" } else { "bios" },
+        accel: if accel == Accel::Kvm { "kvm" } else { "tcg" },
+        disk_bus: if bus == DiskBus::Sata { "sata" } else { "virtio" },
+        loader,
+        seconds,
+        console_tail: console::tail(&text, 20),
+        screenshot,
+        fetched_chunks: stats.chunks,
+        fetched_bytes: stats.bytes,
+        disk_size: disk.size(),
+    })
+}
+
+/// The end of the console log (at most [`CONSOLE_WINDOW`] bytes), as text.
+fn read_console(path: &Path) -> Result<String> {
+    let Ok(mut f) = std::fs::File::open(path) else { return Ok(String::new()) };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_WINDOW)))?;
+    let mut buf = Vec::new();
+    f.take(CONSOLE_WINDOW).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// One QMP command on a fresh connection (greeting, capabilities, the command); its reply.
+fn qmp_command(sock: &Path, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(sock).with_context(|| format!("connecting to QMP at {}", sock.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // the greeting
+    for msg in [
+        serde_json::json!({ "execute": "qmp_capabilities" }),
+        serde_json::json!({ "execute": command, "arguments": arguments }),
+    ] {
+        writeln!(writer, "{msg}")?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QMP closed the connection");
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if let Some(e) = v.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+            if v.get("return").is_some() {
+                if msg["execute"] == command {
+                    return Ok(v["return"].clone());
+                }
+                break;
+            }
+        }
+    }
+    bail!("QMP gave no reply")
+}
