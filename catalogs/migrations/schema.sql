@@ -202,3 +202,19 @@ CREATE TABLE schedule_run_hosts (
 );
 CREATE INDEX schedule_run_hosts_state ON schedule_run_hosts (state);
 CREATE INDEX schedule_run_hosts_job ON schedule_run_hosts (job_id);
+
+-- One row per boot test of a snapshot (`kura verify --boot`; migration 0008): passed or not,
+-- the stage reached, why, how long (ms), the last console lines (JSON array), the bytes fetched.
+CREATE TABLE boot_tests (
+    id INTEGER PRIMARY KEY,
+    snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+    finished INTEGER NOT NULL,
+    passed INTEGER NOT NULL CHECK (passed IN (0, 1)),
+    stage TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    millis INTEGER NOT NULL CHECK (millis >= 0),
+    firmware TEXT NOT NULL CHECK (firmware IN ('bios', 'uefi')),
+    console_tail TEXT NOT NULL CHECK (json_valid(console_tail)),
+    fetched_bytes INTEGER NOT NULL CHECK (fetched_bytes >= 0)
+);
+CREATE INDEX boot_tests_snapshot ON boot_tests (snapshot_id, finished);

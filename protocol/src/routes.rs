@@ -43,6 +43,9 @@ pub const SNAPSHOTS: Route = r("GET", "/api/v1/snapshots", JSON);
 pub const SNAPSHOT_DELETE: Route = r("DELETE", "/api/v1/snapshots/{id}", JSON);
 pub const SNAPSHOT_MANIFEST: Route = r("GET", "/api/v1/snapshots/{id}/manifest", JSON);
 pub const SNAPSHOT_CONFIRM: Route = r("POST", "/api/v1/snapshots/{id}/confirm", JSON);
+/// Boot the snapshot in a throwaway QEMU machine on the engine host; answers with the verdict
+/// when the test ends (minutes: the client's timeout must cover the test's).
+pub const SNAPSHOT_BOOT_TEST: Route = r("POST", "/api/v1/snapshots/{id}/boot-test", JSON);
 pub const CHUNK: Route = r("GET", "/api/v1/chunks/{digest}", JSON);
 pub const CHUNKS_CHECK: Route = r("POST", "/api/v1/chunks/check", MISSING);
 pub const UPLOAD_BEGIN: Route = r("POST", "/api/v1/uploads", JSON);
@@ -145,6 +148,9 @@ pub fn snapshot_manifest(id: &str) -> String {
 }
 pub fn snapshot_confirm(id: &str) -> String {
     SNAPSHOT_CONFIRM.url(&[id])
+}
+pub fn snapshot_boot_test(id: &str) -> String {
+    SNAPSHOT_BOOT_TEST.url(&[id])
 }
 pub fn chunk(digest: &kura_imaging::chunk::Digest) -> String {
     CHUNK.url(&[&digest.to_hex()])

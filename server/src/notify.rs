@@ -19,6 +19,7 @@
 //! details (`job` and `error`, or `summary`). The e-mail carries `text` as its subject and the
 //! details as its body.
 
+use kura_catalogs::db::boot_tests::BootTest;
 use kura_catalogs::db::{Catalog, Job, NotifyConfig, NotifyTarget, RunSummary, UnixTime};
 use kura_imaging::time;
 use serde::Serialize;
@@ -105,6 +106,18 @@ impl Event {
         Event::new("run_summary", time, text, json!({ "summary": summary }))
     }
 
+    /// A snapshot's boot test failed.
+    pub fn boot_test_failed(host: &str, test: &BootTest, time: UnixTime) -> Event {
+        let text = format!(
+            "Kura: boot test of snapshot {} of host {} failed at the {} stage: {}",
+            test.snapshot,
+            host,
+            test.stage,
+            one_line(&test.reason, 200)
+        );
+        Event::new("boot_test_failed", time, text, json!({ "host": host, "boot_test": test }))
+    }
+
     /// `kura notify test`.
     pub fn test(time: UnixTime) -> Event {
         Event::new("test", time, "Kura: test notification".into(), json!({}))
@@ -153,6 +166,11 @@ impl Notifier {
     /// Tells every target that `job` failed with `error`. Returns at once.
     pub fn job_failed(&self, job: &Job, error: &str) {
         self.spawn(Event::job_failed(job, error, self.inner.catalog.now()));
+    }
+
+    /// Tells every target a snapshot's boot test failed. Returns at once.
+    pub fn boot_test_failed(&self, host: &str, test: &BootTest) {
+        self.spawn(Event::boot_test_failed(host, test, self.inner.catalog.now()));
     }
 
     /// Tells every target how a schedule run went. Returns at once.

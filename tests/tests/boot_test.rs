@@ -11,14 +11,23 @@
 //! - a snapshot of the same disk with GRUB's core image (the BIOS boot partition) zeroed
 //!   fails, with "no boot loader ran" after the firmware stage, and exit status 1.
 //!
-//! Each verdict's time and the bytes fetched from the store are printed. Root not needed; TCG
-//! under 2 cores: each boot takes a minute or two.
+//! Each verdict's time and the bytes fetched from the store are printed.
+//!
+//! Through the engine (`kura verify --boot`, the test running on the engine host): a passed
+//! and a failed test are recorded on their snapshots, the failure reaches a webhook, `/metrics`
+//! has `kura_snapshot_boot_test_last_success_timestamp` for the host whose snapshot passed
+//! only.
+//!
+//! Root not needed; TCG under 2 cores: each boot takes seconds to a minute.
 
 use std::path::Path;
 
 use kura_tests::bootdisk::{self, BIOS_BOOT};
+use kura_tests::engine::Server;
 use kura_tests::kura_cli::{run, Store};
+use kura_tests::webhook::webhook_receiver;
 use serde_json::Value;
+use std::time::Duration;
 
 fn verify_boot(store: &Store, snapshot: &str, extra: &[&str]) -> (bool, Value) {
     let mut args = vec!["image", "verify", snapshot, "--boot", "--json", "--store", store.dir.to_str().unwrap()];
@@ -109,4 +118,50 @@ fn zero(path: &Path, offset: u64, len: u64) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&vec![0u8; len as usize], offset).unwrap();
+}
+
+#[test]
+fn the_engine_records_boot_tests_notifies_failures_and_exports_the_last_success() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let system = bootdisk::build(w, "system.img", "engine-boot");
+    let marker = system.marker_line();
+    let broken = w.join("broken.img");
+    std::fs::copy(&system.disk.path, &broken).unwrap();
+    let p = system.disk.partition(BIOS_BOOT);
+    zero(&broken, p.offset, p.size);
+
+    let server = Server::start_http(&w.join("engine"));
+    let (hook_url, hooks) = webhook_receiver();
+    assert!(server.kura(&[&"notify", &"add", &"webhook", &hook_url]).success());
+    let good = server.capture(&system.disk.path, "web01").snapshot;
+    let bad = server.capture(&broken, "web02").snapshot;
+
+    let r = server.kura(&[&"verify", &"--boot", &good, &"--expect", &marker, &"--stall", &"120", &"--json"]);
+    assert!(r.success(), "{r}");
+    let v: Value = r.json();
+    figures("engine, bootable", &v);
+    assert_eq!((v["passed"].as_bool(), v["host"].as_str()), (Some(true), Some("web01")), "{v:#}");
+
+    let r = server.kura(&[&"verify", &"--boot", &bad, &"--expect", &marker, &"--stall", &"45", &"--json"]);
+    assert!(!r.success(), "{r}");
+    let v: Value = r.json();
+    figures("engine, core image zeroed", &v);
+    assert_eq!(v["passed"], false);
+    let (_, hook) = hooks.recv_timeout(Duration::from_secs(60)).expect("no webhook for the failed boot test");
+    assert_eq!(hook["event"], "boot_test_failed", "{hook:#}");
+    assert_eq!(hook["boot_test"]["snapshot"], bad.as_str());
+    assert_eq!(hook["host"], "web02");
+
+    // The last success per host, in /metrics.
+    let api = server.api();
+    let operator = api.operator_token(&server.admin);
+    let metrics = api.raw("GET", "/metrics").token(&operator).send().text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kura_snapshot_boot_test_last_success_timestamp{host=\"web01\"}"))
+        .unwrap_or_else(|| panic!("no boot test gauge for web01:\n{metrics}"));
+    let t: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(t > 1_700_000_000, "{line}");
+    assert!(!metrics.contains("kura_snapshot_boot_test_last_success_timestamp{host=\"web02\"}"), "{metrics}");
 }

@@ -45,6 +45,7 @@ migrations!(
     "0005_token_last_used",
     "0006_unconfirmed_snapshots",
     "0007_host_secure_boot",
+    "0008_boot_tests",
 );
 
 /// The schema version this build reads and writes.

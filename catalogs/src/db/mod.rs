@@ -116,6 +116,7 @@ macro_rules! for_each_backend {
 
 pub mod audit;
 pub mod auth;
+pub mod boot_tests;
 pub mod error;
 pub mod hosts;
 pub mod jobs;

@@ -141,6 +141,15 @@ pub fn render(o: &Overview, ingested: &Ingested, started: i64) -> String {
                 writeln!(m, "kura_host_last_snapshot_timestamp_seconds{{host=\"{}\"}} {}", label(&h.name), s.created);
         }
     }
+    family(
+        &mut m,
+        "kura_snapshot_boot_test_last_success_timestamp",
+        "gauge",
+        "When each host's newest passed boot test of one of its snapshots finished (hosts without one are absent).",
+    );
+    for (host, t) in &o.boot_successes {
+        let _ = writeln!(m, "kura_snapshot_boot_test_last_success_timestamp{{host=\"{}\"}} {t}", label(host));
+    }
     m
 }
 
@@ -169,6 +178,7 @@ mod tests {
             ],
             snapshots: SnapshotTotals { count: 2, logical_bytes: 1000 },
             store: StoreUsage { chunks: 3, bytes: 250 },
+            boot_successes: vec![("web01".into(), 1_700_000_000)],
         };
         let ing = Ingested::default();
         ing.add(250);
@@ -182,6 +192,7 @@ mod tests {
             "kura_ingested_bytes_total 250",
             "kura_dedup_ratio 4",
             "kura_store_chunks 3",
+            "kura_snapshot_boot_test_last_success_timestamp{host=\"web01\"} 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -136,6 +136,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::SNAPSHOT_DELETE, Admin, snapshots::remove),
         route(routes::SNAPSHOT_MANIFEST, OperatorOrAgent, snapshots::manifest),
         route(routes::SNAPSHOT_CONFIRM, Operator, snapshots::confirm),
+        route(routes::SNAPSHOT_BOOT_TEST, Operator, snapshots::boot_test),
         route(routes::CHUNK, OperatorOrAgent, snapshots::chunk),
         route(routes::CHUNKS_CHECK, OperatorOrAgent, snapshots::check_chunks),
         route(routes::UPLOAD_BEGIN, OperatorOrAgent, uploads::begin),

@@ -27,6 +27,8 @@ pub struct Overview {
     pub durations: Vec<JobDuration>,
     pub snapshots: SnapshotTotals,
     pub store: StoreUsage,
+    /// Each host's newest passed boot test (`kura verify --boot`): host, finish time.
+    pub boot_successes: Vec<(String, UnixTime)>,
 }
 
 impl Overview {
@@ -43,6 +45,7 @@ impl Overview {
             durations: c.job_durations()?,
             snapshots: c.snapshot_totals()?,
             store: store_usage(state)?,
+            boot_successes: c.last_boot_success_by_host()?,
         })
     }
 

@@ -141,3 +141,87 @@ pub async fn remove(
     .await??;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Limits of a boot test asked through the API.
+const BOOT_TEST_MAX_TIMEOUT: u64 = 3600;
+
+#[derive(Deserialize)]
+pub struct BootTestRequest {
+    /// Console texts that also mean the system came up.
+    #[serde(default)]
+    expect: Vec<String>,
+    firmware: Option<crate::boot_test::Firmware>,
+    /// Seconds (default 900, at most [`BOOT_TEST_MAX_TIMEOUT`]).
+    timeout: Option<u64>,
+    /// Seconds of console silence that fail the test (default 180).
+    stall: Option<u64>,
+}
+
+/// Boots a committed snapshot in a throwaway QEMU machine on this host (`crate::boot_test`):
+/// chunks from the engine's own store, nothing restored or written to it. The verdict is
+/// recorded on the snapshot (catalog, audited); a failure is notified. Answers when the test
+/// ends.
+pub async fn boot_test(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    Json(req): Json<BootTestRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    check_id(&id)?;
+    let timeout = req.timeout.unwrap_or(900);
+    if timeout == 0
+        || timeout > BOOT_TEST_MAX_TIMEOUT
+        || req.expect.len() > 16
+        || req.expect.iter().any(|e| e.len() > 256)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "a boot test takes 1..={BOOT_TEST_MAX_TIMEOUT} s and at most 16 --expect texts of 256 bytes"
+        )));
+    }
+    let st = state.clone();
+    let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
+        let snapshot = st.engine.catalog.get_snapshot(&id)?;
+        let manifest = st.engine.store.load_manifest(&id)?;
+        let source: Arc<dyn kura_imaging::chunk::ChunkSource> = st.engine.store.clone();
+        let disk =
+            crate::snapshot_disk::SnapshotDisk::new(id.clone(), manifest, source, crate::snapshot_disk::CACHE_BYTES)
+                .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+        let opts = crate::boot_test::Options {
+            firmware: req.firmware.unwrap_or(crate::boot_test::Firmware::Auto),
+            accel: crate::boot_test::Accel::Auto,
+            disk_bus: crate::boot_test::DiskBus::Auto,
+            timeout: std::time::Duration::from_secs(timeout),
+            stall: std::time::Duration::from_secs(req.stall.unwrap_or(180).clamp(10, timeout)),
+            expect: req.expect,
+            memory_mib: 1024,
+            screenshot: None,
+            work_parent: std::env::temp_dir(),
+        };
+        let verdict = crate::boot_test::run(Arc::new(disk), &opts)
+            .map_err(|e| ApiError::Internal(format!("boot test: {e:#}")))?;
+        let record = kura_catalogs::db::boot_tests::BootTest {
+            snapshot: id.clone(),
+            finished: 0,
+            passed: verdict.passed,
+            stage: serde_json::to_value(verdict.stage)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            reason: verdict.reason.clone(),
+            millis: (verdict.seconds * 1000.0) as u64,
+            firmware: verdict.firmware.to_string(),
+            console_tail: verdict.console_tail.clone(),
+            fetched_bytes: verdict.fetched_bytes,
+        };
+        let recorded = st.engine.catalog.record_boot_test(&p.actor(), &record)?;
+        if !verdict.passed {
+            st.engine.notifier.boot_test_failed(&snapshot.host, &recorded);
+        }
+        let mut v = serde_json::to_value(&verdict).map_err(|e| ApiError::Internal(e.to_string()))?;
+        v["host"] = serde_json::json!(snapshot.host);
+        v["finished"] = serde_json::json!(recorded.finished);
+        Ok(v)
+    })
+    .await??;
+    Ok(Json(out))
+}

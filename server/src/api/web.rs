@@ -325,7 +325,7 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         "<h2>Hosts <span class=\"muted\">({} host{}, <span id=\"stale-count\" data-count=\"{stale}\">{stale}</span> \
          without a good snapshot in {} days)</span></h2>\
          <table id=\"hosts\"><thead><tr><th>Host</th><th>Group</th><th>Last good snapshot</th><th>Taken</th>\
-         <th>Age</th><th>Used bytes</th></tr></thead><tbody>",
+         <th>Age</th><th>Used bytes</th><th>Boot test passed</th></tr></thead><tbody>",
         o.hosts.len(),
         if o.hosts.len() == 1 { "" } else { "s" },
         STALE_AFTER / 86_400
@@ -349,7 +349,7 @@ pub fn render(o: &Overview, p: &Principal) -> String {
                     b,
                     "<td class=\"snapshot\" data-snapshot=\"{id}\"><code>{id}</code>{}</td>\
                      <td data-unix=\"{}\">{}</td><td class=\"age num\" data-age-seconds=\"{age}\">{}</td>\
-                     <td class=\"num\" data-bytes=\"{}\">{}</td></tr>",
+                     <td class=\"num\" data-bytes=\"{}\">{}</td>",
                     name.unwrap_or_default(),
                     s.created,
                     time(s.created),
@@ -361,13 +361,20 @@ pub fn render(o: &Overview, p: &Principal) -> String {
             }
             None => {
                 b.push_str(
-                    "<td class=\"snapshot\" data-snapshot=\"\">none</td><td></td><td class=\"age\" data-age-seconds=\"\">never</td><td></td></tr>",
+                    "<td class=\"snapshot\" data-snapshot=\"\">none</td><td></td><td class=\"age\" data-age-seconds=\"\">never</td><td></td>",
                 );
             }
         }
+        // The newest passed boot test of one of its snapshots (`kura verify --boot`).
+        match o.boot_successes.iter().find(|(host, _)| *host == h.name) {
+            Some((_, t)) => {
+                let _ = write!(b, "<td class=\"boot-test\" data-unix=\"{t}\">{}</td></tr>", time(*t));
+            }
+            None => b.push_str("<td class=\"boot-test\" data-unix=\"\">never</td></tr>"),
+        }
     }
     if o.hosts.is_empty() {
-        b.push_str("<tr><td colspan=\"6\" class=\"muted\">no hosts yet</td></tr>");
+        b.push_str("<tr><td colspan=\"7\" class=\"muted\">no hosts yet</td></tr>");
     }
     b.push_str("</tbody></table>");
 
@@ -505,6 +512,7 @@ mod tests {
             durations: vec![],
             snapshots: SnapshotTotals { count: 1, logical_bytes: 300 },
             store: StoreUsage { chunks: 2, bytes: 100 },
+            boot_successes: vec![(evil.into(), 7)],
         };
         let p = Principal {
             token_id: 1,
@@ -519,6 +527,7 @@ mod tests {
         assert!(!html.contains("'x'"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"), "{html}");
         assert!(html.contains("data-stale=\"true\""), "{html}");
+        assert!(html.contains("<td class=\"boot-test\" data-unix=\"7\">"), "{html}");
         assert!(html.contains("id=\"dedup-ratio\" data-ratio=\"3.0000\""), "{html}");
         assert!(html.contains("<td class=\"num percent\">50.0%</td>"), "{html}");
     }

@@ -463,22 +463,7 @@ fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Report>
         for p in &disk.parts {
             let src = work.join(format!("p{}.pcl.zst", p.number));
             let out = work.join(format!("p{}.restored.img", p.number));
-            let _ = fs::remove_file(&out);
-            File::create(&out)?.set_len(p.size)?;
-            let (_, t) = timed(|| {
-                run_quiet(
-                    Command::new("bash")
-                        .args([
-                            "-c",
-                            "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
-                            "bash",
-                        ])
-                        .arg(&src)
-                        .arg(partclone(p.fs))
-                        .arg(&out),
-                )?;
-                sync_file(&out)
-            })?;
+            let t = partclone_restore_into(partclone(p.fs), &src, &out, p.size)?;
             add(&mut t_pcl, t);
             if last {
                 checks.push(check_partclone_restore(&disk.path, &out, p, &jobs)?);
@@ -576,6 +561,28 @@ fn check_partclone_restore(disk: &Path, out: &Path, p: &BenchPart, jobs: &[Chunk
         fsck_ext4(&out.display().to_string())?;
     }
     Ok(msg)
+}
+
+/// `zstd -d | <partclone> -r` of the image `src` onto a new file `out` of `size` bytes (removed
+/// first if it exists), timed (synced to disk).
+fn partclone_restore_into(partclone: &str, src: &Path, out: &Path, size: u64) -> Result<Timing> {
+    let _ = fs::remove_file(out);
+    File::create(out)?.set_len(size)?;
+    let (_, t) = timed(|| {
+        run_quiet(
+            Command::new("bash")
+                .args([
+                    "-c",
+                    "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
+                    "bash",
+                ])
+                .arg(src)
+                .arg(partclone)
+                .arg(out),
+        )?;
+        sync_file(out)
+    })?;
+    Ok(t)
 }
 
 /// Kura's restore of snapshot `id` from the local store onto a new sparse file `target`

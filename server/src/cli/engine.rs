@@ -274,6 +274,51 @@ pub fn verify(snapshot: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// `kura verify --boot SNAPSHOT`: the engine boots the snapshot and records the verdict. The
+/// request lasts as long as the test, so this client waits the test's time limit and more.
+pub fn verify_boot(
+    snapshot: &str,
+    expect: &[String],
+    firmware: Option<crate::boot_test::Firmware>,
+    timeout: u64,
+    stall: u64,
+    s: &ServerArgs,
+) -> Result<ExitCode> {
+    let Some(url) = &s.server else { bail!("no engine given: use --server URL (or KURA_SERVER)") };
+    let Some(token) = &s.token else { bail!("no API token: use --token (or KURA_TOKEN)") };
+    let client = Client::new(&Endpoint {
+        url: url.clone(),
+        token: token.clone(),
+        fingerprint: s.fingerprint.clone(),
+        mac: None,
+        timeout: Some(std::time::Duration::from_secs(timeout.saturating_add(300))),
+    })?;
+    let v: serde_json::Value = client.post_json(
+        &routes::snapshot_boot_test(snapshot),
+        &serde_json::json!({ "expect": expect, "firmware": firmware, "timeout": timeout, "stall": stall }),
+    )?;
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    if s.json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "boot test of {} (host {}): {} ({}) after {:.1} s; {} firmware; fetched {} chunks, {:.1} MiB",
+            snapshot,
+            v["host"].as_str().unwrap_or("?"),
+            if passed { "PASSED" } else { "FAILED" },
+            v["reason"].as_str().unwrap_or(""),
+            v["seconds"].as_f64().unwrap_or(0.0),
+            v["firmware"].as_str().unwrap_or("?"),
+            v["fetched_chunks"],
+            v["fetched_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
+        );
+        for l in v["console_tail"].as_array().into_iter().flatten() {
+            println!("  {}", l.as_str().unwrap_or(""));
+        }
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 pub fn gc(grace: u64, dry_run: bool, s: &ServerArgs) -> Result<ExitCode> {
     let v: serde_json::Value =
         client(s)?.post_json(routes::GC.path, &serde_json::json!({ "grace": grace, "dry_run": dry_run }))?;

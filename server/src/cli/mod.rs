@@ -100,6 +100,22 @@ enum Command {
         snapshot: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
+        /// Boot the snapshot in a throwaway QEMU machine on the engine host instead, and
+        /// record the verdict on it (docs/boot-test.md).
+        #[arg(long, requires = "snapshot")]
+        boot: bool,
+        /// With --boot: a console text that also means the system came up (repeatable).
+        #[arg(long, value_name = "TEXT", requires = "boot")]
+        expect: Vec<String>,
+        /// With --boot: the test machine's firmware (default: as the snapshot's layout says).
+        #[arg(long, value_enum, requires = "boot")]
+        firmware: Option<crate::boot_test::Firmware>,
+        /// With --boot: the test's time limit, seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// With --boot: seconds of console silence that fail the test.
+        #[arg(long, default_value_t = 180)]
+        stall: u64,
     },
     /// Set and apply retention: delete the snapshots a keep-last / keep-monthly rule does not
     /// keep (never a host's newest). Without --keep-*, applies the rules already set.
@@ -552,7 +568,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokens::rotate_admin(&data, catalog.as_deref(), &user, json)
         }
         Command::Schedule(cmd) => schedule::run(cmd),
-        Command::Verify { snapshot, server } => engine::verify(snapshot.as_deref(), &server),
+        Command::Verify { snapshot: Some(snapshot), server, boot: true, expect, firmware, timeout, stall } => {
+            engine::verify_boot(&snapshot, &expect, firmware, timeout, stall, &server)
+        }
+        Command::Verify { snapshot, server, .. } => engine::verify(snapshot.as_deref(), &server),
         Command::Gc { grace, dry_run, server } => engine::gc(grace, dry_run, &server),
         Command::Retention { host, group, keep_last, keep_monthly, dry_run, server } => {
             engine::retention(host, group, keep_last, keep_monthly, dry_run, &server)

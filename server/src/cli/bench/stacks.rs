@@ -16,12 +16,11 @@
 //! `btrfs check --readonly`, `fsck.vfat -n`) and on partclone's.
 
 use super::{
-    add, dir_bytes, fastest, kura_capture, kura_restore_into, mib, print_row, run_quiet, say, timed, Row, Timing,
+    add, dir_bytes, fastest, kura_capture, kura_restore_into, mib, print_row, run_quiet, say, Row, Timing,
     DEFAULT_CHUNK_SIZE, MIB,
 };
 use anyhow::{ensure, Context, Result};
-use kura_diskgen::image::sync_file;
-use kura_diskgen::stacks_disk::{self, StacksDisk, Volume};
+use kura_diskgen::stacks_disk::{self, StacksDisk};
 use kura_diskgen::tools::find_tool;
 use kura_imaging::capture;
 use kura_imaging::fs::FsKind;
@@ -184,7 +183,8 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Sta
         let n0 = neighbour_start()?;
         for v in &disk.volumes {
             let out = work.join(format!("{}.pcl.restored.img", v.name));
-            add(&mut t, partclone_restore(v, &work.join(format!("{}.pcl.zst", v.name)), &out)?);
+            let src = work.join(format!("{}.pcl.zst", v.name));
+            add(&mut t, super::partclone_restore_into(&format!("partclone.{}", v.fs), &src, &out, v.size)?);
             if final_run {
                 checks.push(format!("partclone restore of {} ({}): {}", v.name, v.fs, fs_check(v.fs, &out)?));
             }
@@ -260,27 +260,6 @@ fn neighbour_start() -> Result<f64> {
 fn neighbour_end(start: f64, t: Timing) -> Result<f64> {
     let busy = machine_busy()? - start;
     Ok(((busy - t.cpu_seconds) / t.seconds.max(1e-9)).max(0.0))
-}
-
-/// `zstd -d | partclone.<fs> -r` of `image` onto a new file `out` of the volume's size, timed.
-fn partclone_restore(v: &Volume, image: &Path, out: &Path) -> Result<Timing> {
-    let _ = fs::remove_file(out);
-    File::create(out)?.set_len(v.size)?;
-    let (_, t) = timed(|| {
-        run_quiet(
-            Command::new("bash")
-                .args([
-                    "-c",
-                    "set -o pipefail; zstd -d -c -q \"$1\" | \"$2\" -r -s - -O \"$3\" -L /dev/null -q",
-                    "bash",
-                ])
-                .arg(image)
-                .arg(format!("partclone.{}", v.fs))
-                .arg(out),
-        )?;
-        sync_file(out)
-    })?;
-    Ok(t)
 }
 
 /// The filesystem's own checker on an image: `xfs_repair -n`, `btrfs check --readonly`,
