@@ -153,6 +153,15 @@ fn the_engine_records_boot_tests_notifies_failures_and_exports_the_last_success(
     assert_eq!(hook["boot_test"]["snapshot"], bad.as_str());
     assert_eq!(hook["host"], "web02");
 
+    // Each snapshot shows its verdict in `kura snapshots`.
+    let verdicts: Vec<(String, Value)> = server
+        .snapshots()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["boot_test_passed"].clone()))
+        .collect();
+    assert!(verdicts.contains(&(good.clone(), Value::Bool(true))), "{verdicts:?}");
+    assert!(verdicts.contains(&(bad.clone(), Value::Bool(false))), "{verdicts:?}");
+
     // The last success per host, in /metrics.
     let api = server.api();
     let operator = api.operator_token(&server.admin);

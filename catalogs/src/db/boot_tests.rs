@@ -125,6 +125,9 @@ mod tests {
         let ok = cat.record_boot_test("op", &verdict("00000000000000b1", true)).unwrap();
         assert!(ok.finished > 0);
         cat.record_boot_test("op", &verdict("00000000000000b2", false)).unwrap();
+        // The snapshot shows its newest verdict.
+        assert_eq!(cat.get_snapshot("00000000000000b1").unwrap().boot_test_passed, Some(true));
+        assert_eq!(cat.get_snapshot("00000000000000b2").unwrap().boot_test_passed, Some(false));
         let listed = cat.boot_tests("00000000000000b1").unwrap();
         assert_eq!(listed, vec![ok.clone()]);
         // Only passed tests count as a host's last success.

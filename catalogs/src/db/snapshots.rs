@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub state: SnapshotState,
     /// False while held after an unusual boot (see the module docs).
     pub confirmed: bool,
+    /// The newest boot test's verdict (`kura verify --boot`), if it was ever boot-tested.
+    pub boot_test_passed: Option<bool>,
 }
 
 /// A snapshot just committed to the store, to record.
@@ -63,7 +65,8 @@ pub struct NewSnapshot {
 }
 
 const SELECT: &str = "SELECT s.id, h.name, d.name, s.name, s.kind, s.created, s.disk_size, s.used_bytes, \
-     s.new_bytes, s.reused_bytes, s.state, s.confirmed FROM snapshots s JOIN hosts h ON h.id = s.host_id \
+     s.new_bytes, s.reused_bytes, s.state, s.confirmed, (SELECT b.passed FROM boot_tests b WHERE b.snapshot_id = s.id \
+     ORDER BY b.finished DESC, b.id DESC LIMIT 1) FROM snapshots s JOIN hosts h ON h.id = s.host_id \
      LEFT JOIN disks d ON d.id = s.disk_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
@@ -80,6 +83,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
         reused_bytes: r.get(9)?,
         state: r.get(10)?,
         confirmed: r.get(11)?,
+        boot_test_passed: r.get::<_, Option<i64>>(12)?.map(|p| p == 1),
     })
 }
 

@@ -488,6 +488,7 @@ mod tests {
             reused_bytes: 0,
             state: SnapshotState::Committed,
             confirmed: true,
+            boot_test_passed: None,
         };
         let job = Job {
             id: 7,

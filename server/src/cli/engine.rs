@@ -187,14 +187,22 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
     if s.json {
         print_json(&list)?;
     } else {
-        println!("{:16}  {:16}  {:10}  {:11}  {:>12}  {:>12}  NAME", "ID", "HOST", "KIND", "CONFIRMED", "USED", "NEW");
+        println!(
+            "{:16}  {:16}  {:10}  {:11}  {:9}  {:>12}  {:>12}  NAME",
+            "ID", "HOST", "KIND", "CONFIRMED", "BOOT TEST", "USED", "NEW"
+        );
         for v in list {
             println!(
-                "{:16}  {:16}  {:10}  {:11}  {:>12}  {:>12}  {}",
+                "{:16}  {:16}  {:10}  {:11}  {:9}  {:>12}  {:>12}  {}",
                 v["id"].as_str().unwrap_or(""),
                 v["host"].as_str().unwrap_or(""),
                 v["kind"].as_str().unwrap_or(""),
                 if v["confirmed"] == false { "UNCONFIRMED" } else { "yes" },
+                match v["boot_test_passed"].as_bool() {
+                    Some(true) => "passed",
+                    Some(false) => "FAILED",
+                    None => "-",
+                },
                 indicatif::BinaryBytes(v["used_bytes"].as_u64().unwrap_or(0)).to_string(),
                 indicatif::BinaryBytes(v["new_bytes"].as_u64().unwrap_or(0)).to_string(),
                 v["name"].as_str().unwrap_or("-")
