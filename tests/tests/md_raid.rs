@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kura_diskgen::content::{random_bytes, XorShift};
+use kura_tests::checkers;
 use kura_tests::disks::MIB;
 use kura_tests::kura_cli::Store;
 use kura_tests::lvm::{lvm, move_lv, pe_start, segments, tree_digests, unique_name, Loop, Mounted};
@@ -498,14 +499,9 @@ fn a_raid1_holding_an_lvm_pv_round_trips_and_assembles() {
     assert!(lines.iter().any(|l| l == "checked action=idle last=check mismatch=0"), "{serial}");
 }
 
-/// `len` bytes of `image` from `offset`, as a file in `dir`.
+/// `len` bytes of `image` from `offset`, as `dir/NAME.img`.
 fn extract(image: &Path, offset: u64, len: u64, dir: &Path, name: &str) -> PathBuf {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(image).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
     let out = dir.join(format!("{name}.img"));
-    std::fs::write(&out, buf).unwrap();
+    checkers::extract(image, offset, len, &out);
     out
 }

@@ -4,64 +4,19 @@
 //! read-only through a loop device at the partition's offset, holds every file unchanged. The
 //! stored size is printed beside what `partclone.xfs` + `zstd` makes of the same filesystem.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
-use kura_tests::content::{random_bytes, sha256_hex};
+use kura_tests::content::random_bytes;
 use kura_tests::disks::{build_gpt, read_at, Content, Fs, PartSpec, MIB};
 use kura_tests::kura_cli::Store;
+use kura_tests::lvm::{tree_digests, Mounted};
 use kura_tests::store::find_sectors;
 use kura_tests::tools::{run, run_unchecked};
 
 const PART_SIZE: u64 = 600 * MIB;
 const JUNK_FILES: u64 = 6;
 const JUNK_SIZE: usize = 16 * MIB as usize;
-
-/// An XFS filesystem loop-mounted on a temporary directory; unmounted (freeing the loop
-/// device) on drop, also when the test fails.
-struct Mounted {
-    dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(image: &Path, options: &str) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        run("mount", ["-t", "xfs", "-o", options, image.to_str().unwrap(), dir.path().to_str().unwrap()]);
-        Mounted { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let out = run_unchecked("umount", [self.dir.path()]);
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("umount failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-/// Every regular file under `root`: relative path → sha256.
-fn tree_digests(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                dirs.push(e.path());
-            } else if t.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                out.insert(rel, sha256_hex(&std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out
-}
 
 /// A number from `xfs_db -r -c CMD -c "p FIELD"`.
 fn xfs_db_field(image: &Path, cmd: &str, field: &str) -> u64 {
@@ -86,7 +41,7 @@ fn xfs_partition_round_trip_leaves_free_space_behind() {
     // Live files (about 30 MiB) and 96 MiB of junk written, flushed, then deleted.
     let junk: Vec<Vec<u8>> = (0..JUNK_FILES).map(|i| random_bytes(9000 + i, JUNK_SIZE)).collect();
     let expected = {
-        let m = Mounted::new(&xfs, "loop");
+        let m = Mounted::new("xfs", &xfs, "loop");
         let root = m.path();
         for d in ["etc/conf.d", "data", "junk"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
@@ -175,6 +130,6 @@ fn xfs_partition_round_trip_leaves_free_space_behind() {
         String::from_utf8_lossy(&repair.stdout),
         String::from_utf8_lossy(&repair.stderr)
     );
-    let m = Mounted::new(&restored, &format!("ro,loop,offset={},sizelimit={}", part.offset, part.size));
+    let m = Mounted::new("xfs", &restored, &format!("ro,loop,offset={},sizelimit={}", part.offset, part.size));
     assert_eq!(tree_digests(m.path()), expected, "restored files differ");
 }
