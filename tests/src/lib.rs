@@ -23,6 +23,7 @@
 //!   held connections), the open-files limit, a process's memory figures.
 //! - [`webhook`], [`smtp`]: notification receivers (an HTTP server; aiosmtpd with STARTTLS).
 //! - [`postgres`]: a throwaway PostgreSQL cluster on a Unix socket (the catalog's second backend).
+//! - [`space`]: free disk space a heavy test needs, checked before it starts.
 //! - [`lvm`]: LVM2 volume groups and XFS filesystems in image files, without device-mapper (root:
 //!   loop devices and mounts).
 //!
@@ -63,6 +64,7 @@ pub mod readback;
 pub mod rhel_disk;
 pub mod s3;
 pub mod site_dhcp;
+pub mod space;
 pub mod smtp;
 pub mod store;
 pub mod tables;

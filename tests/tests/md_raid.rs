@@ -29,6 +29,7 @@ use kura_tests::disks::MIB;
 use kura_tests::kura_cli::Store;
 use kura_tests::lvm::{lvm, move_lv, pe_start, segments, tree_digests, unique_name, Loop, Mounted};
 use kura_tests::md::{examine, in_guest, number, said};
+use kura_tests::space::GIB;
 use kura_tests::store::find_sectors;
 use kura_tests::tools::run;
 
@@ -66,12 +67,6 @@ struct Fixture {
     members: BTreeMap<u64, PathBuf>,
     /// The ext4 image written into each RAID1 array.
     fs_image: Vec<u8>,
-}
-
-/// The disk of members, made once per test binary.
-fn fixture() -> &'static Fixture {
-    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
-    F.get_or_init(build)
 }
 
 fn build() -> Fixture {
@@ -194,33 +189,38 @@ struct Captured {
     warnings: Vec<String>,
 }
 
-/// The members disk captured into a store and restored onto a blank file, once.
-fn captured() -> &'static Captured {
-    static C: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    C.get_or_init(|| {
-        let f = fixture();
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("store"));
-        let report = store.capture(&f.disk, Some("md-members"));
-        let target = dir.path().join("restored.img");
-        store.restore(&report.snapshot, &target);
-        Captured {
-            source: std::fs::read(&f.disk).unwrap(),
-            restored: std::fs::read(&target).unwrap(),
-            warnings: report.warnings,
-            _dir: dir,
-        }
-    })
+/// The members disk captured into a store and restored onto a blank file.
+fn capture(f: &Fixture) -> Captured {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path().join("store"));
+    let report = store.capture(&f.disk, Some("md-members"));
+    let target = dir.path().join("restored.img");
+    store.restore(&report.snapshot, &target);
+    Captured {
+        source: std::fs::read(&f.disk).unwrap(),
+        restored: std::fs::read(&target).unwrap(),
+        warnings: report.warnings,
+        _dir: dir,
+    }
 }
 
 fn part_start(n: u64) -> u64 {
     MIB + (n - 1) * PART
 }
 
+/// One disk of members of every kind, captured and restored once (the fixture and its capture
+/// are 2 GB of scratch files: built and removed within this one test, not kept in statics,
+/// which are never dropped).
 #[test]
-fn raid1_members_of_every_metadata_version_keep_their_content_at_mdadms_data_offset() {
-    let f = fixture();
-    let c = captured();
+fn md_members_keep_raid1_content_at_mdadms_data_offset_and_other_kinds_whole() {
+    kura_tests::space::require_free(3 * GIB, "the md members disk, its store and its restore");
+    let f = build();
+    let c = capture(&f);
+    raid1_members_of_every_metadata_version_keep_their_content_at_mdadms_data_offset(&f, &c);
+    raid5_members_and_spares_are_kept_whole_with_the_reason(&c);
+}
+
+fn raid1_members_of_every_metadata_version_keep_their_content_at_mdadms_data_offset(f: &Fixture, c: &Captured) {
     // What the capture keeps of the ext4 filesystem on its plain partition.
     let reference = kept(&c.source, &c.restored, PLAIN_START, FS_SIZE);
     assert!(
@@ -279,9 +279,7 @@ fn raid1_members_of_every_metadata_version_keep_their_content_at_mdadms_data_off
     }
 }
 
-#[test]
-fn raid5_members_and_spares_are_kept_whole_with_the_reason() {
-    let c = captured();
+fn raid5_members_and_spares_are_kept_whole_with_the_reason(c: &Captured) {
     for (parts, reason) in [(&[9u64, 10, 11][..], "RAID5 member"), (&[14][..], "spare member")] {
         for &n in parts {
             let got = kept(&c.source, &c.restored, part_start(n), PART);
@@ -303,7 +301,7 @@ fn raid5_members_and_spares_are_kept_whole_with_the_reason() {
 #[ignore = "regenerates imaging/testdata/md by hand"]
 fn write_golden_metadata_for_the_imaging_unit_tests() {
     let dir = PathBuf::from(std::env::var("KURA_MD_GOLDEN_DIR").expect("set KURA_MD_GOLDEN_DIR"));
-    let f = fixture();
+    let f = build();
     const HEAD: usize = 64 * 1024;
     for (name, part, at_end) in
         [("v0.90-tail", 1, true), ("v1.0-tail", 3, true), ("v1.1-head", 5, false), ("v1.2-head", 7, false)]
