@@ -88,6 +88,7 @@ fn two_gib_disk(dir: &Path) -> Disk {
 
 #[test]
 fn an_ext4_and_ntfs_disk_is_fitted_to_half_its_size_and_restores_clean() {
+    kura_tests::space::require_free(3 * GIB, "the 2 GiB disk, its store, the fitted snapshot and the restore");
     let work = tempfile::tempdir().unwrap();
     let disk = two_gib_disk(work.path());
     let used: u64 = disk.partitions.iter().map(|p| p.file_bytes).sum();

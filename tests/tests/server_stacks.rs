@@ -78,6 +78,10 @@ fn check_ok(tool: &str, args: &[&str]) {
 
 #[test]
 fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
+    kura_tests::space::require_free(
+        4 * kura_tests::space::GIB,
+        "the RHEL-style disk, its LV images, store and restore",
+    );
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let vg = lvm::unique_name("rhel");
@@ -224,6 +228,7 @@ fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
 
 #[test]
 fn a_suse_style_btrfs_root_with_subvolumes_and_snapshots_round_trips() {
+    kura_tests::space::require_free(2 * kura_tests::space::GIB, "the btrfs disk, its store and restore");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let root = w.join("root.img");
