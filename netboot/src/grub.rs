@@ -84,7 +84,9 @@ macro_rules! local_boot_lines {
     boot
   fi
 done
-echo 'Kura: no boot loader found on the local disks; back to the firmware'
+echo 'Kura: no boot loader found on the local disks; the devices GRUB sees:'
+ls
+echo 'Kura: back to the firmware'
 exit
 "
     };

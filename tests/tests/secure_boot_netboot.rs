@@ -9,19 +9,19 @@
 //!          per-MAC configuration, kernel, initrd), API; dnsmasq as the site DHCP
 //! ```
 //!
-//! The system disk is [`bootdisk`]'s, with Debian's signed shim and signed GRUB on its ESP
-//! (`\EFI\kura\shimx64.efi`, `grubx64.efi`, `grub.cfg`), so the restored disk itself boots
-//! under Secure Boot through the boot entry the agent writes (it prefers shim).
+//! The system disk is [`bootdisk::build_signed`]'s: Debian's signed shim and signed GRUB on its
+//! ESP where a Debian installation has them (`\EFI\debian\shimx64.efi`, `grubx64.efi`,
+//! `grub.cfg`), so the restored disk itself boots under Secure Boot through the boot entry the
+//! agent writes (it prefers shim), and through GRUB's local boot, which looks for that path.
 //!
 //! Root only; TCG. Timings go to stderr (boot-to-agent, the TFTP fetch of kernel + initrd).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use kura_tests::bootdisk::{self, BootDisk};
+use kura_tests::bootdisk;
 use kura_tests::content::sha256_file;
 use kura_tests::netboot::{events, with_agent_image, NetbootEngine};
 use kura_tests::netns::Netns;
@@ -49,45 +49,6 @@ fn require_secure_boot_packages() {
         ("/usr/sbin/blkid", "util-linux"),
     ] {
         assert!(Path::new(f).is_file(), "{f} is missing: apt-get install -y {package}");
-    }
-}
-
-/// Puts Debian's signed shim and GRUB on the system disk's ESP, in the own-path directory
-/// `\EFI\kura` (replacing its unsigned GRUB), with a `grub.cfg` that boots the root (signed
-/// GRUB reads `$prefix/grub.cfg` with prefix `/EFI/debian`, else `grub.cfg` beside itself:
-/// both are written). The expected files of the ESP are updated.
-fn sign_esp(system: &mut BootDisk, work: &Path) {
-    let esp = system.disk.partition(bootdisk::ESP).clone();
-    let image = format!("{}@@{}", system.disk.path.display(), esp.offset);
-    let cfg = work.join("signed-grub.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "echo {} signed: loading the kernel\n\
-             search --no-floppy --fs-uuid --set=root {uuid}\n\
-             linux /boot/vmlinuz root=UUID={uuid} console=ttyS0 panic=-1 loglevel=5\n\
-             initrd /boot/initrd.img\n\
-             boot\n",
-            bootdisk::GRUB_MARKER,
-            uuid = system.root_uuid
-        ),
-    )
-    .unwrap();
-    let mtools = |args: &[&str]| {
-        let out = Command::new(args[0]).args(&args[1..]).env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    mtools(&["mmd", "-i", &image, "::EFI/debian"]);
-    let files = [
-        ("EFI/kura/shimx64.efi", Path::new(SHIM_SIGNED)),
-        ("EFI/kura/grubx64.efi", Path::new(GRUB_SIGNED)),
-        ("EFI/kura/grub.cfg", cfg.as_path()),
-        ("EFI/debian/grub.cfg", cfg.as_path()),
-    ];
-    let esp = system.disk.partition_mut(bootdisk::ESP);
-    for (to, from) in files {
-        mtools(&["mcopy", "-o", "-i", &image, &from.display().to_string(), &format!("::{to}")]);
-        esp.files.insert(to.to_string(), sha256_file(from));
     }
 }
 
@@ -166,12 +127,6 @@ fn assert_locked_down(m: &Machine, log: &[String]) {
 /// restored system booting under Secure Boot through the agent's boot entry, and a power-on
 /// without a job going on to that disk.
 #[test]
-#[ignore = "fails at its last step (runs of 2026-12-07, TCG): capture, restore and both Secure Boot \
-            power-ons pass; on the third power-on (a running job's machine reset) the firmware fails \
-            to load the disk's boot entries (Boot0001, Boot0002) before PXE, and GRUB's local boot \
-            finds no device holding any ESP loader: the disk is unreadable to the firmware in that \
-            power-on, so the cause lies before GRUB. Run: cargo test -p kura-tests --test \
-            secure_boot_netboot -- --ignored --nocapture"]
 fn secure_boot_capture_and_restore_through_shim_and_grub() {
     require_secure_boot_packages();
     let started = Instant::now();
@@ -179,8 +134,8 @@ fn secure_boot_capture_and_restore_through_shim_and_grub() {
     let _site_dhcp = SiteDhcp::start(&ns);
     let (engine, initrd_bytes) = with_agent_image(&ns, &[], json!({ "secure_boot": "on" }));
     let dir: PathBuf = ns.dir().to_path_buf();
-    let mut system = bootdisk::build(&dir, "sb-src.img", "sb-system");
-    sign_esp(&mut system, &dir);
+    // Debian's own layout (\EFI\debian\shimx64.efi, …): what GRUB's local boot looks for.
+    let system = bootdisk::build_signed(&dir, "sb-src.img", "sb-system", false);
 
     // Capture on a Secure Boot machine, booted through shim → GRUB → signed kernel.
     let mac = "52:54:00:4b:0b:01";
