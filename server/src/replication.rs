@@ -197,10 +197,17 @@ fn chunk_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, Str
             engine.catalog.replication_done(&ids).map_err(|e| e.to_string())?;
             Ok(true)
         }
+        Err(e) if e.lost_session && conn.chunk_session.is_some() => {
+            // The remote restarted and forgot the session: begin another at once.
+            tracing::info!(
+                "replication to {}: the remote lost the chunk session ({}); beginning another",
+                conn.name,
+                e.message
+            );
+            conn.chunk_session = None;
+            Ok(true)
+        }
         Err(e) => {
-            if e.lost_session {
-                conn.chunk_session = None;
-            }
             fail(engine, conn, &items, &e.message);
             Ok(false)
         }

@@ -369,9 +369,9 @@ impl Catalog {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT m.name, \
-                 coalesce(sum(CASE WHEN q.kind = 'chunk' THEN 1 ELSE 0 END), 0), \
-                 coalesce(sum(CASE WHEN q.kind = 'chunk' THEN q.bytes ELSE 0 END), 0), \
-                 coalesce(sum(CASE WHEN q.kind = 'snapshot' THEN 1 ELSE 0 END), 0), \
+                 CAST(coalesce(sum(CASE WHEN q.kind = 'chunk' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                 CAST(coalesce(sum(CASE WHEN q.kind = 'chunk' THEN q.bytes ELSE 0 END), 0) AS BIGINT), \
+                 CAST(coalesce(sum(CASE WHEN q.kind = 'snapshot' THEN 1 ELSE 0 END), 0) AS BIGINT), \
                  min(CASE WHEN q.kind = 'snapshot' THEN q.queued END), \
                  coalesce(max(q.attempts), 0) \
                  FROM remotes m LEFT JOIN replication_queue q ON q.remote_id = m.id \

@@ -23,8 +23,8 @@ pub struct PrimaryArgs {
     #[arg(long, env = "KURA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// SHA-256 fingerprint of this engine's certificate.
-    #[arg(long = "server-fingerprint", env = "KURA_FINGERPRINT")]
-    pub fingerprint: Option<String>,
+    #[arg(long, env = "KURA_FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -98,7 +98,7 @@ pub fn remote(cmd: RemoteCommand) -> Result<ExitCode> {
             let s = ServerArgs {
                 server: server.server,
                 token: server.token,
-                fingerprint: server.fingerprint,
+                fingerprint: server.server_fingerprint,
                 json: server.json,
             };
             let r: Value =
