@@ -220,7 +220,7 @@ impl Catalog {
                 &format!("rule {id}"),
                 json!({ "remote": remote, "hosts": hosts }),
             )?;
-            tx.query_row(&format!("{RULE_SELECT} WHERE r.id = ?1"), [id], rule_from_row).map_err(Into::into)
+            tx.query_row(&format!("{RULE_SELECT} WHERE r.id = ?1"), [id], rule_from_row)
         })
     }
 
