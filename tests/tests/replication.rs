@@ -5,8 +5,9 @@
 //! - A capture into the primary with a rule to the DR engine: its chunks are on the DR engine
 //!   while the capture's commit is still held (so they were sent as they arrived, not after);
 //!   the snapshot follows its commit; `kura snapshots` shows `2/2`; the metrics count what was
-//!   sent. A second, similar host sends exactly the chunks the DR side lacked. With the primary
-//!   killed and its data directory deleted, the DR engine restores both byte for byte.
+//!   sent. A second, similar host sends exactly the chunks the DR side lacked. A deletion and a
+//!   GC on the primary do not reach the DR engine. With the primary killed and its data
+//!   directory deleted, the DR engine restores both byte for byte.
 //! - The DR engine is killed (`kill -9`) in the middle and the link cut: the queue waits, and
 //!   resumes and completes once the DR engine is back; both stores verify clean.
 //! - A replica token adds but never deletes, reads or overwrites (403 / 409 / 422).
@@ -259,6 +260,17 @@ fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
     assert_eq!(sent_b, b.new_chunks, "chunks the DR engine had were sent again");
     assert_eq!(digests(&dr.store()), digests(&primary.store()));
 
+    // Deleting on the primary (retention, by hand) and collecting never reaches the DR engine.
+    let api = primary.api();
+    let r = api.req("DELETE", &format!("/snapshots/{a}")).token(&primary.admin).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = api.req("POST", "/gc").token(&primary.admin).json(&serde_json::json!({"grace": 0})).send();
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(has_snapshot(&dr, &a) && !has_snapshot(&primary, &a));
+    let left = backlog(&primary);
+    assert_eq!((left["chunks"].as_u64(), left["snapshots"].as_u64()), (Some(0), Some(0)), "{left}");
+
     // The primary site burns: the DR engine restores both alone.
     primary.kill9();
     std::fs::remove_dir_all(&primary.data).unwrap();
@@ -315,7 +327,7 @@ fn replication_resumes_after_the_link_is_cut_and_the_dr_engine_is_killed() {
     );
     // Nothing lost, nothing twice: the same chunks on both sides, one snapshot, both clean.
     assert_eq!(digests(&dr.store()), digests(&primary.store()));
-    assert_eq!(dr.snapshot_ids(), [id.clone()]);
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&id));
     dr.assert_verify_ok();
     primary.assert_verify_ok();
     let target = work.path().join("restored.img");

@@ -65,12 +65,19 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
     Ok(r)
 }
 
+/// A replication gauge: name, help, and its value for one remote at a time.
+type Gauge = (&'static str, &'static str, fn(&kura_catalogs::db::Backlog, i64) -> u64);
+/// What the worker sent to one remote: (remote, chunks, bytes, snapshots).
+type SentRow = (String, u64, u64, u64);
+/// A replication counter: name, help, and its value from a [`SentRow`].
+type Counter = (&'static str, &'static str, fn(&SentRow) -> u64);
+
 /// The replication gauges and counters, per remote (`docs/dr.md`).
 fn replication(text: &mut String, backlog: &[kura_catalogs::db::Backlog], sent: &crate::replication::Sent, now: i64) {
     if backlog.is_empty() {
         return;
     }
-    let gauges: [(&str, &str, fn(&kura_catalogs::db::Backlog, i64) -> u64); 4] = [
+    let gauges: [Gauge; 4] = [
         ("kura_replication_queued_chunks", "Chunks queued for a remote and not yet sent.", |b, _| b.chunks),
         ("kura_replication_queued_bytes", "Bytes of the chunks queued for a remote.", |b, _| b.chunk_bytes),
         ("kura_replication_queued_snapshots", "Committed snapshots a remote does not hold yet.", |b, _| b.snapshots),
@@ -87,7 +94,7 @@ fn replication(text: &mut String, backlog: &[kura_catalogs::db::Backlog], sent: 
         }
     }
     let sent = sent.snapshot();
-    let counters: [(&str, &str, fn(&(String, u64, u64, u64)) -> u64); 3] = [
+    let counters: [Counter; 3] = [
         ("kura_replication_sent_chunks_total", "Chunks sent to a remote since this server started.", |s| s.1),
         ("kura_replication_sent_bytes_total", "Bytes of chunks sent to a remote since this server started.", |s| s.2),
         ("kura_replication_sent_snapshots_total", "Snapshots committed on a remote since this server started.", |s| {
