@@ -26,6 +26,10 @@
 //! committed twice is answered `200`). Deleting here (retention, GC) never reaches a remote:
 //! the worker only adds. A snapshot deleted here before it was sent is dropped from the queue.
 //!
+//! A remote whose sends have been failing for [`ALERT_AFTER`] (every send since, none
+//! succeeding) raises one `replication_failing` notification (`crate::notify`); the next
+//! success re-arms it.
+//!
 //! [`run`] takes its shutdown future as an argument, like the scheduler.
 
 use crate::engine::Engine;
@@ -51,6 +55,19 @@ pub const MAX_BACKOFF: i64 = 30;
 /// How often the worker looks at the queue when nothing woke it (items waiting for their
 /// next try).
 pub const IDLE_PASS: Duration = Duration::from_secs(1);
+/// How long a remote may fail before the notification targets are told (once).
+pub const ALERT_AFTER: Duration = Duration::from_secs(3600);
+/// Tests only (undocumented for operators): `KURA_TEST_REPLICATION_ALERT_SECS` shortens
+/// [`ALERT_AFTER`].
+const ALERT_AFTER_ENV: &str = "KURA_TEST_REPLICATION_ALERT_SECS";
+
+fn alert_after() -> i64 {
+    static AFTER: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| {
+        std::env::var(ALERT_AFTER_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(ALERT_AFTER.as_secs() as i64)
+    })
+}
+
 /// Per-request timeout towards a remote.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -101,6 +118,28 @@ struct Conn {
     name: String,
     client: Client,
     chunk_session: Option<String>,
+    /// Since when every send to the remote failed, and whether that was notified.
+    failing_since: Option<i64>,
+    alerted: bool,
+}
+
+impl Conn {
+    fn succeeded(&mut self) {
+        if self.alerted {
+            tracing::info!("replication to {} works again", self.name);
+        }
+        self.failing_since = None;
+        self.alerted = false;
+    }
+
+    fn failed(&mut self, engine: &Engine, message: &str) {
+        let now = engine.catalog.now();
+        let since = *self.failing_since.get_or_insert(now);
+        if !self.alerted && now - since >= alert_after() {
+            self.alerted = true;
+            engine.notifier.replication_failing(&self.name, since, message);
+        }
+    }
 }
 
 fn connect(engine: &Engine, remote: i64) -> Result<Conn, String> {
@@ -115,7 +154,7 @@ fn connect(engine: &Engine, remote: i64) -> Result<Conn, String> {
         timeout: Some(REQUEST_TIMEOUT),
     })
     .map_err(|e| e.to_string())?;
-    Ok(Conn { name: r.name, client, chunk_session: None })
+    Ok(Conn { name: r.name, client, chunk_session: None, failing_since: None, alerted: false })
 }
 
 /// An error of one step; `lost_session` when the remote forgot the session (it restarted).
@@ -195,6 +234,7 @@ fn chunk_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, Str
         Ok(sent) => {
             tracing::debug!("replication to {}: {} chunks checked, {sent} sent", conn.name, digests.len());
             engine.catalog.replication_done(&ids).map_err(|e| e.to_string())?;
+            conn.succeeded();
             Ok(true)
         }
         Err(e) if e.lost_session && conn.chunk_session.is_some() => {
@@ -215,7 +255,8 @@ fn chunk_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, Str
 }
 
 /// Counts a failure of `items` and puts off their next try.
-fn fail(engine: &Engine, conn: &Conn, items: &[QueueItem], message: &str) {
+fn fail(engine: &Engine, conn: &mut Conn, items: &[QueueItem], message: &str) {
+    conn.failed(engine, message);
     let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
     let next = engine.catalog.now() + backoff(attempts);
     tracing::warn!("replication to {} failed (attempt {}): {message}", conn.name, attempts + 1);
@@ -278,6 +319,7 @@ fn snapshot_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, 
                     engine.replication_sent.of(&conn.name).snapshots.fetch_add(1, Ordering::Relaxed);
                 }
                 engine.catalog.replication_done(&[item.id]).map_err(|e| e.to_string())?;
+                conn.succeeded();
                 progressed = true;
             }
             Err(e) => {

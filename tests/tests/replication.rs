@@ -9,7 +9,8 @@
 //!   GC on the primary do not reach the DR engine. With the primary killed and its data
 //!   directory deleted, the DR engine restores both byte for byte.
 //! - The DR engine is killed (`kill -9`) in the middle and the link cut: the queue waits, and
-//!   resumes and completes once the DR engine is back; both stores verify clean.
+//!   resumes and completes once the DR engine is back; both stores verify clean. A remote failing
+//!   longer than the threshold raises one `replication_failing` notification.
 //! - A replica token adds but never deletes, reads or overwrites (403 / 409 / 422).
 
 use kura_tests::content::random_bytes;
@@ -18,6 +19,7 @@ use kura_tests::engine::{encode_stored_chunk, manifest_ids, raw_disk, Server};
 use kura_tests::kura_cli::kura_bin;
 use kura_tests::proxy::{Hold, Kind, Proxy, Seen};
 use kura_tests::store::chunk_files;
+use kura_tests::webhook::webhook_receiver;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -140,7 +142,8 @@ fn pair(work: &Path) -> Pair {
     let token_file = work.join("dr.token");
     std::fs::write(&token_file, format!("{}\n", token["token"].as_str().unwrap())).unwrap();
     let relay = Relay::start(host_port(&dr.url));
-    let primary = Server::start_http(&work.join("primary"));
+    // A remote failing for 2 s (not an hour) raises the notification.
+    let primary = Server::start_http_env(&work.join("primary"), &[("KURA_TEST_REPLICATION_ALERT_SECS", &"2")]);
     let url = format!("https://{}", relay.addr);
     primary
         .kura(&[&"remote", &"add", &"dr", &url, &"--fingerprint", &fingerprint, &"--token-file", &token_file])
@@ -288,6 +291,8 @@ fn replication_resumes_after_the_link_is_cut_and_the_dr_engine_is_killed() {
     let work = tempfile::tempdir().unwrap();
     let Pair { primary, mut dr, relay } = pair(work.path());
     let disk = raw_disk(work.path(), "a.img", random_bytes(21, 32 * MIB as usize));
+    let (hook, events) = webhook_receiver();
+    primary.kura(&[&"notify", &"add", &"webhook", &hook]).expect_success();
 
     let proxy = Proxy::start(&primary.url, Hold::CommitRequest);
     let capture = spawn_capture(&primary, &proxy.url, &disk.path, "db01");
@@ -303,6 +308,22 @@ fn replication_resumes_after_the_link_is_cut_and_the_dr_engine_is_killed() {
     eprintln!("while the DR engine is down: {waiting}");
     assert_eq!(waiting["snapshots"], 1, "{waiting}");
     assert!(!has_snapshot(&dr, &id));
+    // Failing for longer than the threshold: the notification targets are told, once.
+    let failing = |limit: Duration| {
+        let t0 = Instant::now();
+        while let Some(left) = limit.checked_sub(t0.elapsed()) {
+            match events.recv_timeout(left) {
+                Ok((_, v)) if v["event"] == "replication_failing" => return Some(v),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let event = failing(REPLICATED_WITHIN).unwrap_or_else(|| panic!("no replication_failing event\n{}", primary.log()));
+    assert_eq!(event["remote"], "dr", "{event}");
+    assert!(event["text"].as_str().unwrap().contains("has been failing since"), "{event}");
+    assert!(failing(Duration::from_secs(4)).is_none(), "a second replication_failing event");
 
     // Back, on another port: the relay follows it (the remote's address stays the same).
     dr.restart();
