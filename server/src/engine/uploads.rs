@@ -374,6 +374,8 @@ pub fn commit_expecting(
     expected: Option<&str>,
 ) -> ServiceResult<CommitOutcome> {
     let manifest_id = Manifest::id_of(body);
+    // Only the session's owner learns anything about the ids below.
+    with_session(engine, caller, upload, |_| Ok(()))?;
     if let Some(e) = expected.filter(|e| *e != manifest_id) {
         return Err(match engine.catalog.get_snapshot(e) {
             Ok(_) => ServiceError::Conflict(format!(
@@ -384,7 +386,6 @@ pub fn commit_expecting(
         });
     }
     if caller.principal.role == Role::Replica {
-        with_session(engine, caller, upload, |_| Ok(()))?;
         if engine.catalog.get_snapshot(&manifest_id).is_ok() && engine.store.manifest_exists(&manifest_id) {
             end_session(engine, upload);
             let reply = Committed { snapshot: manifest_id, new_bytes: 0, reused_bytes: 0 };
@@ -433,7 +434,8 @@ pub fn commit_expecting(
 }
 
 /// Queues a committed snapshot for the remotes its host's snapshots go to. A failure is
-/// logged, not returned: the snapshot is committed (`kura replicate` can be told again).
+/// logged, not returned: the snapshot is committed, and `kura snapshots` shows it without its
+/// copy (`COPIES 1/2`).
 fn queue_snapshot(engine: &Engine, id: &str) {
     let queued = engine.catalog.get_snapshot(id).and_then(|s| {
         let remotes = engine.catalog.remotes_for_host(&s.host)?;
