@@ -385,12 +385,11 @@ pub fn commit_expecting(
             Err(_) => ServiceError::BadRequest(format!("the manifest is snapshot {manifest_id}, not {e}")),
         });
     }
-    if caller.principal.role == Role::Replica {
-        if engine.catalog.get_snapshot(&manifest_id).is_ok() && engine.store.manifest_exists(&manifest_id) {
-            end_session(engine, upload);
-            let reply = Committed { snapshot: manifest_id, new_bytes: 0, reused_bytes: 0 };
-            return Ok(CommitOutcome { reply, fresh: false });
-        }
+    let held = || engine.catalog.get_snapshot(&manifest_id).is_ok() && engine.store.manifest_exists(&manifest_id);
+    if caller.principal.role == Role::Replica && held() {
+        end_session(engine, upload);
+        let reply = Committed { snapshot: manifest_id, new_bytes: 0, reused_bytes: 0 };
+        return Ok(CommitOutcome { reply, fresh: false });
     }
     let pending = with_session(engine, caller, upload, |s| match &s.phase {
         Phase::Open => {
