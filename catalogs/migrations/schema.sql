@@ -86,11 +86,13 @@ CREATE TABLE users (
 );
 
 -- API tokens, stored only as the hex SHA-256 of the secret. Admin and operator tokens belong
--- to a user; agent tokens are bound to one job and one MAC address instead.
+-- to a user; agent tokens are bound to one job and one MAC address instead; replica tokens to
+-- neither.
 CREATE TABLE tokens (
     id INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE CHECK (length(hash) = 64),
-    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'agent')),
+    -- replica: a DR engine's token for its primary (migration 0009, which rebuilt the table).
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'agent', 'replica')),
     label TEXT NOT NULL,
     user_id INTEGER REFERENCES users (id) ON DELETE CASCADE,
     job_id INTEGER REFERENCES jobs (id) ON DELETE CASCADE,
@@ -101,7 +103,7 @@ CREATE TABLE tokens (
     -- When the token last authenticated a request (migration 0005; at most once a minute).
     last_used INTEGER,
     CHECK ((role = 'agent') = (job_id IS NOT NULL AND mac IS NOT NULL AND user_id IS NULL)),
-    CHECK (role = 'agent' OR user_id IS NOT NULL)
+    CHECK (role IN ('agent', 'replica') OR user_id IS NOT NULL)
 );
 CREATE INDEX tokens_user ON tokens (user_id);
 CREATE INDEX tokens_job ON tokens (job_id);
@@ -218,3 +220,48 @@ CREATE TABLE boot_tests (
     fetched_bytes INTEGER NOT NULL CHECK (fetched_bytes >= 0)
 );
 CREATE INDEX boot_tests_snapshot ON boot_tests (snapshot_id, finished);
+
+-- Engine-to-engine replication (migration 0009). Remotes: other engines this one pushes
+-- snapshots to, their replica token sealed with the engine's secret key.
+CREATE TABLE remotes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE CHECK (name <> ''),
+    url TEXT NOT NULL,
+    fingerprint TEXT,
+    token_sealed BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
+
+-- Snapshots of these hosts (a JSON array; NULL: every host) go to the remote.
+CREATE TABLE replication_rules (
+    id INTEGER PRIMARY KEY,
+    remote_id INTEGER NOT NULL REFERENCES remotes (id) ON DELETE CASCADE,
+    hosts TEXT CHECK (hosts IS NULL OR json_valid(hosts)),
+    created INTEGER NOT NULL
+);
+CREATE INDEX replication_rules_remote ON replication_rules (remote_id);
+
+-- The durable replication queue: a chunk (item = digest) or snapshot (item = id) still to send.
+CREATE TABLE replication_queue (
+    id INTEGER PRIMARY KEY,
+    remote_id INTEGER NOT NULL REFERENCES remotes (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('chunk', 'snapshot')),
+    item TEXT NOT NULL,
+    host TEXT NOT NULL,
+    bytes INTEGER NOT NULL CHECK (bytes >= 0),
+    queued INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_try INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE UNIQUE INDEX replication_queue_item ON replication_queue (remote_id, kind, item);
+CREATE INDEX replication_queue_due ON replication_queue (remote_id, next_try);
+
+-- Which remotes hold a snapshot (its manifest committed there).
+CREATE TABLE snapshot_copies (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+    remote_id INTEGER NOT NULL REFERENCES remotes (id) ON DELETE CASCADE,
+    copied INTEGER NOT NULL,
+    PRIMARY KEY (snapshot_id, remote_id)
+);
+CREATE INDEX snapshot_copies_remote ON snapshot_copies (remote_id);

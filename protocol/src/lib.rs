@@ -5,6 +5,7 @@
 //!   request body limits the engine enforces;
 //! - [`jobs`], [`uploads`]: typed requests and replies, with the one [`jobs::JobState`] and
 //!   [`jobs::JobKind`];
+//! - [`replication`]: remotes and replication rules (engine-to-engine copies);
 //! - [`mac`]: [`MacAddr`], the one MAC address parser;
 //! - [`cmdline`]: the agent's kernel command line, one writer and one parser;
 //! - [`secure_boot`]: [`SecureBoot`], the boot chain a host's UEFI netboots get;
@@ -20,6 +21,7 @@ pub mod cmdline;
 pub mod error;
 pub mod jobs;
 pub mod mac;
+pub mod replication;
 pub mod routes;
 pub mod secure_boot;
 pub mod uploads;

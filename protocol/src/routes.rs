@@ -75,6 +75,13 @@ pub const NOTIFY: Route = r("GET", "/api/v1/notify", JSON);
 pub const NOTIFY_ADD: Route = r("POST", "/api/v1/notify", JSON);
 pub const NOTIFY_REMOVE: Route = r("DELETE", "/api/v1/notify/{id}", JSON);
 pub const NOTIFY_TEST: Route = r("POST", "/api/v1/notify/test", JSON);
+pub const REMOTES: Route = r("GET", "/api/v1/remotes", JSON);
+pub const REMOTE_ADD: Route = r("POST", "/api/v1/remotes", JSON);
+pub const REMOTE_REMOVE: Route = r("DELETE", "/api/v1/remotes/{name}", JSON);
+/// The replication rules and what each remote still lacks.
+pub const REPLICATION: Route = r("GET", "/api/v1/replication", JSON);
+pub const REPLICATION_RULE_ADD: Route = r("POST", "/api/v1/replication/rules", JSON);
+pub const REPLICATION_RULE_REMOVE: Route = r("DELETE", "/api/v1/replication/rules/{id}", JSON);
 pub const METRICS: Route = r("GET", "/metrics", JSON);
 pub const PAGE_ROOT: Route = r("GET", "/", JSON);
 pub const PAGE_STATUS: Route = r("GET", "/status", JSON);

@@ -8,6 +8,11 @@
 use crate::jobs::SnapshotKind;
 use serde::{Deserialize, Serialize};
 
+/// The header of a commit naming the snapshot id the client expects (the id of its manifest).
+/// A commit whose manifest has another id is refused: `409` when a snapshot with the named id
+/// exists (a snapshot is never overwritten), else `400`.
+pub const SNAPSHOT_HEADER: &str = "X-Kura-Snapshot";
+
 /// Most digests asked about in one `missing` or `chunks/check` request.
 pub const MISSING_BATCH: usize = 4096;
 

@@ -15,6 +15,7 @@ mod nbd;
 mod notify;
 mod power;
 mod progress_bar;
+mod replication;
 mod scheduler;
 mod serve;
 mod snapshot_disk;

@@ -118,6 +118,17 @@ impl Event {
         Event::new("boot_test_failed", time, text, json!({ "host": host, "boot_test": test }))
     }
 
+    /// Replication to a remote has been failing since `since` (`docs/dr.md`).
+    pub fn replication_failing(remote: &str, since: UnixTime, error: &str, time: UnixTime) -> Event {
+        let text = format!(
+            "Kura: replication to remote {} has been failing since {}: {}",
+            one_line(remote, 100),
+            time::format_rfc3339(since),
+            one_line(error, 200)
+        );
+        Event::new("replication_failing", time, text, json!({ "remote": remote, "since": since, "error": error }))
+    }
+
     /// `kura notify test`.
     pub fn test(time: UnixTime) -> Event {
         Event::new("test", time, "Kura: test notification".into(), json!({}))
@@ -171,6 +182,12 @@ impl Notifier {
     /// Tells every target a snapshot's boot test failed. Returns at once.
     pub fn boot_test_failed(&self, host: &str, test: &BootTest) {
         self.spawn(Event::boot_test_failed(host, test, self.inner.catalog.now()));
+    }
+
+    /// Tells every target that replication to `remote` has been failing since `since`.
+    /// Returns at once.
+    pub fn replication_failing(&self, remote: &str, since: UnixTime, error: &str) {
+        self.spawn(Event::replication_failing(remote, since, error, self.inner.catalog.now()));
     }
 
     /// Tells every target how a schedule run went. Returns at once.

@@ -392,8 +392,13 @@ pub fn run(opts: ServeOptions) -> Result<()> {
             None => None,
         };
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut replication_stop = stop_rx.clone();
         let scheduler_task = tokio::spawn(crate::scheduler::run(scheduler, clock, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        // Engine-to-engine replication (docs/dr.md): sends the catalog's durable queue.
+        let replication_task = tokio::spawn(crate::replication::run(state.engine.clone(), async move {
+            let _ = replication_stop.wait_for(|stop| *stop).await;
         }));
         let shutdown = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
@@ -408,6 +413,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         };
         let served = api::serve(listener, tls, state, shutdown).await;
         let _ = scheduler_task.await;
+        let _ = replication_task.await;
         if let Some(nb) = netboot {
             nb.stop().await;
         }

@@ -11,6 +11,8 @@ struct Tokens {
     operator: String,
     agent: String,
     agent_mac: String,
+    /// A DR engine's token for its primary (issue 13): uploads only.
+    replica: String,
     job: i64,
 }
 
@@ -19,6 +21,9 @@ fn setup(server: &Server, api: &Api) -> Tokens {
     let r = api.req("POST", "/tokens").token(&admin).json(&json!({"role": "operator", "label": "test"})).send();
     assert_eq!(r.status, 201, "{}", r.text());
     let operator = r.json()["token"].as_str().unwrap().to_string();
+    let r = api.req("POST", "/tokens").token(&admin).json(&json!({"role": "replica", "label": "primary"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let replica = r.json()["token"].as_str().unwrap().to_string();
     for (name, mac) in [("h1", "aa:bb:cc:dd:ee:01"), ("h2", "aa:bb:cc:dd:ee:02")] {
         let r = api.req("POST", "/hosts").token(&admin).json(&json!({"name": name, "macs": [mac]})).send();
         assert_eq!(r.status, 201, "{}", r.text());
@@ -31,6 +36,7 @@ fn setup(server: &Server, api: &Api) -> Tokens {
         operator,
         agent: v["agent_token"].as_str().unwrap().to_string(),
         agent_mac: "aa:bb:cc:dd:ee:01".into(),
+        replica,
         job: v["job"]["id"].as_i64().unwrap(),
     }
 }
@@ -107,16 +113,21 @@ fn every_route_checks_token_and_role() {
         expect("admin", call(Some(&t.admin), None), &not_auth);
         let operator = call(Some(&t.operator), None);
         let agent = call(Some(&t.agent), Some(&t.agent_mac));
+        let replica = call(Some(&t.replica), None);
         match access {
             "Admin" => {
                 expect("operator", operator, &[403]);
                 expect("agent", agent, &[403]);
+                expect("replica", replica, &[403]);
             }
             "Operator" | "Page" => {
                 expect("operator", operator, &not_auth);
                 expect("agent", agent, &[403]);
+                expect("replica", replica, &[403]);
             }
-            "OperatorOrAgent" => {
+            "OperatorOrAgent" | "Upload" => {
+                // Only the upload routes take a replica token (it adds, never reads or deletes).
+                expect("replica", replica, if access == "Upload" { &not_auth } else { &[403] });
                 expect("operator", operator, &not_auth);
                 // The agent's token from its own machine gets the route's answer for an agent
                 // of a capture job (not a blanket 403); the wrong machine, or none, is refused.

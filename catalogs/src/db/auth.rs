@@ -8,6 +8,9 @@
 //! - Admin and operator tokens belong to a user and carry the user's role; deleting the user
 //!   deletes them. Agent tokens are bound to one job and one MAC address of the job's host, and
 //!   are valid only while that job is queued or running: ending the job ends the token.
+//! - Replica tokens (role `replica`, migration 0009) belong to no user either: a DR engine's
+//!   token for the primary that pushes to it. They may add chunks and snapshots, nothing else
+//!   (the engine's route table and upload service enforce that).
 //! - A token is refused once revoked or at or after its expiry time. Browser sessions remember
 //!   a token's id and re-check it on every request ([`Catalog::token_principal`]), so revoking
 //!   or expiring a token ends its sessions too.
@@ -36,7 +39,7 @@ pub const BOOTSTRAP_LABEL: &str = "bootstrap";
 pub const LAST_USED_RESOLUTION: UnixTime = 60;
 
 text_enum! {
-    pub enum Role { Admin => "admin", Operator => "operator", Agent => "agent" }
+    pub enum Role { Admin => "admin", Operator => "operator", Agent => "agent", Replica => "replica" }
 }
 
 impl Role {
@@ -205,8 +208,10 @@ impl Catalog {
     /// Creates an admin or operator user.
     pub fn create_user(&self, actor: &str, name: &str, role: Role) -> Result<User> {
         validate_name("user", name)?;
-        if role == Role::Agent {
-            return Err(CatalogError::Invalid("users are admins or operators; agents get job tokens".into()));
+        if matches!(role, Role::Agent | Role::Replica) {
+            return Err(CatalogError::Invalid(
+                "users are admins or operators; agents get job tokens, remotes replica tokens".into(),
+            ));
         }
         self.write(|tx, now| {
             tx.execute("INSERT INTO users (name, role, created) VALUES (?1, ?2, ?3)", params![name, role, now])
@@ -276,6 +281,14 @@ impl Catalog {
         self.write(|tx, now| {
             let u = load_user(tx, user)?;
             let grant = Grant { role: u.role, label, user_id: Some(u.id), job_id: None, mac: None, expires };
+            issue(tx, now, actor, grant)
+        })
+    }
+
+    /// Issues a replica token (no user): what a primary engine uses to push snapshots here.
+    pub fn create_replica_token(&self, actor: &str, label: &str, expires: Option<UnixTime>) -> Result<IssuedToken> {
+        self.write(|tx, now| {
+            let grant = Grant { role: Role::Replica, label, user_id: None, job_id: None, mac: None, expires };
             issue(tx, now, actor, grant)
         })
     }
@@ -469,6 +482,18 @@ mod tests {
     use super::super::snapshots::tests::host;
     use super::super::testing::START;
     use super::*;
+
+    #[test]
+    fn replica_tokens_belong_to_no_user_and_replica_users_do_not_exist() {
+        let (cat, _) = catalog();
+        let issued = cat.create_replica_token("t", "primary", None).unwrap();
+        assert_eq!((issued.info.role, issued.info.user.as_deref()), (Role::Replica, None));
+        let p = cat.authenticate(&issued.secret, START).unwrap().unwrap();
+        assert_eq!((p.role, p.user, p.job_id), (Role::Replica, None, None));
+        assert!(matches!(cat.create_user("t", "r", Role::Replica), Err(CatalogError::Invalid(_))));
+        cat.revoke_token("t", issued.info.id).unwrap();
+        assert!(cat.authenticate(&issued.secret, START).unwrap().is_none());
+    }
 
     #[test]
     fn token_lifecycle_create_authenticate_revoke() {

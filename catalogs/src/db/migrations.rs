@@ -46,6 +46,7 @@ migrations!(
     "0006_unconfirmed_snapshots",
     "0007_host_secure_boot",
     "0008_boot_tests",
+    "0009_replication",
 );
 
 /// The schema version this build reads and writes.

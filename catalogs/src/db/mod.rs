@@ -10,6 +10,7 @@
 //! - [`auth`]: users, API tokens and authentication.
 //! - [`audit`]: the append-only audit log.
 //! - [`notify`]: notification targets (webhooks, e-mail relays).
+//! - [`replication`]: remotes, replication rules, the durable replication queue, copies.
 //! - [`stats`]: read-only summaries for the status page and the metrics.
 //!
 //! # Conventions
@@ -124,6 +125,7 @@ pub mod migrations;
 pub mod notify;
 pub mod postgres;
 pub mod power;
+pub mod replication;
 pub mod schedules;
 pub mod snapshots;
 pub mod sql;
@@ -136,6 +138,7 @@ pub use hosts::{normalize_mac, Disk, Host, HostPatch, NewDisk, NewHost, Retentio
 pub use jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob, JOB_LOG_CAP};
 pub use notify::{NotifyConfig, NotifyTarget};
 pub use power::{PasswordChange, PowerControl, PowerDriver, PowerSettings, PowerView};
+pub use replication::{Backlog, QueueItem, QueueKind, Remote, ReplicationRule};
 pub use schedules::{
     HostFailure, HostRunState, NewSchedule, Recorded, Releasable, Release, RunHost, RunState, RunSummary, Schedule,
     ScheduleRun, Settled, TargetKind,

@@ -218,7 +218,10 @@ impl Client {
     pub fn commit(&self, upload: &str, manifest: &[u8]) -> Result<Committed, ProtocolError> {
         let what = "committing the snapshot";
         let path = routes::upload_commit(upload);
-        let resp = self.send(what, || self.http.post(self.url(&path)).body(manifest.to_vec()))?;
+        let id = Manifest::id_of(manifest);
+        let resp = self.send(what, || {
+            self.http.post(self.url(&path)).header(uploads::SNAPSHOT_HEADER, &id).body(manifest.to_vec())
+        })?;
         self.json(what, resp)
     }
 

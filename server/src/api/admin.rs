@@ -55,6 +55,12 @@ pub async fn create_token(
             }
             (None, at) => at,
         };
+        if req.role == Role::Replica {
+            if req.user.is_some() {
+                return Err(ApiError::BadRequest("a replica token belongs to no user".into()));
+            }
+            return Ok(st.engine.catalog.create_replica_token(&p.actor(), &req.label, expires)?);
+        }
         let user = req.user.unwrap_or_else(|| req.role.to_string());
         match st.engine.catalog.get_user(&user) {
             Ok(u) if u.role != req.role => {

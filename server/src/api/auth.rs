@@ -28,6 +28,10 @@ pub enum Access {
     Operator,
     /// Operator, admin, or an agent acting on its own job (checked by the handler).
     OperatorOrAgent,
+    /// The upload routes: operator, admin, an agent on its own job, or a replica (a primary
+    /// engine pushing snapshots; it may add, never delete or overwrite: the uploads service
+    /// checks its commits).
+    Upload,
     /// A browser page for operators and admins: a status-page session cookie (see `web`) or
     /// an operator's bearer token; a request with neither is redirected to `/login`.
     Page,
@@ -39,7 +43,8 @@ impl Access {
             Access::Public => true,
             Access::Admin => role == Role::Admin,
             Access::Operator | Access::Page => matches!(role, Role::Admin | Role::Operator),
-            Access::OperatorOrAgent => true,
+            Access::OperatorOrAgent => role != Role::Replica,
+            Access::Upload => true,
         }
     }
 }

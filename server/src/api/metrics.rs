@@ -22,8 +22,12 @@ pub use crate::engine::Ingested;
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
     let st = state.clone();
-    let o = tokio::task::spawn_blocking(move || Overview::gather(&st)).await??;
+    let (o, backlog) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+        Ok((Overview::gather(&st)?, st.engine.catalog.replication_backlog()?))
+    })
+    .await??;
     let mut text = render(&o, &state.engine.ingested, state.started);
+    replication(&mut text, &backlog, &state.engine.replication_sent, state.engine.catalog.now());
     if let Some(ticks) = state.scheduler_ticks.get() {
         family(
             &mut text,
@@ -59,6 +63,51 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
     let mut r = text.into_response();
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
+}
+
+/// A replication gauge: name, help, and its value for one remote at a time.
+type Gauge = (&'static str, &'static str, fn(&kura_catalogs::db::Backlog, i64) -> u64);
+/// What the worker sent to one remote: (remote, chunks, bytes, snapshots).
+type SentRow = (String, u64, u64, u64);
+/// A replication counter: name, help, and its value from a [`SentRow`].
+type Counter = (&'static str, &'static str, fn(&SentRow) -> u64);
+
+/// The replication gauges and counters, per remote (`docs/dr.md`).
+fn replication(text: &mut String, backlog: &[kura_catalogs::db::Backlog], sent: &crate::replication::Sent, now: i64) {
+    if backlog.is_empty() {
+        return;
+    }
+    let gauges: [Gauge; 4] = [
+        ("kura_replication_queued_chunks", "Chunks queued for a remote and not yet sent.", |b, _| b.chunks),
+        ("kura_replication_queued_bytes", "Bytes of the chunks queued for a remote.", |b, _| b.chunk_bytes),
+        ("kura_replication_queued_snapshots", "Committed snapshots a remote does not hold yet.", |b, _| b.snapshots),
+        (
+            "kura_replication_lag_seconds",
+            "Seconds since the oldest snapshot a remote does not hold yet was committed (0: none).",
+            |b, now| b.oldest_snapshot.map_or(0, |t| (now - t).max(0) as u64),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(text, name, "gauge", help);
+        for b in backlog {
+            let _ = writeln!(text, "{name}{{remote=\"{}\"}} {}", label(&b.remote), value(b, now));
+        }
+    }
+    let sent = sent.snapshot();
+    let counters: [Counter; 3] = [
+        ("kura_replication_sent_chunks_total", "Chunks sent to a remote since this server started.", |s| s.1),
+        ("kura_replication_sent_bytes_total", "Bytes of chunks sent to a remote since this server started.", |s| s.2),
+        ("kura_replication_sent_snapshots_total", "Snapshots committed on a remote since this server started.", |s| {
+            s.3
+        }),
+    ];
+    for (name, help, value) in counters {
+        family(text, name, "counter", help);
+        for b in backlog {
+            let n = sent.iter().find(|s| s.0 == b.remote).map_or(0, value);
+            let _ = writeln!(text, "{name}{{remote=\"{}\"}} {n}", label(&b.remote));
+        }
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -20,6 +20,7 @@ mod netboot;
 mod notify;
 mod ops;
 mod power;
+mod replication;
 mod schedules;
 mod snapshots;
 mod uploads;
@@ -139,11 +140,11 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::SNAPSHOT_BOOT_TEST, Operator, snapshots::boot_test),
         route(routes::CHUNK, OperatorOrAgent, snapshots::chunk),
         route(routes::CHUNKS_CHECK, OperatorOrAgent, snapshots::check_chunks),
-        route(routes::UPLOAD_BEGIN, OperatorOrAgent, uploads::begin),
-        route(routes::UPLOAD_MISSING, OperatorOrAgent, uploads::missing),
-        route(routes::UPLOAD_CHUNK, OperatorOrAgent, uploads::put_chunk),
-        route(routes::UPLOAD_COMMIT, OperatorOrAgent, uploads::commit),
-        route(routes::UPLOAD_ABORT, OperatorOrAgent, uploads::abort),
+        route(routes::UPLOAD_BEGIN, Upload, uploads::begin),
+        route(routes::UPLOAD_MISSING, Upload, uploads::missing),
+        route(routes::UPLOAD_CHUNK, Upload, uploads::put_chunk),
+        route(routes::UPLOAD_COMMIT, Upload, uploads::commit),
+        route(routes::UPLOAD_ABORT, Upload, uploads::abort),
         route(routes::JOBS, Operator, jobs::list),
         route(routes::JOB_CREATE, Operator, jobs::create),
         route(routes::JOB, OperatorOrAgent, jobs::show),
@@ -166,6 +167,12 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::NOTIFY_ADD, Admin, notify::add),
         route(routes::NOTIFY_REMOVE, Admin, notify::remove),
         route(routes::NOTIFY_TEST, Admin, notify::test),
+        route(routes::REMOTES, Admin, replication::list_remotes),
+        route(routes::REMOTE_ADD, Admin, replication::add_remote),
+        route(routes::REMOTE_REMOVE, Admin, replication::remove_remote),
+        route(routes::REPLICATION, Operator, replication::status),
+        route(routes::REPLICATION_RULE_ADD, Admin, replication::add_rule),
+        route(routes::REPLICATION_RULE_REMOVE, Admin, replication::remove_rule),
         route(routes::METRICS, Operator, metrics::metrics),
         route(routes::PAGE_ROOT, Page, web::status),
         route(routes::PAGE_STATUS, Page, web::status),

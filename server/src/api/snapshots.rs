@@ -16,9 +16,41 @@ pub struct ListQuery {
     host: Option<String>,
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Snapshot>>> {
+/// A listed snapshot with its copies (`docs/dr.md`): `copies` counts this engine and every
+/// remote holding it (`copied_to`); `copies_wanted` this engine and every remote that should
+/// (by the replication rules, or because it holds it).
+#[derive(serde::Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    snapshot: Snapshot,
+    copies: usize,
+    copies_wanted: usize,
+    copied_to: Vec<String>,
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Listed>>> {
     let st = state.clone();
-    Ok(Json(tokio::task::spawn_blocking(move || st.engine.catalog.list_snapshots(q.host.as_deref())).await??))
+    Ok(Json(
+        tokio::task::spawn_blocking(move || -> ApiResult<Vec<Listed>> {
+            let catalog = &st.engine.catalog;
+            let snapshots = catalog.list_snapshots(q.host.as_deref())?;
+            let mut copies = catalog.snapshot_copies()?;
+            let rules = catalog.list_replication_rules()?;
+            Ok(snapshots
+                .into_iter()
+                .map(|snapshot| {
+                    let copied_to = copies.remove(&snapshot.id).unwrap_or_default();
+                    let mut wanted: Vec<&str> =
+                        rules.iter().filter(|r| r.matches(&snapshot.host)).map(|r| r.remote.as_str()).collect();
+                    wanted.extend(copied_to.iter().map(String::as_str));
+                    wanted.sort_unstable();
+                    wanted.dedup();
+                    Listed { copies: 1 + copied_to.len(), copies_wanted: 1 + wanted.len(), copied_to, snapshot }
+                })
+                .collect())
+        })
+        .await??,
+    ))
 }
 
 fn check_id(id: &str) -> ApiResult<()> {

@@ -62,8 +62,17 @@ pub async fn commit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(upload): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Committed>)> {
+    let expected = match headers.get(kura_protocol::uploads::SNAPSHOT_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("bad {} header", kura_protocol::uploads::SNAPSHOT_HEADER)))?
+                .to_string(),
+        ),
+        None => None,
+    };
     let limit = kura_protocol::routes::UPLOAD_COMMIT.body_limit;
     let too_large = || ApiError::TooLarge(format!("a commit body is at most {limit} bytes"));
     if body.size_hint().lower() > limit as u64 {
@@ -72,7 +81,10 @@ pub async fn commit(
     let engine = state.engine.clone();
     let _turn = state.engine.commits.enter().await?;
     let body = read_paced(body, limit).await?;
-    let out = tokio::task::spawn_blocking(move || uploads::commit(&engine, &caller, &upload, &body)).await??;
+    let out = tokio::task::spawn_blocking(move || {
+        uploads::commit_expecting(&engine, &caller, &upload, &body, expected.as_deref())
+    })
+    .await??;
     Ok((if out.fresh { StatusCode::CREATED } else { StatusCode::OK }, Json(out.reply)))
 }
 

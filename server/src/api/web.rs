@@ -214,7 +214,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
         let now = catalog.now();
         let p = catalog.authenticate(&token, now)?;
         if let Some(p) = &p {
-            if p.role != Role::Agent {
+            if !matches!(p.role, Role::Agent | Role::Replica) {
                 catalog.record_audit(&p.actor(), "web.login", "status page", serde_json::json!({}))?;
             }
         }
@@ -223,8 +223,11 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
     .await??;
     let p = match found {
         None => return Ok(html(StatusCode::UNAUTHORIZED, login_page(Some("Unknown, expired or revoked token.")))),
-        Some(p) if p.role == Role::Agent => {
-            return Ok(html(StatusCode::FORBIDDEN, login_page(Some("Agent tokens cannot use the status page."))))
+        Some(p) if matches!(p.role, Role::Agent | Role::Replica) => {
+            return Ok(html(
+                StatusCode::FORBIDDEN,
+                login_page(Some("Agent and replica tokens cannot use the status page.")),
+            ))
         }
         Some(p) => p,
     };

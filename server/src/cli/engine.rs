@@ -188,12 +188,12 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
         print_json(&list)?;
     } else {
         println!(
-            "{:16}  {:16}  {:10}  {:11}  {:9}  {:>12}  {:>12}  NAME",
-            "ID", "HOST", "KIND", "CONFIRMED", "BOOT TEST", "USED", "NEW"
+            "{:16}  {:16}  {:10}  {:11}  {:9}  {:6}  {:>12}  {:>12}  NAME",
+            "ID", "HOST", "KIND", "CONFIRMED", "BOOT TEST", "COPIES", "USED", "NEW"
         );
         for v in list {
             println!(
-                "{:16}  {:16}  {:10}  {:11}  {:9}  {:>12}  {:>12}  {}",
+                "{:16}  {:16}  {:10}  {:11}  {:9}  {:6}  {:>12}  {:>12}  {}",
                 v["id"].as_str().unwrap_or(""),
                 v["host"].as_str().unwrap_or(""),
                 v["kind"].as_str().unwrap_or(""),
@@ -203,6 +203,7 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
                     Some(false) => "FAILED",
                     None => "-",
                 },
+                format!("{}/{}", v["copies"].as_u64().unwrap_or(1), v["copies_wanted"].as_u64().unwrap_or(1)),
                 indicatif::BinaryBytes(v["used_bytes"].as_u64().unwrap_or(0)).to_string(),
                 indicatif::BinaryBytes(v["new_bytes"].as_u64().unwrap_or(0)).to_string(),
                 v["name"].as_str().unwrap_or("-")

@@ -16,6 +16,7 @@ mod nbd;
 mod netboot;
 mod notify;
 mod power;
+mod replication;
 mod routes;
 mod schedule;
 mod tokens;
@@ -149,6 +150,12 @@ enum Command {
     /// Notifications (webhooks, e-mail) on job failures and schedule runs (admin only).
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// Remote engines (DR sites) this engine copies snapshots to (admin only; docs/dr.md).
+    #[command(subcommand)]
+    Remote(replication::RemoteCommand),
+    /// Replication rules: which hosts' snapshots go to which remote (admin only; docs/dr.md).
+    #[command(subcommand)]
+    Replicate(replication::ReplicateCommand),
     /// Network boot (PXE/iPXE) services of the engine.
     #[command(subcommand)]
     Netboot(netboot::NetbootCommand),
@@ -384,7 +391,9 @@ enum HostCommand {
 enum TokenCommand {
     /// Create an API token (admin only); it is printed once.
     Create {
-        #[arg(long, value_parser = ["admin", "operator"])]
+        /// admin, operator, or replica (a token for a primary engine that copies its snapshots
+        /// here: it may add chunks and snapshots, never delete or overwrite; docs/dr.md).
+        #[arg(long, value_parser = ["admin", "operator", "replica"])]
         role: String,
         /// A note saying what the token is for (shown by `kura token list`).
         #[arg(long, alias = "label", default_value = "cli")]
@@ -583,6 +592,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::Routes { json, markdown }) => routes::print(json, markdown),
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
+        Command::Remote(cmd) => replication::remote(cmd),
+        Command::Replicate(cmd) => replication::replicate(cmd),
         Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
         Command::Files(cmd) => files::run(cmd),
         Command::Bench(args) => bench::run(args),

@@ -33,14 +33,16 @@ pub fn print(json: bool, markdown: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What each kind of caller gets on a route with `access`: admin, operator, agent, no token.
-fn cells(access: Access) -> [&'static str; 4] {
+/// What each kind of caller gets on a route with `access`: admin, operator, agent, replica,
+/// no token.
+fn cells(access: Access) -> [&'static str; 5] {
     match access {
-        Access::Public => ["yes", "yes", "yes", "yes"],
-        Access::Admin => ["yes", "403", "403", "401"],
-        Access::Operator => ["yes", "yes", "403", "401"],
-        Access::OperatorOrAgent => ["yes", "yes", "own job¹", "401"],
-        Access::Page => ["yes²", "yes²", "403", "→ /login"],
+        Access::Public => ["yes", "yes", "yes", "yes", "yes"],
+        Access::Admin => ["yes", "403", "403", "403", "401"],
+        Access::Operator => ["yes", "yes", "403", "403", "401"],
+        Access::OperatorOrAgent => ["yes", "yes", "own job¹", "403", "401"],
+        Access::Upload => ["yes", "yes", "own job¹", "add only³", "401"],
+        Access::Page => ["yes²", "yes²", "403", "403", "→ /login"],
     }
 }
 
@@ -56,13 +58,13 @@ fn size(n: usize) -> String {
 /// The route × role table of `docs/security.md` (Markdown, with its footnotes).
 pub fn markdown_table(routes: &[RouteSpec]) -> String {
     let mut out = String::from(
-        "| Method | Path | admin | operator | agent | no token | Body up to |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| Method | Path | admin | operator | agent | replica | no token | Body up to |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for r in routes {
-        let [admin, operator, agent, nobody] = cells(r.access);
+        let [admin, operator, agent, replica, nobody] = cells(r.access);
         out.push_str(&format!(
-            "| {} | `{}` | {admin} | {operator} | {agent} | {nobody} | {} |\n",
+            "| {} | `{}` | {admin} | {operator} | {agent} | {replica} | {nobody} | {} |\n",
             r.method.as_str(),
             r.path,
             size(r.body_limit)
@@ -72,7 +74,11 @@ pub fn markdown_table(routes: &[RouteSpec]) -> String {
         "\n¹ An agent token works only from the MAC address it is bound to (`X-Kura-Mac`), only \
          while its job is queued or running, and only on that job: its own `/jobs/{id}`, uploads \
          for its running capture job, reads of the snapshot its restore job restores.\n\
-         ² With a status-page session cookie (`/login`) or an operator's or admin's bearer token.\n",
+         ² With a status-page session cookie (`/login`) or an operator's or admin's bearer token.\n\
+         ³ A replica token (a primary engine pushing to this one, `docs/dr.md`) uploads chunks and \
+         commits snapshots of any host (registering the host if needed) in its own sessions; a \
+         commit of a snapshot this engine already holds is answered `200` with nothing changed, and \
+         one naming an existing snapshot (`X-Kura-Snapshot`) with another manifest is `409`.\n",
     );
     out
 }

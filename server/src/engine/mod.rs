@@ -50,6 +50,12 @@ pub struct Engine {
     /// `kura serve --hold-unusual-captures`: the snapshot of a capture whose boot was unusual
     /// is held unconfirmed ([`Engine::holds_unusual_captures`]).
     pub hold_unusual_captures: AtomicBool,
+    /// Wakes the replication worker (`crate::replication`) when something is queued.
+    pub replication: tokio::sync::Notify,
+    /// What the replication worker sent since start (for `/metrics`).
+    pub replication_sent: crate::replication::Sent,
+    /// The key sealing secrets in the catalog (BMC passwords, remotes' tokens).
+    pub secrets: Arc<kura_catalogs::secrets::SecretKey>,
 }
 
 impl Engine {
@@ -61,7 +67,10 @@ impl Engine {
         let notifier = crate::notify::Notifier::new(catalog.clone(), crate::notify::Delivery::default());
         Engine {
             store,
-            power: Arc::new(crate::power::Power::new(catalog.clone(), secrets)),
+            power: Arc::new(crate::power::Power::new(catalog.clone(), secrets.clone())),
+            secrets,
+            replication: tokio::sync::Notify::new(),
+            replication_sent: crate::replication::Sent::default(),
             catalog,
             writers: Arc::new(WriterRegistry::new()),
             uploads: uploads::Sessions::default(),

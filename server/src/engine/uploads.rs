@@ -27,6 +27,21 @@
 //! - `missing` and chunk uploads after a commit (or during one) are refused (409); aborting a
 //!   committed session only forgets it, its snapshot stays.
 //!
+//! # Replica commits
+//!
+//! A replica token (a primary engine pushing its snapshots here, `docs/dr.md`) adds and never
+//! overwrites: a commit of a snapshot this engine already holds (same id, hence the same
+//! manifest: an id is the digest of its manifest) is answered with `200` and changes nothing,
+//! whatever session it comes in; a commit naming an existing snapshot
+//! ([`kura_protocol::uploads::SNAPSHOT_HEADER`]) with another manifest is refused (409). Chunks
+//! cannot be overwritten by anyone: each is checked against its digest.
+//!
+//! # Replication
+//!
+//! When a host's snapshots go to remotes (`crate::replication`), each chunk an upload session
+//! stores is queued for them at once, and the snapshot at its commit (the durable queue of
+//! `kura_catalogs::db::replication`); the worker is woken through [`Engine::replication`].
+//!
 //! # Identity
 //!
 //! A snapshot's host, kind and job never come from the uploaded manifest. An agent token's
@@ -37,7 +52,7 @@
 //! logged as a warning in the job's log, and nothing reaches the store or the catalog.
 
 use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
-use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, SnapshotKind};
+use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, QueueKind, Role, SnapshotKind};
 use kura_catalogs::gc::WriterId;
 use kura_imaging::chunk::{Decoder, Digest, DEFAULT_CHUNK_SIZE};
 use kura_imaging::manifest::{ChunkRef, Manifest};
@@ -141,6 +156,8 @@ struct Session {
     new_bytes: u64,
     last_seen: Instant,
     phase: Phase,
+    /// The remotes this host's snapshots are replicated to (ids), when the session began.
+    replicate_to: Vec<i64>,
 }
 
 #[derive(Clone)]
@@ -186,6 +203,9 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
             }
             (job.host, Some(own))
         }
+        None if caller.principal.role == Role::Replica && req.job.is_some() => {
+            return Err(ServiceError::Forbidden("a replica token uploads snapshots, not jobs".into()))
+        }
         None => {
             if let Some(j) = req.job {
                 let job = engine.catalog.get_job(j)?;
@@ -198,6 +218,7 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
         }
     };
     let kind = snapshot_kind(engine, job, req.kind)?;
+    let replicate_to = engine.catalog.remotes_for_host(&host)?;
     let id = random_id()?;
     let mut sessions = engine.uploads.0.lock().expect("lock");
     check_session_limits(&sessions, caller.principal.token_id)?;
@@ -213,6 +234,7 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
         new_bytes: 0,
         last_seen: Instant::now(),
         phase: Phase::Open,
+        replicate_to,
     };
     sessions.insert(id.clone(), session);
     Ok(UploadStarted { upload: id, chunk_size: DEFAULT_CHUNK_SIZE })
@@ -287,11 +309,19 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
     }
     let len = body.len() as u64;
     let new = engine.store.put_chunk(&d, body)?;
+    let mut replicate = None;
     if let Some(s) = engine.uploads.0.lock().expect("lock").get_mut(upload) {
         s.uploaded.insert(d);
         if new {
             s.new_bytes += len;
         }
+        if !s.replicate_to.is_empty() {
+            replicate = Some((s.replicate_to.clone(), s.host.clone()));
+        }
+    }
+    if let Some((remotes, host)) = replicate {
+        engine.catalog.enqueue_replication(&remotes, QueueKind::Chunk, &d.to_hex(), &host, len)?;
+        engine.replication.notify_one();
     }
     if new {
         engine.ingested.add(len);
@@ -328,8 +358,39 @@ impl Drop for Reopen<'_> {
 }
 
 /// `POST /uploads/{id}/commit`, by the rule at the top of this module.
+#[cfg(test)]
 pub fn commit(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> ServiceResult<CommitOutcome> {
+    commit_expecting(engine, caller, upload, body, None)
+}
+
+/// [`commit`] of a client that names the snapshot id it expects (`expected`, the
+/// [`kura_protocol::uploads::SNAPSHOT_HEADER`]), with the replica rule at the top of this
+/// module.
+pub fn commit_expecting(
+    engine: &Engine,
+    caller: &Caller,
+    upload: &str,
+    body: &[u8],
+    expected: Option<&str>,
+) -> ServiceResult<CommitOutcome> {
     let manifest_id = Manifest::id_of(body);
+    // Only the session's owner learns anything about the ids below.
+    with_session(engine, caller, upload, |_| Ok(()))?;
+    if let Some(e) = expected.filter(|e| *e != manifest_id) {
+        return Err(match engine.catalog.get_snapshot(e) {
+            Ok(_) => ServiceError::Conflict(format!(
+                "snapshot {e} exists here with another manifest (this one is {manifest_id}): a snapshot is never \
+                 overwritten"
+            )),
+            Err(_) => ServiceError::BadRequest(format!("the manifest is snapshot {manifest_id}, not {e}")),
+        });
+    }
+    let held = || engine.catalog.get_snapshot(&manifest_id).is_ok() && engine.store.manifest_exists(&manifest_id);
+    if caller.principal.role == Role::Replica && held() {
+        end_session(engine, upload);
+        let reply = Committed { snapshot: manifest_id, new_bytes: 0, reused_bytes: 0 };
+        return Ok(CommitOutcome { reply, fresh: false });
+    }
     let pending = with_session(engine, caller, upload, |s| match &s.phase {
         Phase::Open => {
             s.phase = Phase::Committing;
@@ -367,7 +428,24 @@ pub fn commit(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> Se
         engine.writers.unregister(w);
     }
     engine.store_changed();
+    queue_snapshot(engine, &reply.snapshot);
     Ok(CommitOutcome { reply, fresh: true })
+}
+
+/// Queues a committed snapshot for the remotes its host's snapshots go to. A failure is
+/// logged, not returned: the snapshot is committed, and `kura snapshots` shows it without its
+/// copy (`COPIES 1/2`).
+fn queue_snapshot(engine: &Engine, id: &str) {
+    let queued = engine.catalog.get_snapshot(id).and_then(|s| {
+        let remotes = engine.catalog.remotes_for_host(&s.host)?;
+        engine.catalog.enqueue_replication(&remotes, QueueKind::Snapshot, id, &s.host, 0)?;
+        Ok(!remotes.is_empty())
+    });
+    match queued {
+        Ok(true) => engine.replication.notify_one(),
+        Ok(false) => {}
+        Err(e) => tracing::error!("snapshot {id} could not be queued for replication: {e}"),
+    }
 }
 
 /// The snapshot's identity (see "Identity" in the module docs): host, kind and job from the

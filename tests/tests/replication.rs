@@ -1,0 +1,456 @@
+//! Engine-to-engine replication (issue 13, `docs/dr.md`): two real `kura serve` engines on
+//! loopback, the DR engine (HTTPS, pinned certificate) reached through a TCP relay the test can
+//! cut and re-point (an engine's port changes when it restarts).
+//!
+//! - A capture into the primary with a rule to the DR engine: its chunks are on the DR engine
+//!   while the capture's commit is still held (so they were sent as they arrived, not after);
+//!   the snapshot follows its commit; `kura snapshots` shows `2/2`; the metrics count what was
+//!   sent. A second, similar host sends exactly the chunks the DR side lacked. A deletion and a
+//!   GC on the primary do not reach the DR engine. With the primary killed and its data
+//!   directory deleted, the DR engine restores both byte for byte.
+//! - The DR engine is killed (`kill -9`) in the middle and the link cut: the queue waits, and
+//!   resumes and completes once the DR engine is back; both stores verify clean. A remote failing
+//!   longer than the threshold raises one `replication_failing` notification.
+//! - A replica token adds but never deletes, reads or overwrites (403 / 409 / 422).
+
+use kura_tests::content::random_bytes;
+use kura_tests::disks::MIB;
+use kura_tests::engine::{encode_stored_chunk, manifest_ids, raw_disk, Server};
+use kura_tests::kura_cli::kura_bin;
+use kura_tests::proxy::{Hold, Kind, Proxy, Seen};
+use kura_tests::store::chunk_files;
+use kura_tests::webhook::webhook_receiver;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the DR engine may take to hold what the primary committed. The issue asks for 5 s
+/// on an idle machine; the test machine runs six builds at once, so 60 s (a failing worker
+/// retries within 30 s, `MAX_BACKOFF`).
+const REPLICATED_WITHIN: Duration = Duration::from_secs(60);
+
+/// A TCP relay on 127.0.0.1 to a target that can be changed or removed (a cut link): every
+/// open connection is closed when it changes.
+struct Relay {
+    addr: String,
+    target: Arc<Mutex<Option<String>>>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = Arc::new(Mutex::new(Some(target.to_string())));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (t, o) = (target.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Some(to) = t.lock().unwrap().clone() else { continue };
+                let Ok(upstream) = TcpStream::connect(&to) else { continue };
+                o.lock().unwrap().extend([client.try_clone().unwrap(), upstream.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, target, open }
+    }
+
+    /// Points the relay at `target` (`None`: the link is down), closing open connections.
+    fn set(&self, target: Option<&str>) {
+        *self.target.lock().unwrap() = target.map(str::to_string);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn host_port(url: &str) -> &str {
+    url.split("://").nth(1).unwrap()
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn digests(store: &Path) -> BTreeSet<String> {
+    chunk_files(store).into_iter().map(|c| c.digest).collect()
+}
+
+/// The chunks a store has received: in place, or staged in `tmp/` (`PID.DIGEST.N`) until a
+/// batch or a commit makes them durable.
+fn received(store: &Path) -> BTreeSet<String> {
+    let mut all = digests(store);
+    for e in std::fs::read_dir(store.join("tmp")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(d) = name.split('.').find(|p| p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit())) {
+            all.insert(d.to_string());
+        }
+    }
+    all
+}
+
+/// Waits up to `limit` for `f`, polling; panics with `what` and `log` otherwise.
+fn wait_for(what: &str, limit: Duration, log: impl Fn() -> String, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+/// A DR engine (HTTPS) behind a relay, and a primary (plain HTTP, so a proxy can hold its
+/// captures' commits and the test can read its metrics) with the DR engine as remote `dr` and
+/// a rule sending every host there.
+struct Pair {
+    primary: Server,
+    dr: Server,
+    relay: Relay,
+}
+
+fn pair(work: &Path) -> Pair {
+    let dr = Server::start(&work.join("dr"));
+    let fingerprint = dr.fingerprint.clone().expect("an https engine has a fingerprint");
+    let made = dr.kura(&[&"token", &"create", &"--role", &"replica", &"--note", &"primary site", &"--json"]);
+    assert!(made.success(), "{made}");
+    let token: Value = made.json();
+    let token_file = work.join("dr.token");
+    std::fs::write(&token_file, format!("{}\n", token["token"].as_str().unwrap())).unwrap();
+    let relay = Relay::start(host_port(&dr.url));
+    // A remote failing for 2 s (not an hour) raises the notification.
+    let primary = Server::start_http_env(&work.join("primary"), &[("KURA_TEST_REPLICATION_ALERT_SECS", &"2")]);
+    let url = format!("https://{}", relay.addr);
+    primary
+        .kura(&[&"remote", &"add", &"dr", &url, &"--fingerprint", &fingerprint, &"--token-file", &token_file])
+        .expect_success();
+    std::fs::remove_file(&token_file).unwrap();
+    primary.kura(&[&"replicate", &"add", &"--to", &"dr"]).expect_success();
+    let remotes: Vec<Value> = primary.kura(&[&"remote", &"list", &"--json"]).json();
+    assert_eq!(remotes.len(), 1, "{remotes:?}");
+    assert!(remotes[0].get("token").is_none() && !remotes[0].to_string().contains("kura_"), "{remotes:?}");
+    Pair { primary, dr, relay }
+}
+
+/// `kura image capture DISK --host HOST --server URL` as `server`'s admin, started now.
+fn spawn_capture(server: &Server, url: &str, disk: &Path, host: &str) -> Child {
+    Command::new(kura_bin())
+        .args(["image", "capture"])
+        .arg(disk)
+        .args(["--host", host, "--json", "--server", url])
+        .env("KURA_TOKEN", &server.admin)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run kura")
+}
+
+/// The snapshot id a finished capture printed.
+fn captured(child: Child, server: &Server) -> String {
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the capture failed:\n{stdout}\n{stderr}\nserver log:\n{}", server.log());
+    let v: Value = serde_json::from_str(stdout.lines().rfind(|l| l.starts_with('{')).unwrap()).unwrap();
+    v["snapshot"].as_str().unwrap().to_string()
+}
+
+/// `name{remote="dr"} VALUE` of the primary's metrics.
+fn metric(primary: &Server, name: &str) -> u64 {
+    let r = primary.api().raw("GET", "/metrics").token(&primary.admin).send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prefix = format!("{name}{{remote=\"dr\"}} ");
+    let text = r.text();
+    let line = text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix}in\n{text}"));
+    line.trim().parse().unwrap()
+}
+
+fn backlog(primary: &Server) -> Value {
+    let v: Value = primary.kura(&[&"replicate", &"list", &"--json"]).json();
+    v["remotes"][0].clone()
+}
+
+fn has_snapshot(server: &Server, id: &str) -> bool {
+    manifest_ids(&server.store()).iter().any(|m| m == id)
+}
+
+#[test]
+fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let Pair { mut primary, dr, relay: _relay } = pair(work.path());
+    let data_a = random_bytes(13, 24 * MIB as usize);
+    let disk_a = raw_disk(work.path(), "a.img", data_a.clone());
+
+    // The capture's commit is held: every chunk is on the primary, no snapshot yet.
+    let proxy = Proxy::start(&primary.url, Hold::CommitRequest);
+    let capture = spawn_capture(&primary, &proxy.url, &disk_a.path, "web01");
+    proxy.wait("the commit", |s| s.held >= 1 && Seen::n(&s.arrived, Kind::Commit) >= 1);
+    let on_primary = received(&primary.store());
+    assert!(on_primary.len() >= 24, "{} chunks", on_primary.len());
+    // ... and already on the DR engine, before the commit was even sent to the primary.
+    let took = wait_for(
+        "the chunks on the DR engine while the commit is held",
+        REPLICATED_WITHIN,
+        || format!("primary log:\n{}\nDR log:\n{}", primary.log(), dr.log()),
+        || on_primary.is_subset(&received(&dr.store())),
+    );
+    eprintln!("chunks on the DR engine {took:?} after the commit was held");
+    assert!(manifest_ids(&primary.store()).is_empty() && manifest_ids(&dr.store()).is_empty());
+
+    proxy.release(true);
+    let a = captured(capture, &primary);
+    let committed = Instant::now();
+    let lag = wait_for(
+        "snapshot a on the DR engine",
+        REPLICATED_WITHIN,
+        || format!("{:?}\nprimary log:\n{}", backlog(&primary), primary.log()),
+        || has_snapshot(&dr, &a),
+    );
+    eprintln!("snapshot {a} on the DR engine {:?} after the capture returned", lag.max(committed.elapsed()));
+    wait_for("the copy recorded", REPLICATED_WITHIN, String::new, || {
+        primary.snapshots().iter().any(|s| s["id"] == a.as_str() && s["copies"] == 2)
+    });
+    let listed = primary.snapshots();
+    assert_eq!((listed[0]["copies"].as_u64(), listed[0]["copies_wanted"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(listed[0]["copied_to"], serde_json::json!(["dr"]));
+    let text = primary.kura(&[&"snapshots"]);
+    assert!(text.stdout.contains("COPIES") && text.stdout.contains("2/2"), "{text}");
+    // The DR engine lists it under its host, registered by the replica.
+    let on_dr = dr.snapshots();
+    assert_eq!((on_dr.len(), on_dr[0]["host"].as_str()), (1, Some("web01")), "{on_dr:?}");
+    let sent_a = metric(&primary, "kura_replication_sent_chunks_total");
+    assert_eq!(sent_a as usize, on_primary.len(), "each chunk of a sent once");
+    assert_eq!(metric(&primary, "kura_replication_queued_chunks"), 0);
+    assert_eq!(metric(&primary, "kura_replication_lag_seconds"), 0);
+
+    // A second host, mostly the same: only the chunks the DR engine lacks go.
+    let mut data_b = data_a.clone();
+    data_b[..3 * MIB as usize].copy_from_slice(&random_bytes(14, 3 * MIB as usize));
+    let disk_b = raw_disk(work.path(), "b.img", data_b);
+    let dr_before = digests(&dr.store());
+    let b = primary.capture(&disk_b.path, "web02");
+    wait_for("snapshot b on the DR engine", REPLICATED_WITHIN, || primary.log(), || has_snapshot(&dr, &b.snapshot));
+    let dr_new = digests(&dr.store()).len() - dr_before.len();
+    eprintln!("host b: {} chunks new on the primary, {dr_new} on the DR engine", b.new_chunks);
+    assert_eq!(dr_new as u64, b.new_chunks, "{b:?}");
+    assert!(b.new_chunks > 0 && b.new_chunks < b.chunks, "{b:?}");
+    let sent_b = metric(&primary, "kura_replication_sent_chunks_total") - sent_a;
+    assert_eq!(sent_b, b.new_chunks, "chunks the DR engine had were sent again");
+    assert_eq!(digests(&dr.store()), digests(&primary.store()));
+
+    // Deleting on the primary (retention, by hand) and collecting never reaches the DR engine.
+    let api = primary.api();
+    let r = api.req("DELETE", &format!("/snapshots/{a}")).token(&primary.admin).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = api.req("POST", "/gc").token(&primary.admin).json(&serde_json::json!({"grace": 0})).send();
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(has_snapshot(&dr, &a) && !has_snapshot(&primary, &a));
+    let left = backlog(&primary);
+    assert_eq!((left["chunks"].as_u64(), left["snapshots"].as_u64()), (Some(0), Some(0)), "{left}");
+
+    // The primary site burns: the DR engine restores both alone.
+    primary.kill9();
+    std::fs::remove_dir_all(&primary.data).unwrap();
+    for (id, source) in [(&a, &disk_a.path), (&b.snapshot, &disk_b.path)] {
+        let target = work.path().join(format!("restored-{id}.img"));
+        dr.restore(id, &target);
+        assert_eq!(sha256_file(&target), sha256_file(source), "snapshot {id} does not restore its source");
+        std::fs::remove_file(&target).unwrap();
+    }
+    dr.assert_verify_ok();
+}
+
+#[test]
+fn replication_resumes_after_the_link_is_cut_and_the_dr_engine_is_killed() {
+    let work = tempfile::tempdir().unwrap();
+    let Pair { primary, mut dr, relay } = pair(work.path());
+    let disk = raw_disk(work.path(), "a.img", random_bytes(21, 32 * MIB as usize));
+    let (hook, events) = webhook_receiver();
+    primary.kura(&[&"notify", &"add", &"webhook", &hook]).expect_success();
+
+    let proxy = Proxy::start(&primary.url, Hold::CommitRequest);
+    let capture = spawn_capture(&primary, &proxy.url, &disk.path, "db01");
+    proxy.wait("the commit", |s| s.held >= 1);
+    wait_for("a first chunk on the DR engine", REPLICATED_WITHIN, || dr.log(), || !received(&dr.store()).is_empty());
+    // Mid-replication: the link goes down and the DR engine dies.
+    relay.set(None);
+    dr.kill9();
+    proxy.release(true);
+    let id = captured(capture, &primary);
+    wait_for("a failure recorded", REPLICATED_WITHIN, || primary.log(), || !backlog(&primary)["last_error"].is_null());
+    let waiting = backlog(&primary);
+    eprintln!("while the DR engine is down: {waiting}");
+    assert_eq!(waiting["snapshots"], 1, "{waiting}");
+    assert!(!has_snapshot(&dr, &id));
+    // Failing for longer than the threshold: the notification targets are told, once.
+    let failing = |limit: Duration| {
+        let t0 = Instant::now();
+        while let Some(left) = limit.checked_sub(t0.elapsed()) {
+            match events.recv_timeout(left) {
+                Ok((_, v)) if v["event"] == "replication_failing" => return Some(v),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let event = failing(REPLICATED_WITHIN).unwrap_or_else(|| panic!("no replication_failing event\n{}", primary.log()));
+    assert_eq!(event["remote"], "dr", "{event}");
+    assert!(event["text"].as_str().unwrap().contains("has been failing since"), "{event}");
+    assert!(failing(Duration::from_secs(4)).is_none(), "a second replication_failing event");
+
+    // Back, on another port: the relay follows it (the remote's address stays the same).
+    dr.restart();
+    relay.set(Some(host_port(&dr.url)));
+    let took = wait_for(
+        "the snapshot on the restarted DR engine",
+        REPLICATED_WITHIN * 2,
+        || format!("{}\nprimary log:\n{}\nDR log:\n{}", backlog(&primary), primary.log(), dr.log()),
+        || has_snapshot(&dr, &id),
+    );
+    eprintln!("resumed and completed {took:?} after the DR engine came back");
+    // The chunks queued before the cut drain too (their retry was put off by the backoff; the
+    // DR engine has them by now, so none is sent again).
+    wait_for(
+        "the queue drained",
+        REPLICATED_WITHIN,
+        || backlog(&primary).to_string(),
+        || {
+            let b = backlog(&primary);
+            (b["chunks"].as_u64(), b["snapshots"].as_u64()) == (Some(0), Some(0))
+        },
+    );
+    // Nothing lost, nothing twice: the same chunks on both sides, one snapshot, both clean.
+    assert_eq!(digests(&dr.store()), digests(&primary.store()));
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&id));
+    dr.assert_verify_ok();
+    primary.assert_verify_ok();
+    let target = work.path().join("restored.img");
+    dr.restore(&id, &target);
+    assert_eq!(sha256_file(&target), sha256_file(&disk.path));
+}
+
+#[test]
+fn a_replica_token_adds_but_never_deletes_reads_or_overwrites() {
+    let work = tempfile::tempdir().unwrap();
+    let dr = Server::start_http(&work.path().join("dr"));
+    let api = dr.api();
+    let r =
+        api.req("POST", "/tokens").token(&dr.admin).json(&serde_json::json!({"role": "replica", "label": "p"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let replica = r.json()["token"].as_str().unwrap().to_string();
+    let listed = api.req("GET", "/tokens").token(&dr.admin).send().json();
+    let row = listed.as_array().unwrap().iter().find(|t| t["role"] == "replica").cloned().unwrap();
+    assert!(row["user"].is_null(), "a replica token belongs to no user: {row}");
+
+    // Two snapshots pushed with the replica token, as a primary would: hosts registered as needed.
+    let capture = |seed: u64, host: &str| -> String {
+        let disk = raw_disk(work.path(), &format!("{host}.img"), random_bytes(seed, 4 * MIB as usize));
+        let mut args: Vec<std::ffi::OsString> = vec!["image".into(), "capture".into(), disk.path.clone().into()];
+        args.extend(["--host", host, "--json", "--server", &dr.url].map(Into::into));
+        let run = kura_tests::kura_cli::run_env(args, &[("KURA_TOKEN", &replica)]);
+        assert!(run.success(), "{run}\n{}", dr.log());
+        run.json::<Value>()["snapshot"].as_str().unwrap().to_string()
+    };
+    let a = capture(31, "pushed-a");
+    let b = capture(32, "pushed-b");
+    let manifest = |id: &str| api.req("GET", &format!("/snapshots/{id}/manifest")).token(&dr.admin).send().body;
+    let (ma, mb) = (manifest(&a), manifest(&b));
+
+    // Deleting, collecting, retention, token admin, reading: 403.
+    let digest = chunk_files(&dr.store())[0].digest.clone();
+    let refused: [(&str, String, Value); 11] = [
+        ("DELETE", format!("/snapshots/{a}"), Value::Null),
+        ("POST", "/gc".into(), serde_json::json!({})),
+        ("POST", "/retention/apply".into(), serde_json::json!({"host": "pushed-a", "keep_last": 1, "keep_monthly": 0})),
+        ("GET", "/tokens".into(), Value::Null),
+        ("POST", "/tokens".into(), serde_json::json!({"role": "admin", "label": "x"})),
+        ("GET", "/snapshots".into(), Value::Null),
+        ("GET", format!("/snapshots/{a}/manifest"), Value::Null),
+        ("GET", format!("/chunks/{digest}"), Value::Null),
+        ("POST", "/verify".into(), serde_json::json!({})),
+        ("DELETE", "/remotes/x".into(), Value::Null),
+        ("GET", "/hosts".into(), Value::Null),
+    ];
+    for (method, path, body) in &refused {
+        let mut req = api.req(method, path).token(&replica);
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let r = req.send();
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+    }
+    let r = api.raw("GET", "/metrics").token(&replica).send();
+    assert_eq!(r.status, 403);
+    let r = api
+        .raw("POST", "/login")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .bytes(format!("token={replica}").into_bytes());
+    assert_eq!(r.send().status, 403, "a replica token opened a status page session");
+
+    let begin = |host: &str| -> String {
+        let r = api.req("POST", "/uploads").token(&replica).json(&serde_json::json!({"host": host})).send();
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["upload"].as_str().unwrap().to_string()
+    };
+    let commit = |upload: &str, body: &[u8], claimed: Option<&str>| {
+        let mut req = api.req("POST", &format!("/uploads/{upload}/commit")).token(&replica).bytes(body.to_vec());
+        if let Some(id) = claimed {
+            req = req.header("X-Kura-Snapshot", id);
+        }
+        req.send()
+    };
+    // Overwriting snapshot a with b's manifest: 409, and a stays as it was.
+    let s = begin("pushed-a");
+    let r = commit(&s, &mb, Some(&a));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("never overwritten"), "{}", r.text());
+    assert_eq!(manifest(&a), ma);
+    // The same manifest again, in a new session (a primary resending after a restart): 200.
+    let r = commit(&s, &ma, Some(&a));
+    assert_eq!((r.status, r.json()["snapshot"].as_str()), (200, Some(a.as_str())), "{}", r.text());
+    let r = commit(&begin("pushed-a"), &ma, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(manifest(&a), ma);
+    // A chunk "overwritten" under an existing digest with other content: 422, the file unchanged.
+    let file = chunk_files(&dr.store()).into_iter().find(|c| c.digest == digest).unwrap();
+    let before = std::fs::read(&file.path).unwrap();
+    let (_, other) = encode_stored_chunk(b"not the chunk you are looking for");
+    let s = begin("pushed-a");
+    let r = api.req("PUT", &format!("/uploads/{s}/chunks/{digest}")).token(&replica).bytes(other).send();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(std::fs::read(&file.path).unwrap(), before);
+    // Its own session it may abort (that deletes nothing); both snapshots are still there.
+    let r = api.req("DELETE", &format!("/uploads/{s}")).token(&replica).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let mut ids = vec![a, b];
+    ids.sort();
+    assert_eq!(dr.snapshot_ids(), ids);
+    assert_eq!(manifest_ids(&dr.store()), ids);
+}
