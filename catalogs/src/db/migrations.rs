@@ -46,6 +46,7 @@ migrations!(
     "0006_unconfirmed_snapshots",
     "0007_host_secure_boot",
     "0008_boot_tests",
+    "0010_scheduled_boot_tests",
 );
 
 /// The schema version this build reads and writes.

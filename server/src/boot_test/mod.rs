@@ -19,6 +19,7 @@
 //! the verdict is by console only).
 
 pub mod console;
+pub mod engine;
 pub mod uefi;
 
 use crate::nbd::{self, Listener};

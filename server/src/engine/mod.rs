@@ -50,6 +50,8 @@ pub struct Engine {
     /// `kura serve --hold-unusual-captures`: the snapshot of a capture whose boot was unusual
     /// is held unconfirmed ([`Engine::holds_unusual_captures`]).
     pub hold_unusual_captures: AtomicBool,
+    /// Boot tests run here: kept screenshots and the queue of scheduled tests.
+    pub boot_tests: crate::boot_test::engine::BootTests,
 }
 
 impl Engine {
@@ -71,6 +73,7 @@ impl Engine {
             ingested: Ingested::default(),
             usage_cache: Mutex::new(None),
             hold_unusual_captures: AtomicBool::new(false),
+            boot_tests: Default::default(),
         }
     }
 
