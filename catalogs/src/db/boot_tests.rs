@@ -62,7 +62,8 @@ impl Catalog {
         }
         let tail = serde_json::to_string(&t.console_tail).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         self.write(|tx, now| {
-            let known: i64 = tx.query_row("SELECT count(*) FROM snapshots WHERE id = ?1", [&t.snapshot], |r| r.get(0))?;
+            let known: i64 =
+                tx.query_row("SELECT count(*) FROM snapshots WHERE id = ?1", [&t.snapshot], |r| r.get(0))?;
             if known == 0 {
                 return Err(CatalogError::NotFound { what: "snapshot", key: t.snapshot.clone() });
             }
@@ -98,8 +99,9 @@ impl Catalog {
     /// A snapshot's boot tests, newest first.
     pub fn boot_tests(&self, snapshot: &str) -> Result<Vec<BootTest>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM boot_tests b WHERE b.snapshot_id = ?1 ORDER BY b.finished DESC, b.id DESC"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM boot_tests b WHERE b.snapshot_id = ?1 ORDER BY b.finished DESC, b.id DESC"
+            ))?;
             let rows = stmt.query_map([snapshot], from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })

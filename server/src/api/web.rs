@@ -18,7 +18,6 @@
 //! scrapers (see `docs/operations.md`, "Status page"). Each host's newest boot test shows with
 //! a thumbnail of its screenshot, served by [`boot_screenshot`] behind the same login.
 
-
 use super::ops::{Overview, FAILURE_WINDOW, STALE_AFTER};
 use super::{ApiError, ApiResult, AppState};
 use axum::extract::{Path, State};
@@ -610,7 +609,10 @@ mod tests {
         assert!(html.contains("data-stale=\"true\""), "{html}");
         assert!(html.contains("<td class=\"boot-test\" data-unix=\"7\">"), "{html}");
         assert!(html.contains("<td class=\"boot-verdict\" data-passed=\"false\""), "{html}");
-        assert!(html.contains("<img class=\"boot-shot\" src=\"/boot-tests/screenshots/00000000000000a1-7000.png\""), "{html}");
+        assert!(
+            html.contains("<img class=\"boot-shot\" src=\"/boot-tests/screenshots/00000000000000a1-7000.png\""),
+            "{html}"
+        );
         assert!(html.contains("id=\"dedup-ratio\" data-ratio=\"3.0000\""), "{html}");
         assert!(html.contains("<td class=\"num percent\">50.0%</td>"), "{html}");
     }

@@ -121,7 +121,8 @@ pub fn run_and_record(engine: &Engine, id: &str, actor: &str, req: &Request) -> 
     }
     let manifest = engine.store.load_manifest(id)?;
     let source: Arc<dyn kura_imaging::chunk::ChunkSource> = engine.store.clone();
-    let disk = crate::snapshot_disk::SnapshotDisk::new(id.to_string(), manifest, source, crate::snapshot_disk::CACHE_BYTES)?;
+    let disk =
+        crate::snapshot_disk::SnapshotDisk::new(id.to_string(), manifest, source, crate::snapshot_disk::CACHE_BYTES)?;
     let scratch = tempfile::Builder::new().prefix("kura-boot-shot.").tempdir()?;
     let shot = scratch.path().join("screen.png");
     let opts = Options {
@@ -226,11 +227,8 @@ fn worker(engine: Weak<Engine>) {
                     q.running = Some(n.0.clone());
                     break Some(n);
                 }
-                let (guard, timeout) = e
-                    .boot_tests
-                    .wake
-                    .wait_timeout(q, Duration::from_secs(60))
-                    .unwrap_or_else(|e| e.into_inner());
+                let (guard, timeout) =
+                    e.boot_tests.wake.wait_timeout(q, Duration::from_secs(60)).unwrap_or_else(|e| e.into_inner());
                 q = guard;
                 if timeout.timed_out() && q.waiting.is_empty() {
                     break None;
@@ -244,11 +242,13 @@ fn worker(engine: Weak<Engine>) {
         };
         match run_and_record(&e, &snapshot, SCHEDULED_ACTOR, &req) {
             Ok(o) => tracing::info!(
-                "scheduled boot test of snapshot {snapshot} (host {}): {} — {} in {:.1} s",
+                "scheduled boot test of snapshot {snapshot} (host {}): {} — {} in {:.1} s, {} chunks / {} bytes fetched",
                 o.host,
                 if o.verdict.passed { "passed" } else { "failed" },
                 o.verdict.reason,
-                o.verdict.seconds
+                o.verdict.seconds,
+                o.verdict.fetched_chunks,
+                o.verdict.fetched_bytes
             ),
             Err(err) => tracing::error!("scheduled boot test of snapshot {snapshot}: {err:#}"),
         }

@@ -287,6 +287,11 @@ enum ImageCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// With --server: capture for queued or running capture job ID (e.g. one a schedule
+        /// queued, for a machine captured outside netboot): the job starts, and succeeds with
+        /// the commit; the host is the job's.
+        #[arg(long, value_name = "ID", conflicts_with = "store")]
+        job: Option<i64>,
     },
     /// List the snapshots in a local store.
     List {
@@ -500,9 +505,9 @@ fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, at, name, host, threads } => match at.store {
+            ImageCommand::Capture { source, at, name, host, threads, job } => match at.store {
                 Some(store) => image::capture(&source, &store, at.server.json, name, host, threads),
-                None => engine::capture(&source, &at.server, name, host, threads),
+                None => engine::capture(&source, &at.server, name, host, threads, job),
             },
             ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
             ImageCommand::Show { snapshot, at } => {
