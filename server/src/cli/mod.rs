@@ -166,6 +166,16 @@ enum Command {
         #[arg(long, default_value = nbd::DEFAULT_LISTEN, value_parser = nbd::parse_listen)]
         listen: nbd::ListenAddr,
     },
+    /// Mount a snapshot's disk and partitions as read-only files DIR/disk, DIR/part1, ... (FUSE;
+    /// root), to loop-mount with the kernel's drivers; until `umount DIR` (docs/files.md).
+    Mount {
+        /// Snapshot id (or, with --store, a unique prefix).
+        snapshot: String,
+        /// An empty directory to mount on.
+        dir: PathBuf,
+        #[command(flatten)]
+        at: Location,
+    },
     /// A snapshot's files, read in place without restoring or mounting (ext4, NTFS, FAT):
     /// ls, get, find, diff; from a local store or an engine.
     #[command(subcommand)]
@@ -589,6 +599,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Netboot(cmd) => netboot::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
+        Command::Mount { snapshot, dir, at } => nbd::mount(&snapshot, &dir, &at),
         Command::Files(cmd) => files::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::export(args),
