@@ -7,11 +7,13 @@
 //! snapshot on its own (one QEMU boot, TCG): the test is recorded on the snapshot with its
 //! screenshot kept in the data directory (private). The status page, logged in as an operator,
 //! shows the host's newest boot test as "passed" with the screenshot's thumbnail loaded in the
-//! browser (`naturalWidth > 0`); the PNG is served to a logged-in operator only.
+//! browser (`naturalWidth > 0`); the PNG is served to a logged-in operator only. The page as
+//! the browser shows it is kept at `target/boot-test-status.png`.
 //!
 //! Needs qemu-system-x86 and the bootable disk's tools (see `bootdisk`), chromium and
 //! chromium-driver. Root not needed.
 
+use base64::Engine as _;
 use kura_tests::bootdisk;
 use kura_tests::browser::{decode_png, Browser};
 use kura_tests::engine::Server;
@@ -162,4 +164,12 @@ fn a_scheduled_capture_is_boot_tested_and_the_status_page_shows_the_verdict_with
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(size, (sw as u64, sh as u64), "the thumbnail did not load in the browser");
+    // The page as the browser shows it, kept for people at `target/boot-test-status.png`.
+    let shot = b.call("GET", "/screenshot", None);
+    let png = base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap()).unwrap();
+    decode_png(&png);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target");
+    if std::fs::create_dir_all(&target).is_ok() {
+        let _ = std::fs::write(target.join("boot-test-status.png"), &png);
+    }
 }
