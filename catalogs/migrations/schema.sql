@@ -176,6 +176,10 @@ CREATE TABLE schedules (
     created INTEGER NOT NULL,
     -- Due times up to and including this one have been recorded (as runs or missed).
     evaluated_until INTEGER NOT NULL,
+    -- Boot-test each snapshot its captures commit (server/src/boot_test/engine.rs).
+    boot_test INTEGER NOT NULL DEFAULT 0 CHECK (boot_test IN (0, 1)),
+    -- A console text that also means the boot test's system came up.
+    boot_test_expect TEXT,
     CHECK ((keep_last IS NULL) = (keep_monthly IS NULL))
 );
 
@@ -217,7 +221,9 @@ CREATE TABLE boot_tests (
     millis INTEGER NOT NULL CHECK (millis >= 0),
     firmware TEXT NOT NULL CHECK (firmware IN ('bios', 'uefi')),
     console_tail TEXT NOT NULL CHECK (json_valid(console_tail)),
-    fetched_bytes INTEGER NOT NULL CHECK (fetched_bytes >= 0)
+    fetched_bytes INTEGER NOT NULL CHECK (fetched_bytes >= 0),
+    -- The PNG at the verdict, a file name in the data directory's screenshots/ (NULL: not kept).
+    screenshot TEXT
 );
 CREATE INDEX boot_tests_snapshot ON boot_tests (snapshot_id, finished);
 

@@ -88,6 +88,8 @@ pub const PAGE_STATUS: Route = r("GET", "/status", JSON);
 pub const PAGE_LOGIN_FORM: Route = r("GET", "/login", JSON);
 pub const PAGE_LOGIN: Route = r("POST", "/login", JSON);
 pub const PAGE_LOGOUT: Route = r("POST", "/logout", JSON);
+/// A boot test's screenshot (PNG) the engine keeps, by its file name (the status page links it).
+pub const PAGE_BOOT_SCREENSHOT: Route = r("GET", "/boot-tests/screenshots/{name}", JSON);
 
 impl Route {
     /// The path with its placeholders filled in order. Values are percent-encoded.

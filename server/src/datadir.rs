@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 pub const SECRETS: [&str; 3] = ["admin.token", "secrets.key", "tls/key.pem"];
 
 /// The directories under the data directory the engine creates files in (relative paths).
-const WRITTEN_DIRS: [&str; 7] =
-    ["tls", "store", "store/chunks", "store/snapshots", "store/tmp", "store/quarantine", "cache"];
+const WRITTEN_DIRS: [&str; 8] =
+    ["tls", "store", "store/chunks", "store/snapshots", "store/tmp", "store/quarantine", "cache", "screenshots"];
 
 /// Creates the data directory if missing (0700) and checks it (see the module docs). Returns
 /// warnings (readable by others) to print.

@@ -11,6 +11,7 @@ mod cli;
 mod datadir;
 mod engine;
 mod files;
+mod mount;
 mod nbd;
 mod notify;
 mod power;

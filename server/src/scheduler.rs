@@ -20,8 +20,9 @@
 //! 4. **Finish** runs whose entries are all final, with a summary.
 //!
 //! Hooks ([`Hooks`]): [`RunObserver`] (notifications: a run finished or was missed, a host's
-//! job failed) and [`ReleaseHook`] (power control: a capture job was released for a host, wake
-//! it so it netboots). They are called on the scheduler's blocking thread, after the catalog
+//! job failed), [`ReleaseHook`] (power control: a capture job was released for a host, wake
+//! it so it netboots) and [`CaptureHook`] (boot tests: a scheduled capture committed its
+//! snapshot; `crate::boot_test::engine` queues its test when the schedule asks for one). They are called on the scheduler's blocking thread, after the catalog
 //! change is committed, at most once per event (an engine killed between the commit and the
 //! call skips it); they must return quickly and hand slow work (HTTP, SMTP, IPMI) to a thread of
 //! their own. All methods have no-op defaults.
@@ -151,11 +152,30 @@ pub trait ReleaseHook: Send + Sync {
     fn job_released(&self, _released: &JobReleased) {}
 }
 
+/// A scheduled capture that committed its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureCommitted {
+    pub schedule_id: i64,
+    pub schedule: String,
+    pub run: i64,
+    pub host: String,
+    pub snapshot: String,
+    /// The schedule asks for a boot test of each snapshot (`kura schedule add --boot-test`).
+    pub boot_test: bool,
+    pub boot_test_expect: Option<String>,
+}
+
+/// Boot-test seam: a scheduled capture committed its snapshot. No-op default.
+pub trait CaptureHook: Send + Sync {
+    fn capture_committed(&self, _committed: &CaptureCommitted) {}
+}
+
 /// The hooks the scheduler calls; empty by default.
 #[derive(Clone, Default)]
 pub struct Hooks {
     pub observers: Vec<Arc<dyn RunObserver>>,
     pub release: Vec<Arc<dyn ReleaseHook>>,
+    pub captures: Vec<Arc<dyn CaptureHook>>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +293,20 @@ impl Scheduler {
             let name = by_id.get(&st.schedule_id).map(|s| s.name.clone()).unwrap_or_default();
             match st.state {
                 HostRunState::Succeeded => {
+                    if let (Some(s), Some(snapshot)) = (by_id.get(&st.schedule_id), &st.snapshot) {
+                        let ev = CaptureCommitted {
+                            schedule_id: s.id,
+                            schedule: s.name.clone(),
+                            run: st.run,
+                            host: st.host.clone(),
+                            snapshot: snapshot.clone(),
+                            boot_test: s.boot_test,
+                            boot_test_expect: s.boot_test_expect.clone(),
+                        };
+                        for h in &self.hooks.captures {
+                            h.capture_committed(&ev);
+                        }
+                    }
                     if let Some(rule) = by_id.get(&st.schedule_id).and_then(|s| s.retention) {
                         if let Err(e) = self.apply_retention(&st.host, rule) {
                             tracing::error!("schedule {name}: retention for host {}: {e:#}", st.host);
@@ -399,6 +433,7 @@ mod tests {
 
     #[derive(Default)]
     struct Recorder {
+        committed: Mutex<Vec<CaptureCommitted>>,
         released: Mutex<Vec<JobReleased>>,
         failed: Mutex<Vec<JobFailed>>,
         finished: Mutex<Vec<RunSummary>>,
@@ -410,6 +445,12 @@ mod tests {
         }
         fn job_failed(&self, f: &JobFailed) {
             self.failed.lock().unwrap().push(f.clone());
+        }
+    }
+
+    impl CaptureHook for Recorder {
+        fn capture_committed(&self, c: &CaptureCommitted) {
+            self.committed.lock().unwrap().push(c.clone());
         }
     }
 
@@ -428,7 +469,7 @@ mod tests {
                 .unwrap();
         }
         let rec = Arc::new(Recorder::default());
-        let hooks = Hooks { observers: vec![rec.clone()], release: vec![rec.clone()] };
+        let hooks = Hooks { observers: vec![rec.clone()], release: vec![rec.clone()], captures: vec![rec.clone()] };
         let config = SchedulerConfig { max_concurrent_jobs: overall, ..Default::default() };
         (cat.clone(), Scheduler::new(cat, None, config, hooks), rec, now)
     }
@@ -446,6 +487,8 @@ mod tests {
                 retries,
                 retry_delay: delay,
                 enabled: true,
+                boot_test: false,
+                boot_test_expect: None,
             },
         )
         .unwrap();
@@ -528,6 +571,65 @@ mod tests {
         fail_active(&cat);
         let r = sched.tick(JAN1 + 2 * 3600 + 20).unwrap();
         assert!(r.released <= 4);
+    }
+
+    #[test]
+    fn a_committed_scheduled_capture_reaches_the_capture_hooks_with_the_schedules_boot_test() {
+        let (cat, sched, rec, now) = setup(2, 4);
+        let s = cat
+            .create_schedule(
+                "t",
+                &NewSchedule {
+                    name: Some("nightly".into()),
+                    target: "g".into(),
+                    target_kind: None,
+                    cron: "0 2 * * *".into(),
+                    retention: None,
+                    max_concurrent: 5,
+                    retries: 0,
+                    retry_delay: 0,
+                    enabled: true,
+                    boot_test: true,
+                    boot_test_expect: Some("web login:".into()),
+                },
+            )
+            .unwrap();
+        let t = JAN1 + 2 * 3600;
+        now.store(t, Ordering::SeqCst);
+        assert_eq!(sched.tick(t).unwrap().released, 2);
+        // h00's capture commits a snapshot; h01's fails: only h00's reaches the hook.
+        let jobs = cat.list_jobs(None, 10).unwrap();
+        let job = |host: &str| jobs.iter().find(|j| j.host == host).unwrap().id;
+        cat.start_job("agent", job("h00")).unwrap();
+        let snap = kura_catalogs::db::NewSnapshot {
+            id: "00000000000000d1".into(),
+            host: "h00".into(),
+            disk: None,
+            name: None,
+            kind: kura_catalogs::db::SnapshotKind::Scheduled,
+            created: t,
+            disk_size: 1 << 30,
+            used_bytes: 1 << 20,
+            new_bytes: 1 << 20,
+            reused_bytes: 0,
+        };
+        cat.commit_capture("agent", job("h00"), &snap).unwrap();
+        cat.start_job("agent", job("h01")).unwrap();
+        cat.fail_job("agent", job("h01"), "no disk").unwrap();
+        sched.tick(t + 10).unwrap();
+        let committed = rec.committed.lock().unwrap().clone();
+        assert_eq!(
+            committed,
+            [CaptureCommitted {
+                schedule_id: s.id,
+                schedule: "nightly".into(),
+                run: committed[0].run,
+                host: "h00".into(),
+                snapshot: "00000000000000d1".into(),
+                boot_test: true,
+                boot_test_expect: Some("web login:".into()),
+            }]
+        );
     }
 
     #[test]

@@ -375,12 +375,16 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     );
     state.engine.liveness.set_timeout(opts.agent_timeout);
     state.engine.hold_unusual_captures.store(opts.hold_unusual_captures, std::sync::atomic::Ordering::Relaxed);
-    // The scheduler reports finished runs to the notifier and released jobs to power control.
+    state.engine.boot_tests.keep_screenshots_in(&opts.data)?;
+    // The scheduler reports finished runs to the notifier, released jobs to power control and
+    // committed captures to the boot tests.
     let hooks = Hooks {
         observers: vec![Arc::new(state.engine.notifier.clone()) as Arc<dyn crate::scheduler::RunObserver>],
         release: vec![
             Arc::new(crate::power::KickReleased(state.engine.power.clone())) as Arc<dyn crate::scheduler::ReleaseHook>
         ],
+        captures: vec![Arc::new(crate::boot_test::engine::TestScheduledCaptures(Arc::downgrade(&state.engine)))
+            as Arc<dyn crate::scheduler::CaptureHook>],
     };
     let scheduler =
         Arc::new(Scheduler::new(state.engine.catalog.clone(), Some(store.clone()), opts.scheduler.clone(), hooks));

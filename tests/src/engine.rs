@@ -68,6 +68,13 @@ impl Server {
         Self::spawn(data, true, extra.iter().map(|a| a.as_ref().to_owned()).collect(), Vec::new())
     }
 
+    /// Starts a plain-HTTP engine with extra `kura serve` arguments and environment (both kept
+    /// across restarts), e.g. a test clock and `KURA_LOG=info`.
+    pub fn start_http_with_env(data: &Path, extra: &[&dyn AsRef<OsStr>], env: &[(&str, &dyn AsRef<OsStr>)]) -> Server {
+        let env = env.iter().map(|(k, v)| (OsString::from(k), v.as_ref().to_owned())).collect();
+        Self::spawn(data, true, extra.iter().map(|a| a.as_ref().to_owned()).collect(), env)
+    }
+
     /// Starts a plain-HTTP engine with extra environment variables (kept across restarts),
     /// e.g. `KURA_NOTIFY_CA`.
     pub fn start_http_env(data: &Path, env: &[(&str, &dyn AsRef<OsStr>)]) -> Server {

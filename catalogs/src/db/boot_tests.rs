@@ -1,6 +1,8 @@
 //! Boot tests of snapshots (`kura verify --boot`): each run's verdict, kept with the snapshot
 //! (deleted with it). The test itself runs in the server (`server/src/boot_test`); this module
-//! only records and answers "when did this host's image last boot?".
+//! only records and answers "when did this host's image last boot?" and "what did its screen
+//! show?". A test's screenshot is a file the engine keeps (`DATA/screenshots/NAME`); the row
+//! holds its name, and [`Catalog::prune_boot_test_screenshots`] decides which are kept.
 
 use super::error::{CatalogError, Result};
 use super::sql::Row;
@@ -8,10 +10,14 @@ use super::{audit, Catalog, UnixTime};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
 
 /// One boot test's verdict, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootTest {
+    /// The catalog's id (0 before it is recorded).
+    #[serde(default)]
+    pub id: i64,
     pub snapshot: String,
     pub finished: UnixTime,
     pub passed: bool,
@@ -23,6 +29,9 @@ pub struct BootTest {
     pub firmware: String,
     pub console_tail: Vec<String>,
     pub fetched_bytes: u64,
+    /// The screenshot's file name in the engine's `screenshots/`, while it is kept.
+    #[serde(default)]
+    pub screenshot: Option<String>,
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<BootTest> {
@@ -37,11 +46,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<BootTest> {
         firmware: r.get(6)?,
         console_tail: serde_json::from_str(&tail).unwrap_or_default(),
         fetched_bytes: r.get(8)?,
+        id: r.get(9)?,
+        screenshot: r.get(10)?,
     })
 }
 
-const SELECT: &str = "SELECT snapshot_id, finished, passed, stage, reason, millis, firmware, console_tail, \
-     fetched_bytes FROM boot_tests";
+const COLUMNS: &str = "b.snapshot_id, b.finished, b.passed, b.stage, b.reason, b.millis, b.firmware, \
+     b.console_tail, b.fetched_bytes, b.id, b.screenshot";
 
 impl Catalog {
     /// Records a boot test of a committed snapshot (its time is the catalog's now), audited.
@@ -51,14 +62,27 @@ impl Catalog {
         }
         let tail = serde_json::to_string(&t.console_tail).map_err(|e| CatalogError::Invalid(e.to_string()))?;
         self.write(|tx, now| {
-            let known: i64 = tx.query_row("SELECT count(*) FROM snapshots WHERE id = ?1", [&t.snapshot], |r| r.get(0))?;
+            let known: i64 =
+                tx.query_row("SELECT count(*) FROM snapshots WHERE id = ?1", [&t.snapshot], |r| r.get(0))?;
             if known == 0 {
                 return Err(CatalogError::NotFound { what: "snapshot", key: t.snapshot.clone() });
             }
-            tx.execute(
+            let id: i64 = tx.query_row(
                 "INSERT INTO boot_tests (snapshot_id, finished, passed, stage, reason, millis, firmware, console_tail, \
-                 fetched_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![t.snapshot, now, t.passed as i64, t.stage, t.reason, t.millis, t.firmware, tail, t.fetched_bytes],
+                 fetched_bytes, screenshot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                params![
+                    t.snapshot,
+                    now,
+                    t.passed as i64,
+                    t.stage,
+                    t.reason,
+                    t.millis,
+                    t.firmware,
+                    tail,
+                    t.fetched_bytes,
+                    t.screenshot
+                ],
+                |r| r.get(0),
             )?;
             audit::append(
                 tx,
@@ -68,15 +92,16 @@ impl Catalog {
                 &format!("snapshot {}", t.snapshot),
                 json!({ "passed": t.passed, "stage": t.stage, "reason": t.reason }),
             )?;
-            Ok(BootTest { finished: now, ..t.clone() })
+            Ok(BootTest { id, finished: now, ..t.clone() })
         })
     }
 
     /// A snapshot's boot tests, newest first.
     pub fn boot_tests(&self, snapshot: &str) -> Result<Vec<BootTest>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("{SELECT} WHERE snapshot_id = ?1 ORDER BY finished DESC, id DESC"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM boot_tests b WHERE b.snapshot_id = ?1 ORDER BY b.finished DESC, b.id DESC"
+            ))?;
             let rows = stmt.query_map([snapshot], from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -91,6 +116,49 @@ impl Catalog {
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Each host's newest boot test (passed or not), by host name.
+    pub fn newest_boot_test_by_host(&self) -> Result<Vec<(String, BootTest)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS}, h.name FROM boot_tests b JOIN snapshots s ON s.id = b.snapshot_id \
+                 JOIN hosts h ON h.id = s.host_id WHERE b.id = (SELECT b2.id FROM boot_tests b2 \
+                 JOIN snapshots s2 ON s2.id = b2.snapshot_id WHERE s2.host_id = s.host_id \
+                 ORDER BY b2.finished DESC, b2.id DESC LIMIT 1) ORDER BY h.name"
+            ))?;
+            // The host's name follows the test's columns.
+            let rows = stmt.query_map([], |r| Ok((r.get(11)?, from_row(r)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Keeps the screenshots of each host's newest `keep` boot tests that have one; older
+    /// tests forget theirs. Returns the names still kept: the engine deletes every other file
+    /// of its `screenshots/` (also those of tests deleted with their snapshot).
+    pub fn prune_boot_test_screenshots(&self, keep: usize) -> Result<HashSet<String>> {
+        self.write(|tx, _| {
+            let rows: Vec<(i64, String, i64)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT b.id, b.screenshot, s.host_id FROM boot_tests b JOIN snapshots s ON s.id = b.snapshot_id \
+                     WHERE b.screenshot IS NOT NULL ORDER BY s.host_id, b.finished DESC, b.id DESC",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut per_host: HashMap<i64, usize> = HashMap::new();
+            let mut kept = HashSet::new();
+            for (id, name, host) in rows {
+                let n = per_host.entry(host).or_default();
+                *n += 1;
+                if *n <= keep {
+                    kept.insert(name);
+                } else {
+                    tx.execute("UPDATE boot_tests SET screenshot = NULL WHERE id = ?1", [id])?;
+                }
+            }
+            Ok(kept)
         })
     }
 }
@@ -112,6 +180,8 @@ mod tests {
             firmware: "bios".into(),
             console_tail: vec!["SeaBIOS".into(), "x login: ".into()],
             fetched_bytes: 11 << 20,
+            id: 0,
+            screenshot: None,
         }
     }
 
@@ -145,6 +215,39 @@ mod tests {
         cat.remove_snapshot("t", "00000000000000b1").unwrap();
         assert!(cat.boot_tests("00000000000000b1").unwrap().is_empty());
         assert!(cat.last_boot_success_by_host().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_host_keeps_the_screenshots_of_its_newest_tests_only() {
+        let (cat, clock) = catalog();
+        host(&cat, "web01");
+        host(&cat, "web02");
+        cat.add_snapshot("t", &new_snapshot("00000000000000c1", "web01", 100)).unwrap();
+        cat.add_snapshot("t", &new_snapshot("00000000000000c2", "web02", 100)).unwrap();
+        let shot = |snapshot: &str, passed: bool, name: &str| {
+            clock.advance(10);
+            let t = BootTest { screenshot: Some(name.into()), ..verdict(snapshot, passed) };
+            cat.record_boot_test("op", &t).unwrap()
+        };
+        shot("00000000000000c1", true, "a.png");
+        shot("00000000000000c1", false, "b.png");
+        let newest = shot("00000000000000c1", true, "c.png");
+        shot("00000000000000c2", false, "d.png");
+        let kept = cat.prune_boot_test_screenshots(2).unwrap();
+        let mut names: Vec<_> = kept.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["b.png", "c.png", "d.png"]);
+        assert_eq!(cat.boot_tests("00000000000000c1").unwrap()[2].screenshot, None, "the oldest forgot its screenshot");
+        // The newest test of each host, whatever its verdict, with its screenshot.
+        let by_host = cat.newest_boot_test_by_host().unwrap();
+        assert_eq!(by_host.len(), 2);
+        assert_eq!(by_host[0], ("web01".to_string(), newest));
+        assert_eq!((by_host[1].0.as_str(), by_host[1].1.passed), ("web02", false));
+        assert_eq!(by_host[1].1.screenshot.as_deref(), Some("d.png"));
+        // Deleted with the snapshot: no longer kept.
+        cat.mark_snapshot_deleting("t", "00000000000000c2").unwrap();
+        cat.remove_snapshot("t", "00000000000000c2").unwrap();
+        assert!(!cat.prune_boot_test_screenshots(2).unwrap().contains("d.png"));
     }
 }
 }

@@ -47,6 +47,7 @@ migrations!(
     "0007_host_secure_boot",
     "0008_boot_tests",
     "0009_replication",
+    "0010_scheduled_boot_tests",
 );
 
 /// The schema version this build reads and writes.

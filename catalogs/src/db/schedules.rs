@@ -89,6 +89,10 @@ pub struct Schedule {
     pub created: UnixTime,
     /// Due times up to and including this one have been recorded.
     pub evaluated_until: UnixTime,
+    /// Each snapshot the schedule's captures commit is boot-tested by the engine.
+    pub boot_test: bool,
+    /// A console text that also means the boot test's system came up.
+    pub boot_test_expect: Option<String>,
 }
 
 fn default_max_concurrent() -> u32 {
@@ -124,6 +128,11 @@ pub struct NewSchedule {
     pub retry_delay: i64,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// Boot-test each snapshot the schedule's captures commit.
+    #[serde(default)]
+    pub boot_test: bool,
+    #[serde(default)]
+    pub boot_test_expect: Option<String>,
 }
 
 /// One host of a run.
@@ -211,6 +220,8 @@ pub struct Settled {
     /// `succeeded`, `retrying` or `failed`.
     pub state: HostRunState,
     pub error: Option<String>,
+    /// The snapshot a succeeded capture committed.
+    pub snapshot: Option<String>,
 }
 
 /// Due times recorded by [`Catalog::record_due_times`].
@@ -222,11 +233,12 @@ pub struct Recorded {
     pub missed: Vec<RunSummary>,
 }
 
-/// A released entry whose job ended: run, host, job, attempts, schedule, job state, job error.
-type EndedEntry = (i64, String, Option<i64>, u32, i64, Option<JobState>, Option<String>);
+/// A released entry whose job ended: run, host, job, attempts, schedule, job state, job error,
+/// job snapshot.
+type EndedEntry = (i64, String, Option<i64>, u32, i64, Option<JobState>, Option<String>, Option<String>);
 
 const SELECT: &str = "SELECT id, name, target_kind, target, cron, keep_last, keep_monthly, max_concurrent, \
-     retries, retry_delay, enabled, created, evaluated_until FROM schedules";
+     retries, retry_delay, enabled, created, evaluated_until, boot_test, boot_test_expect FROM schedules";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Schedule> {
     let keep: (Option<u32>, Option<u32>) = (r.get(5)?, r.get(6)?);
@@ -246,6 +258,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Schedule> {
         enabled: r.get(10)?,
         created: r.get(11)?,
         evaluated_until: r.get(12)?,
+        boot_test: r.get(13)?,
+        boot_test_expect: r.get(14)?,
     })
 }
 
@@ -352,6 +366,13 @@ impl Catalog {
         if new.retry_delay < 0 {
             return Err(CatalogError::Invalid("retry_delay must not be negative".into()));
         }
+        if let Some(e) = &new.boot_test_expect {
+            if e.is_empty() || e.len() > 256 || e.chars().any(char::is_control) || !new.boot_test {
+                return Err(CatalogError::Invalid(
+                    "boot_test_expect is 1 to 256 characters without control characters, with boot_test".into(),
+                ));
+            }
+        }
         validate_name("target", &new.target)?;
         if let Some(n) = &new.name {
             validate_name("schedule", n)?;
@@ -395,8 +416,8 @@ impl Catalog {
             let id: i64 = tx
                 .query_row(
                     "INSERT INTO schedules (name, target_kind, target, cron, keep_last, keep_monthly, max_concurrent, \
-                 retries, retry_delay, enabled, created, evaluated_until) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11) RETURNING id",
+                 retries, retry_delay, enabled, created, evaluated_until, boot_test, boot_test_expect) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13) RETURNING id",
                     params![
                         name,
                         kind,
@@ -408,7 +429,9 @@ impl Catalog {
                         new.retries,
                         new.retry_delay,
                         new.enabled,
-                        now
+                        now,
+                        new.boot_test,
+                        new.boot_test_expect
                     ],
                     |r| r.get(0),
                 )
@@ -678,19 +701,19 @@ impl Catalog {
         self.write(|tx, _| {
             let ended: Vec<EndedEntry> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT e.run_id, e.host, e.job_id, e.attempts, r.schedule_id, j.state, j.error \
+                    "SELECT e.run_id, e.host, e.job_id, e.attempts, r.schedule_id, j.state, j.error, j.snapshot_id \
                      FROM schedule_run_hosts e JOIN schedule_runs r ON r.id = e.run_id \
                      LEFT JOIN jobs j ON j.id = e.job_id \
                      WHERE e.state = 'released' AND (j.id IS NULL OR j.state NOT IN ('queued', 'running')) \
                      ORDER BY e.run_id, e.host",
                 )?;
                 let rows = stmt.query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
             let mut out = Vec::new();
-            for (run, host, job, attempts, schedule_id, job_state, job_error) in ended {
+            for (run, host, job, attempts, schedule_id, job_state, job_error, job_snapshot) in ended {
                 let s = load_id(tx, schedule_id)?;
                 let (state, error, not_before) = match job_state {
                     Some(JobState::Succeeded) => (HostRunState::Succeeded, None, None),
@@ -719,7 +742,8 @@ impl Catalog {
                 let detail =
                     json!({"run": run, "host": host, "job": job, "attempts": attempts, "error": error, "not_before": not_before});
                 audit::append(tx, now, actor, action, &audit_target(&s.name), detail)?;
-                out.push(Settled { run, schedule_id, host, job, attempts, state, error });
+                let snapshot = (state == HostRunState::Succeeded).then_some(job_snapshot).flatten();
+                out.push(Settled { run, schedule_id, host, job, attempts, state, error, snapshot });
             }
             Ok(out)
         })
@@ -779,6 +803,8 @@ mod tests {
             retries: 0,
             retry_delay: 60,
             enabled: true,
+            boot_test: false,
+            boot_test_expect: None,
         }
     }
 
@@ -843,7 +869,12 @@ mod tests {
         host(&cat, "c", Some("g"));
         let mut n = new_schedule("g", "0 2 1 * *");
         n.retries = 1;
+        n.boot_test_expect = Some("login ok".into());
+        assert!(matches!(cat.create_schedule("t", &n), Err(CatalogError::Invalid(_))), "an expect text without a test");
+        n.boot_test = true;
         let s = cat.create_schedule("t", &n).unwrap();
+        assert!(s.boot_test && cat.get_schedule("g").unwrap().boot_test);
+        assert_eq!(s.boot_test_expect.as_deref(), Some("login ok"));
         // c is busy with a manual job: skipped.
         cat.create_job("op", &NewJob { kind: JobKind::Capture, host: "c".into(), disk: None, snapshot: None }).unwrap();
         let due = START + 60;
@@ -871,6 +902,9 @@ mod tests {
             settled.iter().map(|s| (s.host.as_str(), s.state)).collect::<Vec<_>>(),
             [("a", HostRunState::Succeeded), ("b", HostRunState::Retrying)]
         );
+        // The succeeded capture names its snapshot (for the schedule's boot test); a failed one none.
+        assert_eq!(settled[0].snapshot.as_deref(), Some("00000000000000aa"));
+        assert_eq!(settled[1].snapshot, None);
         assert!(cat.finish_runs("s").unwrap().is_empty());
         assert!(cat.releasable_hosts(START + 1059).unwrap().is_empty(), "retry delay");
         assert_eq!(cat.releasable_hosts(START + 1060).unwrap().len(), 1);

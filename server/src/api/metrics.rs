@@ -37,6 +37,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
         );
         let _ = writeln!(text, "kura_scheduler_ticks_total {}", ticks.load(Ordering::SeqCst));
     }
+    family(
+        &mut text,
+        "kura_boot_tests_queued",
+        "gauge",
+        "Boot tests of scheduled captures' snapshots waiting or running (one runs at a time).",
+    );
+    let _ = writeln!(text, "kura_boot_tests_queued {}", state.engine.boot_tests.pending());
     // A remote (S3) store: its requests and its local cache.
     let requests = state.engine.store.requests();
     if !requests.is_empty() {
@@ -228,6 +235,7 @@ mod tests {
             snapshots: SnapshotTotals { count: 2, logical_bytes: 1000 },
             store: StoreUsage { chunks: 3, bytes: 250 },
             boot_successes: vec![("web01".into(), 1_700_000_000)],
+            boot_newest: vec![],
         };
         let ing = Ingested::default();
         ing.add(250);

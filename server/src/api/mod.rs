@@ -179,6 +179,7 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::PAGE_LOGIN_FORM, Public, web::login_form),
         route(routes::PAGE_LOGIN, Public, web::login),
         route(routes::PAGE_LOGOUT, Public, web::logout),
+        route(routes::PAGE_BOOT_SCREENSHOT, Page, web::boot_screenshot),
     ]
 }
 

@@ -29,6 +29,8 @@ pub struct Overview {
     pub store: StoreUsage,
     /// Each host's newest passed boot test (`kura verify --boot`): host, finish time.
     pub boot_successes: Vec<(String, UnixTime)>,
+    /// Each host's newest boot test, passed or not (with its kept screenshot's name).
+    pub boot_newest: Vec<(String, kura_catalogs::db::boot_tests::BootTest)>,
 }
 
 impl Overview {
@@ -46,6 +48,7 @@ impl Overview {
             snapshots: c.snapshot_totals()?,
             store: store_usage(state)?,
             boot_successes: c.last_boot_success_by_host()?,
+            boot_newest: c.newest_boot_test_by_host()?,
         })
     }
 

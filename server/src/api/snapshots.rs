@@ -212,46 +212,21 @@ pub async fn boot_test(
     }
     let st = state.clone();
     let out = tokio::task::spawn_blocking(move || -> ApiResult<serde_json::Value> {
-        let snapshot = st.engine.catalog.get_snapshot(&id)?;
-        let manifest = st.engine.store.load_manifest(&id)?;
-        let source: Arc<dyn kura_imaging::chunk::ChunkSource> = st.engine.store.clone();
-        let disk =
-            crate::snapshot_disk::SnapshotDisk::new(id.clone(), manifest, source, crate::snapshot_disk::CACHE_BYTES)
-                .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
-        let opts = crate::boot_test::Options {
+        // An unknown snapshot is a 404, not a failed test.
+        st.engine.catalog.get_snapshot(&id)?;
+        let r = crate::boot_test::engine::Request {
             firmware: req.firmware.unwrap_or(crate::boot_test::Firmware::Auto),
-            accel: crate::boot_test::Accel::Auto,
-            disk_bus: crate::boot_test::DiskBus::Auto,
             timeout: std::time::Duration::from_secs(timeout),
             stall: std::time::Duration::from_secs(req.stall.unwrap_or(180).clamp(10, timeout)),
             expect: req.expect,
-            memory_mib: 1024,
-            screenshot: None,
-            work_parent: std::env::temp_dir(),
         };
-        let verdict = crate::boot_test::run(Arc::new(disk), &opts)
-            .map_err(|e| ApiError::Internal(format!("boot test: {e:#}")))?;
-        let record = kura_catalogs::db::boot_tests::BootTest {
-            snapshot: id.clone(),
-            finished: 0,
-            passed: verdict.passed,
-            stage: serde_json::to_value(verdict.stage)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            reason: verdict.reason.clone(),
-            millis: (verdict.seconds * 1000.0) as u64,
-            firmware: verdict.firmware.to_string(),
-            console_tail: verdict.console_tail.clone(),
-            fetched_bytes: verdict.fetched_bytes,
-        };
-        let recorded = st.engine.catalog.record_boot_test(&p.actor(), &record)?;
-        if !verdict.passed {
-            st.engine.notifier.boot_test_failed(&snapshot.host, &recorded);
-        }
-        let mut v = serde_json::to_value(&verdict).map_err(|e| ApiError::Internal(e.to_string()))?;
-        v["host"] = serde_json::json!(snapshot.host);
-        v["finished"] = serde_json::json!(recorded.finished);
+        // The verdict and the recorded row (screenshot included) go to the client.
+        let o = crate::boot_test::engine::run_and_record(&st.engine, &id, &p.actor(), &r)
+            .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+        let mut v = serde_json::to_value(&o.verdict).map_err(|e| ApiError::Internal(e.to_string()))?;
+        v["host"] = serde_json::json!(o.host);
+        v["finished"] = serde_json::json!(o.recorded.finished);
+        v["screenshot"] = serde_json::json!(o.recorded.screenshot);
         Ok(v)
     })
     .await??;

@@ -15,11 +15,12 @@
 //! The page is server-rendered HTML with a small inline style sheet and no external assets;
 //! it reloads itself every [`REFRESH_SECONDS`]. Everything that comes from the catalog is
 //! HTML-escaped ([`esc`]). Elements carry stable ids and `data-*` attributes for tests and
-//! scrapers (see `docs/operations.md`, "Status page").
+//! scrapers (see `docs/operations.md`, "Status page"). Each host's newest boot test shows with
+//! a thumbnail of its screenshot, served by [`boot_screenshot`] behind the same login.
 
 use super::ops::{Overview, FAILURE_WINDOW, STALE_AFTER};
 use super::{ApiError, ApiResult, AppState};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -131,7 +132,8 @@ fn html(status: StatusCode, body: String) -> Response {
     h.insert(
         CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
         ),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
@@ -164,7 +166,8 @@ tr.stale td{background:#fff3cd}.badge{padding:0 .4em;border-radius:3px;backgroun
 tr.failed td{background:#fde2e1}code{font-size:.95em}.muted{color:#777}\
 header{display:flex;justify-content:space-between;align-items:baseline}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;background:#fff;padding:.6em;border:1px solid #ddd;width:max-content}\
-dt{font-weight:600}dd{margin:0}form{margin:0}";
+dt{font-weight:600}dd{margin:0}form{margin:0}img.boot-shot{display:block;width:160px;margin-top:.2em;\
+border:1px solid #ccc}td.boot-verdict[data-passed=\"false\"]{background:#fde2e1}";
 
 fn page(title: &str, head_extra: &str, body: &str) -> String {
     format!(
@@ -328,7 +331,7 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         "<h2>Hosts <span class=\"muted\">({} host{}, <span id=\"stale-count\" data-count=\"{stale}\">{stale}</span> \
          without a good snapshot in {} days)</span></h2>\
          <table id=\"hosts\"><thead><tr><th>Host</th><th>Group</th><th>Last good snapshot</th><th>Taken</th>\
-         <th>Age</th><th>Used bytes</th><th>Boot test passed</th></tr></thead><tbody>",
+         <th>Age</th><th>Used bytes</th><th>Boot test passed</th><th>Newest boot test</th></tr></thead><tbody>",
         o.hosts.len(),
         if o.hosts.len() == 1 { "" } else { "s" },
         STALE_AFTER / 86_400
@@ -371,13 +374,19 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         // The newest passed boot test of one of its snapshots (`kura verify --boot`).
         match o.boot_successes.iter().find(|(host, _)| *host == h.name) {
             Some((_, t)) => {
-                let _ = write!(b, "<td class=\"boot-test\" data-unix=\"{t}\">{}</td></tr>", time(*t));
+                let _ = write!(b, "<td class=\"boot-test\" data-unix=\"{t}\">{}</td>", time(*t));
             }
-            None => b.push_str("<td class=\"boot-test\" data-unix=\"\">never</td></tr>"),
+            None => b.push_str("<td class=\"boot-test\" data-unix=\"\">never</td>"),
         }
+        // The newest boot test, passed or not, with the screen at its verdict.
+        match o.boot_newest.iter().find(|(host, _)| *host == h.name) {
+            Some((_, t)) => b.push_str(&boot_verdict_cell(t)),
+            None => b.push_str("<td class=\"boot-verdict\" data-passed=\"\">none</td>"),
+        }
+        b.push_str("</tr>");
     }
     if o.hosts.is_empty() {
-        b.push_str("<tr><td colspan=\"7\" class=\"muted\">no hosts yet</td></tr>");
+        b.push_str("<tr><td colspan=\"8\" class=\"muted\">no hosts yet</td></tr>");
     }
     b.push_str("</tbody></table>");
 
@@ -454,6 +463,60 @@ pub fn render(o: &Overview, p: &Principal) -> String {
     page("Kura status", &refresh, &b)
 }
 
+/// A host's newest boot test: verdict, when, why, and the screenshot's thumbnail linking to it.
+fn boot_verdict_cell(t: &kura_catalogs::db::boot_tests::BootTest) -> String {
+    let verdict = if t.passed { "passed" } else { "failed" };
+    let shot = match &t.screenshot {
+        Some(name) => {
+            let url = kura_protocol::routes::PAGE_BOOT_SCREENSHOT.url(&[name]);
+            format!(
+                "<a class=\"boot-shot\" href=\"{u}\"><img class=\"boot-shot\" src=\"{u}\" \
+                 alt=\"the screen at the verdict\"></a>",
+                u = esc(&url)
+            )
+        }
+        None => String::new(),
+    };
+    format!(
+        "<td class=\"boot-verdict\" data-passed=\"{}\" data-snapshot=\"{}\" data-unix=\"{}\">\
+         <span class=\"verdict\">{verdict}</span> <span class=\"muted\">{} ({:.1} s): {}</span>{shot}</td>",
+        t.passed,
+        esc(&t.snapshot),
+        t.finished,
+        time(t.finished),
+        t.millis as f64 / 1000.0,
+        esc(&t.reason),
+    )
+}
+
+/// Largest screenshot served (a QEMU screen dump is far smaller).
+const SCREENSHOT_MAX_BYTES: u64 = 16 << 20;
+
+/// `GET /boot-tests/screenshots/{name}`: a kept boot test screenshot (PNG), for a logged-in
+/// operator (page access, like the status page).
+pub async fn boot_screenshot(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let path = state
+        .engine
+        .boot_tests
+        .screenshot_path(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no screenshot {name:?}")))?;
+    let png = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let f = std::fs::File::open(&path)?;
+        let mut png = Vec::new();
+        f.take(SCREENSHOT_MAX_BYTES).read_to_end(&mut png)?;
+        Ok(png)
+    })
+    .await?
+    .map_err(|_| ApiError::NotFound(format!("no screenshot {name:?}")))?;
+    let mut r = (StatusCode::OK, png).into_response();
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    Ok(r)
+}
+
 fn failure_row(j: &Job) -> String {
     format!(
         "<tr class=\"failed\" data-job=\"{}\" data-host=\"{}\"><td>{}</td><td>{}</td><td class=\"host\">{}</td>\
@@ -517,6 +580,22 @@ mod tests {
             snapshots: SnapshotTotals { count: 1, logical_bytes: 300 },
             store: StoreUsage { chunks: 2, bytes: 100 },
             boot_successes: vec![(evil.into(), 7)],
+            boot_newest: vec![(
+                evil.into(),
+                kura_catalogs::db::boot_tests::BootTest {
+                    id: 3,
+                    snapshot: "00000000000000a1".into(),
+                    finished: 7,
+                    passed: false,
+                    stage: "firmware".into(),
+                    reason: evil.into(),
+                    millis: 4_500,
+                    firmware: "bios".into(),
+                    console_tail: vec![],
+                    fetched_bytes: 1,
+                    screenshot: Some("00000000000000a1-7000.png".into()),
+                },
+            )],
         };
         let p = Principal {
             token_id: 1,
@@ -532,6 +611,11 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"), "{html}");
         assert!(html.contains("data-stale=\"true\""), "{html}");
         assert!(html.contains("<td class=\"boot-test\" data-unix=\"7\">"), "{html}");
+        assert!(html.contains("<td class=\"boot-verdict\" data-passed=\"false\""), "{html}");
+        assert!(
+            html.contains("<img class=\"boot-shot\" src=\"/boot-tests/screenshots/00000000000000a1-7000.png\""),
+            "{html}"
+        );
         assert!(html.contains("id=\"dedup-ratio\" data-ratio=\"3.0000\""), "{html}");
         assert!(html.contains("<td class=\"num percent\">50.0%</td>"), "{html}");
     }

@@ -13,12 +13,15 @@
 //! (a login prompt, systemd's targets, or a text the operator names); failed at once when the
 //! console shows a failure (no bootable device, GRUB's rescue shell, a kernel panic), when
 //! the console stays silent for the stall time, when the machine stops, or at the time limit.
-//! A screenshot (QMP `screendump`, PNG) is taken at the end either way.
+//! A screenshot (QMP `screendump`, PNG) is taken at the end either way: the screen at the
+//! verdict while the machine runs, else (it stopped, e.g. powered off right after printing
+//! its banner) the last of the screens taken every [`SCREEN_EVERY`] during the test.
 //!
 //! Not yet: a Windows guest's logon screen is not recognised (it shows on the screenshot, but
 //! the verdict is by console only).
 
 pub mod console;
+pub mod engine;
 pub mod uefi;
 
 use crate::nbd::{self, Listener};
@@ -41,6 +44,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// Console bytes read per look (the end of the log): a guest printing in a loop cannot make
 /// the reader hold more.
 const CONSOLE_WINDOW: u64 = 1 << 20;
+/// How often the screen is saved while the test runs (for a machine that stops by itself).
+pub const SCREEN_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -295,8 +300,18 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
     // Watch the console.
     let mut last_len = 0u64;
     let mut last_change = Instant::now();
+    let png = w.join("screen.png");
+    let mut last_screen = Instant::now();
     let (passed, reason, stage) = loop {
         std::thread::sleep(Duration::from_millis(250));
+        if opts.screenshot.is_some() && last_screen.elapsed() >= SCREEN_EVERY {
+            // Written aside, then renamed: a machine stopping mid-dump leaves the last good one.
+            last_screen = Instant::now();
+            let next = w.join("screen.next.png");
+            if qmp_command(&qmp, "screendump", serde_json::json!({ "filename": next, "format": "png" })).is_ok() {
+                let _ = std::fs::rename(&next, &png);
+            }
+        }
         let text = read_console(&serial)?;
         let reading = console::read(&text, &opts.expect);
         let len = std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
@@ -346,16 +361,19 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
     };
     let seconds = started.elapsed().as_secs_f64();
 
-    // The screen as it is now, if the machine still runs.
+    // The screen as it is now if the machine still runs, else the last one saved.
     let mut screenshot = None;
-    if machine.0.try_wait()?.is_none() {
-        let png = w.join("screen.png");
-        if qmp_command(&qmp, "screendump", serde_json::json!({ "filename": png, "format": "png" })).is_ok() {
-            if let Some(keep) = &opts.screenshot {
-                std::fs::copy(&png, keep).with_context(|| format!("keeping the screenshot as {}", keep.display()))?;
-                screenshot = Some(keep.display().to_string());
-            }
-        }
+    let running = machine.0.try_wait()?.is_none();
+    let now_shot = running && {
+        let next = w.join("screen.next.png");
+        let ok = qmp_command(&qmp, "screendump", serde_json::json!({ "filename": next, "format": "png" })).is_ok();
+        ok && std::fs::rename(&next, &png).is_ok()
+    };
+    if let (Some(keep), true) = (&opts.screenshot, now_shot || png.exists()) {
+        std::fs::copy(&png, keep).with_context(|| format!("keeping the screenshot as {}", keep.display()))?;
+        screenshot = Some(keep.display().to_string());
+    }
+    if running {
         let _ = qmp_command(&qmp, "quit", serde_json::json!({}));
     }
     drop(machine);

@@ -42,13 +42,27 @@ pub fn capture(
     name: Option<String>,
     host: Option<String>,
     threads: Option<usize>,
+    job: Option<i64>,
 ) -> Result<ExitCode> {
-    let Some(host) = host else { bail!("capturing to an engine needs --host NAME") };
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
-    let upload =
-        RemoteUpload::begin(&client, &BeginUpload { host: host.clone(), name: name.clone(), ..Default::default() })
-            .context("starting the upload")?;
+    let host = match (host, job) {
+        (Some(h), _) => h,
+        (None, Some(j)) => client.job(j).with_context(|| format!("reading job {j}"))?.job.host,
+        (None, None) => bail!("capturing to an engine needs --host NAME"),
+    };
+    if let Some(j) = job {
+        // A progress report starts a queued job; its commit needs it running.
+        let log = vec![format!("captured by `kura image capture` from {}", source.display())];
+        client
+            .progress(j, &kura_protocol::jobs::Progress { done: 0, total: None, log })
+            .with_context(|| format!("starting job {j}"))?;
+    }
+    let upload = RemoteUpload::begin(
+        &client,
+        &BeginUpload { host: host.clone(), name: name.clone(), job, ..Default::default() },
+    )
+    .context("starting the upload")?;
     let mut opts = CaptureOptions {
         name,
         host: Some(host.clone()),

@@ -173,6 +173,16 @@ enum Command {
         #[arg(long, default_value = nbd::DEFAULT_LISTEN, value_parser = nbd::parse_listen)]
         listen: nbd::ListenAddr,
     },
+    /// Mount a snapshot's disk and partitions as read-only files DIR/disk, DIR/part1, ... (FUSE;
+    /// root), to loop-mount with the kernel's drivers; until `umount DIR` (docs/files.md).
+    Mount {
+        /// Snapshot id (or, with --store, a unique prefix).
+        snapshot: String,
+        /// An empty directory to mount on.
+        dir: PathBuf,
+        #[command(flatten)]
+        at: Location,
+    },
     /// A snapshot's files, read in place without restoring or mounting (ext4, NTFS, FAT):
     /// ls, get, find, diff; from a local store or an engine.
     #[command(subcommand)]
@@ -294,6 +304,11 @@ enum ImageCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// With --server: capture for queued or running capture job ID (e.g. one a schedule
+        /// queued, for a machine captured outside netboot): the job starts, and succeeds with
+        /// the commit; the host is the job's.
+        #[arg(long, value_name = "ID", conflicts_with = "store")]
+        job: Option<i64>,
     },
     /// List the snapshots in a local store.
     List {
@@ -509,9 +524,9 @@ fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, at, name, host, threads } => match at.store {
+            ImageCommand::Capture { source, at, name, host, threads, job } => match at.store {
                 Some(store) => image::capture(&source, &store, at.server.json, name, host, threads),
-                None => engine::capture(&source, &at.server, name, host, threads),
+                None => engine::capture(&source, &at.server, name, host, threads, job),
             },
             ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
             ImageCommand::Show { snapshot, at } => {
@@ -595,6 +610,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Remote(cmd) => replication::remote(cmd),
         Command::Replicate(cmd) => replication::replicate(cmd),
         Command::Nbd { snapshot, at, listen } => nbd::run(&snapshot, &at, &listen),
+        Command::Mount { snapshot, dir, at } => nbd::mount(&snapshot, &dir, &at),
         Command::Files(cmd) => files::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::export(args),

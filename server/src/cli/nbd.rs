@@ -53,6 +53,25 @@ pub fn run(snapshot: &str, at: &Location, listen: &ListenAddr) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kura mount SNAPSHOT DIR`: the snapshot's disk and partitions as read-only files in DIR
+/// (`crate::mount`), served until unmounted.
+pub fn mount(snapshot: &str, dir: &std::path::Path, at: &Location) -> Result<ExitCode> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let opened = open_snapshot(snapshot, at, crate::snapshot_disk::CACHE_BYTES)?;
+    let names: Vec<String> = crate::mount::entries(&opened.disk).into_iter().map(|e| e.name).collect();
+    eprintln!(
+        "mounting snapshot {} read-only on {} ({}); unmount with: umount {}",
+        opened.disk.id(),
+        dir.display(),
+        names.join(", "),
+        dir.display()
+    );
+    crate::mount::mount(opened.disk.clone(), dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A snapshot's disk opened from a local store or an engine, with what keeps its chunks.
 pub(super) struct OpenedSnapshot {
     pub disk: Arc<SnapshotDisk>,

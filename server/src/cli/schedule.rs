@@ -42,6 +42,13 @@ pub enum ScheduleCommand {
         /// Create it disabled (no runs until enabled).
         #[arg(long)]
         disabled: bool,
+        /// Boot-test each snapshot the schedule's captures commit, on the engine host, one test
+        /// at a time (docs/boot-test.md).
+        #[arg(long)]
+        boot_test: bool,
+        /// With --boot-test: a console text that also means the system came up.
+        #[arg(long, value_name = "TEXT", requires = "boot_test")]
+        boot_test_expect: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -114,6 +121,8 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
             retries,
             retry_delay,
             disabled,
+            boot_test,
+            boot_test_expect,
             server,
         } => {
             let retention = (keep_last.is_some() || keep_monthly.is_some())
@@ -121,7 +130,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
             let body = json!({
                 "name": name, "target": hosts, "target_kind": target_kind, "cron": cron, "retention": retention,
                 "max_concurrent": max_concurrent, "retries": retries, "retry_delay": retry_delay,
-                "enabled": !disabled,
+                "enabled": !disabled, "boot_test": boot_test, "boot_test_expect": boot_test_expect,
             });
             let s: Value = client(&server)?.post_json(routes::SCHEDULE_CREATE.path, &body)?;
             if server.json {
@@ -143,8 +152,8 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
                 println!(
-                    "{:>4}  {:16}  {:20}  {:16}  {:>3}  {:>7}  {:8}  RETENTION",
-                    "ID", "NAME", "TARGET", "CRON (UTC)", "CAP", "RETRIES", "ENABLED"
+                    "{:>4}  {:16}  {:20}  {:16}  {:>3}  {:>7}  {:8}  {:9}  RETENTION",
+                    "ID", "NAME", "TARGET", "CRON (UTC)", "CAP", "RETRIES", "ENABLED", "BOOT TEST"
                 );
                 for s in list {
                     let retention = match s["retention"].as_object() {
@@ -152,7 +161,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
                         None => "-".into(),
                     };
                     println!(
-                        "{:>4}  {:16}  {:20}  {:16}  {:>3}  {:>7}  {:8}  {}",
+                        "{:>4}  {:16}  {:20}  {:16}  {:>3}  {:>7}  {:8}  {:9}  {}",
                         s["id"],
                         s["name"].as_str().unwrap_or(""),
                         format!("{} {}", s["target_kind"].as_str().unwrap_or(""), s["target"].as_str().unwrap_or("")),
@@ -160,6 +169,7 @@ pub fn run(cmd: ScheduleCommand) -> Result<ExitCode> {
                         s["max_concurrent"],
                         format!("{}/{}s", s["retries"], s["retry_delay"]),
                         s["enabled"],
+                        if s["boot_test"] == true { "yes" } else { "no" },
                         retention
                     );
                 }

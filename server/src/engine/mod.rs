@@ -56,6 +56,8 @@ pub struct Engine {
     pub replication_sent: crate::replication::Sent,
     /// The key sealing secrets in the catalog (BMC passwords, remotes' tokens).
     pub secrets: Arc<kura_catalogs::secrets::SecretKey>,
+    /// Boot tests run here: kept screenshots and the queue of scheduled tests.
+    pub boot_tests: crate::boot_test::engine::BootTests,
 }
 
 impl Engine {
@@ -80,6 +82,7 @@ impl Engine {
             ingested: Ingested::default(),
             usage_cache: Mutex::new(None),
             hold_unusual_captures: AtomicBool::new(false),
+            boot_tests: Default::default(),
         }
     }
 
