@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use kura_tests::bootdisk;
 use kura_tests::checkers::assert_fsck_clean;
 use kura_tests::kura_cli::kura_bin;
-use kura_tests::netboot::{bios_machine, kura_in, with_agent_image, NetbootEngine, API_PORT};
+use kura_tests::netboot::{bios_machine, kura_in, with_agent_image, API_PORT};
 use kura_tests::netns::{Netns, NsProcess};
 use kura_tests::qemu::accel;
 use kura_tests::readback::assert_files_match;
