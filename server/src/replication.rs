@@ -340,7 +340,14 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
             return false;
         }
     };
-    conns.retain(|id, _| remotes.contains(id));
+    // A connection (with its chunk session on the remote, begun once and never ended) lives as
+    // long as its remote, not its queue: dropped whenever a queue ran dry (a slow capture's
+    // chunks trickle in), each new connection left one more open session there until the
+    // replica token hit the remote's per-token limit and every send failed with 429.
+    match engine.catalog.list_remotes() {
+        Ok(all) => conns.retain(|id, _| all.iter().any(|r| r.id == *id)),
+        Err(e) => tracing::error!("replication: listing the remotes: {e}"),
+    }
     let mut busy = false;
     for remote in remotes {
         let conn = match conns.entry(remote) {
