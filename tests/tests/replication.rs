@@ -454,3 +454,26 @@ fn a_replica_token_adds_but_never_deletes_reads_or_overwrites() {
     assert_eq!(dr.snapshot_ids(), ids);
     assert_eq!(manifest_ids(&dr.store()), ids);
 }
+
+/// The worker's queue runs dry between captures (here after each one): its connection to the
+/// remote, and the chunk session it holds there, must outlive that. A worker that reconnected
+/// at every dry queue left one open session on the DR engine each time, until the replica token
+/// hit the engine's limit of open sessions per token (16) and every send failed with 429 (seen
+/// in a netboot capture under TCG, where chunks trickle in: tests/tests/dr_takeover.rs).
+#[test]
+fn twenty_captures_with_a_dry_queue_between_them_all_reach_the_dr_engine() {
+    let work = tempfile::tempdir().unwrap();
+    let Pair { primary, dr, relay: _relay } = pair(work.path());
+    for i in 0..20u64 {
+        let disk = raw_disk(work.path(), &format!("d{i}.img"), random_bytes(500 + i, MIB as usize));
+        let id = primary.capture(&disk.path, "web01").snapshot;
+        wait_for(
+            &format!("capture {i} ({id}) on the DR engine"),
+            REPLICATED_WITHIN,
+            || format!("{:?}\nprimary log:\n{}", backlog(&primary), primary.log()),
+            || has_snapshot(&dr, &id),
+        );
+        std::fs::remove_file(&disk.path).unwrap();
+    }
+    assert_eq!(manifest_ids(&dr.store()).len(), 20);
+}
