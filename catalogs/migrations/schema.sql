@@ -271,3 +271,21 @@ CREATE TABLE snapshot_copies (
     PRIMARY KEY (snapshot_id, remote_id)
 );
 CREATE INDEX snapshot_copies_remote ON snapshot_copies (remote_id);
+
+-- The chunk index of a remote (S3) store and the leases of running writers, shared by every
+-- engine node (migration 0011; catalogs/src/db/cluster.rs). size -1: an upload is pending.
+CREATE TABLE chunk_index (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size >= -1),
+    touched INTEGER NOT NULL
+);
+CREATE TABLE writer_leases (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    seen INTEGER NOT NULL
+);
+CREATE TABLE cluster_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -70,6 +70,14 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
     /// Removes a chunk (garbage collection only; see `gc`). Returns whether it existed.
     fn remove_chunk(&self, d: &Digest) -> Result<bool, Error>;
 
+    /// Removes a chunk unless a writer on any engine node was told about it or uploaded it at
+    /// or after `cutoff` (a store whose index is shared by several nodes: `crate::db::cluster`);
+    /// for a store only this engine writes, the same as [`remove_chunk`](Self::remove_chunk)
+    /// (the collector's [`crate::gc::WriterRegistry`] has checked). Returns whether it was removed.
+    fn remove_chunk_untouched_since(&self, d: &Digest, _cutoff: SystemTime) -> Result<bool, Error> {
+        self.remove_chunk(d)
+    }
+
     /// Moves a damaged chunk aside into `quarantine/` (never deleting it), so that the next
     /// capture holding the same data stores it afresh. Returns where it went.
     fn quarantine_chunk(&self, d: &Digest) -> Result<String, Error>;

@@ -16,6 +16,11 @@
 //! prefix would not be seen.
 //!
 //! A torn last line (a crash while appending) is ignored; any other damage rebuilds the index.
+//!
+//! An engine keeps this index in its catalog instead ([`SharedChunkIndex`], implemented by the
+//! catalog in `db/cluster.rs`), so every engine node on the bucket sees the same index and the
+//! collector on one node sees what writers on the others rely on. The file index serves the
+//! offline commands.
 
 use kura_imaging::chunk::Digest;
 use kura_imaging::Error;
@@ -28,6 +33,36 @@ use std::sync::Mutex;
 const HEADER: &str = "kura-chunk-index 1";
 /// Log lines after which the file is rewritten on open (if most are stale).
 const COMPACT_AFTER: usize = 100_000;
+
+/// The chunk index of a store shared by several engines, with the writers' touch times (the
+/// catalog's; the rules are in `crate::db::cluster`). Never lists as present a chunk the
+/// store lacks.
+pub trait SharedChunkIndex: Send + Sync {
+    /// Marks `digests` as promised to a writer now (pending for those absent, so their upload
+    /// is protected); returns which are present.
+    fn touch(&self, digests: &[Digest]) -> Result<Vec<bool>, Error>;
+    /// Which of `digests` are present (no touch).
+    fn present(&self, digests: &[Digest]) -> Result<Vec<bool>, Error>;
+    /// Records a chunk whose PUT returned.
+    fn stored(&self, d: &Digest, size: u64) -> Result<(), Error>;
+    /// Unless a writer touched `d` at or after `cutoff`: forgets it, then runs `delete` (the
+    /// object's DELETE), atomically with respect to [`touch`](Self::touch). Returns whether it
+    /// was removed.
+    fn remove_if_untouched(
+        &self,
+        d: &Digest,
+        cutoff: std::time::SystemTime,
+        delete: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<bool, Error>;
+    /// Forgets `d` (moved aside); durable on return.
+    fn forget(&self, d: &Digest) -> Result<(), Error>;
+    /// Present chunks and their summed encoded size.
+    fn usage(&self) -> Result<(u64, u64), Error>;
+    /// The store the index was filled from by a listing, if it was.
+    fn built_from(&self) -> Result<Option<String>, Error>;
+    /// Adds a listing of store `store` and records that the index was built from it.
+    fn fill(&self, store: &str, chunks: &[(Digest, u64)]) -> Result<(), Error>;
+}
 
 pub struct ChunkIndex {
     path: PathBuf,

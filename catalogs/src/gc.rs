@@ -37,8 +37,14 @@
 //! The same rules hold for any [`Store`]. On S3 the sweep walks a LIST of `chunks/` (the grace
 //! period uses each object's `LastModified`), presence comes from the engine's chunk index,
 //! and a removal is recorded durably in that index before its DELETE is sent, so a writer is
-//! never told a removed chunk is present. The registry is per engine: one engine per bucket
-//! prefix (docs/scale-out.md).
+//! never told a removed chunk is present.
+//!
+//! Several engine nodes on one bucket: the registry is per node, so writers on other nodes are
+//! seen through the catalog (`crate::db::cluster`): the caller passes the start of the oldest
+//! live writer lease on any node ([`GcOptions::writers_since`]); the sweep's cutoff is the
+//! earlier of that and its own start, minus the grace period; and a chunk is removed only
+//! through [`Store::remove_chunk_untouched_since`], which keeps any chunk a writer on any node
+//! was told about or uploaded after the cutoff.
 
 use crate::backend::Store;
 use kura_imaging::chunk::Digest;
@@ -129,23 +135,25 @@ impl WriterRegistry {
     }
 
     /// Answers "which of these does the store lack?" for writer `id` and protects the chunks
-    /// it was told are present. `None` if the writer is not registered.
-    pub fn missing(&self, id: WriterId, store: &(impl Store + ?Sized), digests: &[Digest]) -> Option<Vec<bool>> {
+    /// it was told are present. `Ok(None)` if the writer is not registered.
+    pub fn missing(
+        &self,
+        id: WriterId,
+        store: &(impl Store + ?Sized),
+        digests: &[Digest],
+    ) -> Result<Option<Vec<bool>>, Error> {
         let mut g = self.inner.lock().expect("lock");
-        let w = g.writers.get_mut(&id)?;
+        let Some(w) = g.writers.get_mut(&id) else {
+            return Ok(None);
+        };
         w.last_seen = Instant::now();
-        Some(
-            digests
-                .iter()
-                .map(|d| {
-                    let present = store.has(d);
-                    if present {
-                        w.touched.insert(*d);
-                    }
-                    !present
-                })
-                .collect(),
-        )
+        let missing = store.missing(digests)?;
+        for (d, m) in digests.iter().zip(&missing) {
+            if !m {
+                w.touched.insert(*d);
+            }
+        }
+        Ok(Some(missing))
     }
 
     /// Records that writer `id` stored (or relies on) chunk `d`. Returns false if the writer is
@@ -169,10 +177,16 @@ impl WriterRegistry {
         f(&touched)
     }
 
-    /// Removes chunk `d` from `store` unless a running writer touched it; atomic with respect
-    /// to [`missing`](Self::missing) and [`touch`](Self::touch). Returns whether it was removed.
-    pub fn remove_if_untouched(&self, store: &(impl Store + ?Sized), d: &Digest) -> Result<bool, Error> {
-        self.exclusive(|touched| if touched(d) { Ok(false) } else { store.remove_chunk(d) })
+    /// Removes chunk `d` from `store` unless a running writer touched it (here, or on another
+    /// node after `cutoff`); atomic with respect to [`missing`](Self::missing) and
+    /// [`touch`](Self::touch). Returns whether it was removed.
+    pub fn remove_if_untouched(
+        &self,
+        store: &(impl Store + ?Sized),
+        d: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool, Error> {
+        self.exclusive(|touched| if touched(d) { Ok(false) } else { store.remove_chunk_untouched_since(d, cutoff) })
     }
 }
 
@@ -182,11 +196,14 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Report what would be removed without removing anything.
     pub dry_run: bool,
+    /// When the oldest writer still running on any engine node started (the catalog's writer
+    /// leases), for a store several nodes share; `None`: only this node writes.
+    pub writers_since: Option<SystemTime>,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(3600), dry_run: false }
+        GcOptions { grace: Duration::from_secs(3600), dry_run: false, writers_since: None }
     }
 }
 
@@ -239,7 +256,8 @@ fn collect_inner(
     report.referenced = referenced.len() as u64;
 
     // Sweep.
-    let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let since = opts.writers_since.map_or(started, |w| w.min(started));
+    let cutoff = since.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
     store.for_each_chunk(&mut |d, size, mtime| {
         report.chunks_seen += 1;
         if referenced.contains(&d) {
@@ -252,7 +270,7 @@ fn collect_inner(
         let removed = if opts.dry_run {
             !registry.exclusive(|touched| touched(&d))
         } else {
-            registry.remove_if_untouched(store, &d)?
+            registry.remove_if_untouched(store, &d, cutoff)?
         };
         if removed {
             report.removed += 1;
@@ -315,7 +333,7 @@ mod tests {
     }
 
     fn no_grace() -> GcOptions {
-        GcOptions { grace: Duration::ZERO, dry_run: false }
+        GcOptions { grace: Duration::ZERO, dry_run: false, writers_since: None }
     }
 
     #[test]
@@ -327,7 +345,7 @@ mod tests {
         store.commit_manifest(&manifest(&[a, b])).unwrap();
         // A running writer was told `w` is present: it must survive.
         let writer = reg.register();
-        assert_eq!(reg.missing(writer, &store, &[w]).unwrap(), vec![false]);
+        assert_eq!(reg.missing(writer, &store, &[w]).unwrap().unwrap(), vec![false]);
 
         let dry = collect(&store, &reg, &GcOptions { dry_run: true, ..no_grace() }).unwrap();
         assert_eq!((dry.removed, store.has(&c)), (1, true), "a dry run removes nothing");
@@ -362,9 +380,9 @@ mod tests {
         reg.touch(writer, &d);
         reg.begin_collection();
         reg.unregister(writer); // committed after the mark began
-        assert!(!reg.remove_if_untouched(&store, &d).unwrap());
+        assert!(!reg.remove_if_untouched(&store, &d, SystemTime::now()).unwrap());
         reg.end_collection();
-        assert!(reg.remove_if_untouched(&store, &d).unwrap());
+        assert!(reg.remove_if_untouched(&store, &d, SystemTime::now()).unwrap());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The S3 chunk store: the same names as the local store (`kura-store.json`, `chunks/<4 hex>/<64
 //! hex>`, `snapshots/<id>.kmf`, `quarantine/…`) as objects under a bucket's prefix, through the
 //! `object_store` crate (SigV4 signing, retries; never a signer of ours), with a local chunk
-//! cache ([`crate::chunk_cache`]) and chunk index ([`crate::chunk_index`]) in a private cache
-//! directory. The durability contract is the trait's ([`crate::backend`]): a chunk is durable
+//! cache ([`crate::chunk_cache`]) in a private cache directory, and a chunk index
+//! ([`crate::chunk_index`]): a file in that directory for offline commands, the catalog's shared
+//! index for an engine ([`S3Store::with_shared_index`]), so several engine nodes can share the
+//! bucket. The durability contract is the trait's ([`crate::backend`]): a chunk is durable
 //! when its PUT returned, the manifest is PUT last, after every chunk it names is known present.
 //!
 //! # The spec
@@ -24,7 +26,7 @@
 
 use crate::backend::{CacheOptions, Store};
 use crate::chunk_cache::ChunkCache;
-use crate::chunk_index::{ChunkIndex, IndexOrigin};
+use crate::chunk_index::{ChunkIndex, IndexOrigin, SharedChunkIndex};
 use crate::store::{StoreLock, StoreUsage};
 use futures::StreamExt;
 use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Digest};
@@ -199,6 +201,8 @@ pub struct S3Store {
     index: OnceLock<ChunkIndex>,
     /// Serialises the index's first opening (one LIST if it must be rebuilt).
     index_init: Mutex<()>,
+    /// The catalog's index, when an engine opened the store: used instead of the file.
+    shared: Option<Arc<dyn SharedChunkIndex>>,
     requests: Arc<RequestCounts>,
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -296,6 +300,7 @@ impl S3Store {
             cache_dir,
             index: OnceLock::new(),
             index_init: Mutex::new(()),
+            shared: None,
             requests: Arc::default(),
             _lock: lock,
             _temp: temp,
@@ -445,7 +450,31 @@ impl S3Store {
             .collect())
     }
 
-    /// The chunk index, opened (or rebuilt from a LIST) on first use.
+    /// Makes the store use `index` (the catalog's, shared by every engine node on this bucket)
+    /// as its chunk index instead of the file in the cache directory; fills it from a LIST if
+    /// it was never built from this store.
+    pub fn with_shared_index(mut self, index: Arc<dyn SharedChunkIndex>) -> Result<S3Store, Error> {
+        if index.built_from()?.as_deref() != Some(self.name.as_str()) {
+            let listed: Vec<(Digest, u64)> = self.list_chunks()?.into_iter().map(|(d, s, _)| (d, s)).collect();
+            index.fill(&self.name, &listed)?;
+            tracing::info!("the catalog's chunk index of {} built from a listing ({} chunks)", self.name, listed.len());
+        }
+        self.shared = Some(index);
+        Ok(self)
+    }
+
+    /// Which of `digests` the index lists as present.
+    fn present(&self, digests: &[Digest]) -> Result<Vec<bool>, Error> {
+        match &self.shared {
+            Some(s) => s.present(digests),
+            None => {
+                let index = self.index()?;
+                Ok(digests.iter().map(|d| index.contains(d)).collect())
+            }
+        }
+    }
+
+    /// The file chunk index, opened (or rebuilt from a LIST) on first use.
     fn index(&self) -> Result<&ChunkIndex, Error> {
         if let Some(i) = self.index.get() {
             return Ok(i);
@@ -475,19 +504,31 @@ impl Drop for S3Store {
 }
 
 impl ChunkSink for S3Store {
+    /// With the shared index, asking is also a promise: the chunks reported present are
+    /// protected from every node's collector until this writer ends (`crate::db::cluster`).
     fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, Error> {
-        let index = self.index()?;
-        Ok(digests.iter().map(|d| !index.contains(d)).collect())
+        let present = match &self.shared {
+            Some(s) => s.touch(digests)?,
+            None => self.present(digests)?,
+        };
+        Ok(present.into_iter().map(|p| !p).collect())
     }
 
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, Error> {
         check_quick(blob, digest)?;
-        let index = self.index()?;
-        if index.contains(digest) {
+        // Shared index: touched before the PUT, so no collector removes it in between.
+        let present = match &self.shared {
+            Some(s) => s.touch(std::slice::from_ref(digest))?[0],
+            None => self.index()?.contains(digest),
+        };
+        if present {
             return Ok(false);
         }
         self.put(&self.path(&Self::chunk_key(digest)), blob.to_vec())?;
-        index.added(digest, blob.len() as u64)?;
+        match &self.shared {
+            Some(s) => s.stored(digest, blob.len() as u64)?,
+            None => self.index()?.added(digest, blob.len() as u64)?,
+        }
         self.cache.put(digest, blob);
         Ok(true)
     }
@@ -523,7 +564,7 @@ impl Store for S3Store {
     }
 
     fn has(&self, d: &Digest) -> bool {
-        self.index().map(|i| i.contains(d)).unwrap_or(false)
+        self.present(std::slice::from_ref(d)).map(|p| p[0]).unwrap_or(false)
     }
 
     fn flush_staged(&self) -> Result<usize, Error> {
@@ -531,9 +572,9 @@ impl Store for S3Store {
     }
 
     fn commit_manifest(&self, manifest: &Manifest) -> Result<String, Error> {
-        let index = self.index()?;
-        for d in manifest.unique_digests() {
-            if !index.contains(&d) {
+        let digests = manifest.unique_digests();
+        for (d, present) in digests.iter().zip(self.present(&digests)?) {
+            if !present {
                 return Err(Error::ChunkMissing { digest: d.to_hex() });
             }
         }
@@ -582,11 +623,21 @@ impl Store for S3Store {
     }
 
     fn remove_chunk(&self, d: &Digest) -> Result<bool, Error> {
+        self.remove_chunk_untouched_since(d, SystemTime::now() + Duration::from_secs(365 * 86400))
+    }
+
+    fn remove_chunk_untouched_since(&self, d: &Digest, cutoff: SystemTime) -> Result<bool, Error> {
         // The index forgets it durably first: it must never claim a chunk the store lacks.
-        self.index()?.before_remove(d)?;
         self.cache.remove(d);
-        self.delete(&self.path(&Self::chunk_key(d)))?;
-        Ok(true)
+        let path = self.path(&Self::chunk_key(d));
+        match &self.shared {
+            Some(s) => s.remove_if_untouched(d, cutoff, &mut || self.delete(&path)),
+            None => {
+                self.index()?.before_remove(d)?;
+                self.delete(&path)?;
+                Ok(true)
+            }
+        }
     }
 
     fn quarantine_chunk(&self, d: &Digest) -> Result<String, Error> {
@@ -624,7 +675,10 @@ impl Store for S3Store {
     }
 
     fn usage(&self) -> Result<StoreUsage, Error> {
-        let (chunks, bytes) = self.index()?.usage();
+        let (chunks, bytes) = match &self.shared {
+            Some(s) => s.usage()?,
+            None => self.index()?.usage(),
+        };
         Ok(StoreUsage { chunks, bytes })
     }
 }

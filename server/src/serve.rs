@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub store: Option<String>,
     /// Size bound of the local chunk cache of an S3 store.
     pub cache_bytes: u64,
+    /// How long an upload session's writer lease lasts unrenewed (several nodes on one S3
+    /// store; `crate::engine::cluster`).
+    pub writer_lease: std::time::Duration,
 }
 
 /// The file recording which remote store a data directory's catalog belongs to.
@@ -111,26 +114,41 @@ pub fn store_spec(data: &Path, given: Option<&str>) -> Result<Option<String>> {
 /// the data directory is private (`crate::datadir`; warnings go to stderr). The store is
 /// `DATA/store` or the remote one recorded for `data` or given (see [`store_spec`]), with its
 /// cache in `DATA/cache` bounded to `cache_bytes`. The catalog is `catalog` (`--catalog`, a
-/// PostgreSQL URL) if given, else DATA/catalog.db.
+/// PostgreSQL URL) if given, else DATA/catalog.db, on `clock` when given (tests). A remote
+/// store keeps its chunk index in the catalog, which several engine nodes may share
+/// (`kura_catalogs::db::cluster`); the third value says so.
 pub fn open_state(
     data: &Path,
     store: Option<&str>,
     catalog: Option<&str>,
     cache_bytes: u64,
-) -> Result<(Arc<dyn Store>, Arc<Catalog>)> {
+    clock: Option<Arc<dyn Clock>>,
+) -> Result<(Arc<dyn Store>, Arc<Catalog>, bool)> {
     for warning in crate::datadir::prepare(data)? {
         eprintln!("{warning}");
     }
-    let store: Arc<dyn Store> = match store_spec(data, store)? {
-        None => Arc::new(LocalStore::open_or_create(&data.join("store"))?),
+    let spec = store_spec(data, store)?;
+    let mut catalog = open_catalog(data, catalog)?;
+    if let Some(c) = clock {
+        // The catalog stamps rows with the test clock too, so the engine has one time.
+        catalog = catalog.with_clock(move || c.now());
+    }
+    let catalog = Arc::new(catalog);
+    let (store, shared): (Arc<dyn Store>, bool) = match spec {
+        None => (Arc::new(LocalStore::open_or_create(&data.join("store"))?), false),
+        Some(spec) if backend::is_remote(&spec) => {
+            let cache = CacheOptions { dir: Some(data.join("cache")), max_bytes: cache_bytes };
+            let s3 = kura_catalogs::s3::S3Store::open(&spec, &cache, true)
+                .and_then(|s| s.with_shared_index(catalog.clone()))
+                .with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?;
+            (Arc::new(s3), true)
+        }
         Some(spec) => {
             let cache = CacheOptions { dir: Some(data.join("cache")), max_bytes: cache_bytes };
-            backend::open_or_create(&spec, &cache)
-                .with_context(|| format!("opening the store {}", spec.split('?').next().unwrap_or("")))?
+            (backend::open_or_create(&spec, &cache).with_context(|| format!("opening the store {spec}"))?, false)
         }
     };
-    let catalog = open_catalog(data, catalog)?;
-    Ok((store, Arc::new(catalog)))
+    Ok((store, catalog, shared))
 }
 
 /// The catalog of `--catalog` (a PostgreSQL URL) or, without it, DIR/catalog.db.
@@ -146,14 +164,26 @@ pub fn open_catalog(data: &Path, catalog: Option<&str>) -> Result<Catalog> {
 
 /// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
 /// and rows whose manifest is gone are removed. Returns (added, removed).
+///
+/// Other engine nodes may commit meanwhile (a shared catalog): the rows are read *before* the
+/// store is listed, and a commit writes its manifest before its row, so a row read here has
+/// its manifest in the listing unless it was deleted. A manifest without a row may be a commit
+/// in progress on another node: it is adopted only when no writer lease is live on any node.
 pub fn reconcile(store: &dyn Store, catalog: &Catalog, actor: &str) -> Result<(usize, usize)> {
+    let rows = catalog.list_snapshots(None)?;
     let in_store = store.snapshot_ids()?;
-    let known: std::collections::HashSet<String> = catalog.list_snapshots(None)?.into_iter().map(|s| s.id).collect();
+    let known: std::collections::HashSet<&String> = rows.iter().map(|s| &s.id).collect();
+    let orphans: Vec<&String> = in_store.iter().filter(|id| !known.contains(id)).collect();
+    let writing = catalog.writer_leases()?.len();
+    if writing > 0 && !orphans.is_empty() {
+        tracing::warn!(
+            "{} manifests in the store have no catalog row; {writing} uploads run on other engine nodes, so they \
+             may be commits in progress: left for a later start",
+            orphans.len()
+        );
+    }
     let mut added = 0;
-    for id in &in_store {
-        if known.contains(id) {
-            continue;
-        }
+    for id in orphans.into_iter().filter(|_| writing == 0) {
         let m = match store.load_manifest(id) {
             Ok(m) => m,
             Err(e) => {
@@ -191,7 +221,7 @@ pub fn reconcile(store: &dyn Store, catalog: &Catalog, actor: &str) -> Result<(u
     }
     let present: std::collections::HashSet<&String> = in_store.iter().collect();
     let mut removed = 0;
-    for s in catalog.list_snapshots(None)? {
+    for s in &rows {
         if !present.contains(&s.id) {
             if s.state == kura_catalogs::db::SnapshotState::Committed {
                 catalog.mark_snapshot_deleting(actor, &s.id)?;
@@ -306,7 +336,6 @@ fn raise_open_files_limit() {
 
 pub fn run(opts: ServeOptions) -> Result<()> {
     raise_open_files_limit();
-    let (store, catalog) = open_state(&opts.data, opts.store.as_deref(), opts.catalog.as_deref(), opts.cache_bytes)?;
     let clock: Arc<dyn Clock> = match &opts.test_clock {
         Some(path) => {
             eprintln!("WARNING: the engine's clock is the test clock {}", path.display());
@@ -314,24 +343,35 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         }
         None => Arc::new(SystemClock),
     };
-    // With a test clock the catalog stamps rows with it too, so the engine has one time.
-    let catalog = match &opts.test_clock {
-        Some(_) => {
-            let c = clock.clone();
-            let owned = Arc::try_unwrap(catalog).map_err(|_| anyhow::anyhow!("the catalog is already shared"))?;
-            Arc::new(owned.with_clock(move || c.now()))
-        }
-        None => catalog,
-    };
+    let (store, catalog, shared) = open_state(
+        &opts.data,
+        opts.store.as_deref(),
+        opts.catalog.as_deref(),
+        opts.cache_bytes,
+        opts.test_clock.is_some().then(|| clock.clone()),
+    )?;
     let _lock = store.lock(true)?;
     let leftovers = store.clean_tmp()?;
     if leftovers > 0 {
         eprintln!("removed {leftovers} files of interrupted writes from the store's tmp/");
     }
+    let cluster = match shared {
+        true => {
+            let c = crate::engine::cluster::Cluster::of_data_dir(&opts.data, opts.writer_lease)?;
+            let ended = c.end_previous_leases(&catalog)?;
+            if ended > 0 {
+                eprintln!("ended {ended} writer leases this node held before it stopped");
+            }
+            Some(c)
+        }
+        false => None,
+    };
     let (added, removed) = reconcile(&*store, &catalog, "kura-serve")?;
     if added + removed > 0 {
         eprintln!("catalog reconciled with the store: {added} snapshots added, {removed} removed");
     }
+    // Before the listener: a node that says it listens has its data directory complete.
+    let secrets = kura_catalogs::secrets::SecretKey::load_or_create(&opts.data.join("secrets.key"))?;
     if let Some(issued) = catalog.bootstrap_admin("admin")? {
         let path = opts.data.join("admin.token");
         write_private(&path, &format!("{}\n", issued.secret))?;
@@ -365,13 +405,13 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         }
         None => None,
     };
-    let secrets = kura_catalogs::secrets::SecretKey::load_or_create(&opts.data.join("secrets.key"))?;
     let state = AppState::new(
         store.clone(),
         catalog,
         netboot.as_ref().map(|nb| nb.log.clone()),
         Arc::new(secrets),
         tls.is_some(),
+        cluster,
     );
     state.engine.liveness.set_timeout(opts.agent_timeout);
     state.engine.hold_unusual_captures.store(opts.hold_unusual_captures, std::sync::atomic::Ordering::Relaxed);

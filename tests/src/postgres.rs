@@ -160,10 +160,16 @@ impl Cluster {
     /// Runs one SQL statement with `psql` on database `postgres`; panics with its output if it
     /// fails.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs one SQL statement with `psql` on database `db` (unaligned, tuples only); panics
+    /// with its output if it fails.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .arg("-h")
             .arg(&self.dir)
-            .args(["-U", "postgres", "-d", "postgres", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args(["-U", "postgres", "-d", db, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("running psql");
         assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -118,6 +118,7 @@ macro_rules! for_each_backend {
 pub mod audit;
 pub mod auth;
 pub mod boot_tests;
+pub mod cluster;
 pub mod error;
 pub mod hosts;
 pub mod jobs;

@@ -180,7 +180,11 @@ pub async fn gc(
     let _running = state.gc_running.lock().await;
     let st = state.clone();
     let report = tokio::task::spawn_blocking(move || -> ApiResult<gc::GcReport> {
-        let opts = GcOptions { grace: Duration::from_secs(req.grace.unwrap_or(3600)), dry_run: req.dry_run };
+        let opts = GcOptions {
+            grace: Duration::from_secs(req.grace.unwrap_or(3600)),
+            dry_run: req.dry_run,
+            writers_since: crate::engine::cluster::writers_since(&st.engine)?,
+        };
         let report = gc::collect(&*st.engine.store, &st.engine.writers, &opts)?;
         st.engine.catalog.record_audit(&p.actor(), "gc", "store", serde_json::to_value(&report).unwrap_or_default())?;
         Ok(report)

@@ -70,10 +70,13 @@ impl AppState {
         bootlog: Option<Arc<kura_netboot::BootLog>>,
         secrets: Arc<kura_catalogs::secrets::SecretKey>,
         tls: bool,
+        cluster: Option<crate::engine::cluster::Cluster>,
     ) -> Arc<AppState> {
+        let mut engine = Engine::new(store, catalog, secrets);
+        engine.cluster = cluster;
         Arc::new(AppState {
-            started: catalog.now(),
-            engine: Arc::new(Engine::new(store, catalog, secrets)),
+            started: engine.catalog.now(),
+            engine: Arc::new(engine),
             scheduler_ticks: std::sync::OnceLock::new(),
             bootlog,
             tls,
@@ -225,6 +228,7 @@ pub async fn serve(
     let app = router(state.clone());
     let janitor = tokio::spawn(crate::engine::uploads::expire_idle_loop(state.engine.clone()));
     let watchdog = tokio::spawn(crate::engine::watchdog::run(state.engine.clone()));
+    let leases = tokio::spawn(crate::engine::cluster::renew_loop(state.engine.clone()));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -247,5 +251,6 @@ pub async fn serve(
     };
     janitor.abort();
     watchdog.abort();
+    leases.abort();
     r
 }

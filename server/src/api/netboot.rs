@@ -26,7 +26,7 @@ mod tests {
         let store = Arc::new(kura_catalogs::LocalStore::open_or_create(dir.path()).unwrap());
         let cat = Arc::new(kura_catalogs::db::Catalog::open_in_memory().unwrap());
         let secrets = Arc::new(kura_catalogs::secrets::SecretKey::generate().unwrap());
-        (dir, AppState::new(store, cat, bootlog, secrets, false))
+        (dir, AppState::new(store, cat, bootlog, secrets, false, None))
     }
 
     #[tokio::test]

@@ -420,7 +420,8 @@ pub fn fix_permissions(data: &Path, json: bool) -> Result<ExitCode> {
 }
 
 pub fn rebuild_catalog(data: &Path, store: Option<&str>, catalog: Option<&str>, json: bool) -> Result<ExitCode> {
-    let (store, catalog) = crate::serve::open_state(data, store, catalog, kura_catalogs::backend::DEFAULT_CACHE_BYTES)?;
+    let (store, catalog, _) =
+        crate::serve::open_state(data, store, catalog, kura_catalogs::backend::DEFAULT_CACHE_BYTES, None)?;
     let _lock = store.lock(true).context("stop `kura serve` before rebuilding its catalog")?;
     let (added, removed) = crate::serve::reconcile(&*store, &catalog, "kura-admin")?;
     let total = catalog.list_snapshots(None)?.len();

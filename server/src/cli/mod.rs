@@ -247,6 +247,12 @@ pub struct ServeArgs {
     /// Size bound of the local chunk cache of an S3 store (DATA/cache), e.g. 20G.
     #[arg(long, default_value = "10G", value_parser = parse_disk_size, value_name = "SIZE")]
     pub cache_size: u64,
+    /// Several engine nodes on one S3 store and PostgreSQL catalog: an upload session's writer
+    /// lease in the catalog lasts this long unrenewed (renewed every third of it); a node
+    /// silent for longer is treated as dead and its uploads' protection from garbage
+    /// collection ends. Node clocks must agree to well within GC's grace period (NTP).
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg, value_name = "DURATION")]
+    pub writer_lease: i64,
     /// Tests: read the current time (RFC 3339 UTC) from FILE at every use.
     #[arg(long, hide = true, value_name = "FILE")]
     pub test_clock: Option<PathBuf>,
@@ -568,6 +574,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hold_unusual_captures: args.hold_unusual_captures,
                 store: args.store,
                 cache_bytes: args.cache_size,
+                writer_lease: std::time::Duration::from_secs(args.writer_lease.max(1) as u64),
             })?;
             Ok(ExitCode::SUCCESS)
         }

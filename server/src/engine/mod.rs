@@ -8,11 +8,13 @@
 //! - [`jobs`]: creating a job (with its agent token and the power kick), progress, finish;
 //! - [`tokens`]: the one function that mints agent tokens;
 //! - [`hosts`]: the hosts an upload may create;
-//! - [`watchdog`]: the agents' liveness, and failing jobs whose agent went silent.
+//! - [`watchdog`]: the agents' liveness, and failing jobs whose agent went silent;
+//! - [`cluster`]: the writer leases that let several engine nodes share one S3 store.
 //!
 //! A service that changes several things is one function with its rollback rule written
 //! beside it (the commit: store, then catalog; a job's end: state, then notification).
 
+pub mod cluster;
 pub mod hosts;
 pub mod jobs;
 pub mod tokens;
@@ -33,6 +35,9 @@ pub struct Engine {
     pub catalog: Arc<Catalog>,
     /// Upload sessions' protection from garbage collection.
     pub writers: Arc<WriterRegistry>,
+    /// This node, when several engine nodes may share the store (an S3 store): upload
+    /// sessions then hold leases in the catalog (`cluster`).
+    pub cluster: Option<cluster::Cluster>,
     /// Open (and recently committed) upload sessions.
     pub uploads: uploads::Sessions,
     /// The turns of commits being received and decoded.
@@ -75,6 +80,7 @@ impl Engine {
             replication_sent: crate::replication::Sent::default(),
             catalog,
             writers: Arc::new(WriterRegistry::new()),
+            cluster: None,
             uploads: uploads::Sessions::default(),
             commits: uploads::CommitGate::default(),
             liveness: watchdog::Liveness::default(),

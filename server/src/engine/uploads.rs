@@ -220,8 +220,13 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
     let kind = snapshot_kind(engine, job, req.kind)?;
     let replicate_to = engine.catalog.remotes_for_host(&host)?;
     let id = random_id()?;
+    super::cluster::take(engine, &id)?;
     let mut sessions = engine.uploads.0.lock().expect("lock");
-    check_session_limits(&sessions, caller.principal.token_id)?;
+    if let Err(e) = check_session_limits(&sessions, caller.principal.token_id) {
+        drop(sessions);
+        super::cluster::end(engine, &id);
+        return Err(e);
+    }
     let writer = engine.writers.register();
     let session = Session {
         writer: Some(writer),
@@ -275,7 +280,7 @@ pub fn missing(engine: &Engine, caller: &Caller, upload: &str, body: &[u8]) -> S
     let digests = kura_protocol::uploads::decode_digests(body).map_err(ServiceError::BadRequest)?;
     let answer = engine
         .writers
-        .missing(writer, &*engine.store, &digests)
+        .missing(writer, &*engine.store, &digests)?
         .ok_or_else(|| ServiceError::NotFound(format!("upload session {upload} has ended")))?;
     use kura_protocol::uploads::missing::{MISSING, PRESENT};
     Ok(answer.into_iter().map(|m| if m { MISSING } else { PRESENT }).collect())
@@ -415,6 +420,7 @@ pub fn commit_expecting(
         Err(p) => p,
     };
     let mut reopen = Reopen { engine, upload, armed: true };
+    super::cluster::check_before_commit(engine, upload)?;
     let reply = store_and_record(engine, caller, body, pending)?;
     reopen.armed = false;
     let writer = {
@@ -426,6 +432,7 @@ pub fn commit_expecting(
     };
     if let Some(w) = writer {
         engine.writers.unregister(w);
+        super::cluster::end(engine, upload);
     }
     engine.store_changed();
     queue_snapshot(engine, &reply.snapshot);
@@ -549,6 +556,7 @@ fn end_session(engine: &Engine, upload: &str) {
     let removed = engine.uploads.0.lock().expect("lock").remove(upload);
     if let Some(w) = removed.and_then(|s| s.writer) {
         engine.writers.unregister(w);
+        super::cluster::end(engine, upload);
     }
 }
 
@@ -591,6 +599,12 @@ pub fn expire_idle(engine: &Engine, idle: Duration) {
         tracing::info!("upload session {id} idle for over {idle:?}: ended");
         end_session(engine, &id);
     }
+}
+
+/// Ids of the sessions that still hold a writer (open or committing), for lease renewal.
+pub fn open_session_ids(engine: &Engine) -> Vec<String> {
+    let sessions = engine.uploads.0.lock().expect("lock");
+    sessions.iter().filter(|(_, s)| s.writer.is_some()).map(|(k, _)| k.clone()).collect()
 }
 
 /// Ends idle sessions every minute until the server stops.
