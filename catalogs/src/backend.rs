@@ -287,6 +287,10 @@ impl ChunkSink for Sink<'_> {
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, Error> {
         self.0.put_chunk(digest, blob)
     }
+
+    fn puts_in_flight(&self) -> usize {
+        self.0.puts_in_flight()
+    }
 }
 
 impl SnapshotSink for Sink<'_> {

@@ -44,6 +44,8 @@ use std::time::{Duration, SystemTime};
 
 const MARKER: &str = "kura-store.json";
 const STORE_FORMAT: u32 = 1;
+/// Chunk PUTs a capture keeps in flight ([`ChunkSink::puts_in_flight`]).
+const PUTS_IN_FLIGHT: usize = 8;
 
 /// Where an S3 store is and how to reach it (credentials excluded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -531,6 +533,11 @@ impl ChunkSink for S3Store {
         }
         self.cache.put(digest, blob);
         Ok(true)
+    }
+
+    /// Each PUT is a round trip to the bucket: several in flight.
+    fn puts_in_flight(&self) -> usize {
+        PUTS_IN_FLIGHT
     }
 }
 

@@ -3,8 +3,10 @@
 //! One reader (the calling thread) walks the regions in disk order and reads only the bytes the
 //! allocation maps mark used, into chunk-sized buffers whose unused bytes are zero. Worker
 //! threads hash each buffer, ask the sink whether it already holds that digest, and only then
-//! compress and hand it over. Buffers come from a fixed pool, so memory stays bounded at
-//! roughly `(2·threads + 2) · chunk_size` whatever the disk size.
+//! compress and hand it over — themselves, or, for a sink whose puts wait on the network
+//! ([`ChunkSink::puts_in_flight`] > 0), to that many uploader threads, so compression goes on
+//! while puts are in flight. Buffers come from fixed pools, so memory stays bounded at roughly
+//! `(2·threads + 2 + 2·uploaders) · chunk_size` whatever the disk size.
 //!
 //! The source is only ever read.
 
@@ -169,12 +171,43 @@ pub fn capture<R: Read + Seek>(
         free_tx.send(vec![0u8; cs as usize]).expect("pool");
     }
 
+    // Uploaders (a sink that wants puts in flight): encoded chunks go to them through a bounded
+    // channel, in blobs from a pool of their own.
+    let uploaders = sink.puts_in_flight();
+    let blobs = threads + 2 * uploaders;
+    let (put_tx, put_rx) = crossbeam_channel::bounded::<(Digest, Vec<u8>)>(uploaders.max(1));
+    let (blob_tx, blob_rx) = crossbeam_channel::bounded::<Vec<u8>>(blobs);
+    if uploaders > 0 {
+        for _ in 0..blobs {
+            blob_tx.send(Vec::with_capacity(cs as usize + 64)).expect("pool");
+        }
+    }
+
     let mut read_bytes = 0u64;
     std::thread::scope(|s| {
+        for _ in 0..uploaders {
+            let (put_rx, blob_tx) = (put_rx.clone(), blob_tx.clone());
+            let (failed, fail, counters) = (&failed, &fail, &counters);
+            s.spawn(move || {
+                for (d, blob) in put_rx {
+                    if !failed.load(Ordering::Relaxed) {
+                        match sink.put_chunk(&d, &blob) {
+                            Ok(new) => counters.stored(new, blob.len()),
+                            Err(e) => fail(e),
+                        }
+                    }
+                    let _ = blob_tx.send(blob);
+                }
+            });
+        }
+        drop(put_rx);
+        let handover = (uploaders > 0).then(|| Handover { put_tx: put_tx.clone(), blob_rx: blob_rx.clone() });
+        drop(put_tx);
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let free_tx = free_tx.clone();
             let (results, failed, fail, counters) = (&results, &failed, &fail, &counters);
+            let handover = handover.clone();
             s.spawn(move || {
                 let mut enc = match Encoder::new(opts.level) {
                     Ok(e) => Some(e),
@@ -183,11 +216,14 @@ pub fn capture<R: Read + Seek>(
                         None
                     }
                 };
-                let mut blob = Vec::new();
+                let mut blob = match &handover {
+                    Some(h) => h.blob_rx.recv().unwrap_or_default(),
+                    None => Vec::new(),
+                };
                 for batch in job_rx {
                     // After a failure, keep draining so the reader never blocks on the pool.
                     if let (false, Some(enc)) = (failed.load(Ordering::Relaxed), enc.as_mut()) {
-                        match store_batch(&batch, enc, &mut blob, sink, counters) {
+                        match store_batch(&batch, enc, &mut blob, sink, handover.as_ref(), counters) {
                             Ok(refs) => {
                                 let mut res = results.lock().expect("lock");
                                 for (p, r) in batch.iter().zip(refs) {
@@ -204,6 +240,8 @@ pub fn capture<R: Read + Seek>(
             });
         }
         drop(job_rx);
+        // The uploaders end when the last worker's handover is gone.
+        drop(handover);
 
         let result = read_regions(&mut src, &plan, cs, opts, &failed, &free_rx, &job_tx, progress);
         match result {
@@ -260,13 +298,34 @@ struct Counters {
     reused: AtomicU64,
 }
 
+impl Counters {
+    /// A put's answer: newly stored (`len` encoded bytes), or already there.
+    fn stored(&self, new: bool, len: usize) {
+        if new {
+            self.new.fetch_add(1, Ordering::Relaxed);
+            self.new_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        } else {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where a worker hands its encoded chunks when uploaders put them: the uploaders' channel, and
+/// the pool it takes a fresh blob from in exchange.
+#[derive(Clone)]
+struct Handover {
+    put_tx: crossbeam_channel::Sender<(Digest, Vec<u8>)>,
+    blob_rx: crossbeam_channel::Receiver<Vec<u8>>,
+}
+
 /// Hashes a batch, asks the sink once which digests it lacks, and encodes and hands over only
-/// those.
+/// those (to the sink, or to the uploaders through `handover`).
 fn store_batch(
     batch: &[Piece],
     enc: &mut Encoder,
     blob: &mut Vec<u8>,
     sink: &dyn ChunkSink,
+    handover: Option<&Handover>,
     counters: &Counters,
 ) -> Result<Vec<ChunkRef>> {
     let mut refs = Vec::with_capacity(batch.len());
@@ -300,14 +359,19 @@ fn store_batch(
             continue;
         }
         enc.encode_into(d, &p.buf[..p.len], blob)?;
-        if sink.put_chunk(d, blob)? {
-            counters.new.fetch_add(1, Ordering::Relaxed);
-            counters.new_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
-        } else {
-            counters.reused.fetch_add(1, Ordering::Relaxed);
+        match handover {
+            Some(h) => {
+                let fresh = h.blob_rx.recv().map_err(|_| uploaders_gone())?;
+                h.put_tx.send((*d, std::mem::replace(blob, fresh))).map_err(|_| uploaders_gone())?;
+            }
+            None => counters.stored(sink.put_chunk(d, blob)?, blob.len()),
         }
     }
     Ok(refs)
+}
+
+fn uploaders_gone() -> Error {
+    Error::Store { message: "the capture's uploader threads ended early".into(), retryable: false }
 }
 
 /// The used byte ranges of `[off, off + len)` of a region, relative to the region.

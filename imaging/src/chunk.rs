@@ -258,6 +258,13 @@ pub trait ChunkSink: Send + Sync {
     /// Stores an encoded chunk. Returns `true` if it was newly stored, `false` if it was already
     /// present. The sink may verify the blob against `digest` and must refuse a mismatch.
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool>;
+    /// How many [`put_chunk`](Self::put_chunk) calls the capture keeps in flight on threads of
+    /// their own, so that the workers go on hashing and compressing while a put waits on the
+    /// network (a remote engine, an S3 bucket). 0 (the default): each worker puts its own
+    /// chunks, for a sink whose puts cost no round trip (a local store).
+    fn puts_in_flight(&self) -> usize {
+        0
+    }
 }
 
 /// Where chunks come from during a restore or verify.

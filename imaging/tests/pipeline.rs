@@ -16,6 +16,11 @@ struct MemStore {
     chunks: Mutex<HashMap<Digest, Vec<u8>>>,
     /// Refuse puts once this many chunks are held (a full store).
     capacity: Option<usize>,
+    /// Puts the capture should keep in flight (a remote sink), each taking a little while.
+    in_flight: usize,
+    /// Puts running at once, and the most seen.
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
 }
 
 impl ChunkSink for MemStore {
@@ -24,11 +29,21 @@ impl ChunkSink for MemStore {
         Ok(digests.iter().map(|d| !c.contains_key(d)).collect())
     }
     fn put_chunk(&self, d: &Digest, blob: &[u8]) -> Result<bool, Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.in_flight > 0 {
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.running.fetch_sub(1, SeqCst);
+        }
         let mut c = self.chunks.lock().unwrap();
         if self.capacity.is_some_and(|cap| c.len() >= cap) {
             return Err(Error::StoreFull { message: "the store is full".into() });
         }
         Ok(c.insert(*d, blob.to_vec()).is_none())
+    }
+    fn puts_in_flight(&self) -> usize {
+        self.in_flight
     }
 }
 
@@ -146,4 +161,26 @@ fn chunk_sizes_other_than_default_roundtrip() {
         restore(&m, &store, &mut target, u64::MAX, &RestoreOptions::default(), &NoProgress).unwrap();
         assert!(target.into_inner() == src, "chunk size {cs}");
     }
+}
+
+#[test]
+fn a_sink_with_puts_in_flight_gets_them_from_uploader_threads_with_the_same_result() {
+    let src = disk();
+    let inline = MemStore::default();
+    let (m1, s1) = capture(Cursor::new(&src), &opts(), &inline, &NoProgress).unwrap();
+    let remote = MemStore { in_flight: 4, ..Default::default() };
+    // One worker: only uploader threads can have several puts running at once.
+    let one = CaptureOptions { threads: 1, ..opts() };
+    let (m2, s2) = capture(Cursor::new(&src), &one, &remote, &NoProgress).unwrap();
+    assert_eq!(m1.regions, m2.regions, "the same chunks in the same places");
+    assert_eq!(
+        (s1.new_chunks, s1.new_stored_bytes, s1.reused_chunks),
+        (s2.new_chunks, s2.new_stored_bytes, s2.reused_chunks)
+    );
+    let most = remote.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most > 1, "puts ran one at a time ({most}) although the sink wants 4 in flight");
+    // And a full remote store still fails the capture with its own error.
+    let full = MemStore { in_flight: 4, capacity: Some(1), ..Default::default() };
+    let e = capture(Cursor::new(&src), &one, &full, &NoProgress).unwrap_err();
+    assert!(matches!(e, Error::StoreFull { .. }), "{e}");
 }

@@ -25,6 +25,25 @@ use std::time::Duration;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts per request when failures are retryable.
 pub const TRIES: u32 = 4;
+/// Chunk uploads a capture keeps in flight to the engine ([`ChunkSink::puts_in_flight`]),
+/// unless `KURA_UPLOADS_IN_FLIGHT` (0–64; 0: each compressing worker waits for its own uploads)
+/// says otherwise: a long, fat link (a WAN to another site) wants more.
+pub const PUTS_IN_FLIGHT: usize = 4;
+const PUTS_IN_FLIGHT_ENV: &str = "KURA_UPLOADS_IN_FLIGHT";
+
+fn puts_in_flight() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| match std::env::var(PUTS_IN_FLIGHT_ENV) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n <= 64 => n,
+            _ => {
+                tracing::warn!("{PUTS_IN_FLIGHT_ENV}={v:?} is not a number from 0 to 64: using {PUTS_IN_FLIGHT}");
+                PUTS_IN_FLIGHT
+            }
+        },
+        Err(_) => PUTS_IN_FLIGHT,
+    })
+}
 
 /// Where the engine is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -328,6 +347,12 @@ impl ChunkSink for RemoteUpload {
             .send(&what, || self.client.http.put(self.client.url(&path)).body(blob.to_vec()))
             .map_err(|e| e.into_imaging(Some(digest)))?;
         Ok(resp.status() == reqwest::StatusCode::CREATED)
+    }
+
+    /// Each chunk is one request to the engine: a few in flight hide the round trip and the
+    /// engine's check and write behind the client's compression.
+    fn puts_in_flight(&self) -> usize {
+        puts_in_flight()
     }
 }
 
