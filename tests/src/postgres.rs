@@ -173,7 +173,8 @@ impl Cluster {
     /// Drops the database of `url` (made by [`create_database`](Self::create_database); its
     /// connections are closed) and makes it again, empty: a lost catalog.
     pub fn recreate_database(&self, url: &str) {
-        let name = url.rsplit('/').next().and_then(|s| s.split('?').next()).expect("a database name in the URL");
+        let path = url.split('?').next().unwrap_or(url);
+        let name = path.rsplit('/').next().expect("a database name in the URL");
         assert!(name.starts_with("kura_test_"), "not a test database: {url}");
         self.psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
         self.psql(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"));
