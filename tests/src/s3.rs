@@ -417,7 +417,9 @@ impl Backend {
         let env = self.catalog_env();
         let env: Vec<(&str, &dyn AsRef<std::ffi::OsStr>)> =
             env.iter().map(|(k, v)| (*k, v as &dyn AsRef<std::ffi::OsStr>)).collect();
-        crate::engine::Server::start_http_with_env(data, &refs, &env)
+        let server = crate::engine::Server::start_http_with_env(data, &refs, &env);
+        self.assert_catalog_in_place(data);
+        server
     }
 
     /// An HTTPS engine on `data` with this store and catalog (kept across restarts).
@@ -427,6 +429,15 @@ impl Backend {
         let env = self.catalog_env();
         let env: Vec<(&str, &dyn AsRef<std::ffi::OsStr>)> =
             env.iter().map(|(k, v)| (*k, v as &dyn AsRef<std::ffi::OsStr>)).collect();
-        crate::engine::Server::start_https_with(data, &refs, &env)
+        let server = crate::engine::Server::start_https_with(data, &refs, &env);
+        self.assert_catalog_in_place(data);
+        server
+    }
+
+    /// The S3 variant's engine keeps no SQLite catalog: its catalog is the PostgreSQL database.
+    fn assert_catalog_in_place(&self, data: &Path) {
+        if let Backend::S3 { catalog, .. } = self {
+            assert!(!data.join("catalog.db").exists(), "an S3+PostgreSQL engine wrote DATA/catalog.db ({catalog})");
+        }
     }
 }
