@@ -78,11 +78,18 @@ impl S3Api {
         S3Answer { status, headers, body: r.text().unwrap_or_default() }
     }
 
+    /// Creates `bucket` with Object Lock enabled (so versioned) and no default retention.
+    pub fn create_lock_enabled_bucket(&self, bucket: &str) {
+        let r = self.send("PUT", &format!("/{bucket}"), &[("x-amz-bucket-object-lock-enabled", "true")], "");
+        assert_eq!(r.status, 200, "creating bucket {bucket} with Object Lock: {r:?}");
+        let r = self.send("GET", &format!("/{bucket}?object-lock="), &[], "");
+        assert_eq!((r.status, tags(&r.body, "ObjectLockEnabled")), (200, vec!["Enabled".to_string()]), "{r:?}");
+    }
+
     /// Creates `bucket` with Object Lock enabled and a default retention of `days` in `mode`
     /// (`COMPLIANCE` or `GOVERNANCE`), and checks the server reports it back.
     pub fn create_locked_bucket(&self, bucket: &str, mode: &str, days: u32) {
-        let r = self.send("PUT", &format!("/{bucket}"), &[("x-amz-bucket-object-lock-enabled", "true")], "");
-        assert_eq!(r.status, 200, "creating bucket {bucket} with Object Lock: {r:?}");
+        self.create_lock_enabled_bucket(bucket);
         let config = format!(
             "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled\
              </ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days></DefaultRetention>\
@@ -99,6 +106,14 @@ impl S3Api {
     /// HEAD of an object.
     pub fn head(&self, bucket: &str, key: &str) -> S3Answer {
         self.send("HEAD", &format!("/{bucket}/{key}"), &[], "")
+    }
+
+    /// Every version and delete marker under `prefix` (ListObjectVersions, one page): their
+    /// version ids.
+    pub fn versions(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let r = self.send("GET", &format!("/{bucket}?versions=&prefix={prefix}"), &[], "");
+        assert_eq!(r.status, 200, "{r:?}");
+        tags(&r.body, "VersionId")
     }
 
     /// The keys under `prefix` (one page of ListObjectsV2: the tests stay under 1000).
