@@ -22,6 +22,9 @@
 //!   the reconcile at the next start, never served before.
 //! - **Removal is two-phase and only by the GC** (`crate::gc`): mark every committed manifest,
 //!   then sweep unreferenced chunks older than the grace period that no running writer touched.
+//! - **Locked objects are never deleted** (S3 Object Lock, `crate::s3_lock`): the GC, snapshot
+//!   deletion and retention check an object's retention before its DELETE and report it as
+//!   [`Error::Locked`] instead.
 //! - **Every read is checked by the reader** (the chunk decoder verifies the digest); a local
 //!   cache (S3) is never the source of truth: a cached copy that fails its check is dropped and
 //!   the object is read again.
@@ -67,7 +70,20 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
     /// Calls `f(digest, encoded size, time written)` for every chunk in place.
     fn for_each_chunk(&self, f: &mut dyn FnMut(Digest, u64, SystemTime) -> Result<(), Error>) -> Result<(), Error>;
 
+    /// Whether a snapshot's manifest may be deleted now: `Err(Error::Locked)` while S3 Object
+    /// Lock retains it (`crate::s3_lock`), checked before the catalog marks it for deletion.
+    fn check_manifest_removable(&self, _id: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Until when (unix seconds) a chunk written at `written` is retained by the store's default
+    /// S3 Object Lock retention, if that has not ended: the GC skips it without a request.
+    fn locked_until(&self, _written: SystemTime) -> Option<i64> {
+        None
+    }
+
     /// Removes a chunk (garbage collection only; see `gc`). Returns whether it existed.
+    /// `Err(Error::Locked)` if S3 Object Lock retains it (nothing deleted).
     fn remove_chunk(&self, d: &Digest) -> Result<bool, Error>;
 
     /// Removes a chunk unless a writer on any engine node was told about it or uploaded it at
@@ -87,8 +103,8 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
     fn clean_tmp(&self) -> Result<usize, Error>;
 
     /// Takes the store's lock: exclusive for writers, shared for readers (local: `flock`; S3:
-    /// the lock of this process's cache directory — one engine per bucket prefix, see
-    /// docs/scale-out.md).
+    /// the lock of this process's cache directory — several engine nodes share a bucket
+    /// through the catalog instead, see `crate::db::cluster` and docs/scale-out.md).
     fn lock(&self, exclusive: bool) -> Result<StoreLock, Error>;
 
     /// Requests sent to a remote store since it was opened, by operation (`put`, `get`, …);

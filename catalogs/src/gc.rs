@@ -45,6 +45,12 @@
 //! earlier of that and its own start, minus the grace period; and a chunk is removed only
 //! through [`Store::remove_chunk_untouched_since`], which keeps any chunk a writer on any node
 //! was told about or uploaded after the cutoff.
+//!
+//! In a bucket with S3 Object Lock an unreferenced chunk still under retention is not removed:
+//! the sweep counts it as *locked* (with the latest retain-until date) and goes on. The
+//! bucket's default retention is judged from the listing alone ([`Store::locked_until`]); a
+//! longer retention set on the object itself is found by the store's check before its DELETE
+//! ([`Error::Locked`]). A later collection removes the chunk once its retention has ended.
 
 use crate::backend::Store;
 use kura_imaging::chunk::Digest;
@@ -216,6 +222,10 @@ pub struct GcReport {
     pub kept_touched: u64,
     pub removed: u64,
     pub removed_bytes: u64,
+    /// Unreferenced chunks kept because S3 Object Lock still retains them.
+    pub locked: u64,
+    /// The latest retain-until date (RFC 3339) among the locked chunks.
+    pub locked_until: Option<String>,
 }
 
 /// One mark-and-sweep pass. See the module docs for why it is safe beside running writers.
@@ -258,6 +268,7 @@ fn collect_inner(
     // Sweep.
     let since = opts.writers_since.map_or(started, |w| w.min(started));
     let cutoff = since.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut latest_lock: Option<i64> = None;
     store.for_each_chunk(&mut |d, size, mtime| {
         report.chunks_seen += 1;
         if referenced.contains(&d) {
@@ -267,10 +278,24 @@ fn collect_inner(
             report.kept_recent += 1;
             return Ok(());
         }
+        let mut locked = |until: Option<i64>| {
+            report.locked += 1;
+            latest_lock = latest_lock.max(until);
+        };
+        if let Some(until) = store.locked_until(mtime) {
+            locked(Some(until));
+            return Ok(());
+        }
         let removed = if opts.dry_run {
             !registry.exclusive(|touched| touched(&d))
         } else {
-            registry.remove_if_untouched(store, &d, cutoff)?
+            match registry.remove_if_untouched(store, &d, cutoff) {
+                Err(Error::Locked { until, .. }) => {
+                    locked(until);
+                    return Ok(());
+                }
+                r => r?,
+            }
         };
         if removed {
             report.removed += 1;
@@ -280,6 +305,7 @@ fn collect_inner(
         }
         Ok(())
     })?;
+    report.locked_until = latest_lock.map(kura_imaging::time::format_rfc3339);
     Ok(report)
 }
 

@@ -24,6 +24,7 @@ pub mod gc;
 pub mod private;
 pub mod retention;
 pub mod s3;
+pub mod s3_lock;
 pub mod secrets;
 pub mod store;
 

@@ -23,10 +23,14 @@
 //! One PUT per new chunk, one GET per chunk read that misses the cache, no HEAD per digest
 //! (the index answers), one LIST per 1000 objects when the index is rebuilt or a GC sweeps.
 //! [`S3Store::requests`] counts them (docs/scale-out.md has the cost per GB).
+//!
+//! A bucket with S3 Object Lock is found at open; no retained object is then deleted
+//! ([`crate::s3_lock`]).
 
 use crate::backend::{CacheOptions, Store};
 use crate::chunk_cache::ChunkCache;
 use crate::chunk_index::{ChunkIndex, IndexOrigin, SharedChunkIndex};
+use crate::s3_lock::{BucketAddress, ObjectLock, ObjectState};
 use crate::store::{StoreLock, StoreUsage};
 use futures::StreamExt;
 use kura_imaging::chunk::{check_quick, ChunkSink, ChunkSource, Digest};
@@ -206,6 +210,8 @@ pub struct S3Store {
     /// The catalog's index, when an engine opened the store: used instead of the file.
     shared: Option<Arc<dyn SharedChunkIndex>>,
     requests: Arc<RequestCounts>,
+    /// The bucket's Object Lock, found at open (`None` for an ordinary bucket).
+    object_lock: Option<Arc<ObjectLock>>,
     _lock: File,
     _temp: Option<tempfile::TempDir>,
 }
@@ -222,6 +228,19 @@ impl S3Store {
         let env = |k: &str| std::env::var(k).ok();
         let s = S3Spec::parse(spec, &env)?;
         let creds = Credentials::load(s.credentials_file.as_deref(), &env)?;
+        let object_lock = ObjectLock::detect_blocking(
+            BucketAddress {
+                bucket: s.bucket.clone(),
+                region: s.region.clone(),
+                endpoint: s.endpoint.clone(),
+                path_style: s.path_style,
+            },
+            object_store::aws::AwsCredential {
+                key_id: creds.access_key_id.clone(),
+                secret_key: creds.secret_access_key.clone(),
+                token: creds.session_token.clone(),
+            },
+        )?;
         let mut b = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&s.bucket)
             .with_region(&s.region)
@@ -236,11 +255,24 @@ impl S3Store {
         if let Some(t) = creds.session_token {
             b = b.with_token(t);
         }
+        if object_lock.is_some() {
+            // AWS requires a checksum on every PUT into a bucket with Object Lock.
+            b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+        }
         if let Some(e) = &s.endpoint {
             b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }
         let client = b.build().map_err(|e| os_err(format!("configuring {}", s.name()), e))?;
-        Self::with_client(Arc::new(client), &s.name(), &s.prefix, cache, create)
+        let mut store = Self::with_client(Arc::new(client), &s.name(), &s.prefix, cache, create)?;
+        if let Some(lock) = &object_lock {
+            tracing::info!(
+                "{}: the bucket has S3 Object Lock ({}): retained objects are never deleted",
+                s.name(),
+                lock.describe()
+            );
+        }
+        store.object_lock = object_lock.map(Arc::new);
+        Ok(store)
     }
 
     /// Opens the store over any `object_store` client (tests use the in-memory one).
@@ -304,6 +336,7 @@ impl S3Store {
             index_init: Mutex::new(()),
             shared: None,
             requests: Arc::default(),
+            object_lock: None,
             _lock: lock,
             _temp: temp,
         };
@@ -413,6 +446,30 @@ impl S3Store {
         match self.run(async move { c.delete(&p).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(os_err(format!("deleting {}/{path}", self.bucket_name()), e)),
+        }
+    }
+
+    /// With Object Lock: the object's state (HEAD), `Err(Error::Locked)` if it is retained.
+    /// `None` for an ordinary bucket.
+    fn check_lock(&self, path: &ObjPath) -> Result<Option<ObjectState>, Error> {
+        let Some(lock) = self.object_lock.clone() else { return Ok(None) };
+        self.requests.head.fetch_add(1, Ordering::Relaxed);
+        let (l, key) = (lock.clone(), path.to_string());
+        let state = self.run(async move { l.state(&key).await })?.unwrap_or_default();
+        state.check(&lock.name(path.as_ref()), SystemTime::now())?;
+        Ok(Some(state))
+    }
+
+    /// Deletes an object checked by [`check_lock`](Self::check_lock): by its version in a
+    /// locked bucket, else as [`delete`](Self::delete) does.
+    fn delete_checked(&self, path: &ObjPath, state: Option<ObjectState>) -> Result<(), Error> {
+        match (self.object_lock.clone(), state) {
+            (Some(lock), Some(state)) => {
+                self.requests.delete.fetch_add(1, Ordering::Relaxed);
+                let key = path.to_string();
+                self.run(async move { lock.delete_version(&key, &state).await })
+            }
+            _ => self.delete(path),
         }
     }
 
@@ -619,7 +676,17 @@ impl Store for S3Store {
     }
 
     fn remove_manifest(&self, id: &str) -> Result<(), Error> {
-        self.delete(&self.path(&format!("snapshots/{id}.kmf")))
+        let path = self.path(&format!("snapshots/{id}.kmf"));
+        let state = self.check_lock(&path)?;
+        self.delete_checked(&path, state)
+    }
+
+    fn check_manifest_removable(&self, id: &str) -> Result<(), Error> {
+        self.check_lock(&self.path(&format!("snapshots/{id}.kmf"))).map(|_| ())
+    }
+
+    fn locked_until(&self, written: SystemTime) -> Option<i64> {
+        self.object_lock.as_ref()?.locked_by_default(written, SystemTime::now()).map(|(_, until)| until)
     }
 
     fn for_each_chunk(&self, f: &mut dyn FnMut(Digest, u64, SystemTime) -> Result<(), Error>) -> Result<(), Error> {
@@ -634,14 +701,17 @@ impl Store for S3Store {
     }
 
     fn remove_chunk_untouched_since(&self, d: &Digest, cutoff: SystemTime) -> Result<bool, Error> {
-        // The index forgets it durably first: it must never claim a chunk the store lacks.
-        self.cache.remove(d);
         let path = self.path(&Self::chunk_key(d));
+        // A retained chunk is refused before the index forgets it; the index forgets it durably
+        // before the DELETE: it must never claim a chunk the store lacks.
+        let state = self.check_lock(&path)?;
+        self.cache.remove(d);
+        let mut state = Some(state);
         match &self.shared {
-            Some(s) => s.remove_if_untouched(d, cutoff, &mut || self.delete(&path)),
+            Some(s) => s.remove_if_untouched(d, cutoff, &mut || self.delete_checked(&path, state.take().flatten())),
             None => {
                 self.index()?.before_remove(d)?;
-                self.delete(&path)?;
+                self.delete_checked(&path, state.take().flatten())?;
                 Ok(true)
             }
         }
@@ -655,7 +725,20 @@ impl Store for S3Store {
         let (c, f, t) = (self.client.clone(), from.clone(), to.clone());
         self.run(async move { c.copy(&f, &t).await })
             .map_err(|e| os_err(format!("quarantining chunk {d} in {}", self.name), e))?;
-        self.remove_chunk(d)?;
+        match self.remove_chunk(d) {
+            // Object Lock retains the damaged object: it stays, but the index forgets it, so the
+            // next capture's PUT makes a sound version the current one.
+            Err(Error::Locked { .. }) => {
+                match &self.shared {
+                    Some(s) => s.forget(d)?,
+                    None => self.index()?.before_remove(d)?,
+                }
+                self.cache.remove(d);
+            }
+            r => {
+                r?;
+            }
+        }
         Ok(format!("{}/{rel}", self.name.trim_end_matches('/')))
     }
 

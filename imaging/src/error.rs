@@ -35,6 +35,18 @@ pub enum Error {
     StoreFull { message: String },
     #[error("cancelled")]
     Cancelled,
+    /// The object is under S3 Object Lock (a retention that has not ended, or a legal hold):
+    /// the store refuses to delete it. `until` is the retain-until time (unix seconds), `None`
+    /// for a legal hold.
+    #[error("{object} is locked (S3 Object Lock, {mode}) {}: it cannot be deleted before then", locked_until(.until))]
+    Locked { object: String, mode: String, until: Option<i64> },
+}
+
+fn locked_until(until: &Option<i64>) -> String {
+    match until {
+        Some(t) => format!("until {}", crate::time::format_rfc3339(*t)),
+        None => "until its legal hold is removed".to_string(),
+    }
 }
 
 impl Error {

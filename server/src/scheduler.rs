@@ -393,6 +393,16 @@ impl Scheduler {
             .map(|s| Candidate { id: s.id, created: s.created })
             .collect();
         for id in retention::plan(&rule, &candidates)?.delete {
+            // A snapshot S3 Object Lock still retains stays, listed, until its retention ends.
+            match store.check_manifest_removable(&id) {
+                Err(kura_imaging::Error::Locked { until, .. }) => {
+                    tracing::info!(
+                        "retention: snapshot {id} of host {host} is locked (until {until:?}, unix time): kept"
+                    );
+                    continue;
+                }
+                r => r?,
+            }
             self.catalog.mark_snapshot_deleting(ACTOR, &id)?;
             store.remove_manifest(&id)?;
             self.catalog.remove_snapshot(ACTOR, &id)?;

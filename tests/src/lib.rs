@@ -13,7 +13,8 @@
 //! - [`damage`]: breaking disks on purpose (truncation, GPT headers, overlaps).
 //! - [`store`]: looking inside a chunk store by its documented layout.
 //! - [`s3`]: a real S3 server (SeaweedFS) and the [`s3::Backend`] parameterised engine tests
-//!   run on (local store or S3).
+//!   run on (local store and SQLite, or S3 and PostgreSQL); [`s3_api`]: signed S3 calls from
+//!   the outside (Object Lock, versions).
 //! - [`kura_cli`]: running the `kura` binary and decoding its `--json` output.
 //! - [`engine`]: a real `kura serve` child process, the CLI against it, raw API calls;
 //!   [`proxy`]: a loopback proxy that follows, holds or drops its HTTP messages.
@@ -63,6 +64,7 @@ pub mod rawconn;
 pub mod readback;
 pub mod rhel_disk;
 pub mod s3;
+pub mod s3_api;
 pub mod site_dhcp;
 pub mod smtp;
 pub mod space;

@@ -176,6 +176,16 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Drops the database of `url` (made by [`create_database`](Self::create_database); its
+    /// connections are closed) and makes it again, empty: a lost catalog.
+    pub fn recreate_database(&self, url: &str) {
+        let path = url.split('?').next().unwrap_or(url);
+        let name = path.rsplit('/').next().expect("a database name in the URL");
+        assert!(name.starts_with("kura_test_"), "not a test database: {url}");
+        self.psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+        self.psql(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"));
+    }
+
     /// A new, empty database (collation C, as the catalog requires); returns its URL.
     pub fn create_database(&self) -> String {
         let name = format!("kura_test_{}", self.next_db.fetch_add(1, Ordering::SeqCst));

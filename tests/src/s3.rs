@@ -7,8 +7,10 @@
 //! Tests look inside the bucket from the outside through the filer's HTTP API (the S3 object
 //! `BUCKET/KEY` is the filer file `/buckets/BUCKET/KEY`), sharing no code with Kura's S3 client.
 //!
-//! [`Backend`] is the store a parameterised engine test runs on: the local `DATA/store`, or a
-//! prefix of the SeaweedFS bucket given to `kura serve --store`.
+//! [`Backend`] is the store and catalog a parameterised engine test runs on: the local
+//! `DATA/store` with the SQLite catalog, or a prefix of the SeaweedFS bucket given to
+//! `kura serve --store` with a PostgreSQL catalog (a fresh database of the test binary's
+//! throwaway cluster, `crate::postgres::shared`) — issue 14's two configurations.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -172,7 +174,12 @@ impl SeaweedS3 {
 
     /// `s3://kura/PREFIX?endpoint=…&credentials=…` for `--store`.
     pub fn spec(&self, prefix: &str) -> String {
-        format!("s3://{BUCKET}/{prefix}?endpoint={}&credentials={}", self.endpoint(), self.credentials_file().display())
+        self.spec_in(BUCKET, prefix)
+    }
+
+    /// `s3://BUCKET/PREFIX?endpoint=…&credentials=…` for another bucket of this server.
+    pub fn spec_in(&self, bucket: &str, prefix: &str) -> String {
+        format!("s3://{bucket}/{prefix}?endpoint={}&credentials={}", self.endpoint(), self.credentials_file().display())
     }
 
     fn filer_url(&self, path: &str) -> String {
@@ -256,12 +263,12 @@ pub struct StoredChunk {
     pub len: u64,
 }
 
-/// The store an engine test runs on.
+/// The store and catalog an engine test runs on.
 pub enum Backend {
-    /// `DATA/store`.
+    /// `DATA/store` and `DATA/catalog.db` (SQLite).
     Local,
-    /// A prefix of a SeaweedFS bucket.
-    S3 { server: SeaweedS3, prefix: String },
+    /// A prefix of a SeaweedFS bucket, and a PostgreSQL database (`catalog`, its URL).
+    S3 { server: SeaweedS3, prefix: String, catalog: String },
 }
 
 impl Backend {
@@ -269,15 +276,46 @@ impl Backend {
         Backend::Local
     }
 
-    /// A fresh SeaweedFS, prefix `engine`.
+    /// A fresh SeaweedFS, prefix `engine`, and a fresh database in the process's PostgreSQL
+    /// cluster.
     pub fn s3() -> Backend {
-        Backend::S3 { server: SeaweedS3::start(), prefix: "engine".into() }
+        let catalog = crate::postgres::shared().create_database();
+        Backend::S3 { server: SeaweedS3::start(), prefix: "engine".into(), catalog }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Local => "local",
-            Backend::S3 { .. } => "s3",
+            Backend::Local => "local+sqlite",
+            Backend::S3 { .. } => "s3+postgres",
+        }
+    }
+
+    /// The environment giving `kura serve` (and the offline commands) this catalog.
+    pub fn catalog_env(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Backend::Local => Vec::new(),
+            Backend::S3 { catalog, .. } => vec![("KURA_CATALOG", catalog.as_str())],
+        }
+    }
+
+    /// Deletes the catalog: `DATA/catalog.db*`, or the PostgreSQL database (dropped and made
+    /// again, empty). Returns how many files or databases it removed.
+    pub fn delete_catalog(&self, data: &Path) -> usize {
+        match self {
+            Backend::Local => {
+                let mut removed = 0;
+                for e in std::fs::read_dir(data).unwrap().flatten() {
+                    if e.file_name().to_string_lossy().starts_with("catalog.db") {
+                        std::fs::remove_file(e.path()).unwrap();
+                        removed += 1;
+                    }
+                }
+                removed
+            }
+            Backend::S3 { catalog, .. } => {
+                crate::postgres::shared().recreate_database(catalog);
+                1
+            }
         }
     }
 
@@ -285,7 +323,7 @@ impl Backend {
     pub fn serve_args(&self) -> Vec<OsString> {
         match self {
             Backend::Local => Vec::new(),
-            Backend::S3 { server, prefix } => vec!["--store".into(), server.spec(prefix).into()],
+            Backend::S3 { server, prefix, .. } => vec!["--store".into(), server.spec(prefix).into()],
         }
     }
 
@@ -293,7 +331,7 @@ impl Backend {
     pub fn offline_spec(&self, data: &Path) -> OsString {
         match self {
             Backend::Local => data.join("store").into(),
-            Backend::S3 { server, prefix } => server.spec(prefix).into(),
+            Backend::S3 { server, prefix, .. } => server.spec(prefix).into(),
         }
     }
 
@@ -304,7 +342,7 @@ impl Backend {
                 .into_iter()
                 .map(|c| StoredChunk { digest: c.digest, len: c.len })
                 .collect(),
-            Backend::S3 { server, prefix } => {
+            Backend::S3 { server, prefix, .. } => {
                 let mut v: Vec<StoredChunk> = server
                     .objects(&format!("{prefix}/chunks"))
                     .into_iter()
@@ -325,7 +363,7 @@ impl Backend {
             Backend::Local => std::fs::read_dir(data.join("store/snapshots"))
                 .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                 .unwrap_or_default(),
-            Backend::S3 { server, prefix } => server
+            Backend::S3 { server, prefix, .. } => server
                 .objects(&format!("{prefix}/snapshots"))
                 .into_iter()
                 .filter_map(|(k, _)| k.rsplit('/').next().map(str::to_string))
@@ -344,7 +382,7 @@ impl Backend {
     pub fn read_chunk(&self, data: &Path, digest: &str) -> Vec<u8> {
         match self {
             Backend::Local => std::fs::read(data.join("store").join(Self::chunk_key(digest))).unwrap(),
-            Backend::S3 { server, prefix } => server.get(&format!("{prefix}/{}", Self::chunk_key(digest))),
+            Backend::S3 { server, prefix, .. } => server.get(&format!("{prefix}/{}", Self::chunk_key(digest))),
         }
     }
 
@@ -352,7 +390,7 @@ impl Backend {
     pub fn write_chunk(&self, data: &Path, digest: &str, bytes: Vec<u8>) {
         match self {
             Backend::Local => std::fs::write(data.join("store").join(Self::chunk_key(digest)), bytes).unwrap(),
-            Backend::S3 { server, prefix } => server.put(&format!("{prefix}/{}", Self::chunk_key(digest)), bytes),
+            Backend::S3 { server, prefix, .. } => server.put(&format!("{prefix}/{}", Self::chunk_key(digest)), bytes),
         }
     }
 
@@ -362,7 +400,7 @@ impl Backend {
             Backend::Local => std::fs::read_dir(data.join("store/quarantine"))
                 .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                 .unwrap_or_default(),
-            Backend::S3 { server, prefix } => server
+            Backend::S3 { server, prefix, .. } => server
                 .objects(&format!("{prefix}/quarantine"))
                 .into_iter()
                 .filter_map(|(k, _)| k.rsplit('/').next().map(str::to_string))
@@ -372,21 +410,34 @@ impl Backend {
 }
 
 impl Backend {
-    fn args(&self) -> Vec<OsString> {
-        self.serve_args()
-    }
-
-    /// A plain-HTTP engine on `data` with this store (kept across restarts).
+    /// A plain-HTTP engine on `data` with this store and catalog (kept across restarts).
     pub fn start_http(&self, data: &Path) -> crate::engine::Server {
-        let args = self.args();
+        let args = self.serve_args();
         let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect();
-        crate::engine::Server::start_http_with(data, &refs)
+        let env = self.catalog_env();
+        let env: Vec<(&str, &dyn AsRef<std::ffi::OsStr>)> =
+            env.iter().map(|(k, v)| (*k, v as &dyn AsRef<std::ffi::OsStr>)).collect();
+        let server = crate::engine::Server::start_http_with_env(data, &refs, &env);
+        self.assert_catalog_in_place(data);
+        server
     }
 
-    /// An HTTPS engine on `data` with this store (kept across restarts).
+    /// An HTTPS engine on `data` with this store and catalog (kept across restarts).
     pub fn start(&self, data: &Path) -> crate::engine::Server {
-        let args = self.args();
+        let args = self.serve_args();
         let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect();
-        crate::engine::Server::start_https_with(data, &refs, &[])
+        let env = self.catalog_env();
+        let env: Vec<(&str, &dyn AsRef<std::ffi::OsStr>)> =
+            env.iter().map(|(k, v)| (*k, v as &dyn AsRef<std::ffi::OsStr>)).collect();
+        let server = crate::engine::Server::start_https_with(data, &refs, &env);
+        self.assert_catalog_in_place(data);
+        server
+    }
+
+    /// The S3 variant's engine keeps no SQLite catalog: its catalog is the PostgreSQL database.
+    fn assert_catalog_in_place(&self, data: &Path) {
+        if let Backend::S3 { catalog, .. } = self {
+            assert!(!data.join("catalog.db").exists(), "an S3+PostgreSQL engine wrote DATA/catalog.db ({catalog})");
+        }
     }
 }

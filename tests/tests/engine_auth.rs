@@ -1,9 +1,11 @@
 //! Authentication and roles on every API route, driven by the engine's own route table
 //! (`kura admin routes --json`), agent tokens bound to their job and machine, and malformed or
-//! oversized requests, which must get a 4xx and leave the engine serving.
+//! oversized requests, which must get a 4xx and leave the engine serving. Route × role runs on
+//! the local store with SQLite and on S3 (SeaweedFS) with PostgreSQL.
 
 use kura_tests::engine::{chunk_count, encode_stored_chunk, files_named, Api, Server};
 use kura_tests::kura_cli;
+use kura_tests::s3::Backend;
 use serde_json::{json, Value};
 
 struct Tokens {
@@ -66,8 +68,17 @@ fn fill(path: &str, job: i64) -> String {
 
 #[test]
 fn every_route_checks_token_and_role() {
+    every_route_checks_token_and_role_on(Backend::local());
+}
+
+#[test]
+fn every_route_checks_token_and_role_s3_postgres() {
+    every_route_checks_token_and_role_on(Backend::s3());
+}
+
+fn every_route_checks_token_and_role_on(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
-    let server = Server::start_http(&work.path().join("engine"));
+    let server = backend.start_http(&work.path().join("engine"));
     let api = server.api();
     let t = setup(&server, &api);
     let mut problems = Vec::new();

@@ -6,7 +6,7 @@
 //!
 //! Where a kill lands is not left to timing: a proxy between the client and the engine (plain
 //! HTTP) follows the requests and holds the chosen one until the test has killed its victim.
-//! The kill points run on the local store and on S3 (SeaweedFS).
+//! The kill points run on the local store with SQLite and on S3 (SeaweedFS) with PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

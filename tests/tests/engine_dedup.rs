@@ -1,8 +1,8 @@
 //! Two hosts with nearly identical disks, captured into one engine over HTTPS (pinned
 //! certificate, token from the environment, as a script would): the second capture uploads
 //! exactly the chunks the first did not, and both come back from the engine intact. On the
-//! local store and on S3 (SeaweedFS): the engine's S3 store holds the same chunks, byte for byte
-//! in size, as a local store given the same disks.
+//! local store with SQLite and on S3 (SeaweedFS) with PostgreSQL: the engine's S3 store holds
+//! the same chunks, byte for byte in size, as a local store given the same disks.
 
 use std::collections::BTreeSet;
 

@@ -1,6 +1,6 @@
 //! Garbage collection with no grace period, run back to back beside captures of changing disks
 //! while old snapshots are deleted: no committed snapshot may ever lose a chunk. On the local
-//! store and on S3 (SeaweedFS).
+//! store with SQLite and on S3 (SeaweedFS) with PostgreSQL.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! Damage and loss on the engine: a bit flipped in a stored chunk is found by `kura verify`,
 //! quarantined, named by the restore that needs it, and repaired by the next capture of the
 //! same data; a deleted catalog is rebuilt from the store with every snapshot. On the local
-//! store and on S3 (SeaweedFS), where the rebuild starts from the bucket alone.
+//! store with SQLite and on S3 (SeaweedFS) with PostgreSQL, where the rebuild starts from the
+//! bucket alone into an empty database.
 
 use std::collections::BTreeMap;
 
@@ -101,25 +102,17 @@ fn a_deleted_catalog_is_rebuilt_with_every_snapshot(backend: Backend) {
     busy.expect_failure_mentioning(&["stop"]);
 
     server.stop();
-    let mut removed = 0;
-    for e in std::fs::read_dir(&data).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("catalog.db") {
-            std::fs::remove_file(e.path()).unwrap();
-            removed += 1;
-        }
-        // S3: from the bucket alone — no record of the store, no chunk index, no cache.
-        if matches!(backend, Backend::S3 { .. }) && (name == "cache" || name == "store.spec") {
-            let _ = std::fs::remove_dir_all(e.path());
-            let _ = std::fs::remove_file(e.path());
-        }
+    let removed = backend.delete_catalog(&data);
+    assert!(removed >= 1, "no catalog to delete for {} in {}", backend.name(), data.display());
+    // S3: from the bucket alone — no record of the store, no chunk index, no cache.
+    if matches!(backend, Backend::S3 { .. }) {
+        let _ = std::fs::remove_dir_all(data.join("cache"));
+        let _ = std::fs::remove_file(data.join("store.spec"));
     }
-    assert!(removed >= 1, "no catalog.db in {}", data.display());
     let mut args: Vec<std::ffi::OsString> =
         vec!["admin".into(), "rebuild-catalog".into(), "--data".into(), data.clone().into(), "--json".into()];
     args.extend(backend.serve_args());
-    let run = kura_cli::run(args);
+    let run = kura_cli::run_env(args, &backend.catalog_env());
     let v: serde_json::Value = run.expect_success().json();
     assert_eq!(v["added"], 4, "{run}");
     assert_eq!(v["snapshots"], 4, "{run}");

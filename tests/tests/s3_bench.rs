@@ -23,7 +23,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// `kura_store_requests_total` by operation.
 fn requests(server: &Server) -> BTreeMap<String, u64> {
-    let text = server.api().req("GET", "/metrics").token(&server.admin).send().text();
+    // `/metrics` is outside `/api/v1` (`raw`, not `req`, which would ask for /api/v1/metrics).
+    let r = server.api().raw("GET", "/metrics").token(&server.admin).send();
+    assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+    let text = r.text();
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("kura_store_requests_total{op=\"")?;
@@ -76,12 +79,12 @@ fn local_vs_s3_throughput_and_requests_per_gib() {
         let mut id = String::new();
         let t = timed(&mut || id = server.capture(&disk.path, "a").snapshot);
         let r1 = requests(&server);
-        rows.push(format!("{name:5}  capture                {:7.1} MiB/s  {}", mbs(t), per_gib(&r0, &r1, size)));
+        rows.push(format!("{name:12}  capture                {:7.1} MiB/s  {}", mbs(t), per_gib(&r0, &r1, size)));
         let t = timed(&mut || {
             server.capture(&disk.path, "b");
         });
         let r2 = requests(&server);
-        rows.push(format!("{name:5}  capture, all known     {:7.1} MiB/s  {}", mbs(t), per_gib(&r1, &r2, size)));
+        rows.push(format!("{name:12}  capture, all known     {:7.1} MiB/s  {}", mbs(t), per_gib(&r1, &r2, size)));
         // Cold: a restarted engine without its cached chunks (the chunk index stays).
         server.stop();
         let _ = std::fs::remove_dir_all(server.data.join("cache/chunks"));
@@ -92,15 +95,16 @@ fn local_vs_s3_throughput_and_requests_per_gib() {
         });
         assert_eq!(sha256_file(&target), sha);
         let r1 = requests(&server);
-        let what = if name == "s3" { "restore, cold cache" } else { "restore" };
-        rows.push(format!("{name:5}  {what:22} {:7.1} MiB/s  {}", mbs(t), per_gib(&r0, &r1, size)));
-        if name == "s3" {
+        let is_s3 = matches!(backend, Backend::S3 { .. });
+        let what = if is_s3 { "restore, cold cache" } else { "restore" };
+        rows.push(format!("{name:12}  {what:22} {:7.1} MiB/s  {}", mbs(t), per_gib(&r0, &r1, size)));
+        if is_s3 {
             let t = timed(&mut || {
                 server.restore(&id, &target);
             });
             assert_eq!(sha256_file(&target), sha);
             let r2 = requests(&server);
-            rows.push(format!("{name:5}  restore, warm cache    {:7.1} MiB/s  {}", mbs(t), per_gib(&r1, &r2, size)));
+            rows.push(format!("{name:12}  restore, warm cache    {:7.1} MiB/s  {}", mbs(t), per_gib(&r1, &r2, size)));
             s3_cpu = cpu(&backend) - cpu0;
         }
         let _ = std::fs::remove_file(&target);

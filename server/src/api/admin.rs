@@ -145,10 +145,19 @@ pub async fn apply_retention(
             })
             .map(|h| h.name)
             .collect();
-        let mut deleted = Vec::new();
+        let (mut deleted, mut locked) = (Vec::new(), Vec::new());
         for host in hosts {
             let Some(plan) = st.engine.catalog.retention_plan(&host)? else { continue };
             for id in plan.delete {
+                // S3 Object Lock: reported, not deleted (checked before the catalog is touched).
+                match st.engine.store.check_manifest_removable(&id) {
+                    Err(kura_imaging::Error::Locked { mode, until, .. }) => {
+                        let until = until.map(kura_imaging::time::format_rfc3339);
+                        locked.push(serde_json::json!({ "host": host, "snapshot": id, "mode": mode, "until": until }));
+                        continue;
+                    }
+                    r => r?,
+                }
                 if !req.dry_run {
                     st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
                     st.engine.store.remove_manifest(&id)?;
@@ -157,7 +166,7 @@ pub async fn apply_retention(
                 deleted.push(serde_json::json!({ "host": host, "snapshot": id }));
             }
         }
-        Ok(serde_json::json!({ "deleted": deleted, "dry_run": req.dry_run }))
+        Ok(serde_json::json!({ "deleted": deleted, "locked": locked, "dry_run": req.dry_run }))
     })
     .await??;
     Ok(Json(out))

@@ -113,7 +113,7 @@ impl From<kura_imaging::Error> for ApiError {
         use kura_imaging::Error as E;
         match e {
             E::ChunkCorrupt { .. } => ApiError::Unprocessable(e.to_string()),
-            E::ChunkMissing { .. } => ApiError::Conflict(e.to_string()),
+            E::ChunkMissing { .. } | E::Locked { .. } => ApiError::Conflict(e.to_string()),
             E::Manifest(_) => ApiError::BadRequest(e.to_string()),
             E::StoreFull { .. } => ApiError::StoreFull(e.to_string()),
             other => ApiError::Internal(other.to_string()),

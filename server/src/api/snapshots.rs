@@ -165,6 +165,11 @@ pub async fn remove(
     check_id(&id)?;
     let st = state.clone();
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        // S3 Object Lock: refused (409, naming the date) before the catalog is touched.
+        st.engine.store.check_manifest_removable(&id).map_err(|e| match e {
+            kura_imaging::Error::Locked { .. } => ApiError::Conflict(format!("snapshot {id} cannot be deleted: {e}")),
+            other => other.into(),
+        })?;
         st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
         st.engine.store.remove_manifest(&id)?;
         st.engine.catalog.remove_snapshot(&p.actor(), &id)?;

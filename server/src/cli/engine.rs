@@ -352,6 +352,13 @@ pub fn gc(grace: u64, dry_run: bool, s: &ServerArgs) -> Result<ExitCode> {
             "removed {} chunks ({} bytes) of {} seen; {} referenced",
             v["removed"], v["removed_bytes"], v["chunks_seen"], v["referenced"]
         );
+        if v["locked"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "{} chunks locked until {} (S3 Object Lock): kept, collected once their retention ends",
+                v["locked"],
+                v["locked_until"].as_str().unwrap_or("their legal hold is removed")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -381,6 +388,28 @@ pub fn retention(
             );
         }
         println!("{} snapshots {}", deleted.len(), if dry_run { "would be deleted" } else { "deleted" });
+        let locked = v["locked"].as_array().cloned().unwrap_or_default();
+        for l in &locked {
+            println!(
+                "locked {} (host {}) until {} (S3 Object Lock, {}): kept",
+                l["snapshot"].as_str().unwrap_or(""),
+                l["host"].as_str().unwrap_or(""),
+                l["until"].as_str().unwrap_or("its legal hold is removed"),
+                l["mode"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kura snapshot delete ID`: removes a snapshot (its manifest, then its catalog row; its
+/// chunks go at the next GC). Refused, naming the date, while S3 Object Lock retains it.
+pub fn delete_snapshot(id: &str, s: &ServerArgs) -> Result<ExitCode> {
+    client(s)?.delete(&routes::SNAPSHOT_DELETE.url(&[id]))?;
+    if s.json {
+        print_json(&serde_json::json!({ "deleted": id }))?;
+    } else {
+        println!("deleted snapshot {id}");
     }
     Ok(ExitCode::SUCCESS)
 }

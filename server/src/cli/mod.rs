@@ -390,6 +390,13 @@ enum SnapshotCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Delete a snapshot (admin; its chunks go at the next `kura gc`). Refused while S3 Object
+    /// Lock retains it, naming the retention date.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -580,6 +587,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Snapshots { host, server } => engine::snapshots(host.as_deref(), &server),
         Command::Snapshot(SnapshotCommand::Confirm { id, server }) => engine::confirm_snapshot(&id, &server),
+        Command::Snapshot(SnapshotCommand::Delete { id, server }) => engine::delete_snapshot(&id, &server),
         Command::Hosts { server } => engine::hosts(&server),
         Command::Host(HostCommand::Power(args)) => power::run(*args),
         Command::Host(HostCommand::Set { host, secure_boot, server }) => {

@@ -209,7 +209,7 @@ impl From<kura_imaging::Error> for ServiceError {
         use kura_imaging::Error as E;
         match e {
             E::ChunkCorrupt { .. } => ServiceError::Corrupt(e.to_string()),
-            E::ChunkMissing { .. } => ServiceError::Conflict(e.to_string()),
+            E::ChunkMissing { .. } | E::Locked { .. } => ServiceError::Conflict(e.to_string()),
             E::Manifest(_) => ServiceError::BadRequest(e.to_string()),
             E::StoreFull { .. } => ServiceError::StoreFull(e.to_string()),
             other => ServiceError::Internal(other.to_string()),
