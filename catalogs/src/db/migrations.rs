@@ -48,6 +48,7 @@ migrations!(
     "0008_boot_tests",
     "0009_replication",
     "0010_scheduled_boot_tests",
+    "0012_replication_groups",
 );
 
 /// The schema version this build reads and writes.

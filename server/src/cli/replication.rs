@@ -6,7 +6,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use kura_protocol::replication::{AddRemote, AddRule};
+use kura_protocol::replication::{AddRemote, AddRule, Resync, Resynced};
 use kura_protocol::routes;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -68,8 +68,22 @@ pub enum ReplicateCommand {
         #[arg(long)]
         to: String,
         /// Only these hosts (comma-separated); default every host.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "group")]
         hosts: Vec<String>,
+        /// Only the hosts of this group (as they are when each snapshot is captured).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check snapshots on a remote again and send the chunks it lacks (after its `kura verify`
+    /// quarantined some, or its store lost some).
+    Resync {
+        /// The remote (`kura remote add`).
+        #[arg(long)]
+        to: String,
+        /// Only this snapshot (default: every snapshot copied there).
+        snapshot: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -138,10 +152,10 @@ pub fn remote(cmd: RemoteCommand) -> Result<ExitCode> {
 
 pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
     match cmd {
-        ReplicateCommand::Add { to, hosts, server } => {
+        ReplicateCommand::Add { to, hosts, group, server } => {
             let hosts = (!hosts.is_empty()).then_some(hosts);
             let r: Value =
-                client(&server)?.post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts })?;
+                client(&server)?.post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts, group })?;
             if server.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -173,6 +187,18 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
                 );
             }
         }
+        ReplicateCommand::Resync { to, snapshot, server } => {
+            let r: Resynced = client(&server)?
+                .post_json(routes::REPLICATION_RESYNC.path, &Resync { remote: to.clone(), snapshot })?;
+            if server.json {
+                println!("{}", serde_json::to_string(&serde_json::json!({ "queued": r.queued }))?);
+            } else {
+                eprintln!(
+                    "{} snapshots queued to be checked on {to} (`kura replicate list` shows the queue)",
+                    r.queued
+                );
+            }
+        }
         ReplicateCommand::Remove { id, server } => {
             client(&server)?.delete(&routes::REPLICATION_RULE_REMOVE.url(&[&id.to_string()]))?;
             if !server.json {
@@ -184,9 +210,10 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
 }
 
 fn describe(r: &Value) -> String {
-    let hosts = match r["hosts"].as_array() {
-        Some(h) => h.iter().filter_map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
-        None => "every host".to_string(),
+    let hosts = match (r["hosts"].as_array(), r["group"].as_str()) {
+        (Some(h), _) => h.iter().filter_map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
+        (None, Some(g)) => format!("group {g}"),
+        (None, None) => "every host".to_string(),
     };
     format!("{hosts} → {}", r["remote"].as_str().unwrap_or(""))
 }
