@@ -247,7 +247,10 @@ CREATE TABLE replication_rules (
     remote_id INTEGER NOT NULL REFERENCES remotes (id) ON DELETE CASCADE,
     hosts TEXT CHECK (hosts IS NULL OR json_valid(hosts)),
     created INTEGER NOT NULL,
-    host_group TEXT
+    host_group TEXT,
+    -- 1: a pull rule (this engine fetches the remote's snapshots), with its durable progress.
+    pull INTEGER NOT NULL DEFAULT 0 CHECK (pull IN (0, 1)),
+    pulled_up_to INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX replication_rules_remote ON replication_rules (remote_id);
 

@@ -26,6 +26,10 @@ pub struct AddRule {
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
     pub group: Option<String>,
+    /// A pull rule: this engine (a DR engine) fetches the remote's snapshots of those hosts,
+    /// with an operator token of the remote (`kura replicate pull --from NAME`).
+    #[serde(default)]
+    pub pull: bool,
 }
 
 /// `POST /replication/resync`: check `snapshot` (or every snapshot copied to `remote`) on the

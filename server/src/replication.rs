@@ -147,6 +147,8 @@ struct Conn {
     alerted: bool,
     /// When the remote's quarantine mark was last read.
     probed: Option<std::time::Instant>,
+    /// When the remote was last polled for the pull rules that fetch from it.
+    pulled: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -180,7 +182,15 @@ fn connect(engine: &Engine, remote: i64) -> Result<Conn, String> {
         timeout: Some(REQUEST_TIMEOUT),
     })
     .map_err(|e| e.to_string())?;
-    Ok(Conn { name: r.name, client, chunk_session: None, failing_since: None, alerted: false, probed: None })
+    Ok(Conn {
+        name: r.name,
+        client,
+        chunk_session: None,
+        failing_since: None,
+        alerted: false,
+        probed: None,
+        pulled: None,
+    })
 }
 
 /// An error of one step; `lost_session` when the remote forgot the session (it restarted).
@@ -402,12 +412,36 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
     // chunks trickle in), each new connection left one more open session there until the
     // replica token hit the remote's per-token limit and every send failed with 429.
     let mut busy = false;
+    let rules = engine.catalog.list_replication_rules().unwrap_or_else(|e| {
+        tracing::error!("replication: listing the rules: {e}");
+        Vec::new()
+    });
     match engine.catalog.list_remotes() {
         Ok(all) => {
             conns.retain(|id, _| all.iter().any(|r| r.id == *id));
             for r in &all {
-                if let Some(conn) = conn_of(engine, conns, r.id) {
+                let Some(conn) = conn_of(engine, conns, r.id) else { continue };
+                let pulls: Vec<_> = rules.iter().filter(|x| x.pull && x.remote == r.name).collect();
+                if pulls.is_empty() {
+                    // A remote this engine pulls from is a primary, not a replica.
                     busy |= probe(engine, r, conn);
+                } else if conn.pulled.is_none_or(|t| t.elapsed() >= crate::replication_pull::pull_every()) {
+                    conn.pulled = Some(std::time::Instant::now());
+                    for rule in pulls {
+                        match crate::replication_pull::pull_round(engine, &conn.client, rule) {
+                            Ok(n) => {
+                                conn.succeeded();
+                                // More may have been committed there meanwhile: look again soon.
+                                if n > 0 {
+                                    conn.pulled = None;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!("pulling from {}: {e}", conn.name);
+                                conn.failed(engine, &e);
+                            }
+                        }
+                    }
                 }
             }
         }

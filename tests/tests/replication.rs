@@ -15,6 +15,9 @@
 //! - A rule by host group copies that group's hosts only. A chunk the DR engine's verify
 //!   quarantined (a flipped byte in its file) is sent again by the primary on its own; a chunk
 //!   the DR store lost without a verify is sent again by `kura replicate resync`.
+//! - Pull mode: the DR engine fetches from the primary (`kura replicate pull --from`, an
+//!   operator token of the primary), only the rule's hosts, resumes after a `kill -9`, and keeps
+//!   what the primary deletes.
 
 use kura_tests::content::random_bytes;
 use kura_tests::disks::MIB;
@@ -527,7 +530,7 @@ fn a_group_rule_and_chunks_the_dr_engine_lost_are_sent_again() {
     assert_eq!((of(&db)["copies"].as_u64(), of(&db)["copies_wanted"].as_u64()), (Some(1), Some(1)));
     assert_eq!(of(&web)["copies_wanted"].as_u64(), Some(2));
     assert!(!has_snapshot(&dr, &db));
-    assert_eq!(dr.snapshot_ids(), [web.clone()]);
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&web));
 
     // A byte flipped in a chunk file on the DR engine; its verify quarantines the chunk.
     let victim = chunk_files(&dr.store()).into_iter().next().unwrap();
@@ -572,8 +575,74 @@ fn a_group_rule_and_chunks_the_dr_engine_lost_are_sent_again() {
     assert_eq!(metric(&primary, "kura_replication_sent_chunks_total"), sent);
     assert!(!primary.kura(&[&"replicate", &"resync", &"--to", &"nowhere"]).success());
     dr.assert_verify_ok();
-    assert_eq!(dr.snapshot_ids(), [web.clone()]);
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&web));
     let target = work.path().join("restored.img");
     dr.restore(&web, &target);
     assert_eq!(sha256_file(&target), sha256_file(&web_disk.path));
+}
+
+#[test]
+fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
+    let work = tempfile::tempdir().unwrap();
+    let primary = Server::start_http(&work.path().join("primary"));
+    let operator = primary.api().operator_token(&primary.admin);
+    // The DR engine polls every second (not every 30 s).
+    let mut dr = Server::start_http_env(
+        &work.path().join("dr"),
+        &[("KURA_TEST_REPLICATION_PULL_SECS", &"1"), ("KURA_LOG", &"info")],
+    );
+    let token_file = work.path().join("primary.token");
+    std::fs::write(&token_file, &operator).unwrap();
+    dr.kura(&[&"remote", &"add", &"primary", &primary.url, &"--token-file", &token_file]).expect_success();
+    dr.kura(&[&"replicate", &"pull", &"--from", &"primary", &"--hosts", &"web01"]).expect_success();
+    let listed = dr.kura(&[&"replicate", &"list"]);
+    assert!(listed.stdout.contains("web01 ← primary (pulled"), "{listed}");
+
+    let data = random_bytes(51, 8 * MIB as usize);
+    let web_disk = raw_disk(work.path(), "web.img", data.clone());
+    let db_disk = raw_disk(work.path(), "db.img", random_bytes(52, 4 * MIB as usize));
+    let a = primary.capture(&web_disk.path, "web01").snapshot;
+    let db = primary.capture(&db_disk.path, "db01").snapshot;
+    let took = wait_for("web01 pulled", REPLICATED_WITHIN, || dr.log(), || has_snapshot(&dr, &a));
+    eprintln!("snapshot {a} on the DR engine {took:?} after the capture");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&a), "db01 is not in the rule");
+    let on_dr = dr.snapshots();
+    assert_eq!(on_dr[0]["host"], "web01");
+    let created = primary.snapshots().iter().find(|s| s["id"] == a.as_str()).unwrap()["created"].as_i64().unwrap();
+    let rules: Value = dr.kura(&[&"replicate", &"list", &"--json"]).json();
+    assert_eq!(rules["rules"][0]["pulled_up_to"].as_i64(), Some(created), "{rules}");
+
+    // The DR engine dies; a second, similar snapshot is taken meanwhile; it resumes.
+    dr.kill9();
+    let mut data_c = data;
+    data_c[..MIB as usize].copy_from_slice(&random_bytes(53, MIB as usize));
+    let c_disk = raw_disk(work.path(), "c.img", data_c);
+    let c = primary.capture(&c_disk.path, "web01");
+    dr.restart();
+    wait_for(
+        "the second snapshot pulled after the restart",
+        REPLICATED_WITHIN,
+        || dr.log(),
+        || has_snapshot(&dr, &c.snapshot),
+    );
+    let mut want = vec![a.clone(), c.snapshot.clone()];
+    want.sort();
+    assert_eq!(dr.snapshot_ids(), want);
+    // Only what the DR engine lacked was fetched: its chunks are the web01 snapshots' own.
+    assert!(dr.log().contains(&format!("({} chunks fetched)", c.new_chunks)), "{}", dr.log());
+
+    // Deleting on the primary never reaches the DR engine.
+    let r = primary.api().req("DELETE", &format!("/snapshots/{a}")).token(&primary.admin).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(has_snapshot(&dr, &a) && !has_snapshot(&primary, &a));
+    assert!(!has_snapshot(&dr, &db));
+    dr.assert_verify_ok();
+    for (id, source) in [(&a, &web_disk.path), (&c.snapshot, &c_disk.path)] {
+        let target = work.path().join(format!("restored-{id}.img"));
+        dr.restore(id, &target);
+        assert_eq!(sha256_file(&target), sha256_file(source), "snapshot {id}");
+        std::fs::remove_file(&target).unwrap();
+    }
 }

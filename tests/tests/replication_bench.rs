@@ -54,7 +54,11 @@ fn replication_overhead_and_lag() {
     let api = primary.api();
     for round in 0..ROUNDS {
         for (name, group) in [(format!("off{round}"), None), (format!("on{round}"), Some("repl"))] {
-            let r = api.req("POST", "/hosts").token(&primary.admin).json(&serde_json::json!({"name": name, "group": group})).send();
+            let r = api
+                .req("POST", "/hosts")
+                .token(&primary.admin)
+                .json(&serde_json::json!({"name": name, "group": group}))
+                .send();
             assert_eq!(r.status, 201, "{}", r.text());
         }
     }
@@ -81,7 +85,12 @@ fn replication_overhead_and_lag() {
             if replicated {
                 let returned = Instant::now();
                 while !manifest_ids(&dr.store()).contains(&report.snapshot) {
-                    assert!(returned.elapsed() < GIVE_UP, "{} not on the DR engine\n{}", report.snapshot, primary.log());
+                    assert!(
+                        returned.elapsed() < GIVE_UP,
+                        "{} not on the DR engine\n{}",
+                        report.snapshot,
+                        primary.log()
+                    );
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let lag = returned.elapsed();
@@ -97,10 +106,7 @@ fn replication_overhead_and_lag() {
     eprintln!("replication off: {off:.2?} s (median {m_off:.2} s)");
     eprintln!("replication on:  {on:.2?} s (median {m_on:.2} s)");
     eprintln!("ratio on/off: {:.3} (issue: <= 1.1)", m_on / m_off);
-    eprintln!(
-        "commit to DR: {lags:.2?} s (max {:.2} s; issue: <= 5 s)",
-        lags.iter().cloned().fold(0.0, f64::max)
-    );
+    eprintln!("commit to DR: {lags:.2?} s (max {:.2} s; issue: <= 5 s)", lags.iter().cloned().fold(0.0, f64::max));
     let b: Value = primary.kura(&[&"replicate", &"list", &"--json"]).json();
     assert_eq!(b["remotes"][0]["snapshots"], 0, "{b}");
 }

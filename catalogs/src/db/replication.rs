@@ -51,6 +51,10 @@ pub struct ReplicationRule {
     pub hosts: Option<Vec<String>>,
     pub group: Option<String>,
     pub created: UnixTime,
+    /// A pull rule: this engine fetches the remote's snapshots (`kura replicate pull`).
+    pub pull: bool,
+    /// A pull rule's progress: every matching snapshot created before this is held here.
+    pub pulled_up_to: UnixTime,
 }
 
 impl ReplicationRule {
@@ -120,11 +124,19 @@ fn rule_from_row(r: &Row<'_>) -> rusqlite::Result<ReplicationRule> {
         ),
         None => None,
     };
-    Ok(ReplicationRule { id: r.get(0)?, remote: r.get(1)?, hosts, group: r.get(4)?, created: r.get(3)? })
+    Ok(ReplicationRule {
+        id: r.get(0)?,
+        remote: r.get(1)?,
+        hosts,
+        group: r.get(4)?,
+        created: r.get(3)?,
+        pull: r.get::<_, i64>(5)? != 0,
+        pulled_up_to: r.get(6)?,
+    })
 }
 
-const RULE_SELECT: &str = "SELECT r.id, m.name, r.hosts, r.created, r.host_group FROM replication_rules r \
-     JOIN remotes m ON m.id = r.remote_id";
+const RULE_SELECT: &str = "SELECT r.id, m.name, r.hosts, r.created, r.host_group, r.pull, r.pulled_up_to \
+     FROM replication_rules r JOIN remotes m ON m.id = r.remote_id";
 
 fn item_from_row(r: &Row<'_>) -> rusqlite::Result<QueueItem> {
     Ok(QueueItem {
@@ -223,6 +235,7 @@ impl Catalog {
         remote: &str,
         hosts: Option<&[String]>,
         group: Option<&str>,
+        pull: bool,
     ) -> Result<ReplicationRule> {
         if hosts.is_some_and(|h| h.is_empty()) {
             return Err(CatalogError::Invalid("a rule names at least one host (or none for every host)".into()));
@@ -237,9 +250,9 @@ impl Catalog {
         self.write(|tx, now| {
             let r = load_remote(tx, remote)?;
             let id: i64 = tx.query_row(
-                "INSERT INTO replication_rules (remote_id, hosts, host_group, created) VALUES (?1, ?2, ?3, ?4) \
-                 RETURNING id",
-                params![r.id, hosts_json, group, now],
+                "INSERT INTO replication_rules (remote_id, hosts, host_group, created, pull) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![r.id, hosts_json, group, now, pull as i64],
                 |row| row.get(0),
             )?;
             audit::append(
@@ -248,7 +261,7 @@ impl Catalog {
                 actor,
                 "replicate.add",
                 &format!("rule {id}"),
-                json!({ "remote": remote, "hosts": hosts, "group": group }),
+                json!({ "remote": remote, "hosts": hosts, "group": group, "pull": pull }),
             )?;
             tx.query_row(&format!("{RULE_SELECT} WHERE r.id = ?1"), [id], rule_from_row)
         })
@@ -322,6 +335,17 @@ impl Catalog {
         })
     }
 
+    /// Records a pull rule's progress (it only moves forward).
+    pub fn set_pulled_up_to(&self, rule: i64, created: UnixTime) -> Result<()> {
+        self.write(|tx, _| {
+            tx.execute(
+                "UPDATE replication_rules SET pulled_up_to = ?1 WHERE id = ?2 AND pulled_up_to < ?1",
+                params![created, rule],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Remote `name` (without its token).
     pub fn remote_by_name(&self, name: &str) -> Result<Remote> {
         self.read(|conn| load_remote(conn, name))
@@ -366,10 +390,10 @@ impl Catalog {
                 .optional()?
                 .flatten();
             let mut stmt = conn.prepare_cached(
-                "SELECT r.id, m.name, r.hosts, r.created, r.host_group, m.id FROM replication_rules r \
-                 JOIN remotes m ON m.id = r.remote_id ORDER BY m.id",
+                "SELECT r.id, m.name, r.hosts, r.created, r.host_group, r.pull, r.pulled_up_to, m.id \
+                 FROM replication_rules r JOIN remotes m ON m.id = r.remote_id WHERE r.pull = 0 ORDER BY m.id",
             )?;
-            let rows = stmt.query_map([], |r| Ok((rule_from_row(r)?, r.get::<_, i64>(5)?)))?;
+            let rows = stmt.query_map([], |r| Ok((rule_from_row(r)?, r.get::<_, i64>(7)?)))?;
             let mut out: Vec<i64> = Vec::new();
             for row in rows {
                 let (rule, remote) = row?;
@@ -383,7 +407,7 @@ impl Catalog {
 
     /// For every host, the remotes (names) its snapshots should be copied to by the rules.
     pub fn replication_wanted(&self) -> Result<HashMap<String, Vec<String>>> {
-        let rules = self.list_replication_rules()?;
+        let rules: Vec<ReplicationRule> = self.list_replication_rules()?.into_iter().filter(|r| !r.pull).collect();
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT name, host_group FROM hosts")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
@@ -564,8 +588,8 @@ mod tests {
         assert_eq!(cat.list_remotes().unwrap(), [dr.clone(), two.clone()]);
         assert_eq!(cat.remote_with_token(dr.id).unwrap().1.as_bytes(), cat.remote_with_token(dr.id).unwrap().1.as_bytes());
 
-        let all = cat.add_replication_rule("t", "dr", None, None).unwrap();
-        let some = cat.add_replication_rule("t", "two", Some(&["a".to_string()]), None).unwrap();
+        let all = cat.add_replication_rule("t", "dr", None, None, false).unwrap();
+        let some = cat.add_replication_rule("t", "two", Some(&["a".to_string()]), None, false).unwrap();
         assert_eq!((all.remote.as_str(), all.hosts.clone()), ("dr", None));
         assert_eq!(cat.remotes_for_host("a").unwrap(), [dr.id, two.id]);
         assert_eq!(cat.remotes_for_host("b").unwrap(), [dr.id]);
@@ -619,19 +643,28 @@ mod tests {
         new_host("web01", Some("web"));
         new_host("db01", Some("db"));
         new_host("lone", None);
-        let rule = cat.add_replication_rule("t", "dr", None, Some("web")).unwrap();
+        let rule = cat.add_replication_rule("t", "dr", None, Some("web"), false).unwrap();
         assert_eq!(rule.group.as_deref(), Some("web"));
-        assert_eq!(cat.list_replication_rules().unwrap(), [rule.clone()]);
+        assert_eq!(cat.list_replication_rules().unwrap(), std::slice::from_ref(&rule));
+        assert!(!rule.pull);
         assert_eq!(cat.remotes_for_host("web01").unwrap(), [dr.id]);
         assert!(cat.remotes_for_host("db01").unwrap().is_empty());
         assert!(cat.remotes_for_host("lone").unwrap().is_empty());
         assert!(cat.remotes_for_host("unknown").unwrap().is_empty());
+        // A pull rule takes nothing from here: it fetches from the remote.
+        let pull = cat.add_replication_rule("t", "dr", None, None, true).unwrap();
+        assert_eq!((pull.pull, pull.pulled_up_to), (true, 0));
+        assert!(cat.remotes_for_host("db01").unwrap().is_empty());
+        cat.set_pulled_up_to(pull.id, 50).unwrap();
+        cat.set_pulled_up_to(pull.id, 40).unwrap();
+        let listed = cat.list_replication_rules().unwrap();
+        assert_eq!(listed.iter().find(|r| r.id == pull.id).unwrap().pulled_up_to, 50, "progress only moves forward");
         let wanted = cat.replication_wanted().unwrap();
         assert_eq!((wanted["web01"].as_slice(), wanted["db01"].is_empty()), (["dr".to_string()].as_slice(), true));
         // Hosts or a group, not both; a group name like a host name.
-        let both = cat.add_replication_rule("t", "dr", Some(&["a".to_string()]), Some("web"));
+        let both = cat.add_replication_rule("t", "dr", Some(&["a".to_string()]), Some("web"), false);
         assert!(matches!(both, Err(CatalogError::Invalid(_))), "{both:?}");
-        assert!(matches!(cat.add_replication_rule("t", "dr", None, Some(" x")), Err(CatalogError::Invalid(_))));
+        assert!(matches!(cat.add_replication_rule("t", "dr", None, Some(" x"), false), Err(CatalogError::Invalid(_))));
 
         // Resync: one snapshot, or every snapshot copied to the remote, queued again.
         let a = cat.add_snapshot("t", &new_snapshot("00000000000000a1", "web01", 1)).unwrap();

@@ -67,7 +67,13 @@ pub async fn add_rule(
 ) -> ApiResult<(StatusCode, Json<ReplicationRule>)> {
     let st = state.clone();
     let rule = tokio::task::spawn_blocking(move || {
-        st.engine.catalog.add_replication_rule(&p.actor(), &req.remote, req.hosts.as_deref(), req.group.as_deref())
+        st.engine.catalog.add_replication_rule(
+            &p.actor(),
+            &req.remote,
+            req.hosts.as_deref(),
+            req.group.as_deref(),
+            req.pull,
+        )
     })
     .await??;
     Ok((StatusCode::CREATED, Json(rule)))

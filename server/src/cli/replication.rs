@@ -76,6 +76,22 @@ pub enum ReplicateCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// On a DR engine: fetch the snapshots of some hosts (or every host) from a remote (the
+    /// primary, added with `kura remote add` and an operator token made there), polling it;
+    /// for sites that only allow connections from the DR side. Never deletes anything.
+    Pull {
+        /// The remote to fetch from (`kura remote add`).
+        #[arg(long)]
+        from: String,
+        /// Only these hosts (comma-separated); default every host.
+        #[arg(long, value_delimiter = ',', conflicts_with = "group")]
+        hosts: Vec<String>,
+        /// Only the hosts of this group (the remote's groups).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Check snapshots on a remote again and send the chunks it lacks (after its `kura verify`
     /// quarantined some, or its store lost some).
     Resync {
@@ -154,8 +170,8 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
     match cmd {
         ReplicateCommand::Add { to, hosts, group, server } => {
             let hosts = (!hosts.is_empty()).then_some(hosts);
-            let r: Value =
-                client(&server)?.post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts, group })?;
+            let r: Value = client(&server)?
+                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts, group, pull: false })?;
             if server.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -187,6 +203,17 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
                 );
             }
         }
+        ReplicateCommand::Pull { from, hosts, group, server } => {
+            let hosts = (!hosts.is_empty()).then_some(hosts);
+            let r: Value = client(&server)?
+                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: from, hosts, group, pull: true })?;
+            if server.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", r["id"]);
+                eprintln!("added replication rule {}: {}", r["id"], describe(&r));
+            }
+        }
         ReplicateCommand::Resync { to, snapshot, server } => {
             let r: Resynced = client(&server)?
                 .post_json(routes::REPLICATION_RESYNC.path, &Resync { remote: to.clone(), snapshot })?;
@@ -215,5 +242,9 @@ fn describe(r: &Value) -> String {
         (None, Some(g)) => format!("group {g}"),
         (None, None) => "every host".to_string(),
     };
+    if r["pull"] == true {
+        let up_to = r["pulled_up_to"].as_i64().unwrap_or(0);
+        return format!("{hosts} ← {} (pulled; done up to {up_to})", r["remote"].as_str().unwrap_or(""));
+    }
     format!("{hosts} → {}", r["remote"].as_str().unwrap_or(""))
 }
