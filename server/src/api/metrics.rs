@@ -233,6 +233,9 @@ mod tests {
             store: StoreUsage { chunks: 3, bytes: 250 },
             boot_successes: vec![("web01".into(), 1_700_000_000)],
             boot_newest: vec![],
+            replication: vec![],
+            copies: Default::default(),
+            copies_wanted: Default::default(),
         };
         let ing = Ingested::default();
         ing.add(250);
