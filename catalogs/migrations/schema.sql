@@ -235,15 +235,22 @@ CREATE TABLE remotes (
     url TEXT NOT NULL,
     fingerprint TEXT,
     token_sealed BLOB NOT NULL,
-    created INTEGER NOT NULL
+    created INTEGER NOT NULL,
+    -- The remote's quarantine mark when this engine last re-checked its copies there (0012).
+    quarantine_seen INTEGER NOT NULL DEFAULT 0
 );
 
--- Snapshots of these hosts (a JSON array; NULL: every host) go to the remote.
+-- Snapshots of these hosts (a JSON array), or of this host group (migration 0012), or of every
+-- host (both NULL) go to the remote.
 CREATE TABLE replication_rules (
     id INTEGER PRIMARY KEY,
     remote_id INTEGER NOT NULL REFERENCES remotes (id) ON DELETE CASCADE,
     hosts TEXT CHECK (hosts IS NULL OR json_valid(hosts)),
-    created INTEGER NOT NULL
+    created INTEGER NOT NULL,
+    host_group TEXT,
+    -- 1: a pull rule (this engine fetches the remote's snapshots), with its durable progress.
+    pull INTEGER NOT NULL DEFAULT 0 CHECK (pull IN (0, 1)),
+    pulled_up_to INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX replication_rules_remote ON replication_rules (remote_id);
 

@@ -17,10 +17,40 @@ pub struct AddRemote {
     pub token: String,
 }
 
-/// `POST /replication/rules`: snapshots of `hosts` (every host when absent) go to `remote`.
+/// `POST /replication/rules`: snapshots of `hosts`, or of the hosts in `group`, or of every
+/// host (both absent) go to `remote`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddRule {
     pub remote: String,
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// A pull rule: this engine (a DR engine) fetches the remote's snapshots of those hosts,
+    /// with an operator token of the remote (`kura replicate pull --from NAME`).
+    #[serde(default)]
+    pub pull: bool,
+}
+
+/// `POST /replication/resync`: check `snapshot` (or every snapshot copied to `remote`) on the
+/// remote again, sending the chunks it lacks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resync {
+    pub remote: String,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// The answer of `POST /replication/resync`: how many snapshots are queued for the check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resynced {
+    pub queued: u64,
+}
+
+/// `GET /replica/quarantine` on a DR engine: its quarantine mark, which grows whenever its
+/// verify quarantines chunks. A primary that sees it grow checks every snapshot it copied
+/// there again (`docs/dr.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuarantineMark {
+    pub mark: i64,
 }

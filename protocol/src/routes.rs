@@ -82,6 +82,10 @@ pub const REMOTE_REMOVE: Route = r("DELETE", "/api/v1/remotes/{name}", JSON);
 pub const REPLICATION: Route = r("GET", "/api/v1/replication", JSON);
 pub const REPLICATION_RULE_ADD: Route = r("POST", "/api/v1/replication/rules", JSON);
 pub const REPLICATION_RULE_REMOVE: Route = r("DELETE", "/api/v1/replication/rules/{id}", JSON);
+/// Check snapshots on a remote again and send what it lacks.
+pub const REPLICATION_RESYNC: Route = r("POST", "/api/v1/replication/resync", JSON);
+/// A DR engine's quarantine mark, for the primaries that replicate to it.
+pub const REPLICA_QUARANTINE: Route = r("GET", "/api/v1/replica/quarantine", JSON);
 pub const METRICS: Route = r("GET", "/metrics", JSON);
 pub const PAGE_ROOT: Route = r("GET", "/", JSON);
 pub const PAGE_STATUS: Route = r("GET", "/status", JSON);

@@ -26,6 +26,17 @@
 //! committed twice is answered `200`). Deleting here (retention, GC) never reaches a remote:
 //! the worker only adds. A snapshot deleted here before it was sent is dropped from the queue.
 //!
+//! # Chunks a remote lost
+//!
+//! Every [`PROBE_EVERY`] the worker asks each remote for its quarantine mark
+//! (`GET /replica/quarantine`), which grows whenever the remote's `kura verify` quarantines
+//! damaged chunks. When it has grown since the last look (`remotes.quarantine_seen`), every
+//! snapshot recorded as copied there is queued again ([`Catalog::resync_remote`]): sending a
+//! snapshot asks the remote about all its chunks, so the quarantined ones (missing there now)
+//! are sent again, and the commit is a no-op. `kura replicate resync` queues the same by hand.
+//!
+//! [`Catalog::resync_remote`]: kura_catalogs::db::Catalog::resync_remote
+//!
 //! A remote whose sends have been failing for [`ALERT_AFTER`] (every send since, none
 //! succeeding) raises one `replication_failing` notification (`crate::notify`); the next
 //! success re-arms it.
@@ -38,6 +49,8 @@ use kura_catalogs::db::{QueueItem, QueueKind};
 use kura_imaging::chunk::{ChunkSink, Digest};
 use kura_imaging::manifest::Manifest;
 use kura_protocol::client::{Client, Endpoint, RemoteUpload};
+use kura_protocol::replication::QuarantineMark;
+use kura_protocol::routes;
 use kura_protocol::uploads::BeginUpload;
 use kura_protocol::ErrorKind;
 use std::collections::{HashMap, HashSet};
@@ -60,6 +73,17 @@ pub const ALERT_AFTER: Duration = Duration::from_secs(3600);
 /// Tests only (undocumented for operators): `KURA_TEST_REPLICATION_ALERT_SECS` shortens
 /// [`ALERT_AFTER`].
 const ALERT_AFTER_ENV: &str = "KURA_TEST_REPLICATION_ALERT_SECS";
+/// How often each remote's quarantine mark is read.
+pub const PROBE_EVERY: Duration = Duration::from_secs(60);
+/// Tests only: `KURA_TEST_REPLICATION_PROBE_SECS` shortens [`PROBE_EVERY`].
+const PROBE_EVERY_ENV: &str = "KURA_TEST_REPLICATION_PROBE_SECS";
+
+fn probe_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var(PROBE_EVERY_ENV).ok().and_then(|v| v.parse().ok()).map(Duration::from_secs).unwrap_or(PROBE_EVERY)
+    })
+}
 
 fn alert_after() -> i64 {
     static AFTER: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
@@ -121,6 +145,10 @@ struct Conn {
     /// Since when every send to the remote failed, and whether that was notified.
     failing_since: Option<i64>,
     alerted: bool,
+    /// When the remote's quarantine mark was last read.
+    probed: Option<std::time::Instant>,
+    /// When the remote was last polled for the pull rules that fetch from it.
+    pulled: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -154,7 +182,15 @@ fn connect(engine: &Engine, remote: i64) -> Result<Conn, String> {
         timeout: Some(REQUEST_TIMEOUT),
     })
     .map_err(|e| e.to_string())?;
-    Ok(Conn { name: r.name, client, chunk_session: None, failing_since: None, alerted: false })
+    Ok(Conn {
+        name: r.name,
+        client,
+        chunk_session: None,
+        failing_since: None,
+        alerted: false,
+        probed: None,
+        pulled: None,
+    })
 }
 
 /// An error of one step; `lost_session` when the remote forgot the session (it restarted).
@@ -331,8 +367,86 @@ fn snapshot_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, 
     Ok(progressed)
 }
 
+/// Reads the quarantine mark of `remote` if [`probe_every`] has passed, and queues every
+/// snapshot copied there again if it grew; `true` if it did.
+fn probe(engine: &Engine, remote: &kura_catalogs::db::Remote, conn: &mut Conn) -> bool {
+    if conn.probed.is_some_and(|t| t.elapsed() < probe_every()) {
+        return false;
+    }
+    conn.probed = Some(std::time::Instant::now());
+    let mark = match conn.client.get_json::<QuarantineMark>(routes::REPLICA_QUARANTINE.path) {
+        Ok(m) => m.mark,
+        Err(e) => {
+            // An older engine without the route, or the link is down (the sends say so).
+            tracing::debug!("replication to {}: reading its quarantine mark: {e}", conn.name);
+            return false;
+        }
+    };
+    if mark <= remote.quarantine_seen {
+        return false;
+    }
+    let queued = engine.catalog.resync_remote(remote.id, None).and_then(|n| {
+        engine.catalog.set_quarantine_seen(remote.id, mark)?;
+        Ok(n)
+    });
+    match queued {
+        Ok(n) => {
+            tracing::warn!(
+                "replication to {}: its verify quarantined chunks (mark {mark}); checking the {n} snapshots copied \
+                 there again",
+                conn.name
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!("replication to {}: queueing a resync: {e}", conn.name);
+            false
+        }
+    }
+}
+
 /// One pass over every remote with a queue; `true` if something was sent (look again soon).
 fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
+    // A connection (with its chunk session on the remote, begun once and never ended) lives as
+    // long as its remote, not its queue: dropped whenever a queue ran dry (a slow capture's
+    // chunks trickle in), each new connection left one more open session there until the
+    // replica token hit the remote's per-token limit and every send failed with 429.
+    let mut busy = false;
+    let rules = engine.catalog.list_replication_rules().unwrap_or_else(|e| {
+        tracing::error!("replication: listing the rules: {e}");
+        Vec::new()
+    });
+    match engine.catalog.list_remotes() {
+        Ok(all) => {
+            conns.retain(|id, _| all.iter().any(|r| r.id == *id));
+            for r in &all {
+                let Some(conn) = conn_of(engine, conns, r.id) else { continue };
+                let pulls: Vec<_> = rules.iter().filter(|x| x.pull && x.remote == r.name).collect();
+                if pulls.is_empty() {
+                    // A remote this engine pulls from is a primary, not a replica.
+                    busy |= probe(engine, r, conn);
+                } else if conn.pulled.is_none_or(|t| t.elapsed() >= crate::replication_pull::pull_every()) {
+                    conn.pulled = Some(std::time::Instant::now());
+                    for rule in pulls {
+                        match crate::replication_pull::pull_round(engine, &conn.client, rule) {
+                            Ok(n) => {
+                                conn.succeeded();
+                                // More may have been committed there meanwhile: look again soon.
+                                if n > 0 {
+                                    conn.pulled = None;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!("pulling from {}: {e}", conn.name);
+                                conn.failed(engine, &e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!("replication: listing the remotes: {e}"),
+    }
     let remotes = match engine.catalog.remotes_with_queue() {
         Ok(r) => r,
         Err(e) => {
@@ -340,26 +454,8 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
             return false;
         }
     };
-    // A connection (with its chunk session on the remote, begun once and never ended) lives as
-    // long as its remote, not its queue: dropped whenever a queue ran dry (a slow capture's
-    // chunks trickle in), each new connection left one more open session there until the
-    // replica token hit the remote's per-token limit and every send failed with 429.
-    match engine.catalog.list_remotes() {
-        Ok(all) => conns.retain(|id, _| all.iter().any(|r| r.id == *id)),
-        Err(e) => tracing::error!("replication: listing the remotes: {e}"),
-    }
-    let mut busy = false;
     for remote in remotes {
-        let conn = match conns.entry(remote) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => match connect(engine, remote) {
-                Ok(c) => v.insert(c),
-                Err(e) => {
-                    tracing::error!("replication: remote {remote}: {e}");
-                    continue;
-                }
-            },
-        };
+        let Some(conn) = conn_of(engine, conns, remote) else { continue };
         for step in [chunk_pass, snapshot_pass] {
             match step(engine, remote, conn) {
                 Ok(progressed) => busy |= progressed,
@@ -368,6 +464,20 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
         }
     }
     busy
+}
+
+/// The connection to remote `remote`, made if needed.
+fn conn_of<'a>(engine: &Engine, conns: &'a mut HashMap<i64, Conn>, remote: i64) -> Option<&'a mut Conn> {
+    match conns.entry(remote) {
+        std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+        std::collections::hash_map::Entry::Vacant(v) => match connect(engine, remote) {
+            Ok(c) => Some(v.insert(c)),
+            Err(e) => {
+                tracing::error!("replication: remote {remote}: {e}");
+                None
+            }
+        },
+    }
 }
 
 /// Sends the queue until `shutdown` completes: a pass whenever something is queued (or every

@@ -147,6 +147,12 @@ fn every_route_checks_token_and_role_on(backend: Backend) {
                 expect("agent from another MAC", call(Some(&t.agent), Some("aa:bb:cc:dd:ee:99")), &[403]);
                 expect("agent without a MAC", call(Some(&t.agent), None), &[403]);
             }
+            "Replica" => {
+                // What a primary replicating here may read: its quarantine mark, nothing else.
+                expect("replica", replica, &not_auth);
+                expect("operator", operator, &[403]);
+                expect("agent", agent, &[403]);
+            }
             other => problems.push(format!("{method} {path}: unknown access {other}")),
         }
     }

@@ -2,7 +2,8 @@
 //! WebDriver protocol (plain HTTP with reqwest; no node). An unauthenticated visit lands on
 //! the login page with no data; after logging in with an operator token the page shows the
 //! hosts, their last snapshot and its age, a failed job and the store's usage as the catalog
-//! and the store have them; a screenshot is checked (a PNG of the window's size, not blank)
+//! and the store have them, and replication to a remote that cannot be reached (its queue, lag
+//! and last error; the snapshot's copies `1/2`); a screenshot is checked (a PNG of the window's size, not blank)
 //! and kept in the test's temp dir and at `target/ops-status.png`.
 //!
 //! Needs the Debian packages chromium and chromium-driver (scripts/test installs them).
@@ -21,6 +22,11 @@ fn status_page_in_a_headless_browser() {
     let server = Server::start_http(&work.path().join("engine"));
     let api = server.api();
     let operator = api.operator_token(&server.admin);
+    // A remote nobody answers at (port 1): everything for it stays queued, failing.
+    let token_file = work.path().join("dr.token");
+    std::fs::write(&token_file, "kura_not-a-real-token").unwrap();
+    server.kura(&[&"remote", &"add", &"dr", &"http://127.0.0.1:1", &"--token-file", &token_file]).expect_success();
+    server.kura(&[&"replicate", &"add", &"--to", &"dr", &"--hosts", &"web01"]).expect_success();
     let disk = raw_disk(work.path(), "web.img", random_bytes(21, 4 << 20));
     let snap = server.capture(&disk.path, "web01").snapshot;
     let failed = api.failed_job(&server.admin, "db01", "aa:bb:cc:00:00:09", "test: <b>disk</b> on fire");
@@ -66,6 +72,29 @@ fn status_page_in_a_headless_browser() {
     assert_eq!(b.attr("#logical-bytes", "data-bytes"), logical.to_string());
     let ratio: f64 = b.attr("#dedup-ratio", "data-ratio").parse().unwrap();
     assert!((ratio - logical as f64 / stored as f64).abs() < 1e-3, "{ratio}");
+    // Replication: the remote's row as `kura replicate list` has it, and the snapshot's copies.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let backlog = loop {
+        let v: serde_json::Value = server.kura(&[&"replicate", &"list", &"--json"]).json();
+        if !v["remotes"][0]["last_error"].is_null() || std::time::Instant::now() > deadline {
+            break v["remotes"][0].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(backlog["last_error"].is_string(), "no failure recorded: {backlog}");
+    b.go(&format!("{}/status", server.url));
+    b.wait_for_url("/status");
+    let row = "#replication tr[data-remote=\"dr\"]";
+    assert_eq!(b.attr(row, "data-queued-snapshots"), "1");
+    assert_eq!(b.attr(row, "data-queued-chunks"), backlog["chunks"].to_string());
+    assert!(backlog["chunks"].as_u64().unwrap() > 0, "{backlog}");
+    assert_eq!(b.attr(row, "data-queued-bytes"), backlog["chunk_bytes"].to_string());
+    let lag: i64 = b.attr(row, "data-lag-seconds").parse().unwrap();
+    assert!((0..600).contains(&lag), "lag {lag}");
+    assert!(!b.text(&format!("{row} td.error")).is_empty());
+    assert_eq!(b.attr("tr[data-host=\"web01\"] td.copies", "data-copies"), "1");
+    assert_eq!(b.attr("tr[data-host=\"web01\"] td.copies", "data-copies-wanted"), "2");
+    assert_eq!(b.text("tr[data-host=\"web01\"] td.copies"), "1/2");
     // The cookie is not readable by scripts.
     assert_eq!(b.script("return document.cookie"), "");
 

@@ -12,6 +12,12 @@
 //!   resumes and completes once the DR engine is back; both stores verify clean. A remote failing
 //!   longer than the threshold raises one `replication_failing` notification.
 //! - A replica token adds but never deletes, reads or overwrites (403 / 409 / 422).
+//! - A rule by host group copies that group's hosts only. A chunk the DR engine's verify
+//!   quarantined (a flipped byte in its file) is sent again by the primary on its own; a chunk
+//!   the DR store lost without a verify is sent again by `kura replicate resync`.
+//! - Pull mode: the DR engine fetches from the primary (`kura replicate pull --from`, an
+//!   operator token of the primary), only the rule's hosts, resumes after a `kill -9`, and keeps
+//!   what the primary deletes.
 
 use kura_tests::content::random_bytes;
 use kura_tests::disks::MIB;
@@ -134,6 +140,12 @@ struct Pair {
 }
 
 fn pair(work: &Path) -> Pair {
+    pair_with(work, &[], &[])
+}
+
+/// [`pair`] with the rule's extra arguments (`--group web`) and more environment for the
+/// primary.
+fn pair_with(work: &Path, rule: &[&str], env: &[(&str, &dyn AsRef<std::ffi::OsStr>)]) -> Pair {
     let dr = Server::start(&work.join("dr"));
     let fingerprint = dr.fingerprint.clone().expect("an https engine has a fingerprint");
     let made = dr.kura(&[&"token", &"create", &"--role", &"replica", &"--note", &"primary site", &"--json"]);
@@ -143,13 +155,17 @@ fn pair(work: &Path) -> Pair {
     std::fs::write(&token_file, format!("{}\n", token["token"].as_str().unwrap())).unwrap();
     let relay = Relay::start(host_port(&dr.url));
     // A remote failing for 2 s (not an hour) raises the notification.
-    let primary = Server::start_http_env(&work.join("primary"), &[("KURA_TEST_REPLICATION_ALERT_SECS", &"2")]);
+    let mut primary_env: Vec<(&str, &dyn AsRef<std::ffi::OsStr>)> = vec![("KURA_TEST_REPLICATION_ALERT_SECS", &"2")];
+    primary_env.extend_from_slice(env);
+    let primary = Server::start_http_env(&work.join("primary"), &primary_env);
     let url = format!("https://{}", relay.addr);
     primary
         .kura(&[&"remote", &"add", &"dr", &url, &"--fingerprint", &fingerprint, &"--token-file", &token_file])
         .expect_success();
     std::fs::remove_file(&token_file).unwrap();
-    primary.kura(&[&"replicate", &"add", &"--to", &"dr"]).expect_success();
+    let mut add: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"replicate", &"add", &"--to", &"dr"];
+    add.extend(rule.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    primary.kura(&add).expect_success();
     let remotes: Vec<Value> = primary.kura(&[&"remote", &"list", &"--json"]).json();
     assert_eq!(remotes.len(), 1, "{remotes:?}");
     assert!(remotes[0].get("token").is_none() && !remotes[0].to_string().contains("kura_"), "{remotes:?}");
@@ -476,4 +492,157 @@ fn twenty_captures_with_a_dry_queue_between_them_all_reach_the_dr_engine() {
         std::fs::remove_file(&disk.path).unwrap();
     }
     assert_eq!(manifest_ids(&dr.store()).len(), 20);
+}
+
+/// Flips one byte in the middle of `path`.
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x5a;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_group_rule_and_chunks_the_dr_engine_lost_are_sent_again() {
+    let work = tempfile::tempdir().unwrap();
+    // The primary reads the DR engine's quarantine mark every second (not every minute).
+    let Pair { primary, dr, relay: _relay } =
+        pair_with(work.path(), &["--group", "web"], &[("KURA_TEST_REPLICATION_PROBE_SECS", &"1")]);
+    let rules = primary.kura(&[&"replicate", &"list"]);
+    assert!(rules.stdout.contains("group web → dr"), "{rules}");
+    let api = primary.api();
+    for (name, group) in [("web01", Some("web")), ("db01", None)] {
+        let r = api
+            .req("POST", "/hosts")
+            .token(&primary.admin)
+            .json(&serde_json::json!({"name": name, "group": group}))
+            .send();
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let web_disk = raw_disk(work.path(), "web.img", random_bytes(41, 8 * MIB as usize));
+    let db_disk = raw_disk(work.path(), "db.img", random_bytes(42, 4 * MIB as usize));
+    let web = primary.capture(&web_disk.path, "web01").snapshot;
+    let db = primary.capture(&db_disk.path, "db01").snapshot;
+    wait_for("web01 on the DR engine", REPLICATED_WITHIN, || primary.log(), || has_snapshot(&dr, &web));
+    // db01 is in no group: never queued, one copy of one wanted.
+    let listed = primary.snapshots();
+    let of = |id: &str| listed.iter().find(|s| s["id"] == id).cloned().unwrap();
+    assert_eq!((of(&db)["copies"].as_u64(), of(&db)["copies_wanted"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(of(&web)["copies_wanted"].as_u64(), Some(2));
+    assert!(!has_snapshot(&dr, &db));
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&web));
+
+    // A byte flipped in a chunk file on the DR engine; its verify quarantines the chunk.
+    let victim = chunk_files(&dr.store()).into_iter().next().unwrap();
+    let intact = std::fs::read(&victim.path).unwrap();
+    flip_byte(&victim.path);
+    let run = dr.verify_run();
+    let report: Value = run.json();
+    assert_eq!(report["ok"], false, "{run}");
+    assert_eq!(report["quarantined"].as_array().map(Vec::len), Some(1), "{run}");
+    assert!(!victim.path.exists());
+    // The primary notices (the DR engine's quarantine mark grew) and sends the chunk again.
+    let took = wait_for(
+        "the quarantined chunk sent again",
+        REPLICATED_WITHIN,
+        || format!("{}\nprimary log:\n{}", backlog(&primary), primary.log()),
+        || victim.path.exists(),
+    );
+    eprintln!("quarantined chunk back on the DR engine {took:?} after its verify");
+    assert_eq!(std::fs::read(&victim.path).unwrap(), intact);
+    dr.assert_verify_ok();
+
+    // A chunk the DR store lost with no verify to notice: `kura replicate resync` sends it.
+    let lost = chunk_files(&dr.store()).into_iter().nth(1).unwrap();
+    let lost_bytes = std::fs::read(&lost.path).unwrap();
+    std::fs::remove_file(&lost.path).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!lost.path.exists(), "sent again with no resync asked for");
+    let run = primary.kura(&[&"replicate", &"resync", &"--to", &"dr", &web, &"--json"]);
+    assert_eq!(run.json::<Value>()["queued"], 1, "{run}");
+    wait_for("the lost chunk sent again", REPLICATED_WITHIN, || primary.log(), || lost.path.exists());
+    assert_eq!(std::fs::read(&lost.path).unwrap(), lost_bytes);
+    // Every snapshot copied there, by name: nothing is missing now, nothing is sent.
+    let sent = metric(&primary, "kura_replication_sent_chunks_total");
+    let run = primary.kura(&[&"replicate", &"resync", &"--to", &"dr", &"--json"]);
+    assert_eq!(run.json::<Value>()["queued"], 1, "{run}");
+    wait_for(
+        "the resync done",
+        REPLICATED_WITHIN,
+        || backlog(&primary).to_string(),
+        || backlog(&primary)["snapshots"] == 0,
+    );
+    assert_eq!(metric(&primary, "kura_replication_sent_chunks_total"), sent);
+    assert!(!primary.kura(&[&"replicate", &"resync", &"--to", &"nowhere"]).success());
+    dr.assert_verify_ok();
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&web));
+    let target = work.path().join("restored.img");
+    dr.restore(&web, &target);
+    assert_eq!(sha256_file(&target), sha256_file(&web_disk.path));
+}
+
+#[test]
+fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
+    let work = tempfile::tempdir().unwrap();
+    let primary = Server::start_http(&work.path().join("primary"));
+    let operator = primary.api().operator_token(&primary.admin);
+    // The DR engine polls every second (not every 30 s).
+    let mut dr = Server::start_http_env(
+        &work.path().join("dr"),
+        &[("KURA_TEST_REPLICATION_PULL_SECS", &"1"), ("KURA_LOG", &"info")],
+    );
+    let token_file = work.path().join("primary.token");
+    std::fs::write(&token_file, &operator).unwrap();
+    dr.kura(&[&"remote", &"add", &"primary", &primary.url, &"--token-file", &token_file]).expect_success();
+    dr.kura(&[&"replicate", &"pull", &"--from", &"primary", &"--hosts", &"web01"]).expect_success();
+    let listed = dr.kura(&[&"replicate", &"list"]);
+    assert!(listed.stdout.contains("web01 ← primary (pulled"), "{listed}");
+
+    let data = random_bytes(51, 8 * MIB as usize);
+    let web_disk = raw_disk(work.path(), "web.img", data.clone());
+    let db_disk = raw_disk(work.path(), "db.img", random_bytes(52, 4 * MIB as usize));
+    let a = primary.capture(&web_disk.path, "web01").snapshot;
+    let db = primary.capture(&db_disk.path, "db01").snapshot;
+    let took = wait_for("web01 pulled", REPLICATED_WITHIN, || dr.log(), || has_snapshot(&dr, &a));
+    eprintln!("snapshot {a} on the DR engine {took:?} after the capture");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dr.snapshot_ids(), std::slice::from_ref(&a), "db01 is not in the rule");
+    let on_dr = dr.snapshots();
+    assert_eq!(on_dr[0]["host"], "web01");
+    let created = primary.snapshots().iter().find(|s| s["id"] == a.as_str()).unwrap()["created"].as_i64().unwrap();
+    let rules: Value = dr.kura(&[&"replicate", &"list", &"--json"]).json();
+    assert_eq!(rules["rules"][0]["pulled_up_to"].as_i64(), Some(created), "{rules}");
+
+    // The DR engine dies; a second, similar snapshot is taken meanwhile; it resumes.
+    dr.kill9();
+    let mut data_c = data;
+    data_c[..MIB as usize].copy_from_slice(&random_bytes(53, MIB as usize));
+    let c_disk = raw_disk(work.path(), "c.img", data_c);
+    let c = primary.capture(&c_disk.path, "web01");
+    dr.restart();
+    wait_for(
+        "the second snapshot pulled after the restart",
+        REPLICATED_WITHIN,
+        || dr.log(),
+        || has_snapshot(&dr, &c.snapshot),
+    );
+    let mut want = vec![a.clone(), c.snapshot.clone()];
+    want.sort();
+    assert_eq!(dr.snapshot_ids(), want);
+    // Only what the DR engine lacked was fetched: its chunks are the web01 snapshots' own.
+    assert!(dr.log().contains(&format!("({} chunks fetched)", c.new_chunks)), "{}", dr.log());
+
+    // Deleting on the primary never reaches the DR engine.
+    let r = primary.api().req("DELETE", &format!("/snapshots/{a}")).token(&primary.admin).send();
+    assert_eq!(r.status, 204, "{}", r.text());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(has_snapshot(&dr, &a) && !has_snapshot(&primary, &a));
+    assert!(!has_snapshot(&dr, &db));
+    dr.assert_verify_ok();
+    for (id, source) in [(&a, &web_disk.path), (&c.snapshot, &c_disk.path)] {
+        let target = work.path().join(format!("restored-{id}.img"));
+        dr.restore(id, &target);
+        assert_eq!(sha256_file(&target), sha256_file(source), "snapshot {id}");
+        std::fs::remove_file(&target).unwrap();
+    }
 }

@@ -38,20 +38,33 @@ pub struct Remote {
     pub url: String,
     pub fingerprint: Option<String>,
     pub created: UnixTime,
+    /// The remote's quarantine mark when this engine last re-checked its copies there.
+    pub quarantine_seen: i64,
 }
 
-/// A replication rule: snapshots of `hosts` (all hosts when `None`) go to `remote`.
+/// A replication rule: snapshots of `hosts`, or of the hosts in `group`, or of every host (both
+/// `None`) go to `remote`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplicationRule {
     pub id: i64,
     pub remote: String,
     pub hosts: Option<Vec<String>>,
+    pub group: Option<String>,
     pub created: UnixTime,
+    /// A pull rule: this engine fetches the remote's snapshots (`kura replicate pull`).
+    pub pull: bool,
+    /// A pull rule's progress: every matching snapshot created before this is held here.
+    pub pulled_up_to: UnixTime,
 }
 
 impl ReplicationRule {
-    pub fn matches(&self, host: &str) -> bool {
-        self.hosts.as_ref().is_none_or(|hs| hs.iter().any(|h| h == host))
+    /// Whether the rule takes snapshots of `host`, a member of `group` (if any).
+    pub fn matches(&self, host: &str, group: Option<&str>) -> bool {
+        match (&self.hosts, &self.group) {
+            (Some(hs), _) => hs.iter().any(|h| h == host),
+            (None, Some(g)) => group == Some(g.as_str()),
+            (None, None) => true,
+        }
     }
 }
 
@@ -83,10 +96,17 @@ pub struct Backlog {
     pub last_error: Option<String>,
 }
 
-const REMOTE_SELECT: &str = "SELECT id, name, url, fingerprint, created FROM remotes";
+const REMOTE_SELECT: &str = "SELECT id, name, url, fingerprint, created, quarantine_seen FROM remotes";
 
 fn remote_from_row(r: &Row<'_>) -> rusqlite::Result<Remote> {
-    Ok(Remote { id: r.get(0)?, name: r.get(1)?, url: r.get(2)?, fingerprint: r.get(3)?, created: r.get(4)? })
+    Ok(Remote {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        url: r.get(2)?,
+        fingerprint: r.get(3)?,
+        created: r.get(4)?,
+        quarantine_seen: r.get(5)?,
+    })
 }
 
 fn load_remote(conn: &Connection, name: &str) -> Result<Remote> {
@@ -104,11 +124,19 @@ fn rule_from_row(r: &Row<'_>) -> rusqlite::Result<ReplicationRule> {
         ),
         None => None,
     };
-    Ok(ReplicationRule { id: r.get(0)?, remote: r.get(1)?, hosts, created: r.get(3)? })
+    Ok(ReplicationRule {
+        id: r.get(0)?,
+        remote: r.get(1)?,
+        hosts,
+        group: r.get(4)?,
+        created: r.get(3)?,
+        pull: r.get::<_, i64>(5)? != 0,
+        pulled_up_to: r.get(6)?,
+    })
 }
 
-const RULE_SELECT: &str =
-    "SELECT r.id, m.name, r.hosts, r.created FROM replication_rules r JOIN remotes m ON m.id = r.remote_id";
+const RULE_SELECT: &str = "SELECT r.id, m.name, r.hosts, r.created, r.host_group, r.pull, r.pulled_up_to \
+     FROM replication_rules r JOIN remotes m ON m.id = r.remote_id";
 
 fn item_from_row(r: &Row<'_>) -> rusqlite::Result<QueueItem> {
     Ok(QueueItem {
@@ -180,9 +208,9 @@ impl Catalog {
     pub fn remote_with_token(&self, id: i64) -> Result<(Remote, Sealed)> {
         self.read(|conn| {
             conn.query_row(
-                "SELECT id, name, url, fingerprint, created, token_sealed FROM remotes WHERE id = ?1",
+                "SELECT id, name, url, fingerprint, created, quarantine_seen, token_sealed FROM remotes WHERE id = ?1",
                 [id],
-                |r| Ok((remote_from_row(r)?, Sealed::from_stored(r.get(5)?))),
+                |r| Ok((remote_from_row(r)?, Sealed::from_stored(r.get(6)?))),
             )
             .optional()?
             .ok_or_else(|| CatalogError::not_found("remote", id))
@@ -199,17 +227,32 @@ impl Catalog {
         })
     }
 
-    /// Adds a rule: snapshots of `hosts` (every host when `None`) go to remote `remote`.
-    pub fn add_replication_rule(&self, actor: &str, remote: &str, hosts: Option<&[String]>) -> Result<ReplicationRule> {
+    /// Adds a rule: snapshots of `hosts`, or of the hosts of `group` (as they are when each
+    /// item is queued), or of every host (both `None`) go to remote `remote`.
+    pub fn add_replication_rule(
+        &self,
+        actor: &str,
+        remote: &str,
+        hosts: Option<&[String]>,
+        group: Option<&str>,
+        pull: bool,
+    ) -> Result<ReplicationRule> {
         if hosts.is_some_and(|h| h.is_empty()) {
             return Err(CatalogError::Invalid("a rule names at least one host (or none for every host)".into()));
+        }
+        if hosts.is_some() && group.is_some() {
+            return Err(CatalogError::Invalid("a rule names hosts or a group, not both".into()));
+        }
+        if let Some(g) = group {
+            super::hosts::validate_name("group", g)?;
         }
         let hosts_json = hosts.map(|h| serde_json::to_string(h).expect("strings serialise"));
         self.write(|tx, now| {
             let r = load_remote(tx, remote)?;
             let id: i64 = tx.query_row(
-                "INSERT INTO replication_rules (remote_id, hosts, created) VALUES (?1, ?2, ?3) RETURNING id",
-                params![r.id, hosts_json, now],
+                "INSERT INTO replication_rules (remote_id, hosts, host_group, created, pull) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![r.id, hosts_json, group, now, pull as i64],
                 |row| row.get(0),
             )?;
             audit::append(
@@ -218,7 +261,7 @@ impl Catalog {
                 actor,
                 "replicate.add",
                 &format!("rule {id}"),
-                json!({ "remote": remote, "hosts": hosts }),
+                json!({ "remote": remote, "hosts": hosts, "group": group, "pull": pull }),
             )?;
             tx.query_row(&format!("{RULE_SELECT} WHERE r.id = ?1"), [id], rule_from_row)
         })
@@ -244,20 +287,138 @@ impl Catalog {
         })
     }
 
-    /// The remotes (ids) whose rules take snapshots of `host`.
+    /// Queues for `remote` again, as snapshot items, snapshot `snapshot` or (`None`) every
+    /// snapshot recorded as copied there: the worker then asks the remote which of each one's
+    /// chunks it lacks, sends those, and commits the manifest again (a no-op there). This is
+    /// how a chunk the remote lost or quarantined is sent again. Returns how many were queued
+    /// (already queued ones count too).
+    pub fn resync_remote(&self, remote: i64, snapshot: Option<&str>) -> Result<u64> {
+        self.write(|tx, now| {
+            let select = "SELECT CAST(?1 AS BIGINT), 'snapshot', s.id, h.name, 0, CAST(?2 AS BIGINT) FROM snapshots s JOIN hosts h ON h.id = s.host_id";
+            let n = match snapshot {
+                Some(id) => {
+                    let found: bool = tx.query_row(
+                        "SELECT count(*) > 0 FROM snapshots WHERE id = ?1 AND state = 'committed'",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    if !found {
+                        return Err(CatalogError::not_found("snapshot", id));
+                    }
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO replication_queue (remote_id, kind, item, host, bytes, queued) \
+                             {select} WHERE s.id = ?3 ON CONFLICT (remote_id, kind, item) DO NOTHING"
+                        ),
+                        params![remote, now, id],
+                    )?;
+                    1
+                }
+                None => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO replication_queue (remote_id, kind, item, host, bytes, queued) \
+                             {select} JOIN snapshot_copies c ON c.snapshot_id = s.id \
+                             WHERE c.remote_id = ?1 AND s.state = 'committed' \
+                             ON CONFLICT (remote_id, kind, item) DO NOTHING"
+                        ),
+                        params![remote, now],
+                    )?;
+                    tx.query_row(
+                        "SELECT count(*) FROM replication_queue WHERE remote_id = ?1 AND kind = 'snapshot'",
+                        [remote],
+                        |r| r.get::<_, i64>(0),
+                    )? as u64
+                }
+            };
+            Ok(n)
+        })
+    }
+
+    /// Records a pull rule's progress (it only moves forward).
+    pub fn set_pulled_up_to(&self, rule: i64, created: UnixTime) -> Result<()> {
+        self.write(|tx, _| {
+            tx.execute(
+                "UPDATE replication_rules SET pulled_up_to = ?1 WHERE id = ?2 AND pulled_up_to < ?1",
+                params![created, rule],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Remote `name` (without its token).
+    pub fn remote_by_name(&self, name: &str) -> Result<Remote> {
+        self.read(|conn| load_remote(conn, name))
+    }
+
+    /// Records that every snapshot copied to `remote` was re-checked against its quarantine
+    /// mark `mark`.
+    pub fn set_quarantine_seen(&self, remote: i64, mark: i64) -> Result<()> {
+        self.write(|tx, _| {
+            tx.execute("UPDATE remotes SET quarantine_seen = ?1 WHERE id = ?2", params![mark, remote])?;
+            Ok(())
+        })
+    }
+
+    /// This engine's quarantine mark, for the engines that replicate to it: the audit id of the
+    /// newest `verify` that quarantined chunks (0: none ever did). It only grows.
+    pub fn quarantine_mark(&self) -> Result<i64> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT id, detail FROM audit WHERE action = 'verify' ORDER BY id DESC")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, detail) = row?;
+                let quarantined = serde_json::from_str::<serde_json::Value>(&detail)
+                    .ok()
+                    .and_then(|v| v["quarantined"].as_u64())
+                    .unwrap_or(0);
+                if quarantined > 0 {
+                    return Ok(id);
+                }
+            }
+            Ok(0)
+        })
+    }
+
+    /// The remotes (ids) whose rules take snapshots of `host` (by name, by its group now, or
+    /// every host).
     pub fn remotes_for_host(&self, host: &str) -> Result<Vec<i64>> {
         self.read(|conn| {
+            let group: Option<String> = conn
+                .query_row("SELECT host_group FROM hosts WHERE name = ?1", [host], |r| r.get(0))
+                .optional()?
+                .flatten();
             let mut stmt = conn.prepare_cached(
-                "SELECT r.id, m.name, r.hosts, r.created, m.id FROM replication_rules r \
-                 JOIN remotes m ON m.id = r.remote_id ORDER BY m.id",
+                "SELECT r.id, m.name, r.hosts, r.created, r.host_group, r.pull, r.pulled_up_to, m.id \
+                 FROM replication_rules r JOIN remotes m ON m.id = r.remote_id WHERE r.pull = 0 ORDER BY m.id",
             )?;
-            let rows = stmt.query_map([], |r| Ok((rule_from_row(r)?, r.get::<_, i64>(4)?)))?;
+            let rows = stmt.query_map([], |r| Ok((rule_from_row(r)?, r.get::<_, i64>(7)?)))?;
             let mut out: Vec<i64> = Vec::new();
             for row in rows {
                 let (rule, remote) = row?;
-                if rule.matches(host) && !out.contains(&remote) {
+                if rule.matches(host, group.as_deref()) && !out.contains(&remote) {
                     out.push(remote);
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    /// For every host, the remotes (names) its snapshots should be copied to by the rules.
+    pub fn replication_wanted(&self) -> Result<HashMap<String, Vec<String>>> {
+        let rules: Vec<ReplicationRule> = self.list_replication_rules()?.into_iter().filter(|r| !r.pull).collect();
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT name, host_group FROM hosts")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (host, group) = row?;
+                let mut remotes: Vec<String> =
+                    rules.iter().filter(|r| r.matches(&host, group.as_deref())).map(|r| r.remote.clone()).collect();
+                remotes.sort_unstable();
+                remotes.dedup();
+                out.insert(host, remotes);
             }
             Ok(out)
         })
@@ -427,8 +588,8 @@ mod tests {
         assert_eq!(cat.list_remotes().unwrap(), [dr.clone(), two.clone()]);
         assert_eq!(cat.remote_with_token(dr.id).unwrap().1.as_bytes(), cat.remote_with_token(dr.id).unwrap().1.as_bytes());
 
-        let all = cat.add_replication_rule("t", "dr", None).unwrap();
-        let some = cat.add_replication_rule("t", "two", Some(&["a".to_string()])).unwrap();
+        let all = cat.add_replication_rule("t", "dr", None, None, false).unwrap();
+        let some = cat.add_replication_rule("t", "two", Some(&["a".to_string()]), None, false).unwrap();
         assert_eq!((all.remote.as_str(), all.hosts.clone()), ("dr", None));
         assert_eq!(cat.remotes_for_host("a").unwrap(), [dr.id, two.id]);
         assert_eq!(cat.remotes_for_host("b").unwrap(), [dr.id]);
@@ -468,6 +629,68 @@ mod tests {
         assert_eq!(cat.remotes_with_queue().unwrap(), [two.id]);
         let actions: Vec<String> = cat.list_audit(10).unwrap().into_iter().map(|a| a.action).collect();
         assert!(actions.contains(&"remote.remove".to_string()) && actions.contains(&"replicate.add".to_string()));
+    }
+
+    #[test]
+    fn rules_by_group_resync_and_the_quarantine_mark() {
+        use super::super::hosts::NewHost;
+        let (cat, _) = catalog();
+        let dr = cat.add_remote("t", "dr", "http://127.0.0.1:1", None, &sealed()).unwrap();
+        let new_host = |name: &str, group: Option<&str>| {
+            let new = NewHost { name: name.into(), group: group.map(Into::into), notes: String::new() };
+            cat.create_host("t", &new).unwrap();
+        };
+        new_host("web01", Some("web"));
+        new_host("db01", Some("db"));
+        new_host("lone", None);
+        let rule = cat.add_replication_rule("t", "dr", None, Some("web"), false).unwrap();
+        assert_eq!(rule.group.as_deref(), Some("web"));
+        assert_eq!(cat.list_replication_rules().unwrap(), std::slice::from_ref(&rule));
+        assert!(!rule.pull);
+        assert_eq!(cat.remotes_for_host("web01").unwrap(), [dr.id]);
+        assert!(cat.remotes_for_host("db01").unwrap().is_empty());
+        assert!(cat.remotes_for_host("lone").unwrap().is_empty());
+        assert!(cat.remotes_for_host("unknown").unwrap().is_empty());
+        // A pull rule takes nothing from here: it fetches from the remote.
+        let pull = cat.add_replication_rule("t", "dr", None, None, true).unwrap();
+        assert_eq!((pull.pull, pull.pulled_up_to), (true, 0));
+        assert!(cat.remotes_for_host("db01").unwrap().is_empty());
+        cat.set_pulled_up_to(pull.id, 50).unwrap();
+        cat.set_pulled_up_to(pull.id, 40).unwrap();
+        let listed = cat.list_replication_rules().unwrap();
+        assert_eq!(listed.iter().find(|r| r.id == pull.id).unwrap().pulled_up_to, 50, "progress only moves forward");
+        let wanted = cat.replication_wanted().unwrap();
+        assert_eq!((wanted["web01"].as_slice(), wanted["db01"].is_empty()), (["dr".to_string()].as_slice(), true));
+        // Hosts or a group, not both; a group name like a host name.
+        let both = cat.add_replication_rule("t", "dr", Some(&["a".to_string()]), Some("web"), false);
+        assert!(matches!(both, Err(CatalogError::Invalid(_))), "{both:?}");
+        assert!(matches!(cat.add_replication_rule("t", "dr", None, Some(" x"), false), Err(CatalogError::Invalid(_))));
+
+        // Resync: one snapshot, or every snapshot copied to the remote, queued again.
+        let a = cat.add_snapshot("t", &new_snapshot("00000000000000a1", "web01", 1)).unwrap();
+        let b = cat.add_snapshot("t", &new_snapshot("00000000000000b1", "db01", 2)).unwrap();
+        cat.record_copy(&a.id, dr.id).unwrap();
+        assert!(matches!(cat.resync_remote(dr.id, Some("00000000000000ff")), Err(CatalogError::NotFound { .. })));
+        assert_eq!(cat.resync_remote(dr.id, None).unwrap(), 1);
+        assert_eq!(cat.resync_remote(dr.id, None).unwrap(), 1, "queued once");
+        let due = cat.due_replication(dr.id, QueueKind::Snapshot, START, 10).unwrap();
+        assert_eq!((due.len(), due[0].item.as_str(), due[0].host.as_str()), (1, a.id.as_str(), "web01"));
+        assert_eq!(cat.resync_remote(dr.id, Some(&b.id)).unwrap(), 1);
+        let due: Vec<String> = cat.due_replication(dr.id, QueueKind::Snapshot, START, 10).unwrap().into_iter().map(|i| i.item).collect();
+        assert_eq!(due, [a.id.clone(), b.id.clone()]);
+
+        // The quarantine mark: the newest verify that quarantined something.
+        assert_eq!(cat.quarantine_mark().unwrap(), 0);
+        cat.record_audit("t", "verify", "store", json!({"ok": true, "damaged": 0, "quarantined": 0})).unwrap();
+        assert_eq!(cat.quarantine_mark().unwrap(), 0);
+        cat.record_audit("t", "verify", "store", json!({"ok": false, "damaged": 1, "quarantined": 1})).unwrap();
+        let mark = cat.quarantine_mark().unwrap();
+        assert!(mark > 0);
+        cat.record_audit("t", "verify", "store", json!({"ok": true, "damaged": 0, "quarantined": 0})).unwrap();
+        assert_eq!(cat.quarantine_mark().unwrap(), mark, "a clean verify keeps the mark");
+        assert_eq!(cat.remote_by_name("dr").unwrap().quarantine_seen, 0);
+        cat.set_quarantine_seen(dr.id, mark).unwrap();
+        assert_eq!(cat.remote_by_name("dr").unwrap().quarantine_seen, mark);
     }
 }
 }

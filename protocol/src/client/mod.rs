@@ -252,6 +252,13 @@ impl Client {
     /// The manifest of `snapshot`, checked against its id (a snapshot id is the digest of its
     /// encoded manifest) and decoded.
     pub fn manifest(&self, snapshot: &str) -> Result<Manifest, ProtocolError> {
+        let bytes = self.manifest_bytes(snapshot)?;
+        Manifest::decode(&bytes)
+            .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding the manifest of {snapshot}: {e}")))
+    }
+
+    /// The encoded manifest of `snapshot`, checked against its id.
+    pub fn manifest_bytes(&self, snapshot: &str) -> Result<Vec<u8>, ProtocolError> {
         let path = routes::snapshot_manifest(snapshot);
         let what = format!("fetching snapshot {snapshot}");
         let resp = self.send(&what, || self.http.get(self.url(&path)))?;
@@ -262,8 +269,7 @@ impl Client {
                 format!("the engine sent a manifest that does not match snapshot id {snapshot}"),
             ));
         }
-        Manifest::decode(&bytes)
-            .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding the manifest of {snapshot}: {e}")))
+        Ok(bytes)
     }
 
     pub fn job(&self, id: i64) -> Result<JobDetail, ProtocolError> {

@@ -32,6 +32,9 @@ pub enum Access {
     /// engine pushing snapshots; it may add, never delete or overwrite: the uploads service
     /// checks its commits).
     Upload,
+    /// What a primary engine replicating to this one may read about it (its quarantine mark):
+    /// a replica token, or an admin.
+    Replica,
     /// A browser page for operators and admins: a status-page session cookie (see `web`) or
     /// an operator's bearer token; a request with neither is redirected to `/login`.
     Page,
@@ -45,6 +48,7 @@ impl Access {
             Access::Operator | Access::Page => matches!(role, Role::Admin | Role::Operator),
             Access::OperatorOrAgent => role != Role::Replica,
             Access::Upload => true,
+            Access::Replica => matches!(role, Role::Admin | Role::Replica),
         }
     }
 }

@@ -22,12 +22,9 @@ pub use crate::engine::Ingested;
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
     let st = state.clone();
-    let (o, backlog) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
-        Ok((Overview::gather(&st)?, st.engine.catalog.replication_backlog()?))
-    })
-    .await??;
+    let o = tokio::task::spawn_blocking(move || Overview::gather(&st)).await??;
     let mut text = render(&o, &state.engine.ingested, state.started);
-    replication(&mut text, &backlog, &state.engine.replication_sent, state.engine.catalog.now());
+    replication(&mut text, &o.replication, &state.engine.replication_sent, o.now);
     if let Some(ticks) = state.scheduler_ticks.get() {
         family(
             &mut text,
@@ -236,6 +233,9 @@ mod tests {
             store: StoreUsage { chunks: 3, bytes: 250 },
             boot_successes: vec![("web01".into(), 1_700_000_000)],
             boot_newest: vec![],
+            replication: vec![],
+            copies: Default::default(),
+            copies_wanted: Default::default(),
         };
         let ing = Ingested::default();
         ing.add(250);

@@ -176,6 +176,8 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::REPLICATION, Operator, replication::status),
         route(routes::REPLICATION_RULE_ADD, Admin, replication::add_rule),
         route(routes::REPLICATION_RULE_REMOVE, Admin, replication::remove_rule),
+        route(routes::REPLICATION_RESYNC, Admin, replication::resync),
+        route(routes::REPLICA_QUARANTINE, Replica, replication::quarantine_mark),
         route(routes::METRICS, Operator, metrics::metrics),
         route(routes::PAGE_ROOT, Page, web::status),
         route(routes::PAGE_STATUS, Page, web::status),

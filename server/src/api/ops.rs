@@ -1,11 +1,13 @@
 //! The operational overview both the status page (`web`) and the Prometheus metrics
 //! (`metrics`) show: hosts and their last good snapshot, active jobs, recent failures, job
-//! counts and durations, store usage and the deduplication ratio. Gathered in one place so
+//! counts and durations, store usage and the deduplication ratio, replication per remote and
+//! each host's last snapshot's copies. Gathered in one place so
 //! the page and the metrics cannot disagree.
 
 use super::{ApiResult, AppState};
-use kura_catalogs::db::{HostStatus, Job, JobCount, JobDuration, SnapshotTotals, UnixTime};
+use kura_catalogs::db::{Backlog, HostStatus, Job, JobCount, JobDuration, SnapshotTotals, UnixTime};
 use kura_catalogs::StoreUsage;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A host whose last good snapshot is older than this (or that has none) is stale.
@@ -31,6 +33,12 @@ pub struct Overview {
     pub boot_successes: Vec<(String, UnixTime)>,
     /// Each host's newest boot test, passed or not (with its kept screenshot's name).
     pub boot_newest: Vec<(String, kura_catalogs::db::boot_tests::BootTest)>,
+    /// What each remote still lacks (every remote, by name; `docs/dr.md`).
+    pub replication: Vec<Backlog>,
+    /// The remotes holding each snapshot that has copies.
+    pub copies: HashMap<String, Vec<String>>,
+    /// The remotes each host's snapshots should be copied to (by the rules).
+    pub copies_wanted: HashMap<String, Vec<String>>,
 }
 
 impl Overview {
@@ -49,7 +57,24 @@ impl Overview {
             store: store_usage(state)?,
             boot_successes: c.last_boot_success_by_host()?,
             boot_newest: c.newest_boot_test_by_host()?,
+            replication: c.replication_backlog()?,
+            copies: c.snapshot_copies()?,
+            copies_wanted: c.replication_wanted()?,
         })
+    }
+
+    /// Seconds since the oldest snapshot a remote does not hold yet was queued (0: none).
+    pub fn lag(&self, b: &Backlog) -> u64 {
+        b.oldest_snapshot.map_or(0, |t| (self.now - t).max(0) as u64)
+    }
+
+    /// (copies, copies wanted) of snapshot `id` of `host`: this engine and its remotes.
+    pub fn copies(&self, host: &str, id: &str) -> (usize, usize) {
+        let copied: &[String] = self.copies.get(id).map(Vec::as_slice).unwrap_or_default();
+        let mut wanted: Vec<&String> = self.copies_wanted.get(host).into_iter().flatten().chain(copied).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        (1 + copied.len(), 1 + wanted.len())
     }
 
     /// Seconds since the host's last good snapshot, if it has one.

@@ -1,6 +1,7 @@
 //! Remotes and replication rules over the API (admins only; `docs/dr.md`): add, list and
 //! remove remotes (the replica token sealed at once, never shown again) and rules, and what
-//! each remote still lacks. The sending is `crate::replication`.
+//! each remote still lacks; a resync of what a remote may have lost; and, on a DR engine, its
+//! quarantine mark for the primaries (`docs/dr.md`). The sending is `crate::replication`.
 
 use super::{ApiError, ApiResult, AppState};
 use axum::extract::{Path, State};
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kura_catalogs::db::replication::REMOTE_TOKEN_PURPOSE;
 use kura_catalogs::db::{Principal, Remote, ReplicationRule};
-use kura_protocol::replication::{AddRemote, AddRule};
+use kura_protocol::replication::{AddRemote, AddRule, QuarantineMark, Resync, Resynced};
 use std::sync::Arc;
 
 pub async fn list_remotes(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<Remote>>> {
@@ -66,7 +67,13 @@ pub async fn add_rule(
 ) -> ApiResult<(StatusCode, Json<ReplicationRule>)> {
     let st = state.clone();
     let rule = tokio::task::spawn_blocking(move || {
-        st.engine.catalog.add_replication_rule(&p.actor(), &req.remote, req.hosts.as_deref())
+        st.engine.catalog.add_replication_rule(
+            &p.actor(),
+            &req.remote,
+            req.hosts.as_deref(),
+            req.group.as_deref(),
+            req.pull,
+        )
     })
     .await??;
     Ok((StatusCode::CREATED, Json(rule)))
@@ -80,4 +87,36 @@ pub async fn remove_rule(
     let st = state.clone();
     tokio::task::spawn_blocking(move || st.engine.catalog.remove_replication_rule(&p.actor(), id)).await??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /replication/resync`: queues `snapshot` (or every snapshot copied to the remote) to be
+/// checked there again; the worker sends whatever chunks the remote lacks.
+pub async fn resync(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<Resync>,
+) -> ApiResult<Json<Resynced>> {
+    let st = state.clone();
+    let queued = tokio::task::spawn_blocking(move || -> ApiResult<u64> {
+        let catalog = &st.engine.catalog;
+        let remote = catalog.remote_by_name(&req.remote)?;
+        let queued = catalog.resync_remote(remote.id, req.snapshot.as_deref())?;
+        catalog.record_audit(
+            &p.actor(),
+            "replicate.resync",
+            &req.remote,
+            serde_json::json!({ "snapshot": req.snapshot, "queued": queued }),
+        )?;
+        Ok(queued)
+    })
+    .await??;
+    state.engine.replication.notify_one();
+    Ok(Json(Resynced { queued }))
+}
+
+/// `GET /replica/quarantine` (a DR engine, for its primaries): the quarantine mark.
+pub async fn quarantine_mark(State(state): State<Arc<AppState>>) -> ApiResult<Json<QuarantineMark>> {
+    let st = state.clone();
+    let mark = tokio::task::spawn_blocking(move || st.engine.catalog.quarantine_mark()).await??;
+    Ok(Json(QuarantineMark { mark }))
 }

@@ -35,13 +35,13 @@ pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>
             let catalog = &st.engine.catalog;
             let snapshots = catalog.list_snapshots(q.host.as_deref())?;
             let mut copies = catalog.snapshot_copies()?;
-            let rules = catalog.list_replication_rules()?;
+            let wanted_by_host = catalog.replication_wanted()?;
             Ok(snapshots
                 .into_iter()
                 .map(|snapshot| {
                     let copied_to = copies.remove(&snapshot.id).unwrap_or_default();
                     let mut wanted: Vec<&str> =
-                        rules.iter().filter(|r| r.matches(&snapshot.host)).map(|r| r.remote.as_str()).collect();
+                        wanted_by_host.get(&snapshot.host).into_iter().flatten().map(String::as_str).collect();
                     wanted.extend(copied_to.iter().map(String::as_str));
                     wanted.sort_unstable();
                     wanted.dedup();

@@ -331,7 +331,7 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         "<h2>Hosts <span class=\"muted\">({} host{}, <span id=\"stale-count\" data-count=\"{stale}\">{stale}</span> \
          without a good snapshot in {} days)</span></h2>\
          <table id=\"hosts\"><thead><tr><th>Host</th><th>Group</th><th>Last good snapshot</th><th>Taken</th>\
-         <th>Age</th><th>Used bytes</th><th>Boot test passed</th><th>Newest boot test</th></tr></thead><tbody>",
+         <th>Age</th><th>Used bytes</th><th>Copies</th><th>Boot test passed</th><th>Newest boot test</th></tr></thead><tbody>",
         o.hosts.len(),
         if o.hosts.len() == 1 { "" } else { "s" },
         STALE_AFTER / 86_400
@@ -364,10 +364,21 @@ pub fn render(o: &Overview, p: &Principal) -> String {
                     human_bytes(s.used_bytes),
                     id = esc(&s.id),
                 );
+                let (copies, wanted) = o.copies(&h.name, &s.id);
+                let copied_to = o.copies.get(&s.id).map(|c| c.join(", ")).unwrap_or_default();
+                let _ = write!(
+                    b,
+                    "<td class=\"copies num{}\" data-copies=\"{copies}\" data-copies-wanted=\"{wanted}\" \
+                     title=\"here{}{}\">{copies}/{wanted}</td>",
+                    if copies < wanted { " stale" } else { "" },
+                    if copied_to.is_empty() { "" } else { ", " },
+                    esc(&copied_to)
+                );
             }
             None => {
                 b.push_str(
-                    "<td class=\"snapshot\" data-snapshot=\"\">none</td><td></td><td class=\"age\" data-age-seconds=\"\">never</td><td></td>",
+                    "<td class=\"snapshot\" data-snapshot=\"\">none</td><td></td><td class=\"age\" data-age-seconds=\"\">never</td><td></td>\
+                     <td class=\"copies\" data-copies=\"0\"></td>",
                 );
             }
         }
@@ -386,7 +397,7 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         b.push_str("</tr>");
     }
     if o.hosts.is_empty() {
-        b.push_str("<tr><td colspan=\"8\" class=\"muted\">no hosts yet</td></tr>");
+        b.push_str("<tr><td colspan=\"9\" class=\"muted\">no hosts yet</td></tr>");
     }
     b.push_str("</tbody></table>");
 
@@ -438,6 +449,37 @@ pub fn render(o: &Overview, p: &Principal) -> String {
         b.push_str("<tr><td colspan=\"5\" class=\"muted\">none</td></tr>");
     }
     b.push_str("</tbody></table>");
+
+    // Replication, per remote (only when this engine has remotes).
+    if !o.replication.is_empty() {
+        b.push_str(
+            "<h2>Replication</h2><table id=\"replication\"><thead><tr><th>Remote</th><th>Queued chunks</th>\
+             <th>Queued bytes</th><th>Snapshots not yet copied</th><th>Lag</th><th>Attempts</th><th>Last error</th>\
+             </tr></thead><tbody>",
+        );
+        for r in &o.replication {
+            let lag = o.lag(r);
+            let _ = write!(
+                b,
+                "<tr data-remote=\"{name}\" data-queued-chunks=\"{}\" data-queued-bytes=\"{}\" \
+                 data-queued-snapshots=\"{}\" data-lag-seconds=\"{lag}\"{}><td class=\"remote\">{name}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td class=\"num lag\">{}</td><td class=\"num\">{}</td><td class=\"error\">{}</td></tr>",
+                r.chunks,
+                r.chunk_bytes,
+                r.snapshots,
+                if r.last_error.is_some() { " class=\"stale\"" } else { "" },
+                r.chunks,
+                human_bytes(r.chunk_bytes),
+                r.snapshots,
+                if lag == 0 { "–".to_string() } else { human_age(lag as i64) },
+                r.attempts,
+                opt(&r.last_error),
+                name = esc(&r.remote),
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
 
     // Store.
     let ratio = o.dedup_ratio();
@@ -596,6 +638,17 @@ mod tests {
                     screenshot: Some("00000000000000a1-7000.png".into()),
                 },
             )],
+            replication: vec![kura_catalogs::db::Backlog {
+                remote: evil.into(),
+                chunks: 3,
+                chunk_bytes: 4096,
+                snapshots: 1,
+                oldest_snapshot: Some(40),
+                attempts: 2,
+                last_error: Some(evil.into()),
+            }],
+            copies: [("00000000000000a1".to_string(), vec![evil.to_string()])].into(),
+            copies_wanted: [(evil.to_string(), vec![evil.to_string(), "dr2".to_string()])].into(),
         };
         let p = Principal {
             token_id: 1,
@@ -618,6 +671,14 @@ mod tests {
         );
         assert!(html.contains("id=\"dedup-ratio\" data-ratio=\"3.0000\""), "{html}");
         assert!(html.contains("<td class=\"num percent\">50.0%</td>"), "{html}");
+        assert!(html.contains("data-copies=\"2\" data-copies-wanted=\"3\""), "{html}");
+        let lag = 100 + STALE_AFTER + 1 - 40;
+        assert!(
+            html.contains(&format!(
+                "data-queued-chunks=\"3\" data-queued-bytes=\"4096\" data-queued-snapshots=\"1\" data-lag-seconds=\"{lag}\""
+            )),
+            "{html}"
+        );
     }
 
     #[test]

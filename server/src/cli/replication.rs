@@ -6,7 +6,7 @@ use super::engine::client;
 use super::ServerArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use kura_protocol::replication::{AddRemote, AddRule};
+use kura_protocol::replication::{AddRemote, AddRule, Resync, Resynced};
 use kura_protocol::routes;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -68,8 +68,38 @@ pub enum ReplicateCommand {
         #[arg(long)]
         to: String,
         /// Only these hosts (comma-separated); default every host.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "group")]
         hosts: Vec<String>,
+        /// Only the hosts of this group (as they are when each snapshot is captured).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// On a DR engine: fetch the snapshots of some hosts (or every host) from a remote (the
+    /// primary, added with `kura remote add` and an operator token made there), polling it;
+    /// for sites that only allow connections from the DR side. Never deletes anything.
+    Pull {
+        /// The remote to fetch from (`kura remote add`).
+        #[arg(long)]
+        from: String,
+        /// Only these hosts (comma-separated); default every host.
+        #[arg(long, value_delimiter = ',', conflicts_with = "group")]
+        hosts: Vec<String>,
+        /// Only the hosts of this group (the remote's groups).
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check snapshots on a remote again and send the chunks it lacks (after its `kura verify`
+    /// quarantined some, or its store lost some).
+    Resync {
+        /// The remote (`kura remote add`).
+        #[arg(long)]
+        to: String,
+        /// Only this snapshot (default: every snapshot copied there).
+        snapshot: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -138,10 +168,10 @@ pub fn remote(cmd: RemoteCommand) -> Result<ExitCode> {
 
 pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
     match cmd {
-        ReplicateCommand::Add { to, hosts, server } => {
+        ReplicateCommand::Add { to, hosts, group, server } => {
             let hosts = (!hosts.is_empty()).then_some(hosts);
-            let r: Value =
-                client(&server)?.post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts })?;
+            let r: Value = client(&server)?
+                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts, group, pull: false })?;
             if server.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -173,6 +203,29 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
                 );
             }
         }
+        ReplicateCommand::Pull { from, hosts, group, server } => {
+            let hosts = (!hosts.is_empty()).then_some(hosts);
+            let r: Value = client(&server)?
+                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: from, hosts, group, pull: true })?;
+            if server.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", r["id"]);
+                eprintln!("added replication rule {}: {}", r["id"], describe(&r));
+            }
+        }
+        ReplicateCommand::Resync { to, snapshot, server } => {
+            let r: Resynced = client(&server)?
+                .post_json(routes::REPLICATION_RESYNC.path, &Resync { remote: to.clone(), snapshot })?;
+            if server.json {
+                println!("{}", serde_json::to_string(&serde_json::json!({ "queued": r.queued }))?);
+            } else {
+                eprintln!(
+                    "{} snapshots queued to be checked on {to} (`kura replicate list` shows the queue)",
+                    r.queued
+                );
+            }
+        }
         ReplicateCommand::Remove { id, server } => {
             client(&server)?.delete(&routes::REPLICATION_RULE_REMOVE.url(&[&id.to_string()]))?;
             if !server.json {
@@ -184,9 +237,14 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
 }
 
 fn describe(r: &Value) -> String {
-    let hosts = match r["hosts"].as_array() {
-        Some(h) => h.iter().filter_map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
-        None => "every host".to_string(),
+    let hosts = match (r["hosts"].as_array(), r["group"].as_str()) {
+        (Some(h), _) => h.iter().filter_map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
+        (None, Some(g)) => format!("group {g}"),
+        (None, None) => "every host".to_string(),
     };
+    if r["pull"] == true {
+        let up_to = r["pulled_up_to"].as_i64().unwrap_or(0);
+        return format!("{hosts} ← {} (pulled; done up to {up_to})", r["remote"].as_str().unwrap_or(""));
+    }
     format!("{hosts} → {}", r["remote"].as_str().unwrap_or(""))
 }

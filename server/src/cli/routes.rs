@@ -42,6 +42,7 @@ fn cells(access: Access) -> [&'static str; 5] {
         Access::Operator => ["yes", "yes", "403", "403", "401"],
         Access::OperatorOrAgent => ["yes", "yes", "own job¹", "403", "401"],
         Access::Upload => ["yes", "yes", "own job¹", "add only³", "401"],
+        Access::Replica => ["yes", "403", "403", "yes", "401"],
         Access::Page => ["yes²", "yes²", "403", "403", "→ /login"],
     }
 }

@@ -392,6 +392,9 @@ pub fn commit_expecting(
     }
     let held = || engine.catalog.get_snapshot(&manifest_id).is_ok() && engine.store.manifest_exists(&manifest_id);
     if caller.principal.role == Role::Replica && held() {
+        // Chunks sent again for a snapshot held here (a resync after a quarantine, docs/dr.md)
+        // are made durable as at any commit.
+        engine.store.flush_staged()?;
         end_session(engine, upload);
         let reply = Committed { snapshot: manifest_id, new_bytes: 0, reused_bytes: 0 };
         return Ok(CommitOutcome { reply, fresh: false });

@@ -1,0 +1,112 @@
+//! The replication overhead benchmark of issue 13 (`docs/dr.md`), ignored by default:
+//!
+//! ```sh
+//! cargo test -p kura-tests --test replication_bench -- --ignored --nocapture
+//! ```
+//!
+//! Two real engines on loopback (the DR engine over HTTPS with a replica token, the primary
+//! with a rule for the group `repl`). The same kind of capture (a fresh disk of
+//! [`DISK_MIB`] MiB each time: half random, half text, so nothing dedups against an earlier
+//! run) is run with replication off (a host in no group) and on (a host in `repl`),
+//! interleaved (off, on, off, on, ...) so that a slower machine slows both alike. Printed: each
+//! capture's time, the on/off ratio of the medians (the issue wants at most 1.1), and for
+//! every replicated capture the delay from the capture's return to the DR engine holding the
+//! snapshot (the issue wants 5 s). Nothing is asserted about the figures (the machine is
+//! shared), but every replicated snapshot must reach the DR engine.
+
+use kura_tests::content::{random_bytes, text_bytes};
+use kura_tests::disks::MIB;
+use kura_tests::engine::{manifest_ids, raw_disk, Server};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Size of each captured disk.
+const DISK_MIB: u64 = 256;
+/// Rounds of (off, on).
+const ROUNDS: u64 = 2;
+/// How long the DR engine may take to hold a snapshot before the benchmark gives up.
+const GIVE_UP: Duration = Duration::from_secs(300);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[test]
+#[ignore = "a benchmark: minutes, and a few hundred MiB of scratch space"]
+fn replication_overhead_and_lag() {
+    let work = tempfile::tempdir().unwrap();
+    let dr = Server::start(&work.path().join("dr"));
+    let made: Value = dr.kura(&[&"token", &"create", &"--role", &"replica", &"--json"]).json();
+    let token_file = work.path().join("dr.token");
+    std::fs::write(&token_file, made["token"].as_str().unwrap()).unwrap();
+    let primary = Server::start_http(&work.path().join("primary"));
+    let fingerprint = dr.fingerprint.clone().unwrap();
+    primary
+        .kura(&[&"remote", &"add", &"dr", &dr.url, &"--fingerprint", &fingerprint, &"--token-file", &token_file])
+        .expect_success();
+    primary.kura(&[&"replicate", &"add", &"--to", &"dr", &"--group", &"repl"]).expect_success();
+    let api = primary.api();
+    for round in 0..ROUNDS {
+        for (name, group) in [(format!("off{round}"), None), (format!("on{round}"), Some("repl"))] {
+            let r = api
+                .req("POST", "/hosts")
+                .token(&primary.admin)
+                .json(&serde_json::json!({"name": name, "group": group}))
+                .send();
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+    }
+
+    let half = (DISK_MIB * MIB / 2) as usize;
+    let (mut off, mut on, mut lags) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for replicated in [false, true] {
+            let host = format!("{}{round}", if replicated { "on" } else { "off" });
+            let seed = 9000 + round * 2 + replicated as u64;
+            let mut data = random_bytes(seed, half);
+            data.extend_from_slice(&text_bytes(seed, half));
+            let disk = raw_disk(work.path(), &format!("{host}.img"), data);
+            let t0 = Instant::now();
+            let report = primary.capture(&disk.path, &host);
+            let took = t0.elapsed();
+            std::fs::remove_file(&disk.path).unwrap();
+            eprintln!(
+                "{host}: capture {:.2} s ({} chunks, {} new)",
+                took.as_secs_f64(),
+                report.chunks,
+                report.new_chunks
+            );
+            if replicated {
+                let returned = Instant::now();
+                while !manifest_ids(&dr.store()).contains(&report.snapshot) {
+                    assert!(
+                        returned.elapsed() < GIVE_UP,
+                        "{} not on the DR engine\n{}",
+                        report.snapshot,
+                        primary.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let lag = returned.elapsed();
+                eprintln!("{host}: on the DR engine {:.2} s after the capture returned", lag.as_secs_f64());
+                on.push(took.as_secs_f64());
+                lags.push(lag.as_secs_f64());
+            } else {
+                off.push(took.as_secs_f64());
+            }
+        }
+    }
+    let (m_off, m_on) = (median(off.clone()), median(on.clone()));
+    eprintln!("replication off: {off:.2?} s (median {m_off:.2} s)");
+    eprintln!("replication on:  {on:.2?} s (median {m_on:.2} s)");
+    eprintln!("ratio on/off: {:.3} (issue: <= 1.1)", m_on / m_off);
+    eprintln!("commit to DR: {lags:.2?} s (max {:.2} s; issue: <= 5 s)", lags.iter().cloned().fold(0.0, f64::max));
+    let b: Value = primary.kura(&[&"replicate", &"list", &"--json"]).json();
+    assert_eq!(b["remotes"][0]["snapshots"], 0, "{b}");
+}
