@@ -186,3 +186,46 @@ fn in_a_versioned_bucket_without_retention_deletions_remove_the_version() {
     server.restore(&second, &target);
     assert_eq!(sha256_file(&target), sha256_file(&disk.path));
 }
+
+/// The immutable off-site copy: a DR engine whose store is a bucket with Object Lock (COMPLIANCE,
+/// one day) receives a primary's snapshot by replication; the copy carries the retention, and
+/// neither the DR engine's own admin nor the primary (deletions never propagate) can remove it.
+#[test]
+fn a_dr_engine_on_a_locked_bucket_keeps_the_replicated_copy_immutable() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = SeaweedS3::start();
+    let api = S3Api::new(&s3);
+    let bucket = "kura-dr-locked";
+    api.create_locked_bucket(bucket, "COMPLIANCE", 1);
+    let spec = s3.spec_in(bucket, "dr");
+    let dr = Server::start_https_with(&work.path().join("dr"), &[&"--store", &spec], &[]);
+    let fingerprint = dr.fingerprint.clone().expect("an https engine has a fingerprint");
+    let made = dr.kura(&[&"token", &"create", &"--role", &"replica", &"--json"]);
+    let token: Value = made.expect_success().json();
+    let token_file = work.path().join("dr.token");
+    std::fs::write(&token_file, format!("{}\n", token["token"].as_str().unwrap())).unwrap();
+    let primary = Server::start_http(&work.path().join("primary"));
+    let add = [&"remote" as &dyn AsRef<std::ffi::OsStr>, &"add", &"dr", &dr.url, &"--fingerprint", &fingerprint];
+    primary.kura(&[&add[..], &[&"--token-file" as &dyn AsRef<std::ffi::OsStr>, &token_file]].concat()).expect_success();
+    primary.kura(&[&"replicate", &"add", &"--to", &"dr"]).expect_success();
+
+    let disk = raw_disk(work.path(), "a.img", random_bytes(11, 3 * MIB as usize));
+    let id = primary.capture(&disk.path, "a").snapshot;
+    let t0 = std::time::Instant::now();
+    while !dr.snapshot_ids().contains(&id) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "not replicated:\n{}", primary.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let key = format!("dr/snapshots/{id}.kmf");
+    let head = api.head(bucket, &key);
+    assert_eq!(head.header("x-amz-object-lock-mode"), Some("COMPLIANCE"), "{head:?}");
+    let until = head.header("x-amz-object-lock-retain-until-date").expect("a retain-until date").to_string();
+
+    // The primary deletes its snapshot: the DR copy stays. The DR admin cannot delete it either.
+    primary.kura(&[&"snapshot", &"delete", &id]).expect_success();
+    dr.kura(&[&"snapshot", &"delete", &id]).expect_failure_mentioning(&[id.as_str(), "locked", to_second(&until)]);
+    assert!(dr.snapshot_ids().contains(&id));
+    let target = work.path().join("restored.img");
+    dr.restore(&id, &target);
+    assert_eq!(sha256_file(&target), sha256_file(&disk.path));
+}
