@@ -174,3 +174,73 @@ fn the_engine_records_boot_tests_notifies_failures_and_exports_the_last_success(
     assert!(t > 1_700_000_000, "{line}");
     assert!(!metrics.contains("kura_snapshot_boot_test_last_success_timestamp{host=\"web02\"}"), "{metrics}");
 }
+
+/// Boot code for a disk's first sector: switch to VGA mode 13h (320×200, 256 colours) and,
+/// with `draw`, fill the screen with a pattern of most of the palette (a stand-in for a logon
+/// screen's picture); then halt for ever. Without `draw` the screen stays black.
+fn vga_boot_code(draw: bool) -> Vec<u8> {
+    let mut code = vec![
+        0xFC, // cld
+        0xB8, 0x13, 0x00, // mov ax, 0x0013
+        0xCD, 0x10, // int 0x10: mode 13h
+    ];
+    if draw {
+        code.extend([
+            0xB8, 0x00, 0xA0, // mov ax, 0xA000
+            0x8E, 0xC0, // mov es, ax
+            0x31, 0xFF, // xor di, di
+            0xB9, 0x00, 0xFA, // mov cx, 64000
+            0x89, 0xF8, // fill: mov ax, di
+            0x30, 0xE0, // xor al, ah
+            0xAA, // stosb
+            0xE2, 0xF9, // loop fill
+        ]);
+    }
+    code.extend([0xF4, 0xEB, 0xFD]); // hang: hlt; jmp hang
+    code
+}
+
+/// A Windows-looking disk (GPT, Microsoft reserved + NTFS: the boot test gives it SATA and
+/// watches its screen, since such a system prints nothing on a serial console) whose boot code
+/// draws a still picture passes by its screen; the same disk whose boot code leaves the screen
+/// black fails.
+#[test]
+fn a_windows_looking_disk_passes_by_a_still_graphical_screen_and_fails_on_a_black_one() {
+    use kura_tests::disks::{build_gpt, write_at, Content, PartSpec, MIB};
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let store = Store::new(w.join("store"));
+    let mut ids = Vec::new();
+    for draw in [true, false] {
+        let name = if draw { "picture.img" } else { "black.img" };
+        let disk = build_gpt(
+            w,
+            name,
+            64 * MIB,
+            vec![
+                PartSpec::gpt(16 * MIB, "0c01", "Microsoft reserved partition", Content::Empty),
+                PartSpec::gpt(
+                    40 * MIB,
+                    "0700",
+                    "Basic data partition",
+                    Content::Ntfs { label: "C", files: vec![], deleted: vec![] },
+                ),
+            ],
+        );
+        write_at(&disk.path, 0, &vga_boot_code(draw));
+        ids.push(store.capture(&disk.path, Some(name)).snapshot);
+    }
+    let scratch = w.to_str().unwrap();
+    let shot = w.join("picture.png");
+    let (ok, v) =
+        verify_boot(&store, &ids[0], &["--stall", "60", "--scratch", scratch, "--screenshot", shot.to_str().unwrap()]);
+    figures("Windows-looking disk, still picture", &v);
+    assert!(ok && v["passed"] == true, "{v:#}");
+    assert_eq!((v["disk_bus"].as_str(), v["stage"].as_str()), (Some("sata"), Some("userspace")), "{v:#}");
+    assert!(v["reason"].as_str().unwrap().contains("graphical"), "{v:#}");
+    assert!(shot.exists(), "the screenshot of the verdict was not kept");
+
+    let (ok, v) = verify_boot(&store, &ids[1], &["--stall", "20", "--scratch", scratch]);
+    figures("Windows-looking disk, black screen", &v);
+    assert!(!ok && v["passed"] == false, "a black screen passed: {v:#}");
+}

@@ -61,6 +61,28 @@ pub fn choose_disk<'a>(disks: &'a [Disk], job: &Job) -> Result<&'a Disk> {
     }
 }
 
+/// The SCSI hosts under `class` (`/sys/class/scsi_host`) and their drivers, for a message:
+/// `host0 (mptsas), host1 (ahci)`, or `none`.
+pub fn scsi_hosts(class: &Path) -> String {
+    let mut hosts: Vec<String> = std::fs::read_dir(class)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let driver = std::fs::read_to_string(e.path().join("proc_name")).unwrap_or_default();
+                    format!("{name} ({})", driver.trim())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    hosts.sort();
+    if hosts.is_empty() {
+        "none".into()
+    } else {
+        hosts.join(", ")
+    }
+}
+
 /// Waits until at least one disk is present and the list has not changed for two seconds (or
 /// `wait` passed), calling `settle` (another driver pass) in between.
 pub fn wait_for_disks(sys_block: &Path, wait: Duration, mut settle: impl FnMut()) -> Vec<Disk> {

@@ -182,9 +182,18 @@ fn run(p: &AgentArgs, rep: &Arc<Reporter>) -> Result<Finally> {
     // The first progress report moves a queued job to running.
     rep.flush().context("reporting to the engine")?;
 
-    let disks = job::wait_for_disks(Path::new("/sys/block"), Duration::from_secs(30), || {
+    // SAS/RAID controllers discover their disks after the driver loaded, slowly under emulation
+    // (mptsas under QEMU TCG): up to two minutes; a machine whose disks are there goes on as
+    // soon as the list has been stable for two seconds.
+    let disks = job::wait_for_disks(Path::new("/sys/block"), Duration::from_secs(120), || {
         drv.load_pass(sys_devices, sys_module, &log);
     });
+    if disks.is_empty() {
+        rep.log(format!(
+            "no disks after 120 s; storage hosts the kernel registered: {}",
+            job::scsi_hosts(Path::new("/sys/class/scsi_host"))
+        ));
+    }
     for d in &disks {
         rep.log(format!(
             "disk {}: {} bytes{}",

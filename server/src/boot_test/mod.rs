@@ -17,11 +17,14 @@
 //! verdict while the machine runs, else (it stopped, e.g. powered off right after printing
 //! its banner) the last of the screens taken every [`SCREEN_EVERY`] during the test.
 //!
-//! Not yet: a Windows guest's logon screen is not recognised (it shows on the screenshot, but
-//! the verdict is by console only).
+//! A Windows-looking disk (NTFS with Microsoft's reserved partition: its system prints nothing
+//! on a serial console) may also pass by its screen ([`screen`]): the same graphical screen —
+//! a logon screen or desktop, not a text, black or stop-error screen — seen
+//! [`screen::STABLE_LOOKS`] times in a row, [`SCREEN_EVERY`] apart.
 
 pub mod console;
 pub mod engine;
+pub mod screen;
 pub mod uefi;
 
 use crate::nbd::{self, Listener};
@@ -302,14 +305,27 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
     let mut last_change = Instant::now();
     let png = w.join("screen.png");
     let mut last_screen = Instant::now();
+    // A Windows-looking disk may pass by its screen (module docs): alike graphical looks in a row.
+    let watch_screen = bus == DiskBus::Sata;
+    let (mut alike, mut last_look) = (0u32, None);
     let (passed, reason, stage) = loop {
         std::thread::sleep(Duration::from_millis(250));
-        if opts.screenshot.is_some() && last_screen.elapsed() >= SCREEN_EVERY {
+        if (opts.screenshot.is_some() || watch_screen) && last_screen.elapsed() >= SCREEN_EVERY {
             // Written aside, then renamed: a machine stopping mid-dump leaves the last good one.
             last_screen = Instant::now();
             let next = w.join("screen.next.png");
-            if qmp_command(&qmp, "screendump", serde_json::json!({ "filename": next, "format": "png" })).is_ok() {
-                let _ = std::fs::rename(&next, &png);
+            if qmp_command(&qmp, "screendump", serde_json::json!({ "filename": next, "format": "png" })).is_ok()
+                && std::fs::rename(&next, &png).is_ok()
+                && watch_screen
+            {
+                match screen::look_at(&png) {
+                    Ok(l) if l.graphical() => {
+                        alike = if last_look == Some(l.hash) { alike + 1 } else { 1 };
+                        last_look = Some(l.hash);
+                    }
+                    Ok(_) => (alike, last_look) = (0, None),
+                    Err(e) => tracing::warn!("boot test: reading the screen: {e:#}"),
+                }
             }
         }
         let text = read_console(&serial)?;
@@ -324,6 +340,10 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
         }
         if let Some(line) = reading.failure {
             break (false, format!("the console says: {line}"), reading.stage);
+        }
+        if alike >= screen::STABLE_LOOKS {
+            let held = SCREEN_EVERY * (screen::STABLE_LOOKS - 1);
+            break (true, format!("a graphical logon screen or desktop, unchanged for {held:?}"), Stage::Userspace);
         }
         if let Some(status) = machine.0.try_wait()? {
             let err = std::fs::read_to_string(w.join("qemu.stderr")).unwrap_or_default();
