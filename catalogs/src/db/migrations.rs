@@ -49,6 +49,7 @@ migrations!(
     "0009_replication",
     "0010_scheduled_boot_tests",
     "0011_shared_chunk_index",
+    "0014_disk_sets",
 );
 
 /// The schema version this build reads and writes.
