@@ -33,8 +33,9 @@ use kura_tests::qemu::{accel, Firmware, Machine};
 use kura_tests::site_dhcp::SiteDhcp;
 use kura_tests::tools::run;
 
-/// Longest one netbooted job may take from power-on to its end under TCG (measured: about
-/// 90 s for the capture of the three disks; four times that as margin for a loaded machine).
+/// Longest one netbooted job may take from power-on to its end under TCG (measured on a loaded
+/// 2-core machine: 20 s for the capture of the three disks, 21 s for the restore; the whole test
+/// 138 s with its four netboots and two md machines, scratch peak 350 MiB): 20 times that.
 const JOB_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// How a disk is attached.

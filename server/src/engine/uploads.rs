@@ -825,6 +825,10 @@ mod tests {
         set.members[1].manifest.host = Some("other".into());
         assert!(matches!(commit(&engine, &op, &upload, &set.encode().unwrap()), Err(ServiceError::Forbidden(_))));
         set.members[1].manifest.host = Some("h".into());
+        // Host h's snapshots go to a remote: the set's commit queues each member for it.
+        let sealed = engine.secrets.seal(kura_catalogs::db::replication::REMOTE_TOKEN_PURPOSE, b"kura_secret").unwrap();
+        let dr = catalog.add_remote("t", "dr", "https://dr:8443", Some("ab"), &sealed).unwrap();
+        catalog.add_replication_rule("t", "dr", None).unwrap();
         let bytes = set.encode().unwrap();
         let done = commit(&engine, &op, &upload, &bytes).unwrap();
         let id = done.reply.snapshot.clone();
@@ -847,6 +851,13 @@ mod tests {
         assert_eq!(catalog.snapshot_manifests(&id).unwrap(), members);
         // The engine serves the set file rebuilt, byte for byte.
         assert_eq!(snapshot_file(&engine, &id).unwrap(), bytes);
+        let queued: Vec<String> = catalog
+            .due_replication(dr.id, QueueKind::Snapshot, i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.item)
+            .collect();
+        assert_eq!(queued, members, "each member is queued for the remote");
     }
 
     /// A set whose catalog record is refused (its job ended meanwhile) leaves no member in the
