@@ -251,16 +251,16 @@ pub fn map_disks(
         }
     }
     // Checks: what is left unmapped, shared targets, sizes.
-    for si in 0..sources.len() {
+    for (si, source) in sources.iter().enumerate() {
         if !open(&to, &skipped, si) {
             continue;
         }
         let fits: Vec<usize> =
-            (0..targets.len()).filter(|&t| !taken(&to, t) && targets[t].size >= sources[si].size).collect();
+            (0..targets.len()).filter(|&t| !taken(&to, t) && targets[t].size >= source.size).collect();
         if fits.len() > 1 {
             return Err(MapError::Ambiguous {
-                source_disk: sources[si].to_string(),
-                source_name: sources[si].name.clone(),
+                source_disk: source.to_string(),
+                source_name: source.name.clone(),
                 why: "no target has its WWN, serial or position, and several can hold it".into(),
                 candidates: names(targets, fits.into_iter()),
             });
@@ -271,7 +271,7 @@ pub fn map_disks(
         } else {
             format!("none of the free targets can hold it: {}", names(targets, free.into_iter()))
         };
-        return Err(MapError::Unmapped { source_disk: sources[si].to_string(), why });
+        return Err(MapError::Unmapped { source_disk: source.to_string(), why });
     }
     let mut pairs = Vec::new();
     for (si, m) in to.iter().enumerate() {

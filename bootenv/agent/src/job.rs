@@ -266,7 +266,7 @@ fn restore_set(
         rep.log(format!("disk map: {line}"));
     }
     let mut pairs: Vec<(usize, FileTarget)> =
-        mapping.pairs.iter().map(|p| (p.source, FileTarget::existing(&device(&disks[p.target])))).collect();
+        mapping.pairs.iter().map(|p| (p.source, FileTarget::existing(device(&disks[p.target])))).collect();
     let source = RemoteSource { client: client.clone() };
     let ticker = rep.ticker();
     let t0 = Instant::now();
