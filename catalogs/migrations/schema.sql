@@ -45,9 +45,14 @@ CREATE TABLE snapshots (
     reused_bytes INTEGER NOT NULL CHECK (reused_bytes >= 0),
     state TEXT NOT NULL CHECK (state IN ('committed', 'deleting')),
     -- 0: held after an unusual boot until an operator confirms it (migration 0006).
-    confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1))
+    confirmed INTEGER NOT NULL DEFAULT 1 CHECK (confirmed IN (0, 1)),
+    -- A snapshot set's disks (JSON, migration 0013); NULL for any other snapshot.
+    disks TEXT CHECK (disks IS NULL OR json_valid(disks)),
+    -- A set member's set (migration 0013): the id of the set's row; NULL for any other snapshot.
+    set_id TEXT
 );
 CREATE INDEX snapshots_host_created ON snapshots (host_id, created);
+CREATE INDEX snapshots_set ON snapshots (set_id);
 
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY,
@@ -63,7 +68,9 @@ CREATE TABLE jobs (
     finished INTEGER,
     error TEXT,
     -- Why its netboot looked unusual (first reason; migration 0006), NULL if it did not.
-    unusual TEXT
+    unusual TEXT,
+    -- A capture's --disks or a restore's --map (migration 0013); NULL for the default.
+    disks TEXT
 );
 CREATE INDEX jobs_host ON jobs (host_id, id);
 -- A machine runs one thing at a time: at most one queued or running job per host.

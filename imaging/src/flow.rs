@@ -9,11 +9,17 @@
 //!   opened says "nothing was written"; a target created for the restore is removed again if the
 //!   restore fails after it was created.
 //!
+//! - [`capture_set_flow`] and [`restore_set_flow`]: the same for a host's several disks, as one
+//!   snapshot set: every disk captured into one session and committed as one set; every target
+//!   sized and every member's preflight passed before the first target is opened for writing.
+//!
 //! Where the snapshot goes, where the chunks come from and what the target is are the caller's;
 //! the order of the steps and the error texts are defined here, once.
 
 use crate::capture::{self, CaptureOptions, CaptureStats};
 use crate::chunk::{ChunkSink, ChunkSource};
+use crate::diskmap::DiskIdentity;
+use crate::diskset::{Member, SnapshotSet};
 use crate::error::{Error, Result};
 use crate::layout::{relocate_backup_gpt, LayoutError, Scheme};
 use crate::manifest::Manifest;
@@ -27,6 +33,15 @@ pub trait SnapshotSink: ChunkSink {
     type Committed;
     /// Makes the snapshot visible; every chunk the manifest names has been handed over.
     fn commit(&self, manifest: &Manifest) -> Result<Self::Committed>;
+    /// Makes a snapshot set visible, whole (every member at once) or not at all. Only a sink
+    /// that can do so takes sets (the engine's upload session: its commit records the set and
+    /// its members in one catalog transaction); the default refuses.
+    fn commit_set(&self, set: &SnapshotSet) -> Result<Self::Committed> {
+        Err(Error::Manifest(format!(
+            "a snapshot set of {} disks is committed through the engine (kura serve), not into a store directly",
+            set.members.len()
+        )))
+    }
     /// The capture failed: give up the session (best effort; errors are not reported).
     fn abort(&self);
 }
@@ -165,14 +180,43 @@ pub fn restore_flow<T: RestoreTarget>(
     threads: usize,
     observer: &dyn RestoreObserver,
 ) -> Result<RestoreStats, RestoreError> {
+    let (checked, size) = check_one(snapshot, manifest, source, target, threads, observer)?;
+    write_one(snapshot, manifest, checked, size, source, target, threads, observer)
+}
+
+/// Sizes the target and runs the preflight; opens nothing for writing.
+fn check_one<'m, T: RestoreTarget>(
+    snapshot: &str,
+    manifest: &'m Manifest,
+    source: &dyn ChunkSource,
+    target: &mut T,
+    threads: usize,
+    observer: &dyn RestoreObserver,
+) -> Result<(restore::Checked<'m>, u64), RestoreError> {
     let name = target.name();
-    let (snapshot_s, target_s) = (|| snapshot.to_string(), || name.clone());
-    let refused = |source| RestoreError::Refused { snapshot: snapshot_s(), target: target_s(), source };
+    let refused = |source| RestoreError::Refused { snapshot: snapshot.to_string(), target: name.clone(), source };
     let needed = manifest.disk_size();
     let size = target.size(needed).map_err(refused)?;
     observer.step(&RestoreStep::Checking { snapshot, needed, target: &name, size });
     let checked = restore::preflight(manifest, source, size, threads, observer.checking()).map_err(refused)?;
+    Ok((checked, size))
+}
 
+/// Opens the target and writes what [`check_one`] checked.
+#[allow(clippy::too_many_arguments)]
+fn write_one<T: RestoreTarget>(
+    snapshot: &str,
+    manifest: &Manifest,
+    checked: restore::Checked<'_>,
+    size: u64,
+    source: &dyn ChunkSource,
+    target: &mut T,
+    threads: usize,
+    observer: &dyn RestoreObserver,
+) -> Result<RestoreStats, RestoreError> {
+    let name = target.name();
+    let needed = manifest.disk_size();
+    let (snapshot_s, target_s) = (|| snapshot.to_string(), || name.clone());
     let failed = |source| RestoreError::Failed { snapshot: snapshot_s(), target: target_s(), source };
     let Opened { mut disk, zeroed } = target.open().map_err(failed)?;
     observer.step(&RestoreStep::Writing { target: &name });
@@ -201,4 +245,59 @@ pub fn restore_flow<T: RestoreTarget>(
         target.discard();
     }
     result
+}
+
+/// Captures several disks of one host into `sink` as one snapshot set (`set` gives its name,
+/// time and host; its members are filled here, in the order of `disks`), and commits it whole.
+/// On any failure the session is aborted and nothing is committed.
+pub fn capture_set_flow<R: Read + Seek, S: SnapshotSink>(
+    disks: Vec<(DiskIdentity, R, CaptureOptions)>,
+    mut set: SnapshotSet,
+    sink: &S,
+    progress: &dyn Progress,
+    before_commit: impl FnOnce(&[CaptureStats]) -> Result<()>,
+) -> Result<(S::Committed, Vec<CaptureStats>), CaptureError> {
+    let mut all = Vec::new();
+    let result = (|| {
+        for (disk, src, opts) in disks {
+            let (manifest, stats) = capture::capture(src, &opts, sink, progress)
+                .map_err(|source| CaptureError::Capture { source_name: opts.source.clone(), source })?;
+            set.members.push(Member { disk, manifest });
+            all.push(stats);
+        }
+        before_commit(&all[..]).and_then(|_| sink.commit_set(&set)).map_err(CaptureError::Commit)
+    })();
+    match result {
+        Ok(c) => Ok((c, all)),
+        Err(e) => {
+            sink.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Restores the members of snapshot set `snapshot` onto their targets (`pairs`: member index
+/// and target, as [`crate::diskmap::map_disks`] decided). Every target is sized and every
+/// member's preflight passed before the first target is opened for writing; then each is
+/// written in turn. Targets not in `pairs` are not touched.
+pub fn restore_set_flow<T: RestoreTarget>(
+    snapshot: &str,
+    set: &SnapshotSet,
+    pairs: &mut [(usize, T)],
+    source: &dyn ChunkSource,
+    threads: usize,
+    observer: &dyn RestoreObserver,
+) -> Result<Vec<RestoreStats>, RestoreError> {
+    let label = |i: usize| format!("{snapshot} disk {}", set.members[i].disk.name);
+    let mut checked = Vec::with_capacity(pairs.len());
+    for (member, target) in pairs.iter_mut() {
+        let m = &set.members[*member].manifest;
+        checked.push(check_one(&label(*member), m, source, target, threads, observer)?);
+    }
+    let mut out = Vec::with_capacity(pairs.len());
+    for ((member, target), (c, size)) in pairs.iter_mut().zip(checked) {
+        let m = &set.members[*member].manifest;
+        out.push(write_one(&label(*member), m, c, size, source, target, threads, observer)?);
+    }
+    Ok(out)
 }

@@ -8,7 +8,8 @@
 //! - [`fs`] reads each filesystem's allocation map (ext2/3/4, NTFS, FAT, swap; raw otherwise).
 //! - [`region`] cuts the disk into regions (partitions and the gaps between them).
 //! - [`chunk`] defines the chunk digest and the encoded chunk format.
-//! - [`manifest`] is the versioned snapshot manifest format.
+//! - [`manifest`] is the versioned snapshot manifest format; [`diskset`] a host's several
+//!   disks as one snapshot, and [`diskmap`] which source disk goes to which target.
 //! - [`capture`] and [`restore`] are the two pipelines; [`flow`] is the one capture flow and
 //!   the one restore flow around them (commit or abort; preflight, write, GPT fix-up), and
 //!   [`target`] the device or image file a restore writes.
@@ -23,6 +24,8 @@
 pub mod bitmap;
 pub mod capture;
 pub mod chunk;
+pub mod diskmap;
+pub mod diskset;
 pub mod error;
 pub mod fit;
 pub mod flow;

@@ -4,9 +4,11 @@
 
 use kura_imaging::capture::CaptureOptions;
 use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use kura_imaging::diskmap::DiskIdentity;
+use kura_imaging::diskset::SnapshotSet;
 use kura_imaging::flow::{
-    capture_flow, restore_flow, CaptureError, Opened, RestoreError, RestoreObserver, RestoreStep, RestoreTarget,
-    SnapshotSink,
+    capture_flow, capture_set_flow, restore_flow, restore_set_flow, CaptureError, Opened, RestoreError,
+    RestoreObserver, RestoreStep, RestoreTarget, SnapshotSink,
 };
 use kura_imaging::layout::{read_layout, Scheme};
 use kura_imaging::manifest::Manifest;
@@ -23,6 +25,7 @@ struct MemStore {
     full: bool,
     aborted: AtomicBool,
     committed: Mutex<Option<Manifest>>,
+    committed_set: Mutex<Option<SnapshotSet>>,
 }
 
 impl ChunkSink for MemStore {
@@ -50,6 +53,10 @@ impl SnapshotSink for MemStore {
         let bytes = m.encode()?;
         *self.committed.lock().unwrap() = Some(m.clone());
         Ok(Manifest::id_of(&bytes))
+    }
+    fn commit_set(&self, s: &SnapshotSet) -> Result<String, Error> {
+        *self.committed_set.lock().unwrap() = Some(s.clone());
+        Ok(Manifest::id_of(&s.encode()?))
     }
     fn abort(&self) {
         self.aborted.store(true, Ordering::SeqCst);
@@ -247,4 +254,47 @@ fn a_gpt_disk_onto_a_larger_target_gets_its_backup_gpt_moved() {
     assert!(after.warnings.is_empty(), "{:?}", after.warnings);
     assert_eq!(after.gpt.unwrap().backup_header_lba, (12 << 20) / 512 - 1);
     assert_eq!(after.partitions, m.layout.partitions);
+}
+
+/// Issue 11: two disks captured as one set (one commit, shared chunks once); restoring it
+/// sizes and checks every target before opening any: a too-small second target leaves the
+/// first unopened too.
+#[test]
+fn a_set_is_committed_once_and_restored_only_when_every_target_passes() {
+    let (a, b) = (noise(2 << 20, 11), noise(3 << 20, 12));
+    let store = MemStore::default();
+    let disk = |name: &str, len: usize| DiskIdentity { name: name.into(), size: len as u64, ..Default::default() };
+    let set = SnapshotSet { name: None, created: "2026-12-07T03:00:00Z".into(), host: None, members: vec![] };
+    let sources = vec![
+        (disk("vda", a.len()), Cursor::new(a.clone()), opts()),
+        (disk("vdb", b.len()), Cursor::new(b.clone()), opts()),
+    ];
+    let (id, stats) = capture_set_flow(sources, set, &store, &NoProgress, |s| {
+        assert_eq!(s.len(), 2);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(stats.len(), 2);
+    assert!(store.committed.lock().unwrap().is_none(), "no member is committed on its own");
+    let set = store.committed_set.lock().unwrap().take().expect("the set is committed");
+    assert_eq!(id, Manifest::id_of(&set.encode().unwrap()));
+    assert_eq!(set.members.iter().map(|m| m.disk.name.as_str()).collect::<Vec<_>>(), ["vda", "vdb"]);
+
+    let mut pairs = vec![(0, MemTarget::new(2 << 20)), (1, MemTarget::new(2 << 20))];
+    let e = restore_set_flow(&id, &set, &mut pairs, &store, 2, &Steps::default()).unwrap_err();
+    assert!(matches!(e, RestoreError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("disk vdb") && e.to_string().contains("nothing was written"), "{e}");
+    assert!(pairs.iter().all(|(_, t)| !t.opened), "a target was opened before every preflight passed");
+
+    let mut pairs = vec![(1, MemTarget::new(3 << 20)), (0, MemTarget::new(4 << 20))];
+    let stats = restore_set_flow(&id, &set, &mut pairs, &store, 2, &Steps::default()).unwrap();
+    assert_eq!(stats.iter().map(|s| s.written_bytes).collect::<Vec<_>>(), [3 << 20, 2 << 20]);
+    assert!(pairs.iter().all(|(_, t)| t.opened && !t.discarded));
+
+    // A failing member aborts the set's session; nothing is committed.
+    let store = MemStore { full: true, ..Default::default() };
+    let sources = vec![(disk("vda", a.len()), Cursor::new(a), opts())];
+    let set = SnapshotSet { name: None, created: "2026-12-07T03:00:00Z".into(), host: None, members: vec![] };
+    assert!(capture_set_flow(sources, set, &store, &NoProgress, |_| Ok(())).is_err());
+    assert!(store.aborted.load(Ordering::SeqCst) && store.committed_set.lock().unwrap().is_none());
 }

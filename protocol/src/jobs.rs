@@ -144,6 +144,10 @@ pub struct Job {
     pub started: Option<UnixTime>,
     pub finished: Option<UnixTime>,
     pub error: Option<String>,
+    /// A capture's disk selection (`vda,vdb`; none: every disk) or a restore's mapping
+    /// overrides (`vda=sdb,vdb=none`; none: the rules of `kura_imaging::diskmap`).
+    #[serde(default)]
+    pub disks: Option<String>,
 }
 
 /// What a new job is (`POST /jobs`, and the scheduler).
@@ -156,6 +160,9 @@ pub struct NewJob {
     /// Required for a restore, refused for a capture.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// See [`Job::disks`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<String>,
 }
 
 /// `POST /jobs`.

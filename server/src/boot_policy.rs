@@ -475,7 +475,11 @@ mod tests {
     }
 
     fn capture_job(cat: &Catalog, host: &str) -> kura_catalogs::db::Job {
-        cat.create_job("t", &NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None }).unwrap()
+        cat.create_job(
+            "t",
+            &NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None, disks: None },
+        )
+        .unwrap()
     }
 
     fn warnings(cat: &Catalog, job: i64) -> Vec<String> {
@@ -715,7 +719,13 @@ mod tests {
         let job = cat
             .create_job(
                 "t",
-                &NewJob { kind: JobKind::Capture, host: "mac-525400abcdef".into(), disk: None, snapshot: None },
+                &NewJob {
+                    kind: JobKind::Capture,
+                    host: "mac-525400abcdef".into(),
+                    disk: None,
+                    snapshot: None,
+                    disks: None,
+                },
             )
             .unwrap();
         let body = http_get(http, "/boot/script?mac=52:54:00:ab:cd:ef").await;

@@ -389,7 +389,7 @@ impl Scheduler {
             .catalog
             .list_snapshots(Some(host))?
             .into_iter()
-            .filter(|s| s.state == SnapshotState::Committed)
+            .filter(|s| s.state == SnapshotState::Committed && s.set_id.is_none())
             .map(|s| Candidate { id: s.id, created: s.created })
             .collect();
         for id in retention::plan(&rule, &candidates)?.delete {
@@ -404,7 +404,9 @@ impl Scheduler {
                 r => r?,
             }
             self.catalog.mark_snapshot_deleting(ACTOR, &id)?;
-            store.remove_manifest(&id)?;
+            for m in self.catalog.snapshot_manifests(&id)? {
+                store.remove_manifest(&m)?;
+            }
             self.catalog.remove_snapshot(ACTOR, &id)?;
             tracing::info!("retention: deleted snapshot {id} of host {host}");
         }
@@ -622,6 +624,8 @@ mod tests {
             used_bytes: 1 << 20,
             new_bytes: 1 << 20,
             reused_bytes: 0,
+            set: None,
+            members: Vec::new(),
         };
         cat.commit_capture("agent", job("h00"), &snap).unwrap();
         cat.start_job("agent", job("h01")).unwrap();

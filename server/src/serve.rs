@@ -163,7 +163,9 @@ pub fn open_catalog(data: &Path, catalog: Option<&str>) -> Result<Catalog> {
 }
 
 /// Makes the catalog agree with the store: every manifest in the store has a snapshot row,
-/// and rows whose manifest is gone are removed. Returns (added, removed).
+/// and rows whose manifest is gone are removed. Returns (added, removed). A snapshot set's row
+/// goes (with its members' rows) when any member's manifest is gone; a member's manifest left
+/// without rows by a crash inside a set's commit comes back as a one-disk snapshot.
 ///
 /// Other engine nodes may commit meanwhile (a shared catalog): the rows are read *before* the
 /// store is listed, and a commit writes its manifest before its row, so a row read here has
@@ -215,6 +217,8 @@ pub fn reconcile(store: &dyn Store, catalog: &Catalog, actor: &str) -> Result<(u
                 used_bytes: m.used_bytes(),
                 new_bytes: 0,
                 reused_bytes: 0,
+                set: None,
+                members: Vec::new(),
             },
         )?;
         added += 1;
@@ -222,7 +226,12 @@ pub fn reconcile(store: &dyn Store, catalog: &Catalog, actor: &str) -> Result<(u
     let present: std::collections::HashSet<&String> = in_store.iter().collect();
     let mut removed = 0;
     for s in &rows {
-        if !present.contains(&s.id) {
+        // A snapshot set has no file of its own: it is present while every member is.
+        let gone = match &s.set {
+            Some(set) => set.disks.iter().any(|d| !present.contains(&d.manifest)),
+            None => !present.contains(&s.id),
+        };
+        if gone && s.set_id.is_none() {
             if s.state == kura_catalogs::db::SnapshotState::Committed {
                 catalog.mark_snapshot_deleting(actor, &s.id)?;
             }

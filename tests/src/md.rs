@@ -96,3 +96,23 @@ pub fn number(examined: &BTreeMap<String, String>, key: &str) -> u64 {
     let v = examined.get(key).unwrap_or_else(|| panic!("mdadm --examine has no {key:?}: {examined:?}"));
     v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{key}: {v:?} is not a number"))
 }
+
+/// Checks, by `mdadm --examine` on the host, that `a` and `b` are the two active members of
+/// one clean RAID1 array with metadata 1.2: each checksum correct, roles 0 and 1, and the same
+/// array UUID, event count, name and size on both.
+pub fn assert_raid1_pair(a: &Path, b: &Path) {
+    let (ea, eb) = (examine(a), examine(b));
+    for (e, path, role) in [(&ea, a, "Active device 0"), (&eb, b, "Active device 1")] {
+        let show = || format!("{}: {e:#?}", path.display());
+        assert_eq!(e.get("Version").map(String::as_str), Some("1.2"), "{}", show());
+        assert_eq!(e.get("Raid Level").map(String::as_str), Some("raid1"), "{}", show());
+        assert_eq!(e.get("Raid Devices").map(String::as_str), Some("2"), "{}", show());
+        assert!(e.get("Checksum").is_some_and(|c| c.ends_with("- correct")), "{}", show());
+        assert_eq!(e.get("State").map(String::as_str), Some("clean"), "{}", show());
+        assert_eq!(e.get("Device Role").map(String::as_str), Some(role), "{}", show());
+        assert!(e.get("Array State").is_some_and(|s| s.starts_with("AA")), "{}", show());
+    }
+    for key in ["Array UUID", "Events", "Name", "Array Size", "Creation Time"] {
+        assert_eq!(ea.get(key), eb.get(key), "{key} differs between {} and {}", a.display(), b.display());
+    }
+}

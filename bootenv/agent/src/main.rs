@@ -195,17 +195,14 @@ fn run(p: &AgentArgs, rep: &Arc<Reporter>) -> Result<Finally> {
         ));
     }
     for d in &disks {
-        rep.log(format!(
-            "disk {}: {} bytes{}",
-            d.name,
-            d.size,
-            d.model.as_ref().map(|m| format!(", {m}")).unwrap_or_default()
-        ));
+        rep.log(format!("disk {}", d.identity()));
     }
-    let disk = job::choose_disk(&disks, &job)?;
     match job.kind {
-        JobKind::Capture => job::capture(&client, &job, disk, rep)?,
-        JobKind::Restore => job::restore(&client, &job, disk, rep)?,
+        JobKind::Capture => match job::capture_disks(&disks, &job)?.as_slice() {
+            [one] => job::capture(&client, &job, one, rep)?,
+            several => job::capture_set(&client, &job, several, rep)?,
+        },
+        JobKind::Restore => job::restore(&client, &job, &disks, rep)?,
     }
     Ok(job::after(&job, p.after))
 }

@@ -628,7 +628,7 @@ mod tests {
         cat.add_mac("t", "h", "aa:00:00:00:00:01").unwrap();
         cat.add_mac("t", "other", "aa:00:00:00:00:09").unwrap();
         let job = cat
-            .create_job("t", &NewJob { kind: JobKind::Capture, host: "h".into(), disk: None, snapshot: None })
+            .create_job("t", &NewJob { kind: JobKind::Capture, host: "h".into(), disk: None, snapshot: None, disks: None })
             .unwrap();
         assert!(matches!(
             cat.create_agent_token("t", job.id, "aa:00:00:00:00:09", None),
@@ -678,7 +678,7 @@ mod tests {
         host(&cat, "h");
         cat.add_mac("t", "h", "aa:00:00:00:00:01").unwrap();
         let job = cat
-            .create_job("t", &NewJob { kind: JobKind::Capture, host: "h".into(), disk: None, snapshot: None })
+            .create_job("t", &NewJob { kind: JobKind::Capture, host: "h".into(), disk: None, snapshot: None, disks: None })
             .unwrap();
         let t = cat.create_agent_token("t", job.id, "aa:00:00:00:00:01", None).unwrap();
         cat.cancel_job("t", job.id).unwrap();

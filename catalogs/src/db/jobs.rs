@@ -29,7 +29,7 @@ pub use kura_protocol::jobs::{Job, JobKind, JobState, LogLevel, LogLine, NewJob}
 
 pub(crate) const SELECT: &str =
     "SELECT j.id, j.kind, h.name, d.name, j.snapshot_id, j.state, j.done_bytes, j.total_bytes, \
-     j.created, j.started, j.finished, j.error FROM jobs j JOIN hosts h ON h.id = j.host_id \
+     j.created, j.started, j.finished, j.error, j.disks FROM jobs j JOIN hosts h ON h.id = j.host_id \
      LEFT JOIN disks d ON d.id = j.disk_id";
 
 pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
@@ -46,6 +46,7 @@ pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         started: r.get(9)?,
         finished: r.get(10)?,
         error: r.get(11)?,
+        disks: r.get(12)?,
     })
 }
 
@@ -111,9 +112,9 @@ pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) 
     }
     let id: i64 = tx
         .query_row(
-            "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5) RETURNING id",
-            params![new.kind, hid, did, new.snapshot, now],
+            "INSERT INTO jobs (kind, host_id, disk_id, snapshot_id, state, created, disks) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6) RETURNING id",
+            params![new.kind, hid, did, new.snapshot, now, new.disks],
             |r| r.get(0),
         )
         .map_err(|e| {
@@ -123,7 +124,8 @@ pub(crate) fn insert(tx: &Connection, now: UnixTime, actor: &str, new: &NewJob) 
                 e
             }
         })?;
-    let detail = json!({"kind": new.kind, "host": new.host, "disk": new.disk, "snapshot": new.snapshot});
+    let detail =
+        json!({"kind": new.kind, "host": new.host, "disk": new.disk, "snapshot": new.snapshot, "disks": new.disks});
     audit::append(tx, now, actor, "job.create", &format!("job {id}"), detail)?;
     load(tx, id)
 }
@@ -391,7 +393,7 @@ mod tests {
     use super::*;
 
     fn capture(host: &str) -> NewJob {
-        NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None }
+        NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None, disks: None }
     }
 
     /// Drives a fresh job into `state` along allowed transitions.
@@ -512,6 +514,7 @@ mod tests {
             host: "other".into(),
             disk: None,
             snapshot: snapshot.map(Into::into),
+            disks: None,
         };
         assert!(matches!(cat.create_job("t", &restore(None)), Err(CatalogError::Invalid(_))));
         assert!(matches!(cat.create_job("t", &restore(Some("00000000000000ff"))), Err(CatalogError::NotFound { .. })));

@@ -50,6 +50,7 @@ migrations!(
     "0010_scheduled_boot_tests",
     "0011_shared_chunk_index",
     "0012_replication_groups",
+    "0013_disk_sets",
 );
 
 /// The schema version this build reads and writes.

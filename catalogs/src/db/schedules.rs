@@ -681,7 +681,7 @@ impl Catalog {
                 tx,
                 now,
                 actor,
-                &NewJob { kind: JobKind::Capture, host: host.to_string(), disk: None, snapshot: None },
+                &NewJob { kind: JobKind::Capture, host: host.to_string(), disk: None, snapshot: None, disks: None },
             )?;
             tx.execute(
                 "UPDATE schedule_run_hosts SET state = 'released', job_id = ?1, attempts = attempts + 1, \
@@ -876,7 +876,7 @@ mod tests {
         assert!(s.boot_test && cat.get_schedule("g").unwrap().boot_test);
         assert_eq!(s.boot_test_expect.as_deref(), Some("login ok"));
         // c is busy with a manual job: skipped.
-        cat.create_job("op", &NewJob { kind: JobKind::Capture, host: "c".into(), disk: None, snapshot: None }).unwrap();
+        cat.create_job("op", &NewJob { kind: JobKind::Capture, host: "c".into(), disk: None, snapshot: None, disks: None }).unwrap();
         let due = START + 60;
         let run = cat.record_due_times("s", s.id, &[(due, RunState::Running)], due).unwrap().started[0];
         let rel = cat.releasable_hosts(due).unwrap();

@@ -21,6 +21,8 @@ use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub use kura_imaging::diskset::{DiskEntry, SetRecord};
+
 pub use kura_protocol::jobs::SnapshotKind;
 
 text_enum! {
@@ -46,6 +48,11 @@ pub struct Snapshot {
     pub confirmed: bool,
     /// The newest boot test's verdict (`kura verify --boot`), if it was ever boot-tested.
     pub boot_test_passed: Option<bool>,
+    /// A snapshot set's record (its disks in capture order, each with its member's id); `None`
+    /// for any other snapshot. See "Snapshot sets" in the module docs.
+    pub set: Option<SetRecord>,
+    /// The set this snapshot is one disk of, if any.
+    pub set_id: Option<String>,
 }
 
 /// A snapshot just committed to the store, to record.
@@ -62,11 +69,18 @@ pub struct NewSnapshot {
     pub used_bytes: u64,
     pub new_bytes: u64,
     pub reused_bytes: u64,
+    /// A snapshot set's record; `None` for any other snapshot.
+    #[serde(default)]
+    pub set: Option<SetRecord>,
+    /// A set's members, one ordinary snapshot per disk (their manifests are in the store),
+    /// recorded with the set in its transaction.
+    #[serde(default)]
+    pub members: Vec<NewSnapshot>,
 }
 
 const SELECT: &str = "SELECT s.id, h.name, d.name, s.name, s.kind, s.created, s.disk_size, s.used_bytes, \
      s.new_bytes, s.reused_bytes, s.state, s.confirmed, (SELECT b.passed FROM boot_tests b WHERE b.snapshot_id = s.id \
-     ORDER BY b.finished DESC, b.id DESC LIMIT 1) FROM snapshots s JOIN hosts h ON h.id = s.host_id \
+     ORDER BY b.finished DESC, b.id DESC LIMIT 1), s.disks, s.set_id FROM snapshots s JOIN hosts h ON h.id = s.host_id \
      LEFT JOIN disks d ON d.id = s.disk_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
@@ -84,6 +98,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Snapshot> {
         state: r.get(10)?,
         confirmed: r.get(11)?,
         boot_test_passed: r.get::<_, Option<i64>>(12)?.map(|p| p == 1),
+        set: r
+            .get::<_, Option<String>>(13)?
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e)))?,
+        set_id: r.get(14)?,
     })
 }
 
@@ -100,7 +120,8 @@ fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Inserts a snapshot row (inside the caller's transaction) and audits it.
+/// Inserts a snapshot row (inside the caller's transaction) and audits it; a set's members
+/// follow its own row, each naming the set.
 pub(crate) fn insert(
     conn: &Connection,
     now: UnixTime,
@@ -108,12 +129,50 @@ pub(crate) fn insert(
     new: &NewSnapshot,
     confirmed: bool,
 ) -> Result<Snapshot> {
+    insert_one(conn, now, actor, new, confirmed, None)?;
+    match &new.set {
+        Some(set) => {
+            let recorded: Vec<&str> = set.disks.iter().map(|d| d.manifest.as_str()).collect();
+            let given: Vec<&str> = new.members.iter().map(|m| m.id.as_str()).collect();
+            if recorded != given {
+                return Err(CatalogError::Invalid(format!(
+                    "snapshot set {}: its record names members {recorded:?}, the commit gives {given:?}",
+                    new.id
+                )));
+            }
+            for m in &new.members {
+                if m.set.is_some() || !m.members.is_empty() || m.host != new.host {
+                    return Err(CatalogError::Invalid(format!(
+                        "snapshot {}: a set's member is one disk of its host",
+                        m.id
+                    )));
+                }
+                insert_one(conn, now, actor, m, confirmed, Some(&new.id))?;
+            }
+        }
+        None if !new.members.is_empty() => {
+            return Err(CatalogError::Invalid(format!("snapshot {} has members but no set record", new.id)));
+        }
+        None => {}
+    }
+    load(conn, &new.id)
+}
+
+fn insert_one(
+    conn: &Connection,
+    now: UnixTime,
+    actor: &str,
+    new: &NewSnapshot,
+    confirmed: bool,
+    set_id: Option<&str>,
+) -> Result<()> {
     validate_id(&new.id)?;
     let hid = host_id(conn, &new.host)?;
     let did = new.disk.as_deref().map(|d| disk_id(conn, hid, d)).transpose()?;
     conn.execute(
         "INSERT INTO snapshots (id, host_id, disk_id, name, kind, created, disk_size, used_bytes, new_bytes, \
-         reused_bytes, state, confirmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'committed', ?11)",
+         reused_bytes, state, confirmed, disks, set_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'committed', ?11, ?12, ?13)",
         params![
             new.id,
             hid,
@@ -125,7 +184,9 @@ pub(crate) fn insert(
             new.used_bytes,
             new.new_bytes,
             new.reused_bytes,
-            confirmed
+            confirmed,
+            new.set.as_ref().map(|d| serde_json::to_string(d).expect("a set record serializes")),
+            set_id
         ],
     )
     .map_err(|e| {
@@ -137,9 +198,9 @@ pub(crate) fn insert(
     })?;
     let detail = json!({
         "host": new.host, "disk": new.disk, "kind": new.kind, "used_bytes": new.used_bytes, "confirmed": confirmed,
+        "set": set_id, "disks": new.set.as_ref().map(|s| s.disks.len()),
     });
-    audit::append(conn, now, actor, "snapshot.add", &new.id, detail)?;
-    load(conn, &new.id)
+    audit::append(conn, now, actor, "snapshot.add", &new.id, detail)
 }
 
 impl Catalog {
@@ -210,7 +271,14 @@ impl Catalog {
             if let Some(job) = restore {
                 return Err(CatalogError::conflict("snapshot", id, format!("job {job} is restoring it")));
             }
-            tx.execute("UPDATE snapshots SET state = 'deleting' WHERE id = ?1", [id])?;
+            if let Some(set) = &snap.set_id {
+                return Err(CatalogError::conflict(
+                    "snapshot",
+                    id,
+                    format!("it is one disk of snapshot set {set}: delete the set"),
+                ));
+            }
+            tx.execute("UPDATE snapshots SET state = 'deleting' WHERE id = ?1 OR set_id = ?1", [id])?;
             audit::append(tx, now, actor, "snapshot.mark_deleting", id, json!({"host": snap.host}))?;
             load(tx, id)
         })
@@ -224,8 +292,21 @@ impl Catalog {
             if snap.state != SnapshotState::Deleting {
                 return Err(CatalogError::conflict("snapshot", id, "it must be marked for deletion first"));
             }
+            tx.execute("DELETE FROM snapshots WHERE set_id = ?1", [id])?;
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
             audit::append(tx, now, actor, "snapshot.remove", id, json!({"host": snap.host}))
+        })
+    }
+
+    /// The manifests in the store that hold snapshot `id`: its own, or for a set its members'
+    /// (a set's row has no file of its own). Deleting a snapshot removes these.
+    pub fn snapshot_manifests(&self, id: &str) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let snap = load(conn, id)?;
+            Ok(match snap.set {
+                Some(set) => set.disks.into_iter().map(|d| d.manifest).collect(),
+                None => vec![snap.id],
+            })
         })
     }
 
@@ -237,7 +318,7 @@ impl Catalog {
         let candidates: Vec<Candidate> = self
             .list_snapshots(Some(host))?
             .into_iter()
-            .filter(|s| s.state == SnapshotState::Committed && s.confirmed)
+            .filter(|s| s.state == SnapshotState::Committed && s.confirmed && s.set_id.is_none())
             .map(|s| Candidate { id: s.id, created: s.created })
             .collect();
         Ok(Some(retention::plan(&rule, &candidates)?))
@@ -263,6 +344,8 @@ pub(crate) mod tests {
             used_bytes: 1 << 20,
             new_bytes: 1 << 19,
             reused_bytes: 1 << 19,
+            set: None,
+            members: Vec::new(),
         }
     }
 
@@ -302,6 +385,52 @@ pub(crate) mod tests {
         // Removing the disk keeps the snapshot, without a disk.
         cat.remove_disk("t", "a", "sda").unwrap();
         assert_eq!(cat.get_snapshot("00000000000000a2").unwrap().disk, None);
+    }
+
+    /// Issue 11: a snapshot set's row and its members' rows are recorded in one transaction
+    /// (a bad member leaves nothing); a member cannot be deleted alone, deleting the set takes
+    /// its members, and retention sees the set, not its members.
+    #[test]
+    fn snapshot_sets_are_recorded_and_deleted_whole() {
+        use kura_imaging::diskmap::DiskIdentity;
+        let (cat, _) = catalog();
+        host(&cat, "a");
+        let entry = |name: &str, id: &str| DiskEntry {
+            disk: DiskIdentity { name: name.into(), size: 1 << 30, serial: Some(format!("S-{name}")), ..Default::default() },
+            manifest: id.into(),
+            used_bytes: 1 << 20,
+        };
+        let mut set = new_snapshot("00000000000005e7", "a", 300);
+        set.set = Some(SetRecord {
+            name: None,
+            created: "2026-12-07T03:00:00Z".into(),
+            host: Some("a".into()),
+            disks: vec![entry("vda", "00000000000000d1"), entry("vdb", "00000000000000d2")],
+        });
+        set.members = vec![new_snapshot("00000000000000d1", "a", 300), new_snapshot("00000000000000d2", "bad host", 300)];
+        assert!(cat.add_snapshot("t", &set).is_err());
+        assert!(cat.list_snapshots(None).unwrap().is_empty(), "a refused set leaves no row");
+        set.members[1].host = "a".into();
+        set.members.swap(0, 1);
+        assert!(matches!(cat.add_snapshot("t", &set), Err(CatalogError::Invalid(_))), "members out of order");
+        set.members.swap(0, 1);
+        let got = cat.add_snapshot("t", &set).unwrap();
+        assert_eq!(got.set.as_ref().map(|s| s.disks.len()), Some(2));
+        let member = cat.get_snapshot("00000000000000d2").unwrap();
+        assert_eq!(member.set_id.as_deref(), Some("00000000000005e7"));
+        assert_eq!(cat.snapshot_manifests("00000000000005e7").unwrap(), ["00000000000000d1", "00000000000000d2"]);
+        assert_eq!(cat.snapshot_manifests("00000000000000d1").unwrap(), ["00000000000000d1"]);
+
+        cat.set_retention("t", &RetentionScope::Host("a".into()), Rule { keep_last: 1, keep_monthly: 0 }).unwrap();
+        let plan = cat.retention_plan("a").unwrap().unwrap();
+        assert_eq!((plan.keep.len(), plan.delete.len()), (1, 0), "{plan:?}");
+
+        let e = cat.mark_snapshot_deleting("t", "00000000000000d1").unwrap_err();
+        assert!(e.to_string().contains("one disk of snapshot set 00000000000005e7"), "{e}");
+        cat.mark_snapshot_deleting("t", "00000000000005e7").unwrap();
+        assert_eq!(cat.get_snapshot("00000000000000d2").unwrap().state, SnapshotState::Deleting);
+        cat.remove_snapshot("t", "00000000000005e7").unwrap();
+        assert!(cat.list_snapshots(None).unwrap().is_empty());
     }
 
     #[test]

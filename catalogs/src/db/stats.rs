@@ -136,7 +136,7 @@ mod tests {
     use super::*;
 
     fn capture(host: &str) -> NewJob {
-        NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None }
+        NewJob { kind: JobKind::Capture, host: host.into(), disk: None, snapshot: None, disks: None }
     }
 
     #[test]

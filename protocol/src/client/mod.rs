@@ -14,6 +14,7 @@ use crate::jobs::{Finish, Job, JobDetail, Progress};
 use crate::routes;
 use crate::uploads::{self, BeginUpload, Committed, UploadStarted, MISSING_BATCH};
 use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use kura_imaging::diskset::{SnapshotFile, SnapshotSet};
 use kura_imaging::flow::SnapshotSink;
 use kura_imaging::manifest::Manifest;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
@@ -253,6 +254,14 @@ impl Client {
     /// encoded manifest) and decoded.
     pub fn manifest(&self, snapshot: &str) -> Result<Manifest, ProtocolError> {
         let bytes = self.manifest_bytes(snapshot)?;
+        if kura_imaging::diskset::is_set(&bytes) {
+            return Err(ProtocolError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "snapshot {snapshot} is a set of several disks: restore it onto a machine with `kura restore HOST`"
+                ),
+            ));
+        }
         Manifest::decode(&bytes)
             .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding the manifest of {snapshot}: {e}")))
     }
@@ -270,6 +279,23 @@ impl Client {
             ));
         }
         Ok(bytes)
+    }
+
+    /// The file of `snapshot` (a one-disk manifest or a snapshot set), checked against its id
+    /// and decoded.
+    pub fn snapshot_file(&self, snapshot: &str) -> Result<SnapshotFile, ProtocolError> {
+        let path = routes::snapshot_manifest(snapshot);
+        let what = format!("fetching snapshot {snapshot}");
+        let resp = self.send(&what, || self.http.get(self.url(&path)))?;
+        let bytes = self.bytes(&what, resp)?;
+        if Manifest::id_of(&bytes) != snapshot {
+            return Err(ProtocolError::new(
+                ErrorKind::Corrupt,
+                format!("the engine sent a snapshot file that does not match snapshot id {snapshot}"),
+            ));
+        }
+        SnapshotFile::decode(&bytes)
+            .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding snapshot {snapshot}: {e}")))
     }
 
     pub fn job(&self, id: i64) -> Result<JobDetail, ProtocolError> {
@@ -323,6 +349,12 @@ impl SnapshotSink for RemoteUpload {
 
     fn commit(&self, manifest: &Manifest) -> Result<Committed, kura_imaging::Error> {
         let bytes = manifest.encode()?;
+        self.client.commit(self.id(), &bytes).map_err(|e| e.into_imaging(None))
+    }
+
+    /// A set goes to the same commit route: the engine tells it from a manifest by its magic.
+    fn commit_set(&self, set: &SnapshotSet) -> Result<Committed, kura_imaging::Error> {
+        let bytes = set.encode()?;
         self.client.commit(self.id(), &bytes).map_err(|e| e.into_imaging(None))
     }
 

@@ -160,7 +160,9 @@ pub async fn apply_retention(
                 }
                 if !req.dry_run {
                     st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
-                    st.engine.store.remove_manifest(&id)?;
+                    for m in st.engine.catalog.snapshot_manifests(&id)? {
+                        st.engine.store.remove_manifest(&m)?;
+                    }
                     st.engine.catalog.remove_snapshot(&p.actor(), &id)?;
                 }
                 deleted.push(serde_json::json!({ "host": host, "snapshot": id }));

@@ -91,8 +91,11 @@ impl AppState {
         if let Some(s) = self.digest_cache.lock().expect("lock").get(id) {
             return Ok(s.clone());
         }
-        let m = self.engine.store.load_manifest(id)?;
-        let set: Arc<HashSet<Digest>> = Arc::new(m.data_digests().copied().collect());
+        let mut set = HashSet::new();
+        for m in self.engine.catalog.snapshot_manifests(id)? {
+            set.extend(self.engine.store.load_manifest(&m)?.data_digests().copied());
+        }
+        let set: Arc<HashSet<Digest>> = Arc::new(set);
         let mut cache = self.digest_cache.lock().expect("lock");
         if cache.len() > 64 {
             cache.clear();

@@ -84,8 +84,7 @@ pub async fn manifest(
                 return Err(ApiError::Forbidden(format!("this agent token may not read snapshot {id}")));
             }
         }
-        let snap = st.engine.catalog.get_snapshot(&id)?;
-        st.engine.store.manifest_bytes(&snap.id).map_err(ApiError::from)
+        Ok(crate::engine::uploads::snapshot_file(&st.engine, &id)?)
     })
     .await?
 }
@@ -171,7 +170,9 @@ pub async fn remove(
             other => other.into(),
         })?;
         st.engine.catalog.mark_snapshot_deleting(&p.actor(), &id)?;
-        st.engine.store.remove_manifest(&id)?;
+        for m in st.engine.catalog.snapshot_manifests(&id)? {
+            st.engine.store.remove_manifest(&m)?;
+        }
         st.engine.catalog.remove_snapshot(&p.actor(), &id)?;
         Ok(())
     })

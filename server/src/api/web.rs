@@ -597,6 +597,8 @@ mod tests {
             state: SnapshotState::Committed,
             confirmed: true,
             boot_test_passed: None,
+            set: None,
+            set_id: None,
         };
         let job = Job {
             id: 7,
@@ -611,6 +613,7 @@ mod tests {
             started: Some(2),
             finished: Some(3),
             error: Some(evil.into()),
+            disks: None,
         };
         let o = Overview {
             now: 100 + STALE_AFTER + 1,

@@ -222,6 +222,19 @@ pub fn snapshots(host: Option<&str>, s: &ServerArgs) -> Result<ExitCode> {
                 indicatif::BinaryBytes(v["new_bytes"].as_u64().unwrap_or(0)).to_string(),
                 v["name"].as_str().unwrap_or("-")
             );
+            // A snapshot set: one line per disk under it.
+            for d in v["set"]["disks"].as_array().into_iter().flatten() {
+                println!(
+                    "  disk {:10}  {:>12}  used {:>12}{}{}{}  manifest {}",
+                    d["name"].as_str().unwrap_or("?"),
+                    indicatif::BinaryBytes(d["size"].as_u64().unwrap_or(0)).to_string(),
+                    indicatif::BinaryBytes(d["used_bytes"].as_u64().unwrap_or(0)).to_string(),
+                    d["serial"].as_str().map(|x| format!("  serial {x}")).unwrap_or_default(),
+                    d["wwn"].as_str().map(|x| format!("  wwn {x}")).unwrap_or_default(),
+                    d["path"].as_str().map(|x| format!("  at {x}")).unwrap_or_default(),
+                    d["manifest"].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -10,12 +10,16 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Queues a capture (no snapshot) or restore job for `host`.
+/// Queues a capture (no snapshot) or restore job for `host`; `disks` is a capture's `--disks`
+/// or a restore's `--map`. A restore of a snapshot set prints its disks and the overrides
+/// (the machine's disks are known only to its agent, which logs the mapping before writing).
+#[allow(clippy::too_many_arguments)]
 pub fn queue(
     kind: &str,
     host: &str,
     snapshot: Option<String>,
     disk: Option<String>,
+    disks: Option<String>,
     allow_unconfirmed: bool,
     s: &ServerArgs,
 ) -> Result<ExitCode> {
@@ -41,9 +45,16 @@ pub fn queue(
     let v: serde_json::Value = c.post_json(
         routes::JOB_CREATE.path,
         &serde_json::json!({
-            "kind": kind, "host": host, "snapshot": snapshot, "disk": disk, "allow_unconfirmed": allow_unconfirmed,
+            "kind": kind, "host": host, "snapshot": snapshot, "disk": disk, "disks": disks,
+            "allow_unconfirmed": allow_unconfirmed,
         }),
     )?;
+    if let (Some(id), false) = (snapshot.as_deref(), s.json) {
+        let list = c.get_json::<Vec<serde_json::Value>>(&routes::snapshots(None)).unwrap_or_default();
+        if let Some(snap) = list.iter().find(|v| v["id"] == id) {
+            print_set_plan(snap, disks.as_deref());
+        }
+    }
     if s.json {
         println!("{}", serde_json::to_string(&v["job"])?);
     } else {
@@ -56,6 +67,29 @@ pub fn queue(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a restore of a snapshot set: its disks, and what `--map` says of each (stderr).
+fn print_set_plan(snap: &serde_json::Value, map: Option<&str>) {
+    let Some(disks) = snap["set"]["disks"].as_array() else { return };
+    let overrides = map.and_then(|m| kura_imaging::diskmap::parse_overrides(m).ok()).unwrap_or_default();
+    eprintln!("snapshot {} is a set of {} disks:", snap["id"].as_str().unwrap_or("?"), disks.len());
+    for d in disks {
+        let name = d["name"].as_str().unwrap_or("?");
+        let to = overrides.iter().find(|(s, _)| s == name).map(|(_, t)| t.as_str());
+        eprintln!(
+            "  {name}: {} bytes{}{} → {}",
+            d["size"],
+            d["serial"].as_str().map(|s| format!(", serial {s}")).unwrap_or_default(),
+            d["wwn"].as_str().map(|s| format!(", wwn {s}")).unwrap_or_default(),
+            match to {
+                Some("none") => "not restored (--map)".to_string(),
+                Some(t) => format!("{t} (--map)"),
+                None => "mapped by the agent: WWN/serial, else position and size".to_string(),
+            }
+        );
+    }
+    eprintln!("the agent logs the mapping before it writes; a too-small or ambiguous mapping writes nothing");
 }
 
 fn bar_style() -> ProgressStyle {

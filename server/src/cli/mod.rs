@@ -49,12 +49,16 @@ enum Command {
     /// One snapshot on the engine.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
-    /// Queue a capture of HOST, run at the machine's next PXE boot.
+    /// Queue a capture of HOST, run at the machine's next PXE boot: every disk of the machine
+    /// (several disks make one snapshot set) unless --disks narrows it.
     Capture {
         host: String,
-        /// Disk to capture (default: the machine's only disk).
-        #[arg(long)]
+        /// Disk to capture, alone (old form of --disks with one name).
+        #[arg(long, conflicts_with = "disks")]
         disk: Option<String>,
+        /// Disks to capture, by kernel name, separated by commas (vda,vdb).
+        #[arg(long)]
+        disks: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -68,9 +72,14 @@ enum Command {
         /// --hold-unusual-captures`); without --snapshot, take the newest even if unconfirmed.
         #[arg(long)]
         allow_unconfirmed: bool,
-        /// Target disk (default: the machine's only disk).
+        /// Target disk of a one-disk snapshot (default: the machine's only disk).
         #[arg(long)]
         disk: Option<String>,
+        /// Map a snapshot set's disks onto the machine's: SRC=DST pairs by kernel name,
+        /// separated by commas (sda=nvme0n1,sdb=none); the rest is mapped by WWN/serial,
+        /// position and size. The agent logs the mapping before it writes anything.
+        #[arg(long)]
+        map: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -593,9 +602,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host(HostCommand::Set { host, secure_boot, server }) => {
             engine::set_secure_boot(&host, &secure_boot, &server)
         }
-        Command::Capture { host, disk, server } => jobs::queue("capture", &host, None, disk, false, &server),
-        Command::Restore { host, snapshot, allow_unconfirmed, disk, server } => {
-            jobs::queue("restore", &host, snapshot, disk, allow_unconfirmed, &server)
+        Command::Capture { host, disk, disks, server } => {
+            jobs::queue("capture", &host, None, disk, disks, false, &server)
+        }
+        Command::Restore { host, snapshot, allow_unconfirmed, disk, map, server } => {
+            jobs::queue("restore", &host, snapshot, disk, map, allow_unconfirmed, &server)
         }
         Command::Jobs { watch, server } => jobs::list(watch, &server),
         Command::Token(TokenCommand::Create { role, note, user, expires, server }) => {

@@ -26,6 +26,7 @@ const SHOWN_LOG_LINES: usize = 200;
 /// before the job is created is enough.
 pub fn create(engine: &Engine, caller: &Caller, req: CreateJob) -> ServiceResult<JobCreated> {
     let host = engine.catalog.get_host(&req.job.host)?;
+    check_disks(&req.job)?;
     if let (JobKind::Restore, Some(id)) = (req.job.kind, &req.job.snapshot) {
         if !req.allow_unconfirmed && !engine.catalog.get_snapshot(id)?.confirmed {
             return Err(ServiceError::Conflict(format!(
@@ -56,6 +57,32 @@ pub fn create(engine: &Engine, caller: &Caller, req: CreateJob) -> ServiceResult
     };
     engine.power.spawn_kick_job(job.id);
     Ok(JobCreated { job, agent_token: token.secret })
+}
+
+/// A job's `disks`: for a capture, disk names separated by commas; for a restore, `--map`
+/// pairs (`kura_imaging::diskmap::parse_overrides`). Checked here so a typo fails at once, not
+/// at the machine's next boot.
+fn check_disks(job: &kura_protocol::jobs::NewJob) -> ServiceResult<()> {
+    let Some(text) = job.disks.as_deref() else { return Ok(()) };
+    let bad = |why: String| Err(ServiceError::BadRequest(why));
+    if text.len() > 4096 {
+        return bad("the disk list is longer than 4096 bytes".into());
+    }
+    match job.kind {
+        JobKind::Restore => {
+            kura_imaging::diskmap::parse_overrides(text).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        }
+        JobKind::Capture => {
+            let names: Vec<&str> = text.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+            let ok = |n: &&str| {
+                n.trim_start_matches("/dev/").bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if names.is_empty() || !names.iter().all(ok) {
+                return bad(format!("--disks {text:?}: expected disk names separated by commas (vda,vdb)"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `GET /jobs/{id}`: the job and its newest log lines.

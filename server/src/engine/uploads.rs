@@ -24,6 +24,14 @@
 //!   a lost reply) gets the same reply (200 instead of 201); a different manifest is refused
 //!   (409). A commit arriving while another is in progress is refused as busy (503, which the
 //!   client retries).
+//! - A snapshot set (several disks, `kura_imaging::diskset`) is committed the same way, told
+//!   from a manifest by its magic: each disk's manifest goes to the store as an ordinary
+//!   snapshot (so every backend, the shared chunk index, GC, verify and replication treat it
+//!   like any other), then the set's row (its record: the set file's metadata) and its members'
+//!   rows are recorded in one catalog transaction; the rollback removes the members' manifests
+//!   this commit wrote. The set's id is its file's ([`Manifest::id_of`] of the body); the engine
+//!   serves the file rebuilt from the record and the members ([`snapshot_file`]). A set is
+//!   visible whole or not at all; replication queues each member.
 //! - `missing` and chunk uploads after a commit (or during one) are refused (409); aborting a
 //!   committed session only forgets it, its snapshot stays.
 //!
@@ -55,6 +63,7 @@ use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
 use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, QueueKind, Role, SnapshotKind};
 use kura_catalogs::gc::WriterId;
 use kura_imaging::chunk::{Decoder, Digest, DEFAULT_CHUNK_SIZE};
+use kura_imaging::diskset::{SnapshotFile, SnapshotSet};
 use kura_imaging::manifest::{ChunkRef, Manifest};
 use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
 use std::cell::RefCell;
@@ -445,10 +454,15 @@ pub fn commit_expecting(
 /// Queues a committed snapshot for the remotes its host's snapshots go to. A failure is
 /// logged, not returned: the snapshot is committed, and `kura snapshots` shows it without its
 /// copy (`COPIES 1/2`).
+///
+/// A snapshot set is queued as its members (each an ordinary snapshot, see the module docs): a
+/// remote receives every disk; the set's record itself is this engine's.
 fn queue_snapshot(engine: &Engine, id: &str) {
     let queued = engine.catalog.get_snapshot(id).and_then(|s| {
         let remotes = engine.catalog.remotes_for_host(&s.host)?;
-        engine.catalog.enqueue_replication(&remotes, QueueKind::Snapshot, id, &s.host, 0)?;
+        for member in engine.catalog.snapshot_manifests(id)? {
+            engine.catalog.enqueue_replication(&remotes, QueueKind::Snapshot, &member, &s.host, 0)?;
+        }
         Ok(!remotes.is_empty())
     });
     match queued {
@@ -458,10 +472,24 @@ fn queue_snapshot(engine: &Engine, id: &str) {
     }
 }
 
+/// The file of committed snapshot `id`: its manifest as stored, or for a snapshot set the set
+/// file rebuilt from its record and its members' manifests (checked against the set's id).
+pub fn snapshot_file(engine: &Engine, id: &str) -> ServiceResult<Vec<u8>> {
+    let snap = engine.catalog.get_snapshot(id)?;
+    let Some(record) = snap.set else { return Ok(engine.store.manifest_bytes(&snap.id)?) };
+    let members =
+        record.disks.iter().map(|d| engine.store.load_manifest(&d.manifest)).collect::<Result<Vec<Manifest>, _>>()?;
+    let bytes = SnapshotSet::from_record(record, members)?.encode()?;
+    if Manifest::id_of(&bytes) != snap.id {
+        return Err(ServiceError::Internal(format!("snapshot set {id}: its rebuilt file does not match its id")));
+    }
+    Ok(bytes)
+}
+
 /// The snapshot's identity (see "Identity" in the module docs): host, kind and job from the
 /// job the session's token is bound to, checked against the manifest. A manifest naming
 /// another host is refused (403), audited, and flagged in the job's log; nothing is recorded.
-fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pending) -> ServiceResult<Pending> {
+fn identity(engine: &Engine, caller: &Caller, manifest_host: Option<&str>, mut p: Pending) -> ServiceResult<Pending> {
     if let Some(own) = caller.agent_job {
         let job = engine.catalog.get_job(own)?;
         if p.job != Some(own) || job.kind != JobKind::Capture {
@@ -474,16 +502,16 @@ fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pendin
     } else if let Some(j) = p.job {
         p.host = engine.catalog.get_job(j)?.host;
     }
-    if manifest.host.as_deref() == Some(p.host.as_str()) {
+    if manifest_host == Some(p.host.as_str()) {
         return Ok(p);
     }
     let what = format!(
         "the manifest names host {} but this upload is for host {}{}",
-        manifest.host.as_deref().map_or("(none)".to_string(), |h| format!("{h:?}")),
+        manifest_host.map_or("(none)".to_string(), |h| format!("{h:?}")),
         p.host,
         p.job.map_or(String::new(), |j| format!(" (job {j})"))
     );
-    let detail = serde_json::json!({ "job": p.job, "manifest_host": manifest.host, "reason": what });
+    let detail = serde_json::json!({ "job": p.job, "manifest_host": manifest_host, "reason": what });
     engine.catalog.record_audit(&caller.actor(), "upload.commit_refused", &p.host, detail)?;
     if let Some(j) = p.job {
         engine.catalog.append_job_log(
@@ -497,19 +525,25 @@ fn identity(engine: &Engine, caller: &Caller, manifest: &Manifest, mut p: Pendin
 }
 
 /// The store write and the catalog record of a commit, with the rollback rule.
+///
+/// A snapshot set (several disks, `kura_imaging::diskset`) commits the same way: its members'
+/// manifests reach the store, then its row and its members' rows the catalog in one
+/// transaction; if the catalog refuses, the members this commit wrote are removed again.
 fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -> ServiceResult<Committed> {
-    let manifest = Manifest::decode_within(body, MAX_COMMIT_DECODED)?;
+    let file = SnapshotFile::decode_within(body, MAX_COMMIT_DECODED)?;
     // A manifest whose creation time does not parse is a bad manifest (400), refused before
     // anything reaches the store.
-    let created = manifest.created_unix()?;
-    let p = identity(engine, caller, &manifest, p)?;
+    let created = file.created_unix()?;
+    let p = identity(engine, caller, file.host(), p)?;
     let mut reused_bytes = 0u64;
     let mut seen = HashSet::new();
-    for r in &manifest.regions {
-        for (i, c) in r.chunks.iter().enumerate() {
-            if let ChunkRef::Data(d) = c {
-                if !p.uploaded.contains(d) && seen.insert(*d) {
-                    reused_bytes += manifest.chunk_len(r, i);
+    for (_, manifest) in file.disks() {
+        for r in &manifest.regions {
+            for (i, c) in r.chunks.iter().enumerate() {
+                if let ChunkRef::Data(d) = c {
+                    if !p.uploaded.contains(d) && seen.insert(*d) {
+                        reused_bytes += manifest.chunk_len(r, i);
+                    }
                 }
             }
         }
@@ -522,20 +556,67 @@ fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -
             return Err(ServiceError::Conflict(format!("job {j} is {state}: its snapshot is not committed")));
         }
     }
-    let existed = engine.store.manifest_exists(&Manifest::id_of(&manifest.encode()?));
-    let id = engine.store.commit_manifest(&manifest)?;
-    let record = NewSnapshot {
-        id: id.clone(),
-        host: p.host,
+    // The manifests this commit writes to the store: (id, whether the store held it before).
+    let mut written: Vec<(String, bool)> = Vec::new();
+    let stored = (|| -> ServiceResult<()> {
+        for (_, manifest) in file.disks() {
+            let existed = engine.store.manifest_exists(&Manifest::id_of(&manifest.encode()?));
+            let id = engine.store.commit_manifest(manifest)?;
+            written.push((id, existed));
+        }
+        Ok(())
+    })();
+    let rollback = |written: &[(String, bool)], why: &dyn std::fmt::Display| {
+        for (id, existed) in written {
+            if !existed {
+                if let Err(rm) = engine.store.remove_manifest(id) {
+                    tracing::error!("snapshot {id} was refused ({why}) and could not be removed: {rm}");
+                }
+            }
+        }
+    };
+    if let Err(e) = stored {
+        rollback(&written, &e);
+        return Err(e);
+    }
+    let mut record = NewSnapshot {
+        id: written[0].0.clone(),
+        host: p.host.clone(),
         disk: None,
-        name: p.name.or(manifest.name.clone()),
+        name: p.name.or(file.name().map(String::from)),
         kind: p.kind,
         created,
-        disk_size: manifest.disk_size(),
-        used_bytes: manifest.used_bytes(),
+        disk_size: file.disk_size(),
+        used_bytes: file.used_bytes(),
         new_bytes: p.new_bytes,
         reused_bytes,
+        set: None,
+        members: Vec::new(),
     };
+    if let SnapshotFile::Set(set) = &file {
+        record.id = Manifest::id_of(body);
+        record.set = Some(set.record()?);
+        record.members = set
+            .members
+            .iter()
+            .zip(&written)
+            .map(|(m, (id, _))| NewSnapshot {
+                id: id.clone(),
+                host: p.host.clone(),
+                disk: None,
+                name: Some(m.disk.name.clone()),
+                kind: p.kind,
+                created,
+                disk_size: m.manifest.disk_size(),
+                used_bytes: m.manifest.used_bytes(),
+                new_bytes: 0,
+                reused_bytes: 0,
+                set: None,
+                members: Vec::new(),
+            })
+            .collect();
+    }
+    let id = record.id.clone();
     let actor = caller.actor();
     let recorded = match p.job {
         Some(j) => {
@@ -544,11 +625,7 @@ fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -
         None => engine.catalog.add_snapshot(&actor, &record).map(|_| ()),
     };
     if let Err(e) = recorded {
-        if !existed {
-            if let Err(rm) = engine.store.remove_manifest(&id) {
-                tracing::error!("snapshot {id} was refused by the catalog ({e}) and could not be removed: {rm}");
-            }
-        }
+        rollback(&written, &e);
         return Err(e.into());
     }
     Ok(Committed { snapshot: id, new_bytes: p.new_bytes, reused_bytes })
@@ -708,6 +785,8 @@ mod tests {
             used_bytes: 4096,
             new_bytes: 0,
             reused_bytes: 0,
+            set: None,
+            members: Vec::new(),
         };
         catalog.add_snapshot("t", &taken).unwrap();
         let refused = commit(&engine, &op, &upload, &bytes);
@@ -722,6 +801,99 @@ mod tests {
         assert_eq!(missing(&engine, &op, &upload, &digests).unwrap(), [kura_protocol::uploads::missing::MISSING]);
     }
 
+    /// Issue 11: a snapshot set commits as one snapshot with its disks, one file in the store;
+    /// a set naming another host is refused and leaves nothing, in the store or the catalog.
+    #[test]
+    fn a_snapshot_set_commits_whole_or_not_at_all() {
+        use kura_imaging::diskmap::DiskIdentity;
+        use kura_imaging::diskset::{Member, SnapshotSet};
+        let (_dir, store, catalog, engine) = test_engine();
+        let op = operator(1);
+        let member = |name: &str, serial: &str, at: &str| Member {
+            disk: DiskIdentity { name: name.into(), size: 4096, serial: Some(serial.into()), ..Default::default() },
+            manifest: crate::engine::zero_manifest(name, at),
+        };
+        let mut set = SnapshotSet {
+            name: Some("two".into()),
+            created: "2026-12-07T03:00:00Z".into(),
+            host: Some("other".into()),
+            members: vec![member("vda", "A", "2026-12-07T03:00:01Z"), member("vdb", "B", "2026-12-07T03:00:02Z")],
+        };
+        let upload = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let refused = commit(&engine, &op, &upload, &set.encode().unwrap());
+        assert!(matches!(refused, Err(ServiceError::Forbidden(_))), "{:?}", refused.err());
+        assert!(store.snapshot_ids().unwrap().is_empty() && catalog.list_snapshots(None).unwrap().is_empty());
+        // Members naming another host than the set: refused too.
+        set.host = Some("h".into());
+        set.members[1].manifest.host = Some("other".into());
+        assert!(matches!(commit(&engine, &op, &upload, &set.encode().unwrap()), Err(ServiceError::Forbidden(_))));
+        set.members[1].manifest.host = Some("h".into());
+        // Host h's snapshots go to a remote: the set's commit queues each member for it.
+        let sealed = engine.secrets.seal(kura_catalogs::db::replication::REMOTE_TOKEN_PURPOSE, b"kura_secret").unwrap();
+        let dr = catalog.add_remote("t", "dr", "https://dr:8443", Some("ab"), &sealed).unwrap();
+        catalog.add_replication_rule("t", "dr", None, None, false).unwrap();
+        let bytes = set.encode().unwrap();
+        let done = commit(&engine, &op, &upload, &bytes).unwrap();
+        let id = done.reply.snapshot.clone();
+        assert_eq!(id, Manifest::id_of(&bytes));
+        // The store holds the two members, each an ordinary manifest; the catalog the set's
+        // row and theirs.
+        let members: Vec<String> = set.members.iter().map(|m| Manifest::id_of(&m.manifest.encode().unwrap())).collect();
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(store.snapshot_ids().unwrap(), sorted);
+        let snap = catalog.get_snapshot(&id).unwrap();
+        let disks = &snap.set.as_ref().expect("the set's record").disks;
+        let names: Vec<(&str, Option<&str>)> =
+            disks.iter().map(|d| (d.disk.name.as_str(), d.disk.serial.as_deref())).collect();
+        assert_eq!(names, [("vda", Some("A")), ("vdb", Some("B"))]);
+        assert_eq!(snap.disk_size, 8192);
+        for m in &members {
+            assert_eq!(catalog.get_snapshot(m).unwrap().set_id.as_deref(), Some(id.as_str()));
+        }
+        assert_eq!(catalog.snapshot_manifests(&id).unwrap(), members);
+        // The engine serves the set file rebuilt, byte for byte.
+        assert_eq!(snapshot_file(&engine, &id).unwrap(), bytes);
+        let queued: Vec<String> = catalog
+            .due_replication(dr.id, QueueKind::Snapshot, i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.item)
+            .collect();
+        assert_eq!(queued, members, "each member is queued for the remote");
+    }
+
+    /// A set whose catalog record is refused (its job ended meanwhile) leaves no member in the
+    /// store: the rollback removes what the commit wrote.
+    #[test]
+    fn a_refused_set_leaves_no_member_behind() {
+        use kura_imaging::diskmap::DiskIdentity;
+        use kura_imaging::diskset::{Member, SnapshotSet};
+        let (_dir, store, catalog, engine) = test_engine();
+        let op = operator(1);
+        let member = |name: &str, at: &str| Member {
+            disk: DiskIdentity { name: name.into(), size: 4096, ..Default::default() },
+            manifest: crate::engine::zero_manifest(name, at),
+        };
+        let mut set = SnapshotSet {
+            name: None,
+            created: "2026-12-07T03:00:00Z".into(),
+            host: Some("h".into()),
+            members: vec![member("vda", "2026-12-07T03:00:01Z"), member("vdb", "2026-12-07T03:00:02Z")],
+        };
+        for m in &mut set.members {
+            m.manifest.host = Some("h".into());
+        }
+        // The same member twice: the catalog refuses the second row (one id), after the store
+        // took both manifests.
+        set.members[1].manifest = set.members[0].manifest.clone();
+        let upload = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let refused = commit(&engine, &op, &upload, &set.encode().unwrap());
+        assert!(refused.is_err());
+        assert!(store.snapshot_ids().unwrap().is_empty(), "{:?}", store.snapshot_ids());
+        assert!(catalog.list_snapshots(None).unwrap().is_empty());
+    }
+
     /// The planted-snapshot attack of issue 16: an agent token's commit of a manifest naming
     /// another host is refused (403), audited and flagged in the job's log; nothing reaches the
     /// store or the catalog, and the job still runs. The job's own host commits fine after.
@@ -732,7 +904,10 @@ mod tests {
         // test_engine() registers host "h".
         catalog.create_host("t", &NewHost { name: "victim".into(), group: None, notes: String::new() }).unwrap();
         let job = catalog
-            .create_job("t", &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None })
+            .create_job(
+                "t",
+                &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None, disks: None },
+            )
             .unwrap();
         catalog.start_job("t", job.id).unwrap();
         let agent = Caller::new(Principal {
@@ -791,7 +966,10 @@ mod tests {
         catalog.add_mac("t", "victim", mac).unwrap();
         let capture_as_agent = |n: u64, flag: bool| -> String {
             let job = catalog
-                .create_job("t", &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None })
+                .create_job(
+                    "t",
+                    &NewJob { kind: JobKind::Capture, host: "victim".into(), disk: None, snapshot: None, disks: None },
+                )
                 .unwrap();
             if flag {
                 catalog.flag_job(job.id, "possible impostor: token requested twice").unwrap();
@@ -832,6 +1010,7 @@ mod tests {
                     host: "victim".into(),
                     disk: None,
                     snapshot: Some(snapshot.into()),
+                    disks: None,
                 },
                 mac: None,
                 allow_unconfirmed,
