@@ -284,16 +284,7 @@ impl Client {
     /// The file of `snapshot` (a one-disk manifest or a snapshot set), checked against its id
     /// and decoded.
     pub fn snapshot_file(&self, snapshot: &str) -> Result<SnapshotFile, ProtocolError> {
-        let path = routes::snapshot_manifest(snapshot);
-        let what = format!("fetching snapshot {snapshot}");
-        let resp = self.send(&what, || self.http.get(self.url(&path)))?;
-        let bytes = self.bytes(&what, resp)?;
-        if Manifest::id_of(&bytes) != snapshot {
-            return Err(ProtocolError::new(
-                ErrorKind::Corrupt,
-                format!("the engine sent a snapshot file that does not match snapshot id {snapshot}"),
-            ));
-        }
+        let bytes = self.manifest_bytes(snapshot)?;
         SnapshotFile::decode(&bytes)
             .map_err(|e| ProtocolError::new(ErrorKind::Corrupt, format!("decoding snapshot {snapshot}: {e}")))
     }

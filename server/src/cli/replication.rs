@@ -166,19 +166,23 @@ pub fn remote(cmd: RemoteCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kura replicate add` (push) and `kura replicate pull`: one rule, printed.
+fn add_rule(server: &ServerArgs, remote: String, hosts: Vec<String>, group: Option<String>, pull: bool) -> Result<()> {
+    let hosts = (!hosts.is_empty()).then_some(hosts);
+    let r: Value =
+        client(server)?.post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote, hosts, group, pull })?;
+    if server.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}", r["id"]);
+        eprintln!("added replication rule {}: {}", r["id"], describe(&r));
+    }
+    Ok(())
+}
+
 pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
     match cmd {
-        ReplicateCommand::Add { to, hosts, group, server } => {
-            let hosts = (!hosts.is_empty()).then_some(hosts);
-            let r: Value = client(&server)?
-                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: to, hosts, group, pull: false })?;
-            if server.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("{}", r["id"]);
-                eprintln!("added replication rule {}: {}", r["id"], describe(&r));
-            }
-        }
+        ReplicateCommand::Add { to, hosts, group, server } => add_rule(&server, to, hosts, group, false)?,
         ReplicateCommand::List { server } => {
             let v: Value = client(&server)?.get_json(routes::REPLICATION.path)?;
             if server.json {
@@ -203,17 +207,7 @@ pub fn replicate(cmd: ReplicateCommand) -> Result<ExitCode> {
                 );
             }
         }
-        ReplicateCommand::Pull { from, hosts, group, server } => {
-            let hosts = (!hosts.is_empty()).then_some(hosts);
-            let r: Value = client(&server)?
-                .post_json(routes::REPLICATION_RULE_ADD.path, &AddRule { remote: from, hosts, group, pull: true })?;
-            if server.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("{}", r["id"]);
-                eprintln!("added replication rule {}: {}", r["id"], describe(&r));
-            }
-        }
+        ReplicateCommand::Pull { from, hosts, group, server } => add_rule(&server, from, hosts, group, true)?,
         ReplicateCommand::Resync { to, snapshot, server } => {
             let r: Resynced = client(&server)?
                 .post_json(routes::REPLICATION_RESYNC.path, &Resync { remote: to.clone(), snapshot })?;
