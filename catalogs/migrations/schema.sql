@@ -93,13 +93,14 @@ CREATE TABLE users (
 );
 
 -- API tokens, stored only as the hex SHA-256 of the secret. Admin and operator tokens belong
--- to a user; agent tokens are bound to one job and one MAC address instead; replica tokens to
--- neither.
+-- to a user; agent tokens are bound to one job and one MAC address instead; replica and reader
+-- tokens to neither.
 CREATE TABLE tokens (
     id INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE CHECK (length(hash) = 64),
-    -- replica: a DR engine's token for its primary (migration 0009, which rebuilt the table).
-    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'agent', 'replica')),
+    -- replica: a primary engine's token for pushing to this one (migration 0009); reader: a DR
+    -- engine's token for pulling from this one (migration 0014; both rebuilt the table).
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'agent', 'replica', 'reader')),
     label TEXT NOT NULL,
     user_id INTEGER REFERENCES users (id) ON DELETE CASCADE,
     job_id INTEGER REFERENCES jobs (id) ON DELETE CASCADE,
@@ -110,7 +111,7 @@ CREATE TABLE tokens (
     -- When the token last authenticated a request (migration 0005; at most once a minute).
     last_used INTEGER,
     CHECK ((role = 'agent') = (job_id IS NOT NULL AND mac IS NOT NULL AND user_id IS NULL)),
-    CHECK (role IN ('agent', 'replica') OR user_id IS NOT NULL)
+    CHECK (role IN ('agent', 'replica', 'reader') OR user_id IS NOT NULL)
 );
 CREATE INDEX tokens_user ON tokens (user_id);
 CREATE INDEX tokens_job ON tokens (job_id);
@@ -285,6 +286,17 @@ CREATE TABLE snapshot_copies (
     PRIMARY KEY (snapshot_id, remote_id)
 );
 CREATE INDEX snapshot_copies_remote ON snapshot_copies (remote_id);
+
+-- Which DR engines pulling with a reader token reported holding a snapshot (migration 0014;
+-- no foreign key to tokens: the copy outlives a revoked token). holder: the token's label.
+CREATE TABLE pulled_copies (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+    token_id INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    copied INTEGER NOT NULL,
+    PRIMARY KEY (snapshot_id, token_id)
+);
+CREATE INDEX pulled_copies_token ON pulled_copies (token_id);
 
 -- The chunk index of a remote (S3) store and the leases of running writers, shared by every
 -- engine node (migration 0011; catalogs/src/db/cluster.rs). size -1: an upload is pending.

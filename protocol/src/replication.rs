@@ -54,3 +54,17 @@ pub struct Resynced {
 pub struct QuarantineMark {
     pub mark: i64,
 }
+
+/// `POST /replica/pulled` on the primary, by a DR engine pulling with a `reader` token: it now
+/// holds `snapshot` (committed in its own catalog). The primary counts it in the snapshot's
+/// copies. Answered with [`PulledAck`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pulled {
+    pub snapshot: String,
+}
+
+/// The answer to [`Pulled`]: whether the primary holds that snapshot (and so recorded the copy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PulledAck {
+    pub recorded: bool,
+}

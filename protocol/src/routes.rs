@@ -86,6 +86,12 @@ pub const REPLICATION_RULE_REMOVE: Route = r("DELETE", "/api/v1/replication/rule
 pub const REPLICATION_RESYNC: Route = r("POST", "/api/v1/replication/resync", JSON);
 /// A DR engine's quarantine mark, for the primaries that replicate to it.
 pub const REPLICA_QUARANTINE: Route = r("GET", "/api/v1/replica/quarantine", JSON);
+/// A DR engine pulling from this one reports a snapshot it now holds.
+pub const REPLICA_PULLED: Route = r("POST", "/api/v1/replica/pulled", JSON);
+/// Add a MAC address to a host (`kura host set NAME --add-mac`).
+pub const HOST_MAC_ADD: Route = r("POST", "/api/v1/hosts/{name}/macs", JSON);
+/// Remove a MAC address from a host.
+pub const HOST_MAC_REMOVE: Route = r("DELETE", "/api/v1/hosts/{name}/macs/{mac}", JSON);
 pub const METRICS: Route = r("GET", "/metrics", JSON);
 pub const PAGE_ROOT: Route = r("GET", "/", JSON);
 pub const PAGE_STATUS: Route = r("GET", "/status", JSON);

@@ -4,13 +4,15 @@
 //!
 //! Every [`PULL_EVERY`] (from the replication worker's pass, `crate::replication`), for each
 //! pull rule: the remote's snapshot list (`GET /snapshots`, and `GET /hosts` for a rule by
-//! group) with the remote's operator token; the matching committed snapshots created at or
-//! after the rule's progress (`pulled_up_to`), oldest first. Each one this engine does not hold
+//! group) with the remote's reader token (an operator token works too); the matching
+//! committed snapshots created at or after the rule's progress (`pulled_up_to`), oldest first. Each one this engine does not hold
 //! is fetched into a local upload session, as a replica's push would be: its manifest (checked
 //! against its id), then the chunks this store lacks (`missing` against its own store; each
 //! fetched chunk checked against its digest by the upload service), then the commit. After
-//! each snapshot the rule's progress moves to its creation time (durably, in the catalog), so a
-//! restart resumes there; the first failure stops the round (the next round retries it).
+//! each snapshot this engine holds it tells the remote so (`POST /replica/pulled`: the remote
+//! counts the copy in its `kura snapshots`), then the rule's progress moves to the snapshot's
+//! creation time (durably, in the catalog), so a restart resumes there; the first failure
+//! stops the round (the next round retries it).
 //!
 //! Nothing is ever deleted, here or on the remote: a snapshot the remote deleted is simply not
 //! listed any more; the ones this engine holds stay, under its own retention rules.
@@ -78,6 +80,7 @@ pub fn pull_round(engine: &Engine, client: &Client, rule: &ReplicationRule) -> R
         .collect();
     wanted.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     let mut fetched = 0;
+    let mut report = true;
     for s in &wanted {
         let held = engine.catalog.get_snapshot(&s.id).is_ok() && engine.store.manifest_exists(&s.id);
         if !held {
@@ -85,9 +88,32 @@ pub fn pull_round(engine: &Engine, client: &Client, rule: &ReplicationRule) -> R
             tracing::info!("pulled snapshot {} of {} from {} ({chunks} chunks fetched)", s.id, s.host, rule.remote);
             fetched += 1;
         }
+        if report {
+            report = report_copy(client, &rule.remote, &s.id)?;
+        }
         engine.catalog.set_pulled_up_to(rule.id, s.created).map_err(|e| e.to_string())?;
     }
     Ok(fetched)
+}
+
+/// Tells the remote this engine holds snapshot `id` (`POST /replica/pulled`), so that its
+/// `kura snapshots` counts the copy. Returns whether to go on reporting this round: a token
+/// that is not a reader token (an operator's, as before the reader role) pulls but cannot
+/// report, which is logged, not an error; any other failure ends the round like a failed
+/// fetch (the snapshot is reported again next round).
+fn report_copy(client: &Client, remote: &str, id: &str) -> Result<bool, String> {
+    let body = kura_protocol::replication::Pulled { snapshot: id.to_string() };
+    match client.post_json::<kura_protocol::replication::PulledAck>(routes::REPLICA_PULLED.path, &body) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind == kura_protocol::ErrorKind::Forbidden => {
+            tracing::warn!(
+                "remote {remote} does not take copy reports from this token (not a reader token): its \
+                 snapshot list will not count this engine's copies"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(format!("reporting the copy of snapshot {id} to {remote}: {e}")),
+    }
 }
 
 /// Fetches snapshot `s` into a local upload session and commits it; returns the chunks fetched.

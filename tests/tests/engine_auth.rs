@@ -13,8 +13,10 @@ struct Tokens {
     operator: String,
     agent: String,
     agent_mac: String,
-    /// A DR engine's token for its primary (issue 13): uploads only.
+    /// A primary engine's token for its DR engine (issue 13): uploads only.
     replica: String,
+    /// A DR engine's token for pulling from its primary (issue 13): reads, and reports copies.
+    reader: String,
     job: i64,
 }
 
@@ -26,6 +28,9 @@ fn setup(server: &Server, api: &Api) -> Tokens {
     let r = api.req("POST", "/tokens").token(&admin).json(&json!({"role": "replica", "label": "primary"})).send();
     assert_eq!(r.status, 201, "{}", r.text());
     let replica = r.json()["token"].as_str().unwrap().to_string();
+    let r = api.req("POST", "/tokens").token(&admin).json(&json!({"role": "reader", "label": "dr-pull"})).send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let reader = r.json()["token"].as_str().unwrap().to_string();
     for (name, mac) in [("h1", "aa:bb:cc:dd:ee:01"), ("h2", "aa:bb:cc:dd:ee:02")] {
         let r = api.req("POST", "/hosts").token(&admin).json(&json!({"name": name, "macs": [mac]})).send();
         assert_eq!(r.status, 201, "{}", r.text());
@@ -39,6 +44,7 @@ fn setup(server: &Server, api: &Api) -> Tokens {
         agent: v["agent_token"].as_str().unwrap().to_string(),
         agent_mac: "aa:bb:cc:dd:ee:01".into(),
         replica,
+        reader,
         job: v["job"]["id"].as_i64().unwrap(),
     }
 }
@@ -57,6 +63,7 @@ fn fill(path: &str, job: i64) -> String {
     p = p.replace("{digest}", &"ab".repeat(32)).replace("{upload}", &"00".repeat(16));
     // h1 has no power control: an admin's power action is refused (409) and touches nothing.
     p = p.replace("{action}", "pxe-reset");
+    p = p.replace("{mac}", "aa:bb:cc:dd:ee:77");
     if p.starts_with("/api/v1/jobs/") {
         p = p.replace("{id}", &job.to_string());
     } else {
@@ -121,24 +128,37 @@ fn every_route_checks_token_and_role_on(backend: Backend) {
         expect("nobody", call(None, None), if access == "Page" { &[303] } else { &[401] });
         expect("a garbage token", call(Some("garbage"), None), &[401]);
         expect("an unknown well-formed token", call(Some(&format!("kura_{}", "0".repeat(64))), None), &[401]);
-        expect("admin", call(Some(&t.admin), None), &not_auth);
+        // Only the reader's own report route is closed to an admin (an admin holds no copies).
+        expect("admin", call(Some(&t.admin), None), if access == "Reader" { &[403] } else { &not_auth });
         let operator = call(Some(&t.operator), None);
         let agent = call(Some(&t.agent), Some(&t.agent_mac));
         let replica = call(Some(&t.replica), None);
+        let reader = call(Some(&t.reader), None);
         match access {
             "Admin" => {
                 expect("operator", operator, &[403]);
                 expect("agent", agent, &[403]);
                 expect("replica", replica, &[403]);
+                expect("reader", reader, &[403]);
             }
             "Operator" | "Page" => {
                 expect("operator", operator, &not_auth);
                 expect("agent", agent, &[403]);
                 expect("replica", replica, &[403]);
+                expect("reader", reader, &[403]);
             }
-            "OperatorOrAgent" | "Upload" => {
-                // Only the upload routes take a replica token (it adds, never reads or deletes).
+            "OperatorOrReader" => {
+                // Listing hosts and snapshots: staff, and a DR engine pulling from here.
+                expect("operator", operator, &not_auth);
+                expect("reader", reader, &not_auth);
+                expect("agent", agent, &[403]);
+                expect("replica", replica, &[403]);
+            }
+            "OperatorOrAgent" | "ReadSnapshot" | "Upload" => {
+                // Only the upload routes take a replica token (it adds, never reads or deletes);
+                // only the snapshot reads take a reader token (it reads, never adds or deletes).
                 expect("replica", replica, if access == "Upload" { &not_auth } else { &[403] });
+                expect("reader", reader, if access == "ReadSnapshot" { &not_auth } else { &[403] });
                 expect("operator", operator, &not_auth);
                 // The agent's token from its own machine gets the route's answer for an agent
                 // of a capture job (not a blanket 403); the wrong machine, or none, is refused.
@@ -152,6 +172,14 @@ fn every_route_checks_token_and_role_on(backend: Backend) {
                 expect("replica", replica, &not_auth);
                 expect("operator", operator, &[403]);
                 expect("agent", agent, &[403]);
+                expect("reader", reader, &[403]);
+            }
+            "Reader" => {
+                // What a DR engine pulling from here reports: the copies it holds.
+                expect("reader", reader, &not_auth);
+                expect("operator", operator, &[403]);
+                expect("agent", agent, &[403]);
+                expect("replica", replica, &[403]);
             }
             other => problems.push(format!("{method} {path}: unknown access {other}")),
         }

@@ -15,8 +15,9 @@
 //! - A rule by host group copies that group's hosts only. A chunk the DR engine's verify
 //!   quarantined (a flipped byte in its file) is sent again by the primary on its own; a chunk
 //!   the DR store lost without a verify is sent again by `kura replicate resync`.
-//! - Pull mode: the DR engine fetches from the primary (`kura replicate pull --from`, an
-//!   operator token of the primary), only the rule's hosts, resumes after a `kill -9`, and keeps
+//! - Pull mode: the DR engine fetches from the primary (`kura replicate pull --from`, a
+//!   reader token of the primary), reports each copy (the primary's COPIES counts it: 2/2, and
+//!   1/2 for a snapshot not pulled yet), only the rule's hosts, resumes after a `kill -9`, and keeps
 //!   what the primary deletes.
 
 use kura_tests::content::random_bytes;
@@ -300,6 +301,18 @@ fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
         std::fs::remove_file(&target).unwrap();
     }
     dr.assert_verify_ok();
+
+    // The replacement machine netboots as web01 itself: replication registered the host
+    // without MACs, an admin adds the new machine's (and a MAC another host has is refused).
+    let set = dr.kura(&[&"host", &"set", &"web01", &"--add-mac", &"52-54-00-AA-00-01", &"--json"]);
+    assert_eq!(set.expect_success().json::<Value>()["macs"], serde_json::json!(["52:54:00:aa:00:01"]), "{set}");
+    dr.kura(&[&"host", &"set", &"web02", &"--add-mac", &"52:54:00:aa:00:01"])
+        .expect_failure_mentioning(&["52:54:00:aa:00:01", "belongs to host \"web01\""]);
+    dr.kura(&[&"host", &"set", &"web02", &"--remove-mac", &"52:54:00:aa:00:01"])
+        .expect_failure_mentioning(&["not found"]);
+    dr.kura(&[&"host", &"set", &"web01", &"--remove-mac", &"52:54:00:aa:00:01"]).expect_success();
+    let host: Value = dr.kura(&[&"host", &"set", &"web01", &"--add-mac", &"52:54:00:aa:00:02", &"--json"]).json();
+    assert_eq!(host["macs"], serde_json::json!(["52:54:00:aa:00:02"]));
 }
 
 #[test]
@@ -585,14 +598,16 @@ fn a_group_rule_and_chunks_the_dr_engine_lost_are_sent_again() {
 fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
     let work = tempfile::tempdir().unwrap();
     let primary = Server::start_http(&work.path().join("primary"));
-    let operator = primary.api().operator_token(&primary.admin);
+    let made: Value =
+        primary.kura(&[&"token", &"create", &"--role", &"reader", &"--note", &"dr-site", &"--json"]).json();
+    let reader = made["token"].as_str().unwrap().to_string();
     // The DR engine polls every second (not every 30 s).
     let mut dr = Server::start_http_env(
         &work.path().join("dr"),
         &[("KURA_TEST_REPLICATION_PULL_SECS", &"1"), ("KURA_LOG", &"info")],
     );
     let token_file = work.path().join("primary.token");
-    std::fs::write(&token_file, &operator).unwrap();
+    std::fs::write(&token_file, &reader).unwrap();
     dr.kura(&[&"remote", &"add", &"primary", &primary.url, &"--token-file", &token_file]).expect_success();
     dr.kura(&[&"replicate", &"pull", &"--from", &"primary", &"--hosts", &"web01"]).expect_success();
     let listed = dr.kura(&[&"replicate", &"list"]);
@@ -612,6 +627,13 @@ fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
     let created = primary.snapshots().iter().find(|s| s["id"] == a.as_str()).unwrap()["created"].as_i64().unwrap();
     let rules: Value = dr.kura(&[&"replicate", &"list", &"--json"]).json();
     assert_eq!(rules["rules"][0]["pulled_up_to"].as_i64(), Some(created), "{rules}");
+    // The primary counts the pulled copy; db01's snapshot has no copy and none is expected.
+    let copies = |id: &str| {
+        let s = primary.snapshots().into_iter().find(|s| s["id"] == id).unwrap();
+        (s["copies"].as_u64().unwrap(), s["copies_wanted"].as_u64().unwrap(), s["copied_to"].clone())
+    };
+    assert_eq!(copies(&a), (2, 2, serde_json::json!(["dr-site (pulled)"])));
+    assert_eq!(copies(&db), (1, 1, serde_json::json!([])));
 
     // The DR engine dies; a second, similar snapshot is taken meanwhile; it resumes.
     dr.kill9();
@@ -619,6 +641,10 @@ fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
     data_c[..MIB as usize].copy_from_slice(&random_bytes(53, MIB as usize));
     let c_disk = raw_disk(work.path(), "c.img", data_c);
     let c = primary.capture(&c_disk.path, "web01");
+    // The DR engine that pulls web01 is expected to hold it too: 1 of 2 copies until it does.
+    assert_eq!(copies(&c.snapshot), (1, 2, serde_json::json!([])));
+    let listed = primary.kura(&[&"snapshots"]);
+    assert!(listed.stdout.lines().any(|l| l.contains(&c.snapshot) && l.contains("1/2")), "{listed}");
     dr.restart();
     wait_for(
         "the second snapshot pulled after the restart",
@@ -629,6 +655,7 @@ fn pull_mode_fetches_from_the_primary_resumes_after_a_kill_and_never_deletes() {
     let mut want = vec![a.clone(), c.snapshot.clone()];
     want.sort();
     assert_eq!(dr.snapshot_ids(), want);
+    wait_for("the second copy reported", Duration::from_secs(10), || dr.log(), || copies(&c.snapshot).0 == 2);
     // Only what the DR engine lacked was fetched: its chunks are the web01 snapshots' own.
     assert!(dr.log().contains(&format!("({} chunks fetched)", c.new_chunks)), "{}", dr.log());
 

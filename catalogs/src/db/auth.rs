@@ -39,10 +39,28 @@ pub const BOOTSTRAP_LABEL: &str = "bootstrap";
 pub const LAST_USED_RESOLUTION: UnixTime = 60;
 
 text_enum! {
-    pub enum Role { Admin => "admin", Operator => "operator", Agent => "agent", Replica => "replica" }
+    pub enum Role {
+        Admin => "admin",
+        Operator => "operator",
+        Agent => "agent",
+        Replica => "replica",
+        Reader => "reader",
+    }
 }
 
 impl Role {
+    /// Admins and operators: the roles of people (users), as opposed to machines (agents, and
+    /// the engines replicating with this one: replica and reader tokens).
+    pub fn is_staff(self) -> bool {
+        matches!(self, Role::Admin | Role::Operator)
+    }
+
+    /// The roles of other engines: replica (a primary pushing here) and reader (a DR engine
+    /// pulling from here). Their tokens belong to no user.
+    pub fn is_peer(self) -> bool {
+        matches!(self, Role::Replica | Role::Reader)
+    }
+
     /// Whether a principal with this role may do what needs `needed`: an admin may do what an
     /// operator may; an agent only agent things.
     pub fn allows(self, needed: Role) -> bool {
@@ -208,9 +226,9 @@ impl Catalog {
     /// Creates an admin or operator user.
     pub fn create_user(&self, actor: &str, name: &str, role: Role) -> Result<User> {
         validate_name("user", name)?;
-        if matches!(role, Role::Agent | Role::Replica) {
+        if !role.is_staff() {
             return Err(CatalogError::Invalid(
-                "users are admins or operators; agents get job tokens, remotes replica tokens".into(),
+                "users are admins or operators; agents get job tokens, other engines replica or reader tokens".into(),
             ));
         }
         self.write(|tx, now| {
@@ -285,10 +303,20 @@ impl Catalog {
         })
     }
 
-    /// Issues a replica token (no user): what a primary engine uses to push snapshots here.
-    pub fn create_replica_token(&self, actor: &str, label: &str, expires: Option<UnixTime>) -> Result<IssuedToken> {
+    /// Issues a token for another engine (no user): `replica`, what a primary engine uses to
+    /// push snapshots here, or `reader`, what a DR engine uses to pull them from here.
+    pub fn create_peer_token(
+        &self,
+        actor: &str,
+        role: Role,
+        label: &str,
+        expires: Option<UnixTime>,
+    ) -> Result<IssuedToken> {
+        if !role.is_peer() {
+            return Err(CatalogError::Invalid(format!("{role} is not a role of another engine (replica, reader)")));
+        }
         self.write(|tx, now| {
-            let grant = Grant { role: Role::Replica, label, user_id: None, job_id: None, mac: None, expires };
+            let grant = Grant { role, label, user_id: None, job_id: None, mac: None, expires };
             issue(tx, now, actor, grant)
         })
     }
@@ -486,13 +514,26 @@ mod tests {
     #[test]
     fn replica_tokens_belong_to_no_user_and_replica_users_do_not_exist() {
         let (cat, _) = catalog();
-        let issued = cat.create_replica_token("t", "primary", None).unwrap();
+        let issued = cat.create_peer_token("t", Role::Replica, "primary", None).unwrap();
         assert_eq!((issued.info.role, issued.info.user.as_deref()), (Role::Replica, None));
         let p = cat.authenticate(&issued.secret, START).unwrap().unwrap();
         assert_eq!((p.role, p.user, p.job_id), (Role::Replica, None, None));
         assert!(matches!(cat.create_user("t", "r", Role::Replica), Err(CatalogError::Invalid(_))));
         cat.revoke_token("t", issued.info.id).unwrap();
         assert!(cat.authenticate(&issued.secret, START).unwrap().is_none());
+    }
+
+    #[test]
+    fn reader_tokens_belong_to_no_user_and_only_peer_roles_get_peer_tokens() {
+        let (cat, _) = catalog();
+        let issued = cat.create_peer_token("t", Role::Reader, "dr-pull", None).unwrap();
+        assert_eq!((issued.info.role, issued.info.user.as_deref()), (Role::Reader, None));
+        let p = cat.authenticate(&issued.secret, START).unwrap().unwrap();
+        assert_eq!((p.role, p.user, p.label.as_str()), (Role::Reader, None, "dr-pull"));
+        assert!(matches!(cat.create_user("t", "r", Role::Reader), Err(CatalogError::Invalid(_))));
+        for role in [Role::Admin, Role::Operator, Role::Agent] {
+            assert!(matches!(cat.create_peer_token("t", role, "x", None), Err(CatalogError::Invalid(_))), "{role}");
+        }
     }
 
     #[test]

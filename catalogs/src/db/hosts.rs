@@ -272,19 +272,22 @@ impl Catalog {
         })
     }
 
-    pub fn remove_mac(&self, actor: &str, mac: &str) -> Result<()> {
+    /// Removes MAC address `mac` from `host`; not found when `host` does not have it.
+    pub fn remove_mac(&self, actor: &str, host: &str, mac: &str) -> Result<()> {
         let mac = normalize_mac(mac)?;
         self.write(|tx, now| {
-            let host: String = tx
+            let owner: Option<String> = tx
                 .query_row(
                     "SELECT h.name FROM host_macs m JOIN hosts h ON h.id = m.host_id WHERE m.mac = ?1",
                     [&mac],
                     |r| r.get(0),
                 )
-                .optional()?
-                .ok_or_else(|| CatalogError::not_found("MAC address", &mac))?;
+                .optional()?;
+            if owner.as_deref() != Some(host) {
+                return Err(CatalogError::not_found("MAC address", format!("{mac} of host {host}")));
+            }
             tx.execute("DELETE FROM host_macs WHERE mac = ?1", [&mac])?;
-            audit::append(tx, now, actor, "host.remove_mac", &host, json!({"mac": mac}))
+            audit::append(tx, now, actor, "host.remove_mac", host, json!({"mac": mac}))
         })
     }
 
@@ -446,8 +449,9 @@ mod tests {
         assert_eq!(cat.host_by_mac("AA:00:00:00:00:02").unwrap().unwrap().name, "a");
         assert!(cat.host_by_mac("aa:00:00:00:00:09").unwrap().is_none());
 
-        cat.remove_mac("t", "aa:00:00:00:00:01").unwrap();
-        assert!(matches!(cat.remove_mac("t", "aa:00:00:00:00:01"), Err(CatalogError::NotFound { .. })));
+        assert!(matches!(cat.remove_mac("t", "b", "aa:00:00:00:00:01"), Err(CatalogError::NotFound { .. })));
+        cat.remove_mac("t", "a", "aa:00:00:00:00:01").unwrap();
+        assert!(matches!(cat.remove_mac("t", "a", "aa:00:00:00:00:01"), Err(CatalogError::NotFound { .. })));
         cat.add_mac("t", "b", "aa:00:00:00:00:01").unwrap();
         assert_eq!(cat.host_by_mac("aa:00:00:00:00:01").unwrap().unwrap().name, "b");
     }

@@ -51,6 +51,7 @@ migrations!(
     "0011_shared_chunk_index",
     "0012_replication_groups",
     "0013_disk_sets",
+    "0014_reader_role",
 );
 
 /// The schema version this build reads and writes.

@@ -405,20 +405,37 @@ impl Catalog {
         })
     }
 
-    /// For every host, the remotes (names) its snapshots should be copied to by the rules.
+    /// For every host, the remotes (names) its snapshots should be copied to: by the push
+    /// rules, and every engine that pulled one of its snapshots with a reader token still valid.
     pub fn replication_wanted(&self) -> Result<HashMap<String, Vec<String>>> {
         let rules: Vec<ReplicationRule> = self.list_replication_rules()?.into_iter().filter(|r| !r.pull).collect();
+        let now = self.now();
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT name, host_group FROM hosts")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
-            let mut out = HashMap::new();
+            let mut out: HashMap<String, Vec<String>> = HashMap::new();
             for row in rows {
                 let (host, group) = row?;
-                let mut remotes: Vec<String> =
+                let remotes: Vec<String> =
                     rules.iter().filter(|r| r.matches(&host, group.as_deref())).map(|r| r.remote.clone()).collect();
+                out.insert(host, remotes);
+            }
+            // An engine that pulled a snapshot of a host with a reader token that still works
+            // is expected to pull the host's next snapshots too.
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT h.name, p.holder || ' (pulled)' FROM pulled_copies p \
+                 JOIN snapshots s ON s.id = p.snapshot_id JOIN hosts h ON h.id = s.host_id \
+                 JOIN tokens t ON t.id = p.token_id \
+                 WHERE t.role = 'reader' AND t.revoked = 0 AND (t.expires IS NULL OR t.expires > ?1)",
+            )?;
+            let rows = stmt.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (host, holder) = row?;
+                out.entry(host).or_default().push(holder);
+            }
+            for remotes in out.values_mut() {
                 remotes.sort_unstable();
                 remotes.dedup();
-                out.insert(host, remotes);
             }
             Ok(out)
         })
@@ -508,12 +525,35 @@ impl Catalog {
         })
     }
 
-    /// The remotes (names) holding each snapshot that has copies.
+    /// Records that the engine pulling with reader token `token` (labelled `holder`) holds
+    /// snapshot `snapshot`; false (nothing recorded) when this engine has no such committed
+    /// snapshot. Reporting a copy again changes nothing.
+    pub fn record_pulled_copy(&self, snapshot: &str, token: i64, holder: &str) -> Result<bool> {
+        self.write(|tx, now| {
+            let found: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM snapshots WHERE id = ?1 AND state = 'committed'",
+                [snapshot],
+                |r| r.get(0),
+            )?;
+            if found {
+                tx.execute(
+                    "INSERT INTO pulled_copies (snapshot_id, token_id, holder, copied) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (snapshot_id, token_id) DO NOTHING",
+                    params![snapshot, token, holder, now],
+                )?;
+            }
+            Ok(found)
+        })
+    }
+
+    /// The remotes (names) holding each snapshot that has copies: pushed copies by the
+    /// remote's name, pulled ones by the reader token's label and ` (pulled)`.
     pub fn snapshot_copies(&self) -> Result<HashMap<String, Vec<String>>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT c.snapshot_id, m.name FROM snapshot_copies c JOIN remotes m ON m.id = c.remote_id \
-                 ORDER BY c.snapshot_id, m.name",
+                 UNION SELECT p.snapshot_id, p.holder || ' (pulled)' FROM pulled_copies p \
+                 ORDER BY 1, 2",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut out: HashMap<String, Vec<String>> = HashMap::new();
@@ -568,6 +608,7 @@ impl Catalog {
 #[cfg(test)]
 for_each_backend! {
 mod tests {
+    use super::super::auth::Role;
     use super::super::snapshots::tests::{host, new_snapshot};
     use super::super::testing::START;
     use super::*;
@@ -629,6 +670,29 @@ mod tests {
         assert_eq!(cat.remotes_with_queue().unwrap(), [two.id]);
         let actions: Vec<String> = cat.list_audit(10).unwrap().into_iter().map(|a| a.action).collect();
         assert!(actions.contains(&"remote.remove".to_string()) && actions.contains(&"replicate.add".to_string()));
+    }
+
+    #[test]
+    fn pulled_copies_count_as_copies_and_make_the_puller_wanted_while_its_token_works() {
+        let (cat, _) = catalog();
+        host(&cat, "a");
+        host(&cat, "b");
+        let s1 = cat.add_snapshot("t", &new_snapshot("00000000000000a1", "a", 1)).unwrap();
+        let reader = cat.create_peer_token("t", Role::Reader, "dr-site", None).unwrap();
+        assert!(cat.replication_wanted().unwrap()["a"].is_empty());
+
+        assert!(cat.record_pulled_copy(&s1.id, reader.info.id, "dr-site").unwrap());
+        assert!(cat.record_pulled_copy(&s1.id, reader.info.id, "dr-site").unwrap(), "reported again: no change");
+        assert!(!cat.record_pulled_copy("00000000000000ff", reader.info.id, "dr-site").unwrap());
+        let held = vec!["dr-site (pulled)".to_string()];
+        assert_eq!(cat.snapshot_copies().unwrap().get(&s1.id), Some(&held));
+        let wanted = cat.replication_wanted().unwrap();
+        assert_eq!((&wanted["a"], wanted["b"].is_empty()), (&held, true), "the puller of a's snapshots, not b's");
+
+        // A revoked token's engine is no longer expected; the copies it made stay counted.
+        cat.revoke_token("t", reader.info.id).unwrap();
+        assert!(cat.replication_wanted().unwrap()["a"].is_empty());
+        assert_eq!(cat.snapshot_copies().unwrap().get(&s1.id), Some(&held));
     }
 
     #[test]

@@ -55,11 +55,11 @@ pub async fn create_token(
             }
             (None, at) => at,
         };
-        if req.role == Role::Replica {
+        if req.role.is_peer() {
             if req.user.is_some() {
-                return Err(ApiError::BadRequest("a replica token belongs to no user".into()));
+                return Err(ApiError::BadRequest(format!("a {} token belongs to no user", req.role)));
             }
-            return Ok(st.engine.catalog.create_replica_token(&p.actor(), &req.label, expires)?);
+            return Ok(st.engine.catalog.create_peer_token(&p.actor(), req.role, &req.label, expires)?);
         }
         let user = req.user.unwrap_or_else(|| req.role.to_string());
         match st.engine.catalog.get_user(&user) {

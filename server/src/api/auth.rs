@@ -26,8 +26,14 @@ pub enum Access {
     Admin,
     /// Operator or admin.
     Operator,
+    /// Operator, admin, or a reader (a DR engine pulling from this one: it lists hosts and
+    /// snapshots).
+    OperatorOrReader,
     /// Operator, admin, or an agent acting on its own job (checked by the handler).
     OperatorOrAgent,
+    /// Reading a snapshot's manifest and chunks: operator, admin, an agent for the snapshot its
+    /// own restore job restores (checked by the handler), or a reader.
+    ReadSnapshot,
     /// The upload routes: operator, admin, an agent on its own job, or a replica (a primary
     /// engine pushing snapshots; it may add, never delete or overwrite: the uploads service
     /// checks its commits).
@@ -35,6 +41,9 @@ pub enum Access {
     /// What a primary engine replicating to this one may read about it (its quarantine mark):
     /// a replica token, or an admin.
     Replica,
+    /// What a DR engine pulling from this one reports (the snapshots it now holds): a reader
+    /// token only.
+    Reader,
     /// A browser page for operators and admins: a status-page session cookie (see `web`) or
     /// an operator's bearer token; a request with neither is redirected to `/login`.
     Page,
@@ -45,10 +54,13 @@ impl Access {
         match self {
             Access::Public => true,
             Access::Admin => role == Role::Admin,
-            Access::Operator | Access::Page => matches!(role, Role::Admin | Role::Operator),
-            Access::OperatorOrAgent => role != Role::Replica,
-            Access::Upload => true,
+            Access::Operator | Access::Page => role.is_staff(),
+            Access::OperatorOrReader => role.is_staff() || role == Role::Reader,
+            Access::OperatorOrAgent => role.is_staff() || role == Role::Agent,
+            Access::ReadSnapshot => role.is_staff() || matches!(role, Role::Agent | Role::Reader),
+            Access::Upload => role.is_staff() || matches!(role, Role::Agent | Role::Replica),
             Access::Replica => matches!(role, Role::Admin | Role::Replica),
+            Access::Reader => role == Role::Reader,
         }
     }
 }

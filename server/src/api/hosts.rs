@@ -57,3 +57,41 @@ pub async fn set_secure_boot(
             .await??;
     Ok(Json(host))
 }
+
+/// `POST /hosts/{name}/macs` body: one MAC address to add (any common notation).
+#[derive(Deserialize)]
+pub struct AddMac {
+    mac: String,
+}
+
+/// `POST /hosts/{name}/macs`: the host also netboots from this MAC address (a replacement
+/// machine, a second NIC). `409` when another host has it.
+pub async fn add_mac(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    Json(req): Json<AddMac>,
+) -> ApiResult<Json<Host>> {
+    let st = state.clone();
+    let host = tokio::task::spawn_blocking(move || -> kura_catalogs::db::Result<Host> {
+        st.engine.catalog.add_mac(&p.actor(), &name, &req.mac)?;
+        st.engine.catalog.get_host(&name)
+    })
+    .await??;
+    Ok(Json(host))
+}
+
+/// `DELETE /hosts/{name}/macs/{mac}`: `404` when the host does not have it.
+pub async fn remove_mac(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path((name, mac)): Path<(String, String)>,
+) -> ApiResult<Json<Host>> {
+    let st = state.clone();
+    let host = tokio::task::spawn_blocking(move || -> kura_catalogs::db::Result<Host> {
+        st.engine.catalog.remove_mac(&p.actor(), &name, &mac)?;
+        st.engine.catalog.get_host(&name)
+    })
+    .await??;
+    Ok(Json(host))
+}

@@ -1,7 +1,9 @@
 //! Remotes and replication rules over the API (admins only; `docs/dr.md`): add, list and
 //! remove remotes (the replica token sealed at once, never shown again) and rules, and what
 //! each remote still lacks; a resync of what a remote may have lost; and, on a DR engine, its
-//! quarantine mark for the primaries (`docs/dr.md`). The sending is `crate::replication`.
+//! quarantine mark for the primaries, and on a primary the copies its pulling DR engines
+//! report (`docs/dr.md`). The sending is `crate::replication`, the pulling
+//! `crate::replication_pull`.
 
 use super::{ApiError, ApiResult, AppState};
 use axum::extract::{Path, State};
@@ -9,7 +11,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kura_catalogs::db::replication::REMOTE_TOKEN_PURPOSE;
 use kura_catalogs::db::{Principal, Remote, ReplicationRule};
-use kura_protocol::replication::{AddRemote, AddRule, QuarantineMark, Resync, Resynced};
+use kura_protocol::replication::{AddRemote, AddRule, Pulled, PulledAck, QuarantineMark, Resync, Resynced};
 use std::sync::Arc;
 
 pub async fn list_remotes(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<Remote>>> {
@@ -119,4 +121,18 @@ pub async fn quarantine_mark(State(state): State<Arc<AppState>>) -> ApiResult<Js
     let st = state.clone();
     let mark = tokio::task::spawn_blocking(move || st.engine.catalog.quarantine_mark()).await??;
     Ok(Json(QuarantineMark { mark }))
+}
+
+/// `POST /replica/pulled` (reader tokens only): the DR engine pulling with this token holds
+/// the snapshot now; it counts in the snapshot's copies, under the token's label.
+pub async fn pulled(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<Pulled>,
+) -> ApiResult<Json<PulledAck>> {
+    let st = state.clone();
+    let recorded =
+        tokio::task::spawn_blocking(move || st.engine.catalog.record_pulled_copy(&req.snapshot, p.token_id, &p.label))
+            .await??;
+    Ok(Json(PulledAck { recorded }))
 }

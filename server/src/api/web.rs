@@ -217,7 +217,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
         let now = catalog.now();
         let p = catalog.authenticate(&token, now)?;
         if let Some(p) = &p {
-            if !matches!(p.role, Role::Agent | Role::Replica) {
+            if p.role.is_staff() {
                 catalog.record_audit(&p.actor(), "web.login", "status page", serde_json::json!({}))?;
             }
         }
@@ -226,10 +226,10 @@ pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>)
     .await??;
     let p = match found {
         None => return Ok(html(StatusCode::UNAUTHORIZED, login_page(Some("Unknown, expired or revoked token.")))),
-        Some(p) if matches!(p.role, Role::Agent | Role::Replica) => {
+        Some(p) if !p.role.is_staff() => {
             return Ok(html(
                 StatusCode::FORBIDDEN,
-                login_page(Some("Agent and replica tokens cannot use the status page.")),
+                login_page(Some("Agent, replica and reader tokens cannot use the status page.")),
             ))
         }
         Some(p) => p,

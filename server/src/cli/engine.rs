@@ -261,20 +261,52 @@ pub fn hosts(s: &ServerArgs) -> Result<ExitCode> {
 }
 
 /// `kura host set HOST --secure-boot on|off|auto|default`.
-pub fn set_secure_boot(host: &str, value: &str, s: &ServerArgs) -> Result<ExitCode> {
-    let secure_boot = match value {
-        "default" => None,
-        v => Some(v.parse::<kura_protocol::SecureBoot>().map_err(anyhow::Error::msg)?),
-    };
-    let body = kura_protocol::secure_boot::SetSecureBoot { secure_boot };
-    let v: serde_json::Value = client(s)?
-        .put_json(&routes::HOST_SECURE_BOOT.url(&[host]), &body)
-        .with_context(|| format!("setting secure boot of {host}"))?;
+/// `kura host set HOST`: its Secure Boot netboot setting, then the MAC addresses to add and
+/// remove, each change on its own (the first refusal stops, naming what was done).
+pub fn set_host(
+    host: &str,
+    secure_boot: Option<&str>,
+    add_mac: &[String],
+    remove_mac: &[String],
+    s: &ServerArgs,
+) -> Result<ExitCode> {
+    let client = client(s)?;
+    let mut v = serde_json::Value::Null;
+    if let Some(value) = secure_boot {
+        let secure_boot = match value {
+            "default" => None,
+            v => Some(v.parse::<kura_protocol::SecureBoot>().map_err(anyhow::Error::msg)?),
+        };
+        let body = kura_protocol::secure_boot::SetSecureBoot { secure_boot };
+        v = client
+            .put_json(&routes::HOST_SECURE_BOOT.url(&[host]), &body)
+            .with_context(|| format!("setting secure boot of {host}"))?;
+        if !s.json {
+            let shown = v["secure_boot"].as_str().unwrap_or("the netboot default");
+            eprintln!("host {host}: UEFI netboots use secure boot {shown}");
+        }
+    }
+    for mac in add_mac {
+        v = client
+            .post_json(&routes::HOST_MAC_ADD.url(&[host]), &serde_json::json!({ "mac": mac }))
+            .with_context(|| format!("adding MAC address {mac} to host {host}"))?;
+        if !s.json {
+            eprintln!("host {host}: netboots from {mac} too");
+        }
+    }
+    for mac in remove_mac {
+        v = client
+            .delete_json(&routes::HOST_MAC_REMOVE.url(&[host, mac]))
+            .with_context(|| format!("removing MAC address {mac} from host {host}"))?;
+        if !s.json {
+            eprintln!("host {host}: no longer netboots from {mac}");
+        }
+    }
     if s.json {
         print_json(&v)?;
-    } else {
-        let shown = v["secure_boot"].as_str().unwrap_or("the netboot default");
-        eprintln!("host {host}: UEFI netboots use secure boot {shown}");
+    } else if let Some(macs) = v["macs"].as_array() {
+        let macs: Vec<&str> = macs.iter().filter_map(|m| m.as_str()).collect();
+        eprintln!("host {host}: MAC addresses {}", if macs.is_empty() { "none".to_string() } else { macs.join(", ") });
     }
     Ok(ExitCode::SUCCESS)
 }

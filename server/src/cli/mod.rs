@@ -414,11 +414,20 @@ enum HostCommand {
     /// (Wake-on-LAN, Redfish, IPMI); `kura host power HOST pxe-reset|on|off` acts now.
     Power(Box<power::PowerArgs>),
     /// Change a host's settings: `--secure-boot on|off|auto|default` is the boot chain of its
-    /// UEFI netboots (`default`: the netboot configuration's "secure_boot").
+    /// UEFI netboots (`default`: the netboot configuration's "secure_boot"); `--add-mac` and
+    /// `--remove-mac` change the MAC addresses it netboots from (a replacement machine, a
+    /// second NIC).
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["secure_boot", "add_mac", "remove_mac"])))]
     Set {
         host: String,
         #[arg(long, value_parser = ["on", "off", "auto", "default"])]
-        secure_boot: String,
+        secure_boot: Option<String>,
+        /// Add this MAC address (repeatable); refused when another host has it.
+        #[arg(long, value_name = "MAC")]
+        add_mac: Vec<String>,
+        /// Remove this MAC address (repeatable).
+        #[arg(long, value_name = "MAC")]
+        remove_mac: Vec<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -428,9 +437,11 @@ enum HostCommand {
 enum TokenCommand {
     /// Create an API token (admin only); it is printed once.
     Create {
-        /// admin, operator, or replica (a token for a primary engine that copies its snapshots
-        /// here: it may add chunks and snapshots, never delete or overwrite; docs/dr.md).
-        #[arg(long, value_parser = ["admin", "operator", "replica"])]
+        /// admin, operator, replica (a token for a primary engine that copies its snapshots
+        /// here: it may add chunks and snapshots, never delete or overwrite), or reader (a
+        /// token for a DR engine that pulls snapshots from here: it may read them and report
+        /// its copies, nothing else); docs/dr.md.
+        #[arg(long, value_parser = ["admin", "operator", "replica", "reader"])]
         role: String,
         /// A note saying what the token is for (shown by `kura token list`).
         #[arg(long, alias = "label", default_value = "cli")]
@@ -599,8 +610,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(SnapshotCommand::Delete { id, server }) => engine::delete_snapshot(&id, &server),
         Command::Hosts { server } => engine::hosts(&server),
         Command::Host(HostCommand::Power(args)) => power::run(*args),
-        Command::Host(HostCommand::Set { host, secure_boot, server }) => {
-            engine::set_secure_boot(&host, &secure_boot, &server)
+        Command::Host(HostCommand::Set { host, secure_boot, add_mac, remove_mac, server }) => {
+            engine::set_host(&host, secure_boot.as_deref(), &add_mac, &remove_mac, &server)
         }
         Command::Capture { host, disk, disks, server } => {
             jobs::queue("capture", &host, None, disk, disks, false, &server)

@@ -34,16 +34,19 @@ pub fn print(json: bool, markdown: bool) -> Result<ExitCode> {
 }
 
 /// What each kind of caller gets on a route with `access`: admin, operator, agent, replica,
-/// no token.
-fn cells(access: Access) -> [&'static str; 5] {
+/// reader, no token.
+fn cells(access: Access) -> [&'static str; 6] {
     match access {
-        Access::Public => ["yes", "yes", "yes", "yes", "yes"],
-        Access::Admin => ["yes", "403", "403", "403", "401"],
-        Access::Operator => ["yes", "yes", "403", "403", "401"],
-        Access::OperatorOrAgent => ["yes", "yes", "own job¹", "403", "401"],
-        Access::Upload => ["yes", "yes", "own job¹", "add only³", "401"],
-        Access::Replica => ["yes", "403", "403", "yes", "401"],
-        Access::Page => ["yes²", "yes²", "403", "403", "→ /login"],
+        Access::Public => ["yes", "yes", "yes", "yes", "yes", "yes"],
+        Access::Admin => ["yes", "403", "403", "403", "403", "401"],
+        Access::Operator => ["yes", "yes", "403", "403", "403", "401"],
+        Access::OperatorOrReader => ["yes", "yes", "403", "403", "yes⁴", "401"],
+        Access::OperatorOrAgent => ["yes", "yes", "own job¹", "403", "403", "401"],
+        Access::ReadSnapshot => ["yes", "yes", "own job¹", "403", "yes⁴", "401"],
+        Access::Upload => ["yes", "yes", "own job¹", "add only³", "403", "401"],
+        Access::Replica => ["yes", "403", "403", "yes", "403", "401"],
+        Access::Reader => ["403", "403", "403", "403", "yes⁴", "401"],
+        Access::Page => ["yes²", "yes²", "403", "403", "403", "→ /login"],
     }
 }
 
@@ -59,13 +62,13 @@ fn size(n: usize) -> String {
 /// The route × role table of `docs/security.md` (Markdown, with its footnotes).
 pub fn markdown_table(routes: &[RouteSpec]) -> String {
     let mut out = String::from(
-        "| Method | Path | admin | operator | agent | replica | no token | Body up to |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| Method | Path | admin | operator | agent | replica | reader | no token | Body up to |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in routes {
-        let [admin, operator, agent, replica, nobody] = cells(r.access);
+        let [admin, operator, agent, replica, reader, nobody] = cells(r.access);
         out.push_str(&format!(
-            "| {} | `{}` | {admin} | {operator} | {agent} | {replica} | {nobody} | {} |\n",
+            "| {} | `{}` | {admin} | {operator} | {agent} | {replica} | {reader} | {nobody} | {} |\n",
             r.method.as_str(),
             r.path,
             size(r.body_limit)
@@ -79,7 +82,10 @@ pub fn markdown_table(routes: &[RouteSpec]) -> String {
          ³ A replica token (a primary engine pushing to this one, `docs/dr.md`) uploads chunks and \
          commits snapshots of any host (registering the host if needed) in its own sessions; a \
          commit of a snapshot this engine already holds is answered `200` with nothing changed, and \
-         one naming an existing snapshot (`X-Kura-Snapshot`) with another manifest is `409`.\n",
+         one naming an existing snapshot (`X-Kura-Snapshot`) with another manifest is `409`.\n\
+         ⁴ A reader token (a DR engine pulling from this one, `kura replicate pull`, `docs/dr.md`) \
+         lists hosts and snapshots, reads any snapshot's manifest and chunks, and reports the \
+         snapshots it now holds; it can change nothing else.\n",
     );
     out
 }
