@@ -315,3 +315,13 @@ CREATE TABLE cluster_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Scheduled boot tests not ended yet (migration 0015; server/src/boot_test/engine.rs): run again,
+-- oldest first, by the node that queued them when it starts again.
+CREATE TABLE boot_test_queue (
+    snapshot_id TEXT PRIMARY KEY REFERENCES snapshots (id) ON DELETE CASCADE,
+    node TEXT NOT NULL,
+    queued INTEGER NOT NULL,
+    expect TEXT NOT NULL CHECK (json_valid(expect))
+);
+CREATE INDEX boot_test_queue_node ON boot_test_queue (node, queued);

@@ -425,6 +425,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     state.engine.liveness.set_timeout(opts.agent_timeout);
     state.engine.hold_unusual_captures.store(opts.hold_unusual_captures, std::sync::atomic::Ordering::Relaxed);
     state.engine.boot_tests.keep_screenshots_in(&opts.data)?;
+    crate::boot_test::engine::resume(&state.engine)?;
     // The scheduler reports finished runs to the notifier, released jobs to power control and
     // committed captures to the boot tests.
     let hooks = Hooks {

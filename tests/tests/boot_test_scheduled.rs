@@ -4,8 +4,10 @@
 //! The schedule comes due and queues a capture job for the host; the bootable test system disk
 //! ([`bootdisk`]) is captured for that job (`kura image capture --job`, as a machine captured
 //! outside netboot would be); the scheduler settles the job and the engine boot-tests the new
-//! snapshot on its own (one QEMU boot, TCG): the test is recorded on the snapshot with its
-//! screenshot kept in the data directory (private). The status page, logged in as an operator,
+//! snapshot on its own (one QEMU boot, TCG). The engine is killed (`kill -9`) as soon as that
+//! test is queued: started again, it runs the test it had queued (the queue is in the catalog).
+//! The test is recorded on the snapshot with its screenshot kept in the data directory
+//! (private). The status page, logged in as an operator,
 //! shows the host's newest boot test as "passed" with the screenshot's thumbnail loaded in the
 //! browser (`naturalWidth > 0`); the PNG is served to a logged-in operator only. The page as
 //! the browser shows it is kept at `target/boot-test-status.png`.
@@ -32,6 +34,21 @@ fn set_clock(path: &Path, t: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The pids of QEMU processes whose command line names `dir`.
+fn qemus_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.to_str().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("qemu-system") && cmdline.contains(dir) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 fn wait_for<T>(what: &str, server: &Server, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
     loop {
@@ -52,11 +69,14 @@ fn a_scheduled_capture_is_boot_tested_and_the_status_page_shows_the_verdict_with
     let clock = w.join("clock");
     set_clock(&clock, "2026-01-01T01:59:00Z");
     let data = w.join("engine");
+    // The engine's scratch (boot test machines' overlays): QEMU's command line names it.
+    let scratch = w.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
     // Info logging: the scheduled test's figures (time, bytes fetched) are in the log.
-    let server = Server::start_http_with_env(
+    let mut server = Server::start_http_with_env(
         &data,
         &[&"--test-clock", &clock, &"--scheduler-tick-ms", &"200"],
-        &[("KURA_LOG", &"info")],
+        &[("KURA_LOG", &"info"), ("TMPDIR", &scratch)],
     );
     let api = server.api();
     let admin = server.admin.clone();
@@ -101,6 +121,22 @@ fn a_scheduled_capture_is_boot_tested_and_the_status_page_shows_the_verdict_with
     let snapshot = r.json::<Value>()["snapshot"].as_str().unwrap().to_string();
     let job_state = api.req("GET", &format!("/jobs/{job}")).token(&admin).send().json()["job"]["state"].clone();
     assert_eq!(job_state, "succeeded");
+
+    // The engine queues the boot test; killed then, it runs the test after its restart.
+    let queued = format!("boot test of snapshot {snapshot} queued");
+    wait_for("the boot test queued", &server, Duration::from_secs(30), || server.log().contains(&queued).then_some(()));
+    wait_for("the boot test's QEMU", &server, Duration::from_secs(60), || {
+        (!qemus_in(&scratch).is_empty()).then_some(())
+    });
+    server.kill9();
+    // The killed engine's test machine goes with it (QEMU gets a parent-death signal).
+    wait_for("the killed engine's QEMU gone", &server, Duration::from_secs(10), || {
+        qemus_in(&scratch).is_empty().then_some(())
+    });
+    server.restart();
+    let again = "scheduled boot tests queued before the last stop are queued again";
+    wait_for("the queue read again", &server, Duration::from_secs(30), || server.log().contains(again).then_some(()));
+    let api = server.api();
 
     // The engine boot-tests the new snapshot by itself and records it.
     let tests_dir = data.join("screenshots");

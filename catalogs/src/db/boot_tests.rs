@@ -163,6 +163,58 @@ impl Catalog {
     }
 }
 
+/// A scheduled boot test waiting (or running, or cut short by a stop): see migration 0015.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedBootTest {
+    pub snapshot: String,
+    pub queued: UnixTime,
+    /// Console texts that also mean the system came up (the schedule's `--expect`).
+    pub expect: Vec<String>,
+}
+
+impl Catalog {
+    /// Queues the boot test of committed snapshot `snapshot` for engine node `node`; false when
+    /// it is already queued (by any node) or the snapshot is gone.
+    pub fn queue_boot_test(&self, node: &str, snapshot: &str, expect: &[String]) -> Result<bool> {
+        let expect = serde_json::to_string(expect).map_err(|e| CatalogError::Invalid(e.to_string()))?;
+        self.write(|tx, now| {
+            let n = tx.execute(
+                "INSERT INTO boot_test_queue (snapshot_id, node, queued, expect) \
+                 SELECT id, ?2, ?3, ?4 FROM snapshots WHERE id = ?1 AND state = 'committed' \
+                 ON CONFLICT (snapshot_id) DO NOTHING",
+                params![snapshot, node, now, expect],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    /// The boot test of `snapshot` ended (its verdict recorded, or it could not run).
+    pub fn unqueue_boot_test(&self, snapshot: &str) -> Result<()> {
+        self.write(|tx, _| {
+            tx.execute("DELETE FROM boot_test_queue WHERE snapshot_id = ?1", [snapshot])?;
+            Ok(())
+        })
+    }
+
+    /// The boot tests node `node` queued and has not ended, oldest first.
+    pub fn queued_boot_tests(&self, node: &str) -> Result<Vec<QueuedBootTest>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT snapshot_id, queued, expect FROM boot_test_queue WHERE node = ?1 ORDER BY queued, snapshot_id",
+            )?;
+            let rows = stmt.query_map([node], |r| {
+                let expect: String = r.get(2)?;
+                Ok(QueuedBootTest {
+                    snapshot: r.get(0)?,
+                    queued: r.get(1)?,
+                    expect: serde_json::from_str(&expect).unwrap_or_default(),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+}
+
 #[cfg(test)]
 for_each_backend! {
 mod tests {
@@ -215,6 +267,30 @@ mod tests {
         cat.remove_snapshot("t", "00000000000000b1").unwrap();
         assert!(cat.boot_tests("00000000000000b1").unwrap().is_empty());
         assert!(cat.last_boot_success_by_host().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_boot_test_queue_keeps_each_snapshot_once_per_node_until_it_ends() {
+        let (cat, clock) = catalog();
+        host(&cat, "web01");
+        cat.add_snapshot("t", &new_snapshot("00000000000000d1", "web01", 100)).unwrap();
+        cat.add_snapshot("t", &new_snapshot("00000000000000d2", "web01", 100)).unwrap();
+        let expect = vec!["login:".to_string()];
+        assert!(cat.queue_boot_test("local", "00000000000000d2", &expect).unwrap());
+        clock.advance(5);
+        assert!(cat.queue_boot_test("local", "00000000000000d1", &[]).unwrap());
+        assert!(!cat.queue_boot_test("other", "00000000000000d1", &[]).unwrap(), "queued once, by one node");
+        assert!(!cat.queue_boot_test("local", "00000000000000ff", &[]).unwrap(), "no such snapshot");
+        let q = cat.queued_boot_tests("local").unwrap();
+        let ids: Vec<&str> = q.iter().map(|t| t.snapshot.as_str()).collect();
+        assert_eq!(ids, ["00000000000000d2", "00000000000000d1"], "oldest first");
+        assert_eq!(q[0].expect, expect);
+        assert!(cat.queued_boot_tests("other").unwrap().is_empty());
+        cat.unqueue_boot_test("00000000000000d2").unwrap();
+        // A deleted snapshot leaves the queue with it.
+        cat.mark_snapshot_deleting("t", "00000000000000d1").unwrap();
+        cat.remove_snapshot("t", "00000000000000d1").unwrap();
+        assert!(cat.queued_boot_tests("local").unwrap().is_empty());
     }
 
     #[test]

@@ -52,6 +52,7 @@ migrations!(
     "0012_replication_groups",
     "0013_disk_sets",
     "0014_reader_role",
+    "0015_boot_test_queue",
 );
 
 /// The schema version this build reads and writes.

@@ -13,7 +13,10 @@
 //!
 //! Scheduled tests wait in a FIFO served by one thread: one test at a time, never in the way of
 //! captures (the scheduler only hands over a snapshot id and returns). The queue is bounded
-//! ([`QUEUE_LIMIT`]); a snapshot already queued is not queued twice.
+//! ([`QUEUE_LIMIT`]); a snapshot already queued is not queued twice. It is also kept in the
+//! catalog (`boot_test_queue`, a row per test until it ends): an engine that stops with tests
+//! waiting or running runs them when it starts again ([`resume`]), oldest first, each node of a
+//! shared store its own.
 
 use super::{Accel, DiskBus, Firmware, Options, Verdict};
 use crate::engine::Engine;
@@ -193,16 +196,51 @@ fn prune(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-/// Queues a boot test of `snapshot` (a schedule's capture committed it). Returns at once; the
-/// worker thread is started on first use and holds the engine only weakly.
+/// The engine node whose boot-test queue rows these are: the cluster node on a shared store,
+/// `local` otherwise.
+fn node(engine: &Engine) -> &str {
+    engine.cluster.as_ref().map_or("local", |c| c.node.as_str())
+}
+
+/// Queues a boot test of `snapshot` (a schedule's capture committed it): durably in the catalog
+/// (so a restart runs it, [`resume`]), then for the worker. Returns at once.
 pub fn enqueue(engine: &Arc<Engine>, snapshot: &str, req: Request) {
+    if engine.boot_tests.pending() >= QUEUE_LIMIT {
+        tracing::error!("boot test of snapshot {snapshot} dropped: {QUEUE_LIMIT} tests are already waiting");
+        return;
+    }
+    match engine.catalog.queue_boot_test(node(engine), snapshot, &req.expect) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!("boot test of snapshot {snapshot} not queued: already queued, or the snapshot is gone");
+            return;
+        }
+        // The test still runs; only a restart before it ends would forget it.
+        Err(e) => tracing::error!("boot test of snapshot {snapshot}: cannot record it in the catalog's queue: {e}"),
+    }
+    hand_to_worker(engine, snapshot, req);
+}
+
+/// At start: hands the worker every boot test this node queued before it stopped and that has
+/// not ended, oldest first (one cut short by the stop runs again from the start). Returns how
+/// many.
+pub fn resume(engine: &Arc<Engine>) -> Result<usize> {
+    let queued = engine.catalog.queued_boot_tests(node(engine)).context("reading the boot test queue")?;
+    for t in &queued {
+        hand_to_worker(engine, &t.snapshot, Request { expect: t.expect.clone(), ..Request::default() });
+    }
+    if !queued.is_empty() {
+        tracing::info!("{} scheduled boot tests queued before the last stop are queued again", queued.len());
+    }
+    Ok(queued.len())
+}
+
+/// Puts a test in the worker's FIFO (once), starting the worker on first use; it holds the
+/// engine only weakly.
+fn hand_to_worker(engine: &Arc<Engine>, snapshot: &str, req: Request) {
     let tests = &engine.boot_tests;
     let mut q = tests.queue.lock().unwrap_or_else(|e| e.into_inner());
     if q.running.as_deref() == Some(snapshot) || q.waiting.iter().any(|(s, _)| s == snapshot) {
-        return;
-    }
-    if q.waiting.len() >= QUEUE_LIMIT {
-        tracing::error!("boot test of snapshot {snapshot} dropped: {QUEUE_LIMIT} tests are already waiting");
         return;
     }
     q.waiting.push_back((snapshot.to_string(), req));
@@ -251,6 +289,10 @@ fn worker(engine: Weak<Engine>) {
                 o.verdict.fetched_bytes
             ),
             Err(err) => tracing::error!("scheduled boot test of snapshot {snapshot}: {err:#}"),
+        }
+        // Ended, with a verdict or unable to run (which a restart would not change).
+        if let Err(err) = e.catalog.unqueue_boot_test(&snapshot) {
+            tracing::error!("boot test of snapshot {snapshot}: cannot remove it from the catalog's queue: {err}");
         }
         e.boot_tests.queue.lock().unwrap_or_else(|e| e.into_inner()).running = None;
     }

@@ -42,6 +42,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const QEMU: &str = "qemu-system-x86_64";
+/// Starts QEMU with a parent-death signal (util-linux, part of every Debian system).
+const SETPRIV: &str = "setpriv";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// Console bytes read per look (the end of the log): a guest printing in a loop cannot make
@@ -290,15 +292,17 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
     }
     std::fs::write(w.join("command"), format!("{QEMU} {}\n", args.join(" ")))?;
     let started = Instant::now();
-    let mut machine = Machine(
-        Command::new(QEMU)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(w.join("qemu.stderr"))?)
-            .spawn()
-            .with_context(|| format!("starting {QEMU}"))?,
-    );
+    // An engine killed mid-test (`kill -9`, a crash) takes its test machine with it: QEMU is
+    // started through util-linux's `setpriv --pdeathsig KILL`, so the kernel kills it when the
+    // thread that started it ends. That thread runs this function until `machine` is dropped,
+    // so it never ends first otherwise.
+    let mut qemu = Command::new(SETPRIV);
+    qemu.args(["--pdeathsig", "KILL", "--", QEMU])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(w.join("qemu.stderr"))?);
+    let mut machine = Machine(qemu.spawn().with_context(|| format!("starting {QEMU} through {SETPRIV} (util-linux)"))?);
 
     // Watch the console.
     let mut last_len = 0u64;
