@@ -421,7 +421,7 @@ fn populate_xfs(root: &Path, big: bool) {
     // Preallocated inside the file's size: unwritten, reads as zeros.
     kura_tests::tools::run("fallocate", ["-o", "1048576", "-l", "1048576", sparse.to_str().unwrap()]);
     std::os::unix::fs::symlink("small/a.txt", root.join("short-link")).unwrap();
-    let long: String = (0..100).map(|i| format!("dir{i:05}/")).collect::<String>()[..1000].to_string();
+    let long: String = (0..200).map(|i| format!("dir{i:05}/")).collect::<String>()[..1000].to_string();
     std::os::unix::fs::symlink(&long, root.join("long-link")).unwrap();
     kura_tests::tools::run("sync", Vec::<&str>::new());
 
@@ -444,6 +444,13 @@ fn inode_field(img: &Path, ino: u64, field: &str) -> String {
     out.trim().strip_prefix(&format!("{field} = ")).unwrap_or_else(|| panic!("{out}")).to_string()
 }
 
+/// The logical block offsets of the mappings of an inode's data fork (`xfs_db bmap`).
+fn fork_offsets(img: &Path, ino: u64) -> Vec<u64> {
+    let out =
+        kura_tests::tools::run("xfs_db", ["-r", "-c", &format!("inode {ino}"), "-c", "bmap", img.to_str().unwrap()]);
+    out.lines().filter_map(|l| l.strip_prefix("data offset ")?.split_whitespace().next()?.parse().ok()).collect()
+}
+
 /// XFS as mkfs.xfs makes it by default (v5, bigtime), and with large extent counts, 16 KiB
 /// directory blocks and classic timestamps: `get` of the root gives exactly the source tree
 /// (contents, link targets, modes, owners, mtimes), `ls` of every directory lists exactly
@@ -454,10 +461,15 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
     let size = 320 * MIB;
     let inos = |root: &Path| -> BTreeMap<&'static str, u64> {
         let ino = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().ino();
-        [("small", ino("small")), ("block", ino("block")), ("node", ino("node")), ("frag", ino("frag.bin"))]
-            .into_iter()
-            .chain([("victim", ino("block/file-007.txt")), ("long", ino("long-link"))])
-            .collect()
+        let mut m: BTreeMap<&'static str, u64> =
+            [("small", ino("small")), ("block", ino("block")), ("node", ino("node")), ("frag", ino("frag.bin"))]
+                .into_iter()
+                .chain([("victim", ino("block/file-007.txt")), ("long", ino("long-link"))])
+                .collect();
+        if root.join("leaf").exists() {
+            m.insert("leaf", ino("leaf"));
+        }
+        m
     };
     let mut trees = Vec::new();
     let mut numbers = Vec::new();
@@ -476,6 +488,16 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
         assert_eq!(inode_field(&img, ino["block"], "core.format"), "2 (extents)");
         assert_eq!(inode_field(&img, ino["frag"], "core.format"), "3 (btree)");
         assert_eq!(inode_field(&img, ino["long"], "core.format"), "2 (extents)");
+        if n == 1 {
+            // Directory forms by their fork's mappings (4 KiB blocks): one block; data blocks
+            // and one leaf block at 32 GiB; and a free-index block at 64 GiB (node form).
+            let (leaf_at, free_at) = (8_388_608, 16_777_216);
+            assert_eq!(fork_offsets(&img, ino["block"]), [0], "block form");
+            let leaf = fork_offsets(&img, ino["leaf"]);
+            assert!(leaf.contains(&leaf_at) && leaf.iter().all(|&o| o < free_at), "leaf form: {leaf:?}");
+            let node = fork_offsets(&img, ino["node"]);
+            assert!(node.contains(&free_at), "node form: {node:?}");
+        }
         eprintln!("partition {n}: {} entries, inodes {ino:?}", meta.len());
         trees.push(meta);
         numbers.push(ino);
@@ -485,7 +507,8 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
     let bad = work.path().join("xfs3.img");
     std::fs::copy(&images[0], &bad).unwrap();
     let victim = numbers[0]["victim"];
-    let out = kura_tests::tools::run("xfs_db", ["-r", "-c", &format!("convert inode {victim} byte"), bad.to_str().unwrap()]);
+    let out =
+        kura_tests::tools::run("xfs_db", ["-r", "-c", &format!("convert inode {victim} byte"), bad.to_str().unwrap()]);
     let at: u64 = out.split(['(', ')']).nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{out}"));
     write_at(&bad, at + 56, &[0xFF; 8]);
     images.push(bad);
@@ -515,7 +538,12 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
         for (path, want) in tree {
             assert_eq!(got.get(path), Some(want), "partition {n}: {path}\n{r}");
         }
-        assert_eq!(got.len(), tree.len(), "partition {n}: extra entries {:?}", got.keys().filter(|k| !tree.contains_key(*k)).collect::<Vec<_>>());
+        assert_eq!(
+            got.len(),
+            tree.len(),
+            "partition {n}: extra entries {:?}",
+            got.keys().filter(|k| !tree.contains_key(*k)).collect::<Vec<_>>()
+        );
         assert_eq!(report["symlinks"], 2, "{r}");
 
         // `ls` of every directory lists exactly its entries.
@@ -538,10 +566,15 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
     assert_eq!(v[0]["target"].as_str().map(str::len), Some(1000), "{v}");
     let v = json(&files(&store, &["ls", snap, "1:/small", "--json"]));
     let a = v.as_array().unwrap().iter().find(|e| e["name"] == "a.txt").unwrap_or_else(|| panic!("{v}"));
-    assert_eq!((a["mode"].as_u64(), a["uid"].as_u64(), a["gid"].as_u64()), (Some(0o640), Some(1234), Some(5678)), "{v}");
+    assert_eq!(
+        (a["mode"].as_u64(), a["uid"].as_u64(), a["gid"].as_u64()),
+        (Some(0o640), Some(1234), Some(5678)),
+        "{v}"
+    );
 
     let found = files(&store, &["find", snap, "1:/node/*-0199?.dat"]);
-    let want: Vec<String> = (1990..2000).map(|i| format!("1:/node/a-rather-long-file-name-number-{i:05}.dat")).collect();
+    let want: Vec<String> =
+        (1990..2000).map(|i| format!("1:/node/a-rather-long-file-name-number-{i:05}.dat")).collect();
     assert_eq!(found.expect_success().stdout.lines().collect::<Vec<_>>(), want, "{found}");
     let found = files(&store, &["find", snap, "2:/**/*.txt"]);
     assert_eq!(found.expect_success().stdout.lines().count(), 51, "{found}");

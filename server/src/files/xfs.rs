@@ -147,7 +147,9 @@ impl Super {
         }
         let dblocks = be64(sb, 0x08);
         if dblocks.checked_mul(block_size).is_none_or(|b| b > part_size) {
-            bail!("filesystem of {dblocks} blocks of {block_size} bytes is larger than the partition ({part_size} bytes)");
+            bail!(
+                "filesystem of {dblocks} blocks of {block_size} bytes is larger than the partition ({part_size} bytes)"
+            );
         }
         let agblocks = be32(sb, 0x54) as u64;
         let agcount = be32(sb, 0x58) as u64;
@@ -167,7 +169,10 @@ impl Super {
         }
         let inopblog = sb[0x7B] as u32;
         if inode_size > block_size || inopblog != block_log - inode_log {
-            bail!("{} inodes per block (log {inopblog}) do not fit blocks of {block_size} bytes", 1u64 << inopblog.min(16));
+            bail!(
+                "{} inodes per block (log {inopblog}) do not fit blocks of {block_size} bytes",
+                1u64 << inopblog.min(16)
+            );
         }
         let dirblklog = sb[0xC0] as u32;
         if block_log + dirblklog > 16 {
@@ -573,11 +578,8 @@ impl XfsReader {
         let dblk = (self.sb.block_size * dfsbs) as usize;
         // The data space: below the leaf offset, and within the directory's size.
         let data_end = dir.size.min(DIR_LEAF_OFFSET) >> self.sb.block_log;
-        let (hdr, block_magic, data_magic) = if self.sb.v5 {
-            (64, DIR_BLOCK_V5, DIR_DATA_V5)
-        } else {
-            (16, DIR_BLOCK_V4, DIR_DATA_V4)
-        };
+        let (hdr, block_magic, data_magic) =
+            if self.sb.v5 { (64, DIR_BLOCK_V5, DIR_DATA_V5) } else { (16, DIR_BLOCK_V4, DIR_DATA_V4) };
         let mut buf = vec![0u8; dblk];
         let mut next = 0u64;
         for e in ext.iter().take_while(|e| e.off < data_end) {
@@ -817,7 +819,10 @@ mod tests {
     #[test]
     fn superblock_geometry_is_checked() {
         let sb = Super::parse(&v4_super(), 16 << 20).unwrap();
-        assert_eq!((sb.v5, sb.block_size, sb.agcount, sb.inopblog, sb.rootino, sb.ftype), (false, 4096, 4, 3, 128, true));
+        assert_eq!(
+            (sb.v5, sb.block_size, sb.agcount, sb.inopblog, sb.rootino, sb.ftype),
+            (false, 4096, 4, 3, 128, true)
+        );
         // Inode 128: AG 0, block 16, slot 0; an inode of AG 4 (there are 4) is outside.
         assert_eq!(sb.inode_offset(128), Some(16 * 4096));
         assert_eq!(sb.inode_offset(4 << 13), None);
@@ -846,7 +851,10 @@ mod tests {
 
     #[test]
     fn extent_records_decode() {
-        assert_eq!(decode_rec(&rec(true, (1 << 54) - 1, (1 << 52) - 1, 1 << 20)), (true, (1 << 54) - 1, (1 << 52) - 1, 1 << 20));
+        assert_eq!(
+            decode_rec(&rec(true, (1 << 54) - 1, (1 << 52) - 1, 1 << 20)),
+            (true, (1 << 54) - 1, (1 << 52) - 1, 1 << 20)
+        );
         assert_eq!(decode_rec(&rec(false, 7, 1 << 44 | 3, 2)), (false, 7, 1 << 44 | 3, 2));
     }
 
