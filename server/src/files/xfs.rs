@@ -390,7 +390,7 @@ fn data_entries(buf: &[u8], hdr: usize, block: bool, ftype: bool, f: &mut dyn Fn
     while off < end {
         if be16(buf, off) == 0xFFFF {
             let len = be16(buf, off + 2) as usize;
-            if len < 8 || len % 8 != 0 || off + len > end {
+            if len < 8 || !len.is_multiple_of(8) || off + len > end {
                 bail!("directory free space of {len} bytes at byte {off} is invalid");
             }
             off += len;
