@@ -511,6 +511,13 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
         kura_tests::tools::run("xfs_db", ["-r", "-c", &format!("convert inode {victim} byte"), bad.to_str().unwrap()]);
     let at: u64 = out.split(['(', ')']).nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{out}"));
     write_at(&bad, at + 56, &[0xFF; 8]);
+    // Two inodes made inconsistent with their checksums kept right (xfs_db rewrites them): an
+    // extent count far beyond the btree's, a shortform directory larger than its fork.
+    let (frag, small) = (numbers[0]["frag"], numbers[0]["small"]);
+    for (ino, field) in [(frag, "core.nextents 100000"), (small, "core.size 4000")] {
+        let cmd = ["-x", "-c", &format!("inode {ino}"), "-c", &format!("write {field}"), bad.to_str().unwrap()];
+        kura_tests::tools::run("xfs_db", cmd);
+    }
     images.push(bad);
 
     let parts = images
@@ -586,7 +593,11 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
     let to = work.path().join("got-bad");
     files(&store, &["get", snap, "3:/block/file-007.txt", "--to", to.to_str().unwrap()])
         .expect_failure_mentioning(&[&inode]);
-    assert_eq!(ls_names(&store, snap, "3:/small"), BTreeSet::from(["a.txt".to_string(), "b".to_string()]));
+    let to = work.path().join("got-frag");
+    files(&store, &["get", snap, "3:/frag.bin", "--to", to.to_str().unwrap()])
+        .expect_failure_mentioning(&[&format!("inode {frag}"), "extents"]);
+    files(&store, &["ls", snap, "3:/small"]).expect_failure_mentioning(&[&format!("inode {small}"), "4000"]);
+    assert_eq!(ls_names(&store, snap, "3:/deep"), BTreeSet::from(["d00".to_string()]));
     files(&store, &["ls", snap, "1:/nope"]).expect_failure_mentioning(&["/nope", "no such file"]);
     files(&store, &["ls", snap, "1:/short-link/x"]).expect_failure_mentioning(&["not a directory"]);
 }
