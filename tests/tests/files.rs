@@ -601,3 +601,67 @@ fn xfs_files_are_listed_and_copied_as_the_source_has_them() {
     files(&store, &["ls", snap, "1:/nope"]).expect_failure_mentioning(&["/nope", "no such file"]);
     files(&store, &["ls", snap, "1:/short-link/x"]).expect_failure_mentioning(&["not a directory"]);
 }
+
+/// A v4 XFS (no CRCs, no ftype in directory entries), which the kernel no longer mounts:
+/// filled by `mkfs.xfs -p PROTOFILE`. Shortform, block and leaf directories, files, a
+/// symbolic link in a block (no header on v4), an owner and mode, all read as written.
+#[test]
+fn xfs_v4_without_ftype_is_read() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut file = |rel: &str, data: Vec<u8>| -> String {
+        let p = src.join(rel.replace('/', "_"));
+        std::fs::write(&p, &data).unwrap();
+        expected.insert(rel.to_string(), sha256_hex(&data));
+        p.display().to_string()
+    };
+    let long = "x/".repeat(500);
+    let mut proto = String::from("/dev/null\n0 0\nd--755 0 0\nsmall d--755 0 0\n");
+    proto += &format!("a.txt ---640 1234 5678 {}\n$\n", file("small/a.txt", b"alpha\n".to_vec()));
+    proto += "block d--755 0 0\n";
+    for i in 0..50u64 {
+        let name = format!("file-{i:03}.txt");
+        proto += &format!("{name} ---644 0 0 {}\n", file(&format!("block/{name}"), text_bytes(42_000 + i, 300)));
+    }
+    proto += "$\nleaf d--755 0 0\n";
+    for i in 0..300u64 {
+        let name = format!("entry-{i:04}-name");
+        proto += &format!("{name} ---644 0 0 {}\n", file(&format!("leaf/{name}"), format!("{i}\n").into_bytes()));
+    }
+    proto += &format!("$\ndata.bin ---644 0 0 {}\n", file("data.bin", random_bytes(42_500, 700_000)));
+    proto += &format!("long l--777 0 0 {long}\nshort l--777 0 0 small/a.txt\n$\n");
+    let proto_path = work.path().join("proto");
+    std::fs::write(&proto_path, proto).unwrap();
+    let img = work.path().join("v4.img");
+    std::fs::File::create(&img).unwrap().set_len(320 * MIB).unwrap();
+    let (img_s, proto_s) = (img.to_str().unwrap(), proto_path.to_str().unwrap());
+    kura_tests::tools::run("mkfs.xfs", ["-q", "-f", "-m", "crc=0", "-n", "ftype=0", "-p", proto_s, img_s]);
+    let sb = kura_tests::tools::run("xfs_db", ["-r", "-c", "sb 0", "-c", "p versionnum", img_s]);
+    assert!(sb.trim().ends_with('4'), "not a v4 superblock: {sb}");
+
+    let disk = build_gpt(
+        work.path(),
+        "v4-disk.img",
+        330 * MIB,
+        vec![PartSpec::gpt(320 * MIB, "8300", "root", Content::Image { fs: Fs::Raw, path: img })],
+    );
+    let store = Store::new(work.path().join("store"));
+    let cap = store.capture(&disk.path, None);
+    std::fs::remove_file(&disk.path).unwrap();
+    let snap = &cap.snapshot;
+    let to = work.path().join("got");
+    let r = files(&store, &["get", snap, "1:/", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(json(&r)["symlinks"], 2, "{r}");
+    assert_eq!(local_tree(&to, false), expected, "{r}");
+    assert_eq!(std::fs::read_link(to.join("long")).unwrap(), Path::new(&long));
+    assert_eq!(std::fs::read_link(to.join("short")).unwrap(), Path::new("small/a.txt"));
+    let m = std::fs::metadata(to.join("small/a.txt")).unwrap();
+    assert_eq!((m.permissions().mode() & 0o7777, m.uid(), m.gid()), (0o640, 1234, 5678));
+    for dir in ["block", "leaf"] {
+        let want: BTreeSet<String> =
+            expected.keys().filter_map(|k| k.strip_prefix(&format!("{dir}/")).map(str::to_string)).collect();
+        assert_eq!(ls_names(&store, snap, &format!("1:/{dir}")), want, "ls 1:/{dir}");
+    }
+}
