@@ -24,7 +24,7 @@ mod swap;
 #[cfg(test)]
 mod test_images;
 mod volume;
-mod xfs;
+pub mod xfs;
 
 use crate::bitmap::Bitmap;
 use crate::layout::{gpt_types, PartitionEntry};

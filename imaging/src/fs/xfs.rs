@@ -86,8 +86,8 @@ fn be64(b: &[u8], off: usize) -> u64 {
 }
 
 /// Whether the little-endian CRC32c at `off` of `buf` matches the rest of `buf` (computed with
-/// the field zeroed, as XFS does).
-fn crc_ok(buf: &[u8], off: usize) -> bool {
+/// the field zeroed, as XFS does). Public for the file reader of `kura files`.
+pub fn crc_ok(buf: &[u8], off: usize) -> bool {
     const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     let Some(stored) = buf.get(off..off + 4) else { return false };
     let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);

@@ -3,7 +3,7 @@
 //! - [`partition`]: one partition of the lazy snapshot disk ([`crate::snapshot_disk`]) as
 //!   `Read + Seek`: only the chunks holding the metadata and files asked for are fetched.
 //! - [`ext4`], [`ntfs`], [`fat`]: one reader per filesystem behind [`FsReader`] (crates
-//!   `ext4-view`, `ntfs`, `fatfs`). XFS and btrfs are not readable yet.
+//!   `ext4-view`, `ntfs`, `fatfs`); [`xfs`]: Kura's own XFS decoder. btrfs is not readable yet.
 //! - [`glob`]: the patterns of `kura files find`.
 //! - [`get`]: copying a file or a tree out (mode, mtime, ownership where allowed, symlinks as
 //!   symlinks). [`diff`]: added, removed and changed files between two snapshots.
@@ -20,6 +20,7 @@ pub mod get;
 pub mod glob;
 pub mod ntfs;
 pub mod partition;
+pub mod xfs;
 
 use crate::snapshot_disk::SnapshotDisk;
 use anyhow::{bail, Context, Result};
@@ -112,7 +113,7 @@ pub struct PartitionInfo {
 
 /// Whether `kura files` has a reader for `fs`.
 pub fn readable(fs: FsKind) -> bool {
-    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat)
+    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat | FsKind::Xfs)
 }
 
 /// The snapshot's partitions, by number.
@@ -144,7 +145,7 @@ pub fn pick_partition(disk: &SnapshotDisk, number: Option<u32>) -> Result<Partit
             format!("snapshot {} has no partition {n} (`kura files ls {}` lists them)", disk.id(), disk.id())
         }),
         None => parts.into_iter().find(|p| p.readable).with_context(|| {
-            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT)", disk.id())
+            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT, XFS)", disk.id())
         }),
     }
 }
@@ -157,7 +158,7 @@ pub fn open(disk: &Arc<SnapshotDisk>, part: &PartitionInfo) -> Result<Box<dyn Fs
         FsKind::Ext4 => Box::new(ext4::Ext4Reader::open(r).with_context(|| format!("partition {n}: ext4"))?),
         FsKind::Ntfs => Box::new(ntfs::NtfsReader::open(r).with_context(|| format!("partition {n}: NTFS"))?),
         FsKind::Fat => Box::new(fat::FatReader::open(r).with_context(|| format!("partition {n}: FAT"))?),
-        FsKind::Xfs => bail!("files: xfs is not readable yet (partition {n})"),
+        FsKind::Xfs => Box::new(xfs::XfsReader::open(r).with_context(|| format!("partition {n}: XFS"))?),
         FsKind::Btrfs => bail!("files: btrfs is not readable yet (partition {n})"),
         FsKind::Lvm => bail!("files: LVM volumes are not readable yet (partition {n})"),
         FsKind::Md => bail!("files: md RAID members are not readable yet (partition {n})"),
