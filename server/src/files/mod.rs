@@ -2,8 +2,9 @@
 //!
 //! - [`partition`]: one partition of the lazy snapshot disk ([`crate::snapshot_disk`]) as
 //!   `Read + Seek`: only the chunks holding the metadata and files asked for are fetched.
-//! - [`ext4`], [`ntfs`], [`fat`]: one reader per filesystem behind [`FsReader`] (crates
-//!   `ext4-view`, `ntfs`, `fatfs`). XFS and btrfs are not readable yet.
+//! - [`ext4`], [`ntfs`], [`fat`], [`btrfs`]: one reader per filesystem behind [`FsReader`]
+//!   (crates `ext4-view`, `ntfs`, `fatfs`; btrfs by Kura's own read-only decoder). XFS is not
+//!   readable yet.
 //! - [`glob`]: the patterns of `kura files find`.
 //! - [`get`]: copying a file or a tree out (mode, mtime, ownership where allowed, symlinks as
 //!   symlinks). [`diff`]: added, removed and changed files between two snapshots.
@@ -13,6 +14,7 @@
 //! symbolic links are never followed (neither inside a path asked for nor while walking), so
 //! a link loop cannot make a walk endless.
 
+pub mod btrfs;
 pub mod diff;
 pub mod ext4;
 pub mod fat;
@@ -72,7 +74,7 @@ pub struct Entry {
     /// Permission bits (0o7777); NTFS and FAT: 0o444 / 0o644 from the read-only flag, 0o755
     /// for directories.
     pub mode: u32,
-    /// Owner, where the filesystem has one (ext4).
+    /// Owner, where the filesystem has one (ext4, btrfs).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<Mtime>,
@@ -112,7 +114,7 @@ pub struct PartitionInfo {
 
 /// Whether `kura files` has a reader for `fs`.
 pub fn readable(fs: FsKind) -> bool {
-    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat)
+    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat | FsKind::Btrfs)
 }
 
 /// The snapshot's partitions, by number.
@@ -144,7 +146,7 @@ pub fn pick_partition(disk: &SnapshotDisk, number: Option<u32>) -> Result<Partit
             format!("snapshot {} has no partition {n} (`kura files ls {}` lists them)", disk.id(), disk.id())
         }),
         None => parts.into_iter().find(|p| p.readable).with_context(|| {
-            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT)", disk.id())
+            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT, btrfs)", disk.id())
         }),
     }
 }
@@ -158,7 +160,9 @@ pub fn open(disk: &Arc<SnapshotDisk>, part: &PartitionInfo) -> Result<Box<dyn Fs
         FsKind::Ntfs => Box::new(ntfs::NtfsReader::open(r).with_context(|| format!("partition {n}: NTFS"))?),
         FsKind::Fat => Box::new(fat::FatReader::open(r).with_context(|| format!("partition {n}: FAT"))?),
         FsKind::Xfs => bail!("files: xfs is not readable yet (partition {n})"),
-        FsKind::Btrfs => bail!("files: btrfs is not readable yet (partition {n})"),
+        FsKind::Btrfs => {
+            Box::new(btrfs::BtrfsReader::open(r).with_context(|| format!("partition {n}: btrfs"))?)
+        }
         FsKind::Lvm => bail!("files: LVM volumes are not readable yet (partition {n})"),
         FsKind::Md => bail!("files: md RAID members are not readable yet (partition {n})"),
         FsKind::Swap => bail!("files: partition {n} is swap, it holds no files"),
