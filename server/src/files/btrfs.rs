@@ -227,8 +227,9 @@ fn decompress(compression: u8, src: &[u8], ram: u64, what: &dyn Fn() -> String) 
     match compression {
         1 => flate2::read::ZlibDecoder::new(src).take(ram).read_to_end(&mut out),
         2 => bail!("LZO-compressed extent at {} is not readable (Kura has no LZO decoder)", what()),
-        3 => zstd::stream::read::Decoder::with_buffer(src)
-            .and_then(|d| d.single_frame().take(ram).read_to_end(&mut out)),
+        3 => {
+            zstd::stream::read::Decoder::with_buffer(src).and_then(|d| d.single_frame().take(ram).read_to_end(&mut out))
+        }
         c => bail!("{}: unknown compression type {c}", what()),
     }
     .with_context(|| format!("{}: decompressing", what()))?;
@@ -277,15 +278,8 @@ impl BtrfsReader {
         let max_blocks = part_size / g.nodesize + 1;
         let chunk_tree = Tree { id: CHUNK_TREE, bytenr: g.chunk_root, level: g.chunk_root_level };
         let root_tree = Tree { id: ROOT_TREE, bytenr: g.root, level: g.root_level };
-        let mut r = BtrfsReader {
-            part,
-            g,
-            chunks: sys,
-            root_tree,
-            top: (root_tree, 0),
-            cache: HashMap::new(),
-            max_blocks,
-        };
+        let mut r =
+            BtrfsReader { part, g, chunks: sys, root_tree, top: (root_tree, 0), cache: HashMap::new(), max_blocks };
 
         let mut chunks = Vec::new();
         let max_chunks = part_size / (1 << 20) + 16;
@@ -552,7 +546,9 @@ impl BtrfsReader {
     fn resolve(&mut self, path: &FsPath) -> Result<(Loc, Entry)> {
         let (tree, ino) = self.top;
         let mut loc = Loc::Inode(tree, ino);
-        let mut e = self.stat(&loc, String::new())?;
+        // Errors reading the trees name the path asked for.
+        let asked = || show_path(path);
+        let mut e = self.stat(&loc, String::new()).with_context(asked)?;
         for (i, c) in path.iter().enumerate() {
             if e.kind != Kind::Dir {
                 let what = if e.kind == Kind::Symlink { " (a symbolic link is not followed)" } else { "" };
@@ -561,10 +557,10 @@ impl BtrfsReader {
             let Loc::Inode(tree, dir) = loc else {
                 bail!("{}: no such file or directory", show_path(&path[..=i]));
             };
-            let d = self.lookup(tree, dir, c)?;
+            let d = self.lookup(tree, dir, c).with_context(asked)?;
             let d = d.ok_or_else(|| anyhow!("{}: no such file or directory", show_path(&path[..=i])))?;
-            loc = self.follow(tree, dir, &d)?;
-            e = self.stat(&loc, c.clone())?;
+            loc = self.follow(tree, dir, &d).with_context(asked)?;
+            e = self.stat(&loc, c.clone()).with_context(asked)?;
         }
         Ok((loc, e))
     }
@@ -619,13 +615,14 @@ impl BtrfsReader {
             }
             Extent::Regular { disk: 0, .. } => zeros(out, len),
             Extent::Regular { compression: 0, disk, disk_len, offset, len: n, .. } => {
-                if offset.checked_add(*n).is_none_or(|e| e > *disk_len) {
+                if offset.checked_add(*n).is_none_or(|e| e > *disk_len) || disk.checked_add(*disk_len).is_none() {
                     bail!("extent at file offset {off} reaches past its disk extent");
                 }
                 let mut buf = vec![0u8; len.min(1 << 20) as usize];
                 let mut done = 0u64;
                 while done < len {
                     let k = (len - done).min(buf.len() as u64) as usize;
+                    // Below disk + disk_len, checked above.
                     self.read_logical(disk + offset + done, &mut buf[..k])?;
                     out.write_all(&buf[..k])?;
                     done += k as u64;

@@ -160,9 +160,7 @@ pub fn open(disk: &Arc<SnapshotDisk>, part: &PartitionInfo) -> Result<Box<dyn Fs
         FsKind::Ntfs => Box::new(ntfs::NtfsReader::open(r).with_context(|| format!("partition {n}: NTFS"))?),
         FsKind::Fat => Box::new(fat::FatReader::open(r).with_context(|| format!("partition {n}: FAT"))?),
         FsKind::Xfs => bail!("files: xfs is not readable yet (partition {n})"),
-        FsKind::Btrfs => {
-            Box::new(btrfs::BtrfsReader::open(r).with_context(|| format!("partition {n}: btrfs"))?)
-        }
+        FsKind::Btrfs => Box::new(btrfs::BtrfsReader::open(r).with_context(|| format!("partition {n}: btrfs"))?),
         FsKind::Lvm => bail!("files: LVM volumes are not readable yet (partition {n})"),
         FsKind::Md => bail!("files: md RAID members are not readable yet (partition {n})"),
         FsKind::Swap => bail!("files: partition {n} is swap, it holds no files"),
