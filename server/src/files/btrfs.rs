@@ -239,7 +239,7 @@ fn decompress(compression: u8, src: &[u8], ram: u64, what: &dyn Fn() -> String) 
 
 /// Writes `n` zero bytes.
 fn zeros(out: &mut dyn Write, mut n: u64) -> Result<()> {
-    const Z: [u8; 65536] = [0; 65536];
+    static Z: [u8; 65536] = [0; 65536];
     while n > 0 {
         let k = n.min(Z.len() as u64) as usize;
         out.write_all(&Z[..k])?;
