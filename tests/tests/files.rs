@@ -669,3 +669,299 @@ fn xfs_v4_without_ftype_is_read() {
         assert_eq!(ls_names(&store, snap, &format!("1:/{dir}")), want, "ls 1:/{dir}");
     }
 }
+
+// --- btrfs ---------------------------------------------------------------------------------
+
+/// A loop mount of a filesystem image, unmounted on drop.
+struct LoopMount(PathBuf);
+
+impl LoopMount {
+    fn new(img: &Path, dir: &Path, options: &str) -> LoopMount {
+        std::fs::create_dir_all(dir).unwrap();
+        let opts = if options.is_empty() { "loop".to_string() } else { format!("loop,{options}") };
+        kura_tests::tools::run("mount", ["-o", &opts, img.to_str().unwrap(), dir.to_str().unwrap()]);
+        LoopMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = kura_tests::tools::run_unchecked("umount", [&self.0]);
+    }
+}
+
+/// What a tree holds, path by path (relative, the root left out): kind, mode, owner, mtime
+/// (`None` for the empty directory a subvolume shows inside a snapshot: the kernel gives it
+/// the time of the lookup), and a file's sha256 or a link's target.
+type TreeMeta = BTreeMap<String, (char, u32, u32, u32, Option<(i64, i64)>, String)>;
+
+fn tree_meta(root: &Path) -> TreeMeta {
+    let mut out = TreeMeta::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let t = m.file_type();
+            let (kind, what) = if t.is_dir() {
+                dirs.push(p.clone());
+                ('d', String::new())
+            } else if t.is_file() {
+                ('f', sha256_file(&p))
+            } else if t.is_symlink() {
+                ('l', std::fs::read_link(&p).unwrap().to_str().unwrap().to_string())
+            } else {
+                ('s', String::new())
+            };
+            let mtime = (!(t.is_dir() && m.ino() == 2)).then(|| (m.mtime(), m.mtime_nsec()));
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            out.insert(rel, (kind, m.mode() & 0o7777, m.uid(), m.gid(), mtime, what));
+        }
+    }
+    out
+}
+
+/// Fills the `@` subvolume as a SUSE root would be: compressed files (zstd by mount option,
+/// zlib by property), inline, sparse and preallocated files, a directory of 2000 entries,
+/// symbolic links, modes, owners and mtimes.
+fn fill_btrfs_root(root: &Path) {
+    let w = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    };
+    let sh = |cmd: &str| kura_tests::tools::run("sh", ["-c", cmd]);
+    w("etc/hostname", b"suse-test\n");
+    w("etc/fstab", &text_bytes(41_001, 700));
+    w("usr/share/doc/changelog", &text_bytes(41_002, 700 << 10));
+    w("var/lib/random.bin", &random_bytes(41_003, 300 << 10));
+    std::fs::create_dir_all(root.join("var/log")).unwrap();
+    kura_tests::tools::run("btrfs", ["property", "set", root.join("var/log").to_str().unwrap(), "compression", "zlib"]);
+    w("var/log/messages", &text_bytes(41_004, 900 << 10));
+    w("var/log/boot.log", &text_bytes(41_005, 3_000));
+    let r = root.display();
+    // Sparse: data, a hole, data, a hole to the end.
+    sh(&format!("printf start > {r}/var/lib/sparse.img && printf middle | dd of={r}/var/lib/sparse.img bs=1 seek=3000000 conv=notrunc status=none && truncate -s 8M {r}/var/lib/sparse.img"));
+    // Preallocated: 2 MiB allocated, 64 KiB written in the middle, 1 MiB more kept past the end.
+    sh(&format!("fallocate -l 2M {r}/var/lib/prealloc.bin && dd if=/dev/urandom of={r}/var/lib/prealloc.bin bs=64K seek=8 count=1 conv=notrunc status=none && fallocate -n -o 2M -l 1M {r}/var/lib/prealloc.bin"));
+    for i in 0..2000 {
+        w(&format!("usr/lib/many/entry-{i:04}.conf"), format!("value {i}\n").as_bytes());
+    }
+    std::os::unix::fs::symlink("../usr/share/doc/changelog", root.join("etc/changelog")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", root.join("etc/dangling")).unwrap();
+    sh(&format!("chmod 600 {r}/etc/fstab && chown 1000:100 {r}/etc/fstab && chmod 4755 {r}/var/lib/random.bin"));
+    sh(&format!("touch -h -d '2021-03-04 05:06:07.123456789Z' {r}/etc/changelog {r}/etc/fstab {r}/var/log/messages"));
+    sh(&format!("touch -d '2019-12-31 23:59:59Z' {r}/usr/lib/many {r}/etc"));
+}
+
+/// btrfs as SUSE lays it out: subvolumes `@`, `@/home`, `@/.snapshots` with a read-only
+/// snapshot of `@`, the default subvolume set to `@`. `get` of the root equals the tree a
+/// mount of the default subvolume shows (contents, links, modes, owners, mtimes); `ls` lists
+/// the mount's names, subvolumes as directories; with the default set to the snapshot (as
+/// SUSE does), the root is the snapshot; a corrupted tree block gives a checksum error.
+#[test]
+fn btrfs_default_subvolume_is_read_as_the_kernel_mounts_it() {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("btrfs.img");
+    std::fs::File::create(&img).unwrap().set_len(300 * MIB).unwrap();
+    kura_tests::tools::run("mkfs.btrfs", ["-q", "-f", "-L", "suse", img.to_str().unwrap()]);
+    let top = work.path().join("top");
+    let snapshot_id;
+    {
+        let m = LoopMount::new(&img, &top, "subvolid=5,compress=zstd");
+        let sub =
+            |p: &str| kura_tests::tools::run("btrfs", ["-q", "subvolume", "create", top.join(p).to_str().unwrap()]);
+        sub("@");
+        sub("@/home");
+        sub("@/.snapshots");
+        std::fs::write(top.join("not-in-default.txt"), b"top level\n").unwrap();
+        fill_btrfs_root(&top.join("@"));
+        std::fs::create_dir_all(top.join("@/home/user")).unwrap();
+        std::fs::write(top.join("@/home/user/notes.txt"), text_bytes(41_010, 200 << 10)).unwrap();
+        std::fs::create_dir(top.join("@/.snapshots/1")).unwrap();
+        let snap = top.join("@/.snapshots/1/snapshot");
+        let src = top.join("@");
+        kura_tests::tools::run(
+            "btrfs",
+            ["-q", "subvolume", "snapshot", "-r", src.to_str().unwrap(), snap.to_str().unwrap()],
+        );
+        let id = kura_tests::tools::run("btrfs", ["inspect-internal", "rootid", snap.to_str().unwrap()]);
+        snapshot_id = id.trim().to_string();
+        kura_tests::tools::run("btrfs", ["subvolume", "set-default", src.to_str().unwrap()]);
+        drop(m);
+    }
+    // The extents the test is about are there.
+    let dump = kura_tests::tools::run("btrfs", ["inspect-internal", "dump-tree", img.to_str().unwrap()]);
+    for what in ["compression 1 (zlib)", "compression 3 (zstd)", "prealloc data", "inline extent data"] {
+        assert!(dump.contains(what), "no {what:?} extent in the filesystem");
+    }
+    let expected = {
+        let _m = LoopMount::new(&img, &work.path().join("default"), "ro");
+        tree_meta(&work.path().join("default"))
+    };
+    assert!(expected.contains_key("home/user/notes.txt") && expected.contains_key(".snapshots/1/snapshot/etc/fstab"));
+    assert!(!expected.contains_key("not-in-default.txt"));
+    assert_eq!(expected[".snapshots/1/snapshot/home"].4, None, "a subvolume inside a snapshot is an empty directory");
+
+    let disk = build_gpt(
+        work.path(),
+        "btrfs-disk.img",
+        310 * MIB,
+        vec![PartSpec::gpt(300 * MIB, "8300", "root", Content::Image { fs: Fs::Raw, path: img.clone() })],
+    );
+    let store = Store::new(work.path().join("store"));
+    let cap = store.capture(&disk.path, Some("btrfs"));
+    let parts = json(&files(&store, &["ls", &cap.snapshot, "--json"]));
+    assert_eq!((parts[0]["fs"].as_str(), parts[0]["readable"].as_bool()), (Some("btrfs"), Some(true)), "{parts}");
+
+    let to = work.path().join("got");
+    let started = std::time::Instant::now();
+    let r = files(&store, &["get", &cap.snapshot, "1:/", "--to", to.to_str().unwrap(), "--json"]);
+    let report = json(&r);
+    eprintln!("get of {} entries took {:?}", expected.len(), started.elapsed());
+    let mut got = tree_meta(&to);
+    for (path, meta) in got.iter_mut() {
+        if expected.get(path).is_some_and(|e| e.4.is_none()) {
+            meta.4 = None;
+        }
+    }
+    let differ: Vec<_> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| format!("{k}: mount {:?}, kura {:?}", expected.get(k), got.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "get differs from the mount:\n{}\n{r}", differ.join("\n"));
+    assert_eq!(report["symlinks"], 4, "two links, and their copies in the snapshot: {r}");
+    std::fs::remove_dir_all(&to).unwrap();
+
+    // ls: the names of the mount, subvolumes as directories, in every directory checked.
+    let names = |dir: &str| -> BTreeSet<String> {
+        std::fs::read_dir(work.path().join("default-again").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    {
+        let _m = LoopMount::new(&img, &work.path().join("default-again"), "ro");
+        for dir in ["", "usr/lib/many", "home", ".snapshots/1/snapshot", ".snapshots/1/snapshot/home", "etc"] {
+            assert_eq!(ls_names(&store, &cap.snapshot, &format!("1:/{dir}")), names(dir), "ls /{dir}");
+        }
+    }
+    let v = json(&files(&store, &["ls", &cap.snapshot, "1:/", "--json"]));
+    let kind = |n: &str| v.as_array().unwrap().iter().find(|e| e["name"] == n).map(|e| e["kind"].clone());
+    assert_eq!((kind("home"), kind(".snapshots")), (Some("dir".into()), Some("dir".into())), "{v}");
+    let found = files(&store, &["find", &cap.snapshot, "1:/usr/lib/many/entry-19*"]);
+    assert_eq!(found.expect_success().stdout.lines().count(), 100, "{found}");
+
+    // SUSE's default: the snapshot. The root is then the snapshot's tree.
+    {
+        let _m = LoopMount::new(&img, &top, "subvolid=5");
+        kura_tests::tools::run("btrfs", ["subvolume", "set-default", &snapshot_id, top.to_str().unwrap()]);
+    }
+    std::fs::remove_file(&disk.path).unwrap();
+    let disk = build_gpt(
+        work.path(),
+        "btrfs-disk.img",
+        310 * MIB,
+        vec![PartSpec::gpt(300 * MIB, "8300", "root", Content::Image { fs: Fs::Raw, path: img.clone() })],
+    );
+    let cap2 = store.capture(&disk.path, Some("btrfs-snapshot-default"));
+    let want: BTreeSet<String> = expected
+        .keys()
+        .filter_map(|k| k.strip_prefix(".snapshots/1/snapshot/"))
+        .filter(|k| !k.contains('/'))
+        .map(String::from)
+        .collect();
+    assert_eq!(ls_names(&store, &cap2.snapshot, "1:/"), want);
+    let to = work.path().join("fstab");
+    files(&store, &["get", &cap2.snapshot, "1:/etc/fstab", "--to", to.to_str().unwrap()]).expect_success();
+    assert_eq!(sha256_file(&to.join("fstab")), expected["etc/fstab"].5);
+
+    // A corrupted tree block: every block of the `@` subvolume's tree (owner 256) gets a byte
+    // changed in a copy of the disk.
+    let (offset, size) = (disk.partition(1).offset, disk.partition(1).size);
+    let clean = std::fs::read(&disk.path).unwrap();
+    std::fs::remove_file(&disk.path).unwrap();
+    let mut raw = clean.clone();
+    let fsid = raw[(offset + 0x10020) as usize..(offset + 0x10030) as usize].to_vec();
+    let nodesize = u32::from_le_bytes(raw[(offset + 0x10094) as usize..][..4].try_into().unwrap()) as usize;
+    let mut corrupted = 0;
+    for at in (offset as usize..(offset + size) as usize).step_by(nodesize) {
+        let b = &mut raw[at..at + nodesize];
+        if b[32..48] == fsid[..] && u64::from_le_bytes(b[88..96].try_into().unwrap()) == 256 {
+            b[nodesize - 1] ^= 0x5a;
+            corrupted += 1;
+        }
+    }
+    assert!(corrupted > 0);
+    let bad = work.path().join("corrupt.img");
+    std::fs::write(&bad, &raw).unwrap();
+    drop(raw);
+    let cap3 = store.capture(&bad, Some("btrfs-corrupt"));
+    std::fs::remove_file(&bad).unwrap();
+    // The snapshot's own root block is intact; `@`'s tree (reached through `ls` of the top
+    // of the old default's parent) is not: its files cannot be read.
+    let r = files(&store, &["get", &cap3.snapshot, "1:/etc/fstab", "--to", work.path().join("bad").to_str().unwrap()]);
+    r.expect_failure_mentioning(&["/etc/fstab", "checksum mismatch", "corrupt metadata"]);
+
+    // Garbage with valid checksums: bytes of the subvolumes' tree blocks changed and the
+    // checksums recomputed. Reading gives the files or clear errors: never a panic or a hang.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..6 {
+        let mut raw = clean.clone();
+        for at in (offset as usize..(offset + size) as usize).step_by(nodesize) {
+            let b = &mut raw[at..at + nodesize];
+            let owner = u64::from_le_bytes(b[88..96].try_into().unwrap());
+            if b[32..48] == fsid[..] && (256..=300).contains(&owner) && next() % 3 == 0 {
+                // Odd rounds: only the back half, where a leaf keeps its items' data.
+                let lo = if round % 2 == 0 { 96 } else { nodesize / 2 };
+                for _ in 0..1 + next() % 4 {
+                    let i = lo + (next() % (nodesize - lo) as u64) as usize;
+                    b[i] = next() as u8;
+                }
+                let crc = !crc32c_raw(!0, &b[32..]);
+                b[..4].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
+        std::fs::write(&bad, &raw).unwrap();
+        let cap = store.capture(&bad, Some("btrfs-garbage"));
+        std::fs::remove_file(&bad).unwrap();
+        let to = work.path().join(format!("garbage-{round}"));
+        for args in
+            [vec!["get", "1:/", "--to", to.to_str().unwrap()], vec!["find", "1:/**"], vec!["ls", "1:/usr/lib/many"]]
+        {
+            let mut a = args.clone();
+            a.insert(1, &cap.snapshot);
+            let r = files(&store, &a);
+            assert!(
+                r.status.code() == Some(0) || (r.status.code() == Some(1) && r.stderr.contains("error:")),
+                "round {round}: {r}"
+            );
+            eprintln!(
+                "round {round}: {} -> {}",
+                args[0],
+                r.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or("ok")
+            );
+        }
+    }
+}
+
+/// CRC-32C without the final inversion (`!crc32c_raw(!0, b)` is the standard one).
+fn crc32c_raw(mut crc: u32, data: &[u8]) -> u32 {
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    crc
+}

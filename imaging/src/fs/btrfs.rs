@@ -24,25 +24,25 @@ use super::{label_from_bytes, le16, le32, le64, read_at_or, AllocationMap, FsKin
 use crate::bitmap::Bitmap;
 use std::io::{Read, Seek};
 
-pub(super) const SUPER_OFFSET: u64 = 0x10000;
-const SUPER_SIZE: usize = 4096;
+pub const SUPER_OFFSET: u64 = 0x10000;
+pub const SUPER_SIZE: usize = 4096;
 const MAGIC: &[u8; 8] = b"_BHRfS_M";
 const MIRRORS: [u64; 3] = [0x10000, 64 << 20, 256 << 30];
 const RESERVED: u64 = 1 << 20;
 const HEADER: usize = 101;
-const MAX_LEVEL: u8 = 8;
+pub const MAX_LEVEL: u8 = 8;
 
-const CHUNK_ITEM: u8 = 228;
+pub const CHUNK_ITEM: u8 = 228;
 const EXTENT_ITEM: u8 = 168;
 const METADATA_ITEM: u8 = 169;
-const ROOT_ITEM: u8 = 132;
+pub const ROOT_ITEM: u8 = 132;
 const EXTENT_TREE_OBJECTID: u64 = 2;
 
 const BG_SYSTEM: u64 = 2;
 const BG_METADATA: u64 = 4;
 /// RAID0, RAID1, RAID10, RAID5, RAID6, RAID1C3, RAID1C4: profiles this reader does not place.
-const BG_MULTI_DEVICE: u64 = 8 | 16 | 64 | 128 | 256 | 512 | 1024;
-const BG_DUP: u64 = 32;
+pub const BG_MULTI_DEVICE: u64 = 8 | 16 | 64 | 128 | 256 | 512 | 1024;
+pub const BG_DUP: u64 = 32;
 
 /// Incompatible features understood here: mixed backref, default subvol, mixed groups, lzo,
 /// zstd, big metadata, extended iref, raid56 (refused per chunk), skinny metadata, no holes,
@@ -55,21 +55,23 @@ pub(super) fn detect(head: &[u8]) -> bool {
     head.get(SUPER_OFFSET as usize + 0x40..SUPER_OFFSET as usize + 0x48) == Some(MAGIC)
 }
 
-fn crc32c(b: &[u8]) -> u32 {
+/// The CRC-32C (Castagnoli) btrfs checksums superblocks and tree blocks with.
+pub fn crc32c(b: &[u8]) -> u32 {
     const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     CRC32C.checksum(b)
 }
 
 /// One chunk: `length` logical bytes from `logical`, at `stripes` (device offsets).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Chunk {
+pub struct Chunk {
     pub logical: u64,
     pub length: u64,
     pub flags: u64,
     pub stripes: Vec<u64>,
 }
 
-pub(super) struct Geometry {
+/// What the superblock says about where things are.
+pub struct Geometry {
     pub sectorsize: u64,
     pub nodesize: u64,
     pub fsid: [u8; 16],
@@ -81,7 +83,9 @@ pub(super) struct Geometry {
     pub label: Option<String>,
 }
 
-fn superblock(sb: &[u8], part_size: u64) -> Result<(Geometry, Vec<Chunk>), String> {
+/// Decodes and checks the superblock `sb` (4096 bytes from [`SUPER_OFFSET`]) of a partition of
+/// `part_size` bytes: one device, crc32c, known features; its geometry and the system chunks.
+pub fn superblock(sb: &[u8], part_size: u64) -> Result<(Geometry, Vec<Chunk>), String> {
     if &sb[0x40..0x48] != MAGIC {
         return Err("no btrfs magic".into());
     }
@@ -149,7 +153,7 @@ fn superblock(sb: &[u8], part_size: u64) -> Result<(Geometry, Vec<Chunk>), Strin
 }
 
 /// Decodes a chunk item at the start of `b`: the chunk and the item's length.
-fn chunk_item(logical: u64, b: &[u8]) -> Result<(Chunk, usize), String> {
+pub fn chunk_item(logical: u64, b: &[u8]) -> Result<(Chunk, usize), String> {
     if b.len() < 48 {
         return Err("chunk item cut short".into());
     }
@@ -261,13 +265,14 @@ impl<R: Read + Seek> Reader<'_, R> {
     }
 }
 
-fn find_chunk(chunks: &[Chunk], logical: u64) -> Option<&Chunk> {
+/// The chunk of the sorted `chunks` that maps `logical`.
+pub fn find_chunk(chunks: &[Chunk], logical: u64) -> Option<&Chunk> {
     let i = chunks.partition_point(|c| c.logical <= logical);
     chunks[..i].last().filter(|c| logical < c.logical + c.length)
 }
 
 /// Sorts the chunks and checks they do not overlap, logically or on the device.
-fn check_chunks(chunks: &mut [Chunk], part_size: u64) -> Result<(), String> {
+pub fn check_chunks(chunks: &mut [Chunk], part_size: u64) -> Result<(), String> {
     chunks.sort_by_key(|c| c.logical);
     for w in chunks.windows(2) {
         if w[0].logical + w[0].length > w[1].logical {

@@ -8,7 +8,7 @@
 //! Everything read here is untrusted: sizes and counts are checked before anything is allocated,
 //! and any inconsistency makes the filesystem fall back to raw.
 
-mod btrfs;
+pub mod btrfs;
 #[cfg(test)]
 mod btrfs_tests;
 mod ext4;

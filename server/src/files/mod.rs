@@ -3,7 +3,7 @@
 //! - [`partition`]: one partition of the lazy snapshot disk ([`crate::snapshot_disk`]) as
 //!   `Read + Seek`: only the chunks holding the metadata and files asked for are fetched.
 //! - [`ext4`], [`ntfs`], [`fat`]: one reader per filesystem behind [`FsReader`] (crates
-//!   `ext4-view`, `ntfs`, `fatfs`); [`xfs`]: Kura's own XFS decoder. btrfs is not readable yet.
+//!   `ext4-view`, `ntfs`, `fatfs`); [`xfs`], [`btrfs`]: Kura's own read-only decoders.
 //! - [`glob`]: the patterns of `kura files find`.
 //! - [`get`]: copying a file or a tree out (mode, mtime, ownership where allowed, symlinks as
 //!   symlinks). [`diff`]: added, removed and changed files between two snapshots.
@@ -13,6 +13,7 @@
 //! symbolic links are never followed (neither inside a path asked for nor while walking), so
 //! a link loop cannot make a walk endless.
 
+pub mod btrfs;
 pub mod diff;
 pub mod ext4;
 pub mod fat;
@@ -73,7 +74,7 @@ pub struct Entry {
     /// Permission bits (0o7777); NTFS and FAT: 0o444 / 0o644 from the read-only flag, 0o755
     /// for directories.
     pub mode: u32,
-    /// Owner, where the filesystem has one (ext4).
+    /// Owner, where the filesystem has one (ext4, btrfs).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<Mtime>,
@@ -113,7 +114,7 @@ pub struct PartitionInfo {
 
 /// Whether `kura files` has a reader for `fs`.
 pub fn readable(fs: FsKind) -> bool {
-    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat | FsKind::Xfs)
+    matches!(fs, FsKind::Ext4 | FsKind::Ntfs | FsKind::Fat | FsKind::Xfs | FsKind::Btrfs)
 }
 
 /// The snapshot's partitions, by number.
@@ -145,7 +146,7 @@ pub fn pick_partition(disk: &SnapshotDisk, number: Option<u32>) -> Result<Partit
             format!("snapshot {} has no partition {n} (`kura files ls {}` lists them)", disk.id(), disk.id())
         }),
         None => parts.into_iter().find(|p| p.readable).with_context(|| {
-            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT, XFS)", disk.id())
+            format!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT, XFS, btrfs)", disk.id())
         }),
     }
 }
@@ -159,7 +160,7 @@ pub fn open(disk: &Arc<SnapshotDisk>, part: &PartitionInfo) -> Result<Box<dyn Fs
         FsKind::Ntfs => Box::new(ntfs::NtfsReader::open(r).with_context(|| format!("partition {n}: NTFS"))?),
         FsKind::Fat => Box::new(fat::FatReader::open(r).with_context(|| format!("partition {n}: FAT"))?),
         FsKind::Xfs => Box::new(xfs::XfsReader::open(r).with_context(|| format!("partition {n}: XFS"))?),
-        FsKind::Btrfs => bail!("files: btrfs is not readable yet (partition {n})"),
+        FsKind::Btrfs => Box::new(btrfs::BtrfsReader::open(r).with_context(|| format!("partition {n}: btrfs"))?),
         FsKind::Lvm => bail!("files: LVM volumes are not readable yet (partition {n})"),
         FsKind::Md => bail!("files: md RAID members are not readable yet (partition {n})"),
         FsKind::Swap => bail!("files: partition {n} is swap, it holds no files"),
