@@ -695,7 +695,7 @@ impl Drop for LoopMount {
 /// the time of the lookup), and a file's sha256 or a link's target.
 type TreeMeta = BTreeMap<String, (char, u32, u32, u32, Option<(i64, i64)>, String)>;
 
-fn tree_meta(root: &Path) -> TreeMeta {
+fn btrfs_tree_meta(root: &Path) -> TreeMeta {
     let mut out = TreeMeta::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -797,7 +797,7 @@ fn btrfs_default_subvolume_is_read_as_the_kernel_mounts_it() {
     }
     let expected = {
         let _m = LoopMount::new(&img, &work.path().join("default"), "ro");
-        tree_meta(&work.path().join("default"))
+        btrfs_tree_meta(&work.path().join("default"))
     };
     assert!(expected.contains_key("home/user/notes.txt") && expected.contains_key(".snapshots/1/snapshot/etc/fstab"));
     assert!(!expected.contains_key("not-in-default.txt"));
@@ -819,7 +819,7 @@ fn btrfs_default_subvolume_is_read_as_the_kernel_mounts_it() {
     let r = files(&store, &["get", &cap.snapshot, "1:/", "--to", to.to_str().unwrap(), "--json"]);
     let report = json(&r);
     eprintln!("get of {} entries took {:?}", expected.len(), started.elapsed());
-    let mut got = tree_meta(&to);
+    let mut got = btrfs_tree_meta(&to);
     for (path, meta) in got.iter_mut() {
         if expected.get(path).is_some_and(|e| e.4.is_none()) {
             meta.4 = None;
