@@ -169,6 +169,40 @@ fn a_rhel_style_disk_with_lvm_and_xfs_round_trips_storing_only_used_blocks() {
         &hits[..hits.len().min(5)]
     );
 
+    // `kura files` reads the logical volumes in place: listed after their PV, the swap LV not
+    // readable; `home` (two segments, so its reads cross from one to the other) and `/boot`
+    // give exactly their source trees.
+    let files = |args: &[&str]| {
+        let mut v: Vec<&str> = vec!["files"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--store", store.dir.to_str().unwrap()]);
+        kura_tests::kura_cli::run(v)
+    };
+    let listed: serde_json::Value = files(&["ls", &cap.snapshot, "--json"]).expect_success().json();
+    let volume = |name: &str| {
+        let v = listed.as_array().unwrap().iter().find(|p| p["volume"] == format!("{vg}/{name}").as_str());
+        v.unwrap_or_else(|| panic!("no volume {name}: {listed}")).clone()
+    };
+    for (name, fs, readable) in [("root", "xfs", true), ("home", "xfs", true), ("swap", "swap", false)] {
+        let v = volume(name);
+        assert_eq!(
+            (v["number"].as_u64(), v["fs"].as_str(), v["readable"].as_bool()),
+            (Some(3), Some(fs), Some(readable)),
+            "{v}"
+        );
+    }
+    files(&["ls", &cap.snapshot, "3:/"]).expect_failure_mentioning(&["LVM physical volume", "3/VG/LV"]);
+    for (spec, want) in [(format!("3/{vg}/home:/"), &home_files), ("2:/".to_string(), &boot_files)] {
+        let to = w.join(format!("files-{}", want.len()));
+        files(&["get", &cap.snapshot, &spec, "--to", to.to_str().unwrap()]).expect_success();
+        assert_eq!(&tree_digests(&to), want, "kura files get {spec}");
+        std::fs::remove_dir_all(&to).unwrap();
+    }
+    let found = files(&["find", &cap.snapshot, &format!("3/{vg}/root:/**")]);
+    let prefix = format!("3/{vg}/root:/");
+    let n = found.expect_success().stdout.lines().filter(|l| l.starts_with(&prefix)).count();
+    assert!(n >= root_files.len(), "{n} entries found in root, {} files in its source", root_files.len());
+
     // The peers on the same filesystems.
     let peer = partclone_zstd("vfat", &esp, w)
         + partclone_zstd("xfs", &boot, w)

@@ -710,3 +710,46 @@ pub(super) fn spanning(disk: &mut dyn ReadSeek, parts: &[(u64, u64)]) -> HashMap
     }
     out
 }
+
+/// A logical volume of the PV in a partition, for readers of its files (`kura files`): where
+/// its bytes lie on the PV, and whether it can be read as one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalVolume {
+    pub vg: String,
+    pub name: String,
+    /// The LV's size.
+    pub size: u64,
+    /// `(lv_offset, pv_offset, len)`: `len` bytes of the LV from `lv_offset` lie at
+    /// `pv_offset` in the PV's partition, in LV order.
+    pub pieces: Vec<(u64, u64, u64)>,
+    /// Why it cannot be read as a plain volume (a thin pool, a snapshot store, RAID legs, an
+    /// LV continuing on another PV), if so.
+    pub not_plain: Option<String>,
+}
+
+/// The logical volumes with extents on the PV in `part` (its label, metadata area and VG
+/// metadata, read and checked as a capture reads them). An error names why the PV cannot be
+/// read.
+pub fn logical_volumes<R: Read + Seek>(part: &mut R, part_size: u64) -> Result<Vec<LogicalVolume>, String> {
+    let mut head = vec![0u8; (4 * SECTOR).min(part_size) as usize];
+    read_at_or(part, 0, &mut head, "the LVM label")?;
+    if !detect(&head) {
+        return Err("no LVM physical volume label".into());
+    }
+    let label = read_label(&head, part_size)?;
+    let &(mda_off, mda_size) = label.metadata_areas.first().ok_or("PV has no metadata area of its own")?;
+    let text = read_metadata(part, mda_off, mda_size)?;
+    let pv = layout(&parse_text(&text)?, &label.uuid, part_size)?;
+    Ok(pv
+        .lvs
+        .into_iter()
+        .filter(|lv| !lv.pieces.is_empty())
+        .map(|lv| LogicalVolume {
+            vg: pv.vg.clone(),
+            not_plain: lv.raw_reason.clone().or_else(|| lv.elsewhere.then(|| "it continues on another PV".to_string())),
+            pieces: lv.pieces.iter().map(|p| (p.vol_offset, p.at, p.len)).collect(),
+            name: lv.name,
+            size: lv.size,
+        })
+        .collect())
+}

@@ -14,6 +14,7 @@ mod btrfs_tests;
 mod ext4;
 mod fat;
 mod lvm;
+pub use lvm::{logical_volumes, LogicalVolume};
 #[cfg(test)]
 mod lvm_tests;
 mod md;
@@ -218,33 +219,12 @@ fn probe_with<R: Read + Seek>(
             return AllocationMap::raw(part_size, vec![format!("md RAID member rejected: {reason}; captured raw")])
         }
     }
-    let mut found = Vec::new();
-    if ext4::detect(&head) {
-        found.push(FsKind::Ext4);
-    }
-    if ntfs::detect(&head) {
-        found.push(FsKind::Ntfs);
-    }
-    if fat::detect(&head) {
-        found.push(FsKind::Fat);
-    }
-    if swap::detect(&head) {
-        found.push(FsKind::Swap);
-    }
-    if xfs::detect(&head) {
-        found.push(FsKind::Xfs);
-    }
-    if btrfs::detect(&head) {
-        found.push(FsKind::Btrfs);
-    }
-    if lvm::detect(&head) {
-        if inside == Inside::Lvm {
-            return AllocationMap::raw(
-                part_size,
-                vec!["an LVM physical volume inside a logical volume is not followed; captured raw".into()],
-            );
-        }
-        found.push(FsKind::Lvm);
+    let found = signatures(&head);
+    if found.contains(&FsKind::Lvm) && inside == Inside::Lvm {
+        return AllocationMap::raw(
+            part_size,
+            vec!["an LVM physical volume inside a logical volume is not followed; captured raw".into()],
+        );
     }
     let kind = match found.as_slice() {
         [] if hint == Hint::Swap => {
@@ -285,6 +265,47 @@ fn probe_with<R: Read + Seek>(
             part_size,
             vec![format!("{} filesystem rejected: {reason}; captured raw", fs_name(kind))],
         ),
+    }
+}
+
+/// The filesystems (and containers) whose signatures the first [`HEAD_LEN`] bytes of a
+/// volume carry.
+fn signatures(head: &[u8]) -> Vec<FsKind> {
+    let mut found = Vec::new();
+    if ext4::detect(head) {
+        found.push(FsKind::Ext4);
+    }
+    if ntfs::detect(head) {
+        found.push(FsKind::Ntfs);
+    }
+    if fat::detect(head) {
+        found.push(FsKind::Fat);
+    }
+    if swap::detect(head) {
+        found.push(FsKind::Swap);
+    }
+    if xfs::detect(head) {
+        found.push(FsKind::Xfs);
+    }
+    if btrfs::detect(head) {
+        found.push(FsKind::Btrfs);
+    }
+    if lvm::detect(head) {
+        found.push(FsKind::Lvm);
+    }
+    found
+}
+
+/// What a volume of `size` bytes holds by its signatures alone (no map is read): the one
+/// filesystem found, or `Raw` for none, several, or an unreadable start.
+pub fn detect_filesystem<R: Read + Seek>(vol: &mut R, size: u64) -> FsKind {
+    let mut head = vec![0u8; HEAD_LEN.min(size) as usize];
+    if read_at(vol, 0, &mut head).is_err() {
+        return FsKind::Raw;
+    }
+    match signatures(&head).as_slice() {
+        [kind] => *kind,
+        _ => FsKind::Raw,
     }
 }
 

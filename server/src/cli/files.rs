@@ -123,8 +123,8 @@ fn finish(opened: &[&OpenedSnapshot], stats: bool, r: Result<()>) -> Result<Exit
 
 /// The filesystem a `[PARTITION:]PATH` argument names, and the path in it.
 fn open_fs(s: &OpenedSnapshot, arg: &str) -> Result<(PartitionInfo, Box<dyn FsReader>, Vec<String>)> {
-    let (number, path) = files::split_partition(arg);
-    let part = files::pick_partition(&s.disk, number)?;
+    let (which, path) = files::split_partition(arg);
+    let part = files::pick_partition(&s.disk, which.as_ref())?;
     let fs = files::open(&s.disk, &part)?;
     Ok((part, fs, files::parse_path(path)?))
 }
@@ -138,12 +138,13 @@ fn ls(s: &OpenedSnapshot, arg: Option<&str>, json: bool) -> Result<()> {
             writeln!(out)?;
         } else {
             writeln!(out, "{:>4}  {:>14}  {:>14}  {:<6}  {:<8}  label", "part", "start", "size", "fs", "readable")?;
+            let width = parts.iter().map(|p| p.spec().len()).max().unwrap_or(4).max(4);
             for p in &parts {
                 let fs = serde_json::to_value(p.fs)?;
                 writeln!(
                     out,
-                    "{:>4}  {:>14}  {:>14}  {:<6}  {:<8}  {}",
-                    p.number,
+                    "{:>width$}  {:>14}  {:>14}  {:<6}  {:<8}  {}",
+                    p.spec(),
                     p.start,
                     p.size,
                     fs.as_str().unwrap_or("?"),
@@ -291,20 +292,22 @@ fn get_cmd(s: &OpenedSnapshot, arg: &str, to: &std::path::Path, json: bool) -> R
 #[derive(Serialize)]
 struct Found<'a> {
     partition: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume: Option<String>,
     path: String,
     #[serde(flatten)]
     entry: &'a Entry,
 }
 
 fn find(s: &OpenedSnapshot, arg: &str, json: bool) -> Result<()> {
-    let (number, pattern) = files::split_partition(arg);
+    let (which, pattern) = files::split_partition(arg);
     let glob = Glob::new(pattern).map_err(anyhow::Error::msg)?;
-    let parts: Vec<PartitionInfo> = match number {
-        Some(_) => vec![files::pick_partition(&s.disk, number)?],
+    let parts: Vec<PartitionInfo> = match which {
+        Some(w) => vec![files::pick_partition(&s.disk, Some(&w))?],
         None => files::partitions(&s.disk).into_iter().filter(|p| p.readable).collect(),
     };
     if parts.is_empty() {
-        bail!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT)", s.disk.id());
+        bail!("snapshot {} has no partition with a readable filesystem (ext4, NTFS, FAT, XFS, btrfs)", s.disk.id());
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut first = true;
@@ -317,14 +320,15 @@ fn find(s: &OpenedSnapshot, arg: &str, json: bool) -> Result<()> {
             let path = files::show_path(p);
             if json {
                 out.write_all(if first { b"[\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut out, &Found { partition: part.number, path, entry: e })?;
+                let found = Found { partition: part.number, volume: part.volume.clone(), path, entry: e };
+                serde_json::to_writer(&mut out, &found)?;
             } else {
-                writeln!(out, "{}:{path}", part.number)?;
+                writeln!(out, "{}:{path}", part.spec())?;
             }
             first = false;
             Ok(())
         })
-        .with_context(|| format!("partition {}", part.number))?;
+        .with_context(|| format!("partition {}", part.spec()))?;
     }
     if json {
         out.write_all(if first { b"[]\n" } else { b"\n]\n" })?;
@@ -335,6 +339,8 @@ fn find(s: &OpenedSnapshot, arg: &str, json: bool) -> Result<()> {
 #[derive(Serialize)]
 struct JsonDifference {
     partition: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume: Option<String>,
     #[serde(flatten)]
     d: Difference,
 }
@@ -344,19 +350,19 @@ fn diff(a: &OpenedSnapshot, b: &OpenedSnapshot, arg: Option<&str>, content: bool
     let mut jobs = Vec::new();
     match arg {
         Some(arg) => {
-            let (number, path) = files::split_partition(arg);
-            let pa = files::pick_partition(&a.disk, number)?;
-            let pb = files::pick_partition(&b.disk, Some(pa.number))?;
+            let (which, path) = files::split_partition(arg);
+            let pa = files::pick_partition(&a.disk, which.as_ref())?;
+            let pb = files::pick_partition(&b.disk, Some(&pa.reference()))?;
             jobs.push((pa, pb, files::parse_path(path)?));
         }
         None => {
             let pbs = files::partitions(&b.disk);
             for pa in files::partitions(&a.disk).into_iter().filter(|p| p.readable) {
-                match pbs.iter().find(|pb| pb.number == pa.number && pb.fs == pa.fs) {
+                match pbs.iter().find(|pb| pb.reference() == pa.reference() && pb.fs == pa.fs) {
                     Some(pb) => jobs.push((pa, pb.clone(), Vec::new())),
                     None => eprintln!(
                         "partition {}: not in {} with the same filesystem; not compared",
-                        pa.number,
+                        pa.spec(),
                         b.disk.id()
                     ),
                 }
@@ -371,7 +377,10 @@ fn diff(a: &OpenedSnapshot, b: &OpenedSnapshot, arg: Option<&str>, content: bool
         files::diff::diff(fa.as_mut(), fb.as_mut(), &path, content, &mut |d| {
             if json {
                 out.write_all(if first { b"[\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut out, &JsonDifference { partition: pa.number, d })?;
+                serde_json::to_writer(
+                    &mut out,
+                    &JsonDifference { partition: pa.number, volume: pa.volume.clone(), d },
+                )?;
             } else {
                 let sign = match d.change {
                     files::diff::Change::Added => "+",
@@ -379,12 +388,12 @@ fn diff(a: &OpenedSnapshot, b: &OpenedSnapshot, arg: Option<&str>, content: bool
                     files::diff::Change::Changed => "M",
                 };
                 let what = if d.what.is_empty() { String::new() } else { format!(" ({})", d.what.join(", ")) };
-                writeln!(out, "{sign} {}:{}{what}", pa.number, d.path)?;
+                writeln!(out, "{sign} {}:{}{what}", pa.spec(), d.path)?;
             }
             first = false;
             Ok(())
         })
-        .with_context(|| format!("partition {}", pa.number))?;
+        .with_context(|| format!("partition {}", pa.spec()))?;
     }
     if json {
         out.write_all(if first { b"[]\n" } else { b"\n]\n" })?;

@@ -1,6 +1,7 @@
-//! One partition of a snapshot's disk as `Read + Seek` (and [`ext4_view::Ext4Read`]), for the
-//! filesystem readers: a byte window over the lazy [`SnapshotDisk`], so only the chunks that
-//! hold what a reader asks for are fetched.
+//! One partition (or one LVM logical volume) of a snapshot's disk as `Read + Seek` (and
+//! [`ext4_view::Ext4Read`]), for the filesystem readers: a byte window over the lazy
+//! [`SnapshotDisk`], so only the chunks that hold what a reader asks for are fetched. A
+//! logical volume is a list of pieces of the disk, in volume order.
 
 use crate::snapshot_disk::SnapshotDisk;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -12,7 +13,9 @@ const MAX_READ: usize = 4 << 20;
 #[derive(Clone)]
 pub struct PartitionReader {
     disk: Arc<SnapshotDisk>,
-    start: u64,
+    /// `(offset, disk_at, len)`: `len` bytes from `offset` lie at `disk_at` on the disk; in
+    /// order, each piece starting where the previous one ends, the last ending at `len`.
+    pieces: Vec<(u64, u64, u64)>,
     len: u64,
     pos: u64,
 }
@@ -20,10 +23,26 @@ pub struct PartitionReader {
 impl PartitionReader {
     /// Bytes `[start, start + len)` of `disk`; the range must lie within the disk.
     pub fn new(disk: Arc<SnapshotDisk>, start: u64, len: u64) -> anyhow::Result<PartitionReader> {
-        match start.checked_add(len) {
-            Some(end) if end <= disk.size() => Ok(PartitionReader { disk, start, len, pos: 0 }),
-            _ => anyhow::bail!("partition at byte {start} ({len} bytes) ends past the disk's {} bytes", disk.size()),
+        PartitionReader::pieces(disk, vec![(0, start, len)], len)
+    }
+
+    /// A volume of `len` bytes made of `pieces` (`(offset, disk_at, len)`, in order, covering
+    /// `[0, len)` without gaps) of `disk`; each must lie within the disk.
+    pub fn pieces(disk: Arc<SnapshotDisk>, pieces: Vec<(u64, u64, u64)>, len: u64) -> anyhow::Result<PartitionReader> {
+        let mut next = 0u64;
+        for &(offset, at, n) in &pieces {
+            if offset != next {
+                anyhow::bail!("volume piece at offset {offset} does not follow the previous one (ending at {next})");
+            }
+            if at.checked_add(n).is_none_or(|end| end > disk.size()) {
+                anyhow::bail!("volume piece at byte {at} ({n} bytes) ends past the disk's {} bytes", disk.size());
+            }
+            next = offset.checked_add(n).ok_or_else(|| anyhow::anyhow!("volume piece lengths overflow"))?;
         }
+        if next != len {
+            anyhow::bail!("the volume's pieces cover {next} bytes, not its {len}");
+        }
+        Ok(PartitionReader { disk, pieces, len, pos: 0 })
     }
 
     /// Fills `buf` from partition offset `at`; an error if that runs past the partition.
@@ -37,7 +56,18 @@ impl PartitionReader {
                 ))
             }
         }
-        self.disk.read_at(self.start + at, buf).map_err(|e| io::Error::other(format!("{e:#}")))
+        let (mut at, mut buf) = (at, buf);
+        while !buf.is_empty() {
+            // The piece holding `at` (pieces are in order and cover the volume).
+            let i = self.pieces.partition_point(|&(offset, _, _)| offset <= at) - 1;
+            let (offset, disk_at, n) = self.pieces[i];
+            let take = ((offset + n - at) as usize).min(buf.len());
+            let (now, rest) = buf.split_at_mut(take);
+            self.disk.read_at(disk_at + (at - offset), now).map_err(|e| io::Error::other(format!("{e:#}")))?;
+            at += take as u64;
+            buf = rest;
+        }
+        Ok(())
     }
 }
 
