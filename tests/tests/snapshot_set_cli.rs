@@ -2,19 +2,20 @@
 //! capture --server URL --host H DISK1 DISK2` captures two disk images of one host as one set;
 //! `kura image show SET` lists each disk (name, size, own snapshot id, layout, regions; `--json`
 //! too) and marks the boot disk; `kura mount SET DIR` exposes `disk0`, `disk0-partN`, `disk1`,
-//! `disk1-partN`, each disk reading as a restore of its own snapshot writes it; `kura verify --boot SET` boots the set's boot disk (the
-//! one with an EFI system partition, here the second) with the other attached, and says so;
-//! commands that take one disk (`kura nbd`) refuse the set naming its disks, and a local store
+//! `disk1-partN`, each disk reading as a restore of its own snapshot writes it; `kura verify
+//! --boot SET` boots the set's boot disk (the one with an EFI system partition, here the second)
+//! with the other attached, to userspace, and names it; commands that take one disk (`kura nbd`) refuse the set naming its disks, and a local store
 //! refuses several disks.
 //!
 //! ```text
 //!   disk0  small.img      48 MiB  GPT: ext4, FAT16                        (data)
-//!   disk1  gpt-linux.img 355 MiB  GPT: ESP, BIOS boot, ext4, swap, NTFS  (boot: has the ESP)
+//!   disk1  system.img    176 MiB  GPT: BIOS boot, ESP, ext4 root, data  (boot: has the ESP)
 //! ```
 //!
-//! Root (FUSE mount); needs fuse3 (`fusermount3`) and QEMU (the boot test: the test images
-//! hold no operating system, so SeaBIOS finds nothing to boot and the verdict is a fast fail
-//! whose report names the boot disk and the two disks attached).
+//! The system disk is `kura_tests::bootdisk`'s (GRUB for BIOS and UEFI, an ext4 root whose init
+//! prints a marker); its layout has a BIOS boot partition, so the test machine runs SeaBIOS.
+//!
+//! Root (FUSE mount); needs fuse3 (`fusermount3`), QEMU and GRUB's packages (`bootdisk`).
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use kura_tests::bootdisk;
 use kura_tests::content::sha256_file;
 use kura_tests::engine::Server as EngineServer;
 use kura_tests::fixtures;
@@ -37,7 +39,8 @@ fn a_snapshot_set_is_shown_mounted_and_boot_tested_disk_by_disk() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let data = fixtures::small_gpt(w);
-    let boot = fixtures::gpt_linux(w);
+    let system = bootdisk::build(w, "system.img", "set-boot");
+    let boot = &system.disk;
     let server = EngineServer::start(&w.join("engine"));
 
     // A local store takes one disk only.
@@ -69,7 +72,7 @@ fn a_snapshot_set_is_shown_mounted_and_boot_tested_disk_by_disk() {
     let disks = shown["disks"].as_array().expect("disks");
     assert_eq!(disks.len(), 2, "{shown:#}");
     let mut members = Vec::new();
-    for (k, (d, src)) in disks.iter().zip([&data, &boot]).enumerate() {
+    for (k, (d, src)) in disks.iter().zip([&data, boot]).enumerate() {
         assert_eq!(d["index"], k);
         assert_eq!(d["name"], src.path.file_name().unwrap().to_str().unwrap());
         assert_eq!(d["size"], src.size, "disk{k}");
@@ -87,7 +90,7 @@ fn a_snapshot_set_is_shown_mounted_and_boot_tested_disk_by_disk() {
     // Show, text; and a member by its own id is an ordinary one-disk snapshot.
     let r = server.kura(&[&"image", &"show", &set]);
     assert!(r.success(), "{r}");
-    for want in ["snapshot set", "disk0  small.img", "disk1  gpt-linux.img", "(boot disk)", &members[0], &members[1]] {
+    for want in ["snapshot set", "disk0  small.img", "disk1  system.img", "(boot disk)", &members[0], &members[1]] {
         assert!(r.stdout.contains(want), "{want:?} missing:\n{}", r.stdout);
     }
     let r = server.kura(&[&"image", &"show", &members[1], &"--json"]);
@@ -123,13 +126,13 @@ fn a_snapshot_set_is_shown_mounted_and_boot_tested_disk_by_disk() {
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     let mut want: Vec<String> = Vec::new();
-    for (k, src) in [&data, &boot].into_iter().enumerate() {
+    for (k, src) in [&data, boot].into_iter().enumerate() {
         want.push(format!("disk{k}"));
         want.extend(src.partitions.iter().map(|p| format!("disk{k}-part{}", p.number)));
     }
     want.sort();
     assert_eq!(names, want);
-    for (k, src) in [&data, &boot].into_iter().enumerate() {
+    for (k, src) in [&data, boot].into_iter().enumerate() {
         for p in &src.partitions {
             let meta = std::fs::metadata(dir.join(format!("disk{k}-part{}", p.number))).unwrap();
             assert_eq!((meta.len(), meta.mode() & 0o777), (p.size, 0o400), "disk{k}-part{}", p.number);
@@ -148,15 +151,16 @@ fn a_snapshot_set_is_shown_mounted_and_boot_tested_disk_by_disk() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // The boot test boots disk1 (the ESP) with disk0 attached. Nothing on these disks boots:
-    // SeaBIOS (the layout has a BIOS boot partition) finds no boot loader and says so.
+    // The boot test boots disk1 (the ESP) with disk0 attached, to the system's marker.
+    let marker = system.marker_line();
     let t0 = Instant::now();
-    let r = server.kura(&[&"verify", &"--boot", &set, &"--stall", &"20", &"--timeout", &"120", &"--json"]);
+    let r = server.kura(&[&"verify", &"--boot", &set, &"--expect", &marker, &"--stall", &"120", &"--json"]);
     let took = t0.elapsed();
     let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {r}"));
     assert_eq!(v["snapshot"], set.as_str(), "{v:#}");
     assert_eq!(v["boot_disk"], members[1].as_str(), "{v:#}");
     assert_eq!(v["disks"], 2, "{v:#}");
-    assert_eq!(v["passed"], false, "{v:#}");
+    assert_eq!(v["firmware"], "bios", "{v:#}");
+    assert!(r.success() && v["passed"] == true, "{v:#}");
     eprintln!("boot test of the set: {:.1?}, {}", took, v["reason"]);
 }
