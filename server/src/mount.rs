@@ -4,7 +4,9 @@
 //!
 //! DIR holds `disk` (the whole disk) and `partN` for each partition of the snapshot's layout
 //! (N as Linux numbers them: MBR logical partitions from 5), mode 0400, owned by the user who
-//! mounted (root) and checked by the kernel (`default_permissions`).
+//! mounted (root) and checked by the kernel (`default_permissions`). A snapshot set (a host's
+//! several disks) is one flat directory too: `diskK` for its K-th disk (from 0, in the set's
+//! order, as `kura image show` numbers them) and `diskK-partN` for that disk's partitions.
 //! Reads go to [`SnapshotDisk`] (chunks fetched lazily from the store or the engine, through
 //! its bounded cache; unused ranges read as zeros), as for `kura nbd` and `kura files`. Nothing
 //! can be written. The filesystem stays mounted until `umount DIR` (or `fusermount3 -u DIR`);
@@ -23,29 +25,44 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Largest read answered at once (the kernel asks for at most 128 KiB by default).
 const MAX_READ: u32 = 1 << 20;
 
-/// One file of the mount: a byte range of the disk.
+/// One file of the mount: a byte range of one of the disks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
+    /// Which disk (index into the mounted disks).
+    pub disk: usize,
     pub start: u64,
     pub size: u64,
 }
 
-/// The files for a disk: `disk`, then `partN` per partition (by number).
+/// The files for one disk: `disk`, then `partN` per partition (by number).
 pub fn entries(disk: &SnapshotDisk) -> Vec<Entry> {
-    let mut out = vec![Entry { name: "disk".into(), start: 0, size: disk.size() }];
+    disk_entries(disk, 0, "disk", "part")
+}
+
+/// The files for a snapshot set's disks: `diskK`, then `diskK-partN` per partition, per disk.
+pub fn set_entries(disks: &[Arc<SnapshotDisk>]) -> Vec<Entry> {
+    disks
+        .iter()
+        .enumerate()
+        .flat_map(|(k, d)| disk_entries(d, k, &format!("disk{k}"), &format!("disk{k}-part")))
+        .collect()
+}
+
+fn disk_entries(disk: &SnapshotDisk, index: usize, whole: &str, part: &str) -> Vec<Entry> {
+    let mut out = vec![Entry { name: whole.into(), disk: index, start: 0, size: disk.size() }];
     let mut parts: Vec<_> = disk.manifest().layout.partitions.iter().collect();
     parts.sort_by_key(|p| p.number);
     for p in parts {
         // A partition past the disk's end (a damaged table) is cut to what the disk has.
         let size = p.size.min(disk.size().saturating_sub(p.start));
-        out.push(Entry { name: format!("part{}", p.number), start: p.start, size });
+        out.push(Entry { name: format!("{part}{}", p.number), disk: index, start: p.start, size });
     }
     out
 }
 
 struct SnapshotFs {
-    disk: Arc<SnapshotDisk>,
+    disks: Vec<Arc<SnapshotDisk>>,
     entries: Vec<Entry>,
     created: SystemTime,
     /// Who owns the files: the user who mounted.
@@ -121,7 +138,7 @@ impl Filesystem for SnapshotFs {
         }
         let len = u64::from(size.min(MAX_READ)).min(e.size - offset) as usize;
         let mut buf = vec![0u8; len];
-        match self.disk.read_at(e.start + offset, &mut buf) {
+        match self.disks[e.disk].read_at(e.start + offset, &mut buf) {
             Ok(()) => reply.data(&buf),
             Err(err) => {
                 tracing::error!("reading {} at {offset}: {err:#}", e.name);
@@ -145,18 +162,19 @@ impl Filesystem for SnapshotFs {
     }
 }
 
-/// Mounts `disk` at `dir` read-only and serves it until the filesystem is unmounted.
-pub fn mount(disk: Arc<SnapshotDisk>, dir: &std::path::Path) -> Result<()> {
-    let entries = entries(&disk);
-    let created = kura_imaging::time::parse_rfc3339(&disk.manifest().created).unwrap_or(0);
+/// Mounts the `entries` of `disks` (snapshot `id`: one disk, or a set's) at `dir` read-only and
+/// serves them until the filesystem is unmounted.
+pub fn mount(id: &str, disks: Vec<Arc<SnapshotDisk>>, entries: Vec<Entry>, dir: &std::path::Path) -> Result<()> {
+    anyhow::ensure!(!disks.is_empty() && entries.iter().all(|e| e.disk < disks.len()), "nothing to mount");
+    let created = kura_imaging::time::parse_rfc3339(&disks[0].manifest().created).unwrap_or(0);
     let created = UNIX_EPOCH + Duration::from_secs(created.max(0) as u64);
     // This process's effective user and group (what `/proc/self` is owned by).
     let me = std::fs::metadata("/proc/self").context("reading /proc/self")?;
     let owner = (std::os::unix::fs::MetadataExt::uid(&me), std::os::unix::fs::MetadataExt::gid(&me));
-    let fs = SnapshotFs { disk: disk.clone(), entries, created, owner };
+    let fs = SnapshotFs { disks, entries, created, owner };
     let options = [
         MountOption::RO,
-        MountOption::FSName(format!("kura:{}", disk.id())),
+        MountOption::FSName(format!("kura:{id}")),
         MountOption::Subtype("kura".into()),
         MountOption::DefaultPermissions,
         MountOption::AutoUnmount,

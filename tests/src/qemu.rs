@@ -200,6 +200,15 @@ impl Hba {
         match self {
             Hba::Nvme => vec![format!("nvme,drive=d{i},serial=kura-nvme-{i}")],
             Hba::Ich9Ahci => vec![format!("ich9-ahci,id=hba{i}"), format!("ide-hd,drive=d{i},bus=hba{i}.0")],
+            // A SAS disk has a SAS address (its WWN), as every real one does. QEMU's scsi-hd
+            // defaults to `wwn=0`, and its mptsas reports that as the disk's SASAddress in SAS
+            // Device Page 0 (hw/scsi/mptconfig.c `mptsas_config_sas_device_0`); Linux's mptsas
+            // forms no port for an attached address of 0 (`mptsas_setup_wide_ports`: `if
+            // (!sas_address) continue;`), so no end device and no disk ever appear.
+            Hba::Mptsas1068 => vec![
+                format!("mptsas1068,id=hba{i}"),
+                format!("scsi-hd,drive=d{i},bus=hba{i}.0,wwn=0x5000c50015ea{i:04x}"),
+            ],
             scsi => vec![format!("{},id=hba{i}", scsi.device()), format!("scsi-hd,drive=d{i},bus=hba{i}.0")],
         }
     }

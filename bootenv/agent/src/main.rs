@@ -182,9 +182,9 @@ fn run(p: &AgentArgs, rep: &Arc<Reporter>) -> Result<Finally> {
     // The first progress report moves a queued job to running.
     rep.flush().context("reporting to the engine")?;
 
-    // SAS/RAID controllers discover their disks after the driver loaded, slowly under emulation
-    // (mptsas under QEMU TCG): up to two minutes; a machine whose disks are there goes on as
-    // soon as the list has been stable for two seconds.
+    // SAS/RAID controllers discover their disks after the driver loaded (a real HBA spins up
+    // and scans its ports): up to two minutes; a machine whose disks are there goes on as soon
+    // as the list has been stable for two seconds.
     let disks = job::wait_for_disks(Path::new("/sys/block"), Duration::from_secs(120), || {
         drv.load_pass(sys_devices, sys_module, &log);
     });

@@ -122,10 +122,22 @@ pub fn run_and_record(engine: &Engine, id: &str, actor: &str, req: &Request) -> 
     if snapshot.state != kura_catalogs::db::SnapshotState::Committed {
         anyhow::bail!("snapshot {id} is {}, not committed", snapshot.state);
     }
-    let manifest = engine.store.load_manifest(id)?;
     let source: Arc<dyn kura_imaging::chunk::ChunkSource> = engine.store.clone();
-    let disk =
-        crate::snapshot_disk::SnapshotDisk::new(id.to_string(), manifest, source, crate::snapshot_disk::CACHE_BYTES)?;
+    let open = |disk_id: &str| -> Result<Arc<crate::snapshot_disk::SnapshotDisk>> {
+        let manifest = engine.store.load_manifest(disk_id)?;
+        let disk = crate::snapshot_disk::SnapshotDisk::new(
+            disk_id.to_string(),
+            manifest,
+            source.clone(),
+            crate::snapshot_disk::CACHE_BYTES,
+        )?;
+        Ok(Arc::new(disk))
+    };
+    // A snapshot set boots with all its disks (`super::run_set`).
+    let set_disks = match &snapshot.set {
+        Some(record) => Some(record.disks.iter().map(|d| open(&d.manifest)).collect::<Result<Vec<_>>>()?),
+        None => None,
+    };
     let scratch = tempfile::Builder::new().prefix("kura-boot-shot.").tempdir()?;
     let shot = scratch.path().join("screen.png");
     let opts = Options {
@@ -139,7 +151,11 @@ pub fn run_and_record(engine: &Engine, id: &str, actor: &str, req: &Request) -> 
         screenshot: tests.screenshots.get().map(|_| shot.clone()),
         work_parent: std::env::temp_dir(),
     };
-    let verdict = super::run(Arc::new(disk), &opts).context("boot test")?;
+    let verdict = match set_disks {
+        Some(disks) => super::run_set(id, disks, &opts),
+        None => super::run(open(id)?, &opts),
+    }
+    .context("boot test")?;
     let mut record = BootTest {
         id: 0,
         snapshot: id.to_string(),

@@ -9,6 +9,10 @@
 //! [`uefi`] for how the loader is found without the server's NVRAM), its disk virtio (SATA for
 //! a Windows-looking layout, which has no virtio driver by default).
 //!
+//! A snapshot set (a host's several disks) boots the same way with every disk attached, each
+//! through its own export and overlay: its boot disk ([`boot_disk`]) first, the firmware and
+//! disk controller chosen for that disk.
+//!
 //! The verdict comes from the serial console ([`console`]): passed when userspace is reached
 //! (a login prompt, systemd's targets, or a text the operator names); failed at once when the
 //! console shows a failure (no bootable device, GRUB's rescue shell, a kernel panic), when
@@ -116,6 +120,28 @@ pub struct Verdict {
     pub fetched_chunks: u64,
     pub fetched_bytes: u64,
     pub disk_size: u64,
+    /// For a snapshot set: the disk booted (its own snapshot id), and how many were attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_disk: Option<String>,
+    pub disks: usize,
+}
+
+/// The disk of a set to boot (index into `manifests`, the set's order): the first whose layout
+/// has an EFI system partition (GPT type, or MBR type 0xEF), else the first with a BIOS boot
+/// partition (GPT) or an MBR partition marked bootable, else the first disk.
+pub fn boot_disk(manifests: &[&kura_imaging::manifest::Manifest]) -> usize {
+    let esp = |e: &PartitionEntry| match e {
+        PartitionEntry::Gpt { type_guid, .. } => type_guid.eq_ignore_ascii_case(gpt_types::EFI_SYSTEM),
+        PartitionEntry::Mbr { type_byte, .. } => *type_byte == 0xef,
+    };
+    let legacy = |e: &PartitionEntry| match e {
+        PartitionEntry::Gpt { type_guid, .. } => type_guid.eq_ignore_ascii_case(gpt_types::BIOS_BOOT),
+        PartitionEntry::Mbr { bootable, .. } => *bootable,
+    };
+    let first = |f: &dyn Fn(&PartitionEntry) -> bool| {
+        manifests.iter().position(|m| m.layout.partitions.iter().any(|p| f(&p.entry)))
+    };
+    first(&esp).or_else(|| first(&legacy)).unwrap_or(0)
 }
 
 /// The firmware the snapshot's layout asks for: BIOS for MBR or a GPT with a BIOS boot
@@ -180,6 +206,23 @@ impl Drop for Machine {
 /// Boots `disk` and returns the verdict. Errors are for a test that could not run (QEMU or
 /// OVMF missing, no scratch space), not for a disk that does not boot.
 pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
+    let id = disk.id().to_string();
+    run_disks(&id, vec![disk], opts, false)
+}
+
+/// Boots snapshot set `id` (its disks in the set's order): the [`boot_disk`] first, the others
+/// attached after it.
+pub fn run_set(id: &str, disks: Vec<Arc<SnapshotDisk>>, opts: &Options) -> Result<Verdict> {
+    run_disks(id, disks, opts, true)
+}
+
+fn run_disks(id: &str, mut disks: Vec<Arc<SnapshotDisk>>, opts: &Options, is_set: bool) -> Result<Verdict> {
+    anyhow::ensure!(!disks.is_empty(), "snapshot {id} has no disk to boot");
+    let manifests: Vec<&kura_imaging::manifest::Manifest> = disks.iter().map(|d| d.manifest()).collect();
+    let boot = boot_disk(&manifests);
+    let first = disks.remove(boot);
+    disks.insert(0, first);
+    let disk = disks[0].clone();
     if Command::new(QEMU).arg("--version").output().is_err() {
         bail!("cannot run {QEMU}: apt-get install -y qemu-system-x86");
     }
@@ -201,28 +244,32 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
         a => a,
     };
 
-    // The export and the overlay: the machine writes only into the overlay.
-    let sock = w.join("nbd.sock");
-    let listener = UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
-    let export = disk.clone();
-    std::thread::spawn(move || nbd::serve(Listener::Unix(listener), export));
-    let overlay = w.join("overlay.qcow2");
-    uefi::tool(
-        "qemu-img",
-        "qemu-utils",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &format!("nbd+unix:///?socket={}", sock.display()),
-            overlay.to_str().context("scratch path is not UTF-8")?,
-            &disk.size().to_string(),
-        ],
-    )?;
+    // Each disk's export and overlay: the machine writes only into the overlays.
+    let mut overlays = Vec::new();
+    for (k, d) in disks.iter().enumerate() {
+        let sock = w.join(format!("nbd{k}.sock"));
+        let listener = UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
+        let export = d.clone();
+        std::thread::spawn(move || nbd::serve(Listener::Unix(listener), export));
+        let overlay = w.join(format!("overlay{k}.qcow2"));
+        uefi::tool(
+            "qemu-img",
+            "qemu-utils",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                &format!("nbd+unix:///?socket={}", sock.display()),
+                overlay.to_str().context("scratch path is not UTF-8")?,
+                &d.size().to_string(),
+            ],
+        )?;
+        overlays.push(overlay);
+    }
 
     let mut loader = None;
     let mut helper = None;
@@ -279,12 +326,12 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
         DiskBus::Sata => format!("ide-hd,drive=d{i}"),
         _ => format!("virtio-blk-pci,drive=d{i}"),
     };
-    let mut disks = Vec::new();
+    let mut drives = Vec::new();
     if let Some(h) = &helper {
-        disks.push((h.clone(), "raw"));
+        drives.push((h.clone(), "raw"));
     }
-    disks.push((overlay.clone(), "qcow2"));
-    for (i, (path, format)) in disks.iter().enumerate() {
+    drives.extend(overlays.iter().map(|o| (o.clone(), "qcow2")));
+    for (i, (path, format)) in drives.iter().enumerate() {
         args.push("-drive".into());
         args.push(format!("file={},format={format},if=none,id=d{i}", path.display()));
         args.push("-device".into());
@@ -402,9 +449,10 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
     }
     drop(machine);
     let text = read_console(&serial)?;
-    let stats = disk.stats();
+    let (fetched_chunks, fetched_bytes) =
+        disks.iter().map(|d| d.stats()).fold((0, 0), |(c, b), s| (c + s.chunks, b + s.bytes));
     Ok(Verdict {
-        snapshot: disk.id().to_string(),
+        snapshot: id.to_string(),
         passed,
         stage,
         reason,
@@ -415,9 +463,11 @@ pub fn run(disk: Arc<SnapshotDisk>, opts: &Options) -> Result<Verdict> {
         seconds,
         console_tail: console::tail(&text, 20),
         screenshot,
-        fetched_chunks: stats.chunks,
-        fetched_bytes: stats.bytes,
+        fetched_chunks,
+        fetched_bytes,
         disk_size: disk.size(),
+        boot_disk: is_set.then(|| disk.id().to_string()),
+        disks: disks.len(),
     })
 }
 
@@ -462,4 +512,65 @@ fn qmp_command(sock: &Path, command: &str, arguments: serde_json::Value) -> Resu
         }
     }
     bail!("QMP gave no reply")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_imaging::layout::{DiskLayout, Partition};
+    use kura_imaging::manifest::Manifest;
+
+    fn disk(scheme: Scheme, entries: Vec<PartitionEntry>) -> Manifest {
+        let partitions = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| Partition { number: i as u32 + 1, start: (i as u64 + 1) << 20, size: 1 << 20, entry })
+            .collect();
+        Manifest {
+            name: None,
+            created: "2026-12-07T03:00:00Z".into(),
+            source: "/dev/sdx".into(),
+            host: None,
+            chunk_size: 1 << 20,
+            layout: DiskLayout {
+                disk_size: 64 << 20,
+                sector_size: 512,
+                scheme,
+                gpt: None,
+                partitions,
+                warnings: vec![],
+            },
+            regions: vec![],
+        }
+    }
+
+    fn gpt(type_guid: &str) -> PartitionEntry {
+        PartitionEntry::Gpt {
+            type_guid: type_guid.into(),
+            unique_guid: String::new(),
+            name: String::new(),
+            attributes: 0,
+        }
+    }
+
+    fn mbr(type_byte: u8, bootable: bool) -> PartitionEntry {
+        PartitionEntry::Mbr { type_byte, bootable, logical: false }
+    }
+
+    #[test]
+    fn the_boot_disk_of_a_set_is_the_first_with_an_esp_then_a_legacy_boot_mark() {
+        let data = disk(Scheme::Gpt, vec![gpt(gpt_types::LINUX_FS)]);
+        let esp = disk(Scheme::Gpt, vec![gpt(gpt_types::EFI_SYSTEM), gpt(gpt_types::LINUX_FS)]);
+        let bios_boot = disk(Scheme::Gpt, vec![gpt(gpt_types::BIOS_BOOT), gpt(gpt_types::LINUX_FS)]);
+        let mbr_active = disk(Scheme::Mbr, vec![mbr(0x83, true)]);
+        let mbr_esp = disk(Scheme::Mbr, vec![mbr(0x83, false), mbr(0xef, false)]);
+        let mbr_plain = disk(Scheme::Mbr, vec![mbr(0x83, false)]);
+        assert_eq!(boot_disk(&[&data, &esp]), 1);
+        assert_eq!(boot_disk(&[&bios_boot, &data, &esp]), 2, "an ESP wins over a BIOS boot partition");
+        assert_eq!(boot_disk(&[&data, &bios_boot]), 1);
+        assert_eq!(boot_disk(&[&mbr_plain, &mbr_active]), 1);
+        assert_eq!(boot_disk(&[&mbr_active, &mbr_esp]), 1, "MBR type 0xEF is an ESP");
+        assert_eq!(boot_disk(&[&data, &mbr_plain]), 0, "nothing marked: the first disk");
+        assert_eq!(boot_disk(&[&esp, &esp]), 0, "the first of equals");
+    }
 }

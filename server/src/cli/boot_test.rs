@@ -2,7 +2,7 @@
 //! host (see [`crate::boot_test`]), its chunks read lazily from a local store or an engine;
 //! prints the verdict and exits 0 when it passed, 1 when it did not.
 
-use super::nbd::open_snapshot;
+use super::nbd::open_disks;
 use super::Location;
 use crate::boot_test::{self, Accel, DiskBus, Firmware, Options, Verdict};
 use anyhow::Result;
@@ -43,7 +43,7 @@ pub struct BootArgs {
 }
 
 pub fn run(snapshot: &str, at: &Location, args: &BootArgs) -> Result<ExitCode> {
-    let opened = open_snapshot(snapshot, at, crate::snapshot_disk::CACHE_BYTES)?;
+    let opened = open_disks(snapshot, at, crate::snapshot_disk::CACHE_BYTES)?;
     let opts = Options {
         firmware: args.firmware,
         accel: args.accel,
@@ -55,7 +55,12 @@ pub fn run(snapshot: &str, at: &Location, args: &BootArgs) -> Result<ExitCode> {
         screenshot: args.screenshot.clone(),
         work_parent: args.scratch.clone(),
     };
-    let verdict = boot_test::run(opened.disk.clone(), &opts)?;
+    let disks: Vec<_> = opened.disks.iter().map(|(_, d)| d.clone()).collect();
+    let verdict = if opened.is_set {
+        boot_test::run_set(&opened.id, disks, &opts)?
+    } else {
+        boot_test::run(disks[0].clone(), &opts)?
+    };
     if at.server.json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {
@@ -82,6 +87,9 @@ fn print(v: &Verdict) {
         v.fetched_bytes as f64 / (1 << 20) as f64,
         v.disk_size as f64 / (1 << 20) as f64
     );
+    if let Some(d) = &v.boot_disk {
+        println!("snapshot set of {} disks: booted disk {d}, the others attached", v.disks);
+    }
     if let Some(s) = &v.screenshot {
         println!("screenshot: {s}");
     }

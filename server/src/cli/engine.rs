@@ -99,6 +99,97 @@ pub fn capture(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kura image capture --server URL --host H SRC1 SRC2 ...`: several disks of one host (block
+/// devices or image files, each only read) captured as one snapshot set, committed whole (as
+/// the agent captures a machine's disks). Each disk's identity is its file name and size (an
+/// image file has no model, serial or WWN; a restore maps it by position and size).
+pub fn capture_set(
+    sources: &[std::path::PathBuf],
+    s: &ServerArgs,
+    name: Option<String>,
+    host: Option<String>,
+    threads: Option<usize>,
+    job: Option<i64>,
+) -> Result<ExitCode> {
+    let files = sources
+        .iter()
+        .map(|p| File::open(p).with_context(|| format!("opening {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let client = client(s)?;
+    let host = match (host, job) {
+        (Some(h), _) => h,
+        (None, Some(j)) => client.job(j).with_context(|| format!("reading job {j}"))?.job.host,
+        (None, None) => bail!("capturing to an engine needs --host NAME"),
+    };
+    if let Some(j) = job {
+        let shown: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        let log = vec![format!("captured by `kura image capture` from {}", shown.join(", "))];
+        client
+            .progress(j, &kura_protocol::jobs::Progress { done: 0, total: None, log })
+            .with_context(|| format!("starting job {j}"))?;
+    }
+    let upload = RemoteUpload::begin(
+        &client,
+        &BeginUpload { host: host.clone(), name: name.clone(), job, ..Default::default() },
+    )
+    .context("starting the upload")?;
+    let mut disks = Vec::new();
+    for (path, file) in sources.iter().zip(files) {
+        // A block device's size, too, is where its end seeks to.
+        let size = (|| {
+            use std::io::{Seek, SeekFrom};
+            let mut f = &file;
+            let end = f.seek(SeekFrom::End(0))?;
+            f.seek(SeekFrom::Start(0))?;
+            std::io::Result::Ok(end)
+        })()
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+        let identity = kura_imaging::diskmap::DiskIdentity {
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            size,
+            ..Default::default()
+        };
+        let mut opts = CaptureOptions {
+            host: Some(host.clone()),
+            source: path.display().to_string(),
+            chunk_size: upload.started.chunk_size,
+            ..Default::default()
+        };
+        if let Some(t) = threads {
+            opts.threads = t;
+        }
+        disks.push((identity, std::io::BufReader::with_capacity(0, file), opts));
+    }
+    let set = kura_imaging::diskset::SnapshotSet {
+        name,
+        created: kura_imaging::time::format_rfc3339_nanos(std::time::SystemTime::now()),
+        host: Some(host.clone()),
+        members: Vec::new(),
+    };
+    let bar = Bar::new("capture", Unit::Bytes, bars(s.json));
+    let t0 = Instant::now();
+    let result = flow::capture_set_flow(disks, set, &upload, &bar, |_| Ok(()));
+    bar.finish();
+    let (committed, stats) = result?;
+    let seconds = t0.elapsed().as_secs_f64();
+    if s.json {
+        let v = serde_json::json!({
+            "snapshot": committed.snapshot, "seconds": seconds, "host": host, "disks": stats,
+        });
+        print_json(&v)?;
+    } else {
+        eprintln!(
+            "captured {} disks for host {host} as one snapshot set: {} used, {} chunks sent, {:.1} s",
+            sources.len(),
+            indicatif::BinaryBytes(stats.iter().map(|s| s.used_bytes).sum()),
+            stats.iter().map(|s| s.new_chunks).sum::<u64>(),
+            seconds
+        );
+        println!("{}", committed.snapshot);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Option<usize>) -> Result<ExitCode> {
     let client = client(s)?;
     let manifest = client.manifest(snapshot)?;
@@ -380,6 +471,9 @@ pub fn verify_boot(
             v["fetched_chunks"],
             v["fetched_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
         );
+        if let Some(d) = v["boot_disk"].as_str() {
+            println!("snapshot set of {} disks: booted disk {d}, the others attached", v["disks"]);
+        }
         for l in v["console_tail"].as_array().into_iter().flatten() {
             println!("  {}", l.as_str().unwrap_or(""));
         }

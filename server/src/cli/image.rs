@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 use kura_catalogs::backend::{self, CacheOptions, Sink};
 use kura_catalogs::Store;
 use kura_imaging::capture::{self, CaptureOptions, CaptureStats};
+use kura_imaging::diskset::SnapshotFile;
 use kura_imaging::fit;
 use kura_imaging::flow::{self, RestoreError};
+use kura_imaging::manifest::Manifest;
 use kura_imaging::restore::RestoreStats;
 use kura_imaging::target::FileTarget;
 use serde::Serialize;
@@ -111,8 +113,19 @@ pub fn show(snapshot: &str, store_dir: &Path, json: bool) -> Result<ExitCode> {
     let _lock = store.lock(false)?;
     let id = store.resolve(snapshot)?;
     let m = store.load_manifest(&id)?;
-    let regions: Vec<serde_json::Value> = m
-        .regions
+    show_file(&id, &SnapshotFile::Disk(m), json)
+}
+
+/// `kura image show SNAPSHOT --server URL`: one disk's snapshot, or a snapshot set (which only
+/// an engine's catalog holds) disk by disk.
+pub fn show_remote(snapshot: &str, server: &super::ServerArgs) -> Result<ExitCode> {
+    let client = super::engine::client(server)?;
+    let file = client.snapshot_file(snapshot)?;
+    show_file(snapshot, &file, server.json)
+}
+
+fn regions_json(m: &Manifest) -> Vec<serde_json::Value> {
+    m.regions
         .iter()
         .map(|r| {
             serde_json::json!({
@@ -121,33 +134,110 @@ pub fn show(snapshot: &str, store_dir: &Path, json: bool) -> Result<ExitCode> {
                 "chunks": r.chunks.len(), "warnings": r.warnings,
             })
         })
-        .collect();
-    let doc = serde_json::json!({
-        "id": id, "name": m.name, "created": m.created, "source": m.source, "host": m.host,
-        "chunk_size": m.chunk_size, "layout": m.layout, "regions": regions,
-    });
+        .collect()
+}
+
+fn print_regions(m: &Manifest, indent: &str) {
+    for r in &m.regions {
+        let what = match r.partition {
+            Some(n) => format!("partition {n}"),
+            None => "gap".to_string(),
+        };
+        println!(
+            "{indent}  {:>14} +{:>10}  {:12} {:5?} {:>10} used  {}",
+            r.start,
+            human(r.size),
+            what,
+            r.fs,
+            human(r.used_bytes),
+            r.label.as_deref().unwrap_or("")
+        );
+        for w in &r.warnings {
+            println!("{indent}      warning: {w}");
+        }
+    }
+}
+
+/// Prints snapshot `id`: a disk's layout and regions; for a set, the set and then each disk
+/// (its number as `kura mount` names it, identity, own snapshot id, layout, regions).
+fn show_file(id: &str, file: &SnapshotFile, json: bool) -> Result<ExitCode> {
+    let set = match file {
+        SnapshotFile::Disk(m) => {
+            if json {
+                let doc = serde_json::json!({
+                    "id": id, "name": m.name, "created": m.created, "source": m.source, "host": m.host,
+                    "chunk_size": m.chunk_size, "layout": m.layout, "regions": regions_json(m),
+                });
+                println!("{doc}");
+            } else {
+                println!("snapshot {id}  created {}  source {}", m.created, m.source);
+                println!(
+                    "disk {} ({:?}, {}-byte sectors)",
+                    human(m.disk_size()),
+                    m.layout.scheme,
+                    m.layout.sector_size
+                );
+                print_regions(m, "");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        SnapshotFile::Set(set) => set,
+    };
+    let manifests: Vec<&Manifest> = set.members.iter().map(|m| &m.manifest).collect();
+    let boot = crate::boot_test::boot_disk(&manifests);
+    let entries = set.entries()?;
     if json {
+        let disks: Vec<serde_json::Value> = set
+            .members
+            .iter()
+            .zip(&entries)
+            .enumerate()
+            .map(|(k, (m, e))| {
+                serde_json::json!({
+                    "index": k, "name": m.disk.name, "size": m.disk.size, "model": m.disk.model,
+                    "serial": m.disk.serial, "wwn": m.disk.wwn, "path": m.disk.path,
+                    "snapshot": e.manifest, "used_bytes": e.used_bytes, "boot": k == boot,
+                    "source": m.manifest.source, "chunk_size": m.manifest.chunk_size,
+                    "layout": m.manifest.layout, "regions": regions_json(&m.manifest),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "id": id, "set": true, "name": set.name, "created": set.created, "host": set.host,
+            "disk_size": set.disk_size(), "used_bytes": set.used_bytes(), "disks": disks,
+        });
         println!("{doc}");
     } else {
-        println!("snapshot {id}  created {}  source {}", m.created, m.source);
-        println!("disk {} ({:?}, {}-byte sectors)", human(m.disk_size()), m.layout.scheme, m.layout.sector_size);
-        for r in &m.regions {
-            let what = match r.partition {
-                Some(n) => format!("partition {n}"),
-                None => "gap".to_string(),
-            };
+        println!(
+            "snapshot set {id}  created {}  host {}  {} disks, {} used of {}",
+            set.created,
+            set.host.as_deref().unwrap_or("-"),
+            set.members.len(),
+            human(set.used_bytes()),
+            human(set.disk_size())
+        );
+        for (k, (m, e)) in set.members.iter().zip(&entries).enumerate() {
+            let d = &m.disk;
+            let known =
+                |label: &str, v: &Option<String>| v.as_deref().map(|v| format!("  {label} {v}")).unwrap_or_default();
             println!(
-                "  {:>14} +{:>10}  {:12} {:5?} {:>10} used  {}",
-                r.start,
-                human(r.size),
-                what,
-                r.fs,
-                human(r.used_bytes),
-                r.label.as_deref().unwrap_or("")
+                "disk{k}  {}  {}{}{}{}{}  snapshot {}{}",
+                d.name,
+                human(d.size),
+                known("model", &d.model),
+                known("serial", &d.serial),
+                known("wwn", &d.wwn),
+                known("path", &d.path),
+                e.manifest,
+                if k == boot { "  (boot disk)" } else { "" }
             );
-            for w in &r.warnings {
-                println!("      warning: {w}");
-            }
+            println!(
+                "  {:?}, {}-byte sectors, {} used",
+                m.manifest.layout.scheme,
+                m.manifest.layout.sector_size,
+                human(e.used_bytes)
+            );
+            print_regions(&m.manifest, "");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -182,8 +182,9 @@ enum Command {
         #[arg(long, default_value = nbd::DEFAULT_LISTEN, value_parser = nbd::parse_listen)]
         listen: nbd::ListenAddr,
     },
-    /// Mount a snapshot's disk and partitions as read-only files DIR/disk, DIR/part1, ... (FUSE;
-    /// root), to loop-mount with the kernel's drivers; until `umount DIR` (docs/files.md).
+    /// Mount a snapshot's disk and partitions as read-only files DIR/disk, DIR/part1, ... (a
+    /// snapshot set's as DIR/disk0, DIR/disk0-part1, DIR/disk1, ...) (FUSE; root), to loop-mount
+    /// with the kernel's drivers; until `umount DIR` (docs/files.md).
     Mount {
         /// Snapshot id (or, with --store, a unique prefix).
         snapshot: String,
@@ -304,10 +305,13 @@ struct Location {
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Capture a disk (block device or image file); prints the new snapshot's id.
+    /// Capture a disk (block device or image file); prints the new snapshot's id. With
+    /// --server, several disks of one host are captured as one snapshot set.
     Capture {
-        /// Block device or disk image file to read (only read, never written).
-        source: PathBuf,
+        /// Block device or disk image file to read (only read, never written); with --server,
+        /// more than one: a snapshot set of the host's disks, in this order.
+        #[arg(required = true, num_args = 1..)]
+        source: Vec<PathBuf>,
         #[command(flatten)]
         at: Location,
         /// A name for the snapshot.
@@ -330,7 +334,8 @@ enum ImageCommand {
         #[command(flatten)]
         at: Location,
     },
-    /// Show one snapshot of a local store: partition table, filesystems, used bytes.
+    /// Show one snapshot: partition table, filesystems, used bytes; a snapshot set (an engine's,
+    /// a host's several disks) disk by disk, each with its identity and own snapshot id.
     Show {
         snapshot: String,
         #[command(flatten)]
@@ -557,14 +562,20 @@ fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, at, name, host, threads, job } => match at.store {
-                Some(store) => image::capture(&source, &store, at.server.json, name, host, threads),
-                None => engine::capture(&source, &at.server, name, host, threads, job),
+            ImageCommand::Capture { source, at, name, host, threads, job } => match (at.store, source.as_slice()) {
+                (Some(store), [one]) => image::capture(one, &store, at.server.json, name, host, threads),
+                (Some(_), _) => anyhow::bail!(
+                    "several disks make a snapshot set, which an engine keeps: capture them with --server \
+                     (a local store holds single-disk snapshots)"
+                ),
+                (None, [one]) => engine::capture(one, &at.server, name, host, threads, job),
+                (None, several) => engine::capture_set(several, &at.server, name, host, threads, job),
             },
             ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
-            ImageCommand::Show { snapshot, at } => {
-                image::show(&snapshot, &local_only(&at, "kura image show")?, at.server.json)
-            }
+            ImageCommand::Show { snapshot, at } => match &at.store {
+                Some(store) => image::show(&snapshot, store, at.server.json),
+                None => image::show_remote(&snapshot, &at.server),
+            },
             ImageCommand::Restore { snapshot, target, at, archive, threads } => match at.store {
                 None if !archive.is_empty() => export::restore(&snapshot, &target, &archive, at.server.json, threads),
                 Some(store) => image::restore(&snapshot, &target, &store, at.server.json, threads),
