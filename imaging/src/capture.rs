@@ -195,6 +195,7 @@ pub fn capture<R: Read + Seek>(
                             Ok(new) => counters.stored(new, blob.len()),
                             Err(e) => fail(e),
                         }
+                        counters.release(&d);
                     }
                     let _ = blob_tx.send(blob);
                 }
@@ -296,9 +297,25 @@ struct Counters {
     new: AtomicU64,
     new_bytes: AtomicU64,
     reused: AtomicU64,
+    /// Digests being encoded or put right now. A disk holding the same chunk twice gets
+    /// "missing" for both copies when they are asked about before either is stored; the
+    /// second copy then waits for nothing and is counted reused instead of being put
+    /// concurrently (a store that cannot tell two simultaneous puts apart would count both
+    /// new). Bounded by the chunks in flight, not by the disk.
+    in_flight: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl Counters {
+    /// Takes `d` for this worker; false when another copy of it is being stored.
+    fn claim(&self, d: &Digest) -> bool {
+        self.in_flight.lock().expect("lock").insert(*d)
+    }
+
+    /// `d` has been stored (or failed: the capture fails then).
+    fn release(&self, d: &Digest) {
+        self.in_flight.lock().expect("lock").remove(d);
+    }
+
     /// A put's answer: newly stored (`len` encoded bytes), or already there.
     fn stored(&self, new: bool, len: usize) {
         if new {
@@ -354,17 +371,22 @@ fn store_batch(
     let mut m = missing.iter();
     for (p, r) in batch.iter().zip(&refs) {
         let ChunkRef::Data(d) = r else { continue };
-        if !*m.next().expect("one answer per digest") {
+        if !*m.next().expect("one answer per digest") || !counters.claim(d) {
             counters.reused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         enc.encode_into(d, &p.buf[..p.len], blob)?;
         match handover {
+            // The uploader releases it once put.
             Some(h) => {
                 let fresh = h.blob_rx.recv().map_err(|_| uploaders_gone())?;
                 h.put_tx.send((*d, std::mem::replace(blob, fresh))).map_err(|_| uploaders_gone())?;
             }
-            None => counters.stored(sink.put_chunk(d, blob)?, blob.len()),
+            None => {
+                let put = sink.put_chunk(d, blob);
+                counters.release(d);
+                counters.stored(put?, blob.len());
+            }
         }
     }
     Ok(refs)
