@@ -36,6 +36,33 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// The start of `kura image capture --server`: the host (given, or the job's), the job started
+/// (a progress report starts a queued job; its commit needs it running, and its log names
+/// `sources`), and the upload session begun.
+fn begin_capture(
+    client: &Client,
+    host: Option<String>,
+    job: Option<i64>,
+    name: &Option<String>,
+    sources: &str,
+) -> Result<(String, RemoteUpload)> {
+    let host = match (host, job) {
+        (Some(h), _) => h,
+        (None, Some(j)) => client.job(j).with_context(|| format!("reading job {j}"))?.job.host,
+        (None, None) => bail!("capturing to an engine needs --host NAME"),
+    };
+    if let Some(j) = job {
+        let log = vec![format!("captured by `kura image capture` from {sources}")];
+        client
+            .progress(j, &kura_protocol::jobs::Progress { done: 0, total: None, log })
+            .with_context(|| format!("starting job {j}"))?;
+    }
+    let upload =
+        RemoteUpload::begin(client, &BeginUpload { host: host.clone(), name: name.clone(), job, ..Default::default() })
+            .context("starting the upload")?;
+    Ok((host, upload))
+}
+
 pub fn capture(
     source: &Path,
     s: &ServerArgs,
@@ -46,23 +73,7 @@ pub fn capture(
 ) -> Result<ExitCode> {
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
-    let host = match (host, job) {
-        (Some(h), _) => h,
-        (None, Some(j)) => client.job(j).with_context(|| format!("reading job {j}"))?.job.host,
-        (None, None) => bail!("capturing to an engine needs --host NAME"),
-    };
-    if let Some(j) = job {
-        // A progress report starts a queued job; its commit needs it running.
-        let log = vec![format!("captured by `kura image capture` from {}", source.display())];
-        client
-            .progress(j, &kura_protocol::jobs::Progress { done: 0, total: None, log })
-            .with_context(|| format!("starting job {j}"))?;
-    }
-    let upload = RemoteUpload::begin(
-        &client,
-        &BeginUpload { host: host.clone(), name: name.clone(), job, ..Default::default() },
-    )
-    .context("starting the upload")?;
+    let (host, upload) = begin_capture(&client, host, job, &name, &source.display().to_string())?;
     let mut opts = CaptureOptions {
         name,
         host: Some(host.clone()),
@@ -116,23 +127,8 @@ pub fn capture_set(
         .map(|p| File::open(p).with_context(|| format!("opening {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let client = client(s)?;
-    let host = match (host, job) {
-        (Some(h), _) => h,
-        (None, Some(j)) => client.job(j).with_context(|| format!("reading job {j}"))?.job.host,
-        (None, None) => bail!("capturing to an engine needs --host NAME"),
-    };
-    if let Some(j) = job {
-        let shown: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
-        let log = vec![format!("captured by `kura image capture` from {}", shown.join(", "))];
-        client
-            .progress(j, &kura_protocol::jobs::Progress { done: 0, total: None, log })
-            .with_context(|| format!("starting job {j}"))?;
-    }
-    let upload = RemoteUpload::begin(
-        &client,
-        &BeginUpload { host: host.clone(), name: name.clone(), job, ..Default::default() },
-    )
-    .context("starting the upload")?;
+    let shown: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    let (host, upload) = begin_capture(&client, host, job, &name, &shown.join(", "))?;
     let mut disks = Vec::new();
     for (path, file) in sources.iter().zip(files) {
         // A block device's size, too, is where its end seeks to.
