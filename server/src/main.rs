@@ -17,6 +17,7 @@ mod notify;
 mod power;
 mod progress_bar;
 mod replication;
+mod replication_forward;
 mod replication_pull;
 mod scheduler;
 mod serve;

@@ -4,12 +4,17 @@
 //!
 //! # What is sent when
 //!
-//! - **Chunks, while the capture runs.** The uploads service queues every chunk a session of a
-//!   replicated host stores and wakes this worker ([`crate::engine::Engine::replication`]). A
-//!   pass takes up to [`CHUNK_BATCH`] due chunks of a remote, asks the remote which of them it
-//!   lacks (one `missing` request per [`kura_protocol::uploads::MISSING_BATCH`]), sends only
-//!   those, and drops the rows. The chunks go into one open session per remote, which protects
-//!   them from the remote's garbage collector until the snapshot is committed there.
+//! - **Chunks, while the capture runs.** The uploads service hands every chunk a session of a
+//!   replicated host stores to this worker from memory (`crate::replication_forward`, bounded
+//!   per remote; what does not fit is queued in the catalog) and wakes it
+//!   ([`crate::engine::Engine::replication`]). A pass takes up to [`CHUNK_BATCH`] chunks of a
+//!   remote, from memory first, then due rows of the durable queue (read back from the store),
+//!   asks the remote which of them it lacks (one `missing` request per
+//!   [`kura_protocol::uploads::MISSING_BATCH`]), sends only those, and drops them (a batch
+//!   from memory whose send failed is queued durably). The chunks go into one open session per
+//!   remote, which protects them from the remote's garbage collector until the snapshot is
+//!   committed there. Nothing read back from the store, no row per chunk: the primary's extra
+//!   work for a replicated capture is the sending itself.
 //! - **The snapshot, right after its commit.** In a session of its own: `missing` for every
 //!   chunk the manifest references (chunks the primary already had before the capture were
 //!   never queued, and a remote that restarted may have collected unreferenced ones), the
@@ -44,6 +49,7 @@
 //! [`run`] takes its shutdown future as an argument, like the scheduler.
 
 use crate::engine::Engine;
+use bytes::Bytes;
 use kura_catalogs::db::replication::REMOTE_TOKEN_PURPOSE;
 use kura_catalogs::db::{QueueItem, QueueKind};
 use kura_imaging::chunk::{ChunkSink, Digest};
@@ -212,29 +218,96 @@ impl From<kura_imaging::Error> for StepError {
     }
 }
 
-/// Sends the chunks among `digests` that the remote lacks into `upload`; returns how many.
+/// Sends the chunks among `digests` that the remote lacks into `upload`, read from the store;
+/// returns how many.
 fn send_missing(engine: &Engine, conn: &Conn, upload: &RemoteUpload, digests: &[Digest]) -> Result<u64, StepError> {
+    send_missing_of(engine, conn, upload, digests, |_, d| match engine.store.get_chunk(d) {
+        Ok(b) => Ok(Some(Bytes::from(b))),
+        Err(kura_imaging::Error::ChunkMissing { .. }) => {
+            tracing::warn!("replication to {}: chunk {d} is no longer in the store; not sent", conn.name);
+            Ok(None)
+        }
+        Err(e) => Err(StepError { message: format!("reading chunk {d}: {e}"), lost_session: false }),
+    })
+}
+
+/// Sends the chunks among `digests` that the remote lacks into `upload`, each body from
+/// `blob(index, digest)` (`None`: skip it); returns how many were sent.
+fn send_missing_of(
+    engine: &Engine,
+    conn: &Conn,
+    upload: &RemoteUpload,
+    digests: &[Digest],
+    mut blob: impl FnMut(usize, &Digest) -> Result<Option<Bytes>, StepError>,
+) -> Result<u64, StepError> {
     let missing = upload.missing(digests)?;
     let counters = engine.replication_sent.of(&conn.name);
     let mut sent = 0;
-    for (d, m) in digests.iter().zip(missing) {
+    for (i, (d, m)) in digests.iter().zip(missing).enumerate() {
         if !m {
             continue;
         }
-        let blob = match engine.store.get_chunk(d) {
-            Ok(b) => b,
-            Err(kura_imaging::Error::ChunkMissing { .. }) => {
-                tracing::warn!("replication to {}: chunk {d} is no longer in the store; not sent", conn.name);
-                continue;
-            }
-            Err(e) => return Err(StepError { message: format!("reading chunk {d}: {e}"), lost_session: false }),
-        };
-        upload.put_chunk(d, &blob)?;
+        let Some(body) = blob(i, d)? else { continue };
+        upload.put_chunk(d, &body)?;
         counters.chunks.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
+        counters.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         sent += 1;
     }
     Ok(sent)
+}
+
+/// The remote session the chunks sent ahead of their snapshots go into (protecting them from
+/// the remote's collector), begun for `host` if there is none.
+fn chunk_session(conn: &mut Conn, host: &str) -> Result<RemoteUpload, StepError> {
+    let upload = match &conn.chunk_session {
+        Some(u) => u.clone(),
+        None => {
+            let req = BeginUpload { host: host.to_string(), ..Default::default() };
+            let started = conn.client.begin_upload(&req)?;
+            conn.chunk_session = Some(started.upload.clone());
+            started.upload
+        }
+    };
+    Ok(upload_of(conn, upload))
+}
+
+/// One batch of the chunks held in memory for `remote` (`crate::replication_forward`);
+/// `Ok(true)` if any were handled. A batch whose send failed is queued durably, where the
+/// next tries and their back-off are counted.
+fn forward_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, String> {
+    let items = engine.forward.take(remote, CHUNK_BATCH as usize);
+    if items.is_empty() {
+        return Ok(false);
+    }
+    let digests: Vec<Digest> = items.iter().map(|f| f.digest).collect();
+    let result = chunk_session(conn, &items[0].host)
+        .and_then(|upload| send_missing_of(engine, conn, &upload, &digests, |i, _| Ok(Some(items[i].blob.clone()))));
+    match result {
+        Ok(sent) => {
+            tracing::debug!("replication to {}: {} chunks forwarded, {sent} sent", conn.name, digests.len());
+            conn.succeeded();
+        }
+        Err(e) => {
+            if e.lost_session {
+                conn.chunk_session = None;
+            } else {
+                conn.failed(engine, &e.message);
+            }
+            tracing::info!(
+                "replication to {}: forwarding failed ({}); queueing {} chunks",
+                conn.name,
+                e.message,
+                items.len()
+            );
+            for f in &items {
+                engine
+                    .catalog
+                    .enqueue_replication(&[remote], QueueKind::Chunk, &f.digest.to_hex(), &f.host, f.blob.len() as u64)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(true)
 }
 
 fn upload_of(conn: &Conn, upload: String) -> RemoteUpload {
@@ -254,18 +327,7 @@ fn chunk_pass(engine: &Engine, remote: i64, conn: &mut Conn) -> Result<bool, Str
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
     let digests: Vec<Digest> = items.iter().filter_map(|i| i.item.parse().ok()).collect();
-    let result = (|| -> Result<u64, StepError> {
-        let upload = match &conn.chunk_session {
-            Some(u) => u.clone(),
-            None => {
-                let req = BeginUpload { host: items[0].host.clone(), ..Default::default() };
-                let started = conn.client.begin_upload(&req)?;
-                conn.chunk_session = Some(started.upload.clone());
-                started.upload
-            }
-        };
-        send_missing(engine, conn, &upload_of(conn, upload), &digests)
-    })();
+    let result = chunk_session(conn, &items[0].host).and_then(|upload| send_missing(engine, conn, &upload, &digests));
     match result {
         Ok(sent) => {
             tracing::debug!("replication to {}: {} chunks checked, {sent} sent", conn.name, digests.len());
@@ -405,6 +467,9 @@ fn probe(engine: &Engine, remote: &kura_catalogs::db::Remote, conn: &mut Conn) -
     }
 }
 
+/// One step of a pass for one remote; `Ok(true)` if it handled something.
+type Step = fn(&Engine, i64, &mut Conn) -> Result<bool, String>;
+
 /// One pass over every remote with a queue; `true` if something was sent (look again soon).
 fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
     // A connection (with its chunk session on the remote, begun once and never ended) lives as
@@ -419,6 +484,9 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
     match engine.catalog.list_remotes() {
         Ok(all) => {
             conns.retain(|id, _| all.iter().any(|r| r.id == *id));
+            for gone in engine.forward.remotes().into_iter().filter(|id| !all.iter().any(|r| r.id == *id)) {
+                engine.forward.forget(gone);
+            }
             for r in &all {
                 let Some(conn) = conn_of(engine, conns, r.id) else { continue };
                 let pulls: Vec<_> = rules.iter().filter(|x| x.pull && x.remote == r.name).collect();
@@ -447,16 +515,20 @@ fn pass(engine: &Engine, conns: &mut HashMap<i64, Conn>) -> bool {
         }
         Err(e) => tracing::error!("replication: listing the remotes: {e}"),
     }
-    let remotes = match engine.catalog.remotes_with_queue() {
+    let mut remotes = match engine.catalog.remotes_with_queue() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("replication: reading the queue: {e}");
             return false;
         }
     };
+    remotes.extend(engine.forward.remotes());
+    remotes.sort_unstable();
+    remotes.dedup();
     for remote in remotes {
         let Some(conn) = conn_of(engine, conns, remote) else { continue };
-        for step in [chunk_pass, snapshot_pass] {
+        // Chunks in memory first: the snapshot pass after them finds its chunks sent already.
+        for step in [forward_pass as Step, chunk_pass, snapshot_pass] {
             match step(engine, remote, conn) {
                 Ok(progressed) => busy |= progressed,
                 Err(e) => tracing::error!("replication to {}: {e}", conn.name),

@@ -146,7 +146,7 @@ fn pull_snapshot(engine: &Engine, client: &Client, remote: &str, s: &Listed) -> 
                     continue;
                 }
                 let blob = source.get_chunk(d).map_err(|e| e.to_string())?;
-                uploads::put_chunk(engine, &caller, &upload, &d.to_hex(), &blob).map_err(err)?;
+                uploads::put_chunk(engine, &caller, &upload, &d.to_hex(), &blob.into()).map_err(err)?;
                 fetched += 1;
             }
         }

@@ -32,6 +32,15 @@ const ROUNDS: u64 = 2;
 /// How long the DR engine may take to hold a snapshot before the benchmark gives up.
 const GIVE_UP: Duration = Duration::from_secs(300);
 
+/// CPU seconds (user + system) of process `pid` ("self" for this one's waited-for children).
+fn cpu(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let at = if children { 13 } else { 11 };
+    let ticks: f64 = f[at].parse::<f64>().unwrap() + f[at + 1].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -81,9 +90,17 @@ fn replication_overhead_and_lag() {
             let mut data = random_bytes(seed, half);
             data.extend_from_slice(&text_bytes(seed, half));
             let disk = raw_disk(work.path(), &format!("{host}.img"), data);
+            let (p0, d0, c0) =
+                (cpu(&primary.pid().to_string(), false), cpu(&dr.pid().to_string(), false), cpu("self", true));
             let t0 = Instant::now();
             let report = primary.capture(&disk.path, &host);
             let took = t0.elapsed();
+            eprintln!(
+                "{host}: CPU during the capture: client {:.2} s, primary {:.2} s, DR {:.2} s",
+                cpu("self", true) - c0,
+                cpu(&primary.pid().to_string(), false) - p0,
+                cpu(&dr.pid().to_string(), false) - d0
+            );
             std::fs::remove_file(&disk.path).unwrap();
             eprintln!(
                 "{host}: capture {:.2} s ({} chunks, {} new)",

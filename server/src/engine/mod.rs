@@ -59,6 +59,8 @@ pub struct Engine {
     pub replication: tokio::sync::Notify,
     /// What the replication worker sent since start (for `/metrics`).
     pub replication_sent: crate::replication::Sent,
+    /// Chunks stored by replicated hosts' captures, held for the worker to forward.
+    pub forward: crate::replication_forward::ForwardBuffer,
     /// The key sealing secrets in the catalog (BMC passwords, remotes' tokens).
     pub secrets: Arc<kura_catalogs::secrets::SecretKey>,
     /// Boot tests run here: kept screenshots and the queue of scheduled tests.
@@ -78,6 +80,7 @@ impl Engine {
             secrets,
             replication: tokio::sync::Notify::new(),
             replication_sent: crate::replication::Sent::default(),
+            forward: Default::default(),
             catalog,
             writers: Arc::new(WriterRegistry::new()),
             cluster: None,

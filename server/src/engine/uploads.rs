@@ -47,8 +47,10 @@
 //! # Replication
 //!
 //! When a host's snapshots go to remotes (`crate::replication`), each chunk an upload session
-//! stores is queued for them at once, and the snapshot at its commit (the durable queue of
-//! `kura_catalogs::db::replication`); the worker is woken through [`Engine::replication`].
+//! stores is handed to the worker at once, from memory (`crate::replication_forward`; what does
+//! not fit is queued in the catalog), and the snapshot is queued at its commit (the durable
+//! queue of `kura_catalogs::db::replication`); the worker is woken through
+//! [`Engine::replication`].
 //!
 //! # Identity
 //!
@@ -60,6 +62,7 @@
 //! logged as a warning in the job's log, and nothing reaches the store or the catalog.
 
 use super::{hosts, Caller, Engine, ServiceError, ServiceResult};
+use bytes::Bytes;
 use kura_catalogs::db::{JobKind, JobState, LogLevel, NewSnapshot, QueueKind, Role, SnapshotKind};
 use kura_catalogs::gc::WriterId;
 use kura_imaging::chunk::{Decoder, Digest, DEFAULT_CHUNK_SIZE};
@@ -312,7 +315,7 @@ fn check_chunk(d: &Digest, blob: &[u8]) -> Result<(), kura_imaging::Error> {
 }
 
 /// `PUT /uploads/{id}/chunks/{digest}`: checks and stores one chunk; `true` if it was new.
-pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, body: &[u8]) -> ServiceResult<bool> {
+pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, body: &Bytes) -> ServiceResult<bool> {
     let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
     let d: Digest = digest.parse().map_err(ServiceError::BadRequest)?;
     check_chunk(&d, body)?;
@@ -334,7 +337,9 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
         }
     }
     if let Some((remotes, host)) = replicate {
-        engine.catalog.enqueue_replication(&remotes, QueueKind::Chunk, &d.to_hex(), &host, len)?;
+        // Forwarded from memory; queued durably only what does not fit.
+        let spill: Vec<i64> = remotes.into_iter().filter(|r| !engine.forward.offer(*r, d, body, &host)).collect();
+        engine.catalog.enqueue_replication(&spill, QueueKind::Chunk, &d.to_hex(), &host, len)?;
         engine.replication.notify_one();
     }
     if new {
@@ -751,7 +756,7 @@ mod tests {
         assert!(matches!(other, Err(ServiceError::Conflict(_))), "{:?}", other.err());
         let digests = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
         assert!(matches!(missing(&engine, &op, &upload, &digests), Err(ServiceError::Conflict(_))));
-        let chunk = put_chunk(&engine, &op, &upload, &Digest([7; 32]).to_hex(), b"x");
+        let chunk = put_chunk(&engine, &op, &upload, &Digest([7; 32]).to_hex(), &Bytes::from_static(b"x"));
         assert!(matches!(chunk, Err(ServiceError::Conflict(_))), "{:?}", chunk.err());
         assert_eq!(store.snapshot_ids().unwrap(), std::slice::from_ref(&first.reply.snapshot));
         // Another token may not replay it; its owner may end it, the snapshot stays.
