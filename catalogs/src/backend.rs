@@ -325,4 +325,8 @@ impl ChunkSource for Sink<'_> {
     fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         self.0.get_chunk(digest)
     }
+
+    fn gets_in_flight(&self) -> usize {
+        self.0.gets_in_flight()
+    }
 }

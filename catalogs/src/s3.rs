@@ -609,6 +609,11 @@ impl ChunkSource for S3Store {
         }
         Ok(blob)
     }
+
+    /// Each GET is a round trip to the bucket: several in flight.
+    fn gets_in_flight(&self) -> usize {
+        PUTS_IN_FLIGHT
+    }
 }
 
 impl SnapshotSink for S3Store {

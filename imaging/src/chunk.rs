@@ -216,11 +216,9 @@ impl Decoder {
         let payload = &blob[HEADER_LEN..];
         out.clear();
         if header.compressed {
-            out.resize(header.plain_len as usize, 0);
-            let n = self
-                .decompressor
-                .decompress_to_buffer(payload, &mut out[..])
-                .map_err(|e| corrupt(format!("zstd: {e}")))?;
+            // Into the spare capacity: no zero-filling of a buffer the decompressor overwrites.
+            out.reserve(header.plain_len as usize);
+            let n = self.decompressor.decompress_to_buffer(payload, out).map_err(|e| corrupt(format!("zstd: {e}")))?;
             if n != header.plain_len as usize {
                 return Err(corrupt(format!("decompressed to {n} bytes, header says {}", header.plain_len)));
             }
@@ -286,6 +284,14 @@ pub trait ChunkSource: Send + Sync {
                 Err(e) => Err(e),
             })
             .collect()
+    }
+
+    /// How many more [`get_chunk`](Self::get_chunk) calls a restore keeps in flight than it
+    /// has decompressing threads, so that the decompression goes on while fetches wait on the
+    /// network (a remote engine, an S3 bucket). 0 (the default): a source whose gets cost no
+    /// round trip (a local store, an archive).
+    fn gets_in_flight(&self) -> usize {
+        0
     }
 }
 

@@ -6,7 +6,8 @@
 //! store instead of sending every chunk twice). It returns a [`Checked`] token, the only way to
 //! the write pass. Only then does the *write pass* start: a producer hands chunks in
 //! disk order to worker threads that fetch, decompress and re-verify each one (SHA-256 of the
-//! content), and the calling thread writes them in order. Buffers come from a fixed pool taken
+//! content; [`ChunkSource::gets_in_flight`] more workers than threads for a source whose
+//! fetches wait on the network), and the calling thread writes them in order. Buffers come from a fixed pool taken
 //! in disk order, so memory stays bounded and the writer never waits on a chunk that cannot get
 //! a buffer.
 //!
@@ -146,7 +147,9 @@ pub fn write<W: Write + Seek>(
     if target_size < manifest.disk_size() {
         return Err(Error::TargetTooSmall { needed: manifest.disk_size(), actual: target_size });
     }
-    let threads = opts.threads.max(1);
+    // Each worker fetches, decompresses and checks its chunk; a source whose fetches wait on
+    // the network gets more workers than threads, so fetches overlap the decompression.
+    let threads = opts.threads.max(1) + source.gets_in_flight().min(64);
     let cs = manifest.chunk_size as usize;
     let pool = 2 * threads + 2;
     let mut stats = RestoreStats { disk_size: manifest.disk_size(), ..Default::default() };

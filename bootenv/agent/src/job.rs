@@ -292,7 +292,14 @@ fn restore_set(
     let source = RemoteSource { client: client.clone() };
     let ticker = rep.ticker();
     let t0 = Instant::now();
-    let stats = flow::restore_set_flow(snapshot, set, &mut pairs, &source, 8, rep.as_ref())?;
+    let stats = flow::restore_set_flow(
+        snapshot,
+        set,
+        &mut pairs,
+        &source,
+        kura_imaging::capture::default_threads(),
+        rep.as_ref(),
+    )?;
     if crate::efi::booted_uefi() {
         let mut why_not = Vec::new();
         for p in &mapping.pairs {
@@ -341,7 +348,9 @@ fn restore_disk(
     let source = RemoteSource { client: client.clone() };
     let ticker = rep.ticker();
     let t0 = Instant::now();
-    let stats = flow::restore_flow(snapshot, manifest, &source, &mut FileTarget::existing(&dev), 8, rep.as_ref())?;
+    let threads = kura_imaging::capture::default_threads();
+    let stats =
+        flow::restore_flow(snapshot, manifest, &source, &mut FileTarget::existing(&dev), threads, rep.as_ref())?;
     if crate::efi::booted_uefi() {
         let sys_block = Path::new("/sys/block").join(&disk.name);
         let made = crate::efi::recreate_boot_entry(&dev, &sys_block, &manifest.layout, Path::new(crate::efi::EFIVARS))

@@ -32,18 +32,34 @@ pub const TRIES: u32 = 4;
 pub const PUTS_IN_FLIGHT: usize = 4;
 const PUTS_IN_FLIGHT_ENV: &str = "KURA_UPLOADS_IN_FLIGHT";
 
+/// Chunk downloads a restore keeps in flight beyond its decompressing threads
+/// ([`ChunkSource::gets_in_flight`]), unless `KURA_DOWNLOADS_IN_FLIGHT` (0–64) says otherwise.
+pub const GETS_IN_FLIGHT: usize = 4;
+const GETS_IN_FLIGHT_ENV: &str = "KURA_DOWNLOADS_IN_FLIGHT";
+
 fn puts_in_flight() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| match std::env::var(PUTS_IN_FLIGHT_ENV) {
+    *N.get_or_init(|| in_flight_from_env(PUTS_IN_FLIGHT_ENV, PUTS_IN_FLIGHT))
+}
+
+fn gets_in_flight() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| in_flight_from_env(GETS_IN_FLIGHT_ENV, GETS_IN_FLIGHT))
+}
+
+/// A tuning knob from the environment: a bad value is warned about and the default used (no
+/// capture or restore fails on it).
+fn in_flight_from_env(var: &str, default: usize) -> usize {
+    match std::env::var(var) {
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n <= 64 => n,
             _ => {
-                tracing::warn!("{PUTS_IN_FLIGHT_ENV}={v:?} is not a number from 0 to 64: using {PUTS_IN_FLIGHT}");
-                PUTS_IN_FLIGHT
+                tracing::warn!("{var}={v:?} is not a number from 0 to 64: using {default}");
+                default
             }
         },
-        Err(_) => PUTS_IN_FLIGHT,
-    })
+        Err(_) => default,
+    }
 }
 
 /// Where the engine is and how to talk to it.
@@ -415,5 +431,11 @@ impl ChunkSource for RemoteSource {
             .send(&what, || self.client.http.get(self.client.url(&path)))
             .map_err(|e| e.into_imaging(Some(digest)))?;
         self.client.bytes(&what, resp).map_err(|e| e.into_imaging(Some(digest)))
+    }
+
+    /// Each chunk is one request to the engine: a few more in flight than decompressing
+    /// threads hide the round trip and the engine's read.
+    fn gets_in_flight(&self) -> usize {
+        gets_in_flight()
     }
 }

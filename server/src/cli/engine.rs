@@ -193,7 +193,14 @@ pub fn restore(snapshot: &str, target_path: &Path, s: &ServerArgs, threads: Opti
     let t0 = Instant::now();
     let bar = RestoreBar::new(bars(s.json));
     let mut target = FileTarget::existing_or_new(target_path);
-    let result = flow::restore_flow(snapshot, &manifest, &source, &mut target, threads.unwrap_or(8), &bar);
+    let result = flow::restore_flow(
+        snapshot,
+        &manifest,
+        &source,
+        &mut target,
+        threads.unwrap_or_else(kura_imaging::capture::default_threads),
+        &bar,
+    );
     bar.finish();
     let stats = match result {
         Err(e @ flow::RestoreError::Refused { source: kura_imaging::Error::TargetTooSmall { actual, .. }, .. }) => {
@@ -243,7 +250,15 @@ pub fn fit(
     let t0 = Instant::now();
     let bar = RestoreBar::new(bars(s.json));
     let source = RemoteSource { client: client.clone() };
-    let fitted = fit::fit(snapshot, &manifest, &source, &plan, dir.path(), threads.unwrap_or(8), &bar);
+    let fitted = fit::fit(
+        snapshot,
+        &manifest,
+        &source,
+        &plan,
+        dir.path(),
+        threads.unwrap_or_else(kura_imaging::capture::default_threads),
+        &bar,
+    );
     bar.finish();
     let image = fitted.with_context(refused)?;
     let file = File::open(&image).with_context(|| format!("opening {}", image.display()))?;

@@ -353,7 +353,7 @@ enum ImageCommand {
         /// its incrementals; no engine or store needed.
         #[arg(long, value_name = "PATH", conflicts_with_all = ["store", "server"])]
         archive: Vec<PathBuf>,
-        /// Worker threads (default: all cores locally, 8 against an engine).
+        /// Decompressing threads (default: all cores; against an engine, downloads in flight come on top).
         #[arg(long)]
         threads: Option<usize>,
     },
