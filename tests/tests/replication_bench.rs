@@ -18,6 +18,8 @@
 //! competes with the capture for the same cores, which a DR engine at another site does not.
 //! `KURA_BENCH_DR_NICE=19` runs the DR engine at that niceness (`renice`), so the capture has
 //! the cores first and the DR engine gets what is left: a stand-in for its own machine.
+//! `KURA_BENCH_ROUNDS` sets the rounds (default 2). Each capture prints the CPU seconds the
+//! client, the primary and the DR engine used while it ran.
 
 use kura_tests::content::{random_bytes, text_bytes};
 use kura_tests::disks::MIB;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 /// Size of each captured disk.
 const DISK_MIB: u64 = 256;
-/// Rounds of (off, on).
+/// Rounds of (off, on), unless `KURA_BENCH_ROUNDS` says otherwise.
 const ROUNDS: u64 = 2;
 /// How long the DR engine may take to hold a snapshot before the benchmark gives up.
 const GIVE_UP: Duration = Duration::from_secs(300);
@@ -54,6 +56,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "a benchmark: minutes, and a few hundred MiB of scratch space"]
 fn replication_overhead_and_lag() {
+    let rounds: u64 =
+        std::env::var("KURA_BENCH_ROUNDS").map_or(ROUNDS, |v| v.parse().expect("KURA_BENCH_ROUNDS: a number"));
     let work = tempfile::tempdir().unwrap();
     let dr = Server::start(&work.path().join("dr"));
     if let Ok(nice) = std::env::var("KURA_BENCH_DR_NICE") {
@@ -70,7 +74,7 @@ fn replication_overhead_and_lag() {
         .expect_success();
     primary.kura(&[&"replicate", &"add", &"--to", &"dr", &"--group", &"repl"]).expect_success();
     let api = primary.api();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (name, group) in [(format!("off{round}"), None), (format!("on{round}"), Some("repl"))] {
             let r = api
                 .req("POST", "/hosts")
@@ -83,7 +87,7 @@ fn replication_overhead_and_lag() {
 
     let half = (DISK_MIB * MIB / 2) as usize;
     let (mut off, mut on, mut lags) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for replicated in [false, true] {
             let host = format!("{}{round}", if replicated { "on" } else { "off" });
             let seed = 9000 + round * 2 + replicated as u64;
