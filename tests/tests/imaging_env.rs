@@ -250,10 +250,18 @@ fn bios_system_is_captured_and_restored_onto_a_new_machine_that_boots_it() {
             _ => format!("? ({line})"),
         }
     };
+    // The agent's memory is bounded by its pipelines' buffer pools (a few chunk-sized buffers
+    // per thread), not by the disk: no image is ever held whole.
+    let peak = |line: &str| number_after(line, "memory").unwrap_or_else(|| panic!("no agent peak memory: {line}"));
+    let (capture_peak, restore_peak) = (peak(&read_line), peak(&restored_line));
+    assert!(
+        capture_peak < 128.0 && restore_peak < 128.0,
+        "the agent's peak memory is not bounded: capture {capture_peak} MiB, restore {restore_peak} MiB"
+    );
     eprintln!(
         "[{:?}] initrd.img {initrd_bytes} bytes; capture 1 {capture1_secs:.0} s power-on to power-off, in the VM {}; \
          restore in the VM {}; `kura restore` to the restored system's marker: {:.1?}; snapshots {first} → {second}; \
-         whole test {:.1?}",
+         agent peak memory: capture {capture_peak} MiB, restore {restore_peak} MiB; whole test {:.1?}",
         accel(),
         mbps(&read_line, "read"),
         mbps(&restored_line, &format!("{second}:")),

@@ -179,13 +179,14 @@ pub fn capture_set(client: &Client, job: &Job, disks: &[&Disk], rep: &Arc<Report
         let sum = |f: fn(&CaptureStats) -> u64| all.iter().map(f).sum::<u64>();
         rep.log(format!(
             "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; \
-             committing the set of {} disks",
+             agent peak memory {}; committing the set of {} disks",
             sum(|s| s.used_bytes),
             t0.elapsed().as_secs_f64(),
             sum(|s| s.chunks),
             sum(|s| s.new_chunks),
             sum(|s| s.new_stored_bytes),
             sum(|s| s.reused_chunks),
+            peak_memory(),
             all.len()
         ));
         rep.flush().map_err(|e| kura_imaging::Error::Store {
@@ -217,13 +218,15 @@ pub fn capture(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> 
     let before_commit = |stats: &CaptureStats| {
         drop(ticker);
         rep.log(format!(
-            "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; committing",
+            "read {} used bytes in {:.1} s: {} chunks, {} new ({} bytes sent), {} already on the engine; \
+             agent peak memory {}; committing",
             stats.used_bytes,
             t0.elapsed().as_secs_f64(),
             stats.chunks,
             stats.new_chunks,
             stats.new_stored_bytes,
-            stats.reused_chunks
+            stats.reused_chunks,
+            peak_memory()
         ));
         // The commit ends the job; the engine takes no progress after it.
         rep.flush().map_err(|e| kura_imaging::Error::Store {
@@ -325,10 +328,11 @@ fn restore_set(
     }
     drop(ticker);
     rep.log(format!(
-        "restored {snapshot}: {} bytes written onto {} disks in {:.1} s",
+        "restored {snapshot}: {} bytes written onto {} disks in {:.1} s; agent peak memory {}",
         stats.iter().map(|s| s.written_bytes).sum::<u64>(),
         stats.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        peak_memory()
     ));
     rep.flush().context("sending the last progress")?;
     client.finish(job.id, &Finish { ok: true, error: None }).context("reporting success to the engine")?;
@@ -364,9 +368,10 @@ fn restore_disk(
     }
     drop(ticker);
     rep.log(format!(
-        "restored {snapshot}: {} bytes written in {:.1} s",
+        "restored {snapshot}: {} bytes written in {:.1} s; agent peak memory {}",
         stats.written_bytes,
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        peak_memory()
     ));
     rep.flush().context("sending the last progress")?;
     client.finish(job.id, &Finish { ok: true, error: None }).context("reporting success to the engine")?;
@@ -431,4 +436,17 @@ mod tests {
         assert_eq!(after(&job("restore", None), Some(Finally::Wait)), Finally::Wait);
         assert_eq!(after(&job("restore", None), Some(Finally::PowerOff)), Finally::PowerOff);
     }
+}
+
+/// The agent's peak resident memory (`VmHWM`), for the job log: bounded by the imaging
+/// pipelines' buffer pools whatever the disk size.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.1} MiB", kib as f64 / 1024.0))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
