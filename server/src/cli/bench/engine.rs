@@ -222,7 +222,12 @@ fn pair(offline_runs: Vec<Step>, engine_runs: Vec<Step>) -> Pair {
 
 /// An engine-path client step: the client's own CPU and RSS (GNU time), the engine's CPU and
 /// peak RSS over the step.
-fn client_step(name: &str, engine: &Engine, args: &[&OsStr], used: impl Fn(&ClientRun) -> u64) -> Result<(Step, ClientRun)> {
+fn client_step(
+    name: &str,
+    engine: &Engine,
+    args: &[&OsStr],
+    used: impl Fn(&ClientRun) -> u64,
+) -> Result<(Step, ClientRun)> {
     engine.reset_peak_rss();
     let w = Watch::start(Some(engine))?;
     let run = engine.spawn_client(args)?.finish(engine)?;
@@ -293,8 +298,7 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Eng
         fs::remove_file(&offline_target)?;
 
         let _ = fs::remove_file(&engine_target);
-        let args: [&OsStr; 4] =
-            ["image".as_ref(), "restore".as_ref(), snapshot.as_ref(), engine_target.as_os_str()];
+        let args: [&OsStr; 4] = ["image".as_ref(), "restore".as_ref(), snapshot.as_ref(), engine_target.as_os_str()];
         let (s, _) = client_step("engine restore (kura image restore --server)", &engine, &args, |_| stats.used_bytes)?;
         res_eng.push(s);
         engine.stop()?;
@@ -323,7 +327,13 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32) -> Result<Eng
 
 /// Checks a restored disk against the source (outside the timings): used bytes of the whole disk,
 /// `e2fsck -fn` on the ext4 partition.
-fn check_restore(disk: &BenchDisk, jobs: &[super::ChunkJob], disk_size: u64, what: &str, target: &Path) -> Result<String> {
+fn check_restore(
+    disk: &BenchDisk,
+    jobs: &[super::ChunkJob],
+    disk_size: u64,
+    what: &str,
+    target: &Path,
+) -> Result<String> {
     let diffs = compare_used(&disk.path, target, 0, jobs, 0, disk_size)?;
     ensure!(diffs.is_empty(), "the {what} restore differs from the source in bytes {diffs:?}");
     for p in disk.parts.iter().filter(|p| p.fs == Fs::Ext4) {

@@ -111,7 +111,8 @@ impl Engine {
 
     /// The engine's peak RSS in bytes (`VmHWM`).
     pub fn peak_rss(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).context("reading the engine's status")?;
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid())).context("reading the engine's status")?;
         let kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
