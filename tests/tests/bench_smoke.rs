@@ -1,5 +1,6 @@
 //! `kura bench` end to end on a small disk, so the benchmark cannot rot: it builds its test disk,
-//! runs every contender and prints JSON with positive figures.
+//! runs every contender and prints JSON with positive figures. The engine modes start a real
+//! `kura serve` child and need GNU time (package `time`).
 //!
 //! Needs the `kura` binary (`cargo build -p kura`, or `$KURA_BIN`) and the benchmark's tools
 //! (partclone, zstd, gdisk, e2fsprogs, ntfs-3g).
@@ -122,4 +123,81 @@ fn bench_level_mode_runs_on_a_tiny_disk() {
     assert!(stored(1) < stored(0), "level 5 stored {} bytes, level 1 {}", stored(1), stored(0));
 
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
+}
+
+/// Runs `kura bench ARGS --json --runs 1 --disk-size 256M` in a fresh directory, which it must
+/// leave empty; returns the JSON.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let bin = kura_bin();
+    assert!(bin.is_file(), "the kura binary is not at {}: run `cargo build -p kura` first", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args(["bench", "--disk-size", "256M", "--runs", "1", "--json", "--dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kura bench {args:?} failed ({}):\n{stderr}", out.status);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn bench_engine_mode_runs_on_a_tiny_disk() {
+    let v = bench_json(&["--engine"]);
+    let used = positive(&v, "disk.used_bytes");
+    for pair in ["capture", "restore"] {
+        for side in ["offline", "engine"] {
+            let s = &v[pair][side];
+            positive(s, "seconds");
+            positive(s, "mib_s");
+            positive(s, "client_cpu_seconds");
+            assert_eq!(positive(s, "used_bytes"), used, "{pair} {side}: {s}");
+            assert!(s["neighbour_cores"].as_f64().is_some_and(|n| n >= 0.0), "{s}");
+            assert_eq!(v[pair][format!("{side}_runs")].as_array().map(Vec::len), Some(1), "{pair} {side}");
+        }
+        let e = &v[pair]["engine"];
+        positive(e, "engine_cpu_seconds");
+        // Peak RSS between 4 MiB and 2 GiB: read from the processes, not made up.
+        for rss in ["client_peak_rss", "engine_peak_rss"] {
+            let r = positive(e, rss);
+            assert!(r > 4.0 * 1048576.0 && r < 2048.0 * 1048576.0, "{pair} {rss} {r}");
+        }
+        positive(&v[pair], "engine_offline_ratio");
+    }
+    // Both stores hold the same chunks.
+    let stored = positive(&v, "capture.engine.stored_bytes");
+    assert_eq!(stored, positive(&v, "capture.offline.stored_bytes"));
+    let checks: Vec<&str> = v["checks"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert!(checks.iter().all(|c| c.contains("identical")), "{checks:?}");
+    assert!(checks[1].starts_with("engine restore"), "{checks:?}");
+}
+
+#[test]
+fn bench_engine_concurrent_mode_runs_two_hosts() {
+    let v = bench_json(&["--engine", "--concurrent", "2"]);
+    let used = positive(&v, "disk.used_bytes");
+    let own = positive(&v, "own_file_bytes_per_host");
+    let best = &v["best"];
+    let clients = best["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 2);
+    for c in clients {
+        assert_eq!(positive(c, "used_bytes"), used, "{c}");
+        positive(c, "cpu_seconds");
+        positive(c, "peak_rss");
+    }
+    assert_eq!(positive(best, "used_bytes"), 2.0 * used);
+    positive(best, "mib_s");
+    positive(best, "engine_cpu_seconds");
+    positive(best, "engine_peak_rss");
+    positive(best, "engine_clients_ratio");
+    // The store holds no more than was sent, and at least both hosts' own random files (half
+    // of each host's own bytes, incompressible).
+    let stored = positive(best, "stored_bytes");
+    let sent = positive(best, "sent_bytes");
+    assert!(stored <= sent, "stored {stored} of {sent} sent");
+    assert!(stored > own, "stored {stored}, own files {own} per host");
 }

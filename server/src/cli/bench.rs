@@ -19,7 +19,9 @@
 //!
 //! With `--levels 1,2,3`, it runs only the **zstd level** experiment instead ([`levels`]); with
 //! `--stacks`, only the **storage-stack** benchmark (XFS, LVM2, btrfs against partclone,
-//! [`stacks`]).
+//! [`stacks`]); with `--engine`, only the **engine path** (a real `kura serve` child and the
+//! `--server` clients against the offline path, and with `--concurrent N` N hosts at once,
+//! [`engine`]; the child processes are [`processes`]).
 //!
 //! This module is the benchmark itself: measuring, running the reference tools, printing the
 //! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
@@ -49,7 +51,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod engine;
 mod levels;
+mod processes;
 mod stacks;
 
 const KIB: u64 = 1 << 10;
@@ -106,6 +110,15 @@ pub struct BenchArgs {
     /// per volume. Needs root (LVM's tools on a loop device).
     #[arg(long, conflicts_with = "levels")]
     stacks: bool,
+    /// Run only the engine-path benchmark: a real `kura serve` child on loopback HTTPS and the
+    /// `kura image capture|restore --server` clients against the offline path (local store), with
+    /// client and engine CPU, peak RSS and the neighbours' load. Needs GNU time (package `time`).
+    #[arg(long, conflicts_with_all = ["levels", "stacks"])]
+    engine: bool,
+    /// With --engine: instead, N clients capture N hosts' disks (copies of the bench disk with
+    /// some files of their own) into one fresh engine at once.
+    #[arg(long, value_name = "N", requires = "engine", value_parser = clap::value_parser!(u64).range(1..=64))]
+    concurrent: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -279,7 +292,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    if args.stacks {
+    if let Some(n) = args.concurrent {
+        let report = engine::bench_concurrent(&work, disk_size, args.runs as usize, n as usize)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            engine::print_concurrent(&report);
+        }
+    } else if args.engine {
+        let report = engine::bench(&work, disk_size, args.runs as usize, args.level)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            engine::print_report(&report);
+        }
+    } else if args.stacks {
         ensure!(disk_size >= stacks::MIN_DISK, "the stacks disk must be at least {} MiB", stacks::MIN_DISK / MIB);
         let report = stacks::bench(&work, disk_size, args.runs as usize, args.level)?;
         if args.json {

@@ -183,13 +183,13 @@ fn fastest(steps: &[Step]) -> Step {
 }
 
 /// The 1-minute load average.
-fn loadavg() -> Result<f64> {
+pub(super) fn loadavg() -> Result<f64> {
     let s = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
     s.split_whitespace().next().and_then(|v| v.parse().ok()).context("/proc/loadavg is not a load average")
 }
 
 /// Busy CPU seconds of the whole machine since boot (all but idle and iowait, from `/proc/stat`).
-fn machine_busy_seconds() -> Result<f64> {
+pub(super) fn machine_busy_seconds() -> Result<f64> {
     let s = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = s.lines().next().filter(|l| l.starts_with("cpu ")).context("/proc/stat has no cpu line")?;
     let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
