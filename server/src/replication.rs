@@ -248,9 +248,10 @@ fn send_missing_of(
             continue;
         }
         let Some(body) = blob(i, d)? else { continue };
-        upload.put_chunk(d, &body)?;
+        let len = body.len() as u64;
+        upload.put_shared_chunk(d, body)?;
         counters.chunks.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        counters.bytes.fetch_add(len, Ordering::Relaxed);
         sent += 1;
     }
     Ok(sent)

@@ -370,6 +370,20 @@ impl SnapshotSink for RemoteUpload {
     }
 }
 
+impl RemoteUpload {
+    /// Uploads one encoded chunk held in shared memory (a retry sends the same bytes, not a
+    /// copy); `true` if it was new to the engine.
+    pub fn put_shared_chunk(&self, digest: &Digest, blob: bytes::Bytes) -> Result<bool, kura_imaging::Error> {
+        let path = routes::upload_chunk(self.id(), digest);
+        let what = format!("uploading chunk {digest}");
+        let resp = self
+            .client
+            .send(&what, || self.client.http.put(self.client.url(&path)).body(blob.clone()))
+            .map_err(|e| e.into_imaging(Some(digest)))?;
+        Ok(resp.status() == reqwest::StatusCode::CREATED)
+    }
+}
+
 impl ChunkSink for RemoteUpload {
     fn missing(&self, digests: &[Digest]) -> Result<Vec<bool>, kura_imaging::Error> {
         let path = routes::upload_missing(self.id());
@@ -385,13 +399,7 @@ impl ChunkSink for RemoteUpload {
     }
 
     fn put_chunk(&self, digest: &Digest, blob: &[u8]) -> Result<bool, kura_imaging::Error> {
-        let path = routes::upload_chunk(self.id(), digest);
-        let what = format!("uploading chunk {digest}");
-        let resp = self
-            .client
-            .send(&what, || self.client.http.put(self.client.url(&path)).body(blob.to_vec()))
-            .map_err(|e| e.into_imaging(Some(digest)))?;
-        Ok(resp.status() == reqwest::StatusCode::CREATED)
+        self.put_shared_chunk(digest, bytes::Bytes::copy_from_slice(blob))
     }
 
     /// Each chunk is one request to the engine: a few in flight hide the round trip and the
