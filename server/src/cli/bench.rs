@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod levels;
+mod month;
 mod stacks;
 
 const KIB: u64 = 1 << 10;
@@ -106,6 +107,15 @@ pub struct BenchArgs {
     /// per volume. Needs root (LVM's tools on a loop device).
     #[arg(long, conflicts_with = "levels")]
     stacks: bool,
+    /// Run only the incremental benchmark instead: a realistic disk (junk in free space, /usr,
+    /// databases, logs, NTFS) and the same disk after a scripted month of changes, captured at
+    /// each chunk size (base, then month-later) with a cold page cache, against the compressed
+    /// size of the changed blocks; plus a simulated two-level chunk scheme.
+    #[arg(long, conflicts_with_all = ["levels", "stacks"])]
+    month: bool,
+    /// Chunk sizes for `--month` (comma-separated, e.g. `64K,1M`; default 64K,128K,256K,512K,1M,4M).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, requires = "month")]
+    chunk_sizes: Vec<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -279,7 +289,30 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (Some(tmp), p)
     };
     let disk_size = args.disk_size / MIB * MIB;
-    if args.stacks {
+    if args.month {
+        ensure!(disk_size >= month::MIN_DISK, "the month disk must be at least {} MiB", month::MIN_DISK / MIB);
+        let sizes: Vec<u32> = if args.chunk_sizes.is_empty() {
+            month::CHUNK_SIZES.to_vec()
+        } else {
+            args.chunk_sizes
+                .iter()
+                .map(|&c| u32::try_from(c))
+                .collect::<Result<_, _>>()
+                .context("chunk size too large")?
+        };
+        for &c in &sizes {
+            ensure!(
+                c.is_power_of_two() && (4096..=(64 << 20)).contains(&c),
+                "chunk size {c}: a power of two from 4 KiB to 64 MiB"
+            );
+        }
+        let report = month::bench(&work, disk_size, args.runs as usize, args.level, &sizes)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            month::print_report(&report);
+        }
+    } else if args.stacks {
         ensure!(disk_size >= stacks::MIN_DISK, "the stacks disk must be at least {} MiB", stacks::MIN_DISK / MIB);
         let report = stacks::bench(&work, disk_size, args.runs as usize, args.level)?;
         if args.json {
