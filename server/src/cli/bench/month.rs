@@ -94,6 +94,8 @@ struct SizeRow {
     added_bytes: u64,
     /// added_bytes / lower bound (per extent).
     added_vs_lower_bound: f64,
+    /// added_bytes / the changed blocks compressed one by one.
+    added_vs_block_bound: f64,
     second_new_chunks: u64,
     /// S3 PUTs of the month-later capture per GiB of used data.
     second_puts_per_gib: f64,
@@ -115,6 +117,7 @@ struct TwoLevelRow {
     /// Exact: encoded bytes of the new sub-chunks inside the changed chunks.
     added_bytes: u64,
     added_vs_lower_bound: f64,
+    added_vs_block_bound: f64,
     /// New objects (sub-chunks) the incremental stores: its S3 PUTs.
     new_objects: u64,
     second_puts_per_gib: f64,
@@ -237,6 +240,7 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
             second_vs_cold_cat: t2.seconds / cold_cat.seconds,
             added_bytes: added,
             added_vs_lower_bound: added as f64 / lower.zstd_per_extent as f64,
+            added_vs_block_bound: added as f64 / lower.zstd_per_block as f64,
             second_new_chunks: second.new_chunks,
             second_puts_per_gib: second.new_chunks as f64 / (month_used as f64 / GIB),
             manifest_entries: month.regions.iter().map(|r| r.chunks.len() as u64).sum(),
@@ -397,6 +401,7 @@ fn simulate_two_level(large: &Captured, sub: &Captured, lower: &LowerBound, used
         changed_chunks: changed,
         added_bytes: added,
         added_vs_lower_bound: added as f64 / lower.zstd_per_extent as f64,
+        added_vs_block_bound: added as f64 / lower.zstd_per_block as f64,
         new_objects: objects,
         second_puts_per_gib: objects as f64 / (used as f64 / GIB),
         manifest_entries: el + extra,
@@ -455,7 +460,7 @@ pub fn print_report(r: &MonthReport) {
     );
     println!();
     println!(
-        "  {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} | {:>8} {:>6} {:>10} {:>6} {:>8} {:>8} {:>9} {:>8} | {:>8}",
+        "  {:>8} {:>8} {:>9} {:>10} {:>9} {:>9} | {:>8} {:>6} {:>10} {:>6} {:>6} {:>8} {:>8} {:>9} {:>8} | {:>8}",
         "chunk",
         "1st s",
         "1st MiB/s",
@@ -466,6 +471,7 @@ pub fn print_report(r: &MonthReport) {
         "/cat",
         "added",
         "/bound",
+        "/block",
         "new",
         "PUT/GiB",
         "manifest",
@@ -474,7 +480,7 @@ pub fn print_report(r: &MonthReport) {
     );
     for row in &r.rows {
         println!(
-            "  {:>8} {:>8.2} {:>9.1} {:>10} {:>9.0} {:>9} | {:>8.2} {:>6.2} {:>10} {:>6.2} {:>8} {:>8.1} {:>9} {:>8} | {:>8.2}",
+            "  {:>8} {:>8.2} {:>9.1} {:>10} {:>9.0} {:>9} | {:>8.2} {:>6.2} {:>10} {:>6.2} {:>6.2} {:>8} {:>8.1} {:>9} {:>8} | {:>8.2}",
             kib(row.chunk_size),
             row.first_seconds,
             row.first_mib_s,
@@ -485,6 +491,7 @@ pub fn print_report(r: &MonthReport) {
             row.second_vs_cold_cat,
             mib(row.added_bytes),
             row.added_vs_lower_bound,
+            row.added_vs_block_bound,
             row.second_new_chunks,
             row.second_puts_per_gib,
             format!("{:.0} KiB", row.second_manifest_bytes as f64 / 1024.0),
@@ -497,12 +504,13 @@ pub fn print_report(r: &MonthReport) {
         println!("Two-level scheme (SIMULATION of a format Kura does not have: added bytes exact from the real captures; entries and manifest estimated):");
         for t in &r.two_level {
             println!(
-                "  {} chunks, changed ones as {} sub-chunks: {} changed chunks, added {} ({:.2}x the bound), {} new objects ({:.1} PUT/GiB), ~{} manifest entries, ~{:.0} KiB manifest, {} stray new sub-chunks",
+                "  {} chunks, changed ones as {} sub-chunks: {} changed chunks, added {} ({:.2}x the bound, {:.2}x per block), {} new objects ({:.1} PUT/GiB), ~{} manifest entries, ~{:.0} KiB manifest, {} stray new sub-chunks",
                 kib(t.chunk_size),
                 kib(t.sub_chunk_size),
                 t.changed_chunks,
                 mib(t.added_bytes),
                 t.added_vs_lower_bound,
+                t.added_vs_block_bound,
                 t.new_objects,
                 t.second_puts_per_gib,
                 t.manifest_entries,
