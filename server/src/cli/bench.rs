@@ -302,8 +302,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         };
         for &c in &sizes {
             ensure!(
-                c.is_power_of_two() && (4096..=(64 << 20)).contains(&c),
-                "chunk size {c}: a power of two from 4 KiB to 64 MiB"
+                c.is_power_of_two() && (4096..=(16 << 20)).contains(&c),
+                "chunk size {c}: a power of two from 4 KiB to 16 MiB"
             );
         }
         let report = month::bench(&work, disk_size, args.runs as usize, args.level, &sizes)?;

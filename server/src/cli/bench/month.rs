@@ -37,12 +37,13 @@ use std::time::Instant;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
-/// The chunk sizes measured unless `--chunk-sizes` says otherwise.
+/// The chunk sizes measured unless `--chunk-sizes` says otherwise (from 4 KiB up may be asked).
 pub const CHUNK_SIZES: [u32; 6] = [64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 4 << 20];
 /// The block the lower bound compares and compresses.
 const BLOCK: u64 = 4 * KIB;
-/// Sub-chunk sizes of the simulated two-level scheme, under 1 MiB chunks.
-const TWO_LEVEL: (u32, [u32; 2]) = (1 << 20, [64 << 10, 128 << 10]);
+/// Sub-chunk sizes of the simulated two-level scheme, under 1 MiB chunks (each simulated when
+/// both it and 1 MiB are among the measured chunk sizes; 16 and 32 KiB only when asked for).
+const TWO_LEVEL: (u32, [u32; 4]) = (1 << 20, [16 << 10, 32 << 10, 64 << 10, 128 << 10]);
 pub const MIN_DISK: u64 = month_disk::MIN_SIZE;
 
 #[derive(Serialize)]
