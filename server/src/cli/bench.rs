@@ -19,7 +19,8 @@
 //!
 //! With `--levels 1,2,3`, it runs only the **zstd level** experiment instead ([`levels`]); with
 //! `--stacks`, only the **storage-stack** benchmark (XFS, LVM2, btrfs against partclone,
-//! [`stacks`]).
+//! [`stacks`]); with `--month`, only the **incremental** benchmark: a realistic disk and the same
+//! disk a month later, per chunk size, against the changed blocks' compressed size ([`month`]).
 //!
 //! This module is the benchmark itself: measuring, running the reference tools, printing the
 //! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
