@@ -30,6 +30,12 @@ pub struct Ext4<'a> {
 /// (`mkfs.ext4 -d`). The file is kept as it is: no hole punching.
 pub fn make_ext4(img: &Path, size: u64, opts: Ext4, src: &Path) -> Result<()> {
     create_zeroed(img, size)?;
+    format_ext4(img, opts, src)
+}
+
+/// Makes the existing file `img` an ext4 filesystem holding the tree under `src`, keeping
+/// whatever bytes the filesystem does not write (`-E nodiscard`): junk in its free space.
+pub fn format_ext4(img: &Path, opts: Ext4, src: &Path) -> Result<()> {
     let mut cmd = command("mkfs.ext4");
     cmd.args(["-q", "-F", "-L", opts.label]);
     if let Some(bs) = opts.block_size {
@@ -45,6 +51,12 @@ pub fn make_ext4(img: &Path, size: u64, opts: Ext4, src: &Path) -> Result<()> {
 /// `offset` of its disk (`mkntfs`, quick format).
 pub fn make_ntfs(img: &Path, size: u64, label: &str, offset: u64) -> Result<()> {
     create_zeroed(img, size)?;
+    format_ntfs(img, label, offset)
+}
+
+/// Makes the existing file `img` an empty NTFS volume (quick format: the bytes it does not
+/// write stay, as junk in its free space).
+pub fn format_ntfs(img: &Path, label: &str, offset: u64) -> Result<()> {
     let start = (offset / SECTOR).to_string();
     run(
         "mkntfs",

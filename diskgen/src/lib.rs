@@ -16,6 +16,8 @@
 //!   deleted files leave their bytes as junk in free space.
 //! - [`bench_disk`]: the half-full ext4 + NTFS disk that `kura bench` measures, and its copy
 //!   with about 1 % of the ext4 files changed.
+//! - [`month_disk`]: a realistic disk (junk in free space, `/usr`, databases, logs, NTFS) and
+//!   the same disk after a scripted month of changes, for `kura bench --month`.
 //! - [`stacks_disk`]: the RHEL-style disk (`/boot` XFS, LVM with XFS root and home, swap) plus a
 //!   btrfs volume that `kura bench --stacks` measures.
 //!
@@ -26,6 +28,7 @@ pub mod bulk;
 pub mod content;
 pub mod disk;
 pub mod image;
+pub mod month_disk;
 pub mod stacks_disk;
 pub mod tools;
 

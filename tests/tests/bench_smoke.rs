@@ -201,3 +201,61 @@ fn bench_engine_concurrent_mode_runs_two_hosts() {
     assert!(stored <= sent, "stored {stored} of {sent} sent");
     assert!(stored > own, "stored {stored}, own files {own} per host");
 }
+
+#[test]
+fn bench_month_mode_runs_on_a_small_disk() {
+    let bin = kura_bin();
+    assert!(bin.is_file(), "the kura binary is not at {}: run `cargo build -p kura` first", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args(["bench", "--month", "--disk-size", "512M", "--runs", "1", "--chunk-sizes", "64K,1M", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kura bench --month failed ({}):\n{stderr}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+
+    // The month changed something, and far less than the disk.
+    let bound = positive(&v, "lower_bound.zstd_per_extent");
+    let used = positive(&v, "month_used_bytes");
+    assert!(bound < used / 10.0, "lower bound {bound} of {used} used bytes");
+    assert!(positive(&v, "lower_bound.zstd_per_block") >= bound, "{}", v["lower_bound"]);
+    assert!(positive(&v, "lower_bound.changed_bytes") > bound, "{}", v["lower_bound"]);
+    for k in ["db_pages_rewritten", "log_bytes_appended", "files_replaced", "files_added", "files_deleted"] {
+        positive(&v, &format!("changes.{k}"));
+    }
+    positive(&v, "cold_cat_used.seconds");
+
+    let rows = v["rows"].as_array().expect("chunk size rows");
+    let sizes: Vec<u64> = rows.iter().map(|r| r["chunk_size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [64 << 10, 1 << 20]);
+    for r in rows {
+        for k in ["first_seconds", "first_stored_bytes", "second_seconds", "restore_seconds", "second_manifest_bytes"] {
+            positive(r, k);
+        }
+        // No chunk size stores less than the changed blocks compressed, nor anything like the
+        // whole disk again.
+        let added = positive(r, "added_bytes");
+        assert!(added >= bound * 0.9, "{r}");
+        assert!(added < positive(r, "first_stored_bytes") / 2.0, "{r}");
+        assert!((positive(r, "added_vs_lower_bound") - added / bound).abs() < 1e-9, "{r}");
+        assert!(positive(r, "catalog_rows") >= positive(r, "first_new_chunks"), "{r}");
+    }
+    let field = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    assert!(field(0, "added_bytes") <= field(1, "added_bytes"), "64 KiB chunks added more than 1 MiB ones");
+    assert!(field(0, "second_new_chunks") > field(1, "second_new_chunks"));
+    assert!(field(0, "second_manifest_bytes") > field(1, "second_manifest_bytes"));
+
+    // The two-level simulation (1 MiB chunks, changed ones as 64 KiB sub-chunks) stores what the
+    // 64 KiB capture stored at most, and less than the 1 MiB one.
+    let two = &v["two_level"][0];
+    assert_eq!(two["sub_chunk_size"].as_u64(), Some(64 << 10), "{two}");
+    let two_added = positive(two, "added_bytes");
+    assert!(two_added <= field(0, "added_bytes") && two_added < field(1, "added_bytes"), "{two}");
+    assert!(positive(two, "manifest_entries") > rows[1]["manifest_entries"].as_f64().unwrap(), "{two}");
+
+    assert!(!v["checks"].as_array().expect("checks").is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
+}

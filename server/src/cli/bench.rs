@@ -21,7 +21,9 @@
 //! `--stacks`, only the **storage-stack** benchmark (XFS, LVM2, btrfs against partclone,
 //! [`stacks`]); with `--engine`, only the **engine path** (a real `kura serve` child and the
 //! `--server` clients against the offline path, and with `--concurrent N` N hosts at once,
-//! [`engine`]; the child processes are [`processes`]).
+//! [`engine`]; the child processes are [`processes`]); with `--month`, only the **incremental**
+//! benchmark: a realistic disk and the same disk a month later, per chunk size, against the
+//! changed blocks' compressed size ([`month`]).
 //!
 //! This module is the benchmark itself: measuring, running the reference tools, printing the
 //! table. The disk is built by `kura-diskgen`, shared with the end-to-end tests.
@@ -53,6 +55,7 @@ use std::time::{Duration, Instant};
 
 mod engine;
 mod levels;
+mod month;
 mod processes;
 mod stacks;
 
@@ -119,6 +122,15 @@ pub struct BenchArgs {
     /// some files of their own) into one fresh engine at once.
     #[arg(long, value_name = "N", requires = "engine", value_parser = clap::value_parser!(u64).range(1..=64))]
     concurrent: Option<u64>,
+    /// Run only the incremental benchmark instead: a realistic disk (junk in free space, /usr,
+    /// databases, logs, NTFS) and the same disk after a scripted month of changes, captured at
+    /// each chunk size (base, then month-later) with a cold page cache, against the compressed
+    /// size of the changed blocks; plus a simulated two-level chunk scheme.
+    #[arg(long, conflicts_with_all = ["levels", "stacks", "engine"])]
+    month: bool,
+    /// Chunk sizes for `--month` (comma-separated, e.g. `64K,1M`; default 64K,128K,256K,512K,1M,4M).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, requires = "month")]
+    chunk_sizes: Vec<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -305,6 +317,29 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             engine::print_report(&report);
+        }
+    } else if args.month {
+        ensure!(disk_size >= month::MIN_DISK, "the month disk must be at least {} MiB", month::MIN_DISK / MIB);
+        let sizes: Vec<u32> = if args.chunk_sizes.is_empty() {
+            month::CHUNK_SIZES.to_vec()
+        } else {
+            args.chunk_sizes
+                .iter()
+                .map(|&c| u32::try_from(c))
+                .collect::<Result<_, _>>()
+                .context("chunk size too large")?
+        };
+        for &c in &sizes {
+            ensure!(
+                c.is_power_of_two() && (4096..=(16 << 20)).contains(&c),
+                "chunk size {c}: a power of two from 4 KiB to 16 MiB"
+            );
+        }
+        let report = month::bench(&work, disk_size, args.runs as usize, args.level, &sizes)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            month::print_report(&report);
         }
     } else if args.stacks {
         ensure!(disk_size >= stacks::MIN_DISK, "the stacks disk must be at least {} MiB", stacks::MIN_DISK / MIB);
