@@ -318,14 +318,24 @@ fn check_chunk(d: &Digest, blob: &[u8]) -> Result<(), kura_imaging::Error> {
 pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, body: &Bytes) -> ServiceResult<bool> {
     let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
     let d: Digest = digest.parse().map_err(ServiceError::BadRequest)?;
-    check_chunk(&d, body)?;
+    // The cheap check first (the header names this digest; lengths; payload CRC): a damaged or
+    // mislabelled body is refused even when the store has the chunk.
+    kura_imaging::chunk::check_quick(body, &d)?;
     // Protect the chunk before it exists, so a collection cannot remove it between the write
     // and the protection.
     if !engine.writers.touch(writer, &d) {
         return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
     }
     let len = body.len() as u64;
-    let new = engine.store.put_chunk(&d, body)?;
+    // Stored meanwhile by another session (similar hosts captured at once are told "missing"
+    // for the same chunks): that copy was fully checked when it was stored, so this one is
+    // neither decoded nor written.
+    let new = if engine.store.has(&d) {
+        false
+    } else {
+        check_chunk(&d, body)?;
+        engine.store.put_chunk(&d, body)?
+    };
     let mut replicate = None;
     if let Some(s) = engine.uploads.0.lock().expect("lock").get_mut(upload) {
         s.uploaded.insert(d);
