@@ -379,6 +379,19 @@ fn restore_disk(
     Ok(())
 }
 
+/// The agent's peak resident memory (`VmHWM`), for the job log: bounded by the imaging
+/// pipelines' buffer pools whatever the disk size.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.1} MiB", kib as f64 / 1024.0))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,17 +449,4 @@ mod tests {
         assert_eq!(after(&job("restore", None), Some(Finally::Wait)), Finally::Wait);
         assert_eq!(after(&job("restore", None), Some(Finally::PowerOff)), Finally::PowerOff);
     }
-}
-
-/// The agent's peak resident memory (`VmHWM`), for the job log: bounded by the imaging
-/// pipelines' buffer pools whatever the disk size.
-fn peak_memory() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(format!("{:.1} MiB", kib as f64 / 1024.0))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
