@@ -18,6 +18,8 @@
 //! competes with the capture for the same cores, which a DR engine at another site does not.
 //! `KURA_BENCH_DR_NICE=19` runs the DR engine at that niceness (`renice`), so the capture has
 //! the cores first and the DR engine gets what is left: a stand-in for its own machine.
+//! `KURA_BENCH_DR_IDLE=1` puts it under `SCHED_IDLE` instead (`chrt --idle`: it runs only
+//! on a core nothing else wants), a stricter stand-in. Both apply to every thread.
 //! `KURA_BENCH_ROUNDS` sets the rounds (default 2). Each capture prints the CPU seconds the
 //! client, the primary and the DR engine used while it ran.
 
@@ -60,9 +62,25 @@ fn replication_overhead_and_lag() {
         std::env::var("KURA_BENCH_ROUNDS").map_or(ROUNDS, |v| v.parse().expect("KURA_BENCH_ROUNDS: a number"));
     let work = tempfile::tempdir().unwrap();
     let dr = Server::start(&work.path().join("dr"));
+    // Every thread of the DR engine (a niceness or a policy is per thread; its worker threads
+    // exist by now, and the ones it starts later inherit from them).
+    let threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", dr.pid()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
     if let Ok(nice) = std::env::var("KURA_BENCH_DR_NICE") {
-        kura_tests::tools::run("renice", ["-n", nice.as_str(), "-p", &dr.pid().to_string()]);
+        for tid in threads() {
+            kura_tests::tools::run("renice", ["-n", nice.as_str(), "-p", &tid]);
+        }
         eprintln!("DR engine reniced to {nice}");
+    }
+    if std::env::var("KURA_BENCH_DR_IDLE").is_ok_and(|v| v == "1") {
+        for tid in threads() {
+            kura_tests::tools::run("chrt", ["--idle", "-p", "0", &tid]);
+        }
+        eprintln!("DR engine under SCHED_IDLE");
     }
     let made: Value = dr.kura(&[&"token", &"create", &"--role", &"replica", &"--json"]).json();
     let token_file = work.path().join("dr.token");

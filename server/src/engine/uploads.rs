@@ -777,6 +777,40 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_stored_meanwhile_is_not_decoded_again_and_a_mislabelled_body_is_refused() {
+        let (_dir, store, _catalog, engine) = test_engine();
+        let op = operator(1);
+        let a = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let b = begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let mut enc = kura_imaging::chunk::Encoder::new(3).unwrap();
+        let encode = |enc: &mut kura_imaging::chunk::Encoder, d: &Digest, plain: &[u8]| {
+            let mut out = Vec::new();
+            enc.encode_into(d, plain, &mut out).unwrap();
+            Bytes::from(out)
+        };
+        let plain = vec![5u8; 8192];
+        let d = Digest::of(&plain);
+        let blob = encode(&mut enc, &d, &plain);
+        assert!(put_chunk(&engine, &op, &a, &d.to_hex(), &blob).unwrap(), "new to the store");
+        // Another session sends the same digest with a body that passes the cheap check (its
+        // header names the digest, its CRC is right) but decodes to other content: the store
+        // has the chunk, so the body is neither decoded nor written; the stored copy stays.
+        let forged = encode(&mut enc, &d, b"other content under the same digest");
+        assert!(kura_imaging::chunk::check_quick(&forged, &d).is_ok());
+        assert!(!put_chunk(&engine, &op, &b, &d.to_hex(), &forged).unwrap());
+        assert_eq!(kura_imaging::chunk::ChunkSource::get_chunk(&*store, &d).unwrap(), blob.to_vec());
+        // The same kind of body for a digest the store lacks is decoded, and refused.
+        let d2 = Digest::of(b"a chunk nobody stored");
+        let forged2 = encode(&mut enc, &d2, b"not that chunk");
+        assert!(matches!(put_chunk(&engine, &op, &b, &d2.to_hex(), &forged2), Err(ServiceError::Corrupt(_))));
+        assert!(!store.has(&d2));
+        // A body whose header names another chunk is refused, even for a digest the store has.
+        let other = vec![6u8; 8192];
+        let mislabelled = encode(&mut enc, &Digest::of(&other), &other);
+        assert!(matches!(put_chunk(&engine, &op, &b, &d.to_hex(), &mislabelled), Err(ServiceError::Corrupt(_))));
+    }
+
+    #[test]
     fn a_refused_commit_leaves_the_session_open_and_the_store_as_it_was() {
         let (_dir, store, catalog, engine) = test_engine();
         let op = operator(1);
