@@ -318,9 +318,6 @@ fn check_chunk(d: &Digest, blob: &[u8]) -> Result<(), kura_imaging::Error> {
 pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, body: &Bytes) -> ServiceResult<bool> {
     let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
     let d: Digest = digest.parse().map_err(ServiceError::BadRequest)?;
-    // The cheap check first (the header names this digest; lengths; payload CRC): a damaged or
-    // mislabelled body is refused even when the store has the chunk.
-    kura_imaging::chunk::check_quick(body, &d)?;
     // Protect the chunk before it exists, so a collection cannot remove it between the write
     // and the protection.
     if !engine.writers.touch(writer, &d) {
@@ -328,9 +325,12 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
     }
     let len = body.len() as u64;
     // Stored meanwhile by another session (similar hosts captured at once are told "missing"
-    // for the same chunks): that copy was fully checked when it was stored, so this one is
-    // neither decoded nor written.
+    // for the same chunks): that copy was fully checked when it was stored, so this one gets
+    // only the cheap check (the header names this digest; lengths; payload CRC), which still
+    // refuses a damaged or mislabelled body, and is neither decoded nor written. A new chunk
+    // gets the full check, which begins with the cheap one.
     let new = if engine.store.has(&d) {
+        kura_imaging::chunk::check_quick(body, &d)?;
         false
     } else {
         check_chunk(&d, body)?;
