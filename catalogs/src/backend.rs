@@ -307,6 +307,10 @@ impl ChunkSink for Sink<'_> {
     fn puts_in_flight(&self) -> usize {
         self.0.puts_in_flight()
     }
+
+    fn piece_digests(&self, digest: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>, Error> {
+        self.0.piece_digests(digest, piece_size)
+    }
 }
 
 impl SnapshotSink for Sink<'_> {

@@ -596,6 +596,12 @@ impl ChunkSink for S3Store {
     fn puts_in_flight(&self) -> usize {
         PUTS_IN_FLIGHT
     }
+
+    /// One GET of the base chunk (often from the cache), decoded and hashed here.
+    fn piece_digests(&self, digest: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>, Error> {
+        let mut dec = kura_imaging::chunk::Decoder::new()?;
+        kura_imaging::pieced::stored_piece_digests(self, &mut dec, digest, piece_size).map(Some)
+    }
 }
 
 impl ChunkSource for S3Store {

@@ -586,6 +586,12 @@ impl ChunkSink for LocalStore {
         }
         Ok(true)
     }
+
+    /// The base chunk read from the store, decoded and hashed here.
+    fn piece_digests(&self, digest: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>, Error> {
+        let mut dec = kura_imaging::chunk::Decoder::new()?;
+        kura_imaging::pieced::stored_piece_digests(self, &mut dec, digest, piece_size).map(Some)
+    }
 }
 
 /// A capture into the store: committed by [`LocalStore::commit_manifest`] (the snapshot id).

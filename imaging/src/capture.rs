@@ -8,13 +8,18 @@
 //! while puts are in flight. Buffers come from fixed pools, so memory stays bounded at roughly
 //! `(2·threads + 2 + 2·uploaders) · chunk_size` whatever the disk size.
 //!
+//! With a parent snapshot ([`CaptureOptions::parent`]), a chunk the sink lacks at a position
+//! where the parent held one is compared with that chunk piece by piece, and stored as patches on
+//! it when only a few pieces changed ([`crate::pieced`]).
+//!
 //! The source is only ever read.
 
 use crate::chunk::{is_zero, ChunkSink, Digest, Encoder, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, MAX_CHUNK_SIZE};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{self, AllocationMap};
 use crate::layout::{self, DiskLayout};
-use crate::manifest::{ChunkRef, Manifest, Region};
+use crate::manifest::{ChunkRef, Manifest, Pieced, Region};
+use crate::pieced::{self, DEFAULT_PIECE_SIZE};
 use crate::progress::Progress;
 use crate::region;
 use crate::time::format_rfc3339_nanos;
@@ -35,6 +40,12 @@ pub struct CaptureOptions {
     pub host: Option<String>,
     /// Description of the source recorded in the manifest (a path).
     pub source: String,
+    /// The previous snapshot of the same disk, if any: chunks that changed in a few places
+    /// since are stored as patches on its chunks at the same positions (regions of the same
+    /// start and size, same chunk size).
+    pub parent: Option<std::sync::Arc<Manifest>>,
+    /// Piece size of those patches ([`crate::pieced`]); 0 stores every changed chunk whole.
+    pub piece_size: u32,
 }
 
 impl Default for CaptureOptions {
@@ -46,6 +57,8 @@ impl Default for CaptureOptions {
             name: None,
             host: None,
             source: String::new(),
+            parent: None,
+            piece_size: DEFAULT_PIECE_SIZE,
         }
     }
 }
@@ -72,6 +85,9 @@ pub struct CaptureStats {
     pub new_stored_bytes: u64,
     /// Chunks the sink already had.
     pub reused_chunks: u64,
+    /// Changed chunks stored as patches on the parent's chunk ([`crate::pieced`]); their
+    /// patches count in `new_chunks` / `new_stored_bytes` (or `reused_chunks`).
+    pub pieced_chunks: u64,
     pub warnings: Vec<String>,
 }
 
@@ -162,6 +178,9 @@ pub fn capture<R: Read + Seek>(
     };
     let counters = Counters::default();
 
+    let bases = parent_chunks(&plan, opts);
+    let pieces = Pieces { size: opts.piece_size, parent: &bases };
+
     let threads = opts.threads.max(1);
     // Each worker holds one batch, one more waits in the channel, one is being filled.
     let pool = (threads + 2) * BATCH;
@@ -209,6 +228,7 @@ pub fn capture<R: Read + Seek>(
             let free_tx = free_tx.clone();
             let (results, failed, fail, counters) = (&results, &failed, &fail, &counters);
             let handover = handover.clone();
+            let pieces = &pieces;
             s.spawn(move || {
                 let mut enc = match Encoder::new(opts.level) {
                     Ok(e) => Some(e),
@@ -224,7 +244,7 @@ pub fn capture<R: Read + Seek>(
                 for batch in job_rx {
                     // After a failure, keep draining so the reader never blocks on the pool.
                     if let (false, Some(enc)) = (failed.load(Ordering::Relaxed), enc.as_mut()) {
-                        match store_batch(&batch, enc, &mut blob, sink, handover.as_ref(), counters) {
+                        match store_batch(&batch, enc, &mut blob, sink, handover.as_ref(), counters, pieces) {
                             Ok(refs) => {
                                 let mut res = results.lock().expect("lock");
                                 for (p, r) in batch.iter().zip(refs) {
@@ -278,7 +298,8 @@ pub fn capture<R: Read + Seek>(
     stats.new_chunks = counters.new.into_inner();
     stats.new_stored_bytes = counters.new_bytes.into_inner();
     stats.reused_chunks = counters.reused.into_inner();
-    stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| matches!(c, ChunkRef::Data(_))).count() as u64;
+    stats.pieced_chunks = counters.pieced.into_inner();
+    stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| c.content_digest().is_some()).count() as u64;
     let manifest = Manifest {
         name: opts.name.clone(),
         created: format_rfc3339_nanos(std::time::SystemTime::now()),
@@ -291,8 +312,34 @@ pub fn capture<R: Read + Seek>(
     Ok((manifest, stats))
 }
 
+/// For each planned region, the parent's chunks at the same positions: a parent region of the
+/// same start and size, captured with the same chunk size.
+fn parent_chunks<'p>(plan: &Plan, opts: &'p CaptureOptions) -> Vec<Option<&'p [ChunkRef]>> {
+    let parent = match &opts.parent {
+        Some(p) if opts.piece_size > 0 && p.chunk_size == opts.chunk_size => p,
+        _ => return vec![None; plan.regions.len()],
+    };
+    plan.regions
+        .iter()
+        .map(|r| parent.regions.iter().find(|pr| pr.start == r.start && pr.size == r.size).map(|pr| &pr.chunks[..]))
+        .collect()
+}
+
+/// What the workers need to store changed chunks as patches.
+struct Pieces<'a> {
+    size: u32,
+    parent: &'a [Option<&'a [ChunkRef]>],
+}
+
+impl Pieces<'_> {
+    fn parent_of(&self, p: &Piece) -> Option<&ChunkRef> {
+        self.parent.get(p.region).copied().flatten().and_then(|c| c.get(p.index))
+    }
+}
+
 #[derive(Default)]
 struct Counters {
+    pieced: AtomicU64,
     zero: AtomicU64,
     new: AtomicU64,
     new_bytes: AtomicU64,
@@ -336,7 +383,9 @@ struct Handover {
 }
 
 /// Hashes a batch, asks the sink once which digests it lacks, and encodes and hands over only
-/// those (to the sink, or to the uploaders through `handover`).
+/// those (to the sink, or to the uploaders through `handover`); a missing chunk the parent held
+/// in an earlier form may go as patches instead ([`store_pieced`]).
+#[allow(clippy::too_many_arguments)]
 fn store_batch(
     batch: &[Piece],
     enc: &mut Encoder,
@@ -344,6 +393,7 @@ fn store_batch(
     sink: &dyn ChunkSink,
     handover: Option<&Handover>,
     counters: &Counters,
+    pieces: &Pieces<'_>,
 ) -> Result<Vec<ChunkRef>> {
     let mut refs = Vec::with_capacity(batch.len());
     let mut digests = Vec::with_capacity(batch.len());
@@ -352,44 +402,123 @@ fn store_batch(
         if is_zero(data) {
             counters.zero.fetch_add(1, Ordering::Relaxed);
             refs.push(ChunkRef::Zero);
-        } else {
-            let d = Digest::of(data);
-            digests.push(d);
-            refs.push(ChunkRef::Data(d));
+            continue;
+        }
+        let d = Digest::of(data);
+        match pieces.parent_of(p) {
+            // Unchanged since the parent stored it as patches: the same entry again.
+            Some(ChunkRef::Pieced(pp)) if pp.digest == d => {
+                counters.reused.fetch_add(1, Ordering::Relaxed);
+                refs.push(ChunkRef::Pieced(pp.clone()));
+            }
+            _ => {
+                digests.push(d);
+                refs.push(ChunkRef::Data(d));
+            }
         }
     }
     if digests.is_empty() {
         return Ok(refs);
     }
-    let missing = sink.missing(&digests)?;
+    let missing = ask_missing(sink, &digests)?;
+    let mut m = missing.iter();
+    for (p, r) in batch.iter().zip(refs.iter_mut()) {
+        let ChunkRef::Data(d) = *r else { continue };
+        if !*m.next().expect("one answer per digest") {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let data = &p.buf[..p.len];
+        if let Some(pieced) = store_pieced(&d, data, pieces, p, enc, blob, sink, handover, counters)? {
+            counters.pieced.fetch_add(1, Ordering::Relaxed);
+            *r = ChunkRef::Pieced(Box::new(pieced));
+            continue;
+        }
+        // Only whole chunks are claimed, so a copy that found its digest claimed can count on
+        // the claimant storing it whole.
+        if !counters.claim(&d) {
+            counters.reused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        put(&d, data, enc, blob, sink, handover, counters)?;
+    }
+    Ok(refs)
+}
+
+/// One [`ChunkSink::missing`] call, its answer checked for length.
+fn ask_missing(sink: &dyn ChunkSink, digests: &[Digest]) -> Result<Vec<bool>> {
+    let missing = sink.missing(digests)?;
     if missing.len() != digests.len() {
         return Err(Error::Store {
             message: format!("asked about {} chunks, the store answered for {}", digests.len(), missing.len()),
             retryable: true,
         });
     }
-    let mut m = missing.iter();
-    for (p, r) in batch.iter().zip(&refs) {
-        let ChunkRef::Data(d) = r else { continue };
-        if !*m.next().expect("one answer per digest") || !counters.claim(d) {
+    Ok(missing)
+}
+
+/// Encodes `data` (claimed as `d` by this worker) and hands it over: to the uploaders, which
+/// release the claim once it is put, or straight to the sink.
+fn put(
+    d: &Digest,
+    data: &[u8],
+    enc: &mut Encoder,
+    blob: &mut Vec<u8>,
+    sink: &dyn ChunkSink,
+    handover: Option<&Handover>,
+    counters: &Counters,
+) -> Result<()> {
+    enc.encode_into(d, data, blob)?;
+    match handover {
+        Some(h) => {
+            let fresh = h.blob_rx.recv().map_err(|_| uploaders_gone())?;
+            h.put_tx.send((*d, std::mem::replace(blob, fresh))).map_err(|_| uploaders_gone())?;
+        }
+        None => {
+            let put = sink.put_chunk(d, blob);
+            counters.release(d);
+            counters.stored(put?, blob.len());
+        }
+    }
+    Ok(())
+}
+
+/// Stores chunk `d` (content `data`, missing from the sink) as patches on the parent's chunk at
+/// its position, if the parent had one of the same length, the sink can tell its pieces, and at
+/// most half of them changed; `None` otherwise (the caller stores it whole).
+#[allow(clippy::too_many_arguments)]
+fn store_pieced(
+    d: &Digest,
+    data: &[u8],
+    pieces: &Pieces<'_>,
+    p: &Piece,
+    enc: &mut Encoder,
+    blob: &mut Vec<u8>,
+    sink: &dyn ChunkSink,
+    handover: Option<&Handover>,
+    counters: &Counters,
+) -> Result<Option<Pieced>> {
+    let base = match pieces.parent_of(p) {
+        Some(ChunkRef::Data(b)) => *b,
+        Some(ChunkRef::Pieced(pp)) => pp.base,
+        _ => return Ok(None),
+    };
+    let Some(base_pieces) = sink.piece_digests(&base, pieces.size)? else { return Ok(None) };
+    let new_pieces = pieced::piece_digests(data, pieces.size);
+    let Some(changed) = pieced::changed_pieces(&new_pieces, &base_pieces) else { return Ok(None) };
+    let patches: Vec<(u32, Digest)> = changed.iter().map(|&i| (i, new_pieces[i as usize])).collect();
+    let digests: Vec<Digest> = patches.iter().map(|(_, d)| *d).collect();
+    let missing = ask_missing(sink, &digests)?;
+    let ps = pieces.size as usize;
+    for (&(i, pd), missing) in patches.iter().zip(missing) {
+        if !missing || !counters.claim(&pd) {
             counters.reused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        enc.encode_into(d, &p.buf[..p.len], blob)?;
-        match handover {
-            // The uploader releases it once put.
-            Some(h) => {
-                let fresh = h.blob_rx.recv().map_err(|_| uploaders_gone())?;
-                h.put_tx.send((*d, std::mem::replace(blob, fresh))).map_err(|_| uploaders_gone())?;
-            }
-            None => {
-                let put = sink.put_chunk(d, blob);
-                counters.release(d);
-                counters.stored(put?, blob.len());
-            }
-        }
+        let at = i as usize * ps;
+        put(&pd, &data[at..(at + ps).min(data.len())], enc, blob, sink, handover, counters)?;
     }
-    Ok(refs)
+    Ok(Some(Pieced { digest: *d, base, piece_size: pieces.size, patches }))
 }
 
 fn uploaders_gone() -> Error {

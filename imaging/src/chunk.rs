@@ -263,6 +263,16 @@ pub trait ChunkSink: Send + Sync {
     fn puts_in_flight(&self) -> usize {
         0
     }
+    /// The digests of the `piece_size`-byte pieces of stored chunk `digest` (see
+    /// [`crate::pieced`]), so that a capture can store a chunk changed in a few places as
+    /// patches on it. `Ok(None)` (the default): this sink does not offer them, and changed
+    /// chunks are stored whole. A sink that is also a [`ChunkSource`] answers with
+    /// [`crate::pieced::stored_piece_digests`]; a remote one asks its server, which sends 32
+    /// bytes per piece instead of the chunk.
+    fn piece_digests(&self, digest: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>> {
+        let _ = (digest, piece_size);
+        Ok(None)
+    }
 }
 
 /// Where chunks come from during a restore or verify.

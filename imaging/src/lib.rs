@@ -8,7 +8,8 @@
 //! - [`fs`] reads each filesystem's allocation map (ext2/3/4, NTFS, FAT, swap; raw otherwise).
 //! - [`region`] cuts the disk into regions (partitions and the gaps between them).
 //! - [`chunk`] defines the chunk digest and the encoded chunk format.
-//! - [`manifest`] is the versioned snapshot manifest format; [`diskset`] a host's several
+//! - [`manifest`] is the versioned snapshot manifest format ([`pieced`]: its two-level
+//!   chunks, a chunk changed in a few places stored as patches on its earlier self); [`diskset`] a host's several
 //!   disks as one snapshot, and [`diskmap`] which source disk goes to which target.
 //! - [`capture`] and [`restore`] are the two pipelines; [`flow`] is the one capture flow and
 //!   the one restore flow around them (commit or abort; preflight, write, GPT fix-up), and
@@ -32,6 +33,7 @@ pub mod flow;
 pub mod fs;
 pub mod layout;
 pub mod manifest;
+pub mod pieced;
 pub mod progress;
 pub mod region;
 pub mod restore;

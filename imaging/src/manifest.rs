@@ -9,10 +9,14 @@
 //! ```text
 //! file  := magic[8] version:u32 flags:u32 body_len:u64 plain_len:u64 body[body_len] sha256[32]
 //! body  := zstd(plain)            (plain_len bytes once decompressed)
-//! plain := meta_len:u32 meta_json[meta_len] { bitmap[ceil(bits/8)] tags[chunk_count] digests[32·n] }*
+//! plain := meta_len:u32 meta_json[meta_len] { bitmap[ceil(bits/8)] tags[chunk_count] digests[32·n] pieced* }*
 //! tag   := 0 unused (no allocated byte) | 1 zero (allocated, all zero) | 2 data (next digest)
+//!        | 3 pieced (next pieced record; version 2)
+//! pieced := digest[32] base[32] piece_size:u32 count:u32 { index:u32 digest[32] }*count
 //! ```
-//! Integers are little-endian; the trailing sha256 covers every byte before it.
+//! Integers are little-endian; the trailing sha256 covers every byte before it. A manifest with
+//! no pieced chunk is written as version 1, byte for byte as before version 2 existed; one with
+//! pieced chunks as version 2. Both are read.
 
 use crate::bitmap::Bitmap;
 use crate::chunk::{Digest, MAX_CHUNK_SIZE};
@@ -24,7 +28,12 @@ use sha2::{Digest as _, Sha256};
 use std::io::Read;
 
 pub const MAGIC: [u8; 8] = [12, 200, 251, 173, 23, 170, 119, 99];
+/// The version a manifest without pieced chunks is written as (and the oldest one read).
 pub const FORMAT_VERSION: u32 = 1;
+/// The version a manifest with pieced chunks ([`ChunkRef::Pieced`]) is written as.
+pub const FORMAT_VERSION_PIECED: u32 = 2;
+/// Smallest piece of a pieced chunk.
+pub const MIN_PIECE_SIZE: u32 = 512;
 const FIXED_HEADER: usize = 32;
 const TRAILER: usize = 32;
 /// Sanity ceiling on a declared plain body (a 64 TiB disk in 1 MiB chunks is ~2.2 GB of
@@ -43,7 +52,7 @@ pub const MAX_DECODED: u64 = 8 << 30;
 const MAX_WINDOW_LOG: u32 = 24;
 
 /// One chunk-sized piece of a region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkRef {
     /// No allocated byte in this piece: nothing to restore.
     Unused,
@@ -51,6 +60,43 @@ pub enum ChunkRef {
     Zero,
     /// Stored content.
     Data(Digest),
+    /// Content stored as a few changed pieces over an earlier chunk (version 2): the two-level
+    /// scheme of `docs/chunk.md`, for a chunk a capture found changed in only a few places.
+    Pieced(Box<Pieced>),
+}
+
+/// A chunk whose content is the stored chunk `base` with some of its `piece_size` pieces
+/// replaced by stored chunks of their own (`patches`). `digest` is the SHA-256 of the whole
+/// content, as a plain chunk's would be: a restore checks the assembled bytes against it, and
+/// the next capture recognises the unchanged chunk by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pieced {
+    pub digest: Digest,
+    pub base: Digest,
+    /// A power of two, at least [`MIN_PIECE_SIZE`], less than the manifest's chunk size. Piece
+    /// `i` covers bytes `[i·piece_size, min((i+1)·piece_size, chunk length))` of the chunk.
+    pub piece_size: u32,
+    /// `(piece index, stored chunk holding that piece)`, indexes strictly increasing, at
+    /// least one.
+    pub patches: Vec<(u32, Digest)>,
+}
+
+impl Pieced {
+    /// Every stored chunk this one is assembled from: the base, then the patches.
+    pub fn stored(&self) -> impl Iterator<Item = &Digest> {
+        std::iter::once(&self.base).chain(self.patches.iter().map(|(_, d)| d))
+    }
+}
+
+impl ChunkRef {
+    /// The digest of the content, for a data or pieced chunk.
+    pub fn content_digest(&self) -> Option<&Digest> {
+        match self {
+            ChunkRef::Data(d) => Some(d),
+            ChunkRef::Pieced(p) => Some(&p.digest),
+            ChunkRef::Unused | ChunkRef::Zero => None,
+        }
+    }
 }
 
 /// A region of the disk as captured.
@@ -112,6 +158,15 @@ struct RegionMeta {
     bitmap_bits: u64,
     chunk_count: u64,
     data_chunks: u64,
+    /// Version 2: pieced records after the digests, and their patches in all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pieced_chunks: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    patches: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -129,15 +184,26 @@ impl Manifest {
         self.regions.iter().map(|r| r.used_bytes).sum()
     }
 
-    /// Every data chunk digest, in disk order, with repeats.
+    /// Every stored chunk the manifest references, in disk order, with repeats: each data
+    /// chunk, and each pieced chunk's base and patches. What a restore reads, what the GC
+    /// keeps, what replication and export copy.
     pub fn data_digests(&self) -> impl Iterator<Item = &Digest> {
-        self.regions.iter().flat_map(|r| r.chunks.iter()).filter_map(|c| match c {
-            ChunkRef::Data(d) => Some(d),
-            _ => None,
+        self.regions.iter().flat_map(|r| r.chunks.iter()).flat_map(|c| {
+            let (one, pieced) = match c {
+                ChunkRef::Data(d) => (Some(d), None),
+                ChunkRef::Pieced(p) => (None, Some(p.stored())),
+                _ => (None, None),
+            };
+            one.into_iter().chain(pieced.into_iter().flatten())
         })
     }
 
-    /// The distinct data chunk digests, sorted.
+    /// Whether any chunk is pieced (the manifest is then written as version 2).
+    pub fn has_pieced(&self) -> bool {
+        self.regions.iter().flat_map(|r| &r.chunks).any(|c| matches!(c, ChunkRef::Pieced(_)))
+    }
+
+    /// The distinct stored chunk digests ([`Manifest::data_digests`]), sorted.
     pub fn unique_digests(&self) -> Vec<Digest> {
         let mut v: Vec<Digest> = self.data_digests().copied().collect();
         v.sort_unstable();
@@ -175,6 +241,15 @@ impl Manifest {
                     bitmap_bits: r.bitmap.len(),
                     chunk_count: r.chunks.len() as u64,
                     data_chunks: r.chunks.iter().filter(|c| matches!(c, ChunkRef::Data(_))).count() as u64,
+                    pieced_chunks: r.chunks.iter().filter(|c| matches!(c, ChunkRef::Pieced(_))).count() as u64,
+                    patches: r
+                        .chunks
+                        .iter()
+                        .map(|c| match c {
+                            ChunkRef::Pieced(p) => p.patches.len() as u64,
+                            _ => 0,
+                        })
+                        .sum(),
                 })
                 .collect(),
         };
@@ -188,17 +263,31 @@ impl Manifest {
                 ChunkRef::Unused => 0u8,
                 ChunkRef::Zero => 1,
                 ChunkRef::Data(_) => 2,
+                ChunkRef::Pieced(_) => 3,
             }));
             for c in &r.chunks {
                 if let ChunkRef::Data(d) = c {
                     plain.extend_from_slice(&d.0);
                 }
             }
+            for c in &r.chunks {
+                if let ChunkRef::Pieced(p) = c {
+                    plain.extend_from_slice(&p.digest.0);
+                    plain.extend_from_slice(&p.base.0);
+                    plain.extend_from_slice(&p.piece_size.to_le_bytes());
+                    plain.extend_from_slice(&(p.patches.len() as u32).to_le_bytes());
+                    for (i, d) in &p.patches {
+                        plain.extend_from_slice(&i.to_le_bytes());
+                        plain.extend_from_slice(&d.0);
+                    }
+                }
+            }
         }
+        let version = if self.has_pieced() { FORMAT_VERSION_PIECED } else { FORMAT_VERSION };
         let body = zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compressing the manifest", e))?;
         let mut out = Vec::with_capacity(FIXED_HEADER + body.len() + TRAILER);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
         out.extend_from_slice(&(plain.len() as u64).to_le_bytes());
@@ -233,7 +322,7 @@ impl Manifest {
             return Err(bad("bad magic (not a Kura manifest)"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_PIECED {
             return Err(Error::Manifest(format!("unsupported manifest version {version}")));
         }
         let (content, trailer) = bytes.split_at(bytes.len() - TRAILER);
@@ -284,6 +373,17 @@ impl Manifest {
             if rm.data_chunks > rm.chunk_count {
                 return Err(Error::Manifest(format!("region {i}: data chunk count mismatch")));
             }
+            if version == FORMAT_VERSION && (rm.pieced_chunks != 0 || rm.patches != 0) {
+                return Err(Error::Manifest(format!("region {i}: pieced chunks in a version 1 manifest")));
+            }
+            if rm.pieced_chunks > rm.chunk_count - rm.data_chunks {
+                return Err(Error::Manifest(format!("region {i}: pieced chunk count mismatch")));
+            }
+            // Each pieced chunk has at least one patch, and at most one per piece.
+            let most = (cs / MIN_PIECE_SIZE as u64).saturating_mul(rm.pieced_chunks);
+            if rm.patches < rm.pieced_chunks || rm.patches > most {
+                return Err(Error::Manifest(format!("region {i}: patch count does not fit its pieced chunks")));
+            }
         }
         if pos != meta.layout.disk_size {
             return Err(bad("regions do not cover the disk"));
@@ -309,7 +409,7 @@ impl Manifest {
             let bitmap = Bitmap::from_bytes(bitmap_bytes, rm.bitmap_bits).ok_or_else(|| bad("bitmap"))?;
             let tags = body.exact(rm.chunk_count)?;
             let mut chunks = Vec::with_capacity(tags.len());
-            let mut data = 0u64;
+            let (mut data, mut pieced) = (0u64, 0u64);
             for &t in &tags {
                 chunks.push(match t {
                     0 => ChunkRef::Unused,
@@ -318,16 +418,33 @@ impl Manifest {
                         data += 1;
                         ChunkRef::Data(Digest([0; 32]))
                     }
+                    3 if version == FORMAT_VERSION_PIECED => {
+                        pieced += 1;
+                        ChunkRef::Unused // filled below
+                    }
                     other => return Err(Error::Manifest(format!("region {i}: unknown chunk tag {other}"))),
                 });
             }
             if data != rm.data_chunks {
                 return Err(Error::Manifest(format!("region {i}: data chunk count mismatch")));
             }
+            if pieced != rm.pieced_chunks {
+                return Err(Error::Manifest(format!("region {i}: pieced chunk count mismatch")));
+            }
             for c in chunks.iter_mut() {
                 if let ChunkRef::Data(d) = c {
                     d.0.copy_from_slice(&body.exact(32)?);
                 }
+            }
+            let mut patches_left = rm.patches;
+            for (ci, &t) in tags.iter().enumerate() {
+                if t == 3 {
+                    let len = (rm.size - ci as u64 * cs).min(cs);
+                    chunks[ci] = ChunkRef::Pieced(Box::new(read_pieced(&mut body, len, cs, &mut patches_left, i)?));
+                }
+            }
+            if patches_left != 0 {
+                return Err(Error::Manifest(format!("region {i}: patch count mismatch")));
             }
             regions.push(Region {
                 start: rm.start,
@@ -344,6 +461,12 @@ impl Manifest {
         }
         if need < plain_len {
             return Err(bad("trailing bytes after the last region"));
+        }
+        if version == FORMAT_VERSION_PIECED
+            && !regions.iter().flat_map(|r| &r.chunks).any(|c| matches!(c, ChunkRef::Pieced(_)))
+        {
+            // Written only with pieced chunks: one file per manifest, one version per content.
+            return Err(bad("a version 2 manifest without pieced chunks"));
         }
         body.end()?;
         Ok(Manifest {
@@ -363,24 +486,67 @@ impl Manifest {
     }
 }
 
+/// Reads one pieced record of a chunk of `len` bytes (manifest chunk size `cs`), checking it
+/// against the region's remaining patch budget.
+fn read_pieced<R: Read>(
+    body: &mut Bounded<R>,
+    len: u64,
+    cs: u64,
+    patches_left: &mut u64,
+    region: usize,
+) -> Result<Pieced> {
+    let bad = |m: &str| Error::Manifest(format!("region {region}: pieced chunk: {m}"));
+    let head = body.exact(72)?;
+    let digest = Digest(head[0..32].try_into().expect("32"));
+    let base = Digest(head[32..64].try_into().expect("32"));
+    let piece_size = u32::from_le_bytes(head[64..68].try_into().expect("4"));
+    let count = u32::from_le_bytes(head[68..72].try_into().expect("4")) as u64;
+    if piece_size < MIN_PIECE_SIZE || !piece_size.is_power_of_two() || piece_size as u64 >= cs {
+        return Err(bad(&format!("invalid piece size {piece_size}")));
+    }
+    let pieces = len.div_ceil(piece_size as u64);
+    if count == 0 || count > pieces || count > *patches_left {
+        return Err(bad(&format!("{count} patches for {pieces} pieces")));
+    }
+    *patches_left -= count;
+    let raw = body.exact(36 * count)?;
+    let mut patches = Vec::with_capacity(count as usize);
+    for rec in raw.chunks_exact(36) {
+        let index = u32::from_le_bytes(rec[0..4].try_into().expect("4"));
+        if index as u64 >= pieces || patches.last().is_some_and(|(prev, _)| *prev >= index) {
+            return Err(bad("patch indexes out of order or out of range"));
+        }
+        patches.push((index, Digest(rec[4..36].try_into().expect("32"))));
+    }
+    Ok(Pieced { digest, base, piece_size, patches })
+}
+
 /// The decompressed plain body's size that `regions` (and `meta_len` bytes of metadata) need:
-/// `4 + meta_len + Σ (ceil(bitmap_bits / 8) + chunk_count + 32 · data_chunks)`; `None` on
-/// overflow.
+/// `4 + meta_len + Σ (ceil(bitmap_bits / 8) + chunk_count + 32 · data_chunks + 72 ·
+/// pieced_chunks + 36 · patches)`; `None` on overflow.
 fn plain_size(meta_len: u32, regions: &[RegionMeta]) -> Option<u64> {
     regions.iter().try_fold(4 + meta_len as u64, |acc, r| {
         acc.checked_add(r.bitmap_bits.div_ceil(8))?
             .checked_add(r.chunk_count)?
-            .checked_add(r.data_chunks.checked_mul(32)?)
+            .checked_add(r.data_chunks.checked_mul(32)?)?
+            .checked_add(r.pieced_chunks.checked_mul(72)?)?
+            .checked_add(r.patches.checked_mul(36)?)
     })
 }
 
-/// The memory `regions` take once decoded: each bitmap, one [`ChunkRef`] per chunk, and the
-/// largest region's tags while they are read; `None` on overflow.
+/// The memory `regions` take once decoded: each bitmap, one [`ChunkRef`] per chunk, each
+/// pieced record and its patches, and the largest region's tags while they are read; `None` on
+/// overflow.
 fn decoded_size(regions: &[RegionMeta]) -> Option<u64> {
     let per_chunk = std::mem::size_of::<ChunkRef>() as u64;
+    let per_pieced = std::mem::size_of::<Pieced>() as u64;
+    let per_patch = std::mem::size_of::<(u32, Digest)>() as u64;
     let tags = regions.iter().map(|r| r.chunk_count).max().unwrap_or(0);
     regions.iter().try_fold(tags, |acc, r| {
-        acc.checked_add(r.bitmap_bits.div_ceil(8))?.checked_add(r.chunk_count.checked_mul(per_chunk)?)
+        acc.checked_add(r.bitmap_bits.div_ceil(8))?
+            .checked_add(r.chunk_count.checked_mul(per_chunk)?)?
+            .checked_add(r.pieced_chunks.checked_mul(per_pieced)?)?
+            .checked_add(r.patches.checked_mul(per_patch)?)
     })
 }
 
@@ -498,6 +664,84 @@ mod tests {
         }
         let bytes = std::fs::read(path).unwrap();
         assert_eq!(Manifest::decode(&bytes).unwrap(), sample());
+    }
+
+    /// `sample()` with its first data chunk pieced (version 2).
+    pub(crate) fn sample_pieced() -> Manifest {
+        let mut m = sample();
+        m.regions[0].chunks[1] = ChunkRef::Pieced(Box::new(Pieced {
+            digest: Digest([3; 32]),
+            base: Digest([6; 32]),
+            piece_size: 1024,
+            patches: vec![(0, Digest([4; 32])), (2, Digest([5; 32]))],
+        }));
+        m
+    }
+
+    /// Golden tests of version 2, and version 1 unchanged by it: the v1 file is still written
+    /// byte for byte as it was.
+    #[test]
+    fn golden_v2_file_decodes_and_v1_is_written_as_before() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/manifest-v2.kmf");
+        if std::env::var_os("UPDATE_TESTDATA").is_some() {
+            std::fs::write(path, sample_pieced().encode().unwrap()).unwrap();
+        }
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), FORMAT_VERSION_PIECED);
+        let m = Manifest::decode(&bytes).unwrap();
+        assert_eq!(m, sample_pieced());
+        assert_eq!(m.encode().unwrap(), bytes);
+        let v1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/manifest-v1.kmf")).unwrap();
+        assert_eq!(sample().encode().unwrap(), v1);
+        let stored: Vec<u8> = m.data_digests().map(|d| d.0[0]).collect();
+        assert_eq!(stored, vec![6, 4, 5, 9], "the pieced chunk's base and patches, in disk order");
+    }
+
+    #[test]
+    fn damage_to_a_v2_manifest_is_detected() {
+        let enc = sample_pieced().encode().unwrap();
+        for i in 0..enc.len() {
+            let mut bad = enc.clone();
+            bad[i] ^= 0x10;
+            assert!(Manifest::decode(&bad).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    /// Re-seals `bytes` with another version field (a valid checksum).
+    fn with_version(bytes: &[u8], version: u32) -> Vec<u8> {
+        let mut out = bytes[..bytes.len() - TRAILER].to_vec();
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    #[test]
+    fn malformed_pieced_chunks_are_refused() {
+        let refused = |m: &Manifest, what: &str| {
+            let e = Manifest::decode(&m.encode().unwrap()).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        let pieced = |f: &dyn Fn(&mut Pieced)| {
+            let mut m = sample_pieced();
+            let ChunkRef::Pieced(p) = &mut m.regions[0].chunks[1] else { unreachable!() };
+            f(p);
+            m
+        };
+        refused(&pieced(&|p| p.patches.reverse()), "out of order");
+        refused(&pieced(&|p| p.patches[1].0 = 4), "out of range");
+        refused(&pieced(&|p| p.patches.clear()), "patch count");
+        refused(&pieced(&|p| p.piece_size = 4096), "invalid piece size");
+        refused(&pieced(&|p| p.piece_size = 1000), "invalid piece size");
+        // Pieced chunks under a version 1 header; a version 2 header without any.
+        let v2 = sample_pieced().encode().unwrap();
+        let e = Manifest::decode(&with_version(&v2, 1)).unwrap_err().to_string();
+        assert!(e.contains("pieced chunks in a version 1 manifest"), "{e}");
+        let v1 = sample().encode().unwrap();
+        let e = Manifest::decode(&with_version(&v1, 2)).unwrap_err().to_string();
+        assert!(e.contains("version 2 manifest without pieced chunks"), "{e}");
+        let e = Manifest::decode(&with_version(&v1, 3)).unwrap_err().to_string();
+        assert!(e.contains("unsupported manifest version 3"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use crate::chunk::{ChunkSource, Decoder, Digest};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::{ChunkRef, Manifest, Pieced};
 use crate::progress::Progress;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -111,12 +111,19 @@ pub fn preflight<'m>(
     }
 }
 
-struct Job {
+struct Job<'m> {
     seq: u64,
     offset: u64,
     len: usize,
-    digest: Digest,
+    what: What<'m>,
     buf: Vec<u8>,
+}
+
+/// What a job reads: a stored chunk, or a pieced chunk's base and patches.
+#[derive(Clone, Copy)]
+enum What<'m> {
+    Data(Digest),
+    Pieced(&'m Pieced),
 }
 
 /// Restores `manifest` onto `target` (of `target_size` bytes): [`preflight`], then [`write`],
@@ -171,14 +178,19 @@ pub fn write<W: Write + Seek>(
             let mut seq = 0u64;
             for r in &manifest.regions {
                 for (i, c) in r.chunks.iter().enumerate() {
-                    if let ChunkRef::Data(d) = c {
+                    let what = match c {
+                        ChunkRef::Data(d) => What::Data(*d),
+                        ChunkRef::Pieced(p) => What::Pieced(p),
+                        ChunkRef::Unused | ChunkRef::Zero => continue,
+                    };
+                    {
                         let Ok(buf) = free_rx.recv() else { return };
                         if producer_stop.load(Ordering::Relaxed) {
                             return;
                         }
                         let offset = r.start + (i * cs) as u64;
                         let len = manifest.chunk_len(r, i) as usize;
-                        if job_tx.send(Job { seq, offset, len, digest: *d, buf }).is_err() {
+                        if job_tx.send(Job { seq, offset, len, what, buf }).is_err() {
                             return;
                         }
                         seq += 1;
@@ -196,18 +208,29 @@ pub fn write<W: Write + Seek>(
                         return;
                     }
                 };
+                let mut scratch = Vec::new();
                 for mut job in job_rx {
                     let seq = job.seq;
-                    let r = source.get_chunk(&job.digest).and_then(|blob| {
-                        dec.decode_into(&blob, &job.digest, &mut job.buf)?;
-                        if job.buf.len() != job.len {
-                            return Err(Error::ChunkCorrupt {
-                                digest: job.digest.to_hex(),
-                                reason: format!("holds {} bytes where the snapshot needs {}", job.buf.len(), job.len),
-                            });
+                    let r = match job.what {
+                        What::Data(d) => source.get_chunk(&d).and_then(|blob| {
+                            dec.decode_into(&blob, &d, &mut job.buf)?;
+                            if job.buf.len() != job.len {
+                                return Err(Error::ChunkCorrupt {
+                                    digest: d.to_hex(),
+                                    reason: format!(
+                                        "holds {} bytes where the snapshot needs {}",
+                                        job.buf.len(),
+                                        job.len
+                                    ),
+                                });
+                            }
+                            Ok(job)
+                        }),
+                        What::Pieced(p) => {
+                            crate::pieced::assemble(source, &mut dec, p, job.len, &mut job.buf, &mut scratch)
+                                .map(|_| job)
                         }
-                        Ok(job)
-                    });
+                    };
                     if done_tx.send((seq, r)).is_err() {
                         return;
                     }
@@ -265,7 +288,7 @@ fn write_in_order<W: Write + Seek>(
                         stats.written_bytes += len as u64;
                     }
                 }
-                ChunkRef::Data(_) => {
+                ChunkRef::Data(_) | ChunkRef::Pieced(_) => {
                     let job = loop {
                         if let Some(job) = pending.remove(&next_seq) {
                             break job;

@@ -50,6 +50,10 @@ impl ChunkSink for MemStore {
     fn puts_in_flight(&self) -> usize {
         self.in_flight
     }
+    fn piece_digests(&self, d: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>, Error> {
+        let mut dec = kura_imaging::chunk::Decoder::new()?;
+        kura_imaging::pieced::stored_piece_digests(self, &mut dec, d, piece_size).map(Some)
+    }
 }
 
 impl ChunkSource for MemStore {
@@ -117,8 +121,8 @@ fn tampered_chunk_stops_restore_before_any_write() {
     let src = disk();
     let store = MemStore::default();
     let (m, _) = capture(Cursor::new(&src), &opts(), &store, &NoProgress).unwrap();
-    let victim = match m.regions[0].chunks[2] {
-        ChunkRef::Data(d) => d,
+    let victim = match &m.regions[0].chunks[2] {
+        ChunkRef::Data(d) => *d,
         other => panic!("expected data, got {other:?}"),
     };
     store.chunks.lock().unwrap().get_mut(&victim).unwrap()[100] ^= 1;
@@ -200,4 +204,90 @@ fn a_chunk_twice_on_the_disk_is_put_once_even_with_puts_in_flight() {
     let (_, s) = capture(Cursor::new(&src), &one, &racy, &NoProgress).unwrap();
     assert_eq!((s.new_chunks, s.reused_chunks), (4, 1), "{s:?}");
     assert_eq!(racy.chunks.lock().unwrap().len(), 4);
+}
+
+/// The two-level scheme: a month of changes against a parent snapshot. Chunks changed in a few
+/// places are stored as patches on the parent's chunk, chunks changed mostly are stored whole,
+/// a pieced chunk unchanged in the next capture is the same entry again, a changed one is
+/// compared with the same base; every snapshot restores byte for byte, through a v2 manifest.
+#[test]
+fn changed_chunks_are_stored_as_patches_on_the_parent() {
+    use kura_imaging::pieced::DEFAULT_PIECE_SIZE as PS;
+    let ps = PS as usize;
+    let mib = 1usize << 20;
+    let first = disk();
+    let store = MemStore::default();
+    let (m1, _) = capture(Cursor::new(&first), &opts(), &store, &NoProgress).unwrap();
+    let m1 = std::sync::Arc::new(Manifest::decode(&m1.encode().unwrap()).unwrap());
+
+    // A month later: an 8 KiB write in chunk 2 (one piece), three scattered pieces in chunk 4,
+    // and most of chunk 0 rewritten (its twin, chunk 3, unchanged).
+    let mut second = first.clone();
+    second[2 * mib + 5 * ps..2 * mib + 5 * ps + 8192].copy_from_slice(&noise(8192, 77));
+    for piece in [0, 31, 63] {
+        second[4 * mib + piece * ps + 100] ^= 0xff;
+    }
+    second[..mib * 3 / 4].copy_from_slice(&noise(mib * 3 / 4, 99));
+    let parent = CaptureOptions { parent: Some(m1.clone()), ..opts() };
+    let (m2, s2) = capture(Cursor::new(&second), &parent, &store, &NoProgress).unwrap();
+    assert_eq!(s2.pieced_chunks, 2, "{s2:?}");
+    assert_eq!(s2.new_chunks, 1 + 1 + 3, "chunk 0 whole, 1 + 3 patches: {s2:?}");
+    let c = &m2.regions[0].chunks;
+    let ChunkRef::Pieced(p2) = &c[2] else { panic!("chunk 2: {:?}", c[2]) };
+    assert_eq!((p2.base, p2.piece_size), (*m1.regions[0].chunks[2].content_digest().unwrap(), PS));
+    assert_eq!(p2.patches.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(p2.digest, Digest::of(&second[2 * mib..3 * mib]));
+    let ChunkRef::Pieced(p4) = &c[4] else { panic!("chunk 4: {:?}", c[4]) };
+    assert_eq!(p4.patches.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 31, 63]);
+    assert!(matches!(c[0], ChunkRef::Data(_)) && c[3] == m1.regions[0].chunks[3]);
+    assert!(s2.new_stored_bytes < (1 << 20) + 4 * (16 << 10) + 1024, "chunk 0 whole, four pieces: {s2:?}");
+    let enc = m2.encode().unwrap();
+    assert_eq!(u32::from_le_bytes(enc[8..12].try_into().unwrap()), 2, "written as version 2");
+    let m2 = std::sync::Arc::new(Manifest::decode(&enc).unwrap());
+    assert!(m2.unique_digests().contains(&p4.base) && m2.unique_digests().contains(&p4.patches[1].1));
+
+    // Another month: chunk 2 changes again elsewhere, chunk 4 does not.
+    let mut third = second.clone();
+    third[2 * mib + 40 * ps] ^= 0x01;
+    let (m3, s3) =
+        capture(Cursor::new(&third), &CaptureOptions { parent: Some(m2.clone()), ..opts() }, &store, &NoProgress)
+            .unwrap();
+    let c3 = &m3.regions[0].chunks;
+    assert_eq!(c3[4], m2.regions[0].chunks[4], "unchanged pieced chunk: the same entry");
+    let ChunkRef::Pieced(p3) = &c3[2] else { panic!("chunk 2: {:?}", c3[2]) };
+    assert_eq!(p3.base, p2.base, "compared with the same base, not chained");
+    assert_eq!(p3.patches.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![5, 40]);
+    assert_eq!(p3.patches[0], p2.patches[0], "the earlier patch is reused");
+    assert_eq!(s3.new_chunks, 1, "{s3:?}");
+
+    for (m, src) in [(&*m2, &second), (&m3, &third)] {
+        let mut target = Cursor::new(vec![0x5Au8; src.len()]);
+        restore(m, &store, &mut target, src.len() as u64, &RestoreOptions::default(), &NoProgress).unwrap();
+        assert!(target.into_inner() == *src, "restored bytes differ");
+    }
+
+    // A patch that does not belong: the assembled content is refused, naming the chunk.
+    let mut forged = (*m2).clone();
+    let ChunkRef::Pieced(p) = &mut forged.regions[0].chunks[2] else { unreachable!() };
+    p.patches[0].0 = 6;
+    let mut target = Cursor::new(vec![0u8; second.len()]);
+    let err = restore(&forged, &store, &mut target, second.len() as u64, &RestoreOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(err.to_string().contains(&p2.digest.to_hex()), "{err}");
+}
+
+/// Without a parent, or with piece size 0, nothing is pieced.
+#[test]
+fn pieces_need_a_parent_and_a_piece_size() {
+    let first = disk();
+    let store = MemStore::default();
+    let (m1, _) = capture(Cursor::new(&first), &opts(), &store, &NoProgress).unwrap();
+    let mut second = first.clone();
+    second[(2 << 20) + 10] ^= 1;
+    let (_, s) = capture(Cursor::new(&second), &opts(), &store, &NoProgress).unwrap();
+    assert_eq!((s.pieced_chunks, s.new_chunks), (0, 1));
+    second[(2 << 20) + 11] ^= 1;
+    let off = CaptureOptions { parent: Some(std::sync::Arc::new(m1)), piece_size: 0, ..opts() };
+    let (_, s) = capture(Cursor::new(&second), &off, &store, &NoProgress).unwrap();
+    assert_eq!((s.pieced_chunks, s.new_chunks), (0, 1));
 }

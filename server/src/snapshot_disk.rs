@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context};
 use kura_imaging::chunk::{ChunkSource, Decoder, Digest};
-use kura_imaging::manifest::{ChunkRef, Manifest};
+use kura_imaging::manifest::{ChunkRef, Manifest, Pieced};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,6 +121,26 @@ impl SnapshotDisk {
         Ok(out)
     }
 
+    /// The assembled pieced chunk `p` ([`kura_imaging::pieced`]), `len` bytes long, cached under
+    /// its content digest.
+    fn pieced(&self, p: &Pieced, len: usize) -> anyhow::Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.cache.lock().expect("lock").get(&p.digest) {
+            return Ok(c);
+        }
+        let mut dec = match self.decoders.lock().expect("lock").pop() {
+            Some(d) => d,
+            None => Decoder::new()?,
+        };
+        let (mut out, mut scratch) = (Vec::with_capacity(len), Vec::new());
+        let r = kura_imaging::pieced::assemble(&*self.source, &mut dec, p, len, &mut out, &mut scratch);
+        self.decoders.lock().expect("lock").push(dec);
+        r?;
+        self.fetched_chunks.fetch_add(1 + p.patches.len() as u64, Ordering::Relaxed);
+        let out = Arc::new(out);
+        self.cache.lock().expect("lock").insert(p.digest, out.clone());
+        Ok(out)
+    }
+
     /// Fills `buf` with the disk's bytes at `offset` (the range must lie within the disk).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         let m = &self.manifest;
@@ -152,6 +172,10 @@ impl SnapshotDisk {
                 ChunkRef::Unused | ChunkRef::Zero => out[..n].fill(0),
                 ChunkRef::Data(d) => {
                     let c = self.chunk(d, chunk_len as usize)?;
+                    out[..n].copy_from_slice(&c[within..within + n]);
+                }
+                ChunkRef::Pieced(p) => {
+                    let c = self.pieced(p, chunk_len as usize)?;
                     out[..n].copy_from_slice(&c[within..within + n]);
                 }
             }

@@ -1,7 +1,10 @@
 //! One snapshot from an archive read once, in order (a pipe or a tape), onto a target: the
 //! manifests come first in an archive, so by the time chunks pass every one is known to be
 //! needed or not; a needed chunk is decoded, its SHA-256 checked, and written at each place of
-//! the disk that holds it. Memory: the snapshot's chunk map and one record.
+//! the disk that holds it. A pieced chunk ([`kura_imaging::pieced`]) is written the same way:
+//! its base where no patch covers it, each patch at its piece, in whatever order they pass (each
+//! stored chunk is checked by its own digest; the assembled whole is not hashed again, as the
+//! target is not read back). Memory: the snapshot's chunk map and one record.
 //!
 //! A pipe cannot be checked before writing as a store can: the target is opened once the
 //! manifest is read and the target's size checked. A damaged needed chunk stops the restore
@@ -84,8 +87,9 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
     if size < needed {
         return Err(Error::TargetTooSmall { needed, actual: size });
     }
-    // Where each chunk goes, and the zero chunks.
-    let mut places: HashMap<Digest, Vec<(u64, u64)>> = HashMap::new();
+    // Where each stored chunk goes — (disk offset, offset in the chunk, length) — and the zero
+    // chunks.
+    let mut places: HashMap<Digest, Vec<(u64, u64, u64)>> = HashMap::new();
     let mut zeros: Vec<(u64, u64)> = Vec::new();
     let mut stats = RestoreStats { disk_size: needed, ..Default::default() };
     for region in &manifest.regions {
@@ -94,7 +98,24 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
             let len = manifest.chunk_len(region, i);
             match c {
                 ChunkRef::Data(d) => {
-                    places.entry(*d).or_default().push((off, len));
+                    places.entry(*d).or_default().push((off, 0, len));
+                    stats.data_chunks += 1;
+                }
+                ChunkRef::Pieced(p) => {
+                    let ps = p.piece_size as u64;
+                    let mut from = 0;
+                    for (i, pd) in &p.patches {
+                        let at = *i as u64 * ps;
+                        let n = ps.min(len.saturating_sub(at));
+                        if at > from {
+                            places.entry(p.base).or_default().push((off + from, from, at - from));
+                        }
+                        places.entry(*pd).or_default().push((off + at, 0, n));
+                        from = at + n;
+                    }
+                    if len > from {
+                        places.entry(p.base).or_default().push((off + from, from, len - from));
+                    }
                     stats.data_chunks += 1;
                 }
                 ChunkRef::Zero => {
@@ -138,8 +159,14 @@ pub fn stream_restore<R: Read, T: RestoreTarget>(
                     }
                     dec.decode_into(&payload, &d, &mut plain)
                         .map_err(|e| failed(&id, format!("chunk {d} is damaged in the archive: {e}")))?;
-                    for (off, len) in at {
-                        write_at(&mut disk, *off, &plain[..*len as usize])?;
+                    for &(off, from, len) in at {
+                        let piece = plain.get(from as usize..(from + len) as usize).ok_or_else(|| {
+                            failed(
+                                &id,
+                                format!("chunk {d} holds {} bytes, the snapshot needs {}", plain.len(), from + len),
+                            )
+                        })?;
+                        write_at(&mut disk, off, piece)?;
                         stats.written_bytes += len;
                     }
                     places.remove(&d);
