@@ -32,7 +32,7 @@
 use crate::store::{DamagedChunk, DamagedManifest, SnapshotInfo, StoreLock, StoreUsage, VerifyReport};
 use kura_imaging::chunk::{ChunkSink, ChunkSource, Decoder, Digest};
 use kura_imaging::flow::SnapshotSink;
-use kura_imaging::manifest::Manifest;
+use kura_imaging::manifest::{ChunkRef, Manifest, Pieced};
 use kura_imaging::Error;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -184,9 +184,28 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
         Ok(out)
     }
 
+    /// The snapshot a new capture of this disk is an increment of (`CaptureOptions::parent`):
+    /// the newest one of the same host (or, with no host, of the same source path) and the same
+    /// disk size. Damaged manifests are passed over.
+    fn parent_for(
+        &self,
+        host: Option<&str>,
+        source: &str,
+        disk_size: u64,
+    ) -> Result<Option<(String, Manifest)>, Error> {
+        let same = |s: &SnapshotInfo| match host {
+            Some(h) => s.host.as_deref() == Some(h),
+            None => s.host.is_none() && s.source == source,
+        };
+        let newest = self.list()?.into_iter().rev().find(|s| same(s) && s.disk_size == disk_size);
+        Ok(newest.and_then(|s| self.load_manifest(&s.id).ok().map(|m| (s.id, m))))
+    }
+
     /// Re-reads from the store (past any cache) and fully re-checks (decompress + SHA-256)
     /// every chunk the selected snapshots need (all if `only` is `None`), and reports each
-    /// damaged or missing chunk with the snapshots that need it. Reads only; repairs nothing.
+    /// damaged or missing chunk with the snapshots that need it; then assembles each pieced
+    /// chunk ([`kura_imaging::pieced`]) and checks it against its content digest. Reads only;
+    /// repairs nothing.
     fn verify(
         &self,
         only: Option<&str>,
@@ -198,12 +217,26 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
             None => self.snapshot_ids()?,
         };
         let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        // Pieced chunks by content digest: the entry, its length, the snapshots using it.
+        let mut pieced: BTreeMap<Digest, (Pieced, usize, Vec<String>)> = BTreeMap::new();
         let mut damaged_manifests = Vec::new();
         for id in &ids {
             match self.load_manifest(id) {
                 Ok(m) => {
                     for d in m.unique_digests() {
                         users.entry(d).or_default().push(id.clone());
+                    }
+                    for r in &m.regions {
+                        for (i, c) in r.chunks.iter().enumerate() {
+                            if let ChunkRef::Pieced(p) = c {
+                                let e = pieced
+                                    .entry(p.digest)
+                                    .or_insert_with(|| ((**p).clone(), m.chunk_len(r, i) as usize, Vec::new()));
+                                if e.2.last() != Some(id) {
+                                    e.2.push(id.clone());
+                                }
+                            }
+                        }
                     }
                 }
                 Err(e) => damaged_manifests.push(DamagedManifest { id: id.clone(), reason: e.to_string() }),
@@ -240,6 +273,25 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
             }
         });
         let mut damaged = damaged.into_inner().expect("lock");
+        // Pieced chunks whose parts are all intact: does their assembly give their content?
+        let bad: std::collections::HashSet<String> = damaged.iter().map(|d| d.digest.clone()).collect();
+        let (mut dec, mut out, mut scratch) = (Decoder::new()?, Vec::new(), Vec::new());
+        for (d, (p, len, snaps)) in &pieced {
+            if p.stored().any(|s| bad.contains(&s.to_hex())) {
+                continue;
+            }
+            if let Err(e) = kura_imaging::pieced::assemble(&Uncached(self), &mut dec, p, *len, &mut out, &mut scratch) {
+                let reason = match e {
+                    Error::ChunkCorrupt { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                damaged.push(DamagedChunk {
+                    digest: d.to_hex(),
+                    reason: format!("pieced chunk: {reason}"),
+                    snapshots: snaps.clone(),
+                });
+            }
+        }
         damaged.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(VerifyReport {
             ok: damaged.is_empty() && damaged_manifests.is_empty(),
@@ -248,6 +300,15 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
             damaged,
             damaged_manifests,
         })
+    }
+}
+
+/// A store read past its cache, as a chunk source (what `verify` assembles pieced chunks from).
+struct Uncached<'a, S: ?Sized>(&'a S);
+
+impl<S: Store + ?Sized> ChunkSource for Uncached<'_, S> {
+    fn get_chunk(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        self.0.read_uncached(digest)
     }
 }
 

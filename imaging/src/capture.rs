@@ -85,9 +85,11 @@ pub struct CaptureStats {
     pub new_stored_bytes: u64,
     /// Chunks the sink already had.
     pub reused_chunks: u64,
-    /// Changed chunks stored as patches on the parent's chunk ([`crate::pieced`]); their
-    /// patches count in `new_chunks` / `new_stored_bytes` (or `reused_chunks`).
+    /// Changed chunks stored as patches on the parent's chunk ([`crate::pieced`]). Their new
+    /// patches count in `new_chunks` and `new_stored_bytes` (what the store grew by) and in
+    /// `new_patches`, so `chunks = reused_chunks + pieced_chunks + new_chunks - new_patches`.
     pub pieced_chunks: u64,
+    pub new_patches: u64,
     pub warnings: Vec<String>,
 }
 
@@ -194,7 +196,7 @@ pub fn capture<R: Read + Seek>(
     // channel, in blobs from a pool of their own.
     let uploaders = sink.puts_in_flight();
     let blobs = threads + 2 * uploaders;
-    let (put_tx, put_rx) = crossbeam_channel::bounded::<(Digest, Vec<u8>)>(uploaders.max(1));
+    let (put_tx, put_rx) = crossbeam_channel::bounded::<(Digest, Vec<u8>, bool)>(uploaders.max(1));
     let (blob_tx, blob_rx) = crossbeam_channel::bounded::<Vec<u8>>(blobs);
     if uploaders > 0 {
         for _ in 0..blobs {
@@ -208,10 +210,10 @@ pub fn capture<R: Read + Seek>(
             let (put_rx, blob_tx) = (put_rx.clone(), blob_tx.clone());
             let (failed, fail, counters) = (&failed, &fail, &counters);
             s.spawn(move || {
-                for (d, blob) in put_rx {
+                for (d, blob, patch) in put_rx {
                     if !failed.load(Ordering::Relaxed) {
                         match sink.put_chunk(&d, &blob) {
-                            Ok(new) => counters.stored(new, blob.len()),
+                            Ok(new) => counters.stored(new, blob.len(), patch),
                             Err(e) => fail(e),
                         }
                         counters.release(&d);
@@ -299,6 +301,7 @@ pub fn capture<R: Read + Seek>(
     stats.new_stored_bytes = counters.new_bytes.into_inner();
     stats.reused_chunks = counters.reused.into_inner();
     stats.pieced_chunks = counters.pieced.into_inner();
+    stats.new_patches = counters.new_patches.into_inner();
     stats.chunks = regions.iter().flat_map(|r| &r.chunks).filter(|c| c.content_digest().is_some()).count() as u64;
     let manifest = Manifest {
         name: opts.name.clone(),
@@ -340,6 +343,7 @@ impl Pieces<'_> {
 #[derive(Default)]
 struct Counters {
     pieced: AtomicU64,
+    new_patches: AtomicU64,
     zero: AtomicU64,
     new: AtomicU64,
     new_bytes: AtomicU64,
@@ -363,12 +367,16 @@ impl Counters {
         self.in_flight.lock().expect("lock").remove(d);
     }
 
-    /// A put's answer: newly stored (`len` encoded bytes), or already there.
-    fn stored(&self, new: bool, len: usize) {
+    /// A put's answer: newly stored (`len` encoded bytes), or already there. A patch already
+    /// there counts nowhere: its chunk counts as pieced.
+    fn stored(&self, new: bool, len: usize, patch: bool) {
         if new {
             self.new.fetch_add(1, Ordering::Relaxed);
             self.new_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        } else {
+            if patch {
+                self.new_patches.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if !patch {
             self.reused.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -378,7 +386,7 @@ impl Counters {
 /// the pool it takes a fresh blob from in exchange.
 #[derive(Clone)]
 struct Handover {
-    put_tx: crossbeam_channel::Sender<(Digest, Vec<u8>)>,
+    put_tx: crossbeam_channel::Sender<(Digest, Vec<u8>, bool)>,
     blob_rx: crossbeam_channel::Receiver<Vec<u8>>,
 }
 
@@ -440,7 +448,7 @@ fn store_batch(
             counters.reused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        put(&d, data, enc, blob, sink, handover, counters)?;
+        put(&d, data, enc, blob, sink, handover, counters, false)?;
     }
     Ok(refs)
 }
@@ -457,7 +465,8 @@ fn ask_missing(sink: &dyn ChunkSink, digests: &[Digest]) -> Result<Vec<bool>> {
     Ok(missing)
 }
 
-/// Encodes `data` (claimed as `d` by this worker) and hands it over: to the uploaders, which
+#[allow(clippy::too_many_arguments)]
+/// Encodes `data` (claimed as `d` by this worker; a patch or a whole chunk) and hands it over: to the uploaders, which
 /// release the claim once it is put, or straight to the sink.
 fn put(
     d: &Digest,
@@ -467,17 +476,18 @@ fn put(
     sink: &dyn ChunkSink,
     handover: Option<&Handover>,
     counters: &Counters,
+    patch: bool,
 ) -> Result<()> {
     enc.encode_into(d, data, blob)?;
     match handover {
         Some(h) => {
             let fresh = h.blob_rx.recv().map_err(|_| uploaders_gone())?;
-            h.put_tx.send((*d, std::mem::replace(blob, fresh))).map_err(|_| uploaders_gone())?;
+            h.put_tx.send((*d, std::mem::replace(blob, fresh), patch)).map_err(|_| uploaders_gone())?;
         }
         None => {
             let put = sink.put_chunk(d, blob);
             counters.release(d);
-            counters.stored(put?, blob.len());
+            counters.stored(put?, blob.len(), patch);
         }
     }
     Ok(())
@@ -512,11 +522,10 @@ fn store_pieced(
     let ps = pieces.size as usize;
     for (&(i, pd), missing) in patches.iter().zip(missing) {
         if !missing || !counters.claim(&pd) {
-            counters.reused.fetch_add(1, Ordering::Relaxed);
-            continue;
+            continue; // stored already, or being stored by another worker
         }
         let at = i as usize * ps;
-        put(&pd, &data[at..(at + ps).min(data.len())], enc, blob, sink, handover, counters)?;
+        put(&pd, &data[at..(at + ps).min(data.len())], enc, blob, sink, handover, counters, true)?;
     }
     Ok(Some(Pieced { digest: *d, base, piece_size: pieces.size, patches }))
 }

@@ -231,7 +231,8 @@ fn changed_chunks_are_stored_as_patches_on_the_parent() {
     let parent = CaptureOptions { parent: Some(m1.clone()), ..opts() };
     let (m2, s2) = capture(Cursor::new(&second), &parent, &store, &NoProgress).unwrap();
     assert_eq!(s2.pieced_chunks, 2, "{s2:?}");
-    assert_eq!(s2.new_chunks, 1 + 1 + 3, "chunk 0 whole, 1 + 3 patches: {s2:?}");
+    assert_eq!((s2.new_chunks, s2.new_patches), (1 + 1 + 3, 4), "chunk 0 whole, 1 + 3 patches: {s2:?}");
+    assert_eq!(s2.chunks, s2.reused_chunks + s2.pieced_chunks + s2.new_chunks - s2.new_patches, "{s2:?}");
     let c = &m2.regions[0].chunks;
     let ChunkRef::Pieced(p2) = &c[2] else { panic!("chunk 2: {:?}", c[2]) };
     assert_eq!((p2.base, p2.piece_size), (*m1.regions[0].chunks[2].content_digest().unwrap(), PS));
@@ -258,7 +259,8 @@ fn changed_chunks_are_stored_as_patches_on_the_parent() {
     assert_eq!(p3.base, p2.base, "compared with the same base, not chained");
     assert_eq!(p3.patches.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![5, 40]);
     assert_eq!(p3.patches[0], p2.patches[0], "the earlier patch is reused");
-    assert_eq!(s3.new_chunks, 1, "{s3:?}");
+    assert_eq!((s3.new_chunks, s3.new_patches, s3.pieced_chunks), (1, 1, 1), "{s3:?}");
+    assert_eq!(s3.chunks, s3.reused_chunks + s3.pieced_chunks + s3.new_chunks - s3.new_patches, "{s3:?}");
 
     for (m, src) in [(&*m2, &second), (&m3, &third)] {
         let mut target = Cursor::new(vec![0x5Au8; src.len()]);

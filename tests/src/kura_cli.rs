@@ -170,6 +170,11 @@ pub struct CaptureReport {
     pub new_chunks: u64,
     pub new_stored_bytes: u64,
     pub reused_chunks: u64,
+    /// Changed chunks stored as patches on the previous snapshot's (manifest v2).
+    #[serde(default)]
+    pub pieced_chunks: u64,
+    #[serde(default)]
+    pub new_patches: u64,
     pub warnings: Vec<String>,
 }
 

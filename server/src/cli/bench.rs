@@ -683,9 +683,28 @@ fn fastest(ts: &[Timing]) -> Timing {
 
 /// Captures `disk` into the store at `store_dir` (created if needed) and commits the snapshot.
 fn kura_capture(disk: &Path, store_dir: &Path, chunk_size: u32, level: i32) -> Result<(CaptureStats, String, Timing)> {
+    kura_capture_with(disk, store_dir, chunk_size, level, None, 0)
+}
+
+/// [`kura_capture`] as an increment of `parent`, changed chunks as patches of `piece_size`.
+fn kura_capture_with(
+    disk: &Path,
+    store_dir: &Path,
+    chunk_size: u32,
+    level: i32,
+    parent: Option<std::sync::Arc<kura_imaging::manifest::Manifest>>,
+    piece_size: u32,
+) -> Result<(CaptureStats, String, Timing)> {
     let ((stats, id), t) = timed(|| {
         let store = LocalStore::open_or_create(store_dir)?;
-        let opts = CaptureOptions { chunk_size, level, source: disk.display().to_string(), ..Default::default() };
+        let opts = CaptureOptions {
+            chunk_size,
+            level,
+            source: disk.display().to_string(),
+            parent: parent.clone(),
+            piece_size,
+            ..Default::default()
+        };
         let (manifest, stats) = capture::capture(File::open(disk)?, &opts, &store, &NoProgress)?;
         let id = store.commit_manifest(&manifest)?;
         Ok((stats, id))

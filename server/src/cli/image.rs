@@ -14,7 +14,7 @@ use kura_imaging::restore::RestoreStats;
 use kura_imaging::target::FileTarget;
 use serde::Serialize;
 use std::fs::File;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Seek, SeekFrom};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -51,12 +51,20 @@ pub fn capture(
     name: Option<String>,
     host: Option<String>,
     threads: Option<usize>,
+    full: bool,
 ) -> Result<ExitCode> {
-    let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let mut file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let disk_size = file.seek(SeekFrom::End(0)).with_context(|| format!("finding the size of {}", source.display()))?;
     let store = open_store(store_dir, true)?;
     let _lock = store.lock(true)?;
     store.clean_tmp()?;
     let mut opts = CaptureOptions { name, host, source: source.display().to_string(), ..Default::default() };
+    if full {
+        opts.piece_size = 0;
+    } else if let Some((id, parent)) = store.parent_for(opts.host.as_deref(), &opts.source, disk_size)? {
+        tracing::info!("capturing {} as an increment of snapshot {id}", opts.source);
+        opts.parent = Some(std::sync::Arc::new(parent));
+    }
     if let Some(t) = threads {
         opts.threads = t;
     }
@@ -71,13 +79,14 @@ pub fn capture(
         println!("{}", serde_json::to_string(&CaptureOutput { snapshot: &id, seconds, stats: &stats })?);
     } else {
         eprintln!(
-            "captured {}: {} used of {}, {} new in {} chunks ({} reused), {:.1} s",
+            "captured {}: {} used of {}, {} new in {} chunks ({} reused, {} changed chunks stored as patches), {:.1} s",
             source.display(),
             human(stats.used_bytes),
             human(stats.disk_size),
             human(stats.new_stored_bytes),
             stats.new_chunks,
             stats.reused_chunks,
+            stats.pieced_chunks,
             seconds
         );
         println!("{id}");

@@ -328,6 +328,11 @@ enum ImageCommand {
         /// the commit; the host is the job's.
         #[arg(long, value_name = "ID", conflicts_with = "store")]
         job: Option<i64>,
+        /// Store every changed chunk whole, not as patches on the previous snapshot's chunks
+        /// (the two-level scheme of docs/chunk.md): a snapshot that shares no patch with the
+        /// ones before it.
+        #[arg(long)]
+        full: bool,
     },
     /// List the snapshots in a local store.
     List {
@@ -562,8 +567,9 @@ fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, at, name, host, threads, job } => match (at.store, source.as_slice()) {
-                (Some(store), [one]) => image::capture(one, &store, at.server.json, name, host, threads),
+            ImageCommand::Capture { source, at, name, host, threads, job, full } => match (at.store, source.as_slice())
+            {
+                (Some(store), [one]) => image::capture(one, &store, at.server.json, name, host, threads, full),
                 (Some(_), _) => anyhow::bail!(
                     "several disks make a snapshot set, which an engine keeps: capture them with --server \
                      (a local store holds single-disk snapshots)"
