@@ -256,6 +256,19 @@ fn bench_month_mode_runs_on_a_small_disk() {
     assert!(two_added <= field(0, "added_bytes") && two_added < field(1, "added_bytes"), "{two}");
     assert!(positive(two, "manifest_entries") > rows[1]["manifest_entries"].as_f64().unwrap(), "{two}");
 
-    assert!(!v["checks"].as_array().expect("checks").is_empty());
+    // The two-level scheme as built (manifest v2): 16 and 64 KiB pieces, each incremental with
+    // pieced chunks, storing less than plain 1 MiB chunks; each restore was checked.
+    let pieced = v["pieced"].as_array().expect("pieced rows");
+    let pieces: Vec<u64> = pieced.iter().map(|r| r["piece_size"].as_u64().unwrap()).collect();
+    assert_eq!(pieces, [16 << 10, 64 << 10]);
+    for r in pieced {
+        positive(r, "pieced_chunks");
+        positive(r, "restore_seconds");
+        let added = positive(r, "added_bytes");
+        assert!(added >= bound * 0.9 && added < field(1, "added_bytes"), "{r}");
+        assert!(positive(r, "manifest_entries") > rows[1]["manifest_entries"].as_f64().unwrap(), "{r}");
+    }
+    let checks = v["checks"].as_array().expect("checks");
+    assert_eq!(checks.iter().filter(|c| c.as_str().unwrap().contains("pieces")).count(), 2, "{checks:?}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "bench left files behind");
 }
