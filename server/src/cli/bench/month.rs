@@ -379,6 +379,13 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
         }
     }
     load.push(format!("end: {}", loadavg()));
+    // For profiling by hand: `KURA_BENCH_KEEP=DIR` keeps both disk images (hard links in DIR).
+    if let Some(keep) = std::env::var_os("KURA_BENCH_KEEP") {
+        for p in [&disk.path, &disk.month_path] {
+            let name = p.file_name().context("disk image name")?;
+            fs::hard_link(p, Path::new(&keep).join(name)).with_context(|| format!("keeping {}", p.display()))?;
+        }
+    }
     Ok(MonthReport {
         work_dir: work.display().to_string(),
         disk_size,
