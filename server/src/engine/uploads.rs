@@ -170,6 +170,16 @@ struct Session {
     phase: Phase,
     /// The remotes this host's snapshots are replicated to (ids), when the session began.
     replicate_to: Vec<i64>,
+    /// The parents handed out by [`parent`] (manifest ids), and the stored chunks they reference:
+    /// the only chunks [`pieces`] answers about. Emptied at commit.
+    parents: Parents,
+}
+
+/// What [`parent`] handed out to a session.
+#[derive(Default)]
+struct Parents {
+    manifests: HashSet<String>,
+    digests: HashSet<Digest>,
 }
 
 #[derive(Clone)]
@@ -252,6 +262,7 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
         last_seen: Instant::now(),
         phase: Phase::Open,
         replicate_to,
+        parents: Parents::default(),
     };
     sessions.insert(id.clone(), session);
     Ok(UploadStarted { upload: id, chunk_size: DEFAULT_CHUNK_SIZE })
@@ -358,6 +369,113 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
     Ok(new)
 }
 
+/// `GET /uploads/{id}/parent[?disk=NAME]`: the encoded manifest of the session host's latest
+/// committed snapshot, the parent its capture compares changed chunks with
+/// (`kura_imaging::pieced`). With `disk`, the host's latest snapshot must be a set and the
+/// parent is its member of that disk name. No such snapshot (none yet, a set asked without a
+/// disk, a single disk asked with one, no member of that name): `NotFound` (404), and the client
+/// captures without a parent. The session remembers the parent's stored chunks for [`pieces`].
+pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>) -> ServiceResult<Vec<u8>> {
+    let host = with_session(engine, caller, upload, |s| {
+        open_writer(s, upload)?;
+        Ok(s.host.clone())
+    })?;
+    let none = |why: String| ServiceError::NotFound(format!("host {host} has no parent for this capture: {why}"));
+    let latest = engine
+        .catalog
+        .list_snapshots(Some(&host))?
+        .into_iter()
+        .rev()
+        .find(|s| s.state == kura_catalogs::db::SnapshotState::Committed && s.set_id.is_none())
+        .ok_or_else(|| none("no committed snapshot".into()))?;
+    let manifest = match (&latest.set, disk) {
+        (None, None) => latest.id.clone(),
+        (Some(set), Some(name)) => set
+            .disks
+            .iter()
+            .find(|d| d.disk.name == name)
+            .map(|d| d.manifest.clone())
+            .ok_or_else(|| none(format!("its latest snapshot set {} has no disk {name:?}", latest.id)))?,
+        (Some(_), None) => return Err(none(format!("its latest snapshot {} is a set: name a disk", latest.id))),
+        (None, Some(name)) => {
+            return Err(none(format!("its latest snapshot {} is of one disk, not a set with disk {name:?}", latest.id)))
+        }
+    };
+    let bytes = engine.store.manifest_bytes(&manifest)?;
+    let known = with_session(engine, caller, upload, |s| Ok(s.parents.manifests.contains(&manifest)))?;
+    if !known {
+        let digests = Manifest::decode_within(&bytes, MAX_COMMIT_DECODED)?.unique_digests();
+        with_session(engine, caller, upload, |s| {
+            open_writer(s, upload)?;
+            s.parents.digests.extend(digests);
+            s.parents.manifests.insert(manifest);
+            Ok(())
+        })?;
+    }
+    Ok(bytes)
+}
+
+/// `POST /uploads/{id}/pieces?size=N`: for each chunk digest of `body` (1 to
+/// [`kura_protocol::uploads::PIECES_BATCH`]), the digests of its `piece_size`-byte pieces,
+/// read from the store and fully checked ([`kura_imaging::pieced::stored_piece_digests`]);
+/// encoded by [`kura_protocol::uploads::encode_pieces`]. Only chunks of the parents the session
+/// was handed ([`parent`]) are answered about: any other is refused (403), so a client cannot
+/// probe what other hosts stored. A chunk missing or damaged in the store gets no pieces (count
+/// 0: it must not be a base). Each chunk asked about is protected from garbage collection until
+/// the session ends, as the capture's manifest will reference it without uploading it.
+pub fn pieces(engine: &Engine, caller: &Caller, upload: &str, piece_size: u32, body: &[u8]) -> ServiceResult<Vec<u8>> {
+    use kura_imaging::manifest::MIN_PIECE_SIZE;
+    let batch = kura_protocol::uploads::PIECES_BATCH;
+    let digests = kura_protocol::uploads::decode_digests_within(body, batch).map_err(ServiceError::BadRequest)?;
+    if !piece_size.is_power_of_two() || piece_size < MIN_PIECE_SIZE || piece_size >= DEFAULT_CHUNK_SIZE {
+        return Err(ServiceError::BadRequest(format!(
+            "piece size {piece_size}: it must be a power of two from {MIN_PIECE_SIZE} bytes and less than the \
+             chunk size ({DEFAULT_CHUNK_SIZE} bytes)"
+        )));
+    }
+    let writer = with_session(engine, caller, upload, |s| {
+        let w = open_writer(s, upload)?;
+        if let Some(d) = digests.iter().find(|d| !s.parents.digests.contains(d)) {
+            return Err(ServiceError::Forbidden(format!(
+                "chunk {d} is not referenced by a parent snapshot this upload session was given: a session may only \
+                 ask about its parents' chunks"
+            )));
+        }
+        Ok(w)
+    })?;
+    let mut answers = Vec::with_capacity(digests.len());
+    for d in &digests {
+        if !engine.writers.touch(writer, d) {
+            return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
+        }
+        answers.push(match stored_pieces(&*engine.store, d, piece_size) {
+            Ok(p) => p,
+            Err(e @ (kura_imaging::Error::ChunkMissing { .. } | kura_imaging::Error::ChunkCorrupt { .. })) => {
+                tracing::warn!("upload session {upload}: parent chunk {d} cannot be a base: {e}");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        });
+    }
+    Ok(kura_protocol::uploads::encode_pieces(&answers))
+}
+
+/// The piece digests of stored chunk `d`, decoded with this thread's decoder.
+fn stored_pieces(
+    store: &dyn kura_catalogs::Store,
+    d: &Digest,
+    piece_size: u32,
+) -> Result<Vec<Digest>, kura_imaging::Error> {
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((Decoder::new()?, Vec::new()));
+        }
+        let (dec, _) = slot.as_mut().expect("decoder");
+        kura_imaging::pieced::stored_piece_digests(store, dec, d, piece_size)
+    })
+}
+
 /// What a commit needs of its session, copied out of the lock.
 struct Pending {
     host: String,
@@ -454,6 +572,7 @@ pub fn commit_expecting(
         let mut sessions = engine.uploads.0.lock().expect("lock");
         sessions.get_mut(upload).and_then(|s| {
             s.phase = Phase::Committed { manifest: manifest_id, reply: reply.clone() };
+            s.parents = Parents::default();
             s.writer.take()
         })
     };
