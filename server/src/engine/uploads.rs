@@ -381,13 +381,7 @@ pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>
         Ok(s.host.clone())
     })?;
     let none = |why: String| ServiceError::NotFound(format!("host {host} has no parent for this capture: {why}"));
-    let latest = engine
-        .catalog
-        .list_snapshots(Some(&host))?
-        .into_iter()
-        .rev()
-        .find(|s| s.state == kura_catalogs::db::SnapshotState::Committed && s.set_id.is_none())
-        .ok_or_else(|| none("no committed snapshot".into()))?;
+    let latest = latest_snapshot(engine, &host)?.ok_or_else(|| none("no committed snapshot".into()))?;
     let manifest = match (&latest.set, disk) {
         (None, None) => latest.id.clone(),
         (Some(set), Some(name)) => set
@@ -413,6 +407,33 @@ pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>
         })?;
     }
     Ok(bytes)
+}
+
+/// The latest committed snapshot of `host` (a set, not one of its members). The catalog
+/// orders by capture time in seconds; snapshots of the same second (captures moments apart)
+/// are told apart by their manifests' creation times, written to the nanosecond in UTC
+/// (`kura_imaging::time::format_rfc3339_nanos`, so they compare as text).
+fn latest_snapshot(engine: &Engine, host: &str) -> ServiceResult<Option<kura_catalogs::db::Snapshot>> {
+    let mut all: Vec<_> = engine
+        .catalog
+        .list_snapshots(Some(host))?
+        .into_iter()
+        .filter(|s| s.state == kura_catalogs::db::SnapshotState::Committed && s.set_id.is_none())
+        .collect();
+    let Some(newest) = all.iter().map(|s| s.created).max() else { return Ok(None) };
+    all.retain(|s| s.created == newest);
+    if all.len() == 1 {
+        return Ok(all.pop());
+    }
+    let mut timed = Vec::with_capacity(all.len());
+    for s in all {
+        let created = match &s.set {
+            Some(set) => set.created.clone(),
+            None => engine.store.load_manifest(&s.id)?.created,
+        };
+        timed.push((created, s));
+    }
+    Ok(timed.into_iter().max_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id))).map(|(_, s)| s))
 }
 
 /// `POST /uploads/{id}/pieces?size=N`: for each chunk digest of `body` (1 to
