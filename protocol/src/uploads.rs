@@ -138,6 +138,11 @@ pub fn decode_pieces(
     Ok(out)
 }
 
+/// The binary body of a digest list.
+pub fn encode_digests(digests: &[kura_imaging::chunk::Digest]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.0).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,9 +159,4 @@ mod tests {
         assert!(decode_pieces(&body, 4, 2048, 1024).is_err());
         assert!(decode_pieces(&body, 3, 1024, 1024).is_err());
     }
-}
-
-/// The binary body of a digest list.
-pub fn encode_digests(digests: &[kura_imaging::chunk::Digest]) -> Vec<u8> {
-    digests.iter().flat_map(|d| d.0).collect()
 }

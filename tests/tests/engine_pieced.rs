@@ -77,7 +77,8 @@ fn a_second_capture_through_the_engine_sends_changed_chunks_as_patches() {
     // Three 16 KiB patches of random data (incompressible), not two 1 MiB chunks.
     assert_eq!(second["new_chunks"], 3, "{second}");
     let sent = second["new_stored_bytes"].as_u64().unwrap();
-    assert!((3 * 16 << 10..3 * (16 << 10) + 4096).contains(&sent), "sent {sent} bytes: {second}");
+    let patch = 16 << 10;
+    assert!((3 * patch..3 * patch + 4096).contains(&sent), "sent {sent} bytes: {second}");
     assert_eq!(chunk_count(&server.store()), chunks_before + 3);
     assert_eq!(manifest_version(&server.store(), &second_id), 2, "pieced chunks: written as version 2");
 
@@ -137,4 +138,43 @@ fn a_second_capture_through_the_engine_sends_changed_chunks_as_patches() {
     }
     let r = api.req("DELETE", &format!("/uploads/{upload}")).token(&server.admin).send();
     assert_eq!(r.status, 204, "{}", r.text());
+}
+
+/// A snapshot set (`kura image capture --server` of several image files): each disk's parent is
+/// its member of the host's latest set (`parent?disk=NAME`, the file name), so a change in one
+/// disk goes as patches on that disk's chunks, and the member restores byte for byte.
+#[test]
+fn a_snapshot_set_takes_each_disk_of_the_latest_set_as_its_parent() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start_http(&work.path().join("engine"));
+    let a = raw_disk(work.path(), "a.img", random_bytes(31, 4 * MIB as usize));
+    let b = raw_disk(work.path(), "b.img", random_bytes(32, 4 * MIB as usize));
+    let capture = || {
+        let run = server.kura(&[&"image", &"capture", &a.path, &b.path, &"--host", &"settled", &"--json"]);
+        assert!(run.success(), "set capture failed:\n{run}\nserver log:\n{}", server.log());
+        run.json::<Value>()
+    };
+    let first = capture();
+    assert_eq!(first["disks"][1]["pieced_chunks"], 0, "{first}");
+
+    let part = b.partition(1).offset;
+    flip_bytes(&b.path, &[part + MIB + 10]);
+    let second = capture();
+    let disks = &second["disks"];
+    assert_eq!(disks[0]["new_chunks"], 0, "disk a did not change: {second}");
+    assert_eq!(disks[0]["pieced_chunks"], 0, "{second}");
+    assert_eq!(disks[1]["pieced_chunks"], 1, "disk b's changed chunk goes as a patch on its own: {second}");
+    assert_eq!(disks[1]["new_chunks"], 1, "{second}");
+
+    let set = second["snapshot"].as_str().unwrap().to_string();
+    let show = server.kura(&[&"image", &"show", &set, &"--json"]);
+    assert!(show.success(), "{show}");
+    let shown: Value = show.json();
+    let member = shown["disks"][1]["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(shown["disks"][1]["name"], "b.img", "{shown}");
+    assert_eq!(manifest_version(&server.store(), &member), 2);
+    server.assert_verify_ok();
+    let restored = work.path().join("restored-b.img");
+    server.restore(&member, &restored);
+    assert_eq!(sha256_file(&restored), sha256_file(&b.path), "disk b of the second set");
 }

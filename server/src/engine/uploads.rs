@@ -448,7 +448,7 @@ pub fn pieces(engine: &Engine, caller: &Caller, upload: &str, piece_size: u32, b
     use kura_imaging::manifest::MIN_PIECE_SIZE;
     let batch = kura_protocol::uploads::PIECES_BATCH;
     let digests = kura_protocol::uploads::decode_digests_within(body, batch).map_err(ServiceError::BadRequest)?;
-    if !piece_size.is_power_of_two() || piece_size < MIN_PIECE_SIZE || piece_size >= DEFAULT_CHUNK_SIZE {
+    if !piece_size.is_power_of_two() || !(MIN_PIECE_SIZE..DEFAULT_CHUNK_SIZE).contains(&piece_size) {
         return Err(ServiceError::BadRequest(format!(
             "piece size {piece_size}: it must be a power of two from {MIN_PIECE_SIZE} bytes and less than the \
              chunk size ({DEFAULT_CHUNK_SIZE} bytes)"
