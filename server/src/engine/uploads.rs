@@ -917,6 +917,42 @@ mod tests {
     }
 
     #[test]
+    fn the_parent_is_the_latest_snapshot_to_the_nanosecond_and_pieces_answer_only_about_it() {
+        let (_dir, _store, _catalog, engine) = test_engine();
+        let op = operator(1);
+        let session = || begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let upload = session();
+        let none = parent(&engine, &op, &upload, None);
+        assert!(matches!(none, Err(ServiceError::NotFound(_))), "no snapshot yet: {:?}", none.err());
+        // Two snapshots of the same second, the later one (by its manifest) committed first: the
+        // catalog's seconds cannot tell them apart, the manifests' nanoseconds do.
+        let later = crate::engine::zero_manifest("later", "2026-11-25T17:14:41.000000009Z").encode().unwrap();
+        let earlier = crate::engine::zero_manifest("earlier", "2026-11-25T17:14:41.000000005Z").encode().unwrap();
+        assert!(
+            Manifest::id_of(&earlier) > Manifest::id_of(&later),
+            "the catalog's order (seconds, id) ends with earlier"
+        );
+        for bytes in [&later, &earlier] {
+            commit(&engine, &op, &session(), bytes).unwrap();
+        }
+        assert_eq!(parent(&engine, &op, &upload, None).unwrap(), later);
+        let as_set = parent(&engine, &op, &upload, Some("sda"));
+        assert!(matches!(as_set, Err(ServiceError::NotFound(_))), "not a set: {:?}", as_set.err());
+        // Only the parents' chunks (none here), with a sound piece size; another token's
+        // session is not this one's.
+        let body = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
+        let refused = pieces(&engine, &op, &upload, 16 << 10, &body);
+        assert!(matches!(refused, Err(ServiceError::Forbidden(_))), "{:?}", refused.err());
+        for bad in [1000, 256, DEFAULT_CHUNK_SIZE] {
+            let r = pieces(&engine, &op, &upload, bad, &body);
+            assert!(matches!(r, Err(ServiceError::BadRequest(_))), "size {bad}: {:?}", r.err());
+        }
+        let r = pieces(&engine, &op, &upload, 16 << 10, &vec![0; 65 * 32]);
+        assert!(matches!(r, Err(ServiceError::BadRequest(_))), "65 digests: {:?}", r.err());
+        assert!(matches!(parent(&engine, &operator(2), &upload, None), Err(ServiceError::Forbidden(_))));
+    }
+
+    #[test]
     fn a_chunk_stored_meanwhile_is_not_decoded_again_and_a_mislabelled_body_is_refused() {
         let (_dir, store, _catalog, engine) = test_engine();
         let op = operator(1);
