@@ -138,6 +138,21 @@ fn a_second_capture_through_the_engine_sends_changed_chunks_as_patches() {
     }
     let r = api.req("DELETE", &format!("/uploads/{upload}")).token(&server.admin).send();
     assert_eq!(r.status, 204, "{}", r.text());
+
+    // `--full`: no parent, so each changed chunk is stored whole (the two pieced ones of the
+    // second snapshot, whose content the store holds only as patches, and one changed now).
+    flip_bytes(&disk.path, &[part + 5 * MIB + 7]);
+    let run = server.kura(&[&"image", &"capture", &disk.path, &"--host", &"pieced", &"--json", &"--full"]);
+    assert!(run.success(), "--full capture failed:\n{run}\nserver log:\n{}", server.log());
+    let full: Value = run.json();
+    assert_eq!(full["pieced_chunks"], 0, "{full}");
+    assert_eq!(full["new_chunks"], 3, "{full}");
+    assert!(full["new_stored_bytes"].as_u64().unwrap() > 3 * MIB, "{full}");
+    let full_id = full["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(manifest_version(&server.store(), &full_id), 1);
+    let restored_full = work.path().join("restored-full.img");
+    server.restore(&full_id, &restored_full);
+    assert_eq!(sha256_file(&restored_full), sha256_file(&disk.path), "the --full snapshot");
 }
 
 /// A snapshot set (`kura image capture --server` of several image files): each disk's parent is

@@ -86,6 +86,7 @@ pub fn capture(
     host: Option<String>,
     threads: Option<usize>,
     job: Option<i64>,
+    full: bool,
 ) -> Result<ExitCode> {
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
@@ -95,7 +96,7 @@ pub fn capture(
         host: Some(host.clone()),
         source: source.display().to_string(),
         chunk_size: upload.started.chunk_size,
-        parent: capture_parent(&upload, None),
+        parent: if full { None } else { capture_parent(&upload, None) },
         ..Default::default()
     };
     if let Some(t) = threads {
@@ -138,6 +139,7 @@ pub fn capture_set(
     host: Option<String>,
     threads: Option<usize>,
     job: Option<i64>,
+    full: bool,
 ) -> Result<ExitCode> {
     let files = sources
         .iter()
@@ -166,7 +168,7 @@ pub fn capture_set(
             host: Some(host.clone()),
             source: path.display().to_string(),
             chunk_size: upload.started.chunk_size,
-            parent: capture_parent(&upload, Some(&identity.name)),
+            parent: if full { None } else { capture_parent(&upload, Some(&identity.name)) },
             ..Default::default()
         };
         if let Some(t) = threads {

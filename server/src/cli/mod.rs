@@ -328,6 +328,10 @@ enum ImageCommand {
         /// the commit; the host is the job's.
         #[arg(long, value_name = "ID", conflicts_with = "store")]
         job: Option<i64>,
+        /// With --server: capture without a parent (every changed chunk stored whole, none as
+        /// patches on the host's latest snapshot).
+        #[arg(long, conflicts_with = "store")]
+        full: bool,
     },
     /// List the snapshots in a local store.
     List {
@@ -562,14 +566,15 @@ fn local_only(at: &Location, what: &str) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(cmd) => match cmd {
-            ImageCommand::Capture { source, at, name, host, threads, job } => match (at.store, source.as_slice()) {
+            ImageCommand::Capture { source, at, name, host, threads, job, full } => match (at.store, source.as_slice())
+            {
                 (Some(store), [one]) => image::capture(one, &store, at.server.json, name, host, threads),
                 (Some(_), _) => anyhow::bail!(
                     "several disks make a snapshot set, which an engine keeps: capture them with --server \
                      (a local store holds single-disk snapshots)"
                 ),
-                (None, [one]) => engine::capture(one, &at.server, name, host, threads, job),
-                (None, several) => engine::capture_set(several, &at.server, name, host, threads, job),
+                (None, [one]) => engine::capture(one, &at.server, name, host, threads, job, full),
+                (None, several) => engine::capture_set(several, &at.server, name, host, threads, job, full),
             },
             ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
             ImageCommand::Show { snapshot, at } => match &at.store {
