@@ -95,6 +95,18 @@ fn a_second_capture_through_the_engine_sends_changed_chunks_as_patches() {
     server.restore(&first_id, &restored_first);
     assert_eq!(sha256_file(&restored_first), sha256_file(&original), "first snapshot");
 
+    // Nothing changed since: the pieced chunks are referenced again as they are (the engine
+    // protected their bases and patches when it handed out the parent), nothing is sent.
+    let run = server.capture_run(&disk.path, "pieced");
+    assert!(run.success(), "third capture failed:\n{run}\nserver log:\n{}", server.log());
+    let third: Value = run.json();
+    assert_eq!(third["new_chunks"], 0, "{third}");
+    let third_id = third["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(manifest_version(&server.store(), &third_id), 2, "the pieced chunks again");
+    let restored_third = work.path().join("restored-third.img");
+    server.restore(&third_id, &restored_third);
+    assert_eq!(sha256_file(&restored_third), sha256_file(&disk.path), "third snapshot");
+
     // The routes by hand: a session's `pieces` answers only about its parents' chunks.
     let api = server.api();
     let r = api.req("POST", "/uploads").token(&server.admin).json(&serde_json::json!({"host": "pieced"})).send();
@@ -112,7 +124,7 @@ fn a_second_capture_through_the_engine_sends_changed_chunks_as_patches() {
     assert_eq!(r.status, 404, "the latest snapshot is of one disk, not a set: {}", r.text());
     let r = api.req("GET", &format!("/uploads/{upload}/parent")).token(&server.admin).send();
     assert_eq!(r.status, 200, "{}", r.text());
-    let stored = std::fs::read(server.store().join("snapshots").join(format!("{second_id}.kmf"))).unwrap();
+    let stored = std::fs::read(server.store().join("snapshots").join(format!("{third_id}.kmf"))).unwrap();
     assert!(
         r.body == stored,
         "the parent is the host's latest snapshot, as stored: {} bytes, {} stored, {:?}",

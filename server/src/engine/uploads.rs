@@ -374,7 +374,9 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
 /// (`kura_imaging::pieced`). With `disk`, the host's latest snapshot must be a set and the
 /// parent is its member of that disk name. No such snapshot (none yet, a set asked without a
 /// disk, a single disk asked with one, no member of that name): `NotFound` (404), and the client
-/// captures without a parent. The session remembers the parent's stored chunks for [`pieces`].
+/// captures without a parent. The session remembers the parent's stored chunks for [`pieces`],
+/// and protects the bases and patches of the parent's pieced chunks from garbage collection (a
+/// capture refers to an unchanged pieced chunk again without asking about them).
 pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>) -> ServiceResult<Vec<u8>> {
     let host = with_session(engine, caller, upload, |s| {
         open_writer(s, upload)?;
@@ -398,7 +400,24 @@ pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>
     let bytes = engine.store.manifest_bytes(&manifest)?;
     let known = with_session(engine, caller, upload, |s| Ok(s.parents.manifests.contains(&manifest)))?;
     if !known {
-        let digests = Manifest::decode_within(&bytes, MAX_COMMIT_DECODED)?.unique_digests();
+        let decoded = Manifest::decode_within(&bytes, MAX_COMMIT_DECODED)?;
+        // A pieced chunk unchanged since the parent is referenced again as it is, its base and
+        // patches never asked about (`missing` or `pieces`): protect them from garbage
+        // collection now, and give no parent that has lost one (deleted meanwhile).
+        let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
+        for c in decoded.regions.iter().flat_map(|r| &r.chunks) {
+            let ChunkRef::Pieced(p) = c else { continue };
+            for d in p.stored() {
+                if !engine.writers.touch(writer, d) {
+                    return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
+                }
+                if !engine.store.has(d) {
+                    return Err(none(format!("snapshot {manifest} lost chunk {d} (deleted meanwhile?)")));
+                }
+            }
+        }
+        let digests = decoded.unique_digests();
+        drop(decoded);
         with_session(engine, caller, upload, |s| {
             open_writer(s, upload)?;
             s.parents.digests.extend(digests);
