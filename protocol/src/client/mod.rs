@@ -360,7 +360,8 @@ impl RemoteUpload {
     /// manifest of the session host's latest snapshot on the engine, or with `disk`, of that
     /// disk's member of the host's latest snapshot set. `None` when the engine has none (404;
     /// an engine older than the route answers 404 too). The engine then answers `pieces` about
-    /// this manifest's chunks.
+    /// this manifest's chunks. (An unknown session is a 404 too: the capture's first request
+    /// then fails with it.)
     pub fn parent(&self, disk: Option<&str>) -> Result<Option<Manifest>, ProtocolError> {
         let path = routes::upload_parent(self.id(), disk);
         let what = "fetching the parent snapshot";
@@ -448,10 +449,18 @@ impl ChunkSink for RemoteUpload {
         let path = routes::upload_pieces(self.id(), piece_size);
         let what = format!("asking for the pieces of chunk {digest}");
         let body = uploads::encode_digests(std::slice::from_ref(digest));
-        let resp = self
-            .client
-            .send(&what, || self.client.http.post(self.client.url(&path)).body(body.clone()))
-            .map_err(|e| e.into_imaging(None))?;
+        let resp = match self.client.send(&what, || self.client.http.post(self.client.url(&path)).body(body.clone())) {
+            Ok(resp) => resp,
+            // The engine will not answer this question (a base it does not count among the
+            // session's parents, a piece size it refuses): the chunk is stored whole, as
+            // without a parent. Anything else (the session gone, the engine unreachable after
+            // the retries) fails the capture as a chunk upload's failure would.
+            Err(e) if matches!(e.kind, ErrorKind::Forbidden | ErrorKind::BadRequest) => {
+                tracing::warn!("storing chunk {digest} whole: {}", e.message);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into_imaging(None)),
+        };
         let bytes = self.client.bytes(&what, resp).map_err(|e| e.into_imaging(None))?;
         let mut answers = uploads::decode_pieces(&bytes, 1, MAX_CHUNK_SIZE, piece_size).map_err(|e| {
             ProtocolError::new(ErrorKind::BadReply, format!("{what}: unreadable answer: {e}")).into_imaging(None)
