@@ -22,6 +22,8 @@ pub mod limits {
     pub const MISSING: usize = crate::uploads::MISSING_BATCH * 32;
     /// One encoded manifest.
     pub const MANIFEST: usize = 256 << 20;
+    /// One `pieces` request.
+    pub const PIECES: usize = crate::uploads::PIECES_BATCH * 32;
 }
 
 use limits::*;
@@ -53,6 +55,12 @@ pub const UPLOAD_MISSING: Route = r("POST", "/api/v1/uploads/{upload}/missing", 
 pub const UPLOAD_CHUNK: Route = r("PUT", "/api/v1/uploads/{upload}/chunks/{digest}", limits::CHUNK);
 pub const UPLOAD_COMMIT: Route = r("POST", "/api/v1/uploads/{upload}/commit", MANIFEST);
 pub const UPLOAD_ABORT: Route = r("DELETE", "/api/v1/uploads/{upload}", JSON);
+/// The manifest of the session host's latest snapshot (`?disk=NAME`: that member of a set), the
+/// parent a capture compares its changed chunks with; 404 when there is none.
+pub const UPLOAD_PARENT: Route = r("GET", "/api/v1/uploads/{upload}/parent", JSON);
+/// The piece digests of chunks of the session's parents (`?size=N`), so that a changed chunk
+/// can go as patches on its parent's (`kura_imaging::pieced`).
+pub const UPLOAD_PIECES: Route = r("POST", "/api/v1/uploads/{upload}/pieces", PIECES);
 pub const JOBS: Route = r("GET", "/api/v1/jobs", JSON);
 pub const JOB_CREATE: Route = r("POST", "/api/v1/jobs", JSON);
 pub const JOB: Route = r("GET", "/api/v1/jobs/{id}", JSON);
@@ -159,6 +167,18 @@ pub fn upload_commit(upload: &str) -> String {
 pub fn upload_abort(upload: &str) -> String {
     UPLOAD_ABORT.url(&[upload])
 }
+/// `GET /uploads/{upload}/parent[?disk=NAME]`.
+pub fn upload_parent(upload: &str, disk: Option<&str>) -> String {
+    let path = UPLOAD_PARENT.url(&[upload]);
+    match disk {
+        Some(d) => format!("{path}?disk={}", encode_query(d)),
+        None => path,
+    }
+}
+/// `POST /uploads/{upload}/pieces?size=N`.
+pub fn upload_pieces(upload: &str, piece_size: u32) -> String {
+    format!("{}?size={piece_size}", UPLOAD_PIECES.url(&[upload]))
+}
 pub fn token_revoke(id: i64) -> String {
     TOKEN_REVOKE.url(&[&id.to_string()])
 }
@@ -193,6 +213,9 @@ mod tests {
         assert_eq!(HOST_POWER_ACT.url(&["web 01", "cycle"]), "/api/v1/hosts/web%2001/power/cycle");
         assert_eq!(snapshots(Some("a&b")), "/api/v1/snapshots?host=a%26b");
         assert_eq!(HEALTH.url(&[]), "/api/v1/health");
+        assert_eq!(upload_parent("u1", Some("sda 2")), "/api/v1/uploads/u1/parent?disk=sda%202");
+        assert_eq!(upload_parent("u1", None), "/api/v1/uploads/u1/parent");
+        assert_eq!(upload_pieces("u1", 16384), "/api/v1/uploads/u1/pieces?size=16384");
     }
 
     #[test]

@@ -208,7 +208,11 @@ fn agent_answer(method: &str, path: &str) -> Option<u16> {
         ("POST", "/api/v1/uploads/{upload}/missing")
         | ("PUT", "/api/v1/uploads/{upload}/chunks/{digest}")
         | ("POST", "/api/v1/uploads/{upload}/commit")
-        | ("DELETE", "/api/v1/uploads/{upload}") => 404,
+        | ("DELETE", "/api/v1/uploads/{upload}")
+        | ("GET", "/api/v1/uploads/{upload}/parent") => 404,
+        // No `size` query, and `{}` is not a list of digests: refused before the session is
+        // looked up.
+        ("POST", "/api/v1/uploads/{upload}/pieces") => 400,
         // Its own job.
         ("GET", "/api/v1/jobs/{id}") => 200,
         // Its own job, but `{}` is not a progress report nor a result.

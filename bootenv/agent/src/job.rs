@@ -144,6 +144,29 @@ pub fn capture_disks<'a>(disks: &'a [Disk], job: &Job) -> Result<Vec<&'a Disk>> 
     Ok(out)
 }
 
+/// The parent of a capture (`RemoteUpload::parent`): the host's latest snapshot (with `disk`,
+/// that disk of its latest set), whose chunks a changed chunk may be stored as patches on. A
+/// failure to fetch it is logged in the job and the capture goes on without one: the parent only
+/// saves space and upload, the capture without it is complete and correct (changed chunks are
+/// stored whole), and a machine left without its backup over an optimisation would be worse.
+fn capture_parent(
+    upload: &RemoteUpload,
+    disk: Option<&str>,
+    rep: &Reporter,
+) -> Option<Arc<kura_imaging::manifest::Manifest>> {
+    match upload.parent(disk) {
+        Ok(Some(p)) => {
+            rep.log(format!("parent: the host's snapshot of {} (changed chunks go as patches on it)", p.created));
+            Some(Arc::new(p))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            rep.log(format!("warning: capturing without a parent (changed chunks are stored whole): {e}"));
+            None
+        }
+    }
+}
+
 /// Captures every disk of `disks` as one snapshot set (one upload session, one commit).
 pub fn capture_set(client: &Client, job: &Job, disks: &[&Disk], rep: &Arc<Reporter>) -> Result<()> {
     // Read-only, every disk opened before the session begins.
@@ -162,6 +185,7 @@ pub fn capture_set(client: &Client, job: &Job, disks: &[&Disk], rep: &Arc<Report
             host: Some(job.host.clone()),
             source: dev.display().to_string(),
             chunk_size: upload.started.chunk_size,
+            parent: capture_parent(&upload, Some(&d.name), rep),
             ..Default::default()
         };
         sources.push((d.identity(), std::io::BufReader::with_capacity(0, file), opts));
@@ -211,6 +235,7 @@ pub fn capture(client: &Client, job: &Job, disk: &Disk, rep: &Arc<Reporter>) -> 
         host: Some(job.host.clone()),
         source: dev.display().to_string(),
         chunk_size: upload.started.chunk_size,
+        parent: capture_parent(&upload, None, rep),
         ..Default::default()
     };
     let t0 = Instant::now();

@@ -13,7 +13,7 @@ use crate::error::{ErrorBody, ErrorKind, ProtocolError};
 use crate::jobs::{Finish, Job, JobDetail, Progress};
 use crate::routes;
 use crate::uploads::{self, BeginUpload, Committed, UploadStarted, MISSING_BATCH};
-use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest};
+use kura_imaging::chunk::{ChunkSink, ChunkSource, Digest, MAX_CHUNK_SIZE};
 use kura_imaging::diskset::{SnapshotFile, SnapshotSet};
 use kura_imaging::flow::SnapshotSink;
 use kura_imaging::manifest::Manifest;
@@ -36,6 +36,12 @@ const PUTS_IN_FLIGHT_ENV: &str = "KURA_UPLOADS_IN_FLIGHT";
 /// ([`ChunkSource::gets_in_flight`]), unless `KURA_DOWNLOADS_IN_FLIGHT` (0–64) says otherwise.
 pub const GETS_IN_FLIGHT: usize = 4;
 const GETS_IN_FLIGHT_ENV: &str = "KURA_DOWNLOADS_IN_FLIGHT";
+
+/// Memory a capture's parent manifest ([`RemoteUpload::parent`]) may take decoded: it is held
+/// for the whole capture beside the capture's own buffers. 1 GiB holds the manifest of a disk
+/// of about 15 TiB in 1 MiB chunks; a larger one is refused (the capture then goes without a
+/// parent, storing changed chunks whole).
+pub const MAX_PARENT_DECODED: u64 = 1 << 30;
 
 fn puts_in_flight() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -349,6 +355,32 @@ impl RemoteUpload {
     pub fn id(&self) -> &str {
         &self.started.upload
     }
+
+    /// The parent of this capture (`kura_imaging::capture::CaptureOptions::parent`): the
+    /// manifest of the session host's latest snapshot on the engine, or with `disk`, of that
+    /// disk's member of the host's latest snapshot set. `None` when the engine has none (404;
+    /// an engine older than the route answers 404 too). The engine then answers `pieces` about
+    /// this manifest's chunks. (An unknown session is a 404 too: the capture's first request
+    /// then fails with it.)
+    pub fn parent(&self, disk: Option<&str>) -> Result<Option<Manifest>, ProtocolError> {
+        let path = routes::upload_parent(self.id(), disk);
+        let what = "fetching the parent snapshot";
+        let resp = match self.client.send(what, || self.client.http.get(self.client.url(&path))) {
+            Ok(resp) => resp,
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let limit = routes::limits::MANIFEST as u64;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp, limit + 1), &mut bytes)
+            .map_err(|e| ProtocolError::new(ErrorKind::Transport, format!("{what}: reading the answer: {e}")))?;
+        if bytes.len() as u64 > limit {
+            return Err(ProtocolError::new(ErrorKind::BadReply, format!("{what}: more than {limit} bytes")));
+        }
+        Manifest::decode_within(&bytes, MAX_PARENT_DECODED)
+            .map(Some)
+            .map_err(|e| ProtocolError::new(ErrorKind::BadReply, format!("{what}: decoding it: {e}")))
+    }
 }
 
 impl SnapshotSink for RemoteUpload {
@@ -406,6 +438,35 @@ impl ChunkSink for RemoteUpload {
     /// engine's check and write behind the client's compression.
     fn puts_in_flight(&self) -> usize {
         puts_in_flight()
+    }
+
+    /// The engine reads, decodes and hashes the base chunk and sends 32 bytes per piece. One
+    /// chunk per request (the route takes up to `PIECES_BATCH`): the capture asks for one base
+    /// at a time from its compressing workers, only for chunks that changed, so batching would
+    /// mean reshaping the capture for a round trip per changed chunk. A count of 0 (the engine
+    /// no longer holds the base intact) stores the chunk whole.
+    fn piece_digests(&self, digest: &Digest, piece_size: u32) -> Result<Option<Vec<Digest>>, kura_imaging::Error> {
+        let path = routes::upload_pieces(self.id(), piece_size);
+        let what = format!("asking for the pieces of chunk {digest}");
+        let body = uploads::encode_digests(std::slice::from_ref(digest));
+        let resp = match self.client.send(&what, || self.client.http.post(self.client.url(&path)).body(body.clone())) {
+            Ok(resp) => resp,
+            // The engine will not answer this question (a base it does not count among the
+            // session's parents, a piece size it refuses): the chunk is stored whole, as
+            // without a parent. Anything else (the session gone, the engine unreachable after
+            // the retries) fails the capture as a chunk upload's failure would.
+            Err(e) if matches!(e.kind, ErrorKind::Forbidden | ErrorKind::BadRequest) => {
+                tracing::warn!("storing chunk {digest} whole: {}", e.message);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into_imaging(None)),
+        };
+        let bytes = self.client.bytes(&what, resp).map_err(|e| e.into_imaging(None))?;
+        let mut answers = uploads::decode_pieces(&bytes, 1, MAX_CHUNK_SIZE, piece_size).map_err(|e| {
+            ProtocolError::new(ErrorKind::BadReply, format!("{what}: unreadable answer: {e}")).into_imaging(None)
+        })?;
+        let pieces = answers.pop().expect("one answer");
+        Ok((!pieces.is_empty()).then_some(pieces))
     }
 }
 

@@ -153,6 +153,8 @@ pub fn routes() -> Vec<RouteSpec> {
         route(routes::UPLOAD_CHUNK, Upload, uploads::put_chunk),
         route(routes::UPLOAD_COMMIT, Upload, uploads::commit),
         route(routes::UPLOAD_ABORT, Upload, uploads::abort),
+        route(routes::UPLOAD_PARENT, Upload, uploads::parent),
+        route(routes::UPLOAD_PIECES, Upload, uploads::pieces),
         route(routes::JOBS, Operator, jobs::list),
         route(routes::JOB_CREATE, Operator, jobs::create),
         route(routes::JOB, OperatorOrAgent, jobs::show),

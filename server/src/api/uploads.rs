@@ -5,10 +5,10 @@
 use super::{ApiError, ApiResult, AppState};
 use crate::engine::{uploads, Caller};
 use axum::body::{Body, Bytes, HttpBody as _};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kura_protocol::uploads::{BeginUpload, Committed, UploadStarted};
+use kura_protocol::uploads::{BeginUpload, Committed, ParentQuery, PiecesQuery, UploadStarted};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,30 @@ pub async fn put_chunk(
     let new =
         tokio::task::spawn_blocking(move || uploads::put_chunk(&engine, &caller, &upload, &digest, &body)).await??;
     Ok(if new { StatusCode::CREATED } else { StatusCode::OK })
+}
+
+/// The parent's encoded manifest (decoded on the engine to remember its chunks: CPU work, so
+/// on a blocking thread).
+pub async fn parent(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(upload): Path<String>,
+    Query(q): Query<ParentQuery>,
+) -> ApiResult<Vec<u8>> {
+    let engine = state.engine.clone();
+    Ok(tokio::task::spawn_blocking(move || uploads::parent(&engine, &caller, &upload, q.disk.as_deref())).await??)
+}
+
+/// Piece digests of parent chunks (each chunk read and decoded: on a blocking thread).
+pub async fn pieces(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(upload): Path<String>,
+    Query(q): Query<PiecesQuery>,
+    body: Bytes,
+) -> ApiResult<Vec<u8>> {
+    let engine = state.engine.clone();
+    Ok(tokio::task::spawn_blocking(move || uploads::pieces(&engine, &caller, &upload, q.size, &body)).await??)
 }
 
 /// 201 with the reply; a repeated commit of the same manifest (a retry after a lost reply)

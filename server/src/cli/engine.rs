@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub fn client(s: &ServerArgs) -> Result<Client> {
@@ -25,6 +26,21 @@ pub fn client(s: &ServerArgs) -> Result<Client> {
         mac: None,
         timeout: None,
     })?)
+}
+
+/// The parent of a capture through the engine (`RemoteUpload::parent`): the host's latest
+/// snapshot (with `disk`, that disk of its latest set), whose chunks a changed chunk may be
+/// stored as patches on. A failure to fetch it is a warning, not a failed capture: the parent
+/// only saves space and upload, and without it the capture is complete and correct (changed
+/// chunks are stored whole), whereas a backup refused over an optimisation would be worse.
+fn capture_parent(upload: &RemoteUpload, disk: Option<&str>) -> Option<Arc<kura_imaging::manifest::Manifest>> {
+    match upload.parent(disk) {
+        Ok(p) => p.map(Arc::new),
+        Err(e) => {
+            tracing::warn!("capturing without a parent (changed chunks are stored whole): {e}");
+            None
+        }
+    }
 }
 
 fn bars(json: bool) -> bool {
@@ -70,6 +86,7 @@ pub fn capture(
     host: Option<String>,
     threads: Option<usize>,
     job: Option<i64>,
+    full: bool,
 ) -> Result<ExitCode> {
     let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
     let client = client(s)?;
@@ -79,6 +96,7 @@ pub fn capture(
         host: Some(host.clone()),
         source: source.display().to_string(),
         chunk_size: upload.started.chunk_size,
+        parent: if full { None } else { capture_parent(&upload, None) },
         ..Default::default()
     };
     if let Some(t) = threads {
@@ -121,6 +139,7 @@ pub fn capture_set(
     host: Option<String>,
     threads: Option<usize>,
     job: Option<i64>,
+    full: bool,
 ) -> Result<ExitCode> {
     let files = sources
         .iter()
@@ -149,6 +168,7 @@ pub fn capture_set(
             host: Some(host.clone()),
             source: path.display().to_string(),
             chunk_size: upload.started.chunk_size,
+            parent: if full { None } else { capture_parent(&upload, Some(&identity.name)) },
             ..Default::default()
         };
         if let Some(t) = threads {
@@ -275,6 +295,9 @@ pub fn fit(
         host: Some(host),
         source: format!("kura image fit {snapshot} --size {size}"),
         chunk_size: upload.started.chunk_size,
+        // The host's latest snapshot: the regions a fit leaves in place (same start and size)
+        // are compared with it; the others find no parent region.
+        parent: capture_parent(&upload, None),
         ..Default::default()
     };
     if let Some(t) = threads {

@@ -329,8 +329,9 @@ enum ImageCommand {
         #[arg(long, value_name = "ID", conflicts_with = "store")]
         job: Option<i64>,
         /// Store every changed chunk whole, not as patches on the previous snapshot's chunks
-        /// (the two-level scheme of docs/chunk.md): a snapshot that shares no patch with the
-        /// ones before it.
+        /// (the two-level scheme of docs/chunk.md; the previous snapshot is the store's newest of
+        /// the same host or source, or with --server the host's latest): a snapshot that shares
+        /// no patch with the ones before it.
         #[arg(long)]
         full: bool,
     },
@@ -574,8 +575,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "several disks make a snapshot set, which an engine keeps: capture them with --server \
                      (a local store holds single-disk snapshots)"
                 ),
-                (None, [one]) => engine::capture(one, &at.server, name, host, threads, job),
-                (None, several) => engine::capture_set(several, &at.server, name, host, threads, job),
+                (None, [one]) => engine::capture(one, &at.server, name, host, threads, job, full),
+                (None, several) => engine::capture_set(several, &at.server, name, host, threads, job, full),
             },
             ImageCommand::List { at } => image::list(&local_only(&at, "kura image list")?, at.server.json),
             ImageCommand::Show { snapshot, at } => match &at.store {

@@ -170,6 +170,16 @@ struct Session {
     phase: Phase,
     /// The remotes this host's snapshots are replicated to (ids), when the session began.
     replicate_to: Vec<i64>,
+    /// The parents handed out by [`parent`] (manifest ids), and the stored chunks they reference:
+    /// the only chunks [`pieces`] answers about. Emptied at commit.
+    parents: Parents,
+}
+
+/// What [`parent`] handed out to a session.
+#[derive(Default)]
+struct Parents {
+    manifests: HashSet<String>,
+    digests: HashSet<Digest>,
 }
 
 #[derive(Clone)]
@@ -252,6 +262,7 @@ pub fn begin(engine: &Engine, caller: &Caller, req: BeginUpload) -> ServiceResul
         last_seen: Instant::now(),
         phase: Phase::Open,
         replicate_to,
+        parents: Parents::default(),
     };
     sessions.insert(id.clone(), session);
     Ok(UploadStarted { upload: id, chunk_size: DEFAULT_CHUNK_SIZE })
@@ -358,6 +369,153 @@ pub fn put_chunk(engine: &Engine, caller: &Caller, upload: &str, digest: &str, b
     Ok(new)
 }
 
+/// `GET /uploads/{id}/parent[?disk=NAME]`: the encoded manifest of the session host's latest
+/// committed snapshot, the parent its capture compares changed chunks with
+/// (`kura_imaging::pieced`). With `disk`, the host's latest snapshot must be a set and the
+/// parent is its member of that disk name. No such snapshot (none yet, a set asked without a
+/// disk, a single disk asked with one, no member of that name): `NotFound` (404), and the client
+/// captures without a parent. The session remembers the parent's stored chunks for [`pieces`],
+/// and protects the bases and patches of the parent's pieced chunks from garbage collection (a
+/// capture refers to an unchanged pieced chunk again without asking about them).
+pub fn parent(engine: &Engine, caller: &Caller, upload: &str, disk: Option<&str>) -> ServiceResult<Vec<u8>> {
+    let host = with_session(engine, caller, upload, |s| {
+        open_writer(s, upload)?;
+        Ok(s.host.clone())
+    })?;
+    let none = |why: String| ServiceError::NotFound(format!("host {host} has no parent for this capture: {why}"));
+    let latest = latest_snapshot(engine, &host)?.ok_or_else(|| none("no committed snapshot".into()))?;
+    let manifest = match (&latest.set, disk) {
+        (None, None) => latest.id.clone(),
+        (Some(set), Some(name)) => set
+            .disks
+            .iter()
+            .find(|d| d.disk.name == name)
+            .map(|d| d.manifest.clone())
+            .ok_or_else(|| none(format!("its latest snapshot set {} has no disk {name:?}", latest.id)))?,
+        (Some(_), None) => return Err(none(format!("its latest snapshot {} is a set: name a disk", latest.id))),
+        (None, Some(name)) => {
+            return Err(none(format!("its latest snapshot {} is of one disk, not a set with disk {name:?}", latest.id)))
+        }
+    };
+    let bytes = engine.store.manifest_bytes(&manifest)?;
+    let known = with_session(engine, caller, upload, |s| Ok(s.parents.manifests.contains(&manifest)))?;
+    if !known {
+        let decoded = Manifest::decode_within(&bytes, MAX_COMMIT_DECODED)?;
+        // A pieced chunk unchanged since the parent is referenced again as it is, its base and
+        // patches never asked about (`missing` or `pieces`): protect them from garbage
+        // collection now, and give no parent that has lost one (deleted meanwhile).
+        let writer = with_session(engine, caller, upload, |s| open_writer(s, upload))?;
+        for c in decoded.regions.iter().flat_map(|r| &r.chunks) {
+            let ChunkRef::Pieced(p) = c else { continue };
+            for d in p.stored() {
+                if !engine.writers.touch(writer, d) {
+                    return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
+                }
+                if !engine.store.has(d) {
+                    return Err(none(format!("snapshot {manifest} lost chunk {d} (deleted meanwhile?)")));
+                }
+            }
+        }
+        let digests = decoded.unique_digests();
+        drop(decoded);
+        with_session(engine, caller, upload, |s| {
+            open_writer(s, upload)?;
+            s.parents.digests.extend(digests);
+            s.parents.manifests.insert(manifest);
+            Ok(())
+        })?;
+    }
+    Ok(bytes)
+}
+
+/// The latest committed snapshot of `host` (a set, not one of its members). The catalog
+/// orders by capture time in seconds; snapshots of the same second (captures moments apart)
+/// are told apart by their manifests' creation times, written to the nanosecond in UTC
+/// (`kura_imaging::time::format_rfc3339_nanos`, so they compare as text).
+fn latest_snapshot(engine: &Engine, host: &str) -> ServiceResult<Option<kura_catalogs::db::Snapshot>> {
+    let mut all: Vec<_> = engine
+        .catalog
+        .list_snapshots(Some(host))?
+        .into_iter()
+        .filter(|s| s.state == kura_catalogs::db::SnapshotState::Committed && s.set_id.is_none())
+        .collect();
+    let Some(newest) = all.iter().map(|s| s.created).max() else { return Ok(None) };
+    all.retain(|s| s.created == newest);
+    if all.len() == 1 {
+        return Ok(all.pop());
+    }
+    let mut timed = Vec::with_capacity(all.len());
+    for s in all {
+        let created = match &s.set {
+            Some(set) => set.created.clone(),
+            None => engine.store.load_manifest(&s.id)?.created,
+        };
+        timed.push((created, s));
+    }
+    Ok(timed.into_iter().max_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id))).map(|(_, s)| s))
+}
+
+/// `POST /uploads/{id}/pieces?size=N`: for each chunk digest of `body` (1 to
+/// [`kura_protocol::uploads::PIECES_BATCH`]), the digests of its `piece_size`-byte pieces,
+/// read from the store and fully checked ([`kura_imaging::pieced::stored_piece_digests`]);
+/// encoded by [`kura_protocol::uploads::encode_pieces`]. Only chunks of the parents the session
+/// was handed ([`parent`]) are answered about: any other is refused (403), so a client cannot
+/// probe what other hosts stored. A chunk missing or damaged in the store gets no pieces (count
+/// 0: it must not be a base). Each chunk asked about is protected from garbage collection until
+/// the session ends, as the capture's manifest will reference it without uploading it.
+pub fn pieces(engine: &Engine, caller: &Caller, upload: &str, piece_size: u32, body: &[u8]) -> ServiceResult<Vec<u8>> {
+    use kura_imaging::manifest::MIN_PIECE_SIZE;
+    let batch = kura_protocol::uploads::PIECES_BATCH;
+    let digests = kura_protocol::uploads::decode_digests_within(body, batch).map_err(ServiceError::BadRequest)?;
+    if !piece_size.is_power_of_two() || !(MIN_PIECE_SIZE..DEFAULT_CHUNK_SIZE).contains(&piece_size) {
+        return Err(ServiceError::BadRequest(format!(
+            "piece size {piece_size}: it must be a power of two from {MIN_PIECE_SIZE} bytes and less than the \
+             chunk size ({DEFAULT_CHUNK_SIZE} bytes)"
+        )));
+    }
+    let writer = with_session(engine, caller, upload, |s| {
+        let w = open_writer(s, upload)?;
+        if let Some(d) = digests.iter().find(|d| !s.parents.digests.contains(d)) {
+            return Err(ServiceError::Forbidden(format!(
+                "chunk {d} is not referenced by a parent snapshot this upload session was given: a session may only \
+                 ask about its parents' chunks"
+            )));
+        }
+        Ok(w)
+    })?;
+    let mut answers = Vec::with_capacity(digests.len());
+    for d in &digests {
+        if !engine.writers.touch(writer, d) {
+            return Err(ServiceError::NotFound(format!("upload session {upload} has ended")));
+        }
+        answers.push(match stored_pieces(&*engine.store, d, piece_size) {
+            Ok(p) => p,
+            Err(e @ (kura_imaging::Error::ChunkMissing { .. } | kura_imaging::Error::ChunkCorrupt { .. })) => {
+                tracing::warn!("upload session {upload}: parent chunk {d} cannot be a base: {e}");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        });
+    }
+    Ok(kura_protocol::uploads::encode_pieces(&answers))
+}
+
+/// The piece digests of stored chunk `d`, decoded with this thread's decoder.
+fn stored_pieces(
+    store: &dyn kura_catalogs::Store,
+    d: &Digest,
+    piece_size: u32,
+) -> Result<Vec<Digest>, kura_imaging::Error> {
+    DECODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((Decoder::new()?, Vec::new()));
+        }
+        let (dec, _) = slot.as_mut().expect("decoder");
+        kura_imaging::pieced::stored_piece_digests(store, dec, d, piece_size)
+    })
+}
+
 /// What a commit needs of its session, copied out of the lock.
 struct Pending {
     host: String,
@@ -454,6 +612,7 @@ pub fn commit_expecting(
         let mut sessions = engine.uploads.0.lock().expect("lock");
         sessions.get_mut(upload).and_then(|s| {
             s.phase = Phase::Committed { manifest: manifest_id, reply: reply.clone() };
+            s.parents = Parents::default();
             s.writer.take()
         })
     };
@@ -774,6 +933,42 @@ mod tests {
         abort(&engine, &op, &upload).unwrap();
         assert!(matches!(commit(&engine, &op, &upload, &manifest("a")), Err(ServiceError::NotFound(_))));
         assert_eq!(catalog.list_snapshots(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_parent_is_the_latest_snapshot_to_the_nanosecond_and_pieces_answer_only_about_it() {
+        let (_dir, _store, _catalog, engine) = test_engine();
+        let op = operator(1);
+        let session = || begin(&engine, &op, BeginUpload { host: "h".into(), ..Default::default() }).unwrap().upload;
+        let upload = session();
+        let none = parent(&engine, &op, &upload, None);
+        assert!(matches!(none, Err(ServiceError::NotFound(_))), "no snapshot yet: {:?}", none.err());
+        // Two snapshots of the same second, the later one (by its manifest) committed first: the
+        // catalog's seconds cannot tell them apart, the manifests' nanoseconds do.
+        let later = crate::engine::zero_manifest("later", "2026-11-25T17:14:41.000000009Z").encode().unwrap();
+        let earlier = crate::engine::zero_manifest("earlier", "2026-11-25T17:14:41.000000005Z").encode().unwrap();
+        assert!(
+            Manifest::id_of(&earlier) > Manifest::id_of(&later),
+            "the catalog's order (seconds, id) ends with earlier"
+        );
+        for bytes in [&later, &earlier] {
+            commit(&engine, &op, &session(), bytes).unwrap();
+        }
+        assert_eq!(parent(&engine, &op, &upload, None).unwrap(), later);
+        let as_set = parent(&engine, &op, &upload, Some("sda"));
+        assert!(matches!(as_set, Err(ServiceError::NotFound(_))), "not a set: {:?}", as_set.err());
+        // Only the parents' chunks (none here), with a sound piece size; another token's
+        // session is not this one's.
+        let body = kura_protocol::uploads::encode_digests(&[Digest([7; 32])]);
+        let refused = pieces(&engine, &op, &upload, 16 << 10, &body);
+        assert!(matches!(refused, Err(ServiceError::Forbidden(_))), "{:?}", refused.err());
+        for bad in [1000, 256, DEFAULT_CHUNK_SIZE] {
+            let r = pieces(&engine, &op, &upload, bad, &body);
+            assert!(matches!(r, Err(ServiceError::BadRequest(_))), "size {bad}: {:?}", r.err());
+        }
+        let r = pieces(&engine, &op, &upload, 16 << 10, &vec![0; 65 * 32]);
+        assert!(matches!(r, Err(ServiceError::BadRequest(_))), "65 digests: {:?}", r.err());
+        assert!(matches!(parent(&engine, &operator(2), &upload, None), Err(ServiceError::Forbidden(_))));
     }
 
     #[test]
