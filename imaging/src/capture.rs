@@ -404,40 +404,58 @@ fn store_batch(
     pieces: &Pieces<'_>,
 ) -> Result<Vec<ChunkRef>> {
     let mut refs = Vec::with_capacity(batch.len());
-    let mut digests = Vec::with_capacity(batch.len());
+    // One question for the whole batch: each data chunk's digest, and every part (base and
+    // patches) of each pieced chunk the parent had unchanged; `spans[i]` is where ref `i`'s
+    // answers are.
+    let mut ask = Vec::with_capacity(batch.len());
+    let mut spans = Vec::with_capacity(batch.len());
     for p in batch {
         let data = &p.buf[..p.len];
         if is_zero(data) {
             counters.zero.fetch_add(1, Ordering::Relaxed);
             refs.push(ChunkRef::Zero);
+            spans.push(0..0);
             continue;
         }
         let d = Digest::of(data);
+        let start = ask.len();
         match pieces.parent_of(p) {
-            // Unchanged since the parent stored it as patches: the same entry again.
+            // Unchanged since the parent stored it as patches: the same entry again, if all its
+            // parts are still stored.
             Some(ChunkRef::Pieced(pp)) if pp.digest == d => {
-                counters.reused.fetch_add(1, Ordering::Relaxed);
+                ask.extend(pp.stored().copied());
                 refs.push(ChunkRef::Pieced(pp.clone()));
             }
             _ => {
-                digests.push(d);
+                ask.push(d);
                 refs.push(ChunkRef::Data(d));
             }
         }
+        spans.push(start..ask.len());
     }
-    if digests.is_empty() {
+    if ask.is_empty() {
         return Ok(refs);
     }
-    let missing = ask_missing(sink, &digests)?;
-    let mut m = missing.iter();
-    for (p, r) in batch.iter().zip(refs.iter_mut()) {
-        let ChunkRef::Data(d) = *r else { continue };
-        if !*m.next().expect("one answer per digest") {
-            counters.reused.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
+    let missing = ask_missing(sink, &ask)?;
+    for ((p, r), span) in batch.iter().zip(refs.iter_mut()).zip(spans) {
+        let lacking = missing[span.clone()].iter().any(|&m| m);
+        let (d, parts_gone) = match r {
+            _ if span.is_empty() => continue,
+            ChunkRef::Data(_) | ChunkRef::Pieced(_) if !lacking => {
+                counters.reused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            ChunkRef::Data(d) => (*d, false),
+            // A part of the parent's pieced chunk is gone (removed since, or never committed):
+            // the chunk is stored whole.
+            ChunkRef::Pieced(pp) => (pp.digest, true),
+            ChunkRef::Zero | ChunkRef::Unused => continue,
+        };
+        *r = ChunkRef::Data(d);
         let data = &p.buf[..p.len];
-        if let Some(pieced) = store_pieced(&d, data, pieces, p, enc, blob, sink, handover, counters)? {
+        if parts_gone {
+            // fall through to the whole chunk
+        } else if let Some(pieced) = store_pieced(&d, data, pieces, p, enc, blob, sink, handover, counters)? {
             counters.pieced.fetch_add(1, Ordering::Relaxed);
             *r = ChunkRef::Pieced(Box::new(pieced));
             continue;
@@ -513,7 +531,14 @@ fn store_pieced(
         Some(ChunkRef::Pieced(pp)) => pp.base,
         _ => return Ok(None),
     };
-    let Some(base_pieces) = sink.piece_digests(&base, pieces.size)? else { return Ok(None) };
+    let base_pieces = match sink.piece_digests(&base, pieces.size) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        // The base is gone or damaged (removed since the parent was taken, or rotten in the
+        // store): the chunk is stored whole and becomes a base itself.
+        Err(Error::ChunkMissing { .. } | Error::ChunkCorrupt { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let new_pieces = pieced::piece_digests(data, pieces.size);
     let Some(changed) = pieced::changed_pieces(&new_pieces, &base_pieces) else { return Ok(None) };
     let patches: Vec<(u32, Digest)> = changed.iter().map(|&i| (i, new_pieces[i as usize])).collect();

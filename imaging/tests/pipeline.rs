@@ -278,6 +278,42 @@ fn changed_chunks_are_stored_as_patches_on_the_parent() {
     assert!(err.to_string().contains(&p2.digest.to_hex()), "{err}");
 }
 
+/// A parent whose base chunks are gone (removed from the store since) still captures: a pieced
+/// entry whose parts are missing, and a changed chunk whose base is missing, are stored whole.
+#[test]
+fn a_parent_with_missing_parts_captures_whole() {
+    let mib = 1usize << 20;
+    let first = disk();
+    let store = MemStore::default();
+    let (m1, _) = capture(Cursor::new(&first), &opts(), &store, &NoProgress).unwrap();
+    let mut second = first.clone();
+    second[2 * mib + 100] ^= 1;
+    second[4 * mib + 100] ^= 1;
+    let (m2, s2) =
+        capture(Cursor::new(&second), &CaptureOptions { parent: Some(m1.into()), ..opts() }, &store, &NoProgress)
+            .unwrap();
+    assert_eq!(s2.pieced_chunks, 2, "{s2:?}");
+    // Both bases vanish from the store.
+    for i in [2, 4] {
+        let ChunkRef::Pieced(p) = &m2.regions[0].chunks[i] else { panic!("{i}") };
+        store.chunks.lock().unwrap().remove(&p.base).unwrap();
+    }
+    // Chunk 2 unchanged (its pieced entry's base is gone), chunk 4 changed again (its base is
+    // gone): both stored whole.
+    let mut third = second.clone();
+    third[4 * mib + 200] ^= 1;
+    let (m3, s3) =
+        capture(Cursor::new(&third), &CaptureOptions { parent: Some(m2.into()), ..opts() }, &store, &NoProgress)
+            .unwrap();
+    assert_eq!((s3.pieced_chunks, s3.new_chunks, s3.new_patches), (0, 2, 0), "{s3:?}");
+    assert!(
+        matches!(m3.regions[0].chunks[2], ChunkRef::Data(_)) && matches!(m3.regions[0].chunks[4], ChunkRef::Data(_))
+    );
+    let mut target = Cursor::new(vec![0u8; third.len()]);
+    restore(&m3, &store, &mut target, third.len() as u64, &RestoreOptions::default(), &NoProgress).unwrap();
+    assert!(target.into_inner() == third);
+}
+
 /// Without a parent, or with piece size 0, nothing is pieced.
 #[test]
 fn pieces_need_a_parent_and_a_piece_size() {

@@ -268,7 +268,7 @@ fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
     // A second host, mostly the same: only the chunks the DR engine lacks go.
     let mut data_b = data_a.clone();
     data_b[..3 * MIB as usize].copy_from_slice(&random_bytes(14, 3 * MIB as usize));
-    let disk_b = raw_disk(work.path(), "b.img", data_b);
+    let disk_b = raw_disk(work.path(), "b.img", data_b.clone());
     let dr_before = digests(&dr.store());
     let b = primary.capture(&disk_b.path, "web02");
     wait_for("snapshot b on the DR engine", REPLICATED_WITHIN, || primary.log(), || has_snapshot(&dr, &b.snapshot));
@@ -278,6 +278,19 @@ fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
     assert!(b.new_chunks > 0 && b.new_chunks < b.chunks, "{b:?}");
     let sent_b = metric(&primary, "kura_replication_sent_chunks_total") - sent_a;
     assert_eq!(sent_b, b.new_chunks, "chunks the DR engine had were sent again");
+    assert_eq!(digests(&dr.store()), digests(&primary.store()));
+
+    // web02 again with one byte changed in each of two chunks: its parent is b, so those chunks
+    // are pieced (manifest v2), and their patches and the manifest reach the DR engine like
+    // any other chunk and manifest.
+    let mut data_c = data_b;
+    for at in [5 * MIB as usize + 100, 9 * MIB as usize + 70_000] {
+        data_c[at] ^= 0xff;
+    }
+    let disk_c = raw_disk(work.path(), "c.img", data_c);
+    let c = primary.capture(&disk_c.path, "web02");
+    assert!(c.pieced_chunks >= 2 && c.new_chunks == c.new_patches && c.new_stored_bytes < 256 << 10, "{c:?}");
+    wait_for("snapshot c on the DR engine", REPLICATED_WITHIN, || primary.log(), || has_snapshot(&dr, &c.snapshot));
     assert_eq!(digests(&dr.store()), digests(&primary.store()));
 
     // Deleting on the primary (retention, by hand) and collecting never reaches the DR engine.
@@ -294,7 +307,7 @@ fn a_capture_is_copied_while_it_runs_and_the_dr_engine_restores_it_alone() {
     // The primary site burns: the DR engine restores both alone.
     primary.kill9();
     std::fs::remove_dir_all(&primary.data).unwrap();
-    for (id, source) in [(&a, &disk_a.path), (&b.snapshot, &disk_b.path)] {
+    for (id, source) in [(&a, &disk_a.path), (&b.snapshot, &disk_b.path), (&c.snapshot, &disk_c.path)] {
         let target = work.path().join(format!("restored-{id}.img"));
         dr.restore(id, &target);
         assert_eq!(sha256_file(&target), sha256_file(source), "snapshot {id} does not restore its source");

@@ -714,10 +714,15 @@ fn store_and_record(engine: &Engine, caller: &Caller, body: &[u8], p: Pending) -
     for (_, manifest) in file.disks() {
         for r in &manifest.regions {
             for (i, c) in r.chunks.iter().enumerate() {
-                if let ChunkRef::Data(d) = c {
-                    if !p.uploaded.contains(d) && seen.insert(*d) {
-                        reused_bytes += manifest.chunk_len(r, i);
+                let len = manifest.chunk_len(r, i);
+                match c {
+                    ChunkRef::Data(d) if !p.uploaded.contains(d) && seen.insert(*d) => reused_bytes += len,
+                    // A pieced chunk reuses what its patches uploaded now do not cover.
+                    ChunkRef::Pieced(pc) if seen.insert(pc.digest) => {
+                        let sent = pc.patches.iter().filter(|(_, d)| p.uploaded.contains(d)).count() as u64;
+                        reused_bytes += len.saturating_sub(sent * pc.piece_size as u64);
                     }
+                    _ => {}
                 }
             }
         }
