@@ -193,12 +193,22 @@ pub trait Store: SnapshotSink<Committed = String> + ChunkSource {
         source: &str,
         disk_size: u64,
     ) -> Result<Option<(String, Manifest)>, Error> {
-        let same = |s: &SnapshotInfo| match host {
-            Some(h) => s.host.as_deref() == Some(h),
-            None => s.host.is_none() && s.source == source,
+        let same = |m: &Manifest| {
+            m.disk_size() == disk_size
+                && match host {
+                    Some(h) => m.host.as_deref() == Some(h),
+                    None => m.host.is_none() && m.source == source,
+                }
         };
-        let newest = self.list()?.into_iter().rev().find(|s| same(s) && s.disk_size == disk_size);
-        Ok(newest.and_then(|s| self.load_manifest(&s.id).ok().map(|m| (s.id, m))))
+        // One decode per manifest; the newest by (created, id), as `list` orders them.
+        let mut newest: Option<(String, Manifest)> = None;
+        for id in self.snapshot_ids()? {
+            let Ok(m) = self.load_manifest(&id) else { continue };
+            if same(&m) && newest.as_ref().is_none_or(|(nid, n)| (&m.created, &id) > (&n.created, nid)) {
+                newest = Some((id, m));
+            }
+        }
+        Ok(newest)
     }
 
     /// Re-reads from the store (past any cache) and fully re-checks (decompress + SHA-256)

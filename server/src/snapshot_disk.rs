@@ -99,45 +99,48 @@ impl SnapshotDisk {
 
     /// The decoded chunk `digest`, `len` bytes long, from the cache or the source.
     fn chunk(&self, digest: &Digest, len: usize) -> anyhow::Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.cache.lock().expect("lock").get(digest) {
-            return Ok(c);
-        }
-        let blob = self.source.get_chunk(digest)?;
-        self.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-        self.fetched_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
-        let mut dec = match self.decoders.lock().expect("lock").pop() {
-            Some(d) => d,
-            None => Decoder::new()?,
-        };
-        let mut out = Vec::with_capacity(len);
-        let r = dec.decode_into(&blob, digest, &mut out);
-        self.decoders.lock().expect("lock").push(dec);
-        r?;
-        if out.len() != len {
-            bail!("chunk {digest} holds {} bytes where the snapshot needs {len}", out.len());
-        }
-        let out = Arc::new(out);
-        self.cache.lock().expect("lock").insert(*digest, out.clone());
-        Ok(out)
+        self.cached(digest, len, |dec, out| {
+            let blob = self.source.get_chunk(digest)?;
+            self.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+            self.fetched_bytes.fetch_add(blob.len() as u64, Ordering::Relaxed);
+            dec.decode_into(&blob, digest, out)?;
+            if out.len() != len {
+                bail!("chunk {digest} holds {} bytes where the snapshot needs {len}", out.len());
+            }
+            Ok(())
+        })
     }
 
     /// The assembled pieced chunk `p` ([`kura_imaging::pieced`]), `len` bytes long, cached under
     /// its content digest.
     fn pieced(&self, p: &Pieced, len: usize) -> anyhow::Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.cache.lock().expect("lock").get(&p.digest) {
+        self.cached(&p.digest, len, |dec, out| {
+            kura_imaging::pieced::assemble(&*self.source, dec, p, len, out, &mut Vec::new())?;
+            self.fetched_chunks.fetch_add(1 + p.patches.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// The content `digest` from the cache, or made by `fill` (with a pooled decoder) and cached.
+    fn cached(
+        &self,
+        digest: &Digest,
+        len: usize,
+        fill: impl FnOnce(&mut Decoder, &mut Vec<u8>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.cache.lock().expect("lock").get(digest) {
             return Ok(c);
         }
         let mut dec = match self.decoders.lock().expect("lock").pop() {
             Some(d) => d,
             None => Decoder::new()?,
         };
-        let (mut out, mut scratch) = (Vec::with_capacity(len), Vec::new());
-        let r = kura_imaging::pieced::assemble(&*self.source, &mut dec, p, len, &mut out, &mut scratch);
+        let mut out = Vec::with_capacity(len);
+        let r = fill(&mut dec, &mut out);
         self.decoders.lock().expect("lock").push(dec);
         r?;
-        self.fetched_chunks.fetch_add(1 + p.patches.len() as u64, Ordering::Relaxed);
         let out = Arc::new(out);
-        self.cache.lock().expect("lock").insert(p.digest, out.clone());
+        self.cache.lock().expect("lock").insert(*digest, out.clone());
         Ok(out)
     }
 

@@ -310,6 +310,8 @@ fn diff_lists_exactly_the_changed_files() {
     ext4_replace_file(&mut disk, 3, sneaky, &text_bytes(77_004, 5_000), work.path());
     pin_mtime(&disk, sneaky);
     let second = store.capture(&disk.path, Some("second"));
+    // Its changed chunks are pieced (patches on the first's): the diff reads them assembled.
+    assert!(second.pieced_chunks >= 1, "{second:?}");
 
     let r = files(&store, &["diff", &first.snapshot, &second.snapshot, "--json", "--stats"]);
     let v = json(&r);

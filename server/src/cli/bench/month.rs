@@ -29,7 +29,7 @@ use super::{
 use anyhow::{ensure, Context, Result};
 use kura_catalogs::LocalStore;
 use kura_diskgen::month_disk::{self, MonthChanges};
-use kura_imaging::capture::{self, Plan};
+use kura_imaging::capture::{self, CaptureStats, Plan};
 use kura_imaging::chunk::Digest;
 use kura_imaging::manifest::{ChunkRef, Manifest};
 use kura_imaging::progress::NoProgress;
@@ -232,34 +232,23 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
     for &cs in sizes {
         say(&format!("{} KiB chunks: base capture, month-later capture, restore", cs / 1024));
         let dir = work.join(format!("store-{}k", cs / 1024));
-        cool();
-        let (first, _, t1) = kura_capture(&disk.path, &dir, cs, level)?;
-        let store = LocalStore::open(&dir)?;
-        let base = chunk_sizes(&store)?;
-        let first_manifest_bytes = store.manifest_bytes(&store.snapshot_ids()?[0])?.len() as u64;
-        cool();
-        let (second, id, t2) = kura_capture(&disk.month_path, &dir, cs, level)?;
-        let after = chunk_sizes(&store)?;
-        let new: HashMap<Digest, u64> =
-            after.iter().filter(|(d, _)| !base.contains_key(d)).map(|(d, s)| (*d, *s)).collect();
+        let what = format!("{} KiB", cs / 1024);
+        let Pair {
+            first,
+            t1,
+            first_manifest_bytes,
+            second,
+            t2,
+            second_manifest_bytes,
+            base,
+            after,
+            new,
+            month,
+            restore: tr,
+        } = capture_pair(&disk, &dir, cs, 0, level, &target, &jobs, disk_size, &what)?;
         let added: u64 = new.values().sum();
-        ensure!(
-            added == second.new_stored_bytes && new.len() as u64 == second.new_chunks,
-            "{} KiB: the store grew by {} chunks / {added} bytes, the capture says {} / {}",
-            cs / 1024,
-            new.len(),
-            second.new_chunks,
-            second.new_stored_bytes
-        );
-        let month = store.load_manifest(&id)?;
-        let second_manifest_bytes = store.manifest_bytes(&id)?.len() as u64;
-        cool();
-        let tr = kura_restore_into(&dir, &id, &target, disk_size)?;
-        let diffs = compare_used(&disk.month_path, &target, 0, &jobs, 0, disk_size)?;
-        ensure!(diffs.is_empty(), "{} KiB: the restore differs from the month-later disk in {diffs:?}", cs / 1024);
-        fs::remove_file(&target)?;
-        checks.push(format!("{} KiB: restore of the month-later snapshot: used bytes identical", cs / 1024));
-        load.push(format!("{} KiB done: {}", cs / 1024, loadavg()));
+        checks.push(format!("{what}: restore of the month-later snapshot: used bytes identical"));
+        load.push(format!("{what} done: {}", loadavg()));
 
         let first_stored: u64 = base.values().sum();
         rows.push(SizeRow {
@@ -292,7 +281,6 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
                 month_manifest_bytes: second_manifest_bytes,
             });
         }
-        drop(store);
         fs::remove_dir_all(&dir)?;
     }
 
@@ -306,24 +294,11 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
                 kib(ps)
             ));
             let dir = work.join(format!("store-pieced-{}k", ps / 1024));
-            cool();
-            let (_, first_id, t1) = kura_capture(&disk.path, &dir, cs, level)?;
-            let store = LocalStore::open(&dir)?;
-            let base = chunk_sizes(&store)?;
-            let parent = std::sync::Arc::new(store.load_manifest(&first_id)?);
-            cool();
-            let (second, id, t2) = kura_capture_with(&disk.month_path, &dir, cs, level, Some(parent), ps)?;
-            let after = chunk_sizes(&store)?;
-            let added: u64 = after.iter().filter(|(d, _)| !base.contains_key(d)).map(|(_, s)| s).sum();
-            let objects = after.len() as u64 - base.len() as u64;
-            ensure!(
-                added == second.new_stored_bytes && objects == second.new_chunks,
-                "pieces of {}: the store grew by {objects} objects / {added} bytes, the capture says {} / {}",
-                kib(ps),
-                second.new_chunks,
-                second.new_stored_bytes
-            );
-            let month = store.load_manifest(&id)?;
+            let what = format!("pieces of {}", kib(ps));
+            let Pair { t1, second, t2, second_manifest_bytes, after, new, month, restore: tr, .. } =
+                capture_pair(&disk, &dir, cs, ps, level, &target, &jobs, disk_size, &what)?;
+            let added: u64 = new.values().sum();
+            let objects = new.len() as u64;
             let manifest_entries = month
                 .regions
                 .iter()
@@ -333,16 +308,6 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
                     _ => 1,
                 })
                 .sum();
-            let second_manifest_bytes = store.manifest_bytes(&id)?.len() as u64;
-            cool();
-            let tr = kura_restore_into(&dir, &id, &target, disk_size)?;
-            let diffs = compare_used(&disk.month_path, &target, 0, &jobs, 0, disk_size)?;
-            ensure!(
-                diffs.is_empty(),
-                "pieces of {}: the restore differs from the month-later disk in {diffs:?}",
-                kib(ps)
-            );
-            fs::remove_file(&target)?;
             checks.push(format!(
                 "1 MiB chunks, {} pieces: restore of the month-later snapshot ({} pieced chunks): used bytes identical",
                 kib(ps),
@@ -367,7 +332,6 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
                 restore_seconds: tr.seconds,
                 restore_mib_s: rate(second.used_bytes, tr.seconds),
             });
-            drop(store);
             fs::remove_dir_all(&dir)?;
         }
     }
@@ -402,6 +366,74 @@ pub fn bench(work: &Path, disk_size: u64, runs: usize, level: i32, sizes: &[u32]
         pieced,
         checks,
     })
+}
+
+/// What [`capture_pair`] leaves: both captures, the store's chunks before and after the second,
+/// the month-later manifest and the restore's timing.
+struct Pair {
+    first: CaptureStats,
+    t1: Timing,
+    first_manifest_bytes: u64,
+    second: CaptureStats,
+    t2: Timing,
+    second_manifest_bytes: u64,
+    base: HashMap<Digest, u64>,
+    after: HashMap<Digest, u64>,
+    /// The chunks (objects) the month-later capture added, with their sizes.
+    new: HashMap<Digest, u64>,
+    month: Manifest,
+    restore: Timing,
+}
+
+/// Into a fresh store `dir`, each step from a cold page cache: the base capture, the
+/// month-later capture (with the base as parent and `piece_size` pieces, or plain when 0), its
+/// added objects checked against what the capture says, and its restore checked against the
+/// month-later disk's used bytes. `what` names the run in errors.
+#[allow(clippy::too_many_arguments)]
+fn capture_pair(
+    disk: &month_disk::MonthDisk,
+    dir: &Path,
+    cs: u32,
+    piece_size: u32,
+    level: i32,
+    target: &Path,
+    jobs: &[super::ChunkJob],
+    disk_size: u64,
+    what: &str,
+) -> Result<Pair> {
+    let cool = || {
+        let _ = drop_caches();
+    };
+    cool();
+    let (first, first_id, t1) = kura_capture(&disk.path, dir, cs, level)?;
+    let store = LocalStore::open(dir)?;
+    let base = chunk_sizes(&store)?;
+    let first_manifest_bytes = store.manifest_bytes(&first_id)?.len() as u64;
+    let parent = match piece_size {
+        0 => None,
+        _ => Some(std::sync::Arc::new(store.load_manifest(&first_id)?)),
+    };
+    cool();
+    let (second, id, t2) = kura_capture_with(&disk.month_path, dir, cs, level, parent, piece_size)?;
+    let after = chunk_sizes(&store)?;
+    let new: HashMap<Digest, u64> =
+        after.iter().filter(|(d, _)| !base.contains_key(d)).map(|(d, s)| (*d, *s)).collect();
+    let added: u64 = new.values().sum();
+    ensure!(
+        added == second.new_stored_bytes && new.len() as u64 == second.new_chunks,
+        "{what}: the store grew by {} objects / {added} bytes, the capture says {} / {}",
+        new.len(),
+        second.new_chunks,
+        second.new_stored_bytes
+    );
+    let month = store.load_manifest(&id)?;
+    let second_manifest_bytes = store.manifest_bytes(&id)?.len() as u64;
+    cool();
+    let restore = kura_restore_into(dir, &id, target, disk_size)?;
+    let diffs = compare_used(&disk.month_path, target, 0, jobs, 0, disk_size)?;
+    ensure!(diffs.is_empty(), "{what}: the restore differs from the month-later disk in {diffs:?}");
+    fs::remove_file(target)?;
+    Ok(Pair { first, t1, first_manifest_bytes, second, t2, second_manifest_bytes, base, after, new, month, restore })
 }
 
 /// Every chunk in the store with its encoded size.
